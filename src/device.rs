@@ -1,0 +1,123 @@
+//! The block-device trait every image format implements.
+//!
+//! A [`BlockDevice`] is what a guest sees: `virtual_size` bytes that can be read and
+//! written at any offset and length, plus the operations a hypervisor issues (flush, write
+//! zeroes, discard) and an allocation-status query. Everything above the format drivers
+//! (convert, compare, commit, map, the CLI) is written once against this trait.
+
+use crate::error::Result;
+
+/// What a guest range is backed by, as reported by [`BlockDevice::block_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Allocated data in this layer (it may still happen to be zero).
+    Data,
+    /// Known to read as zeros in this layer (a zero cluster, a hole in a raw file).
+    Zero,
+    /// Not allocated in this layer: reads fall through to a backing image, or zeros when there
+    /// is none.
+    Unallocated,
+}
+
+/// One run of guest bytes with the same allocation status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Guest offset of the run.
+    pub start: u64,
+    /// Length of the run in bytes (never 0).
+    pub length: u64,
+    /// What backs it.
+    pub kind: ExtentKind,
+    /// Where the data sits in the image file, when it is contiguous there.
+    pub host_offset: Option<u64>,
+    /// Whether the data is stored compressed.
+    pub compressed: bool,
+    /// Which layer of a backing chain answered (0 = the image itself).
+    pub depth: u32,
+}
+
+impl Extent {
+    /// Whether reading this run is guaranteed to return zeros (ignoring backing images).
+    pub fn reads_as_zero(&self) -> bool {
+        !matches!(self.kind, ExtentKind::Data)
+    }
+}
+
+/// A virtual disk.
+pub trait BlockDevice: Send {
+    /// The format's name as qemu-img spells it ("qcow2", "raw", "vmdk").
+    fn format_name(&self) -> &'static str;
+
+    /// Guest-visible size in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Fill `buf` with the guest bytes at `offset`. The range must lie inside the disk.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Write `buf` at guest `offset`. The range must lie inside the disk.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Make the guest range read as zeros, deallocating where the format allows.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Tell the image the guest no longer needs the range. Afterwards the range reads as
+    /// zeros where whole allocation units were released, and is unchanged elsewhere.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Make every completed write durable, in the format's crash-safe order.
+    fn flush(&mut self) -> Result<()>;
+
+    /// The allocation status of the run starting at `offset`, at most `max_len` bytes long.
+    fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent>;
+
+    /// Whether writes are refused.
+    fn is_read_only(&self) -> bool;
+
+    /// The allocation unit, if the format has one (a qcow2 cluster, a VMDK grain).
+    fn cluster_size(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
+pub fn check_range(size: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(crate::Error::invalid(format!(
+            "request at offset {offset} length {len} is outside the disk ({size} bytes)"
+        ))),
+    }
+}
+
+impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
+    fn format_name(&self) -> &'static str {
+        (**self).format_name()
+    }
+    fn virtual_size(&self) -> u64 {
+        (**self).virtual_size()
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        (**self).write_zeroes(offset, len)
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        (**self).discard(offset, len)
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+    fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
+        (**self).block_status(offset, max_len)
+    }
+    fn is_read_only(&self) -> bool {
+        (**self).is_read_only()
+    }
+    fn cluster_size(&self) -> Option<u64> {
+        (**self).cluster_size()
+    }
+}

@@ -1,0 +1,138 @@
+//! The raw format: the guest disk is the file, byte for byte.
+
+use crate::device::{check_range, BlockDevice, Extent, ExtentKind};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// A raw image over any storage.
+pub struct Raw<S: Storage> {
+    storage: S,
+    size: u64,
+    read_only: bool,
+}
+
+impl<S: Storage> Raw<S> {
+    /// Open `storage` as a raw image; its length is the virtual size.
+    pub fn open(storage: S, read_only: bool) -> Result<Self> {
+        let size = storage
+            .len()
+            .map_err(|e| Error::io("raw image: reading the file length", e))?;
+        Ok(Raw {
+            storage,
+            size,
+            read_only,
+        })
+    }
+
+    /// Create a raw image of `size` bytes in `storage` (which should be empty).
+    pub fn create(storage: S, size: u64, prealloc: crate::Preallocation) -> Result<Self> {
+        let io = |e| Error::io("raw image: creating", e);
+        storage.set_len(0).map_err(io)?;
+        match prealloc {
+            crate::Preallocation::Off | crate::Preallocation::Metadata => {
+                storage.set_len(size).map_err(io)?
+            }
+            crate::Preallocation::Falloc => storage.allocate(0, size).map_err(io)?,
+            crate::Preallocation::Full => {
+                crate::storage::write_zero_bytes(&storage, 0, size).map_err(io)?
+            }
+        }
+        storage.set_len(size).map_err(io)?;
+        storage.flush().map_err(io)?;
+        Self::open(storage, false)
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Change the virtual size (truncating or extending the file).
+    pub fn resize(&mut self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.storage
+            .set_len(size)
+            .map_err(|e| Error::io("raw image: resizing", e))?;
+        self.size = size;
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly("raw image is open read-only".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: Storage> BlockDevice for Raw<S> {
+    fn format_name(&self) -> &'static str {
+        "raw"
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.size, offset, buf.len() as u64)?;
+        self.storage
+            .read_at(buf, offset)
+            .map_err(|e| Error::io(format!("raw image: reading at {offset:#x}"), e))
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(self.size, offset, buf.len() as u64)?;
+        self.storage
+            .write_at(buf, offset)
+            .map_err(|e| Error::io(format!("raw image: writing at {offset:#x}"), e))
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(self.size, offset, len)?;
+        self.storage
+            .punch_hole(offset, len)
+            .map_err(|e| Error::io(format!("raw image: zeroing at {offset:#x}"), e))
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("raw image: flushing", e))
+    }
+
+    fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
+        check_range(self.size, offset, max_len.min(1))?;
+        let (data, len) = self
+            .storage
+            .data_extent(offset)
+            .map_err(|e| Error::io("raw image: querying holes", e))?;
+        let length = len.min(max_len).min(self.size - offset).max(1);
+        Ok(Extent {
+            start: offset,
+            length,
+            kind: if data {
+                ExtentKind::Data
+            } else {
+                ExtentKind::Zero
+            },
+            host_offset: data.then_some(offset),
+            compressed: false,
+            depth: 0,
+        })
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+}

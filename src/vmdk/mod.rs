@@ -1,0 +1,1 @@
+//! VMDK images (issue 6). Not implemented yet.
