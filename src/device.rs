@@ -67,6 +67,12 @@ pub trait BlockDevice: Send {
     /// Make every completed write durable, in the format's crash-safe order.
     fn flush(&mut self) -> Result<()>;
 
+    /// Finish writing: flush, and write whatever trailing structures the format needs
+    /// (a streamOptimized VMDK's footer, for example). The device must not be written after.
+    fn close(&mut self) -> Result<()> {
+        self.flush()
+    }
+
     /// The allocation status of the run starting at `offset`, at most `max_len` bytes long.
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent>;
 
@@ -110,6 +116,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn flush(&mut self) -> Result<()> {
         (**self).flush()
+    }
+    fn close(&mut self) -> Result<()> {
+        (**self).close()
     }
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
         (**self).block_status(offset, max_len)
