@@ -18,7 +18,11 @@
 
 pub mod device;
 pub mod error;
+pub mod image;
+pub mod ops;
+pub mod qcow2;
 pub mod raw;
+pub mod size;
 pub mod storage;
 pub mod vmdk;
 

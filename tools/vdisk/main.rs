@@ -1,1 +1,54 @@
-fn main(){}
+//! `vdisk`: a qemu-img-style command-line tool over the vdisk library.
+//!
+//! `main` parses arguments with clap and calls one subcommand module; every subcommand
+//! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
+//! code 1 (as qemu-img does).
+
+mod cmd_convert;
+mod cmd_create;
+mod cmd_info;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Disk image tool for qcow2, VMDK and raw images (qemu-img compatible).
+#[derive(Parser)]
+#[command(name = "vdisk", version, about, disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new disk image.
+    Create(cmd_create::Args),
+    /// Show information about a disk image.
+    Info(cmd_info::Args),
+    /// Convert an image to another format (or copy it), keeping it sparse.
+    Convert(cmd_convert::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Create(a) => cmd_create::run(a),
+        Command::Info(a) => cmd_info::run(a),
+        Command::Convert(a) => cmd_convert::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vdisk: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `info`: what qemu-img info reports, as a serialisable structure with qemu-img's keys.
+
+use crate::image::Format;
+use crate::qcow2::Qcow2;
+use crate::storage::Storage;
+use serde::Serialize;
+
+/// qemu-img's `format-specific` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct FormatSpecific {
+    /// "qcow2", "vmdk", "file".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The format's own fields.
+    pub data: serde_json::Value,
+}
+
+/// One child node (qemu-img shows the protocol layer as child "file").
+#[derive(Debug, Clone, Serialize)]
+pub struct Child {
+    /// Child name ("file").
+    pub name: String,
+    /// Its info.
+    pub info: Box<ImageInfo>,
+}
+
+/// The result of `info`, in qemu-img's JSON layout and key order.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    /// Child nodes.
+    pub children: Vec<Child>,
+    /// Guest size in bytes.
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    /// File name as given.
+    pub filename: String,
+    /// Cluster size, for formats that have one.
+    #[serde(rename = "cluster-size", skip_serializing_if = "Option::is_none")]
+    pub cluster_size: Option<u64>,
+    /// Format name.
+    pub format: String,
+    /// Host bytes used.
+    #[serde(rename = "actual-size")]
+    pub actual_size: u64,
+    /// Backing file name as recorded.
+    #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
+    pub backing_filename: Option<String>,
+    /// Backing file, resolved.
+    #[serde(
+        rename = "full-backing-filename",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub full_backing_filename: Option<String>,
+    /// Backing format.
+    #[serde(
+        rename = "backing-filename-format",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backing_format: Option<String>,
+    /// Internal snapshots.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<serde_json::Value>,
+    /// Format-specific data.
+    #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
+    pub format_specific: Option<FormatSpecific>,
+    /// Dirty flag.
+    #[serde(rename = "dirty-flag")]
+    pub dirty_flag: bool,
+}
+
+impl ImageInfo {
+    /// Info for the protocol ("file") layer of an image file.
+    pub fn file_node(filename: &str, len: u64, actual: u64) -> ImageInfo {
+        ImageInfo {
+            children: Vec::new(),
+            virtual_size: len,
+            filename: filename.to_string(),
+            cluster_size: None,
+            format: "file".into(),
+            actual_size: actual,
+            backing_filename: None,
+            full_backing_filename: None,
+            backing_format: None,
+            snapshots: Vec::new(),
+            format_specific: Some(FormatSpecific {
+                kind: "file".into(),
+                data: serde_json::json!({}),
+            }),
+            dirty_flag: false,
+        }
+    }
+
+    /// Info for a format node over `file`.
+    pub fn new(filename: &str, format: Format, virtual_size: u64, file: ImageInfo) -> ImageInfo {
+        ImageInfo {
+            virtual_size,
+            filename: filename.to_string(),
+            cluster_size: None,
+            format: format.name().into(),
+            actual_size: file.actual_size,
+            backing_filename: None,
+            full_backing_filename: None,
+            backing_format: None,
+            snapshots: Vec::new(),
+            format_specific: None,
+            dirty_flag: false,
+            children: vec![Child {
+                name: "file".into(),
+                info: Box::new(file),
+            }],
+        }
+    }
+
+    /// JSON as qemu-img prints it (4-space indentation).
+    pub fn to_json(&self) -> String {
+        to_qemu_json(self)
+    }
+
+    /// The human-readable form qemu-img prints.
+    pub fn to_human(&self) -> String {
+        use crate::size::human_size;
+        let mut s = String::new();
+        s += &format!("image: {}\n", self.filename);
+        s += &format!("file format: {}\n", self.format);
+        s += &format!(
+            "virtual size: {} ({} bytes)\n",
+            human_size(self.virtual_size),
+            self.virtual_size
+        );
+        s += &format!("disk size: {}\n", human_size(self.actual_size));
+        if let Some(cs) = self.cluster_size {
+            s += &format!("cluster_size: {cs}\n");
+        }
+        if let Some(b) = &self.backing_filename {
+            s += &format!("backing file: {b}");
+            if let Some(full) = &self.full_backing_filename {
+                if full != b {
+                    s += &format!(" (actual path: {full})");
+                }
+            }
+            s += "\n";
+        }
+        if let Some(f) = &self.backing_format {
+            s += &format!("backing file format: {f}\n");
+        }
+        if !self.snapshots.is_empty() {
+            s += "Snapshot list:\n";
+            s += &crate::ops::info::snapshot_table_text(&self.snapshots);
+        }
+        if let Some(fs) = &self.format_specific {
+            if let Some(obj) = fs.data.as_object() {
+                if !obj.is_empty() {
+                    s += "Format specific information:\n";
+                    for (k, v) in obj {
+                        human_value(&mut s, 1, k, v);
+                    }
+                }
+            }
+        }
+        for c in &self.children {
+            s += &format!("Child node '/{}':\n", c.name);
+            s += &format!("    filename: {}\n", c.info.filename);
+            s += "    protocol type: file\n";
+            s += &format!(
+                "    file length: {} ({} bytes)\n",
+                human_size(c.info.virtual_size),
+                c.info.virtual_size
+            );
+            s += &format!("    disk size: {}\n", human_size(c.info.actual_size));
+        }
+        s
+    }
+}
+
+fn human_value(s: &mut String, depth: usize, k: &str, v: &serde_json::Value) {
+    let pad = "    ".repeat(depth);
+    let key = k.replace('-', " ");
+    match v {
+        serde_json::Value::Array(items) => {
+            *s += &format!("{pad}{key}:\n");
+            for (i, item) in items.iter().enumerate() {
+                *s += &format!("{pad}    [{i}]:\n");
+                if let Some(o) = item.as_object() {
+                    for (k2, v2) in o {
+                        human_value(s, depth + 2, k2, v2);
+                    }
+                }
+            }
+        }
+        serde_json::Value::Object(o) => {
+            *s += &format!("{pad}{key}:\n");
+            for (k2, v2) in o {
+                human_value(s, depth + 1, k2, v2);
+            }
+        }
+        serde_json::Value::String(t) => *s += &format!("{pad}{key}: {t}\n"),
+        other => *s += &format!("{pad}{key}: {other}\n"),
+    }
+}
+
+/// The snapshot list as qemu-img prints it (header line and one line per snapshot).
+pub fn snapshot_table_text(snaps: &[serde_json::Value]) -> String {
+    let mut s = format!(
+        "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+        "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
+    );
+    for v in snaps {
+        let g = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let date = crate::size::format_date(g("date-sec") as i64);
+        let secs = g("vm-clock-sec");
+        let clock = format!(
+            "{:04}:{:02}:{:02}.{:03}",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60,
+            g("vm-clock-nsec") / 1_000_000
+        );
+        let icount = v
+            .get("icount")
+            .and_then(|x| x.as_u64())
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        s += &format!(
+            "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+            v.get("id").and_then(|x| x.as_str()).unwrap_or(""),
+            v.get("name").and_then(|x| x.as_str()).unwrap_or(""),
+            crate::size::human_size(g("vm-state-size")),
+            date,
+            clock,
+            icount
+        );
+    }
+    s
+}
+
+/// Serialise with qemu-img's 4-space indentation.
+pub fn to_qemu_json<T: Serialize>(v: &T) -> String {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    if v.serialize(&mut ser).is_err() {
+        return "{}".into();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Info for an open qcow2 image.
+pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<ImageInfo> {
+    let io = |e| crate::Error::io("reading the file size", e);
+    let len = img.storage().len().map_err(io)?;
+    let actual = img.storage().allocated_bytes().map_err(io)?;
+    let h = img.header();
+    let file = ImageInfo::file_node(filename, len, actual);
+    let mut info = ImageInfo::new(filename, Format::Qcow2, h.size, file);
+    info.cluster_size = Some(h.cluster_size());
+    info.dirty_flag = h.incompatible_features & crate::qcow2::header::incompat::DIRTY != 0;
+    info.backing_filename = h.backing_file.clone();
+    info.backing_format = h.backing_format();
+    let data = if h.version == 2 {
+        serde_json::json!({
+            "compat": "0.10",
+            "compression-type": h.compression_type.name(),
+            "refcount-bits": 1u32 << h.refcount_order,
+        })
+    } else {
+        serde_json::json!({
+            "compat": "1.1",
+            "compression-type": h.compression_type.name(),
+            "lazy-refcounts": h.compatible_features & crate::qcow2::header::compat::LAZY_REFCOUNTS != 0,
+            "refcount-bits": 1u32 << h.refcount_order,
+            "corrupt": h.incompatible_features & crate::qcow2::header::incompat::CORRUPT != 0,
+            "extended-l2": false,
+        })
+    };
+    info.format_specific = Some(FormatSpecific {
+        kind: "qcow2".into(),
+        data,
+    });
+    Ok(info)
+}

@@ -1,0 +1,145 @@
+//! Guest-to-host mapping: looking up L2 entries, and making L2 tables writable
+//! (allocating a new one, or copying one shared with a snapshot).
+
+use super::entry::{self, L2Entry, COPIED};
+use super::{Qcow2, Table};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use byteorder::{BigEndian, ByteOrder};
+
+impl<S: Storage> Qcow2<S> {
+    /// The L2 table offset for `l1_index`, or `None` when unallocated.
+    pub(crate) fn l2_offset(&self, l1_index: u64) -> Option<u64> {
+        let raw = *self.l1.get(l1_index as usize)?;
+        let off = entry::l1_l2_offset(raw);
+        (off != 0).then_some(off)
+    }
+
+    /// The raw L2 entry for guest cluster `gc` (0 when its L2 table is unallocated).
+    pub(crate) fn l2_raw(&mut self, gc: u64) -> Result<u64> {
+        let l1_index = gc >> self.geo.l2_bits;
+        let Some(l2_off) = self.l2_offset(l1_index) else {
+            return Ok(0);
+        };
+        self.load_table(Table::L2, l2_off)?;
+        let idx = (gc & (self.geo.l2_entries() - 1)) as usize;
+        let table = self.l2_cache.get(l2_off).unwrap_or(&[]);
+        Ok(BigEndian::read_u64(&table[idx * 8..]))
+    }
+
+    /// The decoded, validated L2 entry for guest cluster `gc`.
+    pub(crate) fn l2_entry(&mut self, gc: u64) -> Result<L2Entry> {
+        let raw = self.l2_raw(gc)?;
+        let e = L2Entry::decode(raw, self.geo.cluster_bits);
+        self.validate_l2_entry(gc, raw, e)?;
+        Ok(e)
+    }
+
+    fn validate_l2_entry(&self, gc: u64, raw: u64, e: L2Entry) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let bad = |msg: String| {
+            let l2 = self.l2_offset(gc >> self.geo.l2_bits).unwrap_or(0);
+            let idx = gc & (self.geo.l2_entries() - 1);
+            Err(Error::corrupt(
+                "L2 table",
+                l2,
+                format!("entry {idx} ({raw:#x}): {msg}"),
+            ))
+        };
+        let file_end = self.file_len.div_ceil(cs) * cs;
+        match e {
+            L2Entry::Normal { host, .. }
+            | L2Entry::Zero {
+                host: Some(host), ..
+            } => {
+                if host % cs != 0 {
+                    return bad(format!("host offset {host:#x} is not cluster aligned"));
+                }
+                if self.header.version == 2 && matches!(e, L2Entry::Zero { .. }) {
+                    return bad("zero flag in a version 2 image".into());
+                }
+                if host >= file_end {
+                    return bad(format!("host offset {host:#x} is past the end of the file"));
+                }
+                if host == 0 {
+                    return bad("points at the image header".into());
+                }
+            }
+            L2Entry::Compressed { host, len }
+                if host.saturating_add(len) > file_end.saturating_add(512) || host < cs =>
+            {
+                return bad(format!(
+                    "compressed data at {host:#x}+{len} lies outside the file"
+                ));
+            }
+            L2Entry::Zero { host: None, .. } if self.header.version == 2 => {
+                return bad("zero flag in a version 2 image".into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Make the L2 table for `l1_index` writable and return its offset: allocate a zeroed
+    /// one, or copy one that is shared (L1 entry without COPIED). The old table's reference
+    /// is dropped after the new L1 entry is on disk.
+    pub(crate) fn l2_for_write(&mut self, l1_index: u64) -> Result<u64> {
+        let i = l1_index as usize;
+        let raw = *self
+            .l1
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("L1 index {l1_index} is past the L1 table")))?;
+        let old = entry::l1_l2_offset(raw);
+        if old != 0 && raw & COPIED != 0 {
+            self.load_table(Table::L2, old)?;
+            return Ok(old);
+        }
+        let table = if old == 0 {
+            vec![0u8; self.geo.cluster_size as usize]
+        } else {
+            self.load_table(Table::L2, old)?;
+            self.l2_cache
+                .peek(old)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        };
+        let new = self.alloc_clusters(1)?;
+        self.make_room(Table::L2)?;
+        self.l2_cache.insert(new, table, true);
+        self.set_l1(i, new | COPIED);
+        if old != 0 {
+            self.queue_free(old);
+        }
+        Ok(new)
+    }
+
+    /// Set entry `idx` of the (writable, cached) L2 table at `l2_off`.
+    pub(crate) fn set_l2_raw(&mut self, l2_off: u64, idx: u64, raw: u64) -> Result<()> {
+        self.load_table(Table::L2, l2_off)?;
+        if let Some(t) = self.l2_cache.get_mut(l2_off) {
+            BigEndian::write_u64(&mut t[idx as usize * 8..], raw);
+        }
+        Ok(())
+    }
+
+    /// Drop this image's reference(s) held by an L2 entry that is being replaced.
+    pub(crate) fn release_entry(&mut self, e: L2Entry) {
+        let cs = self.geo.cluster_size;
+        match e {
+            L2Entry::Normal { host, .. }
+            | L2Entry::Zero {
+                host: Some(host), ..
+            } => self.queue_free(host),
+            L2Entry::Compressed { host, len } => {
+                let first = host & !(cs - 1);
+                let last = (host + len - 1) & !(cs - 1);
+                let mut c = first;
+                while c <= last {
+                    self.queue_free(c);
+                    c += cs;
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Laying out a new qcow2 image, and the `-o` options qemu-img accepts for it.
+//!
+//! A new image has the header in cluster 0, the refcount table from cluster 1, then the
+//! refcount blocks that describe all of this metadata, then the L1 table: the same order
+//! qemu-img uses. Preallocation then goes through the ordinary allocator.
+
+use super::header::{self, CompressionType, Header};
+use super::limits::*;
+use super::refcount::set_entry;
+use super::{OpenOptions, Qcow2};
+use crate::device::BlockDevice;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::Preallocation;
+use byteorder::{BigEndian, ByteOrder};
+
+/// Options for a new qcow2 image (qemu-img's `-o` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Cluster size in bytes (a power of two from 512 to 2 MiB).
+    pub cluster_size: u64,
+    /// 2 (compat 0.10) or 3 (compat 1.1).
+    pub version: u32,
+    /// Refcount width in bits (1..64, a power of two).
+    pub refcount_bits: u32,
+    /// Set the lazy-refcounts compatible feature (v3 only).
+    pub lazy_refcounts: bool,
+    /// What to allocate up front.
+    pub preallocation: Preallocation,
+    /// Backing file name as stored in the header.
+    pub backing_file: Option<String>,
+    /// Backing format, stored in the backing-format extension.
+    pub backing_format: Option<String>,
+    /// Compression method for compressed clusters.
+    pub compression_type: CompressionType,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            size: 0,
+            cluster_size: 65536,
+            version: 3,
+            refcount_bits: 16,
+            lazy_refcounts: false,
+            preallocation: Preallocation::Off,
+            backing_file: None,
+            backing_format: None,
+            compression_type: CompressionType::Zlib,
+        }
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(Error::invalid(format!(
+            "parameter '{key}' expects 'on' or 'off', got '{v}'"
+        ))),
+    }
+}
+
+impl CreateOptions {
+    /// Apply one qemu-img `-o key=value` option.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "size" => self.size = crate::size::parse_size(value)?,
+            "cluster_size" => self.cluster_size = crate::size::parse_size(value)?,
+            "compat" => {
+                self.version = match value {
+                    "0.10" | "v2" => 2,
+                    "1.1" | "v3" => 3,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "invalid compat level '{value}' (expected 0.10 or 1.1)"
+                        )))
+                    }
+                }
+            }
+            "refcount_bits" => {
+                self.refcount_bits = value
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("invalid refcount_bits '{value}'")))?
+            }
+            "lazy_refcounts" => self.lazy_refcounts = parse_bool(key, value)?,
+            "preallocation" => self.preallocation = value.parse()?,
+            "backing_file" => self.backing_file = Some(value.to_string()),
+            "backing_fmt" => self.backing_format = Some(value.to_string()),
+            "compression_type" => {
+                self.compression_type = match value {
+                    "zlib" => CompressionType::Zlib,
+                    "zstd" => CompressionType::Zstd,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "invalid compression_type '{value}' (expected zlib or zstd)"
+                        )))
+                    }
+                }
+            }
+            "encryption" | "encrypt.format" | "data_file" | "data_file_raw" | "extended_l2" => {
+                if value == "off" || value == "false" {
+                    return Ok(());
+                }
+                return Err(Error::unsupported(format!("qcow2 option '{key}'")));
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "invalid parameter '{key}' for qcow2"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the combination of options.
+    pub fn validate(&self) -> Result<()> {
+        let cs = self.cluster_size;
+        if !cs.is_power_of_two()
+            || !(1u64 << MIN_CLUSTER_BITS..=1u64 << MAX_CLUSTER_BITS).contains(&cs)
+        {
+            return Err(Error::invalid(format!(
+                "cluster size must be a power of two between 512 and 2048k, not {cs}"
+            )));
+        }
+        if !self.refcount_bits.is_power_of_two() || self.refcount_bits > 64 {
+            return Err(Error::invalid(
+                "refcount width must be a power of two and may not exceed 64 bits",
+            ));
+        }
+        if self.version == 2 && self.refcount_bits != 16 {
+            return Err(Error::invalid("different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+        }
+        if self.version == 2 && self.lazy_refcounts {
+            return Err(Error::invalid("lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+        }
+        if self.version == 2 && self.compression_type != CompressionType::Zlib {
+            return Err(Error::invalid(
+                "compression_type requires compat=1.1 or greater",
+            ));
+        }
+        if self.backing_file.is_some() && self.preallocation != Preallocation::Off {
+            return Err(Error::invalid("backing file and preallocation can only be used at the same time if extended_l2 is on"));
+        }
+        if self.size > MAX_VIRTUAL_SIZE {
+            return Err(Error::invalid("image size is too large"));
+        }
+        let l1 = header::l1_entries_for(self.size.next_multiple_of(512), cs.trailing_zeros())
+            .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
+        if l1 * 8 > MAX_L1_BYTES {
+            return Err(Error::invalid(
+                "image size is too large for this cluster size",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Create a qcow2 image in `storage` (whose old contents are discarded) and open it.
+pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> {
+    opts.validate()?;
+    let io = |e| Error::io("qcow2: creating the image", e);
+    let cs = opts.cluster_size;
+    let cluster_bits = cs.trailing_zeros();
+    let refcount_order = opts.refcount_bits.trailing_zeros();
+    let size = opts.size.next_multiple_of(512);
+    let l1_size = header::l1_entries_for(size, cluster_bits).unwrap_or(0);
+    let l1_clusters = (l1_size * 8).div_ceil(cs);
+    let rb_entries = cs * 8 / u64::from(opts.refcount_bits);
+    // Fixed point: header + refcount table + refcount blocks + L1, all described by the blocks.
+    let (mut rt_clusters, mut blocks) = (1u64, 1u64);
+    loop {
+        let total = 1 + rt_clusters + blocks + l1_clusters;
+        let b = total.div_ceil(rb_entries);
+        let r = (b * 8).div_ceil(cs).max(1);
+        if b == blocks && r == rt_clusters {
+            break;
+        }
+        (blocks, rt_clusters) = (b.max(blocks), r.max(rt_clusters));
+    }
+    let rt_offset = cs;
+    let blocks_offset = rt_offset + rt_clusters * cs;
+    let l1_offset = blocks_offset + blocks * cs;
+    let total = 1 + rt_clusters + blocks + l1_clusters;
+
+    let mut h = Header {
+        version: opts.version,
+        backing_file_offset: 0,
+        backing_file_size: 0,
+        cluster_bits,
+        size,
+        crypt_method: 0,
+        l1_size: l1_size as u32,
+        l1_table_offset: l1_offset,
+        refcount_table_offset: rt_offset,
+        refcount_table_clusters: rt_clusters as u32,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible_features: 0,
+        compatible_features: if opts.lazy_refcounts {
+            header::compat::LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        autoclear_features: 0,
+        refcount_order,
+        header_length: if opts.version == 2 {
+            V2_HEADER_LEN
+        } else {
+            112
+        },
+        compression_type: opts.compression_type,
+        unknown_header_tail: Vec::new(),
+        extensions: Vec::new(),
+        backing_file: opts.backing_file.clone(),
+    };
+    if opts.compression_type != CompressionType::Zlib {
+        h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
+    }
+    if let Some(fmt) = &opts.backing_format {
+        h.extensions.push(header::Extension {
+            kind: header::ext::BACKING_FORMAT,
+            data: fmt.as_bytes().to_vec(),
+        });
+    }
+    if opts.version >= 3 {
+        h.extensions.push(header::Extension {
+            kind: header::ext::FEATURE_TABLE,
+            data: header::default_feature_table(),
+        });
+    }
+    let header_bytes = h.write()?;
+
+    storage.set_len(0).map_err(io)?;
+    // Refcount table and blocks.
+    let mut rt = vec![0u8; (rt_clusters * cs) as usize];
+    for b in 0..blocks {
+        BigEndian::write_u64(&mut rt[(b * 8) as usize..], blocks_offset + b * cs);
+    }
+    let mut blocks_buf = vec![0u8; (blocks * cs) as usize];
+    for c in 0..total {
+        let (b, i) = (c / rb_entries, c % rb_entries);
+        let block = &mut blocks_buf[(b * cs) as usize..((b + 1) * cs) as usize];
+        set_entry(block, refcount_order, i as usize, 1);
+    }
+    storage.write_at(&rt, rt_offset).map_err(io)?;
+    storage.write_at(&blocks_buf, blocks_offset).map_err(io)?;
+    let l1_bytes = l1_size * 8;
+    storage
+        .set_len(
+            l1_offset
+                + l1_bytes
+                    .next_multiple_of(512)
+                    .max(if l1_bytes == 0 { 0 } else { 512 }),
+        )
+        .map_err(io)?;
+    storage.flush().map_err(io)?;
+    // The header last: until it is written the file is not a qcow2 image.
+    storage.write_at(&header_bytes, 0).map_err(io)?;
+    storage.flush().map_err(io)?;
+
+    let mut img = Qcow2::open(storage, OpenOptions::default())?;
+    if opts.preallocation != Preallocation::Off {
+        img.preallocate(opts.preallocation)?;
+    }
+    Ok(img)
+}
+
+impl<S: Storage> Qcow2<S> {
+    /// Allocate every guest cluster (and L2 table) of the image, as qemu-img's
+    /// `preallocation=metadata|falloc|full` do. Data clusters read as zeros.
+    pub fn preallocate(&mut self, mode: Preallocation) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let size = self.virtual_size();
+        let clusters = size.div_ceil(cs);
+        let per_table = self.geo.l2_entries();
+        let mut gc = 0;
+        while gc < clusters {
+            let l1_index = gc >> self.geo.l2_bits;
+            let n = per_table.min(clusters - gc);
+            let l2_off = self.l2_for_write(l1_index)?;
+            let host = self.alloc_clusters(n)?;
+            for k in 0..n {
+                if self.l2_raw(gc + k)? == 0 {
+                    self.set_l2_raw(
+                        l2_off,
+                        (gc + k) & (per_table - 1),
+                        (host + k * cs) | super::entry::COPIED,
+                    )?;
+                }
+            }
+            let io = |e| Error::io("qcow2: preallocating", e);
+            match mode {
+                Preallocation::Off => {}
+                Preallocation::Metadata => {
+                    let end = host + n * cs;
+                    if end > self.storage.len().map_err(io)? {
+                        self.storage.set_len(end).map_err(io)?;
+                    }
+                }
+                Preallocation::Falloc => self.storage.allocate(host, n * cs).map_err(io)?,
+                Preallocation::Full => {
+                    crate::storage::write_zero_bytes(&self.storage, host, n * cs).map_err(io)?
+                }
+            }
+            gc += n;
+        }
+        self.flush_metadata()
+    }
+}

@@ -1,0 +1,640 @@
+//! The qcow2 header, its extensions and the backing file name: parse, validate, write.
+//!
+//! [`Header::parse`] reads the fixed fields with nom and checks each against
+//! [`super::limits`]; [`Header::write`] lays them out again with byteorder. Header
+//! extensions are kept as raw `(type, bytes)` pairs in file order so that any extension,
+//! known or not, is written back byte for byte; typed accessors decode the ones vdisk uses.
+
+use super::limits::*;
+use crate::error::{Error, Result};
+use byteorder::{BigEndian, ByteOrder};
+use nom::number::complete::{be_u32, be_u64, u8 as nom_u8};
+
+/// `QFI\xfb`.
+pub const QCOW2_MAGIC: u32 = 0x5146_49fb;
+
+/// Incompatible feature bits.
+pub mod incompat {
+    /// Refcounts may be stale (lazy refcounts after an unclean shutdown).
+    pub const DIRTY: u64 = 1 << 0;
+    /// Metadata is known to be corrupt; writes are refused.
+    pub const CORRUPT: u64 = 1 << 1;
+    /// Guest data lives in an external file.
+    pub const EXTERNAL_DATA: u64 = 1 << 2;
+    /// The compression_type header field is not zlib.
+    pub const COMPRESSION_TYPE: u64 = 1 << 3;
+    /// L2 entries are 128 bits with subcluster bitmaps.
+    pub const EXTENDED_L2: u64 = 1 << 4;
+    /// The bits this implementation understands.
+    pub const SUPPORTED: u64 = DIRTY | CORRUPT | COMPRESSION_TYPE;
+}
+
+/// Compatible feature bits.
+pub mod compat {
+    /// Lazy refcounts: refcounts may be updated late, guarded by the dirty bit.
+    pub const LAZY_REFCOUNTS: u64 = 1 << 0;
+}
+
+/// Autoclear feature bits.
+pub mod autoclear {
+    /// The bitmaps extension is consistent with the image.
+    pub const BITMAPS: u64 = 1 << 0;
+    /// The external data file is a raw image.
+    pub const RAW_EXTERNAL: u64 = 1 << 1;
+}
+
+/// Header extension types.
+pub mod ext {
+    /// Terminates the extension list.
+    pub const END: u32 = 0;
+    /// Backing file format name.
+    pub const BACKING_FORMAT: u32 = 0xe279_2aca;
+    /// Feature name table.
+    pub const FEATURE_TABLE: u32 = 0x6803_f857;
+    /// Persistent dirty bitmaps directory.
+    pub const BITMAPS: u32 = 0x2385_2875;
+    /// Full disk encryption header pointer.
+    pub const CRYPTO: u32 = 0x0537_be77;
+    /// External data file name.
+    pub const DATA_FILE: u32 = 0x4441_5441;
+}
+
+/// Compression methods recorded in the compression_type header byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionType {
+    /// Raw deflate (the default, and the only one before the field existed).
+    #[default]
+    Zlib,
+    /// Zstandard.
+    Zstd,
+}
+
+impl CompressionType {
+    /// The name qemu-img uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionType::Zlib => "zlib",
+            CompressionType::Zstd => "zstd",
+        }
+    }
+}
+
+/// One header extension as stored: its type and its unpadded data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    /// Extension type (see [`ext`]).
+    pub kind: u32,
+    /// The data, without the padding to 8 bytes.
+    pub data: Vec<u8>,
+}
+
+/// One entry of the feature name table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureName {
+    /// 0 incompatible, 1 compatible, 2 autoclear.
+    pub kind: u8,
+    /// Bit number.
+    pub bit: u8,
+    /// Name, without trailing NULs.
+    pub name: String,
+}
+
+/// The qcow2 header as read from (or to be written to) the start of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub backing_file_offset: u64,
+    pub backing_file_size: u32,
+    pub cluster_bits: u32,
+    pub size: u64,
+    pub crypt_method: u32,
+    pub l1_size: u32,
+    pub l1_table_offset: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub incompatible_features: u64,
+    pub compatible_features: u64,
+    pub autoclear_features: u64,
+    pub refcount_order: u32,
+    pub header_length: u32,
+    pub compression_type: CompressionType,
+    /// Header bytes past the fields vdisk knows (up to `header_length`), kept as they are.
+    pub unknown_header_tail: Vec<u8>,
+    /// Header extensions in file order.
+    pub extensions: Vec<Extension>,
+    /// Backing file name, if any.
+    pub backing_file: Option<String>,
+}
+
+/// Offset of the refcount_table_offset field (followed by refcount_table_clusters).
+pub const REFCOUNT_TABLE_FIELD_OFFSET: u64 = 48;
+/// Offset of the l1_size field (followed by l1_table_offset).
+pub const L1_FIELD_OFFSET: u64 = 36;
+/// Offset of the incompatible_features field.
+pub const INCOMPAT_FIELD_OFFSET: u64 = 72;
+/// Offset of the nb_snapshots field (followed by snapshots_offset).
+pub const SNAPSHOTS_FIELD_OFFSET: u64 = 60;
+/// Size of the fields vdisk parses in a v3 header that has a compression_type byte.
+const V3_WITH_COMPRESSION_LEN: u32 = 112;
+
+type NomErr<'a> = nom::Err<nom::error::Error<&'a [u8]>>;
+
+fn short(structure: &'static str, offset: u64) -> impl Fn(NomErr<'_>) -> Error {
+    move |_| Error::corrupt(structure, offset, "structure is truncated")
+}
+
+impl Header {
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// Parse and validate a header from the first cluster of the file (`buf` should hold
+    /// at least the first `min(file_len, 2 MiB)` bytes). `file_len` is the image file length.
+    pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
+        const S: &str = "qcow2 header";
+        let fixed: nom::IResult<&[u8], _> = nom::sequence::tuple((
+            be_u32, be_u32, be_u64, be_u32, be_u32, be_u64, be_u32, be_u32, be_u64, be_u64, be_u32,
+            be_u32, be_u64,
+        ))(buf);
+        let (rest, f) = fixed.map_err(short(S, 0))?;
+        let (magic, version, backing_file_offset, backing_file_size, cluster_bits, size) =
+            (f.0, f.1, f.2, f.3, f.4, f.5);
+        let (crypt_method, l1_size, l1_table_offset, refcount_table_offset) = (f.6, f.7, f.8, f.9);
+        let (refcount_table_clusters, nb_snapshots, snapshots_offset) = (f.10, f.11, f.12);
+        if magic != QCOW2_MAGIC {
+            return Err(Error::corrupt(S, 0, "bad magic (not a qcow2 image)"));
+        }
+        if version != 2 && version != 3 {
+            return Err(Error::unsupported(format!("qcow2 version {version}")));
+        }
+        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+            return Err(Error::corrupt(
+                S,
+                20,
+                format!(
+                    "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
+                ),
+            ));
+        }
+        let cluster_size = 1u64 << cluster_bits;
+        let mut h = Header {
+            version,
+            backing_file_offset,
+            backing_file_size,
+            cluster_bits,
+            size,
+            crypt_method,
+            l1_size,
+            l1_table_offset,
+            refcount_table_offset,
+            refcount_table_clusters,
+            nb_snapshots,
+            snapshots_offset,
+            incompatible_features: 0,
+            compatible_features: 0,
+            autoclear_features: 0,
+            refcount_order: 4,
+            header_length: V2_HEADER_LEN,
+            compression_type: CompressionType::Zlib,
+            unknown_header_tail: Vec::new(),
+            extensions: Vec::new(),
+            backing_file: None,
+        };
+        if version == 3 {
+            let v3: nom::IResult<&[u8], _> =
+                nom::sequence::tuple((be_u64, be_u64, be_u64, be_u32, be_u32))(rest);
+            let (rest, (inc, comp, auto, order, hlen)) = v3.map_err(short(S, 72))?;
+            h.incompatible_features = inc;
+            h.compatible_features = comp;
+            h.autoclear_features = auto;
+            h.refcount_order = order;
+            h.header_length = hlen;
+            if hlen < V3_MIN_HEADER_LEN {
+                return Err(Error::corrupt(
+                    S,
+                    100,
+                    format!("header_length {hlen} is below 104"),
+                ));
+            }
+            if u64::from(hlen) > cluster_size {
+                return Err(Error::corrupt(
+                    S,
+                    100,
+                    format!("header_length {hlen} exceeds the cluster size"),
+                ));
+            }
+            if hlen as usize > buf.len() {
+                return Err(Error::corrupt(
+                    S,
+                    100,
+                    "header extends past the end of the file",
+                ));
+            }
+            if hlen > V3_MIN_HEADER_LEN {
+                let (_, ct) = nom_u8::<_, nom::error::Error<&[u8]>>(rest).map_err(short(S, 104))?;
+                h.compression_type = match ct {
+                    0 => CompressionType::Zlib,
+                    1 => CompressionType::Zstd,
+                    other => {
+                        return Err(Error::corrupt(
+                            S,
+                            104,
+                            format!("unknown compression type {other}"),
+                        ))
+                    }
+                };
+                let known = V3_WITH_COMPRESSION_LEN.min(hlen) as usize;
+                h.unknown_header_tail = buf[known..hlen as usize].to_vec();
+            }
+        }
+        h.validate(file_len)?;
+        h.parse_extensions(buf)?;
+        h.parse_backing_name(buf)?;
+        Ok(h)
+    }
+
+    fn validate(&self, file_len: u64) -> Result<()> {
+        const S: &str = "qcow2 header";
+        let cs = self.cluster_size();
+        if self.refcount_order > MAX_REFCOUNT_ORDER {
+            return Err(Error::corrupt(
+                S,
+                96,
+                format!("refcount_order {} exceeds 6", self.refcount_order),
+            ));
+        }
+        if self.version == 2 && self.refcount_order != 4 {
+            return Err(Error::corrupt(
+                S,
+                96,
+                "version 2 images must use 16-bit refcounts",
+            ));
+        }
+        if self.crypt_method != 0 {
+            return Err(Error::unsupported(format!(
+                "encrypted qcow2 images (crypt_method {})",
+                self.crypt_method
+            )));
+        }
+        if self.size > MAX_VIRTUAL_SIZE {
+            return Err(Error::corrupt(
+                S,
+                24,
+                format!("virtual size {} is too large", self.size),
+            ));
+        }
+        if self.backing_file_offset != 0 {
+            if self.backing_file_size > MAX_BACKING_NAME {
+                return Err(Error::corrupt(
+                    S,
+                    16,
+                    format!(
+                        "backing file name length {} exceeds {MAX_BACKING_NAME}",
+                        self.backing_file_size
+                    ),
+                ));
+            }
+            let end = self.backing_file_offset + u64::from(self.backing_file_size);
+            if self.backing_file_offset > cs || end > cs {
+                return Err(Error::corrupt(
+                    S,
+                    8,
+                    "backing file name lies outside the first cluster",
+                ));
+            }
+            if self.backing_file_offset < u64::from(self.header_length) {
+                return Err(Error::corrupt(
+                    S,
+                    8,
+                    "backing file name overlaps the header",
+                ));
+            }
+        }
+        // L1 table: big enough for the virtual size, within limits, inside the file.
+        let needed = self.l1_entries_needed().ok_or_else(|| {
+            Error::corrupt(
+                S,
+                24,
+                "virtual size needs an L1 table larger than the format allows",
+            )
+        })?;
+        if u64::from(self.l1_size) < needed {
+            return Err(Error::corrupt(
+                "L1 table",
+                self.l1_table_offset,
+                format!(
+                    "{} entries cannot map a virtual size of {} bytes",
+                    self.l1_size, self.size
+                ),
+            ));
+        }
+        validate_table(
+            "L1 table",
+            self.l1_table_offset,
+            u64::from(self.l1_size),
+            8,
+            MAX_L1_BYTES,
+            cs,
+            file_len,
+        )?;
+        let rt_clusters = u64::from(self.refcount_table_clusters);
+        if rt_clusters == 0 {
+            return Err(Error::corrupt(
+                "refcount table",
+                self.refcount_table_offset,
+                "refcount table is empty",
+            ));
+        }
+        validate_table(
+            "refcount table",
+            self.refcount_table_offset,
+            rt_clusters.saturating_mul(cs) / 8,
+            8,
+            MAX_REFTABLE_BYTES,
+            cs,
+            file_len,
+        )?;
+        if u64::from(self.nb_snapshots) > MAX_SNAPSHOTS {
+            return Err(Error::corrupt(
+                "snapshot table",
+                self.snapshots_offset,
+                format!(
+                    "{} snapshots exceed the limit of {MAX_SNAPSHOTS}",
+                    self.nb_snapshots
+                ),
+            ));
+        }
+        if self.nb_snapshots > 0 && self.snapshots_offset % cs != 0 {
+            return Err(Error::corrupt(
+                "snapshot table",
+                self.snapshots_offset,
+                "offset is not cluster aligned",
+            ));
+        }
+        let unknown = self.incompatible_features & !incompat::SUPPORTED;
+        if unknown != 0 && unknown & (incompat::EXTERNAL_DATA | incompat::EXTENDED_L2) == unknown {
+            // Known to QEMU but not implemented here: say which.
+            let mut names = Vec::new();
+            if unknown & incompat::EXTERNAL_DATA != 0 {
+                names.push("external data file");
+            }
+            if unknown & incompat::EXTENDED_L2 != 0 {
+                names.push("extended L2 entries");
+            }
+            return Err(Error::unsupported(format!(
+                "qcow2 feature: {}",
+                names.join(", ")
+            )));
+        }
+        if (self.incompatible_features & incompat::COMPRESSION_TYPE != 0)
+            != (self.compression_type != CompressionType::Zlib)
+        {
+            return Err(Error::corrupt(
+                S,
+                104,
+                "compression type does not match the compression-type feature bit",
+            ));
+        }
+        Ok(())
+    }
+
+    /// L1 entries needed to map the virtual size (None if it would overflow).
+    pub fn l1_entries_needed(&self) -> Option<u64> {
+        l1_entries_for(self.size, self.cluster_bits)
+    }
+
+    fn parse_extensions(&mut self, buf: &[u8]) -> Result<()> {
+        const S: &str = "qcow2 header extension";
+        let cs = self.cluster_size() as usize;
+        let start = self.header_length as usize;
+        let end = if self.backing_file_offset != 0 {
+            self.backing_file_offset as usize
+        } else {
+            cs
+        }
+        .min(buf.len());
+        let mut off = start;
+        while off + 8 <= end {
+            let kind = BigEndian::read_u32(&buf[off..]);
+            let len = BigEndian::read_u32(&buf[off + 4..]) as usize;
+            if kind == ext::END {
+                return self.check_unknown_incompat();
+            }
+            let data_start = off + 8;
+            if len > end - data_start {
+                return Err(Error::corrupt(
+                    S,
+                    off as u64,
+                    format!(
+                        "extension {kind:#x} of {len} bytes runs past the end of the header area"
+                    ),
+                ));
+            }
+            self.extensions.push(Extension {
+                kind,
+                data: buf[data_start..data_start + len].to_vec(),
+            });
+            off = data_start + len.div_ceil(8) * 8;
+        }
+        // No end marker inside the area: QEMU treats the end of the area as the end.
+        self.check_unknown_incompat()
+    }
+
+    fn check_unknown_incompat(&self) -> Result<()> {
+        let unknown = self.incompatible_features & !incompat::SUPPORTED;
+        if unknown == 0 {
+            return Ok(());
+        }
+        let names = self.feature_names();
+        let mut parts = Vec::new();
+        for bit in 0..64u8 {
+            if unknown & (1 << bit) != 0 {
+                match names.iter().find(|f| f.kind == 0 && f.bit == bit) {
+                    Some(f) => parts.push(f.name.clone()),
+                    None => parts.push(format!("Unknown incompatible feature: bit {bit}")),
+                }
+            }
+        }
+        Err(Error::unsupported(format!(
+            "qcow2 feature: {}",
+            parts.join(", ")
+        )))
+    }
+
+    fn parse_backing_name(&mut self, buf: &[u8]) -> Result<()> {
+        if self.backing_file_offset == 0 {
+            return Ok(());
+        }
+        let start = self.backing_file_offset as usize;
+        let end = start + self.backing_file_size as usize;
+        if end > buf.len() {
+            return Err(Error::corrupt(
+                "backing file name",
+                start as u64,
+                "name lies past the end of the file",
+            ));
+        }
+        let name = String::from_utf8(buf[start..end].to_vec()).map_err(|_| {
+            Error::corrupt("backing file name", start as u64, "name is not valid UTF-8")
+        })?;
+        self.backing_file = Some(name);
+        Ok(())
+    }
+
+    /// The first extension of type `kind`.
+    pub fn extension(&self, kind: u32) -> Option<&Extension> {
+        self.extensions.iter().find(|e| e.kind == kind)
+    }
+
+    /// Replace (or add, or with `None` remove) the extension of type `kind`.
+    pub fn set_extension(&mut self, kind: u32, data: Option<Vec<u8>>) {
+        let pos = self.extensions.iter().position(|e| e.kind == kind);
+        match (pos, data) {
+            (Some(i), Some(d)) => self.extensions[i].data = d,
+            (Some(i), None) => {
+                self.extensions.remove(i);
+            }
+            (None, Some(d)) => self.extensions.insert(0, Extension { kind, data: d }),
+            (None, None) => {}
+        }
+    }
+
+    /// The backing format named by the backing-format extension.
+    pub fn backing_format(&self) -> Option<String> {
+        self.extension(ext::BACKING_FORMAT).map(|e| {
+            String::from_utf8_lossy(&e.data)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+    }
+
+    /// Decode the feature name table (malformed trailing bytes are ignored).
+    pub fn feature_names(&self) -> Vec<FeatureName> {
+        let Some(e) = self.extension(ext::FEATURE_TABLE) else {
+            return Vec::new();
+        };
+        e.data
+            .chunks_exact(48)
+            .map(|c| FeatureName {
+                kind: c[0],
+                bit: c[1],
+                name: String::from_utf8_lossy(&c[2..])
+                    .trim_end_matches('\0')
+                    .to_string(),
+            })
+            .collect()
+    }
+
+    /// Encode the header, its extensions and the backing name into one buffer of at most
+    /// one cluster. Recomputes `header_length` for v3 and the backing name's position.
+    pub fn write(&mut self) -> Result<Vec<u8>> {
+        let cs = self.cluster_size() as usize;
+        let fixed_len = if self.version == 2 {
+            V2_HEADER_LEN as usize
+        } else {
+            V3_WITH_COMPRESSION_LEN as usize + self.unknown_header_tail.len()
+        };
+        if self.version == 3 {
+            self.header_length = if self.unknown_header_tail.is_empty() {
+                V3_WITH_COMPRESSION_LEN
+            } else {
+                fixed_len as u32
+            };
+        }
+        let mut len = fixed_len;
+        for e in &self.extensions {
+            len += 8 + e.data.len().div_ceil(8) * 8;
+        }
+        len += 8; // end marker
+        let backing = self.backing_file.clone().unwrap_or_default();
+        if backing.len() > MAX_BACKING_NAME as usize {
+            return Err(Error::invalid(format!(
+                "backing file name is longer than {MAX_BACKING_NAME} bytes"
+            )));
+        }
+        if self.backing_file.is_some() {
+            self.backing_file_offset = len as u64;
+            self.backing_file_size = backing.len() as u32;
+            len += backing.len();
+        } else {
+            self.backing_file_offset = 0;
+            self.backing_file_size = 0;
+        }
+        if len > cs {
+            return Err(Error::invalid(
+                "header, extensions and backing file name do not fit in the first cluster",
+            ));
+        }
+        let mut b = vec![0u8; len];
+        BigEndian::write_u32(&mut b[0..], QCOW2_MAGIC);
+        BigEndian::write_u32(&mut b[4..], self.version);
+        BigEndian::write_u64(&mut b[8..], self.backing_file_offset);
+        BigEndian::write_u32(&mut b[16..], self.backing_file_size);
+        BigEndian::write_u32(&mut b[20..], self.cluster_bits);
+        BigEndian::write_u64(&mut b[24..], self.size);
+        BigEndian::write_u32(&mut b[32..], self.crypt_method);
+        BigEndian::write_u32(&mut b[36..], self.l1_size);
+        BigEndian::write_u64(&mut b[40..], self.l1_table_offset);
+        BigEndian::write_u64(&mut b[48..], self.refcount_table_offset);
+        BigEndian::write_u32(&mut b[56..], self.refcount_table_clusters);
+        BigEndian::write_u32(&mut b[60..], self.nb_snapshots);
+        BigEndian::write_u64(&mut b[64..], self.snapshots_offset);
+        if self.version == 3 {
+            BigEndian::write_u64(&mut b[72..], self.incompatible_features);
+            BigEndian::write_u64(&mut b[80..], self.compatible_features);
+            BigEndian::write_u64(&mut b[88..], self.autoclear_features);
+            BigEndian::write_u32(&mut b[96..], self.refcount_order);
+            BigEndian::write_u32(&mut b[100..], self.header_length);
+            b[104] = match self.compression_type {
+                CompressionType::Zlib => 0,
+                CompressionType::Zstd => 1,
+            };
+            let t = V3_WITH_COMPRESSION_LEN as usize;
+            b[t..t + self.unknown_header_tail.len()].copy_from_slice(&self.unknown_header_tail);
+        }
+        let mut off = fixed_len;
+        for e in &self.extensions {
+            BigEndian::write_u32(&mut b[off..], e.kind);
+            BigEndian::write_u32(&mut b[off + 4..], e.data.len() as u32);
+            b[off + 8..off + 8 + e.data.len()].copy_from_slice(&e.data);
+            off += 8 + e.data.len().div_ceil(8) * 8;
+        }
+        off += 8;
+        b[off..off + backing.len()].copy_from_slice(backing.as_bytes());
+        Ok(b)
+    }
+}
+
+/// L1 entries needed to map `size` bytes with `cluster_bits` clusters.
+pub fn l1_entries_for(size: u64, cluster_bits: u32) -> Option<u64> {
+    let l2_bits = cluster_bits - 3;
+    let shift = cluster_bits + l2_bits;
+    let per_l1 = 1u64.checked_shl(shift)?;
+    Some(size.div_ceil(per_l1))
+}
+
+/// The feature name table vdisk writes into new v3 images (the names QEMU uses).
+pub fn default_feature_table() -> Vec<u8> {
+    let entries: [(u8, u8, &str); 8] = [
+        (0, 0, "dirty bit"),
+        (0, 1, "corrupt bit"),
+        (0, 2, "external data file"),
+        (0, 3, "compression type"),
+        (0, 4, "extended L2 entries"),
+        (1, 0, "lazy refcounts"),
+        (2, 0, "bitmaps"),
+        (2, 1, "raw external data"),
+    ];
+    let mut out = Vec::with_capacity(entries.len() * 48);
+    for (kind, bit, name) in entries {
+        let mut e = [0u8; 48];
+        e[0] = kind;
+        e[1] = bit;
+        e[2..2 + name.len()].copy_from_slice(name.as_bytes());
+        out.extend_from_slice(&e);
+    }
+    out
+}

@@ -1,0 +1,465 @@
+//! The [`BlockDevice`] implementation: guest reads, writes, zeroing, discard and
+//! allocation status, built on the mapping in `cluster` and the allocator in `refcount`.
+
+use super::compress::decompress_cluster;
+use super::entry::{L2Entry, COPIED};
+use super::{ioerr, Qcow2};
+use crate::device::{check_range, BlockDevice, Extent, ExtentKind};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// How a write treats one guest cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteKind {
+    /// Exclusively owned data: write in place at this host offset.
+    InPlace(u64),
+    /// Needs a new cluster (unallocated, zero, compressed, or shared with a snapshot).
+    Allocate,
+}
+
+fn write_kind(e: L2Entry) -> WriteKind {
+    match e {
+        L2Entry::Normal { host, copied: true } => WriteKind::InPlace(host),
+        _ => WriteKind::Allocate,
+    }
+}
+
+impl<S: Storage> Qcow2<S> {
+    /// Read guest bytes from one cluster whose entry is `e` into `out` (which lies inside
+    /// the cluster at `in_off`).
+    fn read_cluster_part(
+        &mut self,
+        gc: u64,
+        e: L2Entry,
+        in_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        match e {
+            L2Entry::Normal { host, .. } => self
+                .storage
+                .read_at(out, host + in_off)
+                .map_err(ioerr("reading guest data")),
+            L2Entry::Zero { .. } => {
+                out.fill(0);
+                Ok(())
+            }
+            L2Entry::Unallocated => self.read_backing(out, (gc << self.geo.cluster_bits) + in_off),
+            L2Entry::Compressed { host, len } => {
+                let cluster = self.read_compressed(host, len)?;
+                out.copy_from_slice(&cluster[in_off as usize..in_off as usize + out.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Inflate the compressed cluster at `host`.
+    pub(crate) fn read_compressed(&mut self, host: u64, len: u64) -> Result<Vec<u8>> {
+        let avail = self.file_len.saturating_sub(host).min(len);
+        let mut data = vec![0u8; avail as usize];
+        self.storage
+            .read_at(&mut data, host)
+            .map_err(ioerr("reading compressed data"))?;
+        let mut out = vec![0u8; self.geo.cluster_size as usize];
+        decompress_cluster(self.header.compression_type, &data, &mut out, host)?;
+        Ok(out)
+    }
+
+    /// Read from the backing image; past its end (or with none) the guest sees zeros.
+    fn read_backing(&mut self, out: &mut [u8], offset: u64) -> Result<()> {
+        let Some(b) = self.backing.as_mut() else {
+            out.fill(0);
+            return Ok(());
+        };
+        let bsize = b.virtual_size();
+        let avail = bsize.saturating_sub(offset).min(out.len() as u64) as usize;
+        if avail > 0 {
+            b.read_at(&mut out[..avail], offset)?;
+        }
+        out[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Whether an unallocated guest cluster reads as zeros (true without a backing image).
+    fn unallocated_is_zero(&self) -> bool {
+        self.backing.is_none()
+    }
+
+    /// Refuse data writes that would land on the header, L1 table or refcount table.
+    fn check_data_overlap(&mut self, host: u64, len: u64) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let overlaps =
+            |start: u64, size: u64| size > 0 && host < start + size && start < host + len;
+        let h = &self.header;
+        let what = if overlaps(0, cs) {
+            Some("the image header")
+        } else if overlaps(h.l1_table_offset, u64::from(h.l1_size) * 8) {
+            Some("the L1 table")
+        } else if overlaps(
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters) * cs,
+        ) {
+            Some("the refcount table")
+        } else {
+            None
+        };
+        match what {
+            Some(w) => Err(Error::corrupt(
+                "L2 table",
+                host,
+                format!("guest data write at host offset {host:#x} would overwrite {w}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn do_write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let cb = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let gc = pos >> cb;
+            let in_off = pos & (cs - 1);
+            let first = self.l2_entry(gc)?;
+            match write_kind(first) {
+                WriteKind::InPlace(host) => {
+                    // Extend over following clusters that are in place and contiguous.
+                    let mut run_end = ((gc + 1) << cb).min(end);
+                    let mut next_host = host + cs;
+                    while run_end < end {
+                        let e = self.l2_entry(run_end >> cb)?;
+                        if write_kind(e) != WriteKind::InPlace(next_host) {
+                            break;
+                        }
+                        next_host += cs;
+                        run_end = (run_end + cs).min(end);
+                    }
+                    let len = run_end - pos;
+                    self.check_data_overlap(host + in_off, len)?;
+                    let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
+                    self.storage
+                        .write_at(src, host + in_off)
+                        .map_err(ioerr("writing guest data"))?;
+                    pos = run_end;
+                }
+                WriteKind::Allocate => {
+                    pos = self.write_allocating(buf, offset, pos, first)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a run of clusters that all need a new host cluster, starting at guest `pos`
+    /// (inside the request `buf` at `offset`). Returns where the run ended.
+    fn write_allocating(
+        &mut self,
+        buf: &[u8],
+        offset: u64,
+        pos: u64,
+        first: L2Entry,
+    ) -> Result<u64> {
+        let cb = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let end = offset + buf.len() as u64;
+        let gc0 = pos >> cb;
+        let l1_index = gc0 >> self.geo.l2_bits;
+        let table_end = (l1_index + 1) << self.geo.l2_bits;
+        // Collect the run (within one L2 table).
+        let mut olds = vec![first];
+        let mut gc = gc0 + 1;
+        while gc < table_end && (gc << cb) < end {
+            let e = self.l2_entry(gc)?;
+            if write_kind(e) != WriteKind::Allocate {
+                break;
+            }
+            olds.push(e);
+            gc += 1;
+        }
+        let n = olds.len() as u64;
+        let run_start = gc0 << cb;
+        let run_end = ((gc0 + n) << cb).min(end);
+        let l2_off = self.l2_for_write(l1_index)?;
+        let host = self.alloc_clusters(n)?;
+        let head = pos - run_start;
+        let tail = ((gc0 + n) << cb) - run_end;
+        if head == 0 && tail == 0 {
+            let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
+            self.storage
+                .write_at(src, host)
+                .map_err(ioerr("writing guest data"))?;
+        } else {
+            let mut data = vec![0u8; (n * cs) as usize];
+            if head > 0 {
+                self.read_cluster_part(gc0, olds[0], 0, &mut data[..head as usize])?;
+            }
+            if tail > 0 {
+                let last = gc0 + n - 1;
+                let t0 = (n * cs - tail) as usize;
+                self.read_cluster_part(last, olds[n as usize - 1], cs - tail, &mut data[t0..])?;
+            }
+            data[head as usize..(run_end - run_start) as usize]
+                .copy_from_slice(&buf[(pos - offset) as usize..(run_end - offset) as usize]);
+            self.storage
+                .write_at(&data, host)
+                .map_err(ioerr("writing guest data"))?;
+        }
+        for (k, old) in olds.into_iter().enumerate() {
+            let k = k as u64;
+            let idx = (gc0 + k) & (self.geo.l2_entries() - 1);
+            self.set_l2_raw(l2_off, idx, (host + k * cs) | COPIED)?;
+            self.release_entry(old);
+        }
+        Ok(run_end)
+    }
+
+    /// Set whole guest clusters `[gc, gc+n)` to `new` (unallocated or zero), releasing
+    /// what they held.
+    fn set_clusters(&mut self, gc: u64, n: u64, zero: bool) -> Result<()> {
+        let mut c = gc;
+        while c < gc + n {
+            let l1_index = c >> self.geo.l2_bits;
+            let table_end = ((l1_index + 1) << self.geo.l2_bits).min(gc + n);
+            let want_raw = if zero {
+                L2Entry::Zero {
+                    host: None,
+                    copied: false,
+                }
+                .encode(self.geo.cluster_bits)
+            } else {
+                0
+            };
+            if self.l2_offset(l1_index).is_none() && (!zero || self.unallocated_is_zero()) {
+                // Nothing allocated here and unallocated already reads as wanted.
+                c = table_end;
+                continue;
+            }
+            let mut changes = Vec::new();
+            for g in c..table_end {
+                let raw = self.l2_raw(g)?;
+                if raw != want_raw && !(raw == 0 && self.unallocated_is_zero()) {
+                    changes.push((g, self.l2_entry(g)?));
+                }
+            }
+            if !changes.is_empty() {
+                let l2_off = self.l2_for_write(l1_index)?;
+                for (g, old) in changes {
+                    let idx = g & (self.geo.l2_entries() - 1);
+                    self.set_l2_raw(l2_off, idx, want_raw)?;
+                    self.release_entry(old);
+                }
+            }
+            c = table_end;
+        }
+        Ok(())
+    }
+
+    /// Write explicit zero bytes to a partial-cluster range, skipping clusters that
+    /// already read as zero.
+    fn zero_partial(&mut self, offset: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let e = self.l2_entry(offset >> self.geo.cluster_bits)?;
+        let already = match e {
+            L2Entry::Zero { .. } => true,
+            L2Entry::Unallocated => self.unallocated_is_zero(),
+            _ => false,
+        };
+        if !already {
+            self.do_write(&vec![0u8; len as usize], offset)?;
+        }
+        Ok(())
+    }
+
+    fn aligned_parts(&self, offset: u64, len: u64) -> (u64, u64, u64) {
+        let cs = self.geo.cluster_size;
+        let end = offset + len;
+        let a = offset.next_multiple_of(cs).min(end);
+        let b = if end == self.virtual_size_raw() {
+            end.max(a)
+        } else {
+            (end / cs * cs).max(a)
+        };
+        (a, b, end)
+    }
+
+    fn virtual_size_raw(&self) -> u64 {
+        self.header.size
+    }
+}
+
+impl<S: Storage> BlockDevice for Qcow2<S> {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.header.size
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.header.size, offset, buf.len() as u64)?;
+        let cb = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let gc = pos >> cb;
+            let in_off = pos & (cs - 1);
+            let e = self.l2_entry(gc)?;
+            // Coalesce contiguous data clusters into one read.
+            let mut run_end = ((gc + 1) << cb).min(end);
+            if let L2Entry::Normal { host, .. } = e {
+                let mut next = host + cs;
+                while run_end < end {
+                    match self.l2_entry(run_end >> cb)? {
+                        L2Entry::Normal { host: h, .. } if h == next => {
+                            next += cs;
+                            run_end = (run_end + cs).min(end);
+                        }
+                        _ => break,
+                    }
+                }
+                let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+                self.storage
+                    .read_at(out, host + in_off)
+                    .map_err(ioerr("reading guest data"))?;
+            } else {
+                let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+                self.read_cluster_part(gc, e, in_off, out)?;
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(self.header.size, offset, buf.len() as u64)?;
+        self.do_write(buf, offset)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(self.header.size, offset, len)?;
+        let (a, b, end) = self.aligned_parts(offset, len);
+        self.zero_partial(offset, a - offset)?;
+        if b > a {
+            let cb = self.geo.cluster_bits;
+            let n = (b - a).div_ceil(self.geo.cluster_size);
+            if self.header.version >= 3 {
+                self.set_clusters(a >> cb, n, true)?;
+            } else if self.unallocated_is_zero() {
+                self.set_clusters(a >> cb, n, false)?;
+            } else {
+                // Version 2 over a backing image: zeros must be stored.
+                let chunk = 1u64 << 20;
+                let mut p = a;
+                while p < b {
+                    let l = chunk.min(b - p);
+                    self.do_write(&vec![0u8; l as usize], p)?;
+                    p += l;
+                }
+            }
+        }
+        if end > b {
+            self.zero_partial(b, end - b)?;
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(self.header.size, offset, len)?;
+        let (a, b, _) = self.aligned_parts(offset, len);
+        if b <= a {
+            return Ok(());
+        }
+        let cb = self.geo.cluster_bits;
+        let n = (b - a).div_ceil(self.geo.cluster_size);
+        if self.unallocated_is_zero() {
+            self.set_clusters(a >> cb, n, false)
+        } else if self.header.version >= 3 {
+            self.set_clusters(a >> cb, n, true)
+        } else {
+            Ok(()) // v2 over a backing image cannot hide backing data: discard is advisory
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.flush_metadata()
+    }
+
+    fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
+        check_range(self.header.size, offset, max_len.min(1))?;
+        let cb = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let end = offset.saturating_add(max_len.max(1)).min(self.header.size);
+        let classify = |e: L2Entry| match e {
+            L2Entry::Normal { .. } | L2Entry::Compressed { .. } => ExtentKind::Data,
+            L2Entry::Zero { .. } => ExtentKind::Zero,
+            L2Entry::Unallocated => ExtentKind::Unallocated,
+        };
+        let gc = offset >> cb;
+        let e = self.l2_entry(gc)?;
+        let kind = classify(e);
+        let (host_offset, compressed) = match e {
+            L2Entry::Normal { host, .. } => (Some(host + (offset & (cs - 1))), false),
+            L2Entry::Compressed { host, .. } => (Some(host), true),
+            _ => (None, false),
+        };
+        let mut run_end = ((gc + 1) << cb).min(end);
+        if !compressed {
+            while run_end < end {
+                let g = run_end >> cb;
+                // Skip whole unallocated L2 tables at once.
+                if kind == ExtentKind::Unallocated
+                    && self.l2_offset(g >> self.geo.l2_bits).is_none()
+                {
+                    let table_end = ((g >> self.geo.l2_bits) + 1) << (self.geo.l2_bits + cb);
+                    run_end = table_end.min(end);
+                    continue;
+                }
+                let e2 = self.l2_entry(g)?;
+                if classify(e2) != kind {
+                    break;
+                }
+                match (e, e2) {
+                    (L2Entry::Normal { host, .. }, L2Entry::Normal { host: h2, .. })
+                        if h2 != host + ((g - gc) << cb) =>
+                    {
+                        break;
+                    }
+                    (_, L2Entry::Compressed { .. }) => break,
+                    _ => {}
+                }
+                run_end = ((g + 1) << cb).min(end);
+            }
+        }
+        Ok(Extent {
+            start: offset,
+            length: run_end - offset,
+            kind,
+            host_offset,
+            compressed,
+            depth: 0,
+        })
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn cluster_size(&self) -> Option<u64> {
+        Some(self.geo.cluster_size)
+    }
+}
+
+impl<S: Storage> Drop for Qcow2<S> {
+    fn drop(&mut self) {
+        if !self.read_only {
+            let _ = self.flush_metadata();
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! qcow2 images: QEMU's copy-on-write format, versions 2 and 3.
+//!
+//! # Map of the module
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | [`limits`] | every hard limit, and `validate_table` |
+//! | [`header`] | the header, header extensions, feature bits, backing name |
+//! | [`entry`] | decoding and encoding L1/L2 entries (pure functions) |
+//! | [`cache`] | the bounded LRU cache of L2 tables and refcount blocks |
+//! | `refcount` | refcount blocks, the refcount table, cluster allocation and freeing |
+//! | `cluster` | guest-to-host mapping: L2 lookup, L2 allocation and copy-on-write |
+//! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
+//! | `compress` | compressed clusters |
+//! | [`create`] | laying out a new image |
+//!
+//! # Write order
+//!
+//! [`Qcow2::flush`] is the one place metadata reaches the disk, and it does so in the order
+//! that keeps the image consistent after a power cut at any point: guest data and dirty
+//! refcount blocks, sync; dirty L2 tables, sync; dirty L1 entries, sync; then deferred
+//! refcount decreases (frees), sync. Evicting a dirty L2 table from the cache first syncs
+//! the refcount blocks. New refcount blocks and tables are written and synced before anything
+//! points at them. See `format-spec/qcow2.md`.
+
+pub mod cache;
+mod cluster;
+mod compress;
+pub mod create;
+pub mod entry;
+pub mod header;
+mod io;
+pub mod limits;
+mod refcount;
+
+pub use create::{create, CreateOptions};
+pub use header::{CompressionType, Header};
+
+use crate::device::BlockDevice;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use byteorder::{BigEndian, ByteOrder};
+use cache::TableCache;
+use header::{autoclear, incompat};
+use limits::*;
+
+/// Default memory for cached L2 tables.
+pub const DEFAULT_L2_CACHE_BYTES: u64 = 16 << 20;
+/// Default memory for cached refcount blocks.
+pub const DEFAULT_REFCOUNT_CACHE_BYTES: u64 = 4 << 20;
+
+/// Sizes derived from the header.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    /// log2 of the cluster size.
+    pub cluster_bits: u32,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// log2 of the entries per L2 table.
+    pub l2_bits: u32,
+    /// log2 of the refcount width in bits.
+    pub refcount_order: u32,
+    /// log2 of the entries per refcount block.
+    pub rb_bits: u32,
+}
+
+impl Geometry {
+    fn new(cluster_bits: u32, refcount_order: u32) -> Self {
+        Geometry {
+            cluster_bits,
+            cluster_size: 1 << cluster_bits,
+            l2_bits: cluster_bits - 3,
+            refcount_order,
+            rb_bits: cluster_bits + 3 - refcount_order,
+        }
+    }
+
+    /// Entries per L2 table.
+    pub fn l2_entries(&self) -> u64 {
+        1 << self.l2_bits
+    }
+
+    /// Guest bytes mapped by one L2 table.
+    pub fn bytes_per_l2(&self) -> u64 {
+        1 << (self.l2_bits + self.cluster_bits)
+    }
+
+    /// Largest refcount value.
+    pub fn max_refcount(&self) -> u64 {
+        if self.refcount_order == 6 {
+            u64::MAX
+        } else {
+            (1u64 << (1 << self.refcount_order)) - 1
+        }
+    }
+}
+
+/// How to open a qcow2 image.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Refuse writes.
+    pub read_only: bool,
+    /// Memory for cached L2 tables, in bytes.
+    pub l2_cache_bytes: u64,
+    /// Memory for cached refcount blocks, in bytes.
+    pub refcount_cache_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            l2_cache_bytes: DEFAULT_L2_CACHE_BYTES,
+            refcount_cache_bytes: DEFAULT_REFCOUNT_CACHE_BYTES,
+        }
+    }
+}
+
+/// An open qcow2 image.
+pub struct Qcow2<S: Storage> {
+    storage: S,
+    header: Header,
+    geo: Geometry,
+    read_only: bool,
+    /// The active L1 table, always fully in memory (bounded by `MAX_L1_BYTES`).
+    l1: Vec<u64>,
+    /// L1 indices changed since the last flush.
+    l1_dirty: Vec<bool>,
+    l1_any_dirty: bool,
+    /// The refcount table, fully in memory (bounded by `MAX_REFTABLE_BYTES`).
+    refcount_table: Vec<u64>,
+    l2_cache: TableCache,
+    rc_cache: TableCache,
+    /// No cluster below this index is free.
+    free_hint: u64,
+    /// Clusters whose refcount decreases wait for the next flush (after the L2 tables that
+    /// dropped them are on disk), as (host offset, count).
+    pending_frees: Vec<u64>,
+    /// File length as known to the allocator (never shrinks while open).
+    file_len: u64,
+    /// Backing image, read when a cluster is not allocated here.
+    backing: Option<Box<dyn BlockDevice>>,
+}
+
+fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(format!("qcow2: {what}"), e)
+}
+
+impl<S: Storage> Qcow2<S> {
+    /// Open the qcow2 image in `storage`.
+    pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
+        let file_len = storage.len().map_err(ioerr("reading the file length"))?;
+        if file_len < u64::from(V2_HEADER_LEN) {
+            return Err(Error::corrupt(
+                "qcow2 header",
+                0,
+                format!("file of {file_len} bytes is too short for a qcow2 header"),
+            ));
+        }
+        // Read the first cluster (at most 2 MiB) so header, extensions and name are in hand.
+        let mut first = vec![0u8; 512];
+        storage
+            .read_at(&mut first, 0)
+            .map_err(ioerr("reading the header"))?;
+        let cluster_bits = BigEndian::read_u32(&first[20..]);
+        if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+            let want = (1u64 << cluster_bits).min(file_len) as usize;
+            if want > first.len() {
+                first.resize(want, 0);
+                storage
+                    .read_at(&mut first, 0)
+                    .map_err(ioerr("reading the header"))?;
+            } else {
+                first.truncate(want.max(V2_HEADER_LEN as usize));
+            }
+        }
+        let header = Header::parse(&first, file_len)?;
+        let read_only = opts.read_only;
+        if !read_only && header.incompatible_features & incompat::CORRUPT != 0 {
+            return Err(Error::ReadOnly(
+                "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
+            ));
+        }
+        if !read_only && header.incompatible_features & incompat::DIRTY != 0 {
+            return Err(Error::ReadOnly(
+                "qcow2 image has the dirty bit set (refcounts may be stale); it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
+            ));
+        }
+        let geo = Geometry::new(header.cluster_bits, header.refcount_order);
+
+        let mut l1 = vec![0u64; header.l1_size as usize];
+        read_u64_table(&storage, header.l1_table_offset, &mut l1, "L1 table")?;
+        let rt_entries =
+            (u64::from(header.refcount_table_clusters) * geo.cluster_size / 8) as usize;
+        let mut refcount_table = vec![0u64; rt_entries];
+        read_u64_table(
+            &storage,
+            header.refcount_table_offset,
+            &mut refcount_table,
+            "refcount table",
+        )?;
+
+        let cs = geo.cluster_size;
+        let mut img = Qcow2 {
+            storage,
+            l1_dirty: vec![false; l1.len()],
+            l1_any_dirty: false,
+            l1,
+            refcount_table,
+            l2_cache: TableCache::new((opts.l2_cache_bytes / cs) as usize),
+            rc_cache: TableCache::new((opts.refcount_cache_bytes / cs) as usize),
+            free_hint: 0,
+            pending_frees: Vec::new(),
+            file_len,
+            backing: None,
+            read_only,
+            header,
+            geo,
+        };
+        img.validate_tables()?;
+        if !read_only && img.header.autoclear_features != 0 {
+            // vdisk maintains no autoclear feature: clearing the bits tells QEMU that the
+            // structures they guard (such as persistent bitmaps) may be stale.
+            img.header.autoclear_features &= !(autoclear::BITMAPS | autoclear::RAW_EXTERNAL);
+            img.header.autoclear_features = 0;
+            img.write_header()?;
+        }
+        Ok(img)
+    }
+
+    /// Check every L1 and refcount table entry for alignment and range.
+    fn validate_tables(&self) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        for (i, &raw) in self.l1.iter().enumerate() {
+            let off = entry::l1_l2_offset(raw);
+            if raw & entry::L1_RESERVED_MASK != 0 && off != 0 && raw & 0x1ff != 0 {
+                return Err(Error::corrupt(
+                    "L1 table",
+                    self.header.l1_table_offset,
+                    format!("entry {i} ({raw:#x}) has reserved bits set"),
+                ));
+            }
+            if off != 0 && off % cs != 0 {
+                return Err(Error::corrupt(
+                    "L1 table",
+                    self.header.l1_table_offset,
+                    format!("entry {i} points at an unaligned L2 table offset {off:#x}"),
+                ));
+            }
+        }
+        for (i, &raw) in self.refcount_table.iter().enumerate() {
+            let off = raw & entry::OFFSET_MASK;
+            if raw & 0x1ff != 0 || (off != 0 && off % cs != 0) {
+                return Err(Error::corrupt(
+                    "refcount table",
+                    self.header.refcount_table_offset,
+                    format!("entry {i} ({raw:#x}) is not a cluster-aligned offset"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Derived sizes.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Attach a backing image; unallocated clusters read from it.
+    pub fn set_backing(&mut self, backing: Option<Box<dyn BlockDevice>>) {
+        self.backing = backing;
+    }
+
+    /// The backing image, if one is attached.
+    pub fn backing(&mut self) -> Option<&mut Box<dyn BlockDevice>> {
+        self.backing.as_mut()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("qcow2 image is open read-only".into()));
+        }
+        Ok(())
+    }
+
+    /// Rewrite the header cluster from `self.header` and sync.
+    pub(crate) fn write_header(&mut self) -> Result<()> {
+        let bytes = self.header.write()?;
+        self.storage
+            .write_at(&bytes, 0)
+            .map_err(ioerr("writing the header"))?;
+        self.storage.flush().map_err(ioerr("flushing the header"))
+    }
+
+    /// Write all dirty metadata in the crash-safe order (see the module documentation).
+    pub fn flush_metadata(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush_refcount_blocks()?;
+        self.flush_l2_tables()?;
+        if self.l1_any_dirty {
+            self.write_dirty_l1()?;
+            self.sync()?;
+        }
+        if !self.pending_frees.is_empty() {
+            let frees = std::mem::take(&mut self.pending_frees);
+            for host in frees {
+                self.decrease_refcount(host)?;
+            }
+            self.flush_refcount_blocks()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.storage.flush().map_err(ioerr("flushing"))
+    }
+
+    /// Write dirty refcount blocks and sync (a sync is done even when none is dirty, so that
+    /// guest data written so far is durable before any L2 table that points at it).
+    fn flush_refcount_blocks(&mut self) -> Result<()> {
+        for off in self.rc_cache.dirty_offsets() {
+            let data = self
+                .rc_cache
+                .peek(off)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            self.storage
+                .write_at(&data, off)
+                .map_err(ioerr("writing a refcount block"))?;
+            self.rc_cache.mark_clean(off);
+        }
+        self.sync()
+    }
+
+    fn flush_l2_tables(&mut self) -> Result<()> {
+        let dirty = self.l2_cache.dirty_offsets();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        for off in dirty {
+            let data = self
+                .l2_cache
+                .peek(off)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            self.storage
+                .write_at(&data, off)
+                .map_err(ioerr("writing an L2 table"))?;
+            self.l2_cache.mark_clean(off);
+        }
+        self.sync()
+    }
+
+    fn write_dirty_l1(&mut self) -> Result<()> {
+        let base = self.header.l1_table_offset;
+        let mut i = 0;
+        while i < self.l1.len() {
+            if !self.l1_dirty[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < self.l1.len() && self.l1_dirty[i] {
+                self.l1_dirty[i] = false;
+                i += 1;
+            }
+            let mut buf = vec![0u8; (i - start) * 8];
+            BigEndian::write_u64_into(&self.l1[start..i], &mut buf);
+            self.storage
+                .write_at(&buf, base + start as u64 * 8)
+                .map_err(ioerr("writing the L1 table"))?;
+        }
+        self.l1_any_dirty = false;
+        Ok(())
+    }
+
+    fn set_l1(&mut self, index: usize, value: u64) {
+        self.l1[index] = value;
+        self.l1_dirty[index] = true;
+        self.l1_any_dirty = true;
+    }
+
+    /// Load a cluster-sized table into `cache` (evicting with `evict` first if full).
+    fn load_table(&mut self, which: Table, offset: u64) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let (name, cache_has) = match which {
+            Table::L2 => ("L2 table", self.l2_cache.contains(offset)),
+            Table::Refcount => ("refcount block", self.rc_cache.contains(offset)),
+        };
+        if cache_has {
+            return Ok(());
+        }
+        if offset % cs != 0 || offset == 0 {
+            return Err(Error::corrupt(
+                name,
+                offset,
+                "table offset is not a valid cluster offset",
+            ));
+        }
+        if offset
+            .checked_add(cs)
+            .is_none_or(|end| end > self.file_len.div_ceil(cs) * cs)
+        {
+            return Err(Error::corrupt(
+                name,
+                offset,
+                format!(
+                    "table lies past the end of the file ({} bytes)",
+                    self.file_len
+                ),
+            ));
+        }
+        let mut data = vec![0u8; cs as usize];
+        self.storage
+            .read_at(&mut data, offset)
+            .map_err(ioerr("reading a metadata table"))?;
+        self.make_room(which)?;
+        match which {
+            Table::L2 => self.l2_cache.insert(offset, data, false),
+            Table::Refcount => self.rc_cache.insert(offset, data, false),
+        }
+        Ok(())
+    }
+
+    /// Evict from a full cache, writing the victim if dirty (refcount blocks first for L2).
+    fn make_room(&mut self, which: Table) -> Result<()> {
+        let cache = match which {
+            Table::L2 => &self.l2_cache,
+            Table::Refcount => &self.rc_cache,
+        };
+        if !cache.is_full() {
+            return Ok(());
+        }
+        let Some((victim, dirty)) = cache.lru_victim() else {
+            return Ok(());
+        };
+        if dirty {
+            if which == Table::L2 {
+                self.flush_refcount_blocks()?;
+            }
+            let cache = match which {
+                Table::L2 => &mut self.l2_cache,
+                Table::Refcount => &mut self.rc_cache,
+            };
+            let data = cache.remove(victim).unwrap_or_default();
+            self.storage
+                .write_at(&data, victim)
+                .map_err(ioerr("writing an evicted table"))?;
+        } else {
+            match which {
+                Table::L2 => self.l2_cache.remove(victim),
+                Table::Refcount => self.rc_cache.remove(victim),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    L2,
+    Refcount,
+}
+
+/// Read a big-endian u64 table that `validate_table` has already checked.
+fn read_u64_table<S: Storage>(storage: &S, offset: u64, out: &mut [u64], name: &str) -> Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut buf = vec![0u8; out.len() * 8];
+    storage
+        .read_at(&mut buf, offset)
+        .map_err(|e| Error::io(format!("qcow2: reading the {name}"), e))?;
+    BigEndian::read_u64_into(&buf, out);
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! `vdisk convert [-f FMT] -O FMT [-o OPTS] [-p] [-t CACHE] SRC DST`
+
+use crate::progress::Progress;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format, ImageOptions};
+use vdisk::ops::convert::{convert, ConvertOptions};
+use vdisk::{Error, Result};
+
+/// Arguments of `convert`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Output format.
+    #[arg(short = 'O', default_value = "raw")]
+    output_format: String,
+    /// Output format options (key=value, comma-separated).
+    #[arg(short = 'o', action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Output cache mode: unsafe (default, as qemu-img: no fsync), writeback, none.
+    #[arg(short = 't', default_value = "unsafe")]
+    cache: String,
+    /// Source cache mode (accepted for qemu-img compatibility).
+    #[arg(short = 'T')]
+    src_cache: Option<String>,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Source image.
+    src: PathBuf,
+    /// Output image.
+    dst: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = (&a.src_cache, a.quiet);
+    let unsafe_cache = match a.cache.as_str() {
+        "unsafe" => true,
+        "writeback" | "none" | "writethrough" | "directsync" => false,
+        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
+    };
+    let src_format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    let dst_format: Format = a.output_format.parse()?;
+    let mut opts = Vec::new();
+    for o in &a.options {
+        opts.extend(image::parse_options(o)?);
+    }
+    let mut src = image::open(
+        &a.src,
+        &ImageOptions {
+            format: src_format,
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    let size = src.device.virtual_size();
+    image::create(&a.dst, dst_format, Some(size), &opts)?.close()?;
+    let mut dst = image::open(
+        &a.dst,
+        &ImageOptions {
+            format: Some(dst_format),
+            read_only: false,
+            unsafe_cache,
+        },
+    )?;
+    let mut bar = Progress::new(a.progress, size);
+    let copts = ConvertOptions {
+        zero_granularity: 0,
+        unallocated_is_zero: true,
+    };
+    convert(
+        src.device.as_mut(),
+        dst.device.as_mut(),
+        copts,
+        &mut |d, t| bar.update(d, t),
+    )?;
+    bar.finish();
+    Ok(ExitCode::SUCCESS)
+}

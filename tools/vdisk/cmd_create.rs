@@ -1,0 +1,72 @@
+//! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format};
+use vdisk::size::parse_size;
+use vdisk::Result;
+
+/// Arguments of `create`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format (raw, qcow2, vmdk).
+    #[arg(short = 'f', default_value = "raw")]
+    format: String,
+    /// Format options, comma-separated key=value (as qemu-img -o).
+    #[arg(short = 'o', action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// Backing file.
+    #[arg(short = 'b')]
+    backing: Option<String>,
+    /// Backing file format.
+    #[arg(short = 'F')]
+    backing_format: Option<String>,
+    /// Do not open the backing file (size must be given).
+    #[arg(short = 'u')]
+    unsafe_backing: bool,
+    /// Suppress the "Formatting ..." line.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Image file to create.
+    file: PathBuf,
+    /// Virtual size (k, M, G, T, P, E suffixes).
+    size: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let format: Format = a.format.parse()?;
+    let mut opts = Vec::new();
+    for o in &a.options {
+        opts.extend(image::parse_options(o)?);
+    }
+    if let Some(b) = &a.backing {
+        opts.push(("backing_file".into(), b.clone()));
+    }
+    if let Some(f) = &a.backing_format {
+        opts.push(("backing_fmt".into(), f.clone()));
+    }
+    let _ = a.unsafe_backing;
+    let mut size = match &a.size {
+        Some(s) => Some(parse_size(s)?),
+        None => None,
+    };
+    if let Some((_, v)) = opts.iter().find(|(k, _)| k == "size") {
+        size = Some(parse_size(v)?);
+    }
+    if size.is_none() {
+        return Err(vdisk::Error::invalid(
+            "Image creation needs a size parameter",
+        ));
+    }
+    if !a.quiet {
+        let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format);
+        for (k, v) in &opts {
+            line += &format!(" {k}={v}");
+        }
+        line += &format!(" size={}", size.unwrap_or(0));
+        println!("{line}");
+    }
+    let mut dev = image::create(&a.file, format, size, &opts)?;
+    dev.close()?;
+    Ok(ExitCode::SUCCESS)
+}
