@@ -256,6 +256,7 @@ pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<I
     info.dirty_flag = h.incompatible_features & crate::qcow2::header::incompat::DIRTY != 0;
     info.backing_filename = h.backing_file.clone();
     info.backing_format = h.backing_format();
+    info.snapshots = img.snapshots().iter().map(|s| s.to_json()).collect();
     let data = if h.version == 2 {
         serde_json::json!({
             "compat": "0.10",

@@ -32,9 +32,14 @@ pub mod header;
 mod io;
 pub mod limits;
 mod refcount;
+pub mod snapshot;
+mod snapshot_ops;
+mod txn;
 
 pub use create::{create, CreateOptions};
 pub use header::{CompressionType, Header};
+pub use snapshot::Snapshot;
+pub use snapshot_ops::SnapshotTime;
 
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
@@ -140,6 +145,8 @@ pub struct Qcow2<S: Storage> {
     file_len: u64,
     /// Backing image, read when a cluster is not allocated here.
     backing: Option<Box<dyn BlockDevice>>,
+    /// The snapshot table.
+    snapshots: Vec<snapshot::Snapshot>,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -200,8 +207,17 @@ impl<S: Storage> Qcow2<S> {
             "refcount table",
         )?;
 
+        let snapshots = snapshot::read_table(
+            &storage,
+            header.snapshots_offset,
+            header.nb_snapshots,
+            geo.cluster_size,
+            file_len,
+            header.version,
+        )?;
         let cs = geo.cluster_size;
         let mut img = Qcow2 {
+            snapshots,
             storage,
             l1_dirty: vec![false; l1.len()],
             l1_any_dirty: false,

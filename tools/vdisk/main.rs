@@ -7,6 +7,7 @@
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
+mod cmd_snapshot;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Info(cmd_info::Args),
     /// Convert an image to another format (or copy it), keeping it sparse.
     Convert(cmd_convert::Args),
+    /// List, create, apply or delete internal snapshots; prune by a retention policy.
+    Snapshot(cmd_snapshot::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Create(a) => cmd_create::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),
+        Command::Snapshot(a) => cmd_snapshot::run(a),
     };
     match result {
         Ok(code) => code,

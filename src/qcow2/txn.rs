@@ -1,0 +1,409 @@
+//! Metadata transactions: change refcounts and tables without touching anything the
+//! current header reaches, then switch to the new state with one header write.
+//!
+//! A [`Txn`] keeps shadow copies of every refcount block it changes. Clusters it allocates
+//! are free in both the old and the new state, so until the header is switched they are
+//! unreferenced garbage. [`Qcow2::txn_commit`] places the shadow blocks and a new refcount
+//! table on such clusters, writes and syncs them, then rewrites header bytes 24..72 (virtual
+//! size, L1 table, refcount table and snapshot table fields, all in the first sector) in a
+//! single write. A power cut before that write leaves the old image; after it, the new one.
+//! Snapshot create, apply and delete are built on this.
+
+use super::entry::{self, L2Entry, COPIED};
+use super::refcount::{get_entry, set_entry};
+use super::{ioerr, Qcow2, Table};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use byteorder::{BigEndian, ByteOrder};
+use std::collections::BTreeMap;
+
+/// An open metadata transaction (see the module documentation).
+pub(crate) struct Txn {
+    blocks: BTreeMap<u64, Vec<u8>>,
+    hint: u64,
+    min_freed: u64,
+    freed: u64,
+}
+
+impl Txn {
+    /// A transaction used only to compute refcounts (never committed).
+    pub(crate) fn scratch(hint: u64) -> Txn {
+        Txn {
+            blocks: BTreeMap::new(),
+            hint,
+            min_freed: u64::MAX,
+            freed: 0,
+        }
+    }
+
+    /// Clusters whose refcount this transaction dropped to zero.
+    pub(crate) fn freed_clusters(&self) -> u64 {
+        self.freed
+    }
+}
+
+impl<S: Storage> Qcow2<S> {
+    /// Start a transaction; all cached metadata is flushed first.
+    pub(crate) fn txn_begin(&mut self) -> Result<Txn> {
+        self.check_writable()?;
+        self.flush_metadata()?;
+        Ok(Txn::scratch(self.free_hint))
+    }
+
+    fn txn_block(&mut self, txn: &mut Txn, bi: u64) -> Result<()> {
+        if txn.blocks.contains_key(&bi) {
+            return Ok(());
+        }
+        let off = self.refcount_table.get(bi as usize).copied().unwrap_or(0);
+        let data = if off == 0 {
+            vec![0u8; self.geo.cluster_size as usize]
+        } else {
+            self.load_table(Table::Refcount, off)?;
+            self.rc_cache
+                .peek(off)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        };
+        txn.blocks.insert(bi, data);
+        Ok(())
+    }
+
+    /// The refcount of host cluster index `c` as the transaction sees it.
+    pub(crate) fn txn_refcount(&mut self, txn: &Txn, c: u64) -> Result<u64> {
+        let bi = c >> self.geo.rb_bits;
+        match txn.blocks.get(&bi) {
+            Some(b) => Ok(get_entry(
+                b,
+                self.geo.refcount_order,
+                (c & ((1 << self.geo.rb_bits) - 1)) as usize,
+            )),
+            None => self.refcount(c),
+        }
+    }
+
+    fn txn_set(&mut self, txn: &mut Txn, c: u64, v: u64) -> Result<()> {
+        let bi = c >> self.geo.rb_bits;
+        self.txn_block(txn, bi)?;
+        let order = self.geo.refcount_order;
+        let idx = (c & ((1 << self.geo.rb_bits) - 1)) as usize;
+        if let Some(b) = txn.blocks.get_mut(&bi) {
+            set_entry(b, order, idx, v);
+        }
+        Ok(())
+    }
+
+    /// Add `delta` (+1 or -1) to the refcount of the cluster at host offset `host`.
+    pub(crate) fn txn_add(&mut self, txn: &mut Txn, host: u64, delta: i64) -> Result<()> {
+        let c = host >> self.geo.cluster_bits;
+        let rc = self.txn_refcount(txn, c)?;
+        let new = if delta < 0 {
+            rc.checked_sub(delta.unsigned_abs()).ok_or_else(|| {
+                Error::corrupt(
+                    "refcount block",
+                    host,
+                    format!("refcount of host cluster {host:#x} would drop below zero"),
+                )
+            })?
+        } else {
+            rc.checked_add(delta as u64)
+                .filter(|&v| v <= self.geo.max_refcount())
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        "refcount block",
+                        host,
+                        format!("refcount of host cluster {host:#x} would overflow"),
+                    )
+                })?
+        };
+        if new == 0 {
+            txn.min_freed = txn.min_freed.min(c);
+            txn.freed += 1;
+        }
+        self.txn_set(txn, c, new)
+    }
+
+    /// Allocate `n` contiguous clusters free in both the old and the new state.
+    pub(crate) fn txn_alloc(&mut self, txn: &mut Txn, n: u64) -> Result<u64> {
+        let mut start = txn.hint;
+        let mut c = start;
+        while c - start < n {
+            let free = self.refcount(c)? == 0 && self.txn_refcount(txn, c)? == 0;
+            c += 1;
+            if !free {
+                start = c;
+            }
+        }
+        if (start + n) << self.geo.cluster_bits > super::limits::MAX_HOST_OFFSET {
+            return Err(Error::invalid(
+                "qcow2 image would grow past the largest host offset",
+            ));
+        }
+        for k in start..start + n {
+            self.txn_set(txn, k, 1)?;
+        }
+        if start == txn.hint {
+            txn.hint = start + n;
+        }
+        let host = start << self.geo.cluster_bits;
+        let end = host + (n << self.geo.cluster_bits);
+        if end > self.file_len {
+            self.file_len = end;
+        }
+        Ok(host)
+    }
+
+    /// Add `delta` to every reference an L1 table holds: each L2 table once, and each data
+    /// cluster once per L2 entry (compressed data: each host cluster it touches).
+    pub(crate) fn txn_add_l1_refs(&mut self, txn: &mut Txn, l1: &[u64], delta: i64) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        for &raw in l1 {
+            let t = entry::l1_l2_offset(raw);
+            if t == 0 {
+                continue;
+            }
+            self.txn_add(txn, t, delta)?;
+            for e in self.read_l2_entries(t)? {
+                match L2Entry::decode(e, self.geo.cluster_bits) {
+                    L2Entry::Normal { host, .. }
+                    | L2Entry::Zero {
+                        host: Some(host), ..
+                    } => self.txn_add(txn, host, delta)?,
+                    L2Entry::Compressed { host, len } => {
+                        let mut c = host & !(cs - 1);
+                        while c < host + len {
+                            self.txn_add(txn, c, delta)?;
+                            c += cs;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of the L2 table at `t`, validated for alignment and range.
+    pub(crate) fn read_l2_entries(&mut self, t: u64) -> Result<Vec<u64>> {
+        self.load_table(Table::L2, t)?;
+        let data = self.l2_cache.peek(t).unwrap_or(&[]);
+        let mut v = vec![0u64; data.len() / 8];
+        BigEndian::read_u64_into(data, &mut v);
+        let cs = self.geo.cluster_size;
+        let file_end = self.file_len.div_ceil(cs) * cs;
+        for (i, &e) in v.iter().enumerate() {
+            if let Some(h) = L2Entry::decode(e, self.geo.cluster_bits).host_cluster(cs) {
+                if e & entry::COMPRESSED == 0 && (h % cs != 0 || h >= file_end || h == 0) {
+                    return Err(Error::corrupt(
+                        "L2 table",
+                        t,
+                        format!("entry {i} ({e:#x}) points outside the image"),
+                    ));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Make the COPIED flags of an L1 table that is to become active exact under the
+    /// transaction's refcounts: L1 entries carry COPIED when their L2 table's refcount is 1,
+    /// L2 entries when their data cluster's is. An L2 table whose entries need new flags is
+    /// never edited in place: a corrected copy is written to a new cluster and the L1 entry
+    /// moved to it.
+    pub(crate) fn txn_fix_active_flags(&mut self, txn: &mut Txn, l1: &mut [u64]) -> Result<()> {
+        let cb = self.geo.cluster_bits;
+        for slot in l1.iter_mut() {
+            let t = entry::l1_l2_offset(*slot);
+            if t == 0 {
+                *slot = 0;
+                continue;
+            }
+            let entries = self.read_l2_entries(t)?;
+            let mut fixed = entries.clone();
+            for e in fixed.iter_mut() {
+                *e = match L2Entry::decode(*e, cb) {
+                    L2Entry::Normal { host, .. } => {
+                        let copied = self.txn_refcount(txn, host >> cb)? == 1;
+                        L2Entry::Normal { host, copied }.encode(cb)
+                    }
+                    L2Entry::Zero {
+                        host: Some(host), ..
+                    } => {
+                        let copied = self.txn_refcount(txn, host >> cb)? == 1;
+                        L2Entry::Zero {
+                            host: Some(host),
+                            copied,
+                        }
+                        .encode(cb)
+                    }
+                    L2Entry::Zero { host: None, .. } => L2Entry::Zero {
+                        host: None,
+                        copied: false,
+                    }
+                    .encode(cb),
+                    other => other.encode(cb),
+                };
+            }
+            let shared = self.txn_refcount(txn, t >> cb)? != 1;
+            if fixed == entries {
+                *slot = if shared { t } else { t | COPIED };
+                continue;
+            }
+            let new = self.txn_alloc(txn, 1)?;
+            let mut buf = vec![0u8; self.geo.cluster_size as usize];
+            BigEndian::write_u64_into(&fixed, &mut buf);
+            self.storage
+                .write_at(&buf, new)
+                .map_err(ioerr("writing an L2 table copy"))?;
+            self.txn_add(txn, t, -1)?;
+            *slot = new | COPIED;
+        }
+        Ok(())
+    }
+
+    /// Write a table of u64 entries to new clusters in the transaction; returns its offset.
+    pub(crate) fn txn_write_u64_table(&mut self, txn: &mut Txn, entries: &[u64]) -> Result<u64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut buf = vec![0u8; entries.len() * 8];
+        BigEndian::write_u64_into(entries, &mut buf);
+        self.txn_write_bytes(txn, &buf)
+    }
+
+    /// Write bytes to new clusters in the transaction; returns their offset.
+    pub(crate) fn txn_write_bytes(&mut self, txn: &mut Txn, buf: &[u8]) -> Result<u64> {
+        let cs = self.geo.cluster_size;
+        let n = (buf.len() as u64).div_ceil(cs).max(1);
+        let off = self.txn_alloc(txn, n)?;
+        let mut padded = buf.to_vec();
+        padded.resize((n * cs) as usize, 0);
+        self.storage
+            .write_at(&padded, off)
+            .map_err(ioerr("writing a new table"))?;
+        Ok(off)
+    }
+
+    /// Free the clusters of a table of `bytes` bytes at `offset` in the transaction.
+    pub(crate) fn txn_free_range(&mut self, txn: &mut Txn, offset: u64, bytes: u64) -> Result<()> {
+        if offset == 0 || bytes == 0 {
+            return Ok(());
+        }
+        let cs = self.geo.cluster_size;
+        for k in 0..bytes.div_ceil(cs) {
+            self.txn_add(txn, offset + k * cs, -1)?;
+        }
+        Ok(())
+    }
+
+    /// Place the shadow refcount blocks and a new refcount table, sync, then switch the
+    /// header (as changed by `update`) with one write and sync again.
+    pub(crate) fn txn_commit(
+        &mut self,
+        mut txn: Txn,
+        update: impl FnOnce(&mut super::Header),
+    ) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let mut placed: BTreeMap<u64, u64> = BTreeMap::new();
+        let old_table_off = self.header.refcount_table_offset;
+        let old_table_clusters = u64::from(self.header.refcount_table_clusters);
+        let mut old_table_freed = false;
+        let mut table: Option<(u64, u64)> = None; // (offset, clusters)
+        loop {
+            let mut changed = false;
+            let pending: Vec<u64> = txn
+                .blocks
+                .keys()
+                .filter(|b| !placed.contains_key(b))
+                .copied()
+                .collect();
+            for bi in pending {
+                let at = self.txn_alloc(&mut txn, 1)?;
+                placed.insert(bi, at);
+                let old = self.refcount_table.get(bi as usize).copied().unwrap_or(0);
+                if old != 0 {
+                    self.txn_add(&mut txn, old, -1)?;
+                }
+                changed = true;
+            }
+            if !old_table_freed {
+                self.txn_free_range(&mut txn, old_table_off, old_table_clusters * cs)?;
+                old_table_freed = true;
+                changed = true;
+            }
+            let max_bi = txn.blocks.keys().next_back().copied().unwrap_or(0);
+            let used = self
+                .refcount_table
+                .iter()
+                .rposition(|&e| e != 0)
+                .map_or(0, |i| i as u64 + 1);
+            let entries = used.max(max_bi + 1);
+            let need = (entries * 8).div_ceil(cs);
+            if table.is_none_or(|(_, have)| have < need) {
+                if let Some((off, have)) = table {
+                    self.txn_free_range(&mut txn, off, have * cs)?;
+                }
+                // Keep the current size when it suffices; grow with slack otherwise.
+                let clusters = if old_table_clusters >= need {
+                    old_table_clusters
+                } else {
+                    need + need / 4 + 1
+                };
+                let off = self.txn_alloc(&mut txn, clusters)?;
+                table = Some((off, clusters));
+                changed = true;
+            }
+            if !changed {
+                break;
+            }
+        }
+        let Some((table_off, table_clusters)) = table else {
+            return Err(Error::invalid("refcount table was not placed"));
+        };
+        if table_clusters * cs > super::limits::MAX_REFTABLE_BYTES {
+            return Err(Error::invalid(
+                "qcow2 image would need a refcount table larger than 8 MiB",
+            ));
+        }
+        let mut new_table = self.refcount_table.clone();
+        new_table.resize((table_clusters * cs / 8) as usize, 0);
+        new_table.truncate((table_clusters * cs / 8) as usize);
+        for (&bi, &at) in &placed {
+            new_table[bi as usize] = at;
+        }
+        for (&bi, data) in &txn.blocks {
+            self.storage
+                .write_at(data, placed[&bi])
+                .map_err(ioerr("writing a refcount block"))?;
+        }
+        let mut buf = vec![0u8; (table_clusters * cs) as usize];
+        BigEndian::write_u64_into(&new_table, &mut buf);
+        self.storage
+            .write_at(&buf, table_off)
+            .map_err(ioerr("writing the refcount table"))?;
+        self.sync()?;
+
+        let mut h = self.header.clone();
+        h.refcount_table_offset = table_off;
+        h.refcount_table_clusters = table_clusters as u32;
+        update(&mut h);
+        let bytes = h.write()?;
+        self.storage
+            .write_at(&bytes[24..72], 24)
+            .map_err(ioerr("switching the header"))?;
+        self.sync()?;
+
+        self.header = h;
+        self.refcount_table = new_table;
+        self.rc_cache.clear();
+        self.l2_cache.clear();
+        self.free_hint = self.free_hint.min(txn.min_freed).min(txn.hint);
+        Ok(())
+    }
+
+    /// Replace the in-memory active L1 table (after a commit that switched it).
+    pub(crate) fn replace_l1(&mut self, l1: Vec<u64>) {
+        self.l1_dirty = vec![false; l1.len()];
+        self.l1_any_dirty = false;
+        self.l1 = l1;
+    }
+}

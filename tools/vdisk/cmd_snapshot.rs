@@ -1,0 +1,200 @@
+//! `vdisk snapshot [-l | -c NAME | -a NAME | -d NAME] FILE`, and the retention policy
+//! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format};
+use vdisk::qcow2::{OpenOptions, Qcow2, SnapshotTime};
+use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
+use vdisk::{Error, Result};
+
+/// Arguments of `snapshot`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format (must be qcow2).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// List snapshots.
+    #[arg(short = 'l', group = "action")]
+    list: bool,
+    /// Create a snapshot.
+    #[arg(short = 'c', group = "action", value_name = "NAME")]
+    create: Option<String>,
+    /// Apply (roll back to) a snapshot.
+    #[arg(short = 'a', group = "action", value_name = "NAME")]
+    apply: Option<String>,
+    /// Delete a snapshot.
+    #[arg(short = 'd', group = "action", value_name = "NAME")]
+    delete: Option<String>,
+    /// Delete the snapshots outside the retention policy, oldest first.
+    #[arg(long, group = "action")]
+    prune: bool,
+    /// Keep the N newest snapshots (with --prune).
+    #[arg(long, value_name = "N")]
+    keep_last: Option<usize>,
+    /// Also keep snapshots younger than DURATION, e.g. 7d, 12h, 30m, 2w (with --prune).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Print what --prune would delete without deleting.
+    #[arg(long)]
+    dry_run: bool,
+    /// Open without locks (read-only actions only).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Image file.
+    file: PathBuf,
+}
+
+/// Parse `7d`, `12h`, `30m`, `45s`, `2w` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::invalid(format!(
+            "invalid duration '{s}' (expected e.g. 30m, 12h, 7d, 2w)"
+        ))
+    };
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        'w' => 7 * 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+fn open(a: &Args, read_only: bool) -> Result<Qcow2<FileStorage>> {
+    if let Some(f) = &a.format {
+        if f.parse::<Format>()? != Format::Qcow2 {
+            return Err(Error::unsupported(format!(
+                "snapshots on {f} images (only qcow2 has internal snapshots)"
+            )));
+        }
+    }
+    let storage = FileStorage::open(
+        &a.file,
+        FileOptions {
+            write: !read_only,
+            unsafe_cache: false,
+        },
+    )
+    .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
+    if image::probe(&storage)? != Format::Qcow2 {
+        return Err(Error::unsupported(format!(
+            "'{}' is not a qcow2 image; only qcow2 has internal snapshots",
+            a.file.display()
+        )));
+    }
+    Qcow2::open(
+        storage,
+        OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| image::with_path(&a.file, e))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = (a.force_share, a.quiet);
+    if a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune) {
+        let img = open(&a, true)?;
+        let snaps: Vec<_> = img.snapshots().iter().map(|s| s.to_json()).collect();
+        print!(
+            "Snapshot list:\n{}",
+            vdisk::ops::info::snapshot_table_text(&snaps)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.prune {
+        return prune(&a);
+    }
+    let mut img = open(&a, false)?;
+    if let Some(name) = &a.create {
+        img.snapshot_create(name, SnapshotTime::now())?;
+    } else if let Some(name) = &a.apply {
+        img.snapshot_apply(name)?;
+    } else if let Some(name) = &a.delete {
+        img.snapshot_delete(&[name.as_str()])?;
+    }
+    vdisk::BlockDevice::close(&mut img)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(a: &Args) -> Result<ExitCode> {
+    let keep_last = a
+        .keep_last
+        .ok_or_else(|| Error::invalid("--prune needs --keep-last N"))?;
+    let within = a.keep_within.as_deref().map(parse_duration).transpose()?;
+    let mut img = open(a, a.dry_run)?;
+    let now = SnapshotTime::now().sec as u64;
+    // Newest first by date (then by table order).
+    let mut order: Vec<usize> = (0..img.snapshots().len()).collect();
+    order.sort_by_key(|&i| {
+        let s = &img.snapshots()[i];
+        std::cmp::Reverse((s.date_sec, s.date_nsec, i))
+    });
+    let mut doomed: Vec<usize> = Vec::new();
+    for (rank, &i) in order.iter().enumerate() {
+        let s = &img.snapshots()[i];
+        let young = within.is_some_and(|w| now.saturating_sub(u64::from(s.date_sec)) <= w);
+        if rank >= keep_last && !young {
+            doomed.push(i);
+        }
+    }
+    doomed.reverse(); // oldest first
+    let ids: Vec<String> = doomed
+        .iter()
+        .map(|&i| img.snapshots()[i].id.clone())
+        .collect();
+    let names: Vec<String> = doomed
+        .iter()
+        .map(|&i| img.snapshots()[i].name.clone())
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let gain = if refs.is_empty() {
+        0
+    } else {
+        img.snapshot_delete_gain(&refs)?
+    };
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    for (id, name) in ids.iter().zip(&names) {
+        println!("{verb} snapshot {id} ({name})");
+    }
+    if !refs.is_empty() && !a.dry_run {
+        img.snapshot_delete(&refs)?;
+        vdisk::BlockDevice::close(&mut img)?;
+    }
+    println!(
+        "{} {} snapshot(s), {} kept; space given back: {} ({} bytes)",
+        verb,
+        refs.len(),
+        img.snapshots().len() - if a.dry_run { refs.len() } else { 0 },
+        vdisk::size::human_size(gain),
+        gain
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("30m").unwrap(), 1800);
+        assert_eq!(parse_duration("7d").unwrap(), 604800);
+        assert_eq!(parse_duration("2w").unwrap(), 1209600);
+        assert!(parse_duration("7y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
