@@ -126,16 +126,7 @@ impl<S: Storage> Qcow2<S> {
     pub(crate) fn alloc_clusters(&mut self, n: u64) -> Result<u64> {
         self.check_writable()?;
         'search: loop {
-            let mut start = self.free_hint;
-            let mut idx = start;
-            while idx - start < n {
-                if self.refcount(idx)? == 0 {
-                    idx += 1;
-                } else {
-                    idx += 1;
-                    start = idx;
-                }
-            }
+            let (start, first_free) = self.scan_free(self.free_hint, n, None)?;
             if (start + n) << self.geo.cluster_bits > super::limits::MAX_HOST_OFFSET {
                 return Err(Error::invalid(
                     "qcow2 image would grow past the largest host offset",
@@ -158,13 +149,63 @@ impl<S: Storage> Qcow2<S> {
             for c in start..start + n {
                 self.set_refcount(c, 1)?;
             }
-            if start == self.free_hint {
-                self.free_hint = start + n;
-            }
+            // Nothing below the first free cluster seen is free.
+            self.free_hint = match first_free {
+                Some(f) if f < start => f,
+                _ => start + n,
+            };
             let host = start << self.geo.cluster_bits;
             self.note_allocated(host + (n << self.geo.cluster_bits));
             return Ok(host);
         }
+    }
+
+    /// Find the first run of `n` clusters at or after `from` that are free in the refcount
+    /// structures (and in `shadow`, a transaction's changed blocks, when given). Returns the
+    /// run's start and the first free cluster seen (which may precede a too-short gap).
+    pub(crate) fn scan_free(
+        &mut self,
+        from: u64,
+        n: u64,
+        shadow: Option<&std::collections::BTreeMap<u64, Vec<u8>>>,
+    ) -> Result<(u64, Option<u64>)> {
+        let rb_bits = self.geo.rb_bits;
+        let order = self.geo.refcount_order;
+        let mask = (1u64 << rb_bits) - 1;
+        let mut start = from;
+        let mut c = from;
+        let mut first_free = None;
+        while c - start < n {
+            let bi = c >> rb_bits;
+            let block_end = (bi + 1) << rb_bits;
+            let off = self.refcount_table.get(bi as usize).copied().unwrap_or(0);
+            let sh = shadow.and_then(|m| m.get(&bi));
+            if off == 0 && sh.is_none() {
+                first_free.get_or_insert(c);
+                c = block_end;
+                continue;
+            }
+            if off != 0 {
+                self.load_table(Table::Refcount, off)?;
+            }
+            let old = if off != 0 {
+                self.rc_cache.peek(off)
+            } else {
+                None
+            };
+            while c < block_end && c - start < n {
+                let i = (c & mask) as usize;
+                let used = old.is_some_and(|b| get_entry(b, order, i) != 0)
+                    || sh.is_some_and(|b| get_entry(b, order, i) != 0);
+                c += 1;
+                if used {
+                    start = c;
+                } else {
+                    first_free.get_or_insert(c - 1);
+                }
+            }
+        }
+        Ok((start, first_free))
     }
 
     /// Record that the file now extends (logically) to `end`.

@@ -124,15 +124,7 @@ impl<S: Storage> Qcow2<S> {
 
     /// Allocate `n` contiguous clusters free in both the old and the new state.
     pub(crate) fn txn_alloc(&mut self, txn: &mut Txn, n: u64) -> Result<u64> {
-        let mut start = txn.hint;
-        let mut c = start;
-        while c - start < n {
-            let free = self.refcount(c)? == 0 && self.txn_refcount(txn, c)? == 0;
-            c += 1;
-            if !free {
-                start = c;
-            }
-        }
+        let (start, first_free) = self.scan_free(txn.hint, n, Some(&txn.blocks))?;
         if (start + n) << self.geo.cluster_bits > super::limits::MAX_HOST_OFFSET {
             return Err(Error::invalid(
                 "qcow2 image would grow past the largest host offset",
@@ -141,9 +133,10 @@ impl<S: Storage> Qcow2<S> {
         for k in start..start + n {
             self.txn_set(txn, k, 1)?;
         }
-        if start == txn.hint {
-            txn.hint = start + n;
-        }
+        txn.hint = match first_free {
+            Some(f) if f < start => f,
+            _ => start + n,
+        };
         let host = start << self.geo.cluster_bits;
         let end = host + (n << self.geo.cluster_bits);
         if end > self.file_len {
