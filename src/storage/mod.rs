@@ -17,7 +17,7 @@ mod fault;
 mod file;
 mod memory;
 
-pub use fault::{FaultStorage, FaultState};
+pub use fault::{FaultState, FaultStorage};
 pub use file::{FileStorage, OpenOptions};
 pub use memory::MemStorage;
 
