@@ -77,13 +77,7 @@ pub fn probe(first_bytes: &[u8]) -> bool {
     // A descriptor: comment and blank lines, then `version=N` (as QEMU probes).
     for line in first_bytes.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.first() == Some(&b'#') {
-            continue;
-        }
-        if line.iter().all(|&b| b == b' ') {
-            if line.is_empty() && first_bytes.is_empty() {
-                return false;
-            }
+        if line.first() == Some(&b'#') || line.iter().all(|&b| b == b' ') {
             continue;
         }
         return matches!(line, b"version=1" | b"version=2" | b"version=3");

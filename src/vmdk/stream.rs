@@ -348,6 +348,60 @@ mod tests {
     use super::*;
     use crate::storage::MemStorage;
 
+    fn stream_header(capacity: u64) -> SparseHeader {
+        use super::super::header::*;
+        SparseHeader {
+            version: 3,
+            flags: FLAG_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS,
+            capacity,
+            grain_size: 128,
+            descriptor_offset: 0,
+            descriptor_size: 0,
+            num_gtes_per_gt: 512,
+            rgd_offset: 0,
+            gd_offset: GD_AT_END,
+            overhead: 1,
+            unclean_shutdown: 0,
+            newline_test: NEWLINE_TEST,
+            compress_algorithm: COMPRESSION_DEFLATE,
+        }
+    }
+
+    #[test]
+    fn a_written_stream_reads_back_with_zero_grains_left_unallocated() {
+        use super::super::sparse::{GrainMapping, SparseExtent};
+        let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+        let header = stream_header(2 * 1024 * 1024 / 512 * 40 + 3); // 80 MiB + 3 sectors
+        let mut first = [0u8; HEADER_SIZE];
+        header.write(&mut first);
+        storage.write_at(&first, 0).unwrap();
+        let mut w = StreamWriter::new(storage.clone(), header);
+        let size = header.capacity * SECTOR_SIZE;
+        w.write(&[7u8; 1000], 100).unwrap(); // partial first grain
+        w.write_zeroes(1100, 65536).unwrap(); // completes it
+        w.write(&vec![9u8; 65536], 40 << 20).unwrap(); // a grain in the second grain table
+        w.write(&[5u8; 512], size - 512).unwrap(); // the short last grain
+        assert!(w.write(&[1], 0).is_err());
+        w.finish().unwrap();
+        assert!(w.write(&[1], size - 1).is_err());
+
+        let mut extent = SparseExtent::open(storage, true).unwrap();
+        assert_eq!(extent.capacity_bytes(), size);
+        let mut buf = vec![0u8; 1200];
+        extent.read(&mut buf, 0).unwrap();
+        assert!(buf[..100].iter().all(|&b| b == 0));
+        assert!(buf[100..1100].iter().all(|&b| b == 7));
+        assert!(buf[1100..].iter().all(|&b| b == 0));
+        assert_eq!(extent.lookup(65536).unwrap(), GrainMapping::Unallocated);
+        assert!(matches!(
+            extent.lookup(40 << 20).unwrap(),
+            GrainMapping::Compressed(_)
+        ));
+        let mut tail = [0u8; 512];
+        extent.read(&mut tail, size - 512).unwrap();
+        assert_eq!(tail, [5u8; 512]);
+    }
+
     #[test]
     fn metadata_markers_encode_sectors_and_type() {
         let m = metadata_marker(4, MARKER_GRAIN_TABLE);
