@@ -291,11 +291,13 @@ impl Vmdk {
                     GrainMapping::Data(off) => (ExtentKind::Data, Some(off + at % grain), false),
                     GrainMapping::Compressed(_) => (ExtentKind::Data, None, true),
                 };
-                let (kind, host, compressed) = classify(sparse.lookup(rel)?, rel);
-                let mut length = (grain - rel % grain).min(limit);
+                let (mapping, run) = sparse.lookup_run(rel)?;
+                let (kind, host, compressed) = classify(mapping, rel);
+                let mut length = run.min(limit);
                 while length < limit {
                     let next = rel + length;
-                    let (k, h, c) = classify(sparse.lookup(next)?, next);
+                    let (mapping, run) = sparse.lookup_run(next)?;
+                    let (k, h, c) = classify(mapping, next);
                     let contiguous = match (host, h) {
                         (Some(a), Some(b)) => a + length == b,
                         (None, None) => true,
@@ -304,7 +306,7 @@ impl Vmdk {
                     if k != kind || c != compressed || !contiguous {
                         break;
                     }
-                    length = (length + grain).min(limit);
+                    length = (length + run).min(limit);
                 }
                 status.kind = kind;
                 status.host_offset = host;

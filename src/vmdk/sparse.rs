@@ -235,6 +235,19 @@ impl SparseExtent {
         )
     }
 
+    /// Like [`lookup`](Self::lookup), plus how many bytes from `rel` share that mapping
+    /// for certain: to the end of the grain, or to the end of the grain table's range when
+    /// the table is not allocated at all.
+    pub fn lookup_run(&mut self, rel: u64) -> Result<(GrainMapping, u64)> {
+        let grain = self.geometry.grain_bytes();
+        let (gd_index, _) = self.locate(rel)?;
+        if self.gd[gd_index as usize] == 0 {
+            let coverage = self.geometry.gt_coverage_bytes();
+            return Ok((GrainMapping::Unallocated, coverage - rel % coverage));
+        }
+        Ok((self.lookup(rel)?, grain - rel % grain))
+    }
+
     /// Read `buf` from extent-relative `rel`; the range must not cross a grain.
     pub fn read(&mut self, buf: &mut [u8], rel: u64) -> Result<()> {
         let in_grain = rel % self.geometry.grain_bytes();
