@@ -660,3 +660,54 @@ fn zero_sized_images_of_every_subformat_open_as_empty_disks() {
         }
     }
 }
+
+#[test]
+fn the_first_write_changes_the_cid_of_qemu_made_images_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in &SUBFORMATS[..4] {
+        let img = dir.path().join(format!("cid-{sub}.vmdk"));
+        qemu(
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "vmdk",
+                "-o",
+                &format!("subformat={sub}"),
+                path_str(&img),
+                "3M",
+            ],
+        );
+        let cid_of = |img: &Path| -> u64 {
+            let out = qemu("qemu-img", &["info", "--output=json", path_str(img)]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["format-specific"]["data"]["cid"].as_u64().unwrap()
+        };
+        let before = cid_of(&img);
+        let mut dev = vmdk::open(&img, &VmdkOpenOptions::default()).unwrap();
+        assert_eq!(u64::from(dev.info().cid), before);
+        let data = pattern(150_000, 31);
+        dev.write_at(&data, 1000).unwrap();
+        dev.write_at(&data[..10], 2 * MIB).unwrap();
+        dev.close().unwrap();
+        drop(dev);
+        assert_ne!(cid_of(&img), before, "{sub}");
+        qemu_check_is_clean(&img);
+        let mut model = vec![0u8; 3 * MIB as usize];
+        model[1000..151_000].copy_from_slice(&data);
+        model[2 * MIB as usize..2 * MIB as usize + 10].copy_from_slice(&data[..10]);
+        let raw = write_raw(dir.path(), "cid.raw", &model);
+        qemu(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "vmdk",
+                path_str(&raw),
+                path_str(&img),
+            ],
+        );
+    }
+}

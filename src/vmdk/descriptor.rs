@@ -333,9 +333,9 @@ fn classify(line: &str) -> std::result::Result<Line<'_>, String> {
     }
 }
 
-/// `key = value`, where the key is made of letters, digits, `.` and `_`.
+/// `key = value`, where the key is made of letters, digits, `.`, `_` and `-`.
 fn key_value(input: &str) -> IResult<&str, (&str, &str)> {
-    let key = take_while1(|c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_');
+    let key = take_while1(|c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     let (rest, (key, _, _, _)) = tuple((key, space0, char('='), space0))(input)?;
     Ok(("", (key, rest)))
 }
@@ -503,6 +503,24 @@ ddb.toolsVersion = \"2147483647\"\n";
             d.extents[0].file_name.as_deref(),
             Some("monolithicFlat-flat.vmdk")
         );
+    }
+
+    /// The shape of a descriptor written by VMware ESXi for a thick disk.
+    #[test]
+    fn an_esxi_vmfs_descriptor_parses_with_its_extra_keys() {
+        let text = "# Disk DescriptorFile\r\nversion=1\r\nencoding=\"UTF-8\"\r\nCID=fffffffe\r\n\
+parentCID=ffffffff\r\nisNativeSnapshot=\"no\"\r\ncreateType=\"vmfs\"\r\n\r\n\
+# Extent description\r\nRW 41943040 VMFS \"My Disk-flat.vmdk\"\r\n\r\n\
+# The Disk Data Base\r\n#DDB\r\n\r\nddb.adapterType = \"lsilogic\"\r\n\
+ddb.uuid = \"60 00 C2 9d 6b 4e 6e 0a-1c 4e 3b 96 06 3d 2c 5a\"\r\n\
+ddb.virtualHWVersion = \"13\"\r\n";
+        let d = parse(text).unwrap();
+        assert_eq!(d.create_type, "vmfs");
+        assert_eq!(d.cid, 0xfffffffe);
+        assert_eq!(d.extents[0].extent_type, ExtentType::Vmfs);
+        assert_eq!(d.extents[0].file_name.as_deref(), Some("My Disk-flat.vmdk"));
+        assert_eq!(d.other_keys.len(), 2);
+        assert_eq!(d.ddb_value("ddb.virtualHWVersion"), Some("13"));
     }
 
     #[test]
