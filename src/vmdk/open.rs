@@ -1,0 +1,371 @@
+//! Opening a VMDK image: telling a descriptor file from a sparse extent, reading the
+//! descriptor (separate or embedded), checking and resolving extent file names, and
+//! opening each extent.
+
+use super::descriptor::{Access, Descriptor, ExtentType, NO_PARENT_CID};
+use super::flat::FlatExtent;
+use super::header::{SparseHeader, HEADER_SIZE, SPARSE_MAGIC};
+use super::limits::{MAX_DESCRIPTOR_BYTES, MAX_EXTENTS, SECTOR_SIZE};
+use super::sparse::{has_sparse_magic, SparseExtent, SparseKind};
+use super::{DescriptorPlace, Extent, ExtentBody, Vmdk, VmdkOpenOptions};
+use crate::error::{Error, Result};
+use crate::storage::{FileStorage, OpenOptions, Storage};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// Subformats accepted in a descriptor's `createType`.
+const KNOWN_CREATE_TYPES: &[&str] = &[
+    "monolithicSparse",
+    "monolithicFlat",
+    "twoGbMaxExtentSparse",
+    "twoGbMaxExtentFlat",
+    "streamOptimized",
+    "vmfs",
+    "vmfsSparse",
+    "vmfsThin",
+    "vmfsPreallocated",
+    "vmfsEagerZeroedThick",
+    "vmfsRaw",
+    "vmfsRDM",
+    "custom",
+];
+
+/// Open the VMDK image at `path`: a descriptor file, or a sparse extent (with or without
+/// an embedded descriptor).
+pub fn open(path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
+    let storage = open_file(path, opts.read_only)?;
+    let file_len = storage
+        .len()
+        .map_err(|e| Error::io(format!("{}: reading the file length", path.display()), e))?;
+    if file_len < 4 {
+        return Err(Error::corrupt(
+            "VMDK image",
+            0,
+            "file is too small to be a VMDK image",
+        ));
+    }
+    let mut first = [0u8; HEADER_SIZE];
+    storage
+        .read_at(&mut first, 0)
+        .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
+    if !has_sparse_magic(&first) {
+        if file_len > MAX_DESCRIPTOR_BYTES {
+            return Err(Error::corrupt(
+                "VMDK descriptor",
+                0,
+                format!(
+                    "descriptor file of {file_len} bytes is larger than {MAX_DESCRIPTOR_BYTES}"
+                ),
+            ));
+        }
+        let mut text = vec![0u8; file_len as usize];
+        storage
+            .read_at(&mut text, 0)
+            .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
+        let place = DescriptorPlace::File(storage);
+        return open_descriptor(path, opts, &text, 0, place);
+    }
+    if &first[..4] == SPARSE_MAGIC {
+        let header = SparseHeader::parse(&first)?;
+        if header.capacity == 0 && header.descriptor_offset != 0 {
+            // A sparse file used only to hold a descriptor: the extents are elsewhere.
+            let (offset, text) = read_embedded_descriptor(&*storage, &header, file_len)?;
+            let room = header.descriptor_size * SECTOR_SIZE;
+            let place = DescriptorPlace::Embedded {
+                storage,
+                offset,
+                room,
+            };
+            return open_descriptor(path, opts, &text, offset, place);
+        }
+    }
+    open_bare_sparse(path, opts, storage, file_len)
+}
+
+/// A sparse extent opened directly: a monolithicSparse or streamOptimized image.
+fn open_bare_sparse(
+    path: &Path,
+    opts: &VmdkOpenOptions,
+    storage: Arc<dyn Storage>,
+    file_len: u64,
+) -> Result<Vmdk> {
+    let sparse = SparseExtent::open(storage.clone(), opts.read_only)?;
+    let compressed = sparse.geometry().compressed;
+    let mut descriptor = None;
+    let mut descriptor_text = String::new();
+    let mut place = DescriptorPlace::Nowhere;
+    if let Some(header) = sparse.header().copied() {
+        if header.descriptor_offset != 0 && header.descriptor_size != 0 {
+            let (offset, text) = read_embedded_descriptor(&*storage, &header, file_len)?;
+            let parsed = Descriptor::parse(&text, offset)?;
+            check_no_parent(&parsed)?;
+            descriptor_text = text_of(&text);
+            descriptor = Some(parsed);
+            place = DescriptorPlace::Embedded {
+                storage: storage.clone(),
+                offset,
+                room: header.descriptor_size * SECTOR_SIZE,
+            };
+        }
+    }
+    // Like QEMU, the subformat of a bare sparse file follows from its header alone.
+    let create_type = match sparse.kind() {
+        SparseKind::Cowd => "vmfsSparse",
+        SparseKind::Hosted if compressed => "streamOptimized",
+        SparseKind::Hosted => "monolithicSparse",
+    };
+    let length = sparse.capacity_bytes();
+    // A stream is only ever written sequentially, by create(): an existing one is
+    // read-only, as QEMU effectively treats it.
+    let read_only = opts.read_only || compressed || sparse.kind() == SparseKind::Cowd;
+    Ok(Vmdk {
+        path: path.to_path_buf(),
+        cid: descriptor.as_ref().map_or(0, |d| d.cid),
+        parent_cid: descriptor.as_ref().map_or(NO_PARENT_CID, |d| d.parent_cid),
+        descriptor,
+        descriptor_text,
+        descriptor_place: place,
+        create_type: create_type.to_string(),
+        extents: vec![Extent {
+            start: 0,
+            length,
+            access: Access::ReadWrite,
+            type_name: String::new(),
+            filename: path.display().to_string(),
+            body: ExtentBody::Sparse(Box::new(sparse)),
+        }],
+        size: length,
+        read_only,
+        cid_updated: false,
+    })
+}
+
+/// Open the extents a descriptor names. `base` is the descriptor's file offset.
+fn open_descriptor(
+    path: &Path,
+    opts: &VmdkOpenOptions,
+    bytes: &[u8],
+    base: u64,
+    place: DescriptorPlace,
+) -> Result<Vmdk> {
+    let descriptor = Descriptor::parse(bytes, base)?;
+    if !KNOWN_CREATE_TYPES.contains(&descriptor.create_type.as_str()) {
+        return Err(Error::unsupported(format!(
+            "VMDK image type '{}'",
+            descriptor.create_type
+        )));
+    }
+    check_no_parent(&descriptor)?;
+    if descriptor.extents.len() > MAX_EXTENTS {
+        return Err(Error::corrupt(
+            "VMDK descriptor",
+            base,
+            format!(
+                "{} extents (at most {MAX_EXTENTS} are supported)",
+                descriptor.extents.len()
+            ),
+        ));
+    }
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut extents = Vec::with_capacity(descriptor.extents.len());
+    let mut start = 0u64;
+    let mut all_read_only = opts.read_only;
+    for line in &descriptor.extents {
+        let read_only = opts.read_only || line.access != Access::ReadWrite;
+        let (file_path, filename) = match &line.file_name {
+            Some(name) => {
+                let p = resolve_extent_path(dir, name, opts.allow_outside_extents)?;
+                let shown = p.display().to_string();
+                (Some(p), shown)
+            }
+            None => (None, String::new()),
+        };
+        let open_storage = || -> Result<Arc<dyn Storage>> {
+            match &file_path {
+                Some(p) => open_file(p, read_only),
+                None => Err(Error::corrupt(
+                    "VMDK descriptor",
+                    base,
+                    "extent has no file",
+                )),
+            }
+        };
+        let (length, body) = match line.extent_type {
+            ExtentType::Zero => (line.sectors * SECTOR_SIZE, ExtentBody::Zero),
+            ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm => (
+                line.sectors * SECTOR_SIZE,
+                ExtentBody::Flat(FlatExtent::new(open_storage()?, line.offset * SECTOR_SIZE)),
+            ),
+            ExtentType::Sparse | ExtentType::VmfsSparse => {
+                let sparse = SparseExtent::open(open_storage()?, read_only)?;
+                if sparse.geometry().compressed || sparse.kind() == SparseKind::Cowd {
+                    all_read_only = true;
+                }
+                // As QEMU: a sparse extent's size comes from its own header.
+                (
+                    sparse.capacity_bytes(),
+                    ExtentBody::Sparse(Box::new(sparse)),
+                )
+            }
+            ExtentType::SeSparse => {
+                return Err(Error::unsupported("VMDK SESPARSE extents"));
+            }
+        };
+        extents.push(Extent {
+            start,
+            length,
+            access: line.access,
+            type_name: line.extent_type.as_str().to_string(),
+            filename,
+            body,
+        });
+        start = start.checked_add(length).ok_or_else(|| {
+            Error::corrupt(
+                "VMDK descriptor",
+                base,
+                "extents add up to more than 2^64 bytes",
+            )
+        })?;
+    }
+    // Empty extents take no part in I/O.
+    extents.retain(|e| e.length > 0);
+    Ok(Vmdk {
+        path: path.to_path_buf(),
+        cid: descriptor.cid,
+        parent_cid: descriptor.parent_cid,
+        create_type: descriptor.create_type.clone(),
+        descriptor_text: text_of(bytes),
+        descriptor: Some(descriptor),
+        descriptor_place: place,
+        extents,
+        size: start,
+        read_only: all_read_only,
+        cid_updated: false,
+    })
+}
+
+fn check_no_parent(descriptor: &Descriptor) -> Result<()> {
+    match &descriptor.parent_file_name_hint {
+        Some(hint) => Err(Error::unsupported(format!(
+            "VMDK images with a parent image ('{hint}')"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The descriptor text up to its first NUL.
+fn text_of(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Read the descriptor embedded in a sparse extent; returns its byte offset and bytes.
+fn read_embedded_descriptor(
+    storage: &dyn Storage,
+    header: &SparseHeader,
+    file_len: u64,
+) -> Result<(u64, Vec<u8>)> {
+    let bad = |msg: String| Error::corrupt("VMDK sparse header", 0, msg);
+    let offset = header
+        .descriptor_offset
+        .checked_mul(SECTOR_SIZE)
+        .ok_or_else(|| bad("descriptor offset is too large".into()))?;
+    let size = header
+        .descriptor_size
+        .checked_mul(SECTOR_SIZE)
+        .filter(|&s| s <= MAX_DESCRIPTOR_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "embedded descriptor of {} sectors is larger than {MAX_DESCRIPTOR_BYTES} bytes",
+                header.descriptor_size
+            ))
+        })?;
+    if offset >= file_len {
+        return Err(bad(format!(
+            "embedded descriptor at {offset:#x} lies past the end of the file"
+        )));
+    }
+    let size = size.min(file_len - offset);
+    let mut text = vec![0u8; size as usize];
+    storage
+        .read_at(&mut text, offset)
+        .map_err(|e| Error::io("VMDK embedded descriptor: reading", e))?;
+    Ok((offset, text))
+}
+
+/// Turn an extent file name from a descriptor into a path. Unless `allow_outside` is set,
+/// the name must be relative and must not climb out of the descriptor's directory.
+pub(crate) fn resolve_extent_path(dir: &Path, name: &str, allow_outside: bool) -> Result<PathBuf> {
+    let rel = Path::new(name);
+    let escapes = rel.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    });
+    if escapes && !allow_outside {
+        return Err(Error::invalid(format!(
+            "VMDK descriptor names extent file '{name}', which lies outside the descriptor's \
+             directory; refusing to open it (allow extents outside the directory explicitly \
+             if the image is trusted)"
+        )));
+    }
+    if rel.is_absolute() {
+        Ok(rel.to_path_buf())
+    } else {
+        Ok(dir.join(rel))
+    }
+}
+
+fn open_file(path: &Path, read_only: bool) -> Result<Arc<dyn Storage>> {
+    let storage = FileStorage::open(
+        path,
+        OpenOptions {
+            write: !read_only,
+            unsafe_cache: false,
+        },
+    )
+    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    Ok(Arc::new(storage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_names_inside_the_directory_resolve_against_it() {
+        let dir = Path::new("/images");
+        assert_eq!(
+            resolve_extent_path(dir, "a-flat.vmdk", false).unwrap(),
+            PathBuf::from("/images/a-flat.vmdk")
+        );
+        assert_eq!(
+            resolve_extent_path(dir, "sub/a.vmdk", false).unwrap(),
+            PathBuf::from("/images/sub/a.vmdk")
+        );
+        assert_eq!(
+            resolve_extent_path(Path::new(""), "a.vmdk", false).unwrap(),
+            PathBuf::from("a.vmdk")
+        );
+    }
+
+    #[test]
+    fn absolute_and_parent_extent_names_are_refused_unless_allowed() {
+        let dir = Path::new("/images");
+        for name in ["/etc/passwd", "../secret", "sub/../../x", "./../x"] {
+            let err = resolve_extent_path(dir, name, false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("outside"), "{name}: {err}");
+        }
+        assert_eq!(
+            resolve_extent_path(dir, "/data/x.vmdk", true).unwrap(),
+            PathBuf::from("/data/x.vmdk")
+        );
+        assert_eq!(
+            resolve_extent_path(dir, "../x.vmdk", true).unwrap(),
+            PathBuf::from("/images/../x.vmdk")
+        );
+    }
+}
