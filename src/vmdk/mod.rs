@@ -467,27 +467,6 @@ pub(crate) fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_recognises_sparse_magics_and_descriptors() {
-        assert!(probe(b"KDMV\x01\0\0\0"));
-        assert!(probe(b"COWD\x01\0\0\0"));
-        assert!(probe(b"# Disk DescriptorFile\nversion=1\nCID=1\n"));
-        assert!(probe(b"# Disk DescriptorFile\r\n  \r\nversion=3\r\n"));
-    }
-
-    #[test]
-    fn probe_refuses_other_data() {
-        assert!(!probe(b""));
-        assert!(!probe(b"QFI\xfb"));
-        assert!(!probe(b"# a comment\nversion=4\n"));
-        assert!(!probe(&[0u8; 512]));
-    }
-}
-
 /// Open a VMDK image as a boxed block device (the entry point `image::open` uses).
 pub fn open_device(path: &std::path::Path, read_only: bool) -> Result<Box<dyn BlockDevice>> {
     let opts = VmdkOpenOptions {
@@ -511,4 +490,25 @@ pub fn create_device(
         o.parse_option(k, v)?;
     }
     Ok(Box::new(create(path, size, &o)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_recognises_sparse_magics_and_descriptors() {
+        assert!(probe(b"KDMV\x01\0\0\0"));
+        assert!(probe(b"COWD\x01\0\0\0"));
+        assert!(probe(b"# Disk DescriptorFile\nversion=1\nCID=1\n"));
+        assert!(probe(b"# Disk DescriptorFile\r\n  \r\nversion=3\r\n"));
+    }
+
+    #[test]
+    fn probe_refuses_other_data() {
+        assert!(!probe(b""));
+        assert!(!probe(b"QFI\xfb"));
+        assert!(!probe(b"# a comment\nversion=4\n"));
+        assert!(!probe(&[0u8; 512]));
+    }
 }

@@ -55,13 +55,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         Format::Vmdk => {
             let io = |e| Error::io("reading the file size", e);
-            let file = ImageInfo::file_node(&name, storage.len().map_err(io)?, storage.allocated_bytes().map_err(io)?);
-            let opts = vdisk::vmdk::VmdkOpenOptions { read_only: true, allow_outside_extents: false };
+            let file = ImageInfo::file_node(
+                &name,
+                storage.len().map_err(io)?,
+                storage.allocated_bytes().map_err(io)?,
+            );
+            let opts = vdisk::vmdk::VmdkOpenOptions {
+                read_only: true,
+                allow_outside_extents: false,
+            };
             let v = vdisk::vmdk::open(&a.file, &opts).map_err(|e| image::with_path(&a.file, e))?;
-            let mut info = ImageInfo::new(&name, format, vdisk::BlockDevice::virtual_size(&v), file);
+            let mut info =
+                ImageInfo::new(&name, format, vdisk::BlockDevice::virtual_size(&v), file);
             info.cluster_size = vdisk::BlockDevice::cluster_size(&v);
             let data = serde_json::to_value(v.info()).map_err(|e| Error::invalid(e.to_string()))?;
-            info.format_specific = Some(info::FormatSpecific { kind: "vmdk".into(), data });
+            info.format_specific = Some(info::FormatSpecific {
+                kind: "vmdk".into(),
+                data,
+            });
             info
         }
         Format::Raw => {
