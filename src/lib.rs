@@ -16,6 +16,7 @@
 //! Names follow the formats' own vocabulary (`l1_index`, `l2_entry`, `refcount_block`,
 //! `grain_table`) so that `format-spec/` and the code read alike.
 
+pub mod chain;
 pub mod device;
 pub mod error;
 pub mod image;

@@ -126,7 +126,7 @@ impl<S: Storage> BlockDevice for Raw<S> {
             } else {
                 ExtentKind::Zero
             },
-            host_offset: data.then_some(offset),
+            host_offset: Some(offset),
             compressed: false,
             depth: 0,
         })

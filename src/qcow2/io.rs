@@ -437,6 +437,17 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
                 run_end = ((g + 1) << cb).min(end);
             }
         }
+        if kind == ExtentKind::Unallocated {
+            if let Some(b) = self.backing.as_mut() {
+                // Resolve through the backing chain; past its end the guest sees zeros.
+                let bsize = b.virtual_size();
+                if offset < bsize {
+                    let mut sub = b.block_status(offset, (run_end - offset).min(bsize - offset))?;
+                    sub.depth += 1;
+                    return Ok(sub);
+                }
+            }
+        }
         Ok(Extent {
             start: offset,
             length: run_end - offset,

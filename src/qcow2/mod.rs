@@ -297,6 +297,36 @@ impl<S: Storage> Qcow2<S> {
         self.backing = backing;
     }
 
+    /// Record a new backing file name and format in the header (`None` removes both), and
+    /// rewrite the header. Guest data must already be durable (the caller flushes first).
+    pub fn set_backing_file(&mut self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        self.check_writable()?;
+        if let Some(n) = name {
+            crate::chain::check_backing_name(n)?;
+        }
+        self.flush_metadata()?;
+        self.header.backing_file = name.map(str::to_string);
+        let fmt = if name.is_some() {
+            format.map(|f| f.as_bytes().to_vec())
+        } else {
+            None
+        };
+        self.header.set_extension(header::ext::BACKING_FORMAT, fmt);
+        self.write_header()
+    }
+
+    /// Remove every cluster mapping of the active disk so all reads fall through to the
+    /// backing image (qemu-img commit's "empty the overlay").
+    pub fn make_empty(&mut self) -> Result<()> {
+        let size = self.header.size;
+        // Discard with no backing attached makes clusters unallocated on both versions.
+        let b = self.backing.take();
+        let r = BlockDevice::discard(self, 0, size);
+        self.backing = b;
+        r?;
+        self.flush_metadata()
+    }
+
     /// The backing image, if one is attached.
     pub fn backing(&mut self) -> Option<&mut Box<dyn BlockDevice>> {
         self.backing.as_mut()

@@ -59,26 +59,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )?;
     let size = src.device.virtual_size();
-    image::create(&a.dst, dst_format, Some(size), &opts)?.close()?;
-    let mut dst = image::open(
-        &a.dst,
-        &ImageOptions {
-            format: Some(dst_format),
-            read_only: false,
-            unsafe_cache,
-        },
-    )?;
+    let mut dst = image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?;
     let mut bar = Progress::new(a.progress, size);
     let copts = ConvertOptions {
         zero_granularity: 0,
         unallocated_is_zero: true,
     };
-    convert(
-        src.device.as_mut(),
-        dst.device.as_mut(),
-        copts,
-        &mut |d, t| bar.update(d, t),
-    )?;
+    convert(src.device.as_mut(), dst.as_mut(), copts, &mut |d, t| {
+        bar.update(d, t)
+    })?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }
