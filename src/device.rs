@@ -83,6 +83,15 @@ pub trait BlockDevice: Send {
     fn cluster_size(&self) -> Option<u64> {
         None
     }
+
+    /// Change the virtual size. Formats that cannot resize say so.
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        let _ = new_size;
+        Err(crate::Error::unsupported(format!(
+            "resizing {} images",
+            self.format_name()
+        )))
+    }
 }
 
 /// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
@@ -128,5 +137,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn cluster_size(&self) -> Option<u64> {
         (**self).cluster_size()
+    }
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        (**self).resize(new_size)
     }
 }

@@ -47,16 +47,6 @@ impl<S: Storage> Raw<S> {
         &self.storage
     }
 
-    /// Change the virtual size (truncating or extending the file).
-    pub fn resize(&mut self, size: u64) -> Result<()> {
-        self.check_writable()?;
-        self.storage
-            .set_len(size)
-            .map_err(|e| Error::io("raw image: resizing", e))?;
-        self.size = size;
-        Ok(())
-    }
-
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::ReadOnly("raw image is open read-only".into()))
@@ -134,5 +124,14 @@ impl<S: Storage> BlockDevice for Raw<S> {
 
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn resize(&mut self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.storage
+            .set_len(size)
+            .map_err(|e| Error::io("raw image: resizing", e))?;
+        self.size = size;
+        Ok(())
     }
 }

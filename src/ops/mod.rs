@@ -1,4 +1,6 @@
 //! Operations written once against [`crate::BlockDevice`], for every format.
 
+pub mod chain_ops;
 pub mod convert;
 pub mod info;
+pub mod map;

@@ -465,6 +465,10 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn cluster_size(&self) -> Option<u64> {
         Some(self.geo.cluster_size)
     }
+
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        self.resize_to(new_size)
+    }
 }
 
 impl<S: Storage> Drop for Qcow2<S> {

@@ -32,6 +32,7 @@ pub mod header;
 mod io;
 pub mod limits;
 mod refcount;
+mod resize;
 pub mod snapshot;
 mod snapshot_ops;
 mod txn;

@@ -4,9 +4,12 @@
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
 //! code 1 (as qemu-img does).
 
+mod cmd_commit;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
+mod cmd_map;
+mod cmd_rebase;
 mod cmd_snapshot;
 mod progress;
 
@@ -29,6 +32,12 @@ enum Command {
     Info(cmd_info::Args),
     /// Convert an image to another format (or copy it), keeping it sparse.
     Convert(cmd_convert::Args),
+    /// Fold an overlay into its backing image.
+    Commit(cmd_commit::Args),
+    /// Change the backing file of an overlay (keeping its contents unless -u).
+    Rebase(cmd_rebase::Args),
+    /// Show where each guest range is stored, through the backing chain.
+    Map(cmd_map::Args),
     /// List, create, apply or delete internal snapshots; prune by a retention policy.
     Snapshot(cmd_snapshot::Args),
 }
@@ -47,6 +56,9 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Snapshot(a) => cmd_snapshot::run(a),
+        Command::Commit(a) => cmd_commit::run(a),
+        Command::Rebase(a) => cmd_rebase::run(a),
+        Command::Map(a) => cmd_map::run(a),
     };
     match result {
         Ok(code) => code,
