@@ -279,7 +279,7 @@ impl<S: Storage> Qcow2<S> {
         let mut gc = 0;
         while gc < clusters {
             let l1_index = gc >> self.geo.l2_bits;
-            let n = per_table.min(clusters - gc);
+            let n = per_table.min(clusters - gc).min(self.max_alloc_run());
             let l2_off = self.l2_for_write(l1_index)?;
             let host = self.alloc_clusters(n)?;
             for k in 0..n {

@@ -168,7 +168,8 @@ impl<S: Storage> Qcow2<S> {
         // Collect the run (within one L2 table).
         let mut olds = vec![first];
         let mut gc = gc0 + 1;
-        while gc < table_end && (gc << cb) < end {
+        let max_run = self.max_alloc_run();
+        while gc < table_end && (gc << cb) < end && (olds.len() as u64) < max_run {
             let e = self.l2_entry(gc)?;
             if write_kind(e) != WriteKind::Allocate {
                 break;
