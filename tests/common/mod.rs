@@ -429,3 +429,21 @@ fn install_quiet_hook() {
         }));
     });
 }
+
+/// Panic, showing the first differing line, unless `ours == theirs`.
+#[track_caller]
+pub fn assert_text_eq(what: &str, ours: &str, theirs: &str) {
+    if ours == theirs {
+        return;
+    }
+    let (a, b): (Vec<_>, Vec<_>) = (ours.lines().collect(), theirs.lines().collect());
+    let at = (0..a.len().max(b.len()))
+        .find(|&i| a.get(i) != b.get(i))
+        .unwrap_or(a.len());
+    panic!(
+        "{what}: output differs at line {}:\n  vdisk:    {:?}\n  qemu-img: {:?}",
+        at + 1,
+        a.get(at).copied().unwrap_or("<end>"),
+        b.get(at).copied().unwrap_or("<end>")
+    );
+}
