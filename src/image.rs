@@ -279,6 +279,46 @@ pub fn create_with_cache(
     }
 }
 
+/// Check that every `-o` option is one `format` knows with a well-formed value, without
+/// creating anything (qemu-img reports these before it prints "Formatting ...").
+pub fn check_create_options(format: Format, options: &[(String, String)]) -> Result<()> {
+    match format {
+        Format::Raw => {
+            for (k, v) in options {
+                let _ = v;
+                match k.as_str() {
+                    "preallocation" | "size" => {}
+                    _ => return Err(Error::invalid(format!("invalid parameter '{k}' for raw"))),
+                }
+            }
+        }
+        Format::Qcow2 => {
+            let mut o = qcow2::CreateOptions::default();
+            // String-typed options are only checked when the image is created.
+            const STRINGS: [&str; 5] = [
+                "compat",
+                "preallocation",
+                "compression_type",
+                "backing_file",
+                "backing_fmt",
+            ];
+            for (k, v) in options
+                .iter()
+                .filter(|(k, _)| !STRINGS.contains(&k.as_str()))
+            {
+                o.set(k, v)?;
+            }
+        }
+        Format::Vmdk => {
+            let mut o = crate::vmdk::VmdkCreateOptions::default();
+            for (k, v) in options.iter().filter(|(k, _)| k != "size") {
+                o.parse_option(k, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Split a qemu-img `-o` string (`a=1,b=2`; `,,` escapes a comma) into pairs.
 pub fn parse_options(s: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();

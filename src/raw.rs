@@ -27,6 +27,8 @@ impl<S: Storage> Raw<S> {
     /// Create a raw image of `size` bytes in `storage` (which should be empty).
     pub fn create(storage: S, size: u64, prealloc: crate::Preallocation) -> Result<Self> {
         let io = |e| Error::io("raw image: creating", e);
+        // As qemu-img, sizes are whole 512-byte sectors.
+        let size = size.next_multiple_of(512);
         storage.set_len(0).map_err(io)?;
         match prealloc {
             crate::Preallocation::Off | crate::Preallocation::Metadata => {

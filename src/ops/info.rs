@@ -73,7 +73,8 @@ impl ImageInfo {
     pub fn file_node(filename: &str, len: u64, actual: u64) -> ImageInfo {
         ImageInfo {
             children: Vec::new(),
-            virtual_size: len,
+            // QEMU reports file lengths in whole 512-byte sectors.
+            virtual_size: len.next_multiple_of(512),
             filename: filename.to_string(),
             cluster_size: None,
             format: "file".into(),
@@ -241,7 +242,26 @@ pub fn to_qemu_json<T: Serialize>(v: &T) -> String {
     if v.serialize(&mut ser).is_err() {
         return "{}".into();
     }
-    String::from_utf8(out).unwrap_or_default()
+    let text = String::from_utf8(out).unwrap_or_default();
+    // qemu-img prints empty arrays and objects over two lines.
+    let mut fixed = String::with_capacity(text.len());
+    for line in text.lines() {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let (body, comma) = match line.strip_suffix(',') {
+            Some(b) => (b, ","),
+            None => (line, ""),
+        };
+        if let Some(head) = body.strip_suffix("[]") {
+            fixed += &format!("{head}[\n{indent}]{comma}\n");
+        } else if let Some(head) = body.strip_suffix("{}") {
+            fixed += &format!("{head}{{\n{indent}}}{comma}\n");
+        } else {
+            fixed += line;
+            fixed += "\n";
+        }
+    }
+    fixed.pop();
+    fixed
 }
 
 /// Info for the image at `path` (its own layer only; backing files are named, not opened).

@@ -99,6 +99,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "Image creation needs a size parameter",
         ));
     }
+    image::check_create_options(format, &opts)?;
     if !a.quiet {
         let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format);
         for (k, v) in &opts {
@@ -107,6 +108,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         line += &format!(" size={}", size.unwrap_or(0));
         println!("{line}");
     }
+
     let mut dev = image::create(&a.file, format, size, &opts)?;
     dev.close()?;
     Ok(ExitCode::SUCCESS)
