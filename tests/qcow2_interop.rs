@@ -134,7 +134,8 @@ fn every_layout() -> Vec<Layout> {
 }
 
 #[test]
-fn images_vdisk_creates_pass_qemu_check_for_every_cluster_size_compat_and_refcount_width() {
+fn images_vdisk_creates_pass_qemu_check_for_every_cluster_size_compat_and_refcount_width_and_qemu_can_fill_them(
+) {
     let dir = tempdir();
     run_cases("vdisk create + qemu-img check", &every_layout(), |l| {
         let path = dir.path().join(format!(
@@ -152,6 +153,19 @@ fn images_vdisk_creates_pass_qemu_check_for_every_cluster_size_compat_and_refcou
         assert_eq!(
             info["format-specific"]["data"]["refcount-bits"],
             l.refcount_bits
+        );
+        // QEMU can fill the image, and vdisk then reads what QEMU reads.
+        let mut args = vec!["-f", "qcow2"];
+        for c in QEMU_IO_SCRIPT {
+            args.extend(["-c", c]);
+        }
+        args.push(p);
+        qemu_io_ok(&args);
+        assert_qemu_check_clean(&path);
+        assert_bytes_eq(
+            "vdisk vs qemu-img reading a vdisk-made image QEMU wrote",
+            &vdisk_raw_contents(&path, dir.path()),
+            &qemu_raw_contents(&path, dir.path()),
         );
     });
 }
