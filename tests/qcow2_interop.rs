@@ -134,8 +134,7 @@ fn every_layout() -> Vec<Layout> {
 }
 
 #[test]
-fn images_vdisk_creates_pass_qemu_check_for_every_cluster_size_compat_and_refcount_width_and_qemu_can_fill_them(
-) {
+fn images_vdisk_creates_pass_qemu_check_and_take_qemu_writes_for_every_layout() {
     let dir = tempdir();
     run_cases("vdisk create + qemu-img check", &every_layout(), |l| {
         let path = dir.path().join(format!(
@@ -712,5 +711,62 @@ fn vdisk_info_json_matches_qemu_img_info_json() {
                 theirs.get(key).map(|v| v.to_string()).unwrap_or_default()
             );
         }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Extreme geometries: the largest L1 tables and the largest virtual sizes.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn vdisk_writes_at_the_far_end_of_huge_sparse_images() {
+    let dir = tempdir();
+    // (who creates it, cluster size, virtual size): 127 GiB with 512-byte clusters needs an
+    // L1 table of 4 million entries (QEMU's limit is 32 MiB of L1); 1 PiB with 2 MiB
+    // clusters; 8 TiB with 64 KiB clusters and 1-bit refcounts.
+    let cases = [
+        ("qemu-img", "cluster_size=512", 127u64 << 30),
+        ("vdisk", "cluster_size=512", 127 << 30),
+        ("vdisk", "cluster_size=2M", 1 << 50),
+        ("qemu-img", "cluster_size=2M,compat=0.10", 1 << 50),
+        ("vdisk", "refcount_bits=1", 8 << 40),
+    ];
+    run_cases("huge sparse images", &cases, |&(maker, opts, size)| {
+        let path = dir
+            .path()
+            .join(format!("{maker}-{}.qcow2", opts.replace([',', '='], "_")));
+        let p = path.to_str().unwrap();
+        let args = [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            p,
+            &size.to_string(),
+        ];
+        if maker == "vdisk" {
+            vdisk_ok(&args);
+        } else {
+            qemu_img_ok(&args);
+        }
+        let mut img = open_rw(&path);
+        assert_eq!(img.virtual_size(), size);
+        let tail = vec![0xc3u8; 3 << 20];
+        img.write_at(&tail, size - tail.len() as u64)
+            .expect("write at the end");
+        img.write_at(&[0x3c; 4096], size / 2 + 512)
+            .expect("write in the middle");
+        img.flush().expect("flush");
+        drop(img);
+        assert_qemu_check_clean(&path);
+        let end = format!("read -P 0xc3 {} {}", size - tail.len() as u64, tail.len());
+        let mid = format!("read -P 0x3c {} 4096", size / 2 + 512);
+        let before = format!("read -P 0 {} 512", size / 2);
+        qemu_io_ok(&[
+            "-f", "qcow2", "-r", "-c", &end, "-c", &mid, "-c", &before, p,
+        ]);
+        let _ = std::fs::remove_file(&path);
     });
 }
