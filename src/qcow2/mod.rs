@@ -13,6 +13,9 @@
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | `compress` | compressed clusters |
 //! | [`create`] | laying out a new image |
+//! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
+//! | `repair` | check's repairs, and repairing a dirty image on a writable open |
+//! | `overlap` | refusing metadata writes that would overwrite other metadata |
 //!
 //! # Write order
 //!
@@ -24,6 +27,7 @@
 //! points at them. See `format-spec/qcow2.md`.
 
 pub mod cache;
+pub mod check;
 mod cluster;
 mod compress;
 pub mod create;
@@ -31,7 +35,9 @@ pub mod entry;
 pub mod header;
 mod io;
 pub mod limits;
+mod overlap;
 mod refcount;
+mod repair;
 pub mod snapshot;
 mod snapshot_ops;
 mod txn;
@@ -156,6 +162,9 @@ fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 impl<S: Storage> Qcow2<S> {
     /// Open the qcow2 image in `storage`.
     pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
+        if !opts.read_only {
+            repair::repair_if_dirty(&storage)?;
+        }
         let file_len = storage.len().map_err(ioerr("reading the file length"))?;
         if file_len < u64::from(V2_HEADER_LEN) {
             return Err(Error::corrupt(
@@ -186,11 +195,6 @@ impl<S: Storage> Qcow2<S> {
         if !read_only && header.incompatible_features & incompat::CORRUPT != 0 {
             return Err(Error::ReadOnly(
                 "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
-            ));
-        }
-        if !read_only && header.incompatible_features & incompat::DIRTY != 0 {
-            return Err(Error::ReadOnly(
-                "qcow2 image has the dirty bit set (refcounts may be stale); it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
             ));
         }
         let geo = Geometry::new(header.cluster_bits, header.refcount_order);

@@ -4,9 +4,13 @@
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
 //! code 1 (as qemu-img does).
 
+mod cmd_check;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dump;
 mod cmd_info;
+mod cmd_measure;
 mod cmd_snapshot;
 mod progress;
 
@@ -31,6 +35,14 @@ enum Command {
     Convert(cmd_convert::Args),
     /// List, create, apply or delete internal snapshots; prune by a retention policy.
     Snapshot(cmd_snapshot::Args),
+    /// Check an image for consistency, optionally repairing it.
+    Check(cmd_check::Args),
+    /// Show every on-disk structure of an image with its offset and decoded values.
+    Dump(cmd_dump::Args),
+    /// Compare the guest contents of two images.
+    Compare(cmd_compare::Args),
+    /// Compute the host size an image would need.
+    Measure(cmd_measure::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +59,10 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Snapshot(a) => cmd_snapshot::run(a),
+        Command::Check(a) => cmd_check::run(a),
+        Command::Dump(a) => cmd_dump::run(a),
+        Command::Compare(a) => cmd_compare::run(a),
+        Command::Measure(a) => cmd_measure::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,12 @@
+//! `vdisk dump` (placeholder)
+
+use std::process::ExitCode;
+use vdisk::Result;
+
+/// Arguments of `dump`.
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_a: Args) -> Result<ExitCode> {
+    Ok(ExitCode::from(1))
+}

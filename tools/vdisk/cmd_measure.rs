@@ -1,0 +1,12 @@
+//! `vdisk measure` (placeholder)
+
+use std::process::ExitCode;
+use vdisk::Result;
+
+/// Arguments of `measure`.
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_a: Args) -> Result<ExitCode> {
+    Ok(ExitCode::from(1))
+}
