@@ -898,3 +898,8 @@ pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
     out.messages.truncate(MAX_MESSAGES);
     Ok(out)
 }
+
+/// Read entry `index` of a refcount block with 2^`order`-bit entries (for `dump`).
+pub fn refcount_entry(block: &[u8], order: u32, index: usize) -> u64 {
+    get_entry(block, order, index)
+}
