@@ -273,3 +273,27 @@ fn a_dirty_image_is_repaired_when_opened_for_writing() {
     let v = vdisk_check(&p, Repair::None);
     assert_eq!(v.exit_code(), 0);
 }
+
+#[test]
+fn a_metadata_write_over_other_metadata_is_refused_and_marks_the_image_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = base(dir.path());
+    // Point the active L2 table at the refcount block, COPIED so it is written in place.
+    poke(&p, 0x30000, &be64(0x8000_0000_0002_0000));
+    let err = {
+        let mut q = Qcow2::open(storage(&p, true), OpenOptions::default()).unwrap();
+        // Entry 50 of the "L2 table" holds zero refcounts: unallocated, so this allocates.
+        q.write_at(&[0x44; 512], 50 << 16).unwrap();
+        q.flush().unwrap_err()
+    };
+    assert!(err.to_string().contains("refcount block"), "{err}");
+    assert!(err.to_string().contains("check -r all"), "{err}");
+    // The corrupt bit is set: writable opens are refused, qemu-img sees it too.
+    assert!(Qcow2::open(storage(&p, true), OpenOptions::default()).is_err());
+    let q = qemu_check_path(&p);
+    assert_ne!(q.code, 0);
+    // check -r all is the way back.
+    assert_eq!(vdisk_check(&p, Repair::All).exit_code(), 0);
+    assert_eq!(qemu_check_path(&p).code, 0);
+    assert!(Qcow2::open(storage(&p, true), OpenOptions::default()).is_ok());
+}

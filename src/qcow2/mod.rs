@@ -381,6 +381,7 @@ impl<S: Storage> Qcow2<S> {
     /// guest data written so far is durable before any L2 table that points at it).
     fn flush_refcount_blocks(&mut self) -> Result<()> {
         for off in self.rc_cache.dirty_offsets() {
+            self.check_metadata_write(off, Table::Refcount)?;
             let data = self
                 .rc_cache
                 .peek(off)
@@ -400,6 +401,7 @@ impl<S: Storage> Qcow2<S> {
             return Ok(());
         }
         for off in dirty {
+            self.check_metadata_write(off, Table::L2)?;
             let data = self
                 .l2_cache
                 .peek(off)
@@ -500,6 +502,7 @@ impl<S: Storage> Qcow2<S> {
             if which == Table::L2 {
                 self.flush_refcount_blocks()?;
             }
+            self.check_metadata_write(victim, which)?;
             let cache = match which {
                 Table::L2 => &mut self.l2_cache,
                 Table::Refcount => &mut self.rc_cache,
