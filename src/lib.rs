@@ -18,6 +18,7 @@
 
 pub mod chain;
 pub mod device;
+pub mod dump;
 pub mod error;
 pub mod image;
 pub mod ops;

@@ -262,6 +262,23 @@ fn sample_images(dir: &Path) -> Vec<String> {
         "write -P 1 0 3M",
         data.to_str().unwrap(),
     ]);
+    // A raw file whose length is not a multiple of 512 (qemu-img rounds it up).
+    let odd = dir.join("odd.raw");
+    std::fs::write(&odd, vec![7u8; 1000]).unwrap();
+    v.push(odd.to_str().unwrap().to_string());
+    // An image vdisk made.
+    let ours = dir.join("by-vdisk.qcow2");
+    vdisk_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4k",
+        ours.to_str().unwrap(),
+        "9M",
+    ]);
+    v.push(ours.to_str().unwrap().to_string());
     v
 }
 

@@ -56,7 +56,11 @@ pub fn validate_table(
         return Ok(());
     }
     if offset > MAX_HOST_OFFSET {
-        return Err(Error::corrupt(name, offset, "offset is beyond the largest host offset"));
+        return Err(Error::corrupt(
+            name,
+            offset,
+            "offset is beyond the largest host offset",
+        ));
     }
     if offset % cluster_size != 0 {
         return Err(Error::corrupt(

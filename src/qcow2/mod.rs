@@ -13,6 +13,9 @@
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | `compress` | compressed clusters |
 //! | [`create`] | laying out a new image |
+//! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
+//! | `repair` | check's repairs, and repairing a dirty image on a writable open |
+//! | `overlap` | refusing metadata writes that would overwrite other metadata |
 //!
 //! # Write order
 //!
@@ -24,6 +27,7 @@
 //! points at them. See `format-spec/qcow2.md`.
 
 pub mod cache;
+pub mod check;
 mod cluster;
 mod compress;
 pub mod create;
@@ -31,7 +35,9 @@ pub mod entry;
 pub mod header;
 mod io;
 pub mod limits;
+mod overlap;
 mod refcount;
+mod repair;
 mod resize;
 pub mod snapshot;
 mod snapshot_ops;
@@ -157,6 +163,9 @@ fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 impl<S: Storage> Qcow2<S> {
     /// Open the qcow2 image in `storage`.
     pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
+        if !opts.read_only {
+            repair::repair_if_dirty(&storage)?;
+        }
         let file_len = storage.len().map_err(ioerr("reading the file length"))?;
         if file_len < u64::from(V2_HEADER_LEN) {
             return Err(Error::corrupt(
@@ -187,11 +196,6 @@ impl<S: Storage> Qcow2<S> {
         if !read_only && header.incompatible_features & incompat::CORRUPT != 0 {
             return Err(Error::ReadOnly(
                 "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
-            ));
-        }
-        if !read_only && header.incompatible_features & incompat::DIRTY != 0 {
-            return Err(Error::ReadOnly(
-                "qcow2 image has the dirty bit set (refcounts may be stale); it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
             ));
         }
         let geo = Geometry::new(header.cluster_bits, header.refcount_order);
@@ -378,6 +382,7 @@ impl<S: Storage> Qcow2<S> {
     /// guest data written so far is durable before any L2 table that points at it).
     fn flush_refcount_blocks(&mut self) -> Result<()> {
         for off in self.rc_cache.dirty_offsets() {
+            self.check_metadata_write(off, Table::Refcount)?;
             let data = self
                 .rc_cache
                 .peek(off)
@@ -397,6 +402,7 @@ impl<S: Storage> Qcow2<S> {
             return Ok(());
         }
         for off in dirty {
+            self.check_metadata_write(off, Table::L2)?;
             let data = self
                 .l2_cache
                 .peek(off)
@@ -497,6 +503,7 @@ impl<S: Storage> Qcow2<S> {
             if which == Table::L2 {
                 self.flush_refcount_blocks()?;
             }
+            self.check_metadata_write(victim, which)?;
             let cache = match which {
                 Table::L2 => &mut self.l2_cache,
                 Table::Refcount => &mut self.rc_cache,

@@ -4,11 +4,15 @@
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
 //! code 1 (as qemu-img does).
 
+mod cmd_check;
 mod cmd_commit;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dump;
 mod cmd_info;
 mod cmd_map;
+mod cmd_measure;
 mod cmd_rebase;
 mod cmd_snapshot;
 mod progress;
@@ -40,6 +44,14 @@ enum Command {
     Map(cmd_map::Args),
     /// List, create, apply or delete internal snapshots; prune by a retention policy.
     Snapshot(cmd_snapshot::Args),
+    /// Check an image for consistency, optionally repairing it.
+    Check(cmd_check::Args),
+    /// Show every on-disk structure of an image with its offset and decoded values.
+    Dump(cmd_dump::Args),
+    /// Compare the guest contents of two images.
+    Compare(cmd_compare::Args),
+    /// Compute the host size an image would need.
+    Measure(cmd_measure::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +71,10 @@ fn main() -> ExitCode {
         Command::Commit(a) => cmd_commit::run(a),
         Command::Rebase(a) => cmd_rebase::run(a),
         Command::Map(a) => cmd_map::run(a),
+        Command::Check(a) => cmd_check::run(a),
+        Command::Dump(a) => cmd_dump::run(a),
+        Command::Compare(a) => cmd_compare::run(a),
+        Command::Measure(a) => cmd_measure::run(a),
     };
     match result {
         Ok(code) => code,
