@@ -17,6 +17,8 @@ impl<S: Storage> Raw<S> {
         let size = storage
             .len()
             .map_err(|e| Error::io("raw image: reading the file length", e))?;
+        // QEMU sees files in whole 512-byte sectors; the tail reads as zeros.
+        let size = size.next_multiple_of(512);
         Ok(Raw {
             storage,
             size,

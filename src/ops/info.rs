@@ -312,7 +312,7 @@ pub fn image_info(path: &std::path::Path, format: Option<Format>) -> crate::Resu
             Ok(info)
         }
         Format::Raw => {
-            let size = storage.len().map_err(io)?;
+            let size = storage.len().map_err(io)?.next_multiple_of(512);
             Ok(ImageInfo::new(&name, format, size, file))
         }
     }
