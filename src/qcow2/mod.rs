@@ -13,6 +13,8 @@
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | `compress` | compressed clusters |
 //! | [`create`] | laying out a new image |
+//! | `resize` | growing and shrinking the virtual size |
+//! | `amend` | changing compat, refcount width, lazy refcounts, backing file (qemu-img amend) |
 //!
 //! # Write order
 //!
@@ -23,6 +25,7 @@
 //! the refcount blocks. New refcount blocks and tables are written and synced before anything
 //! points at them. See `format-spec/qcow2.md`.
 
+mod amend;
 pub mod cache;
 mod cluster;
 mod compress;
@@ -37,6 +40,7 @@ pub mod snapshot;
 mod snapshot_ops;
 mod txn;
 
+pub use amend::AmendOptions;
 pub use create::{create, CreateOptions};
 pub use header::{CompressionType, Header};
 pub use snapshot::Snapshot;

@@ -4,12 +4,14 @@
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
 //! code 1 (as qemu-img does).
 
+mod cmd_amend;
 mod cmd_commit;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
 mod cmd_map;
 mod cmd_rebase;
+mod cmd_resize;
 mod cmd_snapshot;
 mod progress;
 
@@ -40,6 +42,10 @@ enum Command {
     Map(cmd_map::Args),
     /// List, create, apply or delete internal snapshots; prune by a retention policy.
     Snapshot(cmd_snapshot::Args),
+    /// Change the virtual size of an image (grow, or shrink with --shrink).
+    Resize(cmd_resize::Args),
+    /// Change format options of a qcow2 image in place (compat, refcount_bits, ...).
+    Amend(cmd_amend::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,8 @@ fn main() -> ExitCode {
         Command::Commit(a) => cmd_commit::run(a),
         Command::Rebase(a) => cmd_rebase::run(a),
         Command::Map(a) => cmd_map::run(a),
+        Command::Resize(a) => cmd_resize::run(a),
+        Command::Amend(a) => cmd_amend::run(a),
     };
     match result {
         Ok(code) => code,
