@@ -140,7 +140,7 @@ impl<S: Storage> Qcow2<S> {
             ));
         }
         if let Some(size) = o.size {
-            if !self.snapshots.is_empty() && new_version.min(old_version) < 3 {
+            if !self.snapshots.is_empty() && new_version.max(old_version) < 3 {
                 return Err(Error::unsupported(
                     "Can't resize a v2 image which has snapshots",
                 ));
@@ -284,24 +284,22 @@ impl<S: Storage> Qcow2<S> {
         let has_backing = self.header.backing_file.is_some();
         let zeros = vec![0u8; cs as usize];
         let mut new_entries = entries.clone();
+        // Preallocated clusters that other tables also reference (a snapshot may still read
+        // data there): this table's references move to a fresh zeroed cluster instead.
+        let mut unshared = Vec::new();
         for (i, &raw) in entries.iter().enumerate() {
             let L2Entry::Zero { host, copied } = L2Entry::decode(raw, cb) else {
                 continue;
             };
             new_entries[i] = match host {
-                Some(h) => {
-                    if self.refcount(h >> cb)? != table_refs {
-                        return Err(Error::unsupported(format!(
-                            "downgrading: preallocated zero cluster at {h:#x} is shared beyond its L2 table"
-                        )));
-                    }
+                Some(h) if self.refcount(h >> cb)? == table_refs => {
                     self.storage
                         .write_at(&zeros, h)
                         .map_err(ioerr("writing zeros for a zero cluster"))?;
                     h | if copied { COPIED } else { 0 }
                 }
                 None if !has_backing => 0,
-                None => {
+                old => {
                     let h = self.alloc_clusters(1)?;
                     for _ in 1..table_refs {
                         self.increase_refcount(h)?;
@@ -309,6 +307,9 @@ impl<S: Storage> Qcow2<S> {
                     self.storage
                         .write_at(&zeros, h)
                         .map_err(ioerr("writing zeros for a zero cluster"))?;
+                    if let Some(o) = old {
+                        unshared.push(o);
+                    }
                     h | if table_refs == 1 { COPIED } else { 0 }
                 }
             };
@@ -322,7 +323,13 @@ impl<S: Storage> Qcow2<S> {
             .map_err(ioerr("writing an L2 table"))?;
         self.sync()?;
         self.l2_cache.remove(t);
-        Ok(())
+        // The old references are dropped only once nothing on disk uses them.
+        for o in unshared {
+            for _ in 0..table_refs {
+                self.decrease_refcount(o)?;
+            }
+        }
+        self.flush_metadata()
     }
 
     /// Rebuild every refcount structure with entries of `bits` bits (see the module
