@@ -376,3 +376,28 @@ fn a_read_past_the_end_of_the_disk_is_reported_by_the_boot_program() {
     );
     assert_eq!(code, bootsector::EXIT_READ_ERROR);
 }
+
+#[test]
+fn boots_from_qcow2_after_amend_and_resize() {
+    let dir = tempdir();
+    let p = path_in(&dir, "amended.qcow2");
+    let ps = p.to_str().unwrap();
+    // Made 1 GiB smaller, then grown back by resize; markers written after the grow.
+    let small = (DISK_SIZE - (1 << 30)).to_string();
+    vdisk_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=65536",
+        ps,
+        &small,
+    ]);
+    vdisk_ok(&["resize", "-q", ps, "+1G"]);
+    write_markers(&p, Format::Qcow2, true, &PROBES, 'A');
+    vdisk_ok(&["amend", "-o", "refcount_bits=2", ps]);
+    vdisk_ok(&["amend", "-o", "refcount_bits=16,compat=0.10", ps]);
+    common::assert_qemu_check_clean(&p);
+    assert_boots(&p, "qcow2", &['A'; 5]);
+}
