@@ -526,3 +526,128 @@ fn version_and_help_exit_0() {
         assert!(out.contains(sub), "--help does not list {sub}:\n{out}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// compare and check: exit codes as qemu-img's
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn compare_exits_0_when_identical_1_when_different_and_2_on_error_like_qemu_img() {
+    let dir = tempdir();
+    let a = dir.path().join("a.qcow2");
+    let b = dir.path().join("b.raw");
+    let c = dir.path().join("c.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&a), "4M"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write -P 9 1M 64k", s(&a)]);
+    qemu_img_ok(&["convert", "-O", "raw", s(&a), s(&b)]);
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&c), "4M"]);
+    let missing = dir.path().join("missing.qcow2");
+    let cases = [
+        (s(&a), s(&b), 0),
+        (s(&a), s(&c), 1),
+        (s(&a), s(&missing), 2),
+    ];
+    run_cases("compare exit codes", &cases, |&(x, y, code)| {
+        let ours = vdisk(["compare", x, y]);
+        let theirs = qemu_img(["compare", x, y]);
+        assert_eq!(
+            theirs.status.code(),
+            Some(code),
+            "{}",
+            describe("qemu-img compare", &theirs)
+        );
+        assert_eq!(
+            ours.status.code(),
+            Some(code),
+            "{}",
+            describe("vdisk compare", &ours)
+        );
+        assert_eq!(
+            ours.stdout,
+            theirs.stdout,
+            "{}",
+            describe("vdisk compare", &ours)
+        );
+        if code == 2 {
+            let err = stderr_of(&ours);
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(err.contains("missing.qcow2"), "{err}");
+            assert!(
+                !err.contains("backing"),
+                "the second image of compare is not a backing file: {err}"
+            );
+        }
+    });
+}
+
+/// Set the 16-bit refcount of `cluster` in the first refcount block of a qemu-made image
+/// with 64 KiB clusters (refcount block at 0x20000).
+fn set_refcount(path: &Path, cluster: usize, value: u16) {
+    let mut img = read(path);
+    assert_eq!(
+        &img[48..56],
+        &0x10000u64.to_be_bytes(),
+        "refcount table at 0x10000"
+    );
+    assert_eq!(
+        &img[0x10000..0x10008],
+        &0x20000u64.to_be_bytes(),
+        "block at 0x20000"
+    );
+    let at = 0x20000 + 2 * cluster;
+    img[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    std::fs::write(path, img).unwrap();
+}
+
+#[test]
+fn check_exits_0_clean_3_for_leaks_and_2_for_corruption_like_qemu_img() {
+    let dir = tempdir();
+    let make = |name: &str| {
+        let p = dir.path().join(name);
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&p), "4M"]);
+        qemu_io_ok(&["-f", "qcow2", "-c", "write -P 9 0 64k", s(&p)]);
+        p
+    };
+    let clean = make("clean.qcow2");
+    // Clusters 0-3: header, refcount table, refcount block, L1; 4: L2; 5: data.
+    let leaky = make("leaky.qcow2");
+    set_refcount(&leaky, 9, 1);
+    let corrupt = make("corrupt.qcow2");
+    set_refcount(&corrupt, 5, 0);
+    let cases = [(clean, 0), (leaky, 3), (corrupt, 2)];
+    run_cases("check exit codes", &cases, |(path, code)| {
+        let theirs = qemu_img(["check", s(path)]);
+        assert_eq!(
+            theirs.status.code(),
+            Some(*code),
+            "{}",
+            describe("qemu-img check", &theirs)
+        );
+        let ours = vdisk(["check", s(path)]);
+        assert_eq!(
+            ours.status.code(),
+            Some(*code),
+            "{}",
+            describe("vdisk check", &ours)
+        );
+        let json = vdisk(["check", "--output=json", s(path)]);
+        assert_eq!(
+            json.status.code(),
+            Some(*code),
+            "{}",
+            describe("vdisk check --output=json", &json)
+        );
+        let ours = parse_json("vdisk check", &String::from_utf8_lossy(&json.stdout));
+        let theirs = parse_json(
+            "qemu-img check",
+            &String::from_utf8_lossy(&qemu_img(["check", "--output=json", s(path)]).stdout),
+        );
+        for key in ["leaks", "corruptions", "check-errors", "image-end-offset"] {
+            assert_eq!(
+                ours.get(key),
+                theirs.get(key),
+                "check --output=json key {key}"
+            );
+        }
+    });
+}

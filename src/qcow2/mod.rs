@@ -16,6 +16,8 @@
 //! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
 //! | `repair` | check's repairs, and repairing a dirty image on a writable open |
 //! | `overlap` | refusing metadata writes that would overwrite other metadata |
+//! | `resize` | growing and shrinking the virtual size |
+//! | `amend` | changing compat, refcount width, lazy refcounts, backing file (qemu-img amend) |
 //!
 //! # Write order
 //!
@@ -26,6 +28,7 @@
 //! the refcount blocks. New refcount blocks and tables are written and synced before anything
 //! points at them. See `format-spec/qcow2.md`.
 
+mod amend;
 pub mod cache;
 pub mod check;
 mod cluster;
@@ -43,6 +46,7 @@ pub mod snapshot;
 mod snapshot_ops;
 mod txn;
 
+pub use amend::AmendOptions;
 pub use create::{create, CreateOptions};
 pub use header::{CompressionType, Header};
 pub use snapshot::Snapshot;

@@ -21,9 +21,10 @@ impl<S: Storage> Qcow2<S> {
         if new_size == old_size {
             return Ok(());
         }
-        if new_size < old_size && !self.snapshots.is_empty() {
+        // As QEMU: v3 snapshots record their own disk size, v2 ones do not.
+        if !self.snapshots.is_empty() && self.header.version < 3 {
             return Err(Error::unsupported(
-                "shrinking an image that has internal snapshots",
+                "Can't resize a v2 image which has snapshots",
             ));
         }
         let needed = l1_entries_for(new_size, self.geo.cluster_bits)

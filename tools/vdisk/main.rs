@@ -4,6 +4,7 @@
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
 //! code 1 (as qemu-img does).
 
+mod cmd_amend;
 mod cmd_check;
 mod cmd_commit;
 mod cmd_compare;
@@ -14,6 +15,7 @@ mod cmd_info;
 mod cmd_map;
 mod cmd_measure;
 mod cmd_rebase;
+mod cmd_resize;
 mod cmd_snapshot;
 mod progress;
 
@@ -52,6 +54,10 @@ enum Command {
     Compare(cmd_compare::Args),
     /// Compute the host size an image would need.
     Measure(cmd_measure::Args),
+    /// Change the virtual size of an image (grow, or shrink with --shrink).
+    Resize(cmd_resize::Args),
+    /// Change format options of a qcow2 image in place (compat, refcount_bits, ...).
+    Amend(cmd_amend::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +81,8 @@ fn main() -> ExitCode {
         Command::Dump(a) => cmd_dump::run(a),
         Command::Compare(a) => cmd_compare::run(a),
         Command::Measure(a) => cmd_measure::run(a),
+        Command::Resize(a) => cmd_resize::run(a),
+        Command::Amend(a) => cmd_amend::run(a),
     };
     match result {
         Ok(code) => code,
