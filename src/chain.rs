@@ -93,7 +93,7 @@ impl Visited {
     pub fn enter(&mut self, path: &Path) -> Result<()> {
         let canon = std::fs::canonicalize(path).map_err(|e| {
             Error::io(
-                format!("could not open backing file '{}'", path.display()),
+                format!("could not open '{}'", path.display()),
                 e,
             )
         })?;
