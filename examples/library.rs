@@ -26,6 +26,7 @@ fn main() -> vdisk::Result<()> {
         OpenOptions {
             write: true,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .map_err(|e| vdisk::Error::io("opening the image", e))?;

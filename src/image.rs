@@ -84,6 +84,9 @@ pub struct ImageOptions {
     pub unsafe_cache: bool,
     /// Do not open backing files (reads of unallocated clusters then return zeros).
     pub no_backing: bool,
+    /// Read-only opens only: take no lock that keeps other processes from writing the
+    /// image or its backing files (qemu-img `-U`). See [`crate::storage::lock`].
+    pub force_share: bool,
 }
 
 fn open_file(path: &Path, opts: &ImageOptions) -> Result<FileStorage> {
@@ -92,6 +95,7 @@ fn open_file(path: &Path, opts: &ImageOptions) -> Result<FileStorage> {
         FileOpenOptions {
             write: !opts.read_only,
             unsafe_cache: opts.unsafe_cache,
+            force_share: opts.force_share,
         },
     )
     .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
@@ -188,6 +192,7 @@ fn open_layer(
                         read_only: true,
                         unsafe_cache: false,
                         no_backing: false,
+                        force_share: opts.force_share,
                     };
                     let backing =
                         open_layer(&bpath, bfmt, &bopts, visited, layers, bfmt.is_none())?;
@@ -205,7 +210,7 @@ fn open_layer(
             }
             Box::new(q)
         }
-        Format::Vmdk => crate::vmdk::open_device(path, opts.read_only)?,
+        Format::Vmdk => crate::vmdk::open_device(path, opts.read_only, opts.force_share)?,
     };
     layers.push(layer);
     Ok(device)

@@ -54,6 +54,7 @@ fn storage(p: &Path, write: bool) -> FileStorage {
         FileOptions {
             write,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .unwrap()

@@ -69,6 +69,7 @@ fn open_rw(path: &Path) -> Qcow2<FileStorage> {
         storage::OpenOptions {
             write: true,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));

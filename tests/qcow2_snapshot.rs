@@ -38,6 +38,7 @@ fn open_file(p: &std::path::Path) -> Qcow2<FileStorage> {
         FileOptions {
             write: true,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .expect("open file");

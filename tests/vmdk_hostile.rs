@@ -16,7 +16,7 @@ fn rw() -> VmdkOpenOptions {
 fn ro() -> VmdkOpenOptions {
     VmdkOpenOptions {
         read_only: true,
-        allow_outside_extents: false,
+        ..Default::default()
     }
 }
 
@@ -268,6 +268,7 @@ fn extent_paths_outside_the_descriptor_directory_are_refused_unless_allowed() {
         let allow = VmdkOpenOptions {
             read_only: true,
             allow_outside_extents: true,
+            ..Default::default()
         };
         let mut dev = vmdk::open(&path, &allow).unwrap();
         let mut buf = [0u8; 8];

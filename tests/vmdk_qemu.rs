@@ -110,7 +110,7 @@ fn open_ro(path: &Path) -> vmdk::Vmdk {
         path,
         &VmdkOpenOptions {
             read_only: true,
-            allow_outside_extents: false,
+            ..Default::default()
         },
     )
     .unwrap()

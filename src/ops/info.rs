@@ -266,10 +266,23 @@ pub fn to_qemu_json<T: Serialize>(v: &T) -> String {
 
 /// Info for the image at `path` (its own layer only; backing files are named, not opened).
 pub fn image_info(path: &std::path::Path, format: Option<Format>) -> crate::Result<ImageInfo> {
+    image_info_shared(path, format, false)
+}
+
+/// [`image_info`], optionally without locking out writers (qemu-img info `-U`).
+pub fn image_info_shared(
+    path: &std::path::Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> crate::Result<ImageInfo> {
     use crate::error::Error;
     use crate::storage::{FileStorage, OpenOptions};
     let name = path.display().to_string();
-    let storage = FileStorage::open(path, OpenOptions::default())
+    let opts = OpenOptions {
+        force_share,
+        ..Default::default()
+    };
+    let storage = FileStorage::open(path, opts)
         .map_err(|e| Error::io(format!("could not open '{name}'"), e))?;
     let format = match format {
         Some(f) => f,
@@ -298,7 +311,8 @@ pub fn image_info(path: &std::path::Path, format: Option<Format>) -> crate::Resu
         Format::Vmdk => {
             let opts = crate::vmdk::VmdkOpenOptions {
                 read_only: true,
-                allow_outside_extents: false,
+                force_share,
+                ..Default::default()
             };
             let v = crate::vmdk::open(path, &opts).map_err(|e| crate::image::with_path(path, e))?;
             let mut info =

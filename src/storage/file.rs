@@ -1,5 +1,6 @@
 //! [`FileStorage`]: a host file accessed with positioned I/O.
 
+use super::lock::{self, LockRequest};
 use super::Storage;
 use std::fs::File;
 use std::io;
@@ -14,6 +15,9 @@ pub struct OpenOptions {
     pub write: bool,
     /// Skip `fdatasync` on flush (qemu-img's `cache=unsafe`, its default for convert output).
     pub unsafe_cache: bool,
+    /// Read-only opens only: take no lock that keeps others from writing (qemu-img `-U`).
+    /// See [`super::lock`].
+    pub force_share: bool,
 }
 
 /// A host file.
@@ -24,33 +28,37 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Open an existing file.
+    /// Open an existing file, taking QEMU-compatible image locks (see [`super::lock`]).
     pub fn open(path: &Path, opts: OpenOptions) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(opts.write)
             .open(path)?;
+        lock::lock(&file, LockRequest::for_open(opts.write, opts.force_share))?;
         Ok(FileStorage {
             file,
             unsafe_cache: opts.unsafe_cache,
         })
     }
 
-    /// Create (or truncate) a file for writing.
+    /// Create (or truncate) a file for writing. The write lock is taken before an existing
+    /// file is truncated, so an image in use by another process is left alone.
     pub fn create(path: &Path) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)?;
+        lock::lock(&file, LockRequest::WRITE)?;
+        file.set_len(0)?;
         Ok(FileStorage {
             file,
             unsafe_cache: false,
         })
     }
 
-    /// Wrap an open file.
+    /// Wrap an open file (no locks are taken: the caller owns that decision).
     pub fn from_file(file: File) -> Self {
         FileStorage {
             file,

@@ -15,6 +15,7 @@
 
 mod fault;
 mod file;
+pub mod lock;
 mod memory;
 
 pub use fault::{FaultState, FaultStorage};

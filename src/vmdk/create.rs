@@ -260,7 +260,7 @@ pub fn create(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<Vmdk> 
         path,
         &VmdkOpenOptions {
             read_only: false,
-            allow_outside_extents: false,
+            ..Default::default()
         },
     )
 }

@@ -66,6 +66,8 @@ pub struct VmdkOpenOptions {
     /// Allow extent lines naming files outside the descriptor's directory (absolute paths
     /// or paths with `..`). Off by default: only enable for trusted descriptors.
     pub allow_outside_extents: bool,
+    /// Read-only opens only: do not lock out writers (qemu-img `-U`).
+    pub force_share: bool,
 }
 
 /// Whether `first_bytes` (the start of a file) look like a VMDK image: a sparse extent
@@ -468,10 +470,15 @@ pub(crate) fn random_u32() -> u32 {
 }
 
 /// Open a VMDK image as a boxed block device (the entry point `image::open` uses).
-pub fn open_device(path: &std::path::Path, read_only: bool) -> Result<Box<dyn BlockDevice>> {
+pub fn open_device(
+    path: &std::path::Path,
+    read_only: bool,
+    force_share: bool,
+) -> Result<Box<dyn BlockDevice>> {
     let opts = VmdkOpenOptions {
         read_only,
-        allow_outside_extents: false,
+        force_share,
+        ..Default::default()
     };
     Ok(Box::new(open(path, &opts)?))
 }

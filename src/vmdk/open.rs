@@ -33,7 +33,7 @@ const KNOWN_CREATE_TYPES: &[&str] = &[
 /// Open the VMDK image at `path`: a descriptor file, or a sparse extent (with or without
 /// an embedded descriptor).
 pub fn open(path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
-    let storage = open_file(path, opts.read_only)?;
+    let storage = open_file(path, opts.read_only, opts.force_share)?;
     let file_len = storage
         .len()
         .map_err(|e| Error::io(format!("{}: reading the file length", path.display()), e))?;
@@ -170,6 +170,7 @@ fn open_descriptor(
     let mut extents = Vec::with_capacity(descriptor.extents.len());
     let mut start = 0u64;
     let mut all_read_only = opts.read_only;
+    let force_share = opts.force_share;
     for line in &descriptor.extents {
         let read_only = opts.read_only || line.access != Access::ReadWrite;
         let (file_path, filename) = match &line.file_name {
@@ -182,7 +183,7 @@ fn open_descriptor(
         };
         let open_storage = || -> Result<Arc<dyn Storage>> {
             match &file_path {
-                Some(p) => open_file(p, read_only),
+                Some(p) => open_file(p, read_only, force_share),
                 None => Err(Error::corrupt(
                     "VMDK descriptor",
                     base,
@@ -317,12 +318,13 @@ pub(crate) fn resolve_extent_path(dir: &Path, name: &str, allow_outside: bool) -
     }
 }
 
-fn open_file(path: &Path, read_only: bool) -> Result<Arc<dyn Storage>> {
+fn open_file(path: &Path, read_only: bool, force_share: bool) -> Result<Arc<dyn Storage>> {
     let storage = FileStorage::open(
         path,
         OpenOptions {
             write: !read_only,
             unsafe_cache: false,
+            force_share,
         },
     )
     .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;

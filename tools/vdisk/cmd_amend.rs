@@ -44,6 +44,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         OpenOptions {
             write: true,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;

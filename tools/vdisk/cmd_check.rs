@@ -26,7 +26,7 @@ pub struct Args {
     /// Quiet: print nothing on success.
     #[arg(short = 'q')]
     quiet: bool,
-    /// Open without taking locks (accepted for qemu-img compatibility).
+    /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Image file.
@@ -34,7 +34,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = a.force_share;
     let json = match a.output.as_str() {
         "json" => true,
         "human" => false,
@@ -48,12 +47,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(r) => r.parse()?,
         None => Repair::None,
     };
+    if a.force_share && repair != Repair::None {
+        return Err(Error::invalid(
+            "-U/--force-share opens the image read-only and cannot be used with -r",
+        ));
+    }
     let name = a.file.display().to_string();
     let storage = FileStorage::open(
         &a.file,
         OpenOptions {
             write: repair != Repair::None,
             unsafe_cache: false,
+            force_share: a.force_share,
         },
     )
     .map_err(|e| Error::io(format!("Could not open '{name}'"), e))?;
@@ -73,7 +78,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             drop(storage);
             let opts = vdisk::vmdk::VmdkOpenOptions {
                 read_only: true,
-                allow_outside_extents: false,
+                force_share: a.force_share,
+                ..Default::default()
             };
             let mut v =
                 vdisk::vmdk::open(&a.file, &opts).map_err(|e| image::with_path(&a.file, e))?;

@@ -71,6 +71,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     };
     let base_layer = chain.layers[base_depth].clone();
+    // The base is about to be opened for writing, which its read-only open in `chain`
+    // would refuse (image locks, see vdisk::storage::lock). Reopen: the base writable
+    // first, read-only locks on every other layer, then the chain itself sharing all.
+    let layers = std::mem::take(&mut chain.layers);
+    drop(chain);
     let mut base = image::open(
         &base_layer.path,
         &ImageOptions {
@@ -80,6 +85,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ..Default::default()
         },
     )?;
+    let guards = layers
+        .iter()
+        .enumerate()
+        .filter(|&(depth, _)| depth != base_depth)
+        .map(|(_, l)| {
+            FileStorage::open(&l.path, FileOptions::default())
+                .map_err(|e| Error::io(format!("could not open '{}'", l.path.display()), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut chain = image::open(
+        &a.file,
+        &ImageOptions {
+            format,
+            read_only: true,
+            force_share: true,
+            ..Default::default()
+        },
+    )?;
+    if chain.layers != layers {
+        return Err(Error::invalid(format!(
+            "the backing chain of '{}' changed while it was being opened",
+            a.file.display()
+        )));
+    }
     let size = chain.device.virtual_size();
     let mut bar = Progress::new(a.progress, size);
     chain_ops::commit(
@@ -91,12 +120,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     bar.finish();
     drop(base);
     drop(chain);
+    drop(guards);
     if !a.keep && a.base.is_none() && !matches!(format, Some(Format::Raw)) {
         let s = FileStorage::open(
             &a.file,
             FileOptions {
                 write: true,
                 unsafe_cache: false,
+                force_share: false,
             },
         )
         .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;

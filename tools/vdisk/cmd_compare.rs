@@ -23,7 +23,7 @@ pub struct Args {
     /// Quiet: print nothing, only set the exit code.
     #[arg(short = 'q')]
     quiet: bool,
-    /// Open without taking locks (accepted for qemu-img compatibility).
+    /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// First image.
@@ -32,20 +32,24 @@ pub struct Args {
     b: PathBuf,
 }
 
-fn open(path: &std::path::Path, format: &Option<String>) -> Result<image::Image> {
+fn open(
+    path: &std::path::Path,
+    format: &Option<String>,
+    force_share: bool,
+) -> Result<image::Image> {
     let opts = ImageOptions {
         format: format.as_deref().map(str::parse).transpose()?,
         read_only: true,
+        force_share,
         ..Default::default()
     };
     image::open(path, &opts)
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = a.force_share;
     let result = (|| {
-        let mut ia = open(&a.a, &a.format_a)?;
-        let mut ib = open(&a.b, &a.format_b)?;
+        let mut ia = open(&a.a, &a.format_a, a.force_share)?;
+        let mut ib = open(&a.b, &a.format_b, a.force_share)?;
         compare(ia.device.as_mut(), ib.device.as_mut(), a.strict)
     })();
     match result {

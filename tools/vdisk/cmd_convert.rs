@@ -31,6 +31,9 @@ pub struct Args {
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
+    /// Read the source without locking out other users of it (as qemu-img -U).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
     /// Write only what differs from this backing file, which the output records.
     #[arg(short = 'B')]
     backing: Option<String>,
@@ -61,6 +64,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &ImageOptions {
             format: src_format,
             read_only: true,
+            force_share: a.force_share,
             ..Default::default()
         },
     )?;

@@ -38,6 +38,9 @@ pub struct Args {
     /// Image format (probed when absent).
     #[arg(short = 'f')]
     format: Option<String>,
+    /// Read without locking out other users of the image (as qemu-img -U).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
     /// Image file.
     file: PathBuf,
 }
@@ -52,7 +55,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         map: a.map,
         clusters: a.clusters,
     };
-    let storage = FileStorage::open(&a.file, OpenOptions::default())
+    let open_opts = OpenOptions {
+        force_share: a.force_share,
+        ..Default::default()
+    };
+    let storage = FileStorage::open(&a.file, open_opts)
         .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
     let format: Format = match &a.format {
         Some(f) => f.parse()?,
@@ -66,7 +73,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             drop(storage);
             let o = vdisk::vmdk::VmdkOpenOptions {
                 read_only: true,
-                allow_outside_extents: false,
+                force_share: a.force_share,
+                ..Default::default()
             };
             let v = vdisk::vmdk::open(&a.file, &o).map_err(|e| image::with_path(&a.file, e))?;
             dump::vmdk::document(&v, opts)?

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
-use vdisk::ops::info::{image_info, to_qemu_json};
+use vdisk::ops::info::{image_info_shared, to_qemu_json};
 use vdisk::{Error, Result};
 
 /// Arguments of `info`.
@@ -18,7 +18,7 @@ pub struct Args {
     /// Show every image of the backing chain.
     #[arg(long = "backing-chain")]
     backing_chain: bool,
-    /// Open without taking locks (accepted for qemu-img compatibility).
+    /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Image file.
@@ -26,7 +26,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = a.force_share;
     let json = match a.output.as_str() {
         "json" => true,
         "human" => false,
@@ -38,7 +37,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     if !a.backing_chain {
-        let info = image_info(&a.file, format)?;
+        let info = image_info_shared(&a.file, format, a.force_share)?;
         if json {
             println!("{}", info.to_json());
         } else {
@@ -51,12 +50,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &ImageOptions {
             format,
             read_only: true,
+            force_share: a.force_share,
             ..Default::default()
         },
     )?;
     let mut infos = Vec::new();
     for layer in &img.layers {
-        infos.push(image_info(&layer.path, Some(layer.format))?);
+        infos.push(image_info_shared(
+            &layer.path,
+            Some(layer.format),
+            a.force_share,
+        )?);
     }
     if json {
         println!("{}", to_qemu_json(&infos));

@@ -15,7 +15,7 @@ pub struct Args {
     /// Output format: human or json.
     #[arg(long = "output", default_value = "human")]
     output: String,
-    /// Open without locks (accepted for qemu-img compatibility).
+    /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Image file.
@@ -23,13 +23,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = a.force_share;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let mut img = image::open(
         &a.file,
         &ImageOptions {
             format,
             read_only: true,
+            force_share: a.force_share,
             ..Default::default()
         },
     )?;

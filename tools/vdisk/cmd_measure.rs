@@ -25,7 +25,7 @@ pub struct Args {
     /// Output format: human or json.
     #[arg(long = "output", default_value = "human")]
     output: String,
-    /// Open without taking locks (accepted for qemu-img compatibility).
+    /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Input image.
@@ -33,9 +33,13 @@ pub struct Args {
 }
 
 /// The version field of a qcow2 header.
-fn qcow2_version(path: &std::path::Path) -> Result<u32> {
+fn qcow2_version(path: &std::path::Path, force_share: bool) -> Result<u32> {
     use vdisk::storage::{FileStorage, OpenOptions, Storage};
-    let s = FileStorage::open(path, OpenOptions::default())
+    let opts = OpenOptions {
+        force_share,
+        ..Default::default()
+    };
+    let s = FileStorage::open(path, opts)
         .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
     let mut v = [0u8; 8];
     s.read_at(&mut v, 0)
@@ -44,7 +48,6 @@ fn qcow2_version(path: &std::path::Path) -> Result<u32> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = a.force_share;
     let json = match a.output.as_str() {
         "json" => true,
         "human" => false,
@@ -75,10 +78,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let opts = ImageOptions {
                 format: a.format.as_deref().map(str::parse).transpose()?,
                 read_only: true,
+                force_share: a.force_share,
                 ..Default::default()
             };
             let mut img = image::open(f, &opts)?;
-            let bitmaps_capable = img.format == Format::Qcow2 && qcow2_version(f)? >= 3;
+            let bitmaps_capable =
+                img.format == Format::Qcow2 && qcow2_version(f, a.force_share)? >= 3;
             let source = Source::Image {
                 device: img.device.as_mut(),
                 bitmaps_capable,

@@ -44,6 +44,7 @@ fn open_top(path: &std::path::Path) -> Result<Qcow2<FileStorage>> {
         FileOptions {
             write: true,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;

@@ -57,6 +57,7 @@ fn open_storage(a: &Args) -> Result<FileStorage> {
         OpenOptions {
             write: true,
             unsafe_cache: false,
+            force_share: false,
         },
     )
     .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))

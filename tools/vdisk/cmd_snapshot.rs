@@ -38,7 +38,7 @@ pub struct Args {
     /// Print what --prune would delete without deleting.
     #[arg(long)]
     dry_run: bool,
-    /// Open without locks (read-only actions only).
+    /// With -l: read without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Quiet.
@@ -84,6 +84,7 @@ fn open(a: &Args, read_only: bool) -> Result<Qcow2<FileStorage>> {
         FileOptions {
             write: !read_only,
             unsafe_cache: false,
+            force_share: a.force_share && read_only,
         },
     )
     .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
@@ -104,8 +105,15 @@ fn open(a: &Args, read_only: bool) -> Result<Qcow2<FileStorage>> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = (a.force_share, a.quiet);
-    if a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune) {
+    let _ = a.quiet;
+    let list =
+        a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune);
+    if a.force_share && !list && !(a.prune && a.dry_run) {
+        return Err(Error::invalid(
+            "-U/--force-share opens the image read-only: it can only be used with -l",
+        ));
+    }
+    if list {
         let img = open(&a, true)?;
         let snaps: Vec<_> = img.snapshots().iter().map(|s| s.to_json()).collect();
         print!(
