@@ -297,7 +297,9 @@ impl Header {
                     ),
                 ));
             }
-            let end = self.backing_file_offset + u64::from(self.backing_file_size);
+            let end = self
+                .backing_file_offset
+                .saturating_add(u64::from(self.backing_file_size));
             if self.backing_file_offset > cs || end > cs {
                 return Err(Error::corrupt(
                     S,
