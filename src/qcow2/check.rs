@@ -343,6 +343,12 @@ pub(crate) fn bitmap_ranges<S: Storage>(
         return Ok(out);
     }
     out.push((dir_off, dir_size));
+    // Bitmap tables are read one at a time; a hostile directory could name the same big
+    // table thousands of times, so stop after reading as much as the largest L1 table.
+    let file_len = st
+        .len()
+        .map_err(|e| Error::io("qcow2: reading the file length", e))?;
+    let mut table_budget = MAX_L1_BYTES;
     let mut dir = vec![0u8; dir_size as usize];
     read(st, &mut dir, dir_off, "the bitmap directory")?;
     let mut p = 0usize;
@@ -357,7 +363,9 @@ pub(crate) fn bitmap_ranges<S: Storage>(
         let name_size = BigEndian::read_u16(&dir[p + 18..]) as usize;
         let extra = BigEndian::read_u32(&dir[p + 20..]) as usize;
         out.push((table_off, u64::from(table_size) * 8));
-        if u64::from(table_size) * 8 <= MAX_L1_BYTES {
+        let table_bytes = u64::from(table_size) * 8;
+        if table_bytes <= table_budget && table_off.saturating_add(table_bytes) <= file_len {
+            table_budget -= table_bytes;
             let table = read_u64s(st, table_off, table_size as usize, "a bitmap table")?;
             for t in table {
                 let off = t & 0x00ff_ffff_ffff_fe00;

@@ -29,6 +29,7 @@
 //! points at them. See `format-spec/qcow2.md`.
 
 mod amend;
+mod bitmap;
 pub mod cache;
 pub mod check;
 mod cluster;
@@ -196,6 +197,7 @@ impl<S: Storage> Qcow2<S> {
             }
         }
         let header = Header::parse(&first, file_len)?;
+        bitmap::validate(&storage, &header, file_len)?;
         let read_only = opts.read_only;
         if !read_only && header.incompatible_features & incompat::CORRUPT != 0 {
             return Err(Error::ReadOnly(
