@@ -1,0 +1,416 @@
+//! Crash consistency of every mutating qcow2 operation not already replayed elsewhere:
+//! create, resize (grow and shrink), rebase, convert into qcow2, and `check -r` (leaks and
+//! corruptions). (Allocating writes, zero writes and discards: `tests/qcow2_crash.rs`;
+//! snapshot create/apply/delete: `tests/qcow2_snapshot.rs`; commit: `tests/chain.rs`;
+//! amend: `tests/resize_amend.rs`.)
+//!
+//! Each operation runs on the fault-injecting storage, cut after each of its mutating
+//! calls in turn (every write, resize and flush), and the bytes a reboot would find (the
+//! state at the last completed flush) must:
+//!
+//! * open as qcow2 (for `create`: or not look like qcow2 at all);
+//! * have no corruption by `qemu-img check` and by vdisk's own check (leaks are allowed);
+//! * read back what the guest was promised: the old or the new contents, never a mix that
+//!   loses flushed data.
+
+mod oracle;
+
+use oracle::{qemu_check, qemu_check_path, Rng};
+use std::sync::Arc;
+use vdisk::ops::chain_ops;
+use vdisk::ops::convert::{convert, ConvertOptions};
+use vdisk::qcow2::check::{self, Repair};
+use vdisk::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
+use vdisk::raw::Raw;
+use vdisk::storage::{FaultStorage, MemStorage};
+use vdisk::{BlockDevice, Result};
+
+fn ro() -> OpenOptions {
+    OpenOptions {
+        read_only: true,
+        ..Default::default()
+    }
+}
+
+/// Run `op` once uncut to count its mutating calls, then once per cut point, handing each
+/// durable image (and whether the op completed) to `verify`. Returns the cut points.
+///
+/// `op` returns the number of mutating calls made when it reported success (calls after
+/// that, such as the flush a dropped image makes, may fail without it noticing). An op must
+/// never report success when one of its own calls failed.
+fn every_cut(
+    what: &str,
+    initial: &[u8],
+    op: impl Fn(Arc<FaultStorage>) -> Result<u64>,
+    verify: impl Fn(u64, &[u8], bool),
+) -> u64 {
+    let dry = Arc::new(FaultStorage::new(initial.to_vec()));
+    op(dry.clone()).unwrap_or_else(|e| panic!("{what}: uncut run failed: {e}"));
+    let total = dry.ops();
+    verify(total, &dry.durable_image(), true);
+    for cut in 0..total {
+        let fs = Arc::new(FaultStorage::with_cut(initial.to_vec(), cut));
+        let result = op(fs.clone());
+        let done = result.is_ok();
+        if let Ok(acked) = result {
+            assert!(
+                cut >= acked,
+                "{what}: cut {cut}: a call failed but the op reported success"
+            );
+        }
+        verify(cut, &fs.durable_image(), done);
+    }
+    eprintln!("{what}: {total} cut points replayed");
+    total
+}
+
+/// The durable image opens read-only; returns its guest contents and virtual size.
+fn contents(what: &str, cut: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut img = Qcow2::open(Arc::new(MemStorage::from_vec(bytes.to_vec())), ro())
+        .unwrap_or_else(|e| panic!("{what}: cut {cut}: image does not open: {e}"));
+    let mut buf = vec![0u8; img.virtual_size() as usize];
+    img.read_at(&mut buf, 0)
+        .unwrap_or_else(|e| panic!("{what}: cut {cut}: read: {e}"));
+    buf
+}
+
+/// No corruption, by qemu-img check and by vdisk's check; leaks are allowed.
+fn assert_not_corrupt(what: &str, cut: u64, bytes: &[u8]) {
+    assert_not_corrupt_with(what, cut, bytes, &[]);
+}
+
+/// [`assert_not_corrupt`] for an image whose backing files (name, contents) sit next to it.
+fn assert_not_corrupt_with(what: &str, cut: u64, bytes: &[u8], files: &[(&str, &[u8])]) {
+    let q = if files.is_empty() {
+        qemu_check(bytes)
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, data) in files {
+            std::fs::write(dir.path().join(name), data).unwrap();
+        }
+        let p = dir.path().join("img.qcow2");
+        std::fs::write(&p, bytes).unwrap();
+        qemu_check_path(&p)
+    };
+    assert!(
+        q.corruptions == 0 && (q.code == 0 || q.code == 3),
+        "{what}: cut {cut}: qemu-img check found corruption: {}",
+        q.output
+    );
+    let ours = check::check(&MemStorage::from_vec(bytes.to_vec()), Repair::None)
+        .unwrap_or_else(|e| panic!("{what}: cut {cut}: vdisk check failed: {e}"));
+    assert_eq!(
+        ours.corruptions, 0,
+        "{what}: cut {cut}: vdisk check: {:?}",
+        ours.messages
+    );
+}
+
+/// A small image with data spread over it (written through vdisk, then flushed).
+fn image_with_data(opts: &CreateOptions, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let base = Arc::new(MemStorage::new());
+    let mut img = qcow2::create(base.clone(), opts).expect("create");
+    let size = opts.size;
+    let mut model = vec![0u8; size as usize];
+    let mut rng = Rng(seed);
+    for _ in 0..24 {
+        let off = rng.below(size - 1);
+        let len = (1 + rng.below(opts.cluster_size * 2)).min(size - off);
+        let mut d = vec![0u8; len as usize];
+        rng.fill(&mut d);
+        img.write_at(&d, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&d);
+    }
+    img.close().unwrap();
+    drop(img);
+    (base.to_vec(), model)
+}
+
+fn small_opts(cluster_size: u64, size: u64) -> CreateOptions {
+    CreateOptions {
+        size,
+        cluster_size,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_power_cut_during_create_leaves_no_image_or_a_clean_empty_one() {
+    let mut cuts = 0;
+    for opts in [
+        small_opts(65536, 64 << 20),
+        small_opts(512, 8 << 20),
+        CreateOptions {
+            version: 2,
+            ..small_opts(4096, 1 << 20)
+        },
+        CreateOptions {
+            refcount_bits: 1,
+            preallocation: vdisk::Preallocation::Metadata,
+            ..small_opts(4096, 4 << 20)
+        },
+    ] {
+        let what = format!("create {opts:?}");
+        cuts += every_cut(
+            &what,
+            &[],
+            |fs| {
+                let mut q = qcow2::create(fs.clone(), &opts)?;
+                q.close()?;
+                Ok(fs.ops())
+            },
+            |cut, bytes, done| {
+                let looks_like_qcow2 = bytes.len() >= 4 && bytes[..4] == *b"QFI\xfb";
+                if !looks_like_qcow2 {
+                    assert!(!done, "{what}: completed but no qcow2 header");
+                    return;
+                }
+                let data = contents(&what, cut, bytes);
+                assert!(data.iter().all(|&b| b == 0), "{what}: cut {cut}: not empty");
+                assert_not_corrupt(&what, cut, bytes);
+            },
+        );
+    }
+    assert!(cuts > 20, "{cuts}");
+}
+
+/// Resize from `from_size` to `to_size` with data written first.
+fn replay_resize(cluster_size: u64, from_size: u64, to_size: u64, seed: u64) -> u64 {
+    let (initial, model) = image_with_data(&small_opts(cluster_size, from_size), seed);
+    let what = format!("resize {from_size} -> {to_size} ({cluster_size}-byte clusters)");
+    every_cut(
+        &what,
+        &initial,
+        |fs| {
+            let mut q = Qcow2::open(fs.clone(), OpenOptions::default())?;
+            q.resize_to(to_size)?;
+            q.close()?;
+            Ok(fs.ops())
+        },
+        |cut, bytes, done| {
+            let data = contents(&what, cut, bytes);
+            let size = data.len() as u64;
+            assert!(
+                size == from_size || size == to_size,
+                "{what}: cut {cut}: size {size}"
+            );
+            if done {
+                assert_eq!(size, to_size, "{what}: completed at the old size");
+            }
+            // Below both sizes nothing changes. A shrink may have dropped some of the tail
+            // before the header records the new size: there the old data or zeros.
+            let keep = from_size.min(to_size).min(size) as usize;
+            assert!(
+                data[..keep] == model[..keep],
+                "{what}: cut {cut}: data below the new end changed"
+            );
+            for (i, &b) in data.iter().enumerate().skip(keep) {
+                let old = model.get(i).copied().unwrap_or(0);
+                assert!(b == old || b == 0, "{what}: cut {cut}: byte {i} is {b:#x}");
+            }
+            assert_not_corrupt(&what, cut, bytes);
+        },
+    )
+}
+
+#[test]
+fn a_power_cut_during_resize_leaves_the_old_or_the_new_size_with_data_intact() {
+    let mut cuts = 0;
+    // Growth that needs a bigger L1 table (512-byte clusters: 64 entries per L2 table).
+    cuts += replay_resize(512, 256 << 10, 2 << 20, 1);
+    cuts += replay_resize(4096, 1 << 20, 64 << 20, 2);
+    // Shrinking frees clusters past the new end and drops L2 tables.
+    cuts += replay_resize(512, 1 << 20, 128 << 10, 3);
+    cuts += replay_resize(4096, 2 << 20, 1 << 20, 4);
+    assert!(cuts > 40, "{cuts}");
+}
+
+/// A raw device over memory, for backing images.
+fn raw_device(bytes: Vec<u8>) -> Box<dyn BlockDevice> {
+    Box::new(Raw::open(MemStorage::from_vec(bytes), true).unwrap())
+}
+
+#[test]
+fn a_power_cut_during_rebase_never_changes_what_the_guest_reads() {
+    // An overlay with some clusters of its own over `old.raw`, rebased onto `new.raw`,
+    // which differs from the old backing file in places.
+    let size = 1u64 << 20;
+    let cs = 4096;
+    let mut rng = Rng(9);
+    let mut old = vec![0u8; size as usize];
+    rng.fill(&mut old);
+    let mut new = old.clone();
+    for _ in 0..12 {
+        let off = rng.below(size - 3 * cs) as usize;
+        let len = 1 + rng.below(2 * cs) as usize;
+        rng.fill(&mut new[off..off + len]);
+    }
+    let base = Arc::new(MemStorage::new());
+    let mut top = qcow2::create(base.clone(), &small_opts(cs, size)).unwrap();
+    top.set_backing_file(Some("old.raw"), Some("raw")).unwrap();
+    top.set_backing(Some(raw_device(old.clone())));
+    let mut guest = old.clone();
+    for k in 0..6u64 {
+        let off = k * 150_000 + 77;
+        let d = vec![0xa0 + k as u8; 9000];
+        top.write_at(&d, off).unwrap();
+        guest[off as usize..off as usize + d.len()].copy_from_slice(&d);
+    }
+    top.close().unwrap();
+    drop(top);
+    let initial = base.to_vec();
+
+    let what = "rebase onto a different backing file";
+    let cuts = every_cut(
+        what,
+        &initial,
+        |fs| {
+            let mut q = Qcow2::open(fs.clone(), OpenOptions::default())?;
+            q.set_backing(Some(raw_device(old.clone())));
+            let mut nb = Raw::open(MemStorage::from_vec(new.clone()), true)?;
+            chain_ops::rebase_copy(&mut q, Some(&mut nb), &mut |_, _| {})?;
+            q.set_backing_file(Some("new.raw"), Some("raw"))?;
+            q.close()?;
+            Ok(fs.ops())
+        },
+        |cut, bytes, done| {
+            let mut q = Qcow2::open(Arc::new(MemStorage::from_vec(bytes.to_vec())), ro())
+                .unwrap_or_else(|e| panic!("{what}: cut {cut}: does not open: {e}"));
+            let name = q.header().backing_file.clone();
+            let backing = match name.as_deref() {
+                Some("old.raw") => old.clone(),
+                Some("new.raw") => new.clone(),
+                other => panic!("{what}: cut {cut}: backing name {other:?}"),
+            };
+            if done {
+                assert_eq!(name.as_deref(), Some("new.raw"));
+            }
+            q.set_backing(Some(raw_device(backing)));
+            let mut data = vec![0u8; size as usize];
+            q.read_at(&mut data, 0).unwrap();
+            assert!(
+                data == guest,
+                "{what}: cut {cut}: guest contents changed (backing {name:?})"
+            );
+            assert_not_corrupt_with(what, cut, bytes, &[("old.raw", &old), ("new.raw", &new)]);
+        },
+    );
+    assert!(cuts > 10, "{cuts}");
+}
+
+#[test]
+fn a_power_cut_during_convert_into_qcow2_leaves_a_consistent_image() {
+    let size = 2u64 << 20;
+    let mut src = vec![0u8; size as usize];
+    let mut rng = Rng(21);
+    for k in 0..20u64 {
+        let off = (k * 97_001 + rng.below(4096)) as usize;
+        let len = (1 + rng.below(20_000) as usize).min(src.len() - off);
+        rng.fill(&mut src[off..off + len]);
+    }
+    let mut cuts = 0;
+    for cs in [512u64, 65536] {
+        let base = Arc::new(MemStorage::new());
+        drop(qcow2::create(base.clone(), &small_opts(cs, size)).unwrap());
+        let what = format!("convert raw -> qcow2 ({cs}-byte clusters)");
+        cuts += every_cut(
+            &what,
+            &base.to_vec(),
+            |fs| {
+                let mut dst = Qcow2::open(fs.clone(), OpenOptions::default())?;
+                let mut s = Raw::open(MemStorage::from_vec(src.clone()), true)?;
+                let opts = ConvertOptions {
+                    unallocated_is_zero: true,
+                    ..Default::default()
+                };
+                convert(&mut s, &mut dst, opts, &mut |_, _| {})?;
+                Ok(fs.ops())
+            },
+            |cut, bytes, done| {
+                let data = contents(&what, cut, bytes);
+                if done {
+                    assert!(data == src, "{what}: completed but contents differ");
+                }
+                // Whatever reached the disk is source data or still zero.
+                for (i, (&d, &s)) in data.iter().zip(&src).enumerate() {
+                    assert!(d == s || d == 0, "{what}: cut {cut}: byte {i} is {d:#x}");
+                }
+                assert_not_corrupt(&what, cut, bytes);
+            },
+        );
+    }
+    assert!(cuts > 20, "{cuts}");
+}
+
+/// Set the refcount of cluster `index` in the first refcount block of a 16-bit image.
+fn poke_refcount(img: &mut [u8], index: usize, value: u16) {
+    let rt = u64::from_be_bytes(img[48..56].try_into().unwrap()) as usize;
+    let rb = u64::from_be_bytes(img[rt..rt + 8].try_into().unwrap()) as usize;
+    img[rb + 2 * index..rb + 2 * index + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+#[test]
+fn a_power_cut_during_check_repair_never_makes_an_image_worse() {
+    let opts = small_opts(4096, 1 << 20);
+    let (clean, model) = image_with_data(&opts, 33);
+    let clusters = clean.len() / 4096;
+    let mut cuts = 0;
+
+    // Leaks only: clusters past the end with refcount 1. Every cut must stay corruption-free.
+    let mut leaky = clean.clone();
+    leaky.resize(leaky.len() + 3 * 4096, 0);
+    for k in 0..3 {
+        poke_refcount(&mut leaky, clusters + k, 1);
+    }
+    assert!(qemu_check(&leaky).leaks >= 3);
+    for repair in [Repair::Leaks, Repair::All] {
+        let what = format!("check -r {repair:?} of a leaky image");
+        cuts += every_cut(
+            &what,
+            &leaky,
+            |fs| check::check(&*fs, repair).map(|_| fs.ops()),
+            |cut, bytes, done| {
+                assert!(
+                    contents(&what, cut, bytes) == model,
+                    "{what}: cut {cut}: data"
+                );
+                assert_not_corrupt(&what, cut, bytes);
+                if done {
+                    assert_eq!(qemu_check(bytes).code, 0, "{what}: leaks left");
+                }
+            },
+        );
+    }
+
+    // A corruption: a data cluster whose refcount is 0. `-r all` repairs it; a cut may
+    // leave it unrepaired, but never more corrupt, and the guest data never changes.
+    let mut corrupt = clean.clone();
+    let victim = (clusters - 1) as u64;
+    poke_refcount(&mut corrupt, victim as usize, 0);
+    let before = qemu_check(&corrupt).corruptions;
+    assert!(before > 0);
+    let what = "check -r all of an image with a refcount too low";
+    cuts += every_cut(
+        what,
+        &corrupt,
+        |fs| check::check(&*fs, Repair::All).map(|_| fs.ops()),
+        |cut, bytes, done| {
+            assert!(
+                contents(what, cut, bytes) == model,
+                "{what}: cut {cut}: data"
+            );
+            let q = qemu_check(bytes);
+            assert!(
+                q.corruptions <= before,
+                "{what}: cut {cut}: {} corruptions, {before} before:\n{}",
+                q.corruptions,
+                q.output
+            );
+            if done {
+                assert_eq!(q.code, 0, "{what}: not repaired:\n{}", q.output);
+            }
+        },
+    );
+    eprintln!("check -r: {cuts} cut points in all");
+    assert!(cuts > 5, "{cuts}");
+}
