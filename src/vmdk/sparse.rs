@@ -270,7 +270,10 @@ impl SparseExtent {
                 }
                 if let Some((_, grain)) = &self.inflated {
                     let start = in_grain as usize;
-                    buf.copy_from_slice(&grain[start..start + buf.len()]);
+                    let src = grain.get(start..start + buf.len()).ok_or_else(|| {
+                        Error::invalid("VMDK sparse extent: read crosses a grain boundary")
+                    })?;
+                    buf.copy_from_slice(src);
                 }
             }
         }
