@@ -136,6 +136,7 @@ fn open_layer(
     probed_backing: bool,
 ) -> Result<Box<dyn BlockDevice>> {
     visited.enter(path)?;
+    let probed = format.is_none();
     let format = match format {
         Some(f) => f,
         None => {
@@ -156,7 +157,15 @@ fn open_layer(
         backing_format: None,
     };
     let device: Box<dyn BlockDevice> = match format {
-        Format::Raw => Box::new(Raw::open(open_file(path, opts)?, opts.read_only)?),
+        Format::Raw => {
+            let raw: Box<dyn BlockDevice> =
+                Box::new(Raw::open(open_file(path, opts)?, opts.read_only)?);
+            if probed && !opts.read_only {
+                Box::new(crate::probed_raw::ProbedRaw::new(raw))
+            } else {
+                raw
+            }
+        }
         Format::Qcow2 => {
             let s = open_file(path, opts)?;
             let ro = qcow2::OpenOptions {
@@ -210,10 +219,42 @@ fn open_layer(
             }
             Box::new(q)
         }
-        Format::Vmdk => crate::vmdk::open_device(path, opts.read_only, opts.force_share)?,
+        Format::Vmdk => {
+            if probed_backing {
+                refuse_probed_vmdk_descriptor(path)?;
+            }
+            crate::vmdk::open_device(path, opts.read_only, opts.force_share)?
+        }
     };
     layers.push(layer);
     Ok(device)
+}
+
+/// A backing file with no recorded format that probes as VMDK is opened only when it is a
+/// self-contained sparse extent: a descriptor would make vdisk open the files it names,
+/// chosen by whoever wrote the backing file's first sector.
+fn refuse_probed_vmdk_descriptor(path: &Path) -> Result<()> {
+    let f = open_file(
+        path,
+        &ImageOptions {
+            read_only: true,
+            force_share: true,
+            ..Default::default()
+        },
+    )?;
+    let mut first = [0u8; 512];
+    f.read_at(&mut first, 0)
+        .map_err(|e| Error::io("probing the image format", e))?;
+    let sparse = &first[..4] == b"KDMV" || &first[..4] == b"COWD";
+    // A sparse file of capacity 0 only carries a descriptor naming other extents.
+    let capacity = u64::from_le_bytes(first[12..20].try_into().unwrap_or_default());
+    if sparse && (capacity != 0 || &first[..4] == b"COWD") {
+        return Ok(());
+    }
+    Err(Error::unsupported(format!(
+        "backing file '{}' was probed as a VMDK descriptor naming extent files; record its format with 'vdisk rebase -u -F vmdk' to open it",
+        path.display()
+    )))
 }
 
 /// Prefix an image error with the file it came from.

@@ -22,6 +22,7 @@ pub mod dump;
 pub mod error;
 pub mod image;
 pub mod ops;
+pub mod probed_raw;
 pub mod qcow2;
 pub mod raw;
 pub mod size;

@@ -18,6 +18,10 @@ pub struct Args {
     /// Show every image of the backing chain.
     #[arg(long = "backing-chain")]
     backing_chain: bool,
+    /// Never open backing files (for untrusted images). Plain `info` only names them; this
+    /// makes that explicit and refuses --backing-chain.
+    #[arg(long = "no-backing", conflicts_with = "backing_chain")]
+    no_backing: bool,
     /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
@@ -36,7 +40,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     };
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
-    if !a.backing_chain {
+    if !a.backing_chain || a.no_backing {
         let info = image_info_shared(&a.file, format, a.force_share)?;
         if json {
             println!("{}", info.to_json());
