@@ -66,16 +66,16 @@ fi
 echo "== $("$QEMU_IMG" --version | head -1)"
 echo "== vdisk $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'), best of $RUNS runs, $(nproc) CPUs"
 
-# measure OUTPUT CMD...: run CMD $RUNS times (removing OUTPUT before each run); set
-# BEST_S to the best wall time in seconds and PEAK_MIB to the largest peak RSS in MiB.
-measure() {
-    local output=$1
+# time_runs PREP CMD...: $RUNS times, run the shell snippet PREP (untimed; may be empty),
+# then CMD; set BEST_S to the best wall time in seconds and PEAK_MIB to the largest peak RSS.
+time_runs() {
+    local prep=$1
     shift
     local tfile="$BENCH_DIR/time.out"
     BEST_S=""
     PEAK_MIB=0
     for ((i = 0; i < RUNS; i++)); do
-        rm -f "$output"
+        eval "$prep"
         sync
         local start end secs kib
         start=$(date +%s.%N)
@@ -89,6 +89,13 @@ measure() {
         local mib=$((kib / 1024))
         if ((mib > PEAK_MIB)); then PEAK_MIB=$mib; fi
     done
+}
+
+# measure OUTPUT CMD...: time CMD, removing OUTPUT before each run.
+measure() {
+    local output=$1
+    shift
+    time_runs "rm -f '$output'" "$@"
 }
 
 # verify A B: qemu-img compare must find the two images' guest data identical.
@@ -101,29 +108,12 @@ verify() {
     fi
 }
 
-# measure_inplace PRISTINE WORK CMD...: like measure, but CMD changes WORK in place, so WORK
-# is copied from PRISTINE (untimed) before each run.
+# measure_inplace PRISTINE WORK CMD...: CMD changes WORK in place, so WORK is copied from
+# PRISTINE (untimed) before each run.
 measure_inplace() {
     local pristine=$1 work=$2
     shift 2
-    local tfile="$BENCH_DIR/time.out"
-    BEST_S=""
-    PEAK_MIB=0
-    for ((i = 0; i < RUNS; i++)); do
-        cp --sparse=always "$pristine" "$work"
-        sync
-        local start end secs kib
-        start=$(date +%s.%N)
-        /usr/bin/time -f %M -o "$tfile" "$@" >/dev/null
-        end=$(date +%s.%N)
-        secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
-        kib=$(tail -1 "$tfile")
-        if [[ -z $BEST_S ]] || awk -v a="$secs" -v b="$BEST_S" 'BEGIN { exit !(a < b) }'; then
-            BEST_S=$secs
-        fi
-        local mib=$((kib / 1024))
-        if ((mib > PEAK_MIB)); then PEAK_MIB=$mib; fi
-    done
+    time_runs "cp --sparse=always '$pristine' '$work'" "$@"
 }
 
 # A 1 GiB qcow2 with 4 KiB clusters, every cluster allocated (262,144 data clusters), and
@@ -250,23 +240,9 @@ row_snapshot_delete() {
 
 row_check_snapshots() {
     full4k
-    measure_check() {
-        local tfile="$BENCH_DIR/time.out"
-        BEST_S=""
-        PEAK_MIB=0
-        for ((i = 0; i < RUNS; i++)); do
-            local start end secs
-            start=$(date +%s.%N)
-            /usr/bin/time -f %M -o "$tfile" "$@" >/dev/null || true
-            end=$(date +%s.%N)
-            secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
-            if [[ -z $BEST_S ]] || awk -v a="$secs" -v b="$BEST_S" 'BEGIN { exit !(a < b) }'; then BEST_S=$secs; fi
-            PEAK_MIB=$(($(tail -1 "$tfile") / 1024))
-        done
-    }
-    measure_check "$VDISK" check "$FULL_SNAP"
+    time_runs "" "$VDISK" check "$FULL_SNAP"
     V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure_check "$QEMU_IMG" check "$FULL_SNAP"
+    time_runs "" "$QEMU_IMG" check "$FULL_SNAP"
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     VERIFIED="n/a (read-only)"
     record "check (1G, 4K, 2 snapshots)"
@@ -294,26 +270,15 @@ row_commit_half() {
     commit_files
     local vb="$BENCH_DIR/vc-base.qcow2" vo="$BENCH_DIR/vc-overlay.qcow2"
     local qb="$BENCH_DIR/qc-base.qcow2" qo="$BENCH_DIR/qc-overlay.qcow2"
-    for side in v q; do
-        local b o tool
-        if [[ $side == v ]]; then b=$vb o=$vo tool=$VDISK; else b=$qb o=$qo tool=$QEMU_IMG; fi
-        local tfile="$BENCH_DIR/time.out"
-        BEST_S="" PEAK_MIB=0
-        for ((i = 0; i < RUNS; i++)); do
-            cp --sparse=always "$CBASE" "$b"
-            cp --sparse=always "$COVL" "$o"
-            "$QEMU_IMG" rebase -q -u -b "$(basename "$b")" -F qcow2 "$o"
-            sync
-            local start end secs
-            start=$(date +%s.%N)
-            /usr/bin/time -f %M -o "$tfile" "$tool" commit -q "$o" >/dev/null
-            end=$(date +%s.%N)
-            secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
-            if [[ -z $BEST_S ]] || awk -v a="$secs" -v b="$BEST_S" 'BEGIN { exit !(a < b) }'; then BEST_S=$secs; fi
-            PEAK_MIB=$(($(tail -1 "$tfile") / 1024))
-        done
-        if [[ $side == v ]]; then V_S=$BEST_S V_MIB=$PEAK_MIB; else Q_S=$BEST_S Q_MIB=$PEAK_MIB; fi
-    done
+    local prep="cp --sparse=always '$CBASE' BASE && cp --sparse=always '$COVL' OVL && '$QEMU_IMG' rebase -q -u -b NAME -F qcow2 OVL"
+    local p=${prep//BASE/$vb}
+    p=${p//OVL/$vo}
+    time_runs "${p//NAME/$(basename "$vb")}" "$VDISK" commit -q "$vo"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    p=${prep//BASE/$qb}
+    p=${p//OVL/$qo}
+    time_runs "${p//NAME/$(basename "$qb")}" "$QEMU_IMG" commit -q "$qo"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify_inplace "$vb" "$qb"
     record "commit (1G, half allocated)"
 }
