@@ -27,8 +27,15 @@ QEMU_IMG=${QEMU_IMG:-qemu-img}
 ROWS=(
     convert_raw_to_qcow2
     convert_qcow2_to_raw
-    # Candidates as the subcommands land: convert_raw_to_qcow2_compressed (-c),
-    # snapshot_create, commit, check.
+    convert_raw_to_vmdk_sparse
+    convert_raw_to_vmdk_stream
+    convert_vmdk_to_raw
+    snapshot_create
+    snapshot_apply
+    snapshot_delete
+    check_snapshots
+    commit_half
+    rebase_safe
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -59,16 +66,16 @@ fi
 echo "== $("$QEMU_IMG" --version | head -1)"
 echo "== vdisk $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'), best of $RUNS runs, $(nproc) CPUs"
 
-# measure OUTPUT CMD...: run CMD $RUNS times (removing OUTPUT before each run); set
-# BEST_S to the best wall time in seconds and PEAK_MIB to the largest peak RSS in MiB.
-measure() {
-    local output=$1
+# time_runs PREP CMD...: $RUNS times, run the shell snippet PREP (untimed; may be empty),
+# then CMD; set BEST_S to the best wall time in seconds and PEAK_MIB to the largest peak RSS.
+time_runs() {
+    local prep=$1
     shift
     local tfile="$BENCH_DIR/time.out"
     BEST_S=""
     PEAK_MIB=0
     for ((i = 0; i < RUNS; i++)); do
-        rm -f "$output"
+        eval "$prep"
         sync
         local start end secs kib
         start=$(date +%s.%N)
@@ -84,6 +91,13 @@ measure() {
     done
 }
 
+# measure OUTPUT CMD...: time CMD, removing OUTPUT before each run.
+measure() {
+    local output=$1
+    shift
+    time_runs "rm -f '$output'" "$@"
+}
+
 # verify A B: qemu-img compare must find the two images' guest data identical.
 verify() {
     if "$QEMU_IMG" compare -q "$1" "$2"; then
@@ -92,6 +106,39 @@ verify() {
         VERIFIED=DIFFERENT
         FAILED=1
     fi
+}
+
+# measure_inplace PRISTINE WORK CMD...: CMD changes WORK in place, so WORK is copied from
+# PRISTINE (untimed) before each run.
+measure_inplace() {
+    local pristine=$1 work=$2
+    shift 2
+    time_runs "cp --sparse=always '$pristine' '$work'" "$@"
+}
+
+# A 1 GiB qcow2 with 4 KiB clusters, every cluster allocated (262,144 data clusters), and
+# the same image with one snapshot and a quarter of the disk rewritten after it.
+full4k() {
+    FULL="$BENCH_DIR/full4k.qcow2"
+    FULL_SNAP="$BENCH_DIR/full4k-snap.qcow2"
+    if [[ ! -f $FULL ]]; then
+        echo "== generating $FULL"
+        "$QEMU_IMG" create -q -f qcow2 -o cluster_size=4096 "$FULL" 1G
+        qemu-io -c "write -P 0x5a 0 1G" "$FULL" >/dev/null
+    fi
+    if [[ ! -f $FULL_SNAP ]]; then
+        cp --sparse=always "$FULL" "$FULL_SNAP"
+        "$QEMU_IMG" snapshot -c s1 "$FULL_SNAP"
+        qemu-io -c "write -P 0x6b 0 256M" "$FULL_SNAP" >/dev/null
+        "$QEMU_IMG" snapshot -c s2 "$FULL_SNAP"
+    fi
+}
+
+# check_same_snapshot_contents A B: qemu-img check clean and identical guest data.
+verify_inplace() {
+    VERIFIED=identical
+    "$QEMU_IMG" check -q "$1" || { VERIFIED="check failed"; FAILED=1; return; }
+    "$QEMU_IMG" compare -q "$1" "$2" || { VERIFIED=DIFFERENT; FAILED=1; }
 }
 
 RESULTS=()
@@ -124,6 +171,148 @@ row_convert_qcow2_to_raw() {
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify "$SRC" "$BENCH_DIR/vdisk.raw"
     record "convert qcow2 -> raw"
+}
+
+row_convert_raw_to_vmdk_sparse() {
+    measure "$BENCH_DIR/vdisk.vmdk" "$VDISK" convert -f raw -O vmdk "$SRC" "$BENCH_DIR/vdisk.vmdk"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.vmdk" "$QEMU_IMG" convert -f raw -O vmdk "$SRC" "$BENCH_DIR/qemu.vmdk"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.vmdk"
+    record "convert raw -> vmdk sparse"
+}
+
+row_convert_raw_to_vmdk_stream() {
+    local o="-o subformat=streamOptimized"
+    # shellcheck disable=SC2086
+    measure "$BENCH_DIR/vdisk-s.vmdk" "$VDISK" convert -f raw -O vmdk $o "$SRC" "$BENCH_DIR/vdisk-s.vmdk"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    # shellcheck disable=SC2086
+    measure "$BENCH_DIR/qemu-s.vmdk" "$QEMU_IMG" convert -f raw -O vmdk $o "$SRC" "$BENCH_DIR/qemu-s.vmdk"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk-s.vmdk"
+    record "convert raw -> vmdk stream"
+}
+
+row_convert_vmdk_to_raw() {
+    local in="$BENCH_DIR/qemu.vmdk"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vmdk "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk-v.raw" "$VDISK" convert -f vmdk -O raw "$in" "$BENCH_DIR/vdisk-v.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu-v.raw" "$QEMU_IMG" convert -f vmdk -O raw "$in" "$BENCH_DIR/qemu-v.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk-v.raw"
+    record "convert vmdk -> raw"
+}
+
+row_snapshot_create() {
+    full4k
+    local v="$BENCH_DIR/v-snap.qcow2" q="$BENCH_DIR/q-snap.qcow2"
+    measure_inplace "$FULL" "$v" "$VDISK" snapshot -c new "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure_inplace "$FULL" "$q" "$QEMU_IMG" snapshot -c new "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_inplace "$v" "$q"
+    record "snapshot -c (1G, 4K clusters)"
+}
+
+row_snapshot_apply() {
+    full4k
+    local v="$BENCH_DIR/v-snap.qcow2" q="$BENCH_DIR/q-snap.qcow2"
+    measure_inplace "$FULL_SNAP" "$v" "$VDISK" snapshot -a s1 "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure_inplace "$FULL_SNAP" "$q" "$QEMU_IMG" snapshot -a s1 "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_inplace "$v" "$q"
+    record "snapshot -a (1G, 4K clusters)"
+}
+
+row_snapshot_delete() {
+    full4k
+    local v="$BENCH_DIR/v-snap.qcow2" q="$BENCH_DIR/q-snap.qcow2"
+    measure_inplace "$FULL_SNAP" "$v" "$VDISK" snapshot -d s1 "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure_inplace "$FULL_SNAP" "$q" "$QEMU_IMG" snapshot -d s1 "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_inplace "$v" "$q"
+    record "snapshot -d (1G, 4K clusters)"
+}
+
+row_check_snapshots() {
+    full4k
+    time_runs "" "$VDISK" check "$FULL_SNAP"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    time_runs "" "$QEMU_IMG" check "$FULL_SNAP"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    VERIFIED="n/a (read-only)"
+    record "check (1G, 4K, 2 snapshots)"
+}
+
+# base.qcow2 holds the source image; the overlay has every other 64 KiB cluster written.
+commit_files() {
+    CBASE="$BENCH_DIR/commit-base.qcow2"
+    COVL="$BENCH_DIR/commit-overlay.qcow2"
+    if [[ ! -f $COVL ]]; then
+        echo "== generating $COVL"
+        "$QEMU_IMG" convert -q -f raw -O qcow2 "$SRC" "$CBASE"
+        "$QEMU_IMG" create -q -f qcow2 -b "$(basename "$CBASE")" -F qcow2 "$COVL"
+        python3 - "$COVL.cmds" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    for i in range(0, 1 << 30, 128 << 10):
+        f.write(f"write -P 0x{(i >> 17) & 0xff:02x} {i} 64k\n")
+PY
+        qemu-io "$COVL" <"$COVL.cmds" >/dev/null
+    fi
+}
+
+row_commit_half() {
+    commit_files
+    local vb="$BENCH_DIR/vc-base.qcow2" vo="$BENCH_DIR/vc-overlay.qcow2"
+    local qb="$BENCH_DIR/qc-base.qcow2" qo="$BENCH_DIR/qc-overlay.qcow2"
+    local prep="cp --sparse=always '$CBASE' BASE && cp --sparse=always '$COVL' OVL && '$QEMU_IMG' rebase -q -u -b NAME -F qcow2 OVL"
+    local p=${prep//BASE/$vb}
+    p=${p//OVL/$vo}
+    time_runs "${p//NAME/$(basename "$vb")}" "$VDISK" commit -q "$vo"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    p=${prep//BASE/$qb}
+    p=${p//OVL/$qo}
+    time_runs "${p//NAME/$(basename "$qb")}" "$QEMU_IMG" commit -q "$qo"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_inplace "$vb" "$qb"
+    record "commit (1G, half allocated)"
+}
+
+# Two raw bases differing in a tenth of their 64 KiB clusters, and an overlay on the first.
+rebase_files() {
+    RB1="$BENCH_DIR/rebase-base1.raw"
+    RB2="$BENCH_DIR/rebase-base2.raw"
+    ROVL="$BENCH_DIR/rebase-overlay.qcow2"
+    if [[ ! -f $ROVL ]]; then
+        echo "== generating rebase inputs"
+        cp --sparse=always "$SRC" "$RB1"
+        cp --sparse=always "$SRC" "$RB2"
+        python3 - "$RB2" <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    for i in range(0, 1 << 30, 640 << 10):  # one cluster in ten
+        f.seek(i)
+        f.write(bytes([(i >> 16) & 0xff | 1]) * 65536)
+PY
+        "$QEMU_IMG" create -q -f qcow2 -b "$(basename "$RB1")" -F raw "$ROVL"
+        qemu-io -c "write -P 0x77 0 16M" "$ROVL" >/dev/null
+    fi
+}
+
+row_rebase_safe() {
+    rebase_files
+    local v="$BENCH_DIR/vr-overlay.qcow2" q="$BENCH_DIR/qr-overlay.qcow2"
+    measure_inplace "$ROVL" "$v" "$VDISK" rebase -q -b "$(basename "$RB2")" -F raw "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure_inplace "$ROVL" "$q" "$QEMU_IMG" rebase -q -b "$(basename "$RB2")" -F raw "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_inplace "$v" "$q"
+    record "rebase safe (1/10 differs)"
 }
 
 for row in "${ROWS[@]}"; do

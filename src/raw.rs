@@ -31,7 +31,9 @@ impl<S: Storage> Raw<S> {
         let io = |e| Error::io("raw image: creating", e);
         // As qemu-img, sizes are whole 512-byte sectors.
         let size = size.next_multiple_of(512);
-        storage.set_len(0).map_err(io)?;
+        if storage.len().map_err(io)? > 0 {
+            storage.set_len(0).map_err(io)?;
+        }
         match prealloc {
             crate::Preallocation::Off | crate::Preallocation::Metadata => {
                 storage.set_len(size).map_err(io)?

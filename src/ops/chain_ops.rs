@@ -68,33 +68,49 @@ pub fn rebase_copy(
         let e = image.block_status(pos, size - pos)?;
         let end = pos + e.length;
         if e.depth > 0 || e.kind == ExtentKind::Unallocated {
+            let old_zero = e.kind != ExtentKind::Data;
             let mut p = pos;
             while p < end {
-                let n = chunk.min(end - p);
-                let ob = &mut old_buf[..n as usize];
-                image.read_at(ob, p)?;
-                let nb = &mut new_buf[..n as usize];
-                match new_backing.as_deref_mut() {
-                    Some(nbdev) => {
-                        let avail = nbdev.virtual_size().saturating_sub(p).min(n) as usize;
-                        if avail > 0 {
-                            nbdev.read_at(&mut nb[..avail], p)?;
+                // How far the new backing keeps one state from p; ranges that read as zeros
+                // on both sides need no reading at all.
+                let (new_zero, seg_end) = match new_backing.as_deref_mut() {
+                    Some(nb) if p < nb.virtual_size() => {
+                        let st = nb.block_status(p, end.min(nb.virtual_size()) - p)?;
+                        (st.kind != ExtentKind::Data, p + st.length)
+                    }
+                    _ => (true, end),
+                };
+                let seg_end = seg_end.min(end);
+                if !(old_zero && new_zero) {
+                    let mut q0 = p;
+                    while q0 < seg_end {
+                        let n = chunk.min(seg_end - q0);
+                        let ob = &mut old_buf[..n as usize];
+                        if old_zero {
+                            ob.fill(0);
+                        } else {
+                            image.read_at(ob, q0)?;
                         }
-                        nb[avail..].fill(0);
+                        let nb = &mut new_buf[..n as usize];
+                        match new_backing.as_deref_mut() {
+                            Some(nbdev) if !new_zero => nbdev.read_at(nb, q0)?,
+                            _ => nb.fill(0),
+                        }
+                        let mut q = 0usize;
+                        while q < n as usize {
+                            // Granules follow guest cluster boundaries so each write covers
+                            // whole clusters (or the rest of the segment).
+                            let r = ((((q0 + q as u64) / gran + 1) * gran - q0) as usize)
+                                .min(n as usize);
+                            if ob[q..r] != nb[q..r] {
+                                image.write_at(&ob[q..r], q0 + q as u64)?;
+                            }
+                            q = r;
+                        }
+                        q0 += n;
                     }
-                    None => nb.fill(0),
                 }
-                let mut q = 0usize;
-                while q < n as usize {
-                    // Granules follow guest cluster boundaries so each write covers whole
-                    // clusters (or the rest of the extent).
-                    let r = ((((p + q as u64) / gran + 1) * gran - p) as usize).min(n as usize);
-                    if ob[q..r] != nb[q..r] {
-                        image.write_at(&ob[q..r], p + q as u64)?;
-                    }
-                    q = r;
-                }
-                p += n;
+                p = seg_end;
             }
         }
         pos = end;

@@ -219,8 +219,7 @@ pub fn snapshot_table_text(snaps: &[serde_json::Value]) -> String {
         let icount = v
             .get("icount")
             .and_then(|x| x.as_u64())
-            .map(|i| i.to_string())
-            .unwrap_or_default();
+            .map_or_else(|| "--".to_string(), |i| i.to_string());
         s += &format!(
             "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
             v.get("id").and_then(|x| x.as_str()).unwrap_or(""),

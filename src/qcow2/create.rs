@@ -233,7 +233,9 @@ pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> 
     }
     let header_bytes = h.write()?;
 
-    storage.set_len(0).map_err(io)?;
+    if storage.len().map_err(io)? > 0 {
+        storage.set_len(0).map_err(io)?;
+    }
     // Refcount table and blocks.
     let mut rt = vec![0u8; (rt_clusters * cs) as usize];
     for b in 0..blocks {

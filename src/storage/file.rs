@@ -51,7 +51,11 @@ impl FileStorage {
             .truncate(false)
             .open(path)?;
         lock::lock(&file, LockRequest::WRITE)?;
-        file.set_len(0)?;
+        // Truncate only a file that has contents: truncating an empty file to zero makes
+        // ext4 flush the whole file when it is closed (its replace-by-truncate heuristic).
+        if file.metadata()?.len() > 0 {
+            file.set_len(0)?;
+        }
         Ok(FileStorage {
             file,
             unsafe_cache: false,
