@@ -38,3 +38,32 @@ fn a_read_crossing_a_compressed_grain_is_an_error_not_a_panic() {
     // Across the end of the grain: an error.
     assert!(extent.read(&mut buf, grain - 2048).is_err());
 }
+
+/// qcow2_ops (timeout): an image whose refcount table has no block 0, so every cluster,
+/// the header included, has refcount 0. The first allocating write chose cluster 0 for the
+/// new refcount block, wrote it over the header and looped doing so forever. Now the
+/// allocation is refused, the image is marked corrupt, and the header survives.
+#[test]
+fn an_allocation_over_the_header_is_refused_not_repeated_forever() {
+    use vdisk::qcow2::{OpenOptions, Qcow2};
+    use vdisk::BlockDevice;
+    let bytes = std::fs::read("tests/regressions/qcow2-no-refcount-block-0.qcow2").unwrap();
+    let storage = Arc::new(MemStorage::from_vec(bytes));
+    let mut img = Qcow2::open(storage.clone(), OpenOptions::default()).unwrap();
+    let e = img.write_at(&[1u8; 512], 0).unwrap_err();
+    assert!(e.to_string().contains("image header"), "{e}");
+    drop(img);
+    let after = storage.to_vec();
+    assert_eq!(&after[..4], b"QFI\xfb");
+    // Marked corrupt: read-only opens still work, writable ones are refused.
+    let ro = OpenOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    Qcow2::open(Arc::new(MemStorage::from_vec(after.clone())), ro).unwrap();
+    assert!(Qcow2::open(
+        Arc::new(MemStorage::from_vec(after)),
+        OpenOptions::default()
+    )
+    .is_err());
+}

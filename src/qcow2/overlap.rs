@@ -57,6 +57,31 @@ impl<S: Storage> Qcow2<S> {
         }
     }
 
+    /// Refuse (and mark the image corrupt) when the allocator hands out `[host, host+len)`
+    /// although it holds the header, the active L1 table or the refcount table: their
+    /// refcounts are wrong (zero), and writing there would destroy them. (Found by the
+    /// `qcow2_ops` fuzz target: with refcount block 0 missing, cluster 0 was chosen for a
+    /// new refcount block, overwriting the header, again and again.)
+    pub(super) fn check_allocation(&mut self, host: u64, len: u64) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let h = &self.header;
+        let hit =
+            |start: u64, l: u64| l > 0 && host < start.saturating_add(l) && start < host + len;
+        let victim = if hit(0, cs) {
+            "the image header"
+        } else if hit(h.l1_table_offset, u64::from(h.l1_size) * 8) {
+            "the active L1 table"
+        } else if hit(
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters) * cs,
+        ) {
+            "the refcount table"
+        } else {
+            return Ok(());
+        };
+        self.refuse_overlap("cluster allocation", host, victim)
+    }
+
     /// Refuse (and mark the image corrupt) when writing a `what` at `offset` would
     /// overwrite other metadata.
     pub(super) fn check_metadata_write(&mut self, offset: u64, what: Table) -> Result<()> {
@@ -67,6 +92,10 @@ impl<S: Storage> Qcow2<S> {
             Table::L2 => "L2 table",
             Table::Refcount => "refcount block",
         };
+        self.refuse_overlap(name, offset, victim)
+    }
+
+    fn refuse_overlap(&mut self, name: &'static str, offset: u64, victim: &str) -> Result<()> {
         if self.header.version >= 3 {
             self.header.incompatible_features |= incompat::CORRUPT;
             let b = self.header.incompatible_features.to_be_bytes();

@@ -145,6 +145,7 @@ impl<S: Storage> Qcow2<S> {
                     "qcow2 image would grow past the largest host offset",
                 ));
             }
+            self.check_allocation(start << self.geo.cluster_bits, n << self.geo.cluster_bits)?;
             // Make sure every cluster of the run has a refcount block.
             let first_block = start >> self.geo.rb_bits;
             let last_block = (start + n - 1) >> self.geo.rb_bits;
