@@ -17,6 +17,9 @@ use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::BTreeMap;
 
+/// Most rounds `txn_commit` takes to place refcount blocks and the refcount table.
+const MAX_COMMIT_ROUNDS: u32 = 64;
+
 /// An open metadata transaction (see the module documentation).
 pub(crate) struct Txn {
     blocks: BTreeMap<u64, Vec<u8>>,
@@ -301,7 +304,19 @@ impl<S: Storage> Qcow2<S> {
         let old_table_clusters = u64::from(self.header.refcount_table_clusters);
         let mut old_table_freed = false;
         let mut table: Option<(u64, u64)> = None; // (offset, clusters)
+                                                  // Placing blocks can need more blocks; on a sane image this settles in a few rounds.
+                                                  // A hostile refcount table (entries far out, so the new table is huge) must not
+                                                  // keep it going: the size limit is checked before allocating, and rounds are capped.
+        let mut rounds = 0;
         loop {
+            rounds += 1;
+            if rounds > MAX_COMMIT_ROUNDS {
+                return Err(Error::corrupt(
+                    "refcount table",
+                    old_table_off,
+                    "placing the refcount structures did not settle; repair the image with 'vdisk check -r all'",
+                ));
+            }
             let mut changed = false;
             let pending: Vec<u64> = txn
                 .blocks
@@ -331,6 +346,11 @@ impl<S: Storage> Qcow2<S> {
                 .map_or(0, |i| i as u64 + 1);
             let entries = used.max(max_bi + 1);
             let need = (entries * 8).div_ceil(cs);
+            if need * cs > super::limits::MAX_REFTABLE_BYTES {
+                return Err(Error::invalid(
+                    "qcow2 image would need a refcount table larger than 8 MiB",
+                ));
+            }
             if table.is_none_or(|(_, have)| have < need) {
                 if let Some((off, have)) = table {
                     self.txn_free_range(&mut txn, off, have * cs)?;
