@@ -183,6 +183,14 @@ fn open_descriptor(
         };
         let open_storage = || -> Result<Arc<dyn Storage>> {
             match &file_path {
+                // An extent that is the descriptor's own file shares its open file: a
+                // second open would conflict with the first one's image lock.
+                Some(p) if same_file(p, path) => match &place {
+                    DescriptorPlace::File(s) | DescriptorPlace::Embedded { storage: s, .. } => {
+                        Ok(s.clone())
+                    }
+                    DescriptorPlace::Nowhere => open_file(p, read_only, force_share),
+                },
                 Some(p) => open_file(p, read_only, force_share),
                 None => Err(Error::corrupt(
                     "VMDK descriptor",
@@ -315,6 +323,14 @@ pub(crate) fn resolve_extent_path(dir: &Path, name: &str, allow_outside: bool) -
         Ok(rel.to_path_buf())
     } else {
         Ok(dir.join(rel))
+    }
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }
 
