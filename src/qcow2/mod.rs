@@ -147,6 +147,8 @@ pub struct Qcow2<S: Storage> {
     backing: Option<Box<dyn BlockDevice>>,
     /// The snapshot table.
     snapshots: Vec<snapshot::Snapshot>,
+    /// Where the next compressed cluster is appended (0: start a new host cluster).
+    compressed_cursor: u64,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -229,6 +231,7 @@ impl<S: Storage> Qcow2<S> {
             pending_frees: Vec::new(),
             file_len,
             backing: None,
+            compressed_cursor: 0,
             read_only,
             header,
             geo,
