@@ -53,6 +53,7 @@ pub fn compress_cluster(kind: CompressionType, cluster: &[u8]) -> Option<Vec<u8>
     let room = cluster.len().checked_sub(1)?;
     let mut out = Vec::with_capacity(cluster.len() + cluster.len() / 8 + 1024);
     let done = match kind {
+        CompressionType::Zlib if looks_random(cluster) => false,
         CompressionType::Zlib => DEFLATE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let c = cell.get_or_insert_with(|| {
@@ -78,6 +79,41 @@ pub fn compress_cluster(kind: CompressionType, cluster: &[u8]) -> Option<Vec<u8>
         }),
     };
     (done && out.len() <= room).then_some(out)
+}
+
+/// Whether `data` is statistically indistinguishable from random bytes, so that deflate
+/// cannot make it smaller (zstd finds that out quickly by itself; deflate at level 6 spends
+/// as long on random data as on text).
+///
+/// The test is Pearson's chi-square of the byte histogram against the uniform one: random
+/// data gives 255 ± 23. Anything deflate can shrink fails it: a skewed histogram (text,
+/// code, tables) lands far above, and repeats within the 4 KiB window multiply the
+/// histogram's deviations and land above too, while counters and other too-regular data
+/// land far below. Only the band of six standard deviations around 255 is called random.
+/// Clusters under 4 KiB are always compressed (the statistic is too noisy there).
+pub fn looks_random(data: &[u8]) -> bool {
+    if data.len() < 4096 {
+        return false;
+    }
+    let mut counts = [[0u32; 256]; 4];
+    let mut quads = data.chunks_exact(4);
+    for q in &mut quads {
+        counts[0][q[0] as usize] += 1;
+        counts[1][q[1] as usize] += 1;
+        counts[2][q[2] as usize] += 1;
+        counts[3][q[3] as usize] += 1;
+    }
+    for &b in quads.remainder() {
+        counts[0][b as usize] += 1;
+    }
+    let expected = data.len() as f64 / 256.0;
+    let chi2: f64 = (0..256)
+        .map(|i| {
+            let n = f64::from(counts[0][i] + counts[1][i] + counts[2][i] + counts[3][i]);
+            (n - expected) * (n - expected) / expected
+        })
+        .sum();
+    (120.0..390.0).contains(&chi2)
 }
 
 /// Inflate one compressed cluster from `data` into `out` (exactly one cluster).
@@ -318,6 +354,33 @@ mod tests {
             .collect();
         assert!(compress_cluster(CompressionType::Zlib, &data).is_none());
         assert!(compress_cluster(CompressionType::Zstd, &data).is_none());
+    }
+
+    #[test]
+    fn only_random_looking_data_skips_deflate() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert!(looks_random(&random));
+        assert!(looks_random(&random[..4096]));
+        // Text, a byte counter, and a 2 KiB random block repeated are all compressible.
+        assert!(!looks_random(&sample(65536)));
+        let counter: Vec<u8> = (0..65536).map(|i| i as u8).collect();
+        assert!(!looks_random(&counter));
+        let repeated: Vec<u8> = random[..2048].iter().cycle().take(65536).copied().collect();
+        assert!(!looks_random(&repeated));
+        assert!(compress_cluster(CompressionType::Zlib, &repeated).is_some());
+        // Half random, half a repeated 4 KiB block.
+        let mut half = random[..32768].to_vec();
+        half.extend(random[..4096].iter().cycle().take(32768));
+        assert!(!looks_random(&half));
+        assert!(!looks_random(&random[..1000]));
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 pub mod cache;
 mod cluster;
-mod compress;
+pub mod compress;
 pub mod create;
 pub mod entry;
 pub mod header;
