@@ -325,6 +325,38 @@ mod tests {
     }
 
     #[test]
+    fn compressed_clusters_are_packed_back_to_back_and_refcounted_per_host_cluster() {
+        use crate::qcow2::{create, CreateOptions};
+        use crate::storage::MemStorage;
+        // The example of format-spec/qcow2.md: three 30,000-byte streams, 64 KiB clusters.
+        let opts = CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let mut img = create(MemStorage::new(), &opts).unwrap();
+        for i in 0..3u64 {
+            img.store_compressed(i * 65536, &[i as u8 + 1; 30000])
+                .unwrap();
+        }
+        let entries: Vec<_> = (0..3).map(|gc| img.l2_entry(gc).unwrap()).collect();
+        let hosts: Vec<u64> = entries
+            .iter()
+            .map(|e| match e {
+                L2Entry::Compressed { host, .. } => *host,
+                other => panic!("not compressed: {other:?}"),
+            })
+            .collect();
+        assert_eq!(hosts, [0x50000, 0x57530, 0x5ea60]);
+        let raw = img.l2_raw(2).unwrap();
+        assert_eq!(raw >> 54 & 0xff, 58);
+        assert_eq!(img.refcount(5).unwrap(), 3);
+        assert_eq!(img.refcount(6).unwrap(), 1);
+        // A compressed cluster must be smaller than a cluster and land on a cluster.
+        assert!(img.store_compressed(3 * 65536, &[0; 65536]).is_err());
+        assert!(img.store_compressed(100, &[0; 10]).is_err());
+    }
+
+    #[test]
     fn both_codecs_round_trip_a_compressible_cluster() {
         for kind in [CompressionType::Zlib, CompressionType::Zstd] {
             let data = sample(65536);

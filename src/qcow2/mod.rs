@@ -11,7 +11,7 @@
 //! | `refcount` | refcount blocks, the refcount table, cluster allocation and freeing |
 //! | `cluster` | guest-to-host mapping: L2 lookup, L2 allocation and copy-on-write |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
-//! | `compress` | compressed clusters |
+//! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
 //!
 //! # Write order
