@@ -131,6 +131,14 @@ pub trait BlockDevice: Send {
     fn requires_sequential_writes(&self) -> bool {
         false
     }
+    /// Change the virtual size. Formats that cannot resize say so.
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        let _ = new_size;
+        Err(crate::Error::unsupported(format!(
+            "resizing {} images",
+            self.format_name()
+        )))
+    }
 }
 
 /// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
@@ -188,5 +196,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn requires_sequential_writes(&self) -> bool {
         (**self).requires_sequential_writes()
+    }
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        (**self).resize(new_size)
     }
 }

@@ -3,6 +3,7 @@
 //! Probing looks at the first bytes only: the qcow2 magic, a VMDK sparse header or text
 //! descriptor, otherwise raw. `-f` (an explicit [`Format`]) always wins over probing.
 
+use crate::chain::{self, Layer, Visited};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::qcow2::{self, Qcow2};
@@ -81,6 +82,8 @@ pub struct ImageOptions {
     pub read_only: bool,
     /// Skip fdatasync on flush (qemu-img's cache=unsafe).
     pub unsafe_cache: bool,
+    /// Do not open backing files (reads of unallocated clusters then return zeros).
+    pub no_backing: bool,
 }
 
 fn open_file(path: &Path, opts: &ImageOptions) -> Result<FileStorage> {
@@ -96,15 +99,40 @@ fn open_file(path: &Path, opts: &ImageOptions) -> Result<FileStorage> {
 
 /// An open image of any format.
 pub struct Image {
-    /// The guest-visible device.
+    /// The guest-visible device (with its backing chain attached).
     pub device: Box<dyn BlockDevice>,
     /// The format it was opened as.
     pub format: Format,
+    /// The chain, top first (one layer when there is no backing file).
+    pub layers: Vec<Layer>,
 }
 
-/// Open the image at `path`.
+/// Open the image at `path`, with its backing chain unless `opts.no_backing`.
 pub fn open(path: &Path, opts: &ImageOptions) -> Result<Image> {
-    let format = match opts.format {
+    let mut visited = Visited::default();
+    let mut layers = Vec::new();
+    let device = open_layer(path, opts.format, opts, &mut visited, &mut layers, false)?;
+    let format = layers
+        .first()
+        .map(|l: &Layer| l.format)
+        .unwrap_or(Format::Raw);
+    Ok(Image {
+        device,
+        format,
+        layers,
+    })
+}
+
+fn open_layer(
+    path: &Path,
+    format: Option<Format>,
+    opts: &ImageOptions,
+    visited: &mut Visited,
+    layers: &mut Vec<Layer>,
+    probed_backing: bool,
+) -> Result<Box<dyn BlockDevice>> {
+    visited.enter(path)?;
+    let format = match format {
         Some(f) => f,
         None => {
             let f = open_file(
@@ -117,29 +145,70 @@ pub fn open(path: &Path, opts: &ImageOptions) -> Result<Image> {
             probe(&f)?
         }
     };
+    let mut layer = Layer {
+        path: path.to_path_buf(),
+        format,
+        backing_name: None,
+        backing_format: None,
+    };
     let device: Box<dyn BlockDevice> = match format {
         Format::Raw => Box::new(Raw::open(open_file(path, opts)?, opts.read_only)?),
         Format::Qcow2 => {
             let s = open_file(path, opts)?;
-            let q = Qcow2::open(
-                s,
-                qcow2::OpenOptions {
-                    read_only: opts.read_only,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| with_path(path, e))?;
-            if q.header().backing_file.is_some() {
-                return Err(Error::unsupported(format!(
-                    "'{}' has a backing file; backing chains are not supported yet",
-                    path.display()
-                )));
+            let ro = qcow2::OpenOptions {
+                read_only: opts.read_only,
+                ..Default::default()
+            };
+            let mut q = Qcow2::open(s, ro).map_err(|e| with_path(path, e))?;
+            layer.backing_name = q.header().backing_file.clone();
+            layer.backing_format = q.header().backing_format();
+            if let Some(name) = layer.backing_name.clone() {
+                if probed_backing {
+                    return Err(Error::unsupported(format!(
+                        "'{}' was probed as a backing image (no backing format recorded) and has a backing file itself; record the format with 'vdisk rebase -u -F'",
+                        path.display()
+                    )));
+                }
+                layers.push(layer.clone());
+                if !opts.no_backing {
+                    let bpath = chain::resolve(path, &name)?;
+                    let bfmt = match &layer.backing_format {
+                        Some(f) => Some(chain::parse_backing_format(f, path)?),
+                        None => None,
+                    };
+                    if !bpath.exists() {
+                        return Err(Error::invalid(format!(
+                            "could not open backing file '{}' of '{}': no such file",
+                            bpath.display(),
+                            path.display()
+                        )));
+                    }
+                    let bopts = ImageOptions {
+                        format: None,
+                        read_only: true,
+                        unsafe_cache: false,
+                        no_backing: false,
+                    };
+                    let backing =
+                        open_layer(&bpath, bfmt, &bopts, visited, layers, bfmt.is_none())?;
+                    if bfmt.is_none() {
+                        eprintln!(
+                            "vdisk: note: '{}' records no backing format; probed '{}' as {}",
+                            path.display(),
+                            bpath.display(),
+                            layers.last().map(|l| l.format.name()).unwrap_or("raw")
+                        );
+                    }
+                    q.set_backing(Some(backing));
+                }
+                return Ok(Box::new(q));
             }
             Box::new(q)
         }
         Format::Vmdk => crate::vmdk::open_device(path, opts.read_only)?,
     };
-    Ok(Image { device, format })
+    layers.push(layer);
+    Ok(device)
 }
 
 /// Prefix an image error with the file it came from.
@@ -165,6 +234,23 @@ pub fn create(
     size: Option<u64>,
     options: &[(String, String)],
 ) -> Result<Box<dyn BlockDevice>> {
+    create_with_cache(path, format, size, options, false)
+}
+
+/// [`create`], optionally without fdatasync on flush (qemu-img convert's cache=unsafe).
+pub fn create_with_cache(
+    path: &Path,
+    format: Format,
+    size: Option<u64>,
+    options: &[(String, String)],
+    unsafe_cache: bool,
+) -> Result<Box<dyn BlockDevice>> {
+    let new_file = |path: &Path| -> Result<FileStorage> {
+        let mut s = FileStorage::create(path)
+            .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+        s.set_unsafe_cache(unsafe_cache);
+        Ok(s)
+    };
     match format {
         Format::Raw => {
             let mut prealloc = crate::Preallocation::Off;
@@ -176,9 +262,7 @@ pub fn create(
                 }
             }
             let size = size.ok_or_else(|| Error::invalid("image size must be specified"))?;
-            let s = FileStorage::create(path)
-                .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
-            Ok(Box::new(Raw::create(s, size, prealloc)?))
+            Ok(Box::new(Raw::create(new_file(path)?, size, prealloc)?))
         }
         Format::Qcow2 => {
             let mut o = qcow2::CreateOptions::default();
@@ -189,12 +273,50 @@ pub fn create(
                 o.size = s;
             }
             o.validate()?;
-            let s = FileStorage::create(path)
-                .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
-            Ok(Box::new(qcow2::create(s, &o)?))
+            Ok(Box::new(qcow2::create(new_file(path)?, &o)?))
         }
         Format::Vmdk => crate::vmdk::create_device(path, size.unwrap_or(0), options),
     }
+}
+
+/// Check that every `-o` option is one `format` knows with a well-formed value, without
+/// creating anything (qemu-img reports these before it prints "Formatting ...").
+pub fn check_create_options(format: Format, options: &[(String, String)]) -> Result<()> {
+    match format {
+        Format::Raw => {
+            for (k, v) in options {
+                let _ = v;
+                match k.as_str() {
+                    "preallocation" | "size" => {}
+                    _ => return Err(Error::invalid(format!("invalid parameter '{k}' for raw"))),
+                }
+            }
+        }
+        Format::Qcow2 => {
+            let mut o = qcow2::CreateOptions::default();
+            // String-typed options are only checked when the image is created.
+            const STRINGS: [&str; 5] = [
+                "compat",
+                "preallocation",
+                "compression_type",
+                "backing_file",
+                "backing_fmt",
+            ];
+            for (k, v) in options
+                .iter()
+                .filter(|(k, _)| !STRINGS.contains(&k.as_str()))
+            {
+                o.set(k, v)?;
+            }
+        }
+        Format::Vmdk => {
+            let mut o = crate::vmdk::VmdkCreateOptions::default();
+            for (k, v) in options.iter().filter(|(k, _)| k != "size") {
+                o.parse_option(k, v)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Split a qemu-img `-o` string (`a=1,b=2`; `,,` escapes a comma) into pairs.

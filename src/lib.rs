@@ -16,7 +16,9 @@
 //! Names follow the formats' own vocabulary (`l1_index`, `l2_entry`, `refcount_block`,
 //! `grain_table`) so that `format-spec/` and the code read alike.
 
+pub mod chain;
 pub mod device;
+pub mod dump;
 pub mod error;
 pub mod image;
 pub mod ops;

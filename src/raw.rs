@@ -17,6 +17,8 @@ impl<S: Storage> Raw<S> {
         let size = storage
             .len()
             .map_err(|e| Error::io("raw image: reading the file length", e))?;
+        // QEMU sees files in whole 512-byte sectors; the tail reads as zeros.
+        let size = size.next_multiple_of(512);
         Ok(Raw {
             storage,
             size,
@@ -27,7 +29,11 @@ impl<S: Storage> Raw<S> {
     /// Create a raw image of `size` bytes in `storage` (which should be empty).
     pub fn create(storage: S, size: u64, prealloc: crate::Preallocation) -> Result<Self> {
         let io = |e| Error::io("raw image: creating", e);
-        storage.set_len(0).map_err(io)?;
+        // As qemu-img, sizes are whole 512-byte sectors.
+        let size = size.next_multiple_of(512);
+        if storage.len().map_err(io)? > 0 {
+            storage.set_len(0).map_err(io)?;
+        }
         match prealloc {
             crate::Preallocation::Off | crate::Preallocation::Metadata => {
                 storage.set_len(size).map_err(io)?
@@ -45,16 +51,6 @@ impl<S: Storage> Raw<S> {
     /// The storage underneath.
     pub fn storage(&self) -> &S {
         &self.storage
-    }
-
-    /// Change the virtual size (truncating or extending the file).
-    pub fn resize(&mut self, size: u64) -> Result<()> {
-        self.check_writable()?;
-        self.storage
-            .set_len(size)
-            .map_err(|e| Error::io("raw image: resizing", e))?;
-        self.size = size;
-        Ok(())
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -126,7 +122,7 @@ impl<S: Storage> BlockDevice for Raw<S> {
             } else {
                 ExtentKind::Zero
             },
-            host_offset: data.then_some(offset),
+            host_offset: Some(offset),
             compressed: false,
             depth: 0,
         })
@@ -134,5 +130,14 @@ impl<S: Storage> BlockDevice for Raw<S> {
 
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn resize(&mut self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.storage
+            .set_len(size)
+            .map_err(|e| Error::io("raw image: resizing", e))?;
+        self.size = size;
+        Ok(())
     }
 }

@@ -199,3 +199,30 @@ fn filling_an_image_grows_the_refcount_table_and_stays_consistent() {
     let check = qemu_check(&storage.to_vec());
     assert_eq!(check.code, 0, "qemu-img check: {}", check.output);
 }
+
+/// Regression: with 1 KiB clusters and 64-bit refcounts a refcount block covers exactly one
+/// L2 table's worth of clusters; large writes used to loop forever creating refcount blocks.
+#[test]
+fn large_writes_with_1k_clusters_and_64_bit_refcounts_stay_compact() {
+    let storage = Arc::new(MemStorage::new());
+    let opts = CreateOptions {
+        size: 24 << 20,
+        cluster_size: 1024,
+        refcount_bits: 64,
+        ..Default::default()
+    };
+    drop(qcow2::create(storage.clone(), &opts).expect("create"));
+    let mut img = open(&storage);
+    let mut data = vec![0u8; 20 << 20];
+    Rng(9).fill(&mut data);
+    img.write_at(&data, 0).expect("write");
+    img.flush().expect("flush");
+    drop(img);
+    let len = storage.to_vec().len() as u64;
+    assert!(
+        len < (21 << 20),
+        "image grew to {len} bytes for 20 MiB of data"
+    );
+    let check = qemu_check(&storage.to_vec());
+    assert_eq!(check.code, 0, "qemu-img check: {}", check.output);
+}

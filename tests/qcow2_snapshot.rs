@@ -421,3 +421,72 @@ fn hostile_snapshot_tables_give_errors_not_panics() {
         );
     }
 }
+
+/// Run QEMU's monitor commands against an image (paused guest, no devices but the disk) and
+/// return what the monitor printed.
+fn qemu_monitor(image: &std::path::Path, commands: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-nodefaults", "-display", "none", "-m", "32", "-S", "-monitor", "stdio", "-drive"])
+        .arg(format!("file={},format=qcow2,if=ide", image.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "qemu-system-x86_64 not found ({e}): add bookworm-backports to the Debian sources and run \
+                 apt-get install -t bookworm-backports qemu-system-x86 (see .ci/run)"
+            )
+        });
+    {
+        let stdin = child.stdin.as_mut().expect("stdin");
+        for c in commands {
+            writeln!(stdin, "{c}").unwrap();
+        }
+        writeln!(stdin, "quit").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn vm_state_saved_by_qemu_survives_vdisk_snapshot_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("vm.qcow2");
+    let ps = p.to_str().unwrap();
+    qemu(&["qemu-img", "create", "-q", "-f", "qcow2", ps, "64M"]);
+    qemu(&["qemu-io", "-c", "write -P 0x61 0 1M", ps]);
+    qemu_monitor(&p, &["savevm withstate"]);
+    let before = String::from_utf8(qemu(&["qemu-img", "snapshot", "-l", ps]).stdout).unwrap();
+    assert!(
+        before.contains("withstate") && !before.contains("   0 B"),
+        "QEMU saved no VM state: {before}"
+    );
+    {
+        let mut img = open_file(&p);
+        assert!(img.snapshots()[0].vm_state_size() > 0);
+        img.write_at(&[0x62; 4096], 0).unwrap();
+        img.snapshot_create("second", t()).unwrap();
+        img.snapshot_apply("withstate").unwrap();
+        img.snapshot_delete(&["second"]).unwrap();
+    }
+    assert_eq!(qemu_check_path(&p).code, 0);
+    // vdisk lists the snapshot exactly as qemu-img does, VM state size included.
+    let ours = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["snapshot", "-l", ps])
+        .output()
+        .unwrap();
+    let theirs = qemu(&["qemu-img", "snapshot", "-l", ps]);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout)
+    );
+    // QEMU can still load the VM state and the disk contents are the snapshot's.
+    let log = qemu_monitor(&p, &["loadvm withstate", "info status"]);
+    assert!(
+        !log.to_lowercase().contains("error"),
+        "loadvm failed: {log}"
+    );
+    qemu(&["qemu-io", "-c", "read -P 0x61 0 1M", ps]);
+}

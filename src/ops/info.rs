@@ -29,6 +29,15 @@ pub struct Child {
 pub struct ImageInfo {
     /// Child nodes.
     pub children: Vec<Child>,
+    /// Internal snapshots.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<serde_json::Value>,
+    /// Backing format.
+    #[serde(
+        rename = "backing-filename-format",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backing_format: Option<String>,
     /// Guest size in bytes.
     #[serde(rename = "virtual-size")]
     pub virtual_size: u64,
@@ -42,27 +51,18 @@ pub struct ImageInfo {
     /// Host bytes used.
     #[serde(rename = "actual-size")]
     pub actual_size: u64,
-    /// Backing file name as recorded.
-    #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
-    pub backing_filename: Option<String>,
+    /// Format-specific data.
+    #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
+    pub format_specific: Option<FormatSpecific>,
     /// Backing file, resolved.
     #[serde(
         rename = "full-backing-filename",
         skip_serializing_if = "Option::is_none"
     )]
     pub full_backing_filename: Option<String>,
-    /// Backing format.
-    #[serde(
-        rename = "backing-filename-format",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backing_format: Option<String>,
-    /// Internal snapshots.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub snapshots: Vec<serde_json::Value>,
-    /// Format-specific data.
-    #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
-    pub format_specific: Option<FormatSpecific>,
+    /// Backing file name as recorded.
+    #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
+    pub backing_filename: Option<String>,
     /// Dirty flag.
     #[serde(rename = "dirty-flag")]
     pub dirty_flag: bool,
@@ -73,7 +73,8 @@ impl ImageInfo {
     pub fn file_node(filename: &str, len: u64, actual: u64) -> ImageInfo {
         ImageInfo {
             children: Vec::new(),
-            virtual_size: len,
+            // QEMU reports file lengths in whole 512-byte sectors.
+            virtual_size: len.next_multiple_of(512),
             filename: filename.to_string(),
             cluster_size: None,
             format: "file".into(),
@@ -218,8 +219,7 @@ pub fn snapshot_table_text(snaps: &[serde_json::Value]) -> String {
         let icount = v
             .get("icount")
             .and_then(|x| x.as_u64())
-            .map(|i| i.to_string())
-            .unwrap_or_default();
+            .map_or_else(|| "--".to_string(), |i| i.to_string());
         s += &format!(
             "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
             v.get("id").and_then(|x| x.as_str()).unwrap_or(""),
@@ -241,7 +241,80 @@ pub fn to_qemu_json<T: Serialize>(v: &T) -> String {
     if v.serialize(&mut ser).is_err() {
         return "{}".into();
     }
-    String::from_utf8(out).unwrap_or_default()
+    let text = String::from_utf8(out).unwrap_or_default();
+    // qemu-img prints empty arrays and objects over two lines.
+    let mut fixed = String::with_capacity(text.len());
+    for line in text.lines() {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let (body, comma) = match line.strip_suffix(',') {
+            Some(b) => (b, ","),
+            None => (line, ""),
+        };
+        if let Some(head) = body.strip_suffix("[]") {
+            fixed += &format!("{head}[\n{indent}]{comma}\n");
+        } else if let Some(head) = body.strip_suffix("{}") {
+            fixed += &format!("{head}{{\n{indent}}}{comma}\n");
+        } else {
+            fixed += line;
+            fixed += "\n";
+        }
+    }
+    fixed.pop();
+    fixed
+}
+
+/// Info for the image at `path` (its own layer only; backing files are named, not opened).
+pub fn image_info(path: &std::path::Path, format: Option<Format>) -> crate::Result<ImageInfo> {
+    use crate::error::Error;
+    use crate::storage::{FileStorage, OpenOptions};
+    let name = path.display().to_string();
+    let storage = FileStorage::open(path, OpenOptions::default())
+        .map_err(|e| Error::io(format!("could not open '{name}'"), e))?;
+    let format = match format {
+        Some(f) => f,
+        None => crate::image::probe(&storage)?,
+    };
+    let io = |e| Error::io("reading the file size", e);
+    let file = ImageInfo::file_node(
+        &name,
+        storage.len().map_err(io)?,
+        storage.allocated_bytes().map_err(io)?,
+    );
+    match format {
+        Format::Qcow2 => {
+            let ro = crate::qcow2::OpenOptions {
+                read_only: true,
+                ..Default::default()
+            };
+            let q = Qcow2::open(storage, ro).map_err(|e| crate::image::with_path(path, e))?;
+            let mut info = qcow2_info(&q, &name)?;
+            if let Some(b) = &info.backing_filename {
+                info.full_backing_filename =
+                    Some(crate::chain::resolve(path, b)?.display().to_string());
+            }
+            Ok(info)
+        }
+        Format::Vmdk => {
+            let opts = crate::vmdk::VmdkOpenOptions {
+                read_only: true,
+                allow_outside_extents: false,
+            };
+            let v = crate::vmdk::open(path, &opts).map_err(|e| crate::image::with_path(path, e))?;
+            let mut info =
+                ImageInfo::new(&name, format, crate::BlockDevice::virtual_size(&v), file);
+            info.cluster_size = crate::BlockDevice::cluster_size(&v);
+            let data = serde_json::to_value(v.info()).map_err(|e| Error::invalid(e.to_string()))?;
+            info.format_specific = Some(FormatSpecific {
+                kind: "vmdk".into(),
+                data,
+            });
+            Ok(info)
+        }
+        Format::Raw => {
+            let size = storage.len().map_err(io)?.next_multiple_of(512);
+            Ok(ImageInfo::new(&name, format, size, file))
+        }
+    }
 }
 
 /// Info for an open qcow2 image.

@@ -233,7 +233,9 @@ pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> 
     }
     let header_bytes = h.write()?;
 
-    storage.set_len(0).map_err(io)?;
+    if storage.len().map_err(io)? > 0 {
+        storage.set_len(0).map_err(io)?;
+    }
     // Refcount table and blocks.
     let mut rt = vec![0u8; (rt_clusters * cs) as usize];
     for b in 0..blocks {
@@ -279,7 +281,7 @@ impl<S: Storage> Qcow2<S> {
         let mut gc = 0;
         while gc < clusters {
             let l1_index = gc >> self.geo.l2_bits;
-            let n = per_table.min(clusters - gc);
+            let n = per_table.min(clusters - gc).min(self.max_alloc_run());
             let l2_off = self.l2_for_write(l1_index)?;
             let host = self.alloc_clusters(n)?;
             for k in 0..n {

@@ -497,7 +497,7 @@ impl Header {
             (Some(i), None) => {
                 self.extensions.remove(i);
             }
-            (None, Some(d)) => self.extensions.insert(0, Extension { kind, data: d }),
+            (None, Some(d)) => self.extensions.push(Extension { kind, data: d }),
             (None, None) => {}
         }
     }

@@ -156,7 +156,8 @@ impl<S: Storage> Qcow2<S> {
         // Collect the run (within one L2 table).
         let mut olds = vec![first];
         let mut gc = gc0 + 1;
-        while gc < table_end && (gc << cb) < end {
+        let max_run = self.max_alloc_run();
+        while gc < table_end && (gc << cb) < end && (olds.len() as u64) < max_run {
             let e = self.l2_entry(gc)?;
             if write_kind(e) != WriteKind::Allocate {
                 break;
@@ -425,6 +426,17 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
                 run_end = ((g + 1) << cb).min(end);
             }
         }
+        if kind == ExtentKind::Unallocated {
+            if let Some(b) = self.backing.as_mut() {
+                // Resolve through the backing chain; past its end the guest sees zeros.
+                let bsize = b.virtual_size();
+                if offset < bsize {
+                    let mut sub = b.block_status(offset, (run_end - offset).min(bsize - offset))?;
+                    sub.depth += 1;
+                    return Ok(sub);
+                }
+            }
+        }
         Ok(Extent {
             start: offset,
             length: run_end - offset,
@@ -459,6 +471,10 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
             }
             _ => Ok(None),
         }
+    }
+
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        self.resize_to(new_size)
     }
 }
 

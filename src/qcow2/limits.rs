@@ -55,6 +55,13 @@ pub fn validate_table(
     if entries == 0 {
         return Ok(());
     }
+    if offset > MAX_HOST_OFFSET {
+        return Err(Error::corrupt(
+            name,
+            offset,
+            "offset is beyond the largest host offset",
+        ));
+    }
     if offset % cluster_size != 0 {
         return Err(Error::corrupt(
             name,

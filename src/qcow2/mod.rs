@@ -13,6 +13,11 @@
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
+//! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
+//! | `repair` | check's repairs, and repairing a dirty image on a writable open |
+//! | `overlap` | refusing metadata writes that would overwrite other metadata |
+//! | `resize` | growing and shrinking the virtual size |
+//! | `amend` | changing compat, refcount width, lazy refcounts, backing file (qemu-img amend) |
 //!
 //! # Write order
 //!
@@ -23,7 +28,9 @@
 //! the refcount blocks. New refcount blocks and tables are written and synced before anything
 //! points at them. See `format-spec/qcow2.md`.
 
+mod amend;
 pub mod cache;
+pub mod check;
 mod cluster;
 pub mod compress;
 pub mod create;
@@ -31,11 +38,15 @@ pub mod entry;
 pub mod header;
 mod io;
 pub mod limits;
+mod overlap;
 mod refcount;
+mod repair;
+mod resize;
 pub mod snapshot;
 mod snapshot_ops;
 mod txn;
 
+pub use amend::AmendOptions;
 pub use create::{create, CreateOptions};
 pub use header::{CompressionType, Header};
 pub use snapshot::Snapshot;
@@ -158,6 +169,9 @@ fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 impl<S: Storage> Qcow2<S> {
     /// Open the qcow2 image in `storage`.
     pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
+        if !opts.read_only {
+            repair::repair_if_dirty(&storage)?;
+        }
         let file_len = storage.len().map_err(ioerr("reading the file length"))?;
         if file_len < u64::from(V2_HEADER_LEN) {
             return Err(Error::corrupt(
@@ -188,11 +202,6 @@ impl<S: Storage> Qcow2<S> {
         if !read_only && header.incompatible_features & incompat::CORRUPT != 0 {
             return Err(Error::ReadOnly(
                 "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
-            ));
-        }
-        if !read_only && header.incompatible_features & incompat::DIRTY != 0 {
-            return Err(Error::ReadOnly(
-                "qcow2 image has the dirty bit set (refcounts may be stale); it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
             ));
         }
         let geo = Geometry::new(header.cluster_bits, header.refcount_order);
@@ -300,6 +309,36 @@ impl<S: Storage> Qcow2<S> {
         self.backing = backing;
     }
 
+    /// Record a new backing file name and format in the header (`None` removes both), and
+    /// rewrite the header. Guest data must already be durable (the caller flushes first).
+    pub fn set_backing_file(&mut self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        self.check_writable()?;
+        if let Some(n) = name {
+            crate::chain::check_backing_name(n)?;
+        }
+        self.flush_metadata()?;
+        self.header.backing_file = name.map(str::to_string);
+        let fmt = if name.is_some() {
+            format.map(|f| f.as_bytes().to_vec())
+        } else {
+            None
+        };
+        self.header.set_extension(header::ext::BACKING_FORMAT, fmt);
+        self.write_header()
+    }
+
+    /// Remove every cluster mapping of the active disk so all reads fall through to the
+    /// backing image (qemu-img commit's "empty the overlay").
+    pub fn make_empty(&mut self) -> Result<()> {
+        let size = self.header.size;
+        // Discard with no backing attached makes clusters unallocated on both versions.
+        let b = self.backing.take();
+        let r = BlockDevice::discard(self, 0, size);
+        self.backing = b;
+        r?;
+        self.flush_metadata()
+    }
+
     /// The backing image, if one is attached.
     pub fn backing(&mut self) -> Option<&mut Box<dyn BlockDevice>> {
         self.backing.as_mut()
@@ -350,6 +389,7 @@ impl<S: Storage> Qcow2<S> {
     /// guest data written so far is durable before any L2 table that points at it).
     fn flush_refcount_blocks(&mut self) -> Result<()> {
         for off in self.rc_cache.dirty_offsets() {
+            self.check_metadata_write(off, Table::Refcount)?;
             let data = self
                 .rc_cache
                 .peek(off)
@@ -369,6 +409,7 @@ impl<S: Storage> Qcow2<S> {
             return Ok(());
         }
         for off in dirty {
+            self.check_metadata_write(off, Table::L2)?;
             let data = self
                 .l2_cache
                 .peek(off)
@@ -469,6 +510,7 @@ impl<S: Storage> Qcow2<S> {
             if which == Table::L2 {
                 self.flush_refcount_blocks()?;
             }
+            self.check_metadata_write(victim, which)?;
             let cache = match which {
                 Table::L2 => &mut self.l2_cache,
                 Table::Refcount => &mut self.rc_cache,

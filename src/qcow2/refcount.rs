@@ -122,9 +122,22 @@ impl<S: Storage> Qcow2<S> {
         self.pending_frees.push(host);
     }
 
+    /// The longest run [`Qcow2::alloc_clusters`] accepts: half a refcount block. A new
+    /// refcount block describes itself and sits on the first free cluster of its range, so a
+    /// run as long as a whole block could never be found free.
+    pub(crate) fn max_alloc_run(&self) -> u64 {
+        ((1u64 << self.geo.rb_bits) / 2).max(1)
+    }
+
     /// Allocate `n` contiguous clusters with refcount 1; returns the host offset of the first.
+    /// `n` must not exceed [`Qcow2::max_alloc_run`].
     pub(crate) fn alloc_clusters(&mut self, n: u64) -> Result<u64> {
         self.check_writable()?;
+        if n == 0 || n > self.max_alloc_run() {
+            return Err(Error::invalid(format!(
+                "cannot allocate a run of {n} clusters at once"
+            )));
+        }
         'search: loop {
             let (start, first_free) = self.scan_free(self.free_hint, n, None)?;
             if (start + n) << self.geo.cluster_bits > super::limits::MAX_HOST_OFFSET {
@@ -141,8 +154,9 @@ impl<S: Storage> Qcow2<S> {
                     continue 'search;
                 }
                 if self.refcount_table[bi as usize] == 0 {
-                    let at = start.max(bi << self.geo.rb_bits);
-                    self.create_refcount_block(bi, at)?;
+                    // The new block takes the run's first cluster; the run moves up by one
+                    // instead of leaving a gap.
+                    self.create_refcount_block(bi, start)?;
                     continue 'search;
                 }
             }
@@ -220,9 +234,18 @@ impl<S: Storage> Qcow2<S> {
     fn create_refcount_block(&mut self, bi: u64, at: u64) -> Result<()> {
         let cs = self.geo.cluster_size;
         let mut block = vec![0u8; cs as usize];
-        let own = (at & ((1 << self.geo.rb_bits) - 1)) as usize;
-        set_entry(&mut block, self.geo.refcount_order, own, 1);
         let host = at << self.geo.cluster_bits;
+        let at_block = at >> self.geo.rb_bits;
+        if at_block == bi {
+            // The block describes its own cluster.
+            let own = (at & ((1 << self.geo.rb_bits) - 1)) as usize;
+            set_entry(&mut block, self.geo.refcount_order, own, 1);
+        } else {
+            // Its cluster is described by an existing block: count it there first, durably,
+            // before anything points at the new block.
+            self.set_refcount(at, 1)?;
+            self.flush_refcount_blocks()?;
+        }
         self.storage
             .write_at(&block, host)
             .map_err(ioerr("writing a new refcount block"))?;

@@ -42,8 +42,13 @@ impl FileStorage {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)?;
+        // Truncate only a file that has contents: truncating an empty file to zero makes
+        // ext4 flush the whole file when it is closed (its replace-by-truncate heuristic).
+        if file.metadata()?.len() > 0 {
+            file.set_len(0)?;
+        }
         Ok(FileStorage {
             file,
             unsafe_cache: false,

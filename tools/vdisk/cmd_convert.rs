@@ -40,6 +40,12 @@ pub struct Args {
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
+    /// Write only what differs from this backing file, which the output records.
+    #[arg(short = 'B')]
+    backing: Option<String>,
+    /// Format of the -B backing file.
+    #[arg(short = 'F')]
+    backing_format: Option<String>,
     /// Source image.
     src: PathBuf,
     /// Output image.
@@ -68,19 +74,36 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )?;
     let size = src.device.virtual_size();
-    image::create(&a.dst, dst_format, Some(size), &opts)?.close()?;
-    let mut dst = image::open(
-        &a.dst,
-        &ImageOptions {
-            format: Some(dst_format),
-            read_only: false,
-            unsafe_cache,
-        },
-    )?;
     let mut bar = Progress::new(a.progress, size);
     if a.workers == Some(0) {
         return Err(Error::invalid("-m needs at least one worker"));
     }
+    if let Some(b) = &a.backing {
+        // qemu-img convert -B: the output is an overlay holding only the differences.
+        let f = a
+            .backing_format
+            .as_deref()
+            .ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
+        opts.push(("backing_file".into(), b.clone()));
+        opts.push(("backing_fmt".into(), f.to_string()));
+        image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
+        let mut dst = image::open(
+            &a.dst,
+            &ImageOptions {
+                format: Some(dst_format),
+                unsafe_cache,
+                ..Default::default()
+            },
+        )?;
+        vdisk::ops::chain_ops::copy_differences(
+            src.device.as_mut(),
+            dst.device.as_mut(),
+            &mut |d, t| bar.update(d, t),
+        )?;
+        bar.finish();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut dst = image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?;
     let copts = ConvertOptions {
         zero_granularity: 0,
         unallocated_is_zero: true,
@@ -88,12 +111,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         workers: a.workers.unwrap_or(0),
         out_of_order: a.out_of_order,
     };
-    convert(
-        src.device.as_mut(),
-        dst.device.as_mut(),
-        copts,
-        &mut |d, t| bar.update(d, t),
-    )?;
+    convert(src.device.as_mut(), dst.as_mut(), copts, &mut |d, t| {
+        bar.update(d, t)
+    })?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }

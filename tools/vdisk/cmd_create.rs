@@ -45,7 +45,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(f) = &a.backing_format {
         opts.push(("backing_fmt".into(), f.clone()));
     }
-    let _ = a.unsafe_backing;
     let mut size = match &a.size {
         Some(s) => Some(parse_size(s)?),
         None => None,
@@ -53,11 +52,54 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some((_, v)) = opts.iter().find(|(k, _)| k == "size") {
         size = Some(parse_size(v)?);
     }
+    let backing = opts
+        .iter()
+        .find(|(k, _)| k == "backing_file")
+        .map(|(_, v)| v.clone());
+    let backing_fmt = opts
+        .iter()
+        .find(|(k, _)| k == "backing_fmt")
+        .map(|(_, v)| v.clone());
+    if let Some(b) = &backing {
+        vdisk::chain::check_backing_name(b)?;
+        let path = vdisk::chain::resolve(&a.file, b)?;
+        if backing_fmt.is_none() {
+            let detected = image::probe(
+                &vdisk::storage::FileStorage::open(&path, Default::default()).map_err(|e| {
+                    vdisk::Error::io(
+                        format!("could not open backing file '{}'", path.display()),
+                        e,
+                    )
+                })?,
+            )?;
+            return Err(vdisk::Error::invalid(format!(
+                "{}: Backing file specified without backing format (detected format of {}: {}); use -F",
+                a.file.display(),
+                b,
+                detected
+            )));
+        }
+        if !a.unsafe_backing {
+            let fmt: Format = backing_fmt.as_deref().unwrap_or("raw").parse()?;
+            let chain = image::open(
+                &path,
+                &image::ImageOptions {
+                    format: Some(fmt),
+                    read_only: true,
+                    ..Default::default()
+                },
+            )?;
+            if size.is_none() {
+                size = Some(chain.device.virtual_size());
+            }
+        }
+    }
     if size.is_none() {
         return Err(vdisk::Error::invalid(
             "Image creation needs a size parameter",
         ));
     }
+    image::check_create_options(format, &opts)?;
     if !a.quiet {
         let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format);
         for (k, v) in &opts {
@@ -66,6 +108,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         line += &format!(" size={}", size.unwrap_or(0));
         println!("{line}");
     }
+
     let mut dev = image::create(&a.file, format, size, &opts)?;
     dev.close()?;
     Ok(ExitCode::SUCCESS)

@@ -1,10 +1,9 @@
-//! `vdisk info [-f FMT] [--output human|json] FILE`
+//! `vdisk info [-f FMT] [--output human|json] [--backing-chain] FILE`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
-use vdisk::ops::info::{self, ImageInfo};
-use vdisk::storage::{FileStorage, OpenOptions, Storage};
+use vdisk::ops::info::{image_info, to_qemu_json};
 use vdisk::{Error, Result};
 
 /// Arguments of `info`.
@@ -16,6 +15,9 @@ pub struct Args {
     /// Output format: human or json.
     #[arg(long = "output", default_value = "human")]
     output: String,
+    /// Show every image of the backing chain.
+    #[arg(long = "backing-chain")]
+    backing_chain: bool,
     /// Open without taking locks (accepted for qemu-img compatibility).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
@@ -34,69 +36,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
             )))
         }
     };
-    let name = a.file.display().to_string();
-    let storage = FileStorage::open(&a.file, OpenOptions::default())
-        .map_err(|e| Error::io(format!("could not open '{name}'"), e))?;
-    let format: Format = match &a.format {
-        Some(f) => f.parse()?,
-        None => image::probe(&storage)?,
-    };
-    let info = match format {
-        Format::Qcow2 => {
-            let q = vdisk::qcow2::Qcow2::open(
-                storage,
-                vdisk::qcow2::OpenOptions {
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| image::with_path(&a.file, e))?;
-            info::qcow2_info(&q, &name)?
+    let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    if !a.backing_chain {
+        let info = image_info(&a.file, format)?;
+        if json {
+            println!("{}", info.to_json());
+        } else {
+            print!("{}", info.to_human());
         }
-        Format::Vmdk => {
-            let io = |e| Error::io("reading the file size", e);
-            let file = ImageInfo::file_node(
-                &name,
-                storage.len().map_err(io)?,
-                storage.allocated_bytes().map_err(io)?,
-            );
-            let opts = vdisk::vmdk::VmdkOpenOptions {
-                read_only: true,
-                allow_outside_extents: false,
-            };
-            let v = vdisk::vmdk::open(&a.file, &opts).map_err(|e| image::with_path(&a.file, e))?;
-            let mut info =
-                ImageInfo::new(&name, format, vdisk::BlockDevice::virtual_size(&v), file);
-            info.cluster_size = vdisk::BlockDevice::cluster_size(&v);
-            let data = serde_json::to_value(v.info()).map_err(|e| Error::invalid(e.to_string()))?;
-            info.format_specific = Some(info::FormatSpecific {
-                kind: "vmdk".into(),
-                data,
-            });
-            info
-        }
-        Format::Raw => {
-            let io = |e| Error::io("reading the file size", e);
-            let file = ImageInfo::file_node(
-                &name,
-                storage.len().map_err(io)?,
-                storage.allocated_bytes().map_err(io)?,
-            );
-            let img = image::open(
-                &a.file,
-                &ImageOptions {
-                    format: Some(format),
-                    read_only: true,
-                    ..Default::default()
-                },
-            )?;
-            ImageInfo::new(&name, format, img.device.virtual_size(), file)
-        }
-    };
+        return Ok(ExitCode::SUCCESS);
+    }
+    let img = image::open(
+        &a.file,
+        &ImageOptions {
+            format,
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    let mut infos = Vec::new();
+    for layer in &img.layers {
+        infos.push(image_info(&layer.path, Some(layer.format))?);
+    }
     if json {
-        println!("{}", info.to_json());
+        println!("{}", to_qemu_json(&infos));
     } else {
-        print!("{}", info.to_human());
+        let texts: Vec<String> = infos.iter().map(|i| i.to_human()).collect();
+        print!("{}", texts.join("\n"));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,9 +4,18 @@
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
 //! code 1 (as qemu-img does).
 
+mod cmd_amend;
+mod cmd_check;
+mod cmd_commit;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dump;
 mod cmd_info;
+mod cmd_map;
+mod cmd_measure;
+mod cmd_rebase;
+mod cmd_resize;
 mod cmd_snapshot;
 mod progress;
 
@@ -29,8 +38,26 @@ enum Command {
     Info(cmd_info::Args),
     /// Convert an image to another format (or copy it), keeping it sparse.
     Convert(cmd_convert::Args),
+    /// Fold an overlay into its backing image.
+    Commit(cmd_commit::Args),
+    /// Change the backing file of an overlay (keeping its contents unless -u).
+    Rebase(cmd_rebase::Args),
+    /// Show where each guest range is stored, through the backing chain.
+    Map(cmd_map::Args),
     /// List, create, apply or delete internal snapshots; prune by a retention policy.
     Snapshot(cmd_snapshot::Args),
+    /// Check an image for consistency, optionally repairing it.
+    Check(cmd_check::Args),
+    /// Show every on-disk structure of an image with its offset and decoded values.
+    Dump(cmd_dump::Args),
+    /// Compare the guest contents of two images.
+    Compare(cmd_compare::Args),
+    /// Compute the host size an image would need.
+    Measure(cmd_measure::Args),
+    /// Change the virtual size of an image (grow, or shrink with --shrink).
+    Resize(cmd_resize::Args),
+    /// Change format options of a qcow2 image in place (compat, refcount_bits, ...).
+    Amend(cmd_amend::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +74,15 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info::run(a),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Snapshot(a) => cmd_snapshot::run(a),
+        Command::Commit(a) => cmd_commit::run(a),
+        Command::Rebase(a) => cmd_rebase::run(a),
+        Command::Map(a) => cmd_map::run(a),
+        Command::Check(a) => cmd_check::run(a),
+        Command::Dump(a) => cmd_dump::run(a),
+        Command::Compare(a) => cmd_compare::run(a),
+        Command::Measure(a) => cmd_measure::run(a),
+        Command::Resize(a) => cmd_resize::run(a),
+        Command::Amend(a) => cmd_amend::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,38 +1,50 @@
-//! The `-p` progress bar (indicatif), shared by long-running subcommands.
+//! The `-p` progress display, in qemu-img's format: `    (NN.NN/100%)` rewritten in place
+//! on stdout with carriage returns, so scripts that parse qemu-img's progress keep working.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 
-/// A progress reporter that draws a bar on stderr when enabled, and does nothing otherwise.
+/// A progress reporter that prints when enabled and does nothing otherwise.
 pub struct Progress {
-    bar: Option<ProgressBar>,
+    enabled: bool,
+    total: u64,
+    last: f64,
 }
 
 impl Progress {
-    /// A bar for `total` bytes, shown only if `enabled`.
+    /// A reporter for `total` bytes, printing only if `enabled`.
     pub fn new(enabled: bool, total: u64) -> Self {
-        let bar = enabled.then(|| {
-            let b = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "    ({percent:>3}.00/100%) [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
-            ) {
-                b.set_style(style.progress_chars("=> "));
-            }
-            b
-        });
-        Progress { bar }
+        let p = Progress {
+            enabled,
+            total,
+            last: 0.0,
+        };
+        p.print(0.0, false);
+        p
     }
 
-    /// Report `done` of `total` bytes.
+    fn print(&self, pct: f64, last: bool) {
+        if !self.enabled {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "    ({pct:.2}/100%)\r{}", if last { "\n" } else { "" });
+        let _ = out.flush();
+    }
+
+    /// Report `done` bytes; prints when progress moved by at least one percent.
     pub fn update(&mut self, done: u64, _total: u64) {
-        if let Some(b) = &self.bar {
-            b.set_position(done);
+        if self.total == 0 {
+            return;
+        }
+        let pct = (done as f64 * 100.0 / self.total as f64).min(100.0);
+        if pct - self.last >= 1.0 {
+            self.last = pct;
+            self.print(pct, false);
         }
     }
 
-    /// Finish the bar.
+    /// Print the final 100% line.
     pub fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish();
-        }
+        self.print(100.0, true);
     }
 }

@@ -1,0 +1,140 @@
+//! Operations on backing chains: `commit` (fold overlays into a backing image) and
+//! `rebase` (point an overlay at a new backing image, keeping its contents).
+
+use crate::device::{BlockDevice, ExtentKind};
+use crate::error::Result;
+use crate::ops::convert::Progress;
+
+const CHUNK: u64 = 1 << 20;
+
+/// Copy into `base` every range of `top` (a chain opened read-only) that comes from a layer
+/// above `base_depth`: data is written, zeroed ranges are zeroed. Then flush `base`.
+pub fn commit(
+    top: &mut dyn BlockDevice,
+    base: &mut dyn BlockDevice,
+    base_depth: u32,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let size = top.virtual_size();
+    if size > base.virtual_size() {
+        // As qemu-img does, grow the base to the size of the image being committed.
+        base.resize(size)?;
+    }
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = 0;
+    while pos < size {
+        let e = top.block_status(pos, size - pos)?;
+        let end = pos + e.length;
+        // depth 0 with nothing present: past the end of the overlay's backing, reads zeros.
+        let above = e.depth < base_depth;
+        if above {
+            match e.kind {
+                ExtentKind::Data => {
+                    let mut p = pos;
+                    while p < end {
+                        let n = CHUNK.min(end - p);
+                        let b = &mut buf[..n as usize];
+                        top.read_at(b, p)?;
+                        base.write_at(b, p)?;
+                        p += n;
+                    }
+                }
+                ExtentKind::Zero | ExtentKind::Unallocated => base.write_zeroes(pos, e.length)?,
+            }
+        }
+        pos = end;
+        progress(pos, size);
+    }
+    base.flush()
+}
+
+/// Safe rebase: for every range of `image` (the overlay opened writable with its current
+/// backing chain) not allocated in the overlay itself, compare what it reads now with what
+/// `new_backing` (or zeros, for `None`) would return, and write the current contents into
+/// the overlay where they differ, one cluster at a time. Afterwards the caller points the
+/// header at the new backing; the guest contents are unchanged.
+pub fn rebase_copy(
+    image: &mut dyn BlockDevice,
+    mut new_backing: Option<&mut dyn BlockDevice>,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let size = image.virtual_size();
+    let gran = image.cluster_size().unwrap_or(65536).max(512);
+    let chunk = CHUNK.max(gran) / gran * gran;
+    let mut old_buf = vec![0u8; chunk as usize];
+    let mut new_buf = vec![0u8; chunk as usize];
+    let mut pos = 0;
+    while pos < size {
+        let e = image.block_status(pos, size - pos)?;
+        let end = pos + e.length;
+        if e.depth > 0 || e.kind == ExtentKind::Unallocated {
+            let mut p = pos;
+            while p < end {
+                let n = chunk.min(end - p);
+                let ob = &mut old_buf[..n as usize];
+                image.read_at(ob, p)?;
+                let nb = &mut new_buf[..n as usize];
+                match new_backing.as_deref_mut() {
+                    Some(nbdev) => {
+                        let avail = nbdev.virtual_size().saturating_sub(p).min(n) as usize;
+                        if avail > 0 {
+                            nbdev.read_at(&mut nb[..avail], p)?;
+                        }
+                        nb[avail..].fill(0);
+                    }
+                    None => nb.fill(0),
+                }
+                let mut q = 0usize;
+                while q < n as usize {
+                    // Granules follow guest cluster boundaries so each write covers whole
+                    // clusters (or the rest of the extent).
+                    let r = ((((p + q as u64) / gran + 1) * gran - p) as usize).min(n as usize);
+                    if ob[q..r] != nb[q..r] {
+                        image.write_at(&ob[q..r], p + q as u64)?;
+                    }
+                    q = r;
+                }
+                p += n;
+            }
+        }
+        pos = end;
+        progress(pos, size);
+    }
+    image.flush()
+}
+
+/// Make `dst` (an overlay opened with its backing chain, reading what the backing holds)
+/// read like `src`, writing only the clusters where the two differ: qemu-img convert -B.
+pub fn copy_differences(
+    src: &mut dyn BlockDevice,
+    dst: &mut dyn BlockDevice,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let size = src.virtual_size().min(dst.virtual_size());
+    let gran = dst.cluster_size().unwrap_or(65536).max(512);
+    let chunk = CHUNK.max(gran) / gran * gran;
+    let mut a = vec![0u8; chunk as usize];
+    let mut b = vec![0u8; chunk as usize];
+    let mut pos = 0;
+    while pos < size {
+        let n = chunk.min(size - pos);
+        let (sa, sb) = (&mut a[..n as usize], &mut b[..n as usize]);
+        src.read_at(sa, pos)?;
+        dst.read_at(sb, pos)?;
+        let mut q = 0usize;
+        while q < n as usize {
+            let r = (q + gran as usize).min(n as usize);
+            if sa[q..r] != sb[q..r] {
+                if crate::ops::convert::is_zero(&sa[q..r]) {
+                    dst.write_zeroes(pos + q as u64, (r - q) as u64)?;
+                } else {
+                    dst.write_at(&sa[q..r], pos + q as u64)?;
+                }
+            }
+            q = r;
+        }
+        pos += n;
+        progress(pos, size);
+    }
+    dst.close()
+}

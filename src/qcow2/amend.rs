@@ -1,0 +1,520 @@
+//! Changing the options of an existing image (qemu-img amend), and preallocating the part
+//! a resize adds.
+//!
+//! [`Qcow2::amend`] applies the changes in QEMU's order: upgrade to v3 first, then the
+//! refcount width, backing file, lazy refcounts and size, and a downgrade to v2 last. Each
+//! step leaves a consistent image after a power cut at any write:
+//!
+//! - compat upgrade: snapshot entries that lack the v3 extra data get it through a metadata
+//!   transaction; then one header write switches the version.
+//! - compat downgrade: every zero cluster (in the active and every snapshot L1 table) is
+//!   made unallocated (no backing file: reads stay zeros) or turned into an allocated
+//!   cluster of zero bytes that is written and synced, with its refcount, before the L2
+//!   entry changes. The image stays a valid v3 image until one header write makes it v2.
+//! - refcount width: the new refcount table and blocks are laid out after the end of the
+//!   file, where nothing the old header reaches lives, written and synced; then one write
+//!   inside the first header sector switches refcount_table_offset, refcount_table_clusters
+//!   and refcount_order together. The old structures become free clusters.
+//! - lazy refcounts, backing file: header rewrites.
+//! - size: [`Qcow2::resize_to`] (a metadata transaction).
+
+use super::entry::{self, L2Entry, COPIED};
+use super::header::{self, compat, ext, incompat};
+use super::refcount::{get_entry, set_entry};
+use super::snapshot::{self, Snapshot};
+use super::{ioerr, Geometry, Qcow2};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::Preallocation;
+use byteorder::{BigEndian, ByteOrder};
+use std::collections::BTreeSet;
+
+/// The options `qemu-img amend -o` accepts for qcow2; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmendOptions {
+    /// 2 (compat 0.10) or 3 (compat 1.1).
+    pub version: Option<u32>,
+    /// The lazy-refcounts compatible feature.
+    pub lazy_refcounts: Option<bool>,
+    /// Refcount width in bits.
+    pub refcount_bits: Option<u32>,
+    /// New backing file name (`vdisk` extension: qemu-img only accepts the current one).
+    pub backing_file: Option<String>,
+    /// New backing format (same).
+    pub backing_format: Option<String>,
+    /// New virtual size in bytes.
+    pub size: Option<u64>,
+}
+
+impl AmendOptions {
+    /// Apply one `-o key=value` option, with qemu-img's messages for the ones it refuses.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "compat" => {
+                self.version = Some(match value {
+                    "0.10" | "v2" => 2,
+                    "1.1" | "v3" => 3,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "Unknown compatibility level {value}"
+                        )))
+                    }
+                })
+            }
+            "lazy_refcounts" => {
+                self.lazy_refcounts = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(Error::invalid(
+                            "Parameter 'lazy_refcounts' expects 'on' or 'off'",
+                        ))
+                    }
+                })
+            }
+            "refcount_bits" => {
+                let bits: u32 = value.parse().map_err(|_| {
+                    Error::invalid(format!(
+                        "Parameter 'refcount_bits' expects a number, not '{value}'"
+                    ))
+                })?;
+                if !bits.is_power_of_two() || bits > 64 {
+                    return Err(Error::invalid(
+                        "Refcount width must be a power of two and may not exceed 64 bits",
+                    ));
+                }
+                self.refcount_bits = Some(bits);
+            }
+            "backing_file" => self.backing_file = Some(value.to_string()),
+            "backing_fmt" => self.backing_format = Some(value.to_string()),
+            "size" => self.size = Some(crate::size::parse_size(value)?),
+            "cluster_size" | "preallocation" | "encryption" | "compression_type"
+            | "extended_l2" => {
+                return Err(Error::invalid(format!(
+                    "Invalid parameter '{key}'\nThis option is only supported for image creation"
+                )))
+            }
+            "data_file" | "data_file_raw" => {
+                return Err(Error::unsupported(format!("amending '{key}'")))
+            }
+            _ if key.starts_with("encrypt.") => {
+                return Err(Error::unsupported(format!("amending '{key}'")))
+            }
+            _ => return Err(Error::invalid(format!("Invalid parameter '{key}'"))),
+        }
+        Ok(())
+    }
+}
+
+impl<S: Storage> Qcow2<S> {
+    /// Apply `o` (see the module documentation for the order and crash safety).
+    pub fn amend(&mut self, o: &AmendOptions) -> Result<()> {
+        self.check_writable()?;
+        let old_version = self.header.version;
+        let new_version = o.version.unwrap_or(old_version);
+        let new_bits = o.refcount_bits.unwrap_or(1 << self.header.refcount_order);
+        if new_version < 3 && new_bits != 16 {
+            return Err(Error::invalid(if o.refcount_bits.is_some() {
+                "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"
+            } else {
+                "compat=0.10 requires refcount_bits=16"
+            }));
+        }
+        if new_version < 3 && o.lazy_refcounts == Some(true) {
+            return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+        }
+        if new_version < old_version {
+            let blocking = self.header.incompatible_features & !incompat::DIRTY;
+            if blocking != 0 {
+                return Err(Error::unsupported(format!(
+                    "Cannot downgrade an image with incompatible features {blocking:#x} set"
+                )));
+            }
+        }
+        if o.backing_format.is_some()
+            && o.backing_file.is_none()
+            && self.header.backing_file.is_none()
+        {
+            return Err(Error::invalid(
+                "backing_fmt needs a backing file (give backing_file too)",
+            ));
+        }
+        if let Some(size) = o.size {
+            if !self.snapshots.is_empty() && new_version.max(old_version) < 3 {
+                return Err(Error::unsupported(
+                    "Can't resize a v2 image which has snapshots",
+                ));
+            }
+            if size % 512 != 0 {
+                return Err(Error::invalid("The new size must be a multiple of 512"));
+            }
+        }
+
+        if new_version > old_version {
+            self.upgrade_to_v3()?;
+        }
+        if new_bits != 1 << self.header.refcount_order {
+            self.change_refcount_width(new_bits)?;
+        }
+        if o.backing_file.is_some() || o.backing_format.is_some() {
+            let name = o
+                .backing_file
+                .clone()
+                .or_else(|| self.header.backing_file.clone());
+            let fmt = o
+                .backing_format
+                .clone()
+                .or_else(|| self.header.backing_format());
+            if name != self.header.backing_file || fmt != self.header.backing_format() {
+                self.set_backing_file(name.as_deref(), fmt.as_deref())?;
+            }
+        }
+        if let Some(lazy) = o.lazy_refcounts {
+            if new_version >= 3 {
+                let want = if lazy {
+                    self.header.compatible_features | compat::LAZY_REFCOUNTS
+                } else {
+                    self.header.compatible_features & !compat::LAZY_REFCOUNTS
+                };
+                if want != self.header.compatible_features {
+                    self.flush_metadata()?;
+                    self.header.compatible_features = want;
+                    self.write_header()?;
+                }
+            }
+        }
+        if let Some(size) = o.size {
+            self.resize_to(size)?;
+        }
+        if new_version < old_version {
+            self.downgrade_to_v2()?;
+        }
+        self.flush_metadata()
+    }
+
+    /// compat 0.10 → 1.1.
+    fn upgrade_to_v3(&mut self) -> Result<()> {
+        self.flush_metadata()?;
+        // v3 snapshot entries carry at least the large VM state size and the disk size.
+        if self.snapshots.iter().any(|s| s.extra.len() < 16) {
+            let size = self.header.size;
+            let mut snaps = self.snapshots.clone();
+            for s in &mut snaps {
+                if s.extra.len() < 16 {
+                    let mut e = Snapshot::new_extra(size);
+                    BigEndian::write_u64(&mut e[0..], u64::from(s.vm_state_size32));
+                    BigEndian::write_u64(&mut e[16..], u64::MAX);
+                    s.extra = e;
+                }
+            }
+            let mut txn = self.txn_begin()?;
+            let old_len: u64 = self.snapshots.iter().map(|s| s.encoded_len() as u64).sum();
+            self.txn_free_range(&mut txn, self.header.snapshots_offset, old_len)?;
+            let bytes = snapshot::encode_table(&snaps);
+            let off = self.txn_write_bytes(&mut txn, &bytes)?;
+            self.txn_commit(txn, |h| h.snapshots_offset = off)?;
+            self.snapshots = snaps;
+        }
+        self.header.version = 3;
+        self.header.refcount_order = 4;
+        self.header.compression_type = header::CompressionType::Zlib;
+        if self.header.extension(ext::FEATURE_TABLE).is_none() {
+            self.header.extensions.push(header::Extension {
+                kind: ext::FEATURE_TABLE,
+                data: header::default_feature_table(),
+            });
+        }
+        self.write_header()
+    }
+
+    /// compat 1.1 → 0.10: expand zero clusters, then switch the header.
+    fn downgrade_to_v2(&mut self) -> Result<()> {
+        self.flush_metadata()?;
+        let mut tables: Vec<u64> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut l1s = vec![self.l1.clone()];
+        for s in self.snapshots.clone() {
+            l1s.push(self.read_snapshot_l1(&s)?);
+        }
+        for l1 in l1s {
+            for raw in l1 {
+                let t = entry::l1_l2_offset(raw);
+                if t != 0 && seen.insert(t) {
+                    tables.push(t);
+                }
+            }
+        }
+        for t in tables {
+            self.expand_zero_clusters_in(t)?;
+        }
+        self.flush_metadata()?;
+        self.header.version = 2;
+        self.header.compatible_features = 0;
+        self.header.autoclear_features = 0;
+        self.header.incompatible_features = 0;
+        self.header.header_length = super::limits::V2_HEADER_LEN;
+        self.header.unknown_header_tail.clear();
+        self.header.set_extension(ext::FEATURE_TABLE, None);
+        self.write_header()
+    }
+
+    fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
+        let mut l1 = vec![0u64; s.l1_size as usize];
+        super::read_u64_table(
+            &self.storage,
+            s.l1_table_offset,
+            &mut l1,
+            "snapshot L1 table",
+        )?;
+        Ok(l1)
+    }
+
+    /// Replace the zero entries of the L2 table at `t` (see the module documentation).
+    fn expand_zero_clusters_in(&mut self, t: u64) -> Result<()> {
+        let cb = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let entries = self.read_l2_entries(t)?;
+        if !entries
+            .iter()
+            .any(|&e| matches!(L2Entry::decode(e, cb), L2Entry::Zero { .. }))
+        {
+            return Ok(());
+        }
+        let table_refs = self.refcount(t >> cb)?;
+        let has_backing = self.header.backing_file.is_some();
+        let zeros = vec![0u8; cs as usize];
+        let mut new_entries = entries.clone();
+        // Preallocated clusters that other tables also reference (a snapshot may still read
+        // data there): this table's references move to a fresh zeroed cluster instead.
+        let mut unshared = Vec::new();
+        for (i, &raw) in entries.iter().enumerate() {
+            let L2Entry::Zero { host, copied } = L2Entry::decode(raw, cb) else {
+                continue;
+            };
+            new_entries[i] = match host {
+                Some(h) if self.refcount(h >> cb)? == table_refs => {
+                    self.storage
+                        .write_at(&zeros, h)
+                        .map_err(ioerr("writing zeros for a zero cluster"))?;
+                    h | if copied { COPIED } else { 0 }
+                }
+                None if !has_backing => 0,
+                old => {
+                    let h = self.alloc_clusters(1)?;
+                    for _ in 1..table_refs {
+                        self.increase_refcount(h)?;
+                    }
+                    self.storage
+                        .write_at(&zeros, h)
+                        .map_err(ioerr("writing zeros for a zero cluster"))?;
+                    if let Some(o) = old {
+                        unshared.push(o);
+                    }
+                    h | if table_refs == 1 { COPIED } else { 0 }
+                }
+            };
+        }
+        // Zero data and refcounts reach the disk before the L2 table that uses them.
+        self.flush_metadata()?;
+        let mut buf = vec![0u8; cs as usize];
+        BigEndian::write_u64_into(&new_entries, &mut buf);
+        self.storage
+            .write_at(&buf, t)
+            .map_err(ioerr("writing an L2 table"))?;
+        self.sync()?;
+        self.l2_cache.remove(t);
+        // The old references are dropped only once nothing on disk uses them.
+        for o in unshared {
+            for _ in 0..table_refs {
+                self.decrease_refcount(o)?;
+            }
+        }
+        self.flush_metadata()
+    }
+
+    /// Rebuild every refcount structure with entries of `bits` bits (see the module
+    /// documentation).
+    fn change_refcount_width(&mut self, bits: u32) -> Result<()> {
+        self.flush_metadata()?;
+        let cs = self.geo.cluster_size;
+        let cb = self.geo.cluster_bits;
+        let old = self.geo;
+        let new = Geometry::new(cb, bits.trailing_zeros());
+        // Every refcount as it is now.
+        let mut counts: Vec<u64> = Vec::new();
+        let table = self.refcount_table.clone();
+        let mut block = vec![0u8; cs as usize];
+        for (bi, &off) in table.iter().enumerate() {
+            if off == 0 {
+                continue;
+            }
+            self.storage
+                .read_at(&mut block, off)
+                .map_err(ioerr("reading a refcount block"))?;
+            let per = 1usize << old.rb_bits;
+            for i in 0..per {
+                let v = get_entry(&block, old.refcount_order, i);
+                if v != 0 {
+                    let c = (bi << old.rb_bits) + i;
+                    if counts.len() <= c {
+                        counts.resize(c + 1, 0);
+                    }
+                    counts[c] = v;
+                }
+            }
+        }
+        // The old structures are free once the header points at the new ones.
+        let mut clear = |off: u64, n: u64| {
+            for k in 0..n {
+                if let Some(v) = counts.get_mut(((off >> cb) + k) as usize) {
+                    *v = 0;
+                }
+            }
+        };
+        clear(
+            self.header.refcount_table_offset,
+            u64::from(self.header.refcount_table_clusters),
+        );
+        for &off in table.iter().filter(|&&o| o != 0) {
+            clear(off, 1);
+        }
+        if let Some((c, &v)) = counts
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v > new.max_refcount())
+        {
+            return Err(Error::invalid(format!(
+                "Cannot decrease refcount entry width to {bits} bits: Cluster at offset {:#x} has a refcount of {v}",
+                (c as u64) << cb
+            )));
+        }
+        // Lay the new structures out after everything the old header reaches.
+        let file_clusters = self
+            .storage
+            .len()
+            .map_err(ioerr("reading the file length"))?
+            .div_ceil(cs);
+        let start = file_clusters.max(counts.len() as u64).max(1);
+        let per_block = 1u64 << new.rb_bits;
+        let (mut blocks, mut table_clusters) = (1u64, 1u64);
+        loop {
+            let total = start + blocks + table_clusters;
+            let b = total.div_ceil(per_block);
+            let t = (b * 8).div_ceil(cs);
+            if b <= blocks && t <= table_clusters {
+                break;
+            }
+            (blocks, table_clusters) = (b.max(blocks), t.max(table_clusters));
+        }
+        if table_clusters * cs > super::limits::MAX_REFTABLE_BYTES {
+            return Err(Error::invalid(
+                "qcow2 image would need a refcount table larger than 8 MiB",
+            ));
+        }
+        let table_off = start * cs;
+        let blocks_off = table_off + table_clusters * cs;
+        let end = start + table_clusters + blocks;
+        counts.resize(end as usize, 0);
+        for c in start..end {
+            counts[c as usize] = 1;
+        }
+        let mut new_table = vec![0u64; (table_clusters * cs / 8) as usize];
+        let mut blocks_buf = vec![0u8; (blocks * cs) as usize];
+        for (c, &v) in counts.iter().enumerate() {
+            if v != 0 {
+                let (b, i) = (c as u64 / per_block, c as u64 % per_block);
+                set_entry(
+                    &mut blocks_buf[(b * cs) as usize..((b + 1) * cs) as usize],
+                    new.refcount_order,
+                    i as usize,
+                    v,
+                );
+            }
+        }
+        for (b, slot) in new_table.iter_mut().enumerate().take(blocks as usize) {
+            *slot = blocks_off + b as u64 * cs;
+        }
+        let mut tbuf = vec![0u8; (table_clusters * cs) as usize];
+        BigEndian::write_u64_into(&new_table, &mut tbuf);
+        self.storage
+            .write_at(&tbuf, table_off)
+            .map_err(ioerr("writing the new refcount table"))?;
+        self.storage
+            .write_at(&blocks_buf, blocks_off)
+            .map_err(ioerr("writing the new refcount blocks"))?;
+        self.sync()?;
+
+        // One write inside the first sector switches all three fields.
+        let mut h = self.header.clone();
+        h.refcount_table_offset = table_off;
+        h.refcount_table_clusters = table_clusters as u32;
+        h.refcount_order = new.refcount_order;
+        let bytes = h.write()?;
+        let (from, to) = (header::REFCOUNT_TABLE_FIELD_OFFSET as usize, 100);
+        self.storage
+            .write_at(&bytes[from..to], from as u64)
+            .map_err(ioerr("switching the refcount structures"))?;
+        self.sync()?;
+
+        self.header = h;
+        self.geo = new;
+        self.refcount_table = new_table;
+        self.rc_cache.clear();
+        self.free_hint = 0;
+        self.file_len = self.file_len.max(end * cs);
+        Ok(())
+    }
+
+    /// Allocate the guest clusters of `[from, to)` that are not allocated yet, as
+    /// preallocation `mode` does for a new image (`resize --preallocation`).
+    pub fn preallocate_range(&mut self, from: u64, to: u64, mode: Preallocation) -> Result<()> {
+        if mode == Preallocation::Off || from >= to {
+            return Ok(());
+        }
+        let cs = self.geo.cluster_size;
+        let per_table = self.geo.l2_entries();
+        let mut gc = from / cs;
+        let end = to.div_ceil(cs);
+        while gc < end {
+            if self.l2_raw(gc)? != 0 {
+                gc += 1;
+                continue;
+            }
+            let table_end = ((gc / per_table) + 1) * per_table;
+            let mut n = 1;
+            while gc + n < end.min(table_end)
+                && n < self.max_alloc_run()
+                && self.l2_raw(gc + n)? == 0
+            {
+                n += 1;
+            }
+            let l2_off = self.l2_for_write(gc / per_table)?;
+            let host = self.alloc_clusters(n)?;
+            let io = |e| Error::io("qcow2: preallocating", e);
+            // Clusters reused inside the file may hold old bytes: they must read as zeros.
+            let file_len = self.storage.len().map_err(io)?;
+            if host < file_len && mode != Preallocation::Full {
+                let stale = (file_len - host).min(n * cs);
+                crate::storage::write_zero_bytes(&self.storage, host, stale).map_err(io)?;
+            }
+            match mode {
+                Preallocation::Off => {}
+                Preallocation::Metadata => {
+                    let e = host + n * cs;
+                    if e > self.storage.len().map_err(io)? {
+                        self.storage.set_len(e).map_err(io)?;
+                    }
+                }
+                Preallocation::Falloc => self.storage.allocate(host, n * cs).map_err(io)?,
+                Preallocation::Full => {
+                    crate::storage::write_zero_bytes(&self.storage, host, n * cs).map_err(io)?
+                }
+            }
+            for k in 0..n {
+                self.set_l2_raw(l2_off, (gc + k) % per_table, (host + k * cs) | COPIED)?;
+            }
+            gc += n;
+        }
+        self.flush_metadata()
+    }
+}

@@ -1,0 +1,905 @@
+//! Consistency check: rebuild the refcount every host cluster should have from the
+//! metadata, compare it with the stored refcounts, and report (or repair, see `repair`)
+//! the differences.
+//!
+//! The walk follows QEMU's `qemu-img check` so that both tools report the same numbers:
+//! the header cluster; the active L1 table, its L2 tables and their data clusters; each
+//! snapshot's L1 table likewise; the snapshot table; the refcount table; the bitmap
+//! directory and tables; and finally every refcount block. On the way it reports L1/L2
+//! entries with reserved bits, unaligned L2 tables and data clusters, references that end
+//! a cluster or more past the end of the file, COPIED flags on compressed descriptors and
+//! refcount overflows. Comparing then finds leaks (stored count too high) and corruptions
+//! (too low); a cluster in use whose stored count is 0, or a broken refcount block, means
+//! the refcount structure must be rebuilt. Last, the COPIED flags of the active tables are
+//! checked against the stored refcounts.
+//!
+//! The check works on the raw storage, not on an open [`super::Qcow2`], so it also reads
+//! images that `Qcow2::open` refuses (unaligned table entries, the dirty or corrupt bit).
+//!
+//! Besides counting, the walk records which kind of structure claims each host cluster, to
+//! name metadata that overlaps other metadata or guest data (QEMU counts such a cluster
+//! only as a refcount mismatch; vdisk also says what collides), and to feed `dump`'s
+//! host-cluster map.
+
+use super::entry::{self, L2Entry, COMPRESSED, COPIED, ZERO_FLAG};
+use super::header::{autoclear, ext, Header};
+use super::limits::*;
+use super::refcount::get_entry;
+use super::snapshot::{self, Snapshot};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use byteorder::{BigEndian, ByteOrder};
+
+/// Low bits of a refcount table entry that must be zero.
+pub const REFT_RESERVED_MASK: u64 = 0x1ff;
+
+/// Most messages kept in a report (counting goes on past it).
+pub const MAX_MESSAGES: usize = 1000;
+
+/// What `check` may repair (qemu-img's `-r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repair {
+    /// Only report.
+    #[default]
+    None,
+    /// Free leaked clusters (`-r leaks`).
+    Leaks,
+    /// Free leaks, fix refcounts that are too low, rebuild the refcount structure when it is
+    /// broken, fix COPIED flags and drop entries that point at impossible places (`-r all`).
+    All,
+}
+
+impl std::str::FromStr for Repair {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "leaks" => Ok(Repair::Leaks),
+            "all" => Ok(Repair::All),
+            _ => Err(Error::invalid(format!(
+                "unknown option for -r: '{s}' (expected leaks or all)"
+            ))),
+        }
+    }
+}
+
+/// The result of a check, with the fields of qemu-img's `ImageCheck`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Problems that stopped parts of the check (I/O errors, unreadable structures).
+    pub check_errors: u64,
+    /// Inconsistencies that can corrupt data.
+    pub corruptions: u64,
+    /// Clusters whose stored refcount is higher than their use.
+    pub leaks: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// One past the highest cluster in use or counted.
+    pub image_end_offset: u64,
+    /// Guest clusters of the virtual disk.
+    pub total_clusters: u64,
+    /// Guest clusters with data in the active L1 (normal, preallocated zero, compressed).
+    pub allocated_clusters: u64,
+    /// Allocated guest clusters not right after their predecessor on the host.
+    pub fragmented_clusters: u64,
+    /// Compressed guest clusters.
+    pub compressed_clusters: u64,
+    /// One line per finding (at most [`MAX_MESSAGES`]), as QEMU prints them on stderr.
+    pub messages: Vec<String>,
+    /// The check could not complete (qemu-img then exits with 1).
+    pub failed: Option<String>,
+}
+
+impl CheckReport {
+    pub(crate) fn msg(&mut self, m: String) {
+        if self.messages.len() < MAX_MESSAGES {
+            self.messages.push(m);
+        }
+    }
+
+    /// qemu-img's exit code for this result: 1 check failed, 2 corruptions, 3 leaks, 0 clean.
+    pub fn exit_code(&self) -> u8 {
+        if self.failed.is_some() || self.check_errors > 0 {
+            1
+        } else if self.corruptions > 0 {
+            2
+        } else if self.leaks > 0 {
+            3
+        } else {
+            0
+        }
+    }
+
+    /// qemu-img's JSON object (keys in the order qemu-img prints them; zero optional
+    /// fields left out as qemu-img does).
+    pub fn to_json(&self, filename: &str, format: &str) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        let opt = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: u64| {
+            if v != 0 {
+                m.insert(k.into(), v.into());
+            }
+        };
+        opt(&mut m, "image-end-offset", self.image_end_offset);
+        opt(&mut m, "compressed-clusters", self.compressed_clusters);
+        opt(&mut m, "total-clusters", self.total_clusters);
+        opt(&mut m, "corruptions", self.corruptions);
+        opt(&mut m, "corruptions-fixed", self.corruptions_fixed);
+        m.insert("check-errors".into(), self.check_errors.into());
+        opt(&mut m, "leaks", self.leaks);
+        opt(&mut m, "leaks-fixed", self.leaks_fixed);
+        opt(&mut m, "allocated-clusters", self.allocated_clusters);
+        m.insert("filename".into(), filename.into());
+        m.insert("format".into(), format.into());
+        opt(&mut m, "fragmented-clusters", self.fragmented_clusters);
+        serde_json::Value::Object(m)
+    }
+
+    /// qemu-img's human summary (stdout part).
+    pub fn to_human(&self) -> String {
+        let mut s = String::new();
+        if self.corruptions == 0 && self.leaks == 0 && self.check_errors == 0 {
+            s.push_str("No errors were found on the image.\n");
+        } else {
+            if self.corruptions > 0 {
+                s.push_str(&format!(
+                    "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+                    self.corruptions
+                ));
+            }
+            if self.leaks > 0 {
+                s.push_str(&format!(
+                    "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+                    self.leaks
+                ));
+            }
+            if self.check_errors > 0 {
+                s.push_str(&format!(
+                    "\n{} internal errors have occurred during the check.\n",
+                    self.check_errors
+                ));
+            }
+        }
+        if self.total_clusters != 0 && self.allocated_clusters != 0 {
+            let a = self.allocated_clusters as f64;
+            s.push_str(&format!(
+                "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\n",
+                self.allocated_clusters,
+                self.total_clusters,
+                a * 100.0 / self.total_clusters as f64,
+                self.fragmented_clusters as f64 * 100.0 / a,
+                self.compressed_clusters as f64 * 100.0 / a
+            ));
+        }
+        if self.image_end_offset != 0 {
+            s.push_str(&format!("Image end offset: {}\n", self.image_end_offset));
+        }
+        s
+    }
+}
+
+/// What a host cluster holds, as found by the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ClusterUse {
+    /// Nothing uses it and its refcount is 0.
+    Free = 0,
+    /// The header (with extensions and backing name).
+    Header,
+    /// The active L1 table.
+    L1,
+    /// A snapshot's L1 table.
+    SnapshotL1,
+    /// The refcount table.
+    RefcountTable,
+    /// A refcount block.
+    RefcountBlock,
+    /// The snapshot table.
+    SnapshotTable,
+    /// The bitmap directory, a bitmap table or bitmap data.
+    Bitmap,
+    /// An L2 table.
+    L2,
+    /// Guest data.
+    Data,
+    /// Compressed guest data.
+    Compressed,
+    /// Nothing uses it but its stored refcount is not 0.
+    Leaked,
+}
+
+impl ClusterUse {
+    /// Name used in messages and by `dump`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterUse::Free => "free",
+            ClusterUse::Header => "header",
+            ClusterUse::L1 => "L1 table",
+            ClusterUse::SnapshotL1 => "snapshot L1 table",
+            ClusterUse::RefcountTable => "refcount table",
+            ClusterUse::RefcountBlock => "refcount block",
+            ClusterUse::SnapshotTable => "snapshot table",
+            ClusterUse::Bitmap => "bitmap",
+            ClusterUse::L2 => "L2 table",
+            ClusterUse::Data => "data",
+            ClusterUse::Compressed => "compressed data",
+            ClusterUse::Leaked => "leaked",
+        }
+    }
+
+    fn is_metadata(self) -> bool {
+        !matches!(
+            self,
+            ClusterUse::Free | ClusterUse::Data | ClusterUse::Compressed | ClusterUse::Leaked
+        )
+    }
+
+    fn from_u8(v: u8) -> ClusterUse {
+        use ClusterUse::*;
+        [
+            Free,
+            Header,
+            L1,
+            SnapshotL1,
+            RefcountTable,
+            RefcountBlock,
+            SnapshotTable,
+            Bitmap,
+            L2,
+            Data,
+            Compressed,
+            Leaked,
+        ]
+        .get(v as usize)
+        .copied()
+        .unwrap_or(Free)
+    }
+}
+
+/// An L1 or L2 entry that `-r all` removes because what it points at cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadEntry {
+    /// Host offset of the entry itself.
+    pub at: u64,
+    /// The value to write instead.
+    pub replacement: u64,
+}
+
+/// Everything the walk learned about the image.
+pub(crate) struct Scan {
+    pub header: Header,
+    pub snapshots: Vec<Snapshot>,
+    pub snapshots_size: u64,
+    pub file_len: u64,
+    pub cb: u32,
+    pub cs: u64,
+    /// The active L1 table.
+    pub l1: Vec<u64>,
+    /// The refcount table.
+    pub reftable: Vec<u64>,
+    /// Expected refcount of each host cluster (QEMU's in-memory refcount table).
+    pub refs: Vec<u32>,
+    /// Which structure first claimed each host cluster.
+    pub owner: Vec<u8>,
+    /// Entries `-r all` drops.
+    pub bad: Vec<BadEntry>,
+    /// The refcount structure itself is broken.
+    pub rebuild: bool,
+    /// A refcount table entry points past the end of the file (`-r all` rebuilds).
+    pub blocks_outside: bool,
+    max_refcount: u64,
+}
+
+/// Read `buf.len()` bytes at `offset`; bytes past the end of the file read as zeros.
+fn read<S: Storage>(st: &S, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+    st.read_at(buf, offset)
+        .map_err(|e| Error::io(format!("qcow2 check: reading {what}"), e))
+}
+
+pub(crate) fn read_u64s<S: Storage>(st: &S, offset: u64, n: usize, what: &str) -> Result<Vec<u64>> {
+    let mut buf = vec![0u8; n * 8];
+    read(st, &mut buf, offset, what)?;
+    let mut v = vec![0u64; n];
+    BigEndian::read_u64_into(&buf, &mut v);
+    Ok(v)
+}
+
+/// Read and parse the header of the image in `st`.
+pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
+    let file_len = st
+        .len()
+        .map_err(|e| Error::io("qcow2 check: reading the file length", e))?;
+    let mut first = vec![0u8; 512];
+    read(st, &mut first, 0, "the header")?;
+    let cluster_bits = BigEndian::read_u32(&first[20..]);
+    if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+        let want = (1usize << cluster_bits).min(file_len.max(512) as usize);
+        first.resize(want.max(512), 0);
+        read(st, &mut first, 0, "the header")?;
+    }
+    Ok((Header::parse(&first, file_len)?, file_len))
+}
+
+/// Host ranges used by persistent bitmaps, when the bitmaps extension is valid.
+pub(crate) fn bitmap_ranges<S: Storage>(
+    st: &S,
+    h: &Header,
+    report: &mut CheckReport,
+) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    if h.autoclear_features & autoclear::BITMAPS == 0 {
+        return Ok(out);
+    }
+    let Some(e) = h.extension(ext::BITMAPS) else {
+        return Ok(out);
+    };
+    if e.data.len() < 24 {
+        return Ok(out);
+    }
+    let nb = BigEndian::read_u32(&e.data[0..]);
+    let dir_size = BigEndian::read_u64(&e.data[8..]);
+    let dir_off = BigEndian::read_u64(&e.data[16..]);
+    if nb == 0 || dir_size > 64 << 20 {
+        return Ok(out);
+    }
+    out.push((dir_off, dir_size));
+    let mut dir = vec![0u8; dir_size as usize];
+    read(st, &mut dir, dir_off, "the bitmap directory")?;
+    let mut p = 0usize;
+    for _ in 0..nb {
+        if p + 24 > dir.len() {
+            report.check_errors += 1;
+            report.msg("ERROR bitmap directory is truncated".into());
+            break;
+        }
+        let table_off = BigEndian::read_u64(&dir[p..]);
+        let table_size = BigEndian::read_u32(&dir[p + 8..]);
+        let name_size = BigEndian::read_u16(&dir[p + 18..]) as usize;
+        let extra = BigEndian::read_u32(&dir[p + 20..]) as usize;
+        out.push((table_off, u64::from(table_size) * 8));
+        if u64::from(table_size) * 8 <= MAX_L1_BYTES {
+            let table = read_u64s(st, table_off, table_size as usize, "a bitmap table")?;
+            for t in table {
+                let off = t & 0x00ff_ffff_ffff_fe00;
+                if off != 0 {
+                    out.push((off, h.cluster_size()));
+                }
+            }
+        }
+        p += (24 + extra + name_size).next_multiple_of(8);
+    }
+    Ok(out)
+}
+
+impl Scan {
+    /// Read the structures the walk starts from.
+    pub fn load<S: Storage>(st: &S) -> Result<Scan> {
+        let (header, file_len) = read_header(st)?;
+        let cs = header.cluster_size();
+        let snapshots = snapshot::read_table(
+            st,
+            header.snapshots_offset,
+            header.nb_snapshots,
+            cs,
+            file_len,
+            header.version,
+        )?;
+        let snapshots_size = snapshots.iter().map(|s| s.encoded_len() as u64).sum();
+        let l1 = read_u64s(
+            st,
+            header.l1_table_offset,
+            header.l1_size as usize,
+            "the L1 table",
+        )?;
+        let rt_entries = (u64::from(header.refcount_table_clusters) * cs / 8) as usize;
+        let reftable = read_u64s(
+            st,
+            header.refcount_table_offset,
+            rt_entries,
+            "the refcount table",
+        )?;
+        let nb_clusters = file_len.div_ceil(cs) as usize;
+        let max_refcount = if header.refcount_order == 6 {
+            u64::from(u32::MAX)
+        } else {
+            ((1u64 << (1 << header.refcount_order)) - 1).min(u64::from(u32::MAX))
+        };
+        Ok(Scan {
+            cb: header.cluster_bits,
+            cs,
+            header,
+            snapshots,
+            snapshots_size,
+            file_len,
+            l1,
+            reftable,
+            refs: vec![0; nb_clusters],
+            owner: vec![0; nb_clusters],
+            bad: Vec::new(),
+            rebuild: false,
+            blocks_outside: false,
+            max_refcount,
+        })
+    }
+
+    /// Count one reference to every cluster of `[offset, offset+size)`, as QEMU's
+    /// `qcow2_inc_refcounts_imrt` does (including its end-of-file rule).
+    pub fn inc(&mut self, r: &mut CheckReport, offset: u64, size: u64) {
+        if size == 0 {
+            return;
+        }
+        if offset.saturating_add(size) >= self.file_len.saturating_add(self.cs) {
+            r.msg(format!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
+            ));
+            r.corruptions += 1;
+            return;
+        }
+        let first = offset >> self.cb;
+        let last = (offset + size - 1) >> self.cb;
+        if last as usize >= self.refs.len() {
+            self.refs.resize(last as usize + 1, 0);
+            self.owner.resize(last as usize + 1, 0);
+        }
+        for k in first..=last {
+            let v = &mut self.refs[k as usize];
+            if u64::from(*v) >= self.max_refcount {
+                r.msg(format!(
+                    "ERROR: overflow cluster offset={:#x}",
+                    k << self.cb
+                ));
+                r.corruptions += 1;
+                continue;
+            }
+            *v += 1;
+        }
+    }
+
+    /// Record that `kind` occupies `[offset, offset+size)`; returns the metadata kind it
+    /// collides with, if any (the first claimant keeps the cluster).
+    fn claim(&mut self, offset: u64, size: u64, kind: ClusterUse) -> Option<ClusterUse> {
+        if size == 0 {
+            return None;
+        }
+        let first = offset >> self.cb;
+        let last = offset.saturating_add(size - 1) >> self.cb;
+        let mut clash = None;
+        for k in first..=last.min(self.owner.len() as u64 - 1) {
+            let cur = ClusterUse::from_u8(self.owner[k as usize]);
+            if cur == ClusterUse::Free {
+                self.owner[k as usize] = kind as u8;
+            } else if cur != kind {
+                clash.get_or_insert(cur);
+            }
+        }
+        clash
+    }
+
+    /// Mark the fixed metadata (everything not reached through an L1 table) in `owner`.
+    fn claim_fixed(&mut self, r: &mut CheckReport, bitmaps: &[(u64, u64)]) {
+        let h = self.header.clone();
+        let mut areas: Vec<(u64, u64, ClusterUse)> = vec![
+            (0, self.cs, ClusterUse::Header),
+            (h.l1_table_offset, u64::from(h.l1_size) * 8, ClusterUse::L1),
+            (
+                h.refcount_table_offset,
+                self.reftable.len() as u64 * 8,
+                ClusterUse::RefcountTable,
+            ),
+            (
+                h.snapshots_offset,
+                self.snapshots_size,
+                ClusterUse::SnapshotTable,
+            ),
+        ];
+        for s in &self.snapshots {
+            areas.push((
+                s.l1_table_offset,
+                u64::from(s.l1_size) * 8,
+                ClusterUse::SnapshotL1,
+            ));
+        }
+        for &raw in &self.reftable {
+            let off = raw & !REFT_RESERVED_MASK;
+            if off != 0 && raw & REFT_RESERVED_MASK == 0 && off % self.cs == 0 {
+                areas.push((off, self.cs, ClusterUse::RefcountBlock));
+            }
+        }
+        for &(off, len) in bitmaps {
+            areas.push((off, len, ClusterUse::Bitmap));
+        }
+        for (off, len, kind) in areas {
+            if off >= self.file_len {
+                continue;
+            }
+            if let Some(other) = self.claim(off, len, kind) {
+                if !(kind == ClusterUse::SnapshotL1 && other == ClusterUse::SnapshotL1) {
+                    r.msg(format!(
+                        "ERROR the {} at {off:#x} overlaps the {}",
+                        kind.name(),
+                        other.name()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Walk the whole image in QEMU's order, filling `refs`, `owner` and `bad`.
+    pub fn walk<S: Storage>(&mut self, st: &S, r: &mut CheckReport) -> Result<()> {
+        let bitmaps = bitmap_ranges(st, &self.header, r)?;
+        self.claim_fixed(r, &bitmaps);
+        let h = self.header.clone();
+        r.total_clusters = h.size.div_ceil(self.cs);
+        // Snapshot L1 tables are read up front so that every L2 table can be claimed
+        // before any data cluster is.
+        let mut l1s: Vec<(u64, Vec<u64>, bool)> = vec![(h.l1_table_offset, self.l1.clone(), true)];
+        for s in &self.snapshots {
+            let l1 = if s.l1_table_offset % self.cs != 0 || u64::from(s.l1_size) > MAX_L1_BYTES / 8
+            {
+                Vec::new()
+            } else {
+                read_u64s(
+                    st,
+                    s.l1_table_offset,
+                    s.l1_size as usize,
+                    "a snapshot L1 table",
+                )?
+            };
+            l1s.push((s.l1_table_offset, l1, false));
+        }
+        for (l1_off, l1, _) in &l1s {
+            for (i, &raw) in l1.iter().enumerate() {
+                let l2 = entry::l1_l2_offset(raw);
+                if l2 == 0 || l2 % self.cs != 0 {
+                    continue;
+                }
+                let at = l1_off + i as u64 * 8;
+                if l2 >= self.file_len {
+                    self.bad.push(BadEntry { at, replacement: 0 });
+                    continue;
+                }
+                if let Some(other) = self.claim(l2, self.cs, ClusterUse::L2) {
+                    r.msg(format!(
+                        "ERROR L1 entry {i} of the L1 table at {l1_off:#x} points its L2 table at {l2:#x}, which holds the {}",
+                        other.name()
+                    ));
+                    self.bad.push(BadEntry { at, replacement: 0 });
+                }
+            }
+        }
+        self.inc(r, 0, self.cs);
+        for (k, (l1_off, l1, active)) in l1s.iter().enumerate() {
+            if k > 0 {
+                let s = &self.snapshots[k - 1];
+                if s.l1_table_offset % self.cs != 0 {
+                    r.msg(format!(
+                        "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
+                        s.id, s.name, s.l1_table_offset
+                    ));
+                    r.corruptions += 1;
+                    continue;
+                }
+                if u64::from(s.l1_size) > MAX_L1_BYTES / 8 {
+                    r.msg(format!(
+                        "ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; snapshot table entry corrupted",
+                        s.id, s.name, s.l1_size
+                    ));
+                    r.corruptions += 1;
+                    continue;
+                }
+            }
+            self.walk_l1(st, r, *l1_off, l1, *active)?;
+        }
+        self.inc(r, h.snapshots_offset, self.snapshots_size);
+        self.inc(r, h.refcount_table_offset, self.reftable.len() as u64 * 8);
+        for (off, len) in bitmaps {
+            self.inc(r, off, len);
+        }
+        self.walk_refblocks(r);
+        Ok(())
+    }
+
+    fn walk_l1<S: Storage>(
+        &mut self,
+        st: &S,
+        r: &mut CheckReport,
+        l1_off: u64,
+        l1: &[u64],
+        active: bool,
+    ) -> Result<()> {
+        if l1.is_empty() {
+            return Ok(());
+        }
+        self.inc(r, l1_off, l1.len() as u64 * 8);
+        let mut next_contiguous = 0u64;
+        for (i, &raw) in l1.iter().enumerate() {
+            if raw == 0 {
+                continue;
+            }
+            if raw & entry::L1_RESERVED_MASK != 0 {
+                r.msg(format!(
+                    "ERROR found L1 entry with reserved bits set: {raw:x}"
+                ));
+                r.corruptions += 1;
+                self.bad.push(BadEntry {
+                    at: l1_off + i as u64 * 8,
+                    replacement: raw & !entry::L1_RESERVED_MASK,
+                });
+            }
+            let l2 = entry::l1_l2_offset(raw);
+            if l2 == 0 {
+                continue;
+            }
+            self.inc(r, l2, self.cs);
+            let at = l1_off + i as u64 * 8;
+            if l2 % self.cs != 0 {
+                r.msg(format!(
+                    "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
+                ));
+                r.corruptions += 1;
+                self.bad.push(BadEntry { at, replacement: 0 });
+            }
+            // An L2 table the L1 entry is going to lose is not worth repairing.
+            let repairable =
+                l2 % self.cs == 0 && l2 < self.file_len && !self.bad.iter().any(|b| b.at == at);
+            self.walk_l2(st, r, l2, active, repairable, &mut next_contiguous)?;
+        }
+        Ok(())
+    }
+
+    fn walk_l2<S: Storage>(
+        &mut self,
+        st: &S,
+        r: &mut CheckReport,
+        l2: u64,
+        active: bool,
+        repairable: bool,
+        next_contiguous: &mut u64,
+    ) -> Result<()> {
+        let table = read_u64s(st, l2, (self.cs / 8) as usize, "an L2 table")?;
+        // QEMU tracks contiguity per L2 table.
+        *next_contiguous = 0;
+        for (i, &raw) in table.iter().enumerate() {
+            let at = l2 + i as u64 * 8;
+            let e = L2Entry::decode(raw, self.cb);
+            if raw & COMPRESSED == 0 && raw & entry::L2_RESERVED_MASK != 0 {
+                r.msg(format!(
+                    "ERROR found l2 entry with reserved bits set: {raw:x}"
+                ));
+                r.corruptions += 1;
+                if repairable {
+                    self.bad.push(BadEntry {
+                        at,
+                        replacement: raw & !entry::L2_RESERVED_MASK,
+                    });
+                }
+            }
+            match e {
+                L2Entry::Compressed { host, len } => {
+                    if raw & COPIED != 0 {
+                        r.msg(format!(
+                            "ERROR: coffset={host:#x}: copied flag must never be set for compressed clusters"
+                        ));
+                        r.corruptions += 1;
+                        if repairable {
+                            self.bad.push(BadEntry {
+                                at,
+                                replacement: raw & !COPIED,
+                            });
+                        }
+                    }
+                    let before = r.corruptions;
+                    self.inc(r, host, len);
+                    let clash = if host < self.file_len {
+                        self.claim(host, len, ClusterUse::Compressed)
+                    } else {
+                        None
+                    };
+                    if let Some(other) = clash.filter(|o| o.is_metadata()) {
+                        r.msg(format!(
+                            "ERROR compressed data at {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
+                            other.name()
+                        ));
+                    }
+                    let broken = r.corruptions > before
+                        || host < self.cs
+                        || clash.is_some_and(|o| o.is_metadata());
+                    if broken && repairable {
+                        self.bad.retain(|b| b.at != at);
+                        self.bad.push(BadEntry { at, replacement: 0 });
+                    }
+                    if active {
+                        r.allocated_clusters += 1;
+                        r.compressed_clusters += 1;
+                        r.fragmented_clusters += 1;
+                    }
+                }
+                L2Entry::Normal { host, .. }
+                | L2Entry::Zero {
+                    host: Some(host), ..
+                } => {
+                    if active {
+                        r.allocated_clusters += 1;
+                        if *next_contiguous != 0 && host != *next_contiguous {
+                            r.fragmented_clusters += 1;
+                        }
+                        *next_contiguous = host + self.cs;
+                    }
+                    let has_data = matches!(e, L2Entry::Normal { .. });
+                    let mut broken = false;
+                    if host % self.cs != 0 {
+                        r.corruptions += 1;
+                        broken = true;
+                        if has_data {
+                            r.msg(format!(
+                                "ERROR offset={host:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                            ));
+                        } else {
+                            r.msg(format!(
+                                "ERROR offset={host:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                            ));
+                        }
+                    }
+                    let before = r.corruptions;
+                    self.inc(r, host, self.cs);
+                    broken |= r.corruptions > before;
+                    if host < self.file_len && host % self.cs == 0 {
+                        if let Some(other) = self.claim(host, self.cs, ClusterUse::Data) {
+                            if other.is_metadata() {
+                                r.msg(format!(
+                                    "ERROR data cluster {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
+                                    other.name()
+                                ));
+                                broken = true;
+                            }
+                        }
+                    }
+                    if broken && repairable {
+                        // Keep the guest cluster reading as zeros where the format can say so.
+                        let replacement = if self.header.version >= 3 && !has_data {
+                            ZERO_FLAG
+                        } else {
+                            0
+                        };
+                        self.bad.retain(|b| b.at != at);
+                        self.bad.push(BadEntry { at, replacement });
+                    }
+                }
+                L2Entry::Zero { host: None, .. } | L2Entry::Unallocated => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_refblocks(&mut self, r: &mut CheckReport) {
+        for i in 0..self.reftable.len() {
+            let raw = self.reftable[i];
+            let off = raw & !REFT_RESERVED_MASK;
+            if raw & REFT_RESERVED_MASK != 0 {
+                r.msg(format!(
+                    "ERROR refcount table entry {i} has reserved bits set"
+                ));
+                r.corruptions += 1;
+                self.rebuild = true;
+                continue;
+            }
+            if off % self.cs != 0 {
+                r.msg(format!(
+                    "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+                ));
+                r.corruptions += 1;
+                self.rebuild = true;
+                continue;
+            }
+            let cluster = off >> self.cb;
+            if cluster as usize >= self.refs.len() {
+                r.msg(format!("ERROR refcount block {i} is outside image"));
+                r.corruptions += 1;
+                self.blocks_outside = true;
+                continue;
+            }
+            if off != 0 {
+                self.inc(r, off, self.cs);
+                let n = self.refs[cluster as usize];
+                if n != 1 {
+                    r.msg(format!("ERROR refcount block {i} refcount={n}"));
+                    r.corruptions += 1;
+                    self.rebuild = true;
+                }
+            }
+        }
+    }
+
+    /// Refcount block entries per block, as a shift.
+    pub fn rb_bits(&self) -> u32 {
+        self.cb + 3 - self.header.refcount_order
+    }
+
+    /// The stored refcounts of clusters `0..n`, read block by block; `None` for clusters
+    /// whose refcount block cannot be read (unaligned table entry).
+    pub fn stored_refcounts<S: Storage>(&self, st: &S, n: usize) -> Result<Vec<Option<u32>>> {
+        let rb_bits = self.rb_bits();
+        let per_block = 1usize << rb_bits;
+        let order = self.header.refcount_order;
+        let mut out = vec![Some(0u32); n];
+        let mut block = vec![0u8; self.cs as usize];
+        for (bi, &raw) in self.reftable.iter().enumerate() {
+            let first = bi << rb_bits;
+            if first >= n {
+                break;
+            }
+            let off = raw & !REFT_RESERVED_MASK;
+            if off == 0 {
+                continue;
+            }
+            let end = (first + per_block).min(n);
+            if off % self.cs != 0 {
+                out[first..end].fill(None);
+                continue;
+            }
+            read(st, &mut block, off, "a refcount block")?;
+            for (k, slot) in out[first..end].iter_mut().enumerate() {
+                let v = get_entry(&block, order, k);
+                *slot = Some(v.min(u64::from(u32::MAX)) as u32);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Who uses each host cluster, merging in leaks from the stored refcounts.
+    pub fn usage(&self, stored: &[Option<u32>]) -> Vec<ClusterUse> {
+        let n = self.owner.len().max(stored.len());
+        (0..n)
+            .map(|c| {
+                let o = ClusterUse::from_u8(self.owner.get(c).copied().unwrap_or(0));
+                let expected = self.refs.get(c).copied().unwrap_or(0);
+                let s = stored.get(c).copied().flatten().unwrap_or(0);
+                if o == ClusterUse::Free && expected == 0 && s > 0 {
+                    ClusterUse::Leaked
+                } else {
+                    o
+                }
+            })
+            .collect()
+    }
+}
+
+/// The host-cluster usage map of the image in `st` (what each cluster holds).
+pub fn cluster_usage<S: Storage>(st: &S) -> Result<Vec<ClusterUse>> {
+    let mut scan = Scan::load(st)?;
+    let mut r = CheckReport::default();
+    scan.walk(st, &mut r)?;
+    let stored = scan.stored_refcounts(st, scan.refs.len())?;
+    Ok(scan.usage(&stored))
+}
+
+/// Check the qcow2 image in `st`, repairing what `repair` allows. When something was
+/// repaired the image is checked again and the report holds the second check's findings
+/// with the first one's repair counts, as qemu-img reports it.
+pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
+    let first = super::repair::check_pass(st, repair)?;
+    if repair == Repair::None || first.failed.is_some() {
+        return Ok(first);
+    }
+    let mut out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
+        let mut second = super::repair::check_pass(st, Repair::None)?;
+        second.corruptions_fixed = first.corruptions_fixed;
+        second.leaks_fixed = first.leaks_fixed;
+        let mut msgs = first.messages;
+        msgs.append(&mut second.messages);
+        second.messages = msgs;
+        second
+    } else {
+        first
+    };
+    if out.check_errors == 0 && out.corruptions == 0 && out.failed.is_none() {
+        super::repair::mark_clean(st)?;
+    }
+    out.messages.truncate(MAX_MESSAGES);
+    Ok(out)
+}
+
+/// Read entry `index` of a refcount block with 2^`order`-bit entries (for `dump`).
+pub fn refcount_entry(block: &[u8], order: u32, index: usize) -> u64 {
+    get_entry(block, order, index)
+}

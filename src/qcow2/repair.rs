@@ -1,0 +1,499 @@
+//! Repairs for `check -r leaks|all`, and the automatic repair of an image whose dirty bit
+//! is set (lazy refcounts after a crash) when it is opened for writing.
+//!
+//! Order of a pass (see [`check_pass`]): walk the image (`check::Scan`); with `-r all`,
+//! first drop L1/L2 entries that point at impossible places and walk again; compare the
+//! expected refcounts with the stored ones; then either fix mismatches in place (the
+//! refcount structure is sound) or rebuild the whole refcount structure (a cluster in use
+//! counted 0, or a broken refcount table entry or block); last, fix COPIED flags of the
+//! active tables against the (now correct) stored refcounts.
+//!
+//! Crash safety: dropping an entry or lowering a refcount can at worst leak; a rebuilt
+//! refcount structure is written to clusters that neither the metadata nor the old
+//! refcount structure uses, synced, and only then does one write of the header's
+//! refcount-table fields switch to it, so a power cut leaves the old or the new structure.
+
+use super::check::{CheckReport, Repair, Scan, REFT_RESERVED_MASK};
+use super::entry::{self, L2Entry, COPIED};
+use super::header::{incompat, INCOMPAT_FIELD_OFFSET, REFCOUNT_TABLE_FIELD_OFFSET};
+use super::limits::MAX_REFTABLE_BYTES;
+use super::refcount::{get_entry, set_entry};
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use byteorder::{BigEndian, ByteOrder};
+use std::collections::BTreeMap;
+
+fn wio(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::io(format!("qcow2 repair: {what}"), e)
+}
+
+fn sync<S: Storage>(st: &S) -> Result<()> {
+    st.flush().map_err(wio("flushing"))
+}
+
+/// Stored refcounts of the clusters the walk saw, and where they live.
+struct Stored {
+    values: Vec<Option<u32>>,
+}
+
+impl Stored {
+    fn get<S: Storage>(&self, st: &S, scan: &Scan, c: u64) -> Result<Option<u32>> {
+        if let Some(v) = self.values.get(c as usize) {
+            return Ok(*v);
+        }
+        let rb_bits = scan.rb_bits();
+        let Some(&raw) = scan.reftable.get((c >> rb_bits) as usize) else {
+            return Ok(Some(0));
+        };
+        let off = raw & !REFT_RESERVED_MASK;
+        if off == 0 {
+            return Ok(Some(0));
+        }
+        if off % scan.cs != 0 {
+            return Ok(None);
+        }
+        let mut block = vec![0u8; scan.cs as usize];
+        st.read_at(&mut block, off)
+            .map_err(wio("reading a refcount block"))?;
+        let idx = (c & ((1 << rb_bits) - 1)) as usize;
+        Ok(Some(
+            get_entry(&block, scan.header.refcount_order, idx).min(u64::from(u32::MAX)) as u32,
+        ))
+    }
+}
+
+/// One check pass; repairs what `repair` allows. Counts in the result are what is left
+/// after repairing; `*_fixed` count the repairs.
+pub(crate) fn check_pass<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
+    let mut r = CheckReport::default();
+    let mut scan = Scan::load(st)?;
+    scan.walk(st, &mut r)?;
+    if repair == Repair::All && !scan.bad.is_empty() {
+        let scan_bad = scan.bad.len();
+        for b in &scan.bad {
+            r.msg(format!(
+                "Repairing: entry at {:#x} replaced by {:#x}",
+                b.at, b.replacement
+            ));
+            let mut e = [0u8; 8];
+            BigEndian::write_u64(&mut e, b.replacement);
+            st.write_at(&e, b.at)
+                .map_err(wio("dropping a bad table entry"))?;
+        }
+        sync(st)?;
+        // Walk again: the dropped entries no longer count.
+        let mut again = CheckReport {
+            messages: std::mem::take(&mut r.messages),
+            ..Default::default()
+        };
+        scan = Scan::load(st)?;
+        scan.walk(st, &mut again)?;
+        again.corruptions_fixed += r
+            .corruptions
+            .saturating_sub(again.corruptions)
+            .max(scan_bad as u64);
+        r = again;
+    }
+    let stored = compare(st, &mut scan, &mut r, repair)?;
+    if r.failed.is_some() {
+        return Ok(r);
+    }
+    let (scan, stored) = match stored {
+        Some(s) => (scan, s),
+        None => {
+            // The refcount structure was rebuilt: count again from scratch.
+            let old = r;
+            let mut again = CheckReport {
+                messages: old.messages,
+                ..Default::default()
+            };
+            let mut scan = Scan::load(st)?;
+            scan.walk(st, &mut again)?;
+            let stored = compare(st, &mut scan, &mut again, Repair::None)?
+                .ok_or_else(|| Error::invalid("the rebuilt refcount structure is still broken"))?;
+            again.corruptions_fixed =
+                old.corruptions_fixed + old.corruptions.saturating_sub(again.corruptions);
+            again.leaks_fixed = old.leaks_fixed + old.leaks.saturating_sub(again.leaks);
+            r = again;
+            (scan, stored)
+        }
+    };
+    let fix_copied = match repair {
+        Repair::All => true,
+        Repair::Leaks => r.check_errors == 0 && r.corruptions == 0 && r.leaks == 0,
+        Repair::None => false,
+    };
+    check_copied(st, &scan, &stored, &mut r, fix_copied)?;
+    Ok(r)
+}
+
+/// Compare expected and stored refcounts; fix in place what `repair` allows, or rebuild.
+/// Returns the stored refcounts as they are afterwards, or `None` after a rebuild.
+fn compare<S: Storage>(
+    st: &S,
+    scan: &mut Scan,
+    r: &mut CheckReport,
+    repair: Repair,
+) -> Result<Option<Stored>> {
+    let n = scan.refs.len();
+    let mut values = scan.stored_refcounts(st, n)?;
+    let mut highest = 0usize;
+    let mut mismatches = Vec::new();
+    let mut unreadable = 0u64;
+    for (i, v) in values.iter().enumerate() {
+        let Some(s) = *v else {
+            unreadable += 1;
+            if unreadable <= 10 {
+                r.msg(format!(
+                    "Can't get refcount for cluster {i}: Input/output error"
+                ));
+            }
+            r.check_errors += 1;
+            continue;
+        };
+        let e = scan.refs[i];
+        if s > 0 || e > 0 {
+            highest = i;
+        }
+        if s != e {
+            if s == 0 {
+                scan.rebuild = true;
+            }
+            mismatches.push((i, s, e));
+        }
+    }
+    r.image_end_offset = (highest as u64 + 1) * scan.cs;
+    if repair == Repair::All && scan.blocks_outside {
+        scan.rebuild = true;
+    }
+    let in_place = repair != Repair::None && !scan.rebuild;
+    for &(i, s, e) in &mismatches {
+        let fixable =
+            in_place && ((s > e && repair.leaks_ok()) || (s < e && repair == Repair::All));
+        let tag = if fixable {
+            "Repairing"
+        } else if s < e {
+            "ERROR"
+        } else {
+            "Leaked"
+        };
+        r.msg(format!("{tag} cluster {i} refcount={s} reference={e}"));
+        match (fixable, s < e) {
+            (true, true) => r.corruptions_fixed += 1,
+            (true, false) => r.leaks_fixed += 1,
+            (false, true) => r.corruptions += 1,
+            (false, false) => r.leaks += 1,
+        }
+    }
+    if scan.rebuild && repair == Repair::All {
+        r.msg("Rebuilding refcount structure".into());
+        rebuild(st, scan)?;
+        return Ok(None);
+    }
+    if scan.rebuild && repair != Repair::None {
+        r.msg("ERROR need to rebuild refcount structures".into());
+        r.check_errors += 1;
+        r.failed = Some("Input/output error".into());
+        return Ok(Some(Stored { values }));
+    }
+    if in_place {
+        let fixes: Vec<(usize, u32)> = mismatches
+            .iter()
+            .filter(|&&(_, s, e)| (s > e && repair.leaks_ok()) || (s < e && repair == Repair::All))
+            .map(|&(i, _, e)| (i, e))
+            .collect();
+        set_refcounts(st, scan, &fixes)?;
+        for (i, e) in fixes {
+            values[i] = Some(e);
+        }
+    }
+    Ok(Some(Stored { values }))
+}
+
+impl Repair {
+    fn leaks_ok(self) -> bool {
+        self != Repair::None
+    }
+}
+
+/// Write new refcounts into the existing refcount blocks (which must be sound).
+fn set_refcounts<S: Storage>(st: &S, scan: &Scan, fixes: &[(usize, u32)]) -> Result<()> {
+    let rb_bits = scan.rb_bits();
+    let order = scan.header.refcount_order;
+    let mut by_block: BTreeMap<usize, Vec<(usize, u32)>> = BTreeMap::new();
+    for &(c, v) in fixes {
+        by_block.entry(c >> rb_bits).or_default().push((c, v));
+    }
+    let mut block = vec![0u8; scan.cs as usize];
+    for (bi, list) in by_block {
+        let off = scan.reftable[bi] & !REFT_RESERVED_MASK;
+        st.read_at(&mut block, off)
+            .map_err(wio("reading a refcount block"))?;
+        for (c, v) in list {
+            set_entry(&mut block, order, c & ((1 << rb_bits) - 1), u64::from(v));
+        }
+        st.write_at(&block, off)
+            .map_err(wio("writing a refcount block"))?;
+    }
+    sync(st)
+}
+
+/// Build a new refcount structure from the expected refcounts and switch the header to it.
+fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
+    let cs = scan.cs;
+    let cb = scan.cb;
+    let rb_bits = scan.rb_bits();
+    let per_block = 1usize << rb_bits;
+    let order = scan.header.refcount_order;
+    let max = if order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1 << order)) - 1
+    };
+    let mut refs: Vec<u32> = scan.refs.clone();
+    let mut reserved = vec![false; refs.len()];
+    // The old structure is abandoned: it is not overwritten (so a power cut before the
+    // switch leaves it intact) and ends up free in the new one.
+    let h = &scan.header;
+    let mut old: Vec<u64> = Vec::new();
+    let rt_len = scan.reftable.len() as u64 * 8;
+    if rt_len > 0 {
+        let first = h.refcount_table_offset >> cb;
+        let last = (h.refcount_table_offset + rt_len - 1) >> cb;
+        old.extend(first..=last);
+    }
+    for &raw in &scan.reftable {
+        let off = raw & !REFT_RESERVED_MASK;
+        if off != 0 && raw & REFT_RESERVED_MASK == 0 && off % cs == 0 {
+            old.push(off >> cb);
+        }
+    }
+    for c in old {
+        if let Some(v) = refs.get_mut(c as usize) {
+            *v = v.saturating_sub(1);
+            reserved[c as usize] = true;
+        }
+    }
+    let mut hint = 0usize;
+    let mut alloc = |refs: &mut Vec<u32>, reserved: &mut Vec<bool>, n: usize| -> usize {
+        let mut start = hint;
+        let mut c = hint;
+        let mut first_gap = None;
+        while c - start < n {
+            let used =
+                refs.get(c).is_some_and(|&v| v > 0) || reserved.get(c).copied().unwrap_or(false);
+            c += 1;
+            if used {
+                start = c;
+            } else {
+                first_gap.get_or_insert(c - 1);
+            }
+        }
+        if refs.len() < start + n {
+            refs.resize(start + n, 0);
+            reserved.resize(start + n, false);
+        }
+        for v in &mut refs[start..start + n] {
+            *v = 1;
+        }
+        hint = first_gap.filter(|&g| g < start).unwrap_or(start + n);
+        start
+    };
+    let mut blocks: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut table: Option<(usize, usize)> = None;
+    loop {
+        let mut changed = false;
+        let last_used = refs.iter().rposition(|&v| v > 0).unwrap_or(0);
+        for bi in 0..=(last_used >> rb_bits) {
+            if blocks.contains_key(&bi) {
+                continue;
+            }
+            let lo = bi << rb_bits;
+            let hi = (lo + per_block).min(refs.len());
+            if refs[lo..hi].iter().any(|&v| v > 0) {
+                let at = alloc(&mut refs, &mut reserved, 1);
+                blocks.insert(bi, at);
+                changed = true;
+            }
+        }
+        let entries = blocks.keys().next_back().map_or(1, |&b| b + 1);
+        let need = ((entries as u64 * 8).div_ceil(cs)).max(1) as usize;
+        if table.is_none_or(|(_, have)| have < need) {
+            if let Some((off, have)) = table {
+                for v in &mut refs[off..off + have] {
+                    *v = 0;
+                }
+            }
+            let at = alloc(&mut refs, &mut reserved, need);
+            table = Some((at, need));
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
+    let Some((table_at, table_clusters)) = table else {
+        return Err(Error::invalid("refcount table was not placed"));
+    };
+    if table_clusters as u64 * cs > MAX_REFTABLE_BYTES {
+        return Err(Error::invalid(
+            "the rebuilt refcount table would exceed 8 MiB",
+        ));
+    }
+    let mut new_table = vec![0u64; table_clusters * (cs as usize / 8)];
+    let mut block = vec![0u8; cs as usize];
+    for (&bi, &at) in &blocks {
+        block.fill(0);
+        let lo = bi << rb_bits;
+        let hi = (lo + per_block).min(refs.len());
+        for (k, &v) in refs[lo..hi].iter().enumerate() {
+            if v > 0 {
+                set_entry(&mut block, order, k, u64::from(v).min(max));
+            }
+        }
+        let off = (at as u64) << cb;
+        st.write_at(&block, off)
+            .map_err(wio("writing a refcount block"))?;
+        new_table[bi] = off;
+    }
+    let mut buf = vec![0u8; new_table.len() * 8];
+    BigEndian::write_u64_into(&new_table, &mut buf);
+    let table_off = (table_at as u64) << cb;
+    st.write_at(&buf, table_off)
+        .map_err(wio("writing the refcount table"))?;
+    sync(st)?;
+    let mut field = [0u8; 12];
+    BigEndian::write_u64(&mut field[0..], table_off);
+    BigEndian::write_u32(&mut field[8..], table_clusters as u32);
+    st.write_at(&field, REFCOUNT_TABLE_FIELD_OFFSET)
+        .map_err(wio("switching to the rebuilt refcount table"))?;
+    sync(st)
+}
+
+/// Check (and with `fix`, correct) the COPIED flags of the active L1 table and its L2
+/// tables against the stored refcounts.
+fn check_copied<S: Storage>(
+    st: &S,
+    scan: &Scan,
+    stored: &Stored,
+    r: &mut CheckReport,
+    fix: bool,
+) -> Result<()> {
+    let cs = scan.cs;
+    let cb = scan.cb;
+    let l1_off = scan.header.l1_table_offset;
+    let mut wrote = false;
+    for (i, &raw) in scan.l1.iter().enumerate() {
+        let l2 = entry::l1_l2_offset(raw);
+        if l2 == 0 {
+            continue;
+        }
+        let Some(rc) = stored.get(st, scan, l2 >> cb)? else {
+            continue;
+        };
+        let writable = fix && l2 % cs == 0 && l2 < scan.file_len;
+        if (rc == 1) != (raw & COPIED != 0) {
+            let tag = if writable { "Repairing" } else { "ERROR" };
+            r.msg(format!(
+                "{tag} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={raw:x} refcount={rc}"
+            ));
+            if writable {
+                let new = if rc == 1 { raw | COPIED } else { raw & !COPIED };
+                let mut e = [0u8; 8];
+                BigEndian::write_u64(&mut e, new);
+                st.write_at(&e, l1_off + i as u64 * 8)
+                    .map_err(wio("writing an L1 entry"))?;
+                wrote = true;
+                r.corruptions_fixed += 1;
+            } else {
+                r.corruptions += 1;
+            }
+        }
+        let mut table = super::check::read_u64s(st, l2, (cs / 8) as usize, "an L2 table")?;
+        let mut dirty = false;
+        for e in table.iter_mut() {
+            let host = match L2Entry::decode(*e, cb) {
+                L2Entry::Normal { host, .. }
+                | L2Entry::Zero {
+                    host: Some(host), ..
+                } => host,
+                _ => continue,
+            };
+            let Some(rc) = stored.get(st, scan, host >> cb)? else {
+                continue;
+            };
+            if (rc == 1) != (*e & COPIED != 0) {
+                let tag = if writable { "Repairing" } else { "ERROR" };
+                r.msg(format!(
+                    "{tag} OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
+                    *e
+                ));
+                if writable {
+                    *e = if rc == 1 { *e | COPIED } else { *e & !COPIED };
+                    dirty = true;
+                    r.corruptions_fixed += 1;
+                } else {
+                    r.corruptions += 1;
+                }
+            }
+        }
+        if dirty {
+            let mut buf = vec![0u8; cs as usize];
+            BigEndian::write_u64_into(&table, &mut buf);
+            st.write_at(&buf, l2).map_err(wio("writing an L2 table"))?;
+            wrote = true;
+        }
+    }
+    if wrote {
+        sync(st)?;
+    }
+    Ok(())
+}
+
+/// Clear the dirty and corrupt bits (after a repair left the image consistent).
+pub(crate) fn mark_clean<S: Storage>(st: &S) -> Result<()> {
+    let mut b = [0u8; 8];
+    st.read_at(&mut b, INCOMPAT_FIELD_OFFSET)
+        .map_err(wio("reading the feature bits"))?;
+    let mut v = [0u8; 4];
+    st.read_at(&mut v, 4).map_err(wio("reading the version"))?;
+    if BigEndian::read_u32(&v) < 3 {
+        return Ok(());
+    }
+    let f = BigEndian::read_u64(&b);
+    let clean = f & !(incompat::DIRTY | incompat::CORRUPT);
+    if clean != f {
+        BigEndian::write_u64(&mut b, clean);
+        st.write_at(&b, INCOMPAT_FIELD_OFFSET)
+            .map_err(wio("clearing the dirty and corrupt bits"))?;
+        sync(st)?;
+    }
+    Ok(())
+}
+
+/// Before a writable open: if the dirty bit is set (and the corrupt bit is not), repair
+/// the refcounts as QEMU does, and clear the bit. An image that cannot be made consistent
+/// is refused.
+pub(crate) fn repair_if_dirty<S: Storage>(st: &S) -> Result<()> {
+    let mut head = [0u8; 80];
+    st.read_at(&mut head, 0)
+        .map_err(wio("reading the header"))?;
+    if BigEndian::read_u32(&head[0..]) != super::header::QCOW2_MAGIC
+        || BigEndian::read_u32(&head[4..]) < 3
+    {
+        return Ok(());
+    }
+    let f = BigEndian::read_u64(&head[INCOMPAT_FIELD_OFFSET as usize..]);
+    if f & incompat::DIRTY == 0 || f & incompat::CORRUPT != 0 {
+        return Ok(());
+    }
+    let report = super::check::check(st, Repair::All)?;
+    if report.failed.is_some() || report.check_errors > 0 || report.corruptions > 0 {
+        return Err(Error::corrupt(
+            "qcow2 image",
+            0,
+            "could not repair dirty image (run 'vdisk check -r all' for details)",
+        ));
+    }
+    Ok(())
+}

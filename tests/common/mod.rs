@@ -1,0 +1,449 @@
+//! Helpers shared by the integration tests: running `qemu-img`, `qemu-io` and the built
+//! `vdisk` binary, deterministic test data, raw reference files and temporary directories.
+//!
+//! QEMU's own tools are the oracle these tests compare vdisk against. They are required:
+//! a missing binary fails the test with an install hint instead of skipping it silently.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// A fresh temporary directory, removed when dropped unless `VDISK_TEST_KEEP` is set in the
+/// environment (then its path is printed and the images are left for inspection).
+pub fn tempdir() -> TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix("vdisk-test-")
+        .tempdir()
+        .expect("creating a temporary directory");
+    if std::env::var_os("VDISK_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
+}
+
+fn run_tool<I, A>(program: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    match Command::new(program).args(args).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            panic!("{program} not found: install qemu-utils (apt-get install qemu-utils)")
+        }
+        Err(e) => panic!("could not run {program}: {e}"),
+    }
+}
+
+/// Run `qemu-img` with `args`. Panics with an install hint if it is not installed.
+pub fn qemu_img<I, A>(args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    run_tool("qemu-img", args)
+}
+
+/// Run `qemu-io` with `args`. Panics with an install hint if it is not installed.
+pub fn qemu_io<I, A>(args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    run_tool("qemu-io", args)
+}
+
+/// Longest a single `vdisk` run may take in a test before it is killed.
+pub const VDISK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Run the `vdisk` binary built for these tests. A run that takes longer than
+/// [`VDISK_TIMEOUT`] is killed and fails the test, so a hang is reported, not waited on.
+pub fn vdisk<I, A>(args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let mut child = Command::new(vdisk_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the vdisk binary");
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for vdisk") {
+            break status;
+        }
+        if start.elapsed() > VDISK_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vdisk {} did not finish within {VDISK_TIMEOUT:?} (killed)",
+                args.iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Path of the `vdisk` binary built for these tests.
+pub fn vdisk_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vdisk")
+}
+
+/// Describe a finished process for an assertion message.
+pub fn describe(what: &str, out: &Output) -> String {
+    format!(
+        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Panic unless the process exited with status 0; return its stdout as text.
+#[track_caller]
+pub fn ok(what: &str, out: Output) -> String {
+    assert!(out.status.success(), "{}", describe(what, &out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `qemu-img` and require success; return stdout.
+#[track_caller]
+pub fn qemu_img_ok<A: AsRef<OsStr>>(args: &[A]) -> String {
+    let what = format!("qemu-img {}", join(args));
+    ok(&what, qemu_img(args))
+}
+
+/// Run `qemu-io` and require success and no error lines; return stdout.
+///
+/// qemu-io exits 0 even when a command fails, so its output is searched as well.
+#[track_caller]
+pub fn qemu_io_ok<A: AsRef<OsStr>>(args: &[A]) -> String {
+    let what = format!("qemu-io {}", join(args));
+    let out = qemu_io(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let failed = !out.status.success()
+        || !out.stderr.is_empty()
+        || text.contains("fail")
+        || text.contains("error")
+        || text.contains("Pattern verification failed");
+    assert!(!failed, "{}", describe(&what, &out));
+    text
+}
+
+/// Run `vdisk` and require success; return stdout.
+#[track_caller]
+pub fn vdisk_ok<A: AsRef<OsStr>>(args: &[A]) -> String {
+    let what = format!("vdisk {}", join(args));
+    ok(&what, vdisk(args))
+}
+
+fn join<A: AsRef<OsStr>>(args: &[A]) -> String {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `qemu-img check` must report a clean image: exit 0, no leaks, no corruptions.
+#[track_caller]
+pub fn assert_qemu_check_clean(path: &Path) {
+    let out = qemu_img([OsStr::new("check"), path.as_os_str()]);
+    let what = format!("qemu-img check {}", path.display());
+    assert!(out.status.success(), "{}", describe(&what, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("No errors were found on the image."),
+        "{}",
+        describe(&what, &out)
+    );
+    assert!(!text.contains("leaked"), "{}", describe(&what, &out));
+}
+
+/// `qemu-img compare` (strict, `-s`) must find the two images identical.
+#[track_caller]
+pub fn assert_qemu_compare_identical(a: &Path, b: &Path) {
+    let out = qemu_img([OsStr::new("compare"), a.as_os_str(), b.as_os_str()]);
+    let what = format!("qemu-img compare {} {}", a.display(), b.display());
+    assert!(out.status.success(), "{}", describe(&what, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Images are identical."),
+        "{}",
+        describe(&what, &out)
+    );
+}
+
+/// The first offset at which two byte slices differ, for assertion messages.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Panic, naming the first differing offset, unless `a == b`.
+#[track_caller]
+pub fn assert_bytes_eq(what: &str, a: &[u8], b: &[u8]) {
+    if let Some(at) = first_difference(a, b) {
+        panic!(
+            "{what}: contents differ at byte {at:#x} (lengths {} and {}): {:02x?} vs {:02x?}",
+            a.len(),
+            b.len(),
+            &a[at..(at + 16).min(a.len())],
+            &b[at..(at + 16).min(b.len())]
+        );
+    }
+}
+
+/// A random generator that gives the same stream on every run for the same `seed`.
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `len` pseudo-random bytes, the same for the same `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rng(seed).fill_bytes(&mut v);
+    v
+}
+
+/// `len` bytes of a recognisable pattern: each 8-byte word holds `tag` and its offset, so
+/// a misplaced cluster shows up as a wrong offset in a hex dump.
+pub fn pattern(tag: u32, offset: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    let mut word = offset / 8;
+    while v.len() < len + (offset % 8) as usize {
+        let w = (u64::from(tag) << 40) ^ (word * 8);
+        v.extend_from_slice(&w.to_be_bytes());
+        word += 1;
+    }
+    let skip = (offset % 8) as usize;
+    v[skip..skip + len].to_vec()
+}
+
+/// A run of a raw test file: data, an explicit run of zero bytes, or a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Random bytes.
+    Data,
+    /// Written zero bytes (allocated on the host).
+    Zeros,
+    /// Never written (a sparse hole).
+    Hole,
+}
+
+/// Write a sparse raw file of `size` bytes at `path`, made of runs of random length
+/// (multiples of 512, up to `max_run`) of data, zeros and holes, chosen from `seed`.
+/// Returns the file's contents.
+pub fn write_mixed_raw(path: &Path, size: u64, max_run: u64, seed: u64) -> Vec<u8> {
+    let mut r = rng(seed);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .expect("creating a raw test file");
+    file.set_len(size).expect("sizing the raw test file");
+    let mut contents = vec![0u8; size as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        let len = (r.gen_range(1..=max_run / 512) * 512).min(size - pos);
+        let kind = match r.gen_range(0..3) {
+            0 => Run::Data,
+            1 => Run::Zeros,
+            _ => Run::Hole,
+        };
+        let range = pos as usize..(pos + len) as usize;
+        match kind {
+            Run::Data => {
+                r.fill_bytes(&mut contents[range.clone()]);
+                file.write_all_at(&contents[range], pos).expect("writing");
+            }
+            Run::Zeros => file.write_all_at(&contents[range], pos).expect("writing"),
+            Run::Hole => {}
+        }
+        pos += len;
+    }
+    contents
+}
+
+/// Read a whole file.
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// `dir/name` as a `PathBuf`.
+pub fn path_in(dir: &TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+/// The guest contents of any image, as qemu-img sees them (`qemu-img convert -O raw`).
+pub fn qemu_raw_contents(image: &Path, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!(
+        "{}.qemu.raw",
+        image.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    qemu_img_ok(&[
+        OsStr::new("convert"),
+        OsStr::new("-O"),
+        OsStr::new("raw"),
+        image.as_os_str(),
+        out.as_os_str(),
+    ]);
+    let data = read(&out);
+    let _ = std::fs::remove_file(&out);
+    data
+}
+
+/// The guest contents of any image, as vdisk sees them (`vdisk convert -O raw`).
+pub fn vdisk_raw_contents(image: &Path, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!(
+        "{}.vdisk.raw",
+        image.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    vdisk_ok(&[
+        OsStr::new("convert"),
+        OsStr::new("-O"),
+        OsStr::new("raw"),
+        image.as_os_str(),
+        out.as_os_str(),
+    ]);
+    let data = read(&out);
+    let _ = std::fs::remove_file(&out);
+    data
+}
+
+/// The value of a `--output=json` document, parsed.
+#[track_caller]
+pub fn parse_json(what: &str, text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: invalid JSON ({e}):\n{text}"))
+}
+
+/// Run `check` on every case, carrying on past failures, then fail once listing every case
+/// that failed with its message. A matrix test then reports all its broken combinations in
+/// one run instead of stopping at the first.
+///
+/// While a case runs, the panic hook stays quiet on this thread (the message is collected
+/// and printed once at the end instead of with a backtrace per case).
+#[track_caller]
+pub fn run_cases<T: std::fmt::Debug>(what: &str, cases: &[T], check: impl Fn(&T)) {
+    install_quiet_hook();
+    let mut failures = Vec::new();
+    for case in cases {
+        QUIET_PANICS.with(|q| q.set(true));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(case)));
+        QUIET_PANICS.with(|q| q.set(false));
+        if let Err(payload) = result {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(non-string panic)".into());
+            failures.push(format!("{case:?}: {msg}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every qcow2 cluster size, 512 bytes to 2 MiB.
+pub const CLUSTER_SIZES: [u64; 13] = [
+    512,
+    1 << 10,
+    2 << 10,
+    4 << 10,
+    8 << 10,
+    16 << 10,
+    32 << 10,
+    64 << 10,
+    128 << 10,
+    256 << 10,
+    512 << 10,
+    1 << 20,
+    2 << 20,
+];
+
+/// The refcount widths each compat level allows.
+pub fn refcount_widths(compat: &str) -> &'static [u32] {
+    match compat {
+        "0.10" => &[16],
+        _ => &[1, 2, 4, 8, 16, 32, 64],
+    }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wrap the panic hook so that panics on a thread inside `run_cases` print nothing.
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Panic, showing the first differing line, unless `ours == theirs`.
+#[track_caller]
+pub fn assert_text_eq(what: &str, ours: &str, theirs: &str) {
+    if ours == theirs {
+        return;
+    }
+    let (a, b): (Vec<_>, Vec<_>) = (ours.lines().collect(), theirs.lines().collect());
+    let at = (0..a.len().max(b.len()))
+        .find(|&i| a.get(i) != b.get(i))
+        .unwrap_or(a.len());
+    panic!(
+        "{what}: output differs at line {}:\n  vdisk:    {:?}\n  qemu-img: {:?}",
+        at + 1,
+        a.get(at).copied().unwrap_or("<end>"),
+        b.get(at).copied().unwrap_or("<end>")
+    );
+}

@@ -1,0 +1,113 @@
+//! `vdisk check [-f FMT] [-r leaks|all] [--output human|json] [-q] FILE`
+//!
+//! Exit codes as qemu-img's: 0 clean, 1 the check could not complete, 2 corruptions,
+//! 3 leaks only, 63 the format does not support checks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format};
+use vdisk::ops::info::to_qemu_json;
+use vdisk::qcow2::check::{self, CheckReport, Repair};
+use vdisk::storage::{FileStorage, OpenOptions};
+use vdisk::{Error, Result};
+
+/// Arguments of `check`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Repair: `leaks` frees leaked clusters, `all` also fixes corruptions.
+    #[arg(short = 'r', value_name = "leaks|all")]
+    repair: Option<String>,
+    /// Output format: human or json.
+    #[arg(long = "output", default_value = "human")]
+    output: String,
+    /// Quiet: print nothing on success.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Open without taking locks (accepted for qemu-img compatibility).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
+    /// Image file.
+    file: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = a.force_share;
+    let json = match a.output.as_str() {
+        "json" => true,
+        "human" => false,
+        o => {
+            return Err(Error::invalid(format!(
+                "--output must be human or json, not '{o}'"
+            )))
+        }
+    };
+    let repair = match &a.repair {
+        Some(r) => r.parse()?,
+        None => Repair::None,
+    };
+    let name = a.file.display().to_string();
+    let storage = FileStorage::open(
+        &a.file,
+        OpenOptions {
+            write: repair != Repair::None,
+            unsafe_cache: false,
+        },
+    )
+    .map_err(|e| Error::io(format!("Could not open '{name}'"), e))?;
+    let format: Format = match &a.format {
+        Some(f) => f.parse()?,
+        None => image::probe(&storage)?,
+    };
+    let report = match format {
+        Format::Raw => {
+            eprintln!("vdisk: This image format does not support checks");
+            return Ok(ExitCode::from(63));
+        }
+        Format::Qcow2 => {
+            check::check(&storage, repair).map_err(|e| image::with_path(&a.file, e))?
+        }
+        Format::Vmdk => {
+            drop(storage);
+            let opts = vdisk::vmdk::VmdkOpenOptions {
+                read_only: true,
+                allow_outside_extents: false,
+            };
+            let mut v =
+                vdisk::vmdk::open(&a.file, &opts).map_err(|e| image::with_path(&a.file, e))?;
+            let r = v.check()?;
+            CheckReport {
+                corruptions: r.corruptions,
+                leaks: r.leaks,
+                messages: r.messages,
+                ..Default::default()
+            }
+        }
+    };
+    for m in &report.messages {
+        eprintln!("{m}");
+    }
+    if let Some(why) = &report.failed {
+        eprintln!("vdisk: Check failed: {why}");
+        return Ok(ExitCode::from(1));
+    }
+    if !a.quiet {
+        if json {
+            println!("{}", to_qemu_json(&report.to_json(&name, format.name())));
+        } else {
+            if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
+                print!(
+                    "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+                    report.leaks_fixed, report.corruptions_fixed
+                );
+            }
+            print!("{}", report.to_human());
+        }
+    }
+    if report.check_errors > 0 {
+        eprintln!("vdisk: Check failed");
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}

@@ -1,0 +1,113 @@
+//! `vdisk commit [-f FMT] [-b BASE] [-d] [-p] FILE`: fold an overlay into its backing.
+
+use crate::progress::Progress;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format, ImageOptions};
+use vdisk::ops::chain_ops;
+use vdisk::qcow2::{OpenOptions, Qcow2};
+use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
+use vdisk::{Error, Result};
+
+/// Arguments of `commit`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Commit into this image of the chain (default: the direct backing); implies -d.
+    #[arg(short = 'b')]
+    base: Option<PathBuf>,
+    /// Do not empty the image after committing.
+    #[arg(short = 'd')]
+    keep: bool,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Cache mode (accepted for qemu-img compatibility).
+    #[arg(short = 't')]
+    cache: Option<String>,
+    /// Image file.
+    file: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = &a.cache;
+    let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    let mut chain = image::open(
+        &a.file,
+        &ImageOptions {
+            format,
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    if chain.layers.len() < 2 {
+        return Err(Error::invalid(format!(
+            "'{}' has no backing file to commit into",
+            a.file.display()
+        )));
+    }
+    let base_depth = match &a.base {
+        None => 1,
+        Some(b) => {
+            let want = std::fs::canonicalize(b)
+                .map_err(|e| Error::io(format!("could not open '{}'", b.display()), e))?;
+            chain
+                .layers
+                .iter()
+                .position(|l| std::fs::canonicalize(&l.path).ok().as_ref() == Some(&want))
+                .filter(|&d| d > 0)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "'{}' is not in the backing chain of '{}'",
+                        b.display(),
+                        a.file.display()
+                    ))
+                })?
+        }
+    };
+    let base_layer = chain.layers[base_depth].clone();
+    let mut base = image::open(
+        &base_layer.path,
+        &ImageOptions {
+            format: Some(base_layer.format),
+            read_only: false,
+            no_backing: true,
+            ..Default::default()
+        },
+    )?;
+    let size = chain.device.virtual_size();
+    let mut bar = Progress::new(a.progress, size);
+    chain_ops::commit(
+        chain.device.as_mut(),
+        base.device.as_mut(),
+        base_depth as u32,
+        &mut |d, t| bar.update(d, t),
+    )?;
+    bar.finish();
+    drop(base);
+    drop(chain);
+    if !a.keep && a.base.is_none() && !matches!(format, Some(Format::Raw)) {
+        let s = FileStorage::open(
+            &a.file,
+            FileOptions {
+                write: true,
+                unsafe_cache: false,
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
+        if image::probe(&s)? == Format::Qcow2 {
+            let mut top =
+                Qcow2::open(s, OpenOptions::default()).map_err(|e| image::with_path(&a.file, e))?;
+            top.make_empty()?;
+        }
+    }
+    if !a.quiet {
+        println!("Image committed.");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,63 @@
+//! `vdisk compare [-f FMT] [-F FMT] [-s] [-q] A B`
+//!
+//! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, ImageOptions};
+use vdisk::ops::compare::compare;
+use vdisk::Result;
+
+/// Arguments of `compare`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Format of the first image (probed when absent).
+    #[arg(short = 'f')]
+    format_a: Option<String>,
+    /// Format of the second image (probed when absent).
+    #[arg(short = 'F')]
+    format_b: Option<String>,
+    /// Strict: sizes and allocation status must match too.
+    #[arg(short = 's')]
+    strict: bool,
+    /// Quiet: print nothing, only set the exit code.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Open without taking locks (accepted for qemu-img compatibility).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
+    /// First image.
+    a: PathBuf,
+    /// Second image.
+    b: PathBuf,
+}
+
+fn open(path: &std::path::Path, format: &Option<String>) -> Result<image::Image> {
+    let opts = ImageOptions {
+        format: format.as_deref().map(str::parse).transpose()?,
+        read_only: true,
+        ..Default::default()
+    };
+    image::open(path, &opts)
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = a.force_share;
+    let result = (|| {
+        let mut ia = open(&a.a, &a.format_a)?;
+        let mut ib = open(&a.b, &a.format_b)?;
+        compare(ia.device.as_mut(), ib.device.as_mut(), a.strict)
+    })();
+    match result {
+        Ok(c) => {
+            if !a.quiet {
+                print!("{}", c.message());
+            }
+            Ok(ExitCode::from(if c.is_identical() { 0 } else { 1 }))
+        }
+        Err(e) => {
+            eprintln!("vdisk: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

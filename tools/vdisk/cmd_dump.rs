@@ -1,0 +1,87 @@
+//! `vdisk dump [--json] [--header] [--l1] [--l2] [--refcounts] [--snapshots] [--map]
+//! [--clusters] FILE`: every on-disk structure with its host offset and decoded values.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::dump::{self, DumpOptions};
+use vdisk::image::{self, Format};
+use vdisk::storage::{FileStorage, OpenOptions};
+use vdisk::{Error, Result};
+
+/// Arguments of `dump`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Header, header extensions and feature names (VMDK: descriptor and sparse header).
+    #[arg(long)]
+    header: bool,
+    /// The L1 table (VMDK: grain directory).
+    #[arg(long)]
+    l1: bool,
+    /// Every L2 table (VMDK: grain tables).
+    #[arg(long)]
+    l2: bool,
+    /// The refcount table and refcount blocks.
+    #[arg(long)]
+    refcounts: bool,
+    /// The snapshot table with each snapshot's L1 table.
+    #[arg(long)]
+    snapshots: bool,
+    /// The guest-to-host map.
+    #[arg(long)]
+    map: bool,
+    /// What each host cluster holds.
+    #[arg(long)]
+    clusters: bool,
+    /// Image format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Image file.
+    file: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let opts = DumpOptions {
+        header: a.header,
+        l1: a.l1,
+        l2: a.l2,
+        refcounts: a.refcounts,
+        snapshots: a.snapshots,
+        map: a.map,
+        clusters: a.clusters,
+    };
+    let storage = FileStorage::open(&a.file, OpenOptions::default())
+        .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
+    let format: Format = match &a.format {
+        Some(f) => f.parse()?,
+        None => image::probe(&storage)?,
+    };
+    let doc = match format {
+        Format::Qcow2 => {
+            dump::qcow2::document(&storage, opts).map_err(|e| image::with_path(&a.file, e))?
+        }
+        Format::Vmdk => {
+            drop(storage);
+            let o = vdisk::vmdk::VmdkOpenOptions {
+                read_only: true,
+                allow_outside_extents: false,
+            };
+            let v = vdisk::vmdk::open(&a.file, &o).map_err(|e| image::with_path(&a.file, e))?;
+            dump::vmdk::document(&v, opts)?
+        }
+        Format::Raw => {
+            return Err(Error::unsupported(
+                "dump of raw images (they have no metadata)",
+            ))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        dump::write_json(&doc, &mut out)?;
+    } else {
+        dump::write_human(&doc, &mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,95 @@
+//! `vdisk measure [-O FMT] [-o OPTS] (--size SIZE | [-f FMT] FILE) [--output human|json]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format, ImageOptions};
+use vdisk::ops::info::to_qemu_json;
+use vdisk::ops::measure::{measure, Source};
+use vdisk::{Error, Result};
+
+/// Arguments of `measure`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Target format (default raw).
+    #[arg(short = 'O', default_value = "raw")]
+    target: String,
+    /// Target creation options (`key=value,...`).
+    #[arg(short = 'o')]
+    options: Option<String>,
+    /// Measure an empty image of this size instead of an input image.
+    #[arg(long = "size")]
+    size: Option<String>,
+    /// Input image format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Output format: human or json.
+    #[arg(long = "output", default_value = "human")]
+    output: String,
+    /// Open without taking locks (accepted for qemu-img compatibility).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
+    /// Input image.
+    file: Option<PathBuf>,
+}
+
+/// The version field of a qcow2 header.
+fn qcow2_version(path: &std::path::Path) -> Result<u32> {
+    use vdisk::storage::{FileStorage, OpenOptions, Storage};
+    let s = FileStorage::open(path, OpenOptions::default())
+        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let mut v = [0u8; 8];
+    s.read_at(&mut v, 0)
+        .map_err(|e| Error::io("reading the qcow2 version", e))?;
+    Ok(u32::from_be_bytes([v[4], v[5], v[6], v[7]]))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = a.force_share;
+    let json = match a.output.as_str() {
+        "json" => true,
+        "human" => false,
+        o => {
+            return Err(Error::invalid(format!(
+                "--output must be human or json, not '{o}'"
+            )))
+        }
+    };
+    let target: Format = a.target.parse()?;
+    let options = match &a.options {
+        Some(o) => image::parse_options(o)?,
+        None => Vec::new(),
+    };
+    let m = match (&a.size, &a.file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "--size N cannot be used together with a filename",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "Either --size N or one filename must be specified",
+            ))
+        }
+        (Some(s), None) => measure(Source::Size(vdisk::size::parse_size(s)?), target, &options)?,
+        (None, Some(f)) => {
+            let opts = ImageOptions {
+                format: a.format.as_deref().map(str::parse).transpose()?,
+                read_only: true,
+                ..Default::default()
+            };
+            let mut img = image::open(f, &opts)?;
+            let bitmaps_capable = img.format == Format::Qcow2 && qcow2_version(f)? >= 3;
+            let source = Source::Image {
+                device: img.device.as_mut(),
+                bitmaps_capable,
+            };
+            measure(source, target, &options)?
+        }
+    };
+    if json {
+        println!("{}", to_qemu_json(&m.to_json()));
+    } else {
+        print!("{}", m.to_human());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,109 @@
+//! `vdisk rebase [-f FMT] [-u] -b NEW [-F NEW_FMT] [-p] FILE`: change an overlay's backing
+//! file; safe mode (the default) keeps the guest contents the same.
+
+use crate::progress::Progress;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk::image::{self, Format, ImageOptions};
+use vdisk::ops::chain_ops;
+use vdisk::qcow2::{OpenOptions, Qcow2};
+use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
+use vdisk::{BlockDevice, Error, Result};
+
+/// Arguments of `rebase`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format (must be qcow2).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Unsafe: only rewrite the backing name in the header.
+    #[arg(short = 'u')]
+    unsafe_mode: bool,
+    /// New backing file ("" removes the backing file).
+    #[arg(short = 'b', required = true)]
+    backing: String,
+    /// Format of the new backing file.
+    #[arg(short = 'F')]
+    backing_format: Option<String>,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Cache mode (accepted for qemu-img compatibility).
+    #[arg(short = 't')]
+    cache: Option<String>,
+    /// Image file.
+    file: PathBuf,
+}
+
+fn open_top(path: &std::path::Path) -> Result<Qcow2<FileStorage>> {
+    let s = FileStorage::open(
+        path,
+        FileOptions {
+            write: true,
+            unsafe_cache: false,
+        },
+    )
+    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    if image::probe(&s)? != Format::Qcow2 {
+        return Err(Error::unsupported(format!(
+            "rebase needs a qcow2 image; '{}' is not one",
+            path.display()
+        )));
+    }
+    Qcow2::open(s, OpenOptions::default()).map_err(|e| image::with_path(path, e))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let _ = (&a.cache, a.quiet, &a.format);
+    let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
+    let new_fmt: Option<Format> = a.backing_format.as_deref().map(str::parse).transpose()?;
+    if new_name.is_some() && new_fmt.is_none() && !a.unsafe_mode {
+        return Err(Error::invalid(
+            "rebase needs -F with the new backing file's format",
+        ));
+    }
+    if let Some(n) = new_name {
+        vdisk::chain::check_backing_name(n)?;
+    }
+    if !a.unsafe_mode {
+        // The overlay, writable, with its current chain attached (read-only).
+        let mut chain = image::open(
+            &a.file,
+            &ImageOptions {
+                format: Some(Format::Qcow2),
+                ..Default::default()
+            },
+        )?;
+        let mut new_backing = match new_name {
+            Some(n) => {
+                let p = vdisk::chain::resolve(&a.file, n)?;
+                Some(image::open(
+                    &p,
+                    &ImageOptions {
+                        format: new_fmt,
+                        read_only: true,
+                        ..Default::default()
+                    },
+                )?)
+            }
+            None => None,
+        };
+        let size = chain.device.virtual_size();
+        let mut bar = Progress::new(a.progress, size);
+        let nb: Option<&mut dyn BlockDevice> = match new_backing.as_mut() {
+            Some(i) => Some(i.device.as_mut()),
+            None => None,
+        };
+        chain_ops::rebase_copy(chain.device.as_mut(), nb, &mut |d, t| bar.update(d, t))?;
+        bar.finish();
+        chain.device.close()?;
+    }
+    let mut top = open_top(&a.file)?;
+    let fmt_name = new_fmt.map(|f| f.name());
+    top.set_backing_file(new_name, fmt_name)?;
+    top.close()?;
+    Ok(ExitCode::SUCCESS)
+}
