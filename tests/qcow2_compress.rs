@@ -132,6 +132,7 @@ fn images_vdisk_compresses_pass_qemu_check_and_compare_for_every_type_and_cluste
                 p(&out),
             ]);
             assert_clean(&out);
+            run(&[vdisk(), "check", p(&out)]);
             run(&[
                 "qemu-img",
                 "compare",
@@ -446,4 +447,30 @@ fn hostile_compressed_descriptors_are_read_errors_for_their_cluster_only() {
             "{name}: convert did not fail"
         );
     }
+}
+
+#[test]
+fn map_marks_the_compressed_extents_qemu_img_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = source_image(dir.path());
+    let q = dir.path().join("m.qcow2");
+    run(&["qemu-img", "convert", "-c", "-O", "qcow2", p(&src), p(&q)]);
+    let extents = |json: String| -> Vec<(u64, u64, bool)> {
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["start"].as_u64().unwrap(),
+                    e["length"].as_u64().unwrap(),
+                    e["compressed"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect()
+    };
+    let ours = extents(run(&[vdisk(), "map", "--output=json", p(&q)]));
+    let theirs = extents(run(&["qemu-img", "map", "--output=json", p(&q)]));
+    assert!(ours.iter().any(|e| e.2));
+    assert_eq!(ours, theirs);
 }
