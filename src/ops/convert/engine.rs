@@ -156,12 +156,16 @@ fn read_windows(
                 ExtentKind::Data => false,
             };
             if skip {
-                if win.is_none() {
-                    let next = ext_end / plan.gran * plan.gran;
-                    if next > a {
-                        a = next;
-                        continue 'windows;
+                match win.as_mut() {
+                    None => {
+                        let next = ext_end / plan.gran * plan.gran;
+                        if next > a {
+                            a = next;
+                            continue 'windows;
+                        }
                     }
+                    // A reused buffer holds an older window's bytes: zero what is skipped.
+                    Some(w) => w.buf[(pos - a) as usize..(ext_end.min(b) - a) as usize].fill(0),
                 }
                 pos = ext_end.min(b);
                 continue;
@@ -171,8 +175,12 @@ fn read_windows(
                 let Ok(mut buf) = pool.recv() else {
                     return Ok(()); // the writer has stopped
                 };
-                buf.clear();
-                buf.resize((b - a) as usize, 0);
+                // Every byte of the window is written below (read, inflated or zeroed), so
+                // a reused buffer is not cleared first; only the part before `pos` is.
+                let len = (b - a) as usize;
+                buf.truncate(len);
+                buf.resize(len, 0);
+                buf[..(pos - a) as usize].fill(0);
                 win = Some(Window {
                     seq,
                     base: a,
