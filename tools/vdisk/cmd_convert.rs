@@ -78,6 +78,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.workers == Some(0) {
         return Err(Error::invalid("-m needs at least one worker"));
     }
+    if a.compress && dst_format == Format::Raw {
+        // Refused before the output file is created.
+        return Err(Error::unsupported("compression in raw images"));
+    }
     if let Some(b) = &a.backing {
         // qemu-img convert -B: the output is an overlay holding only the differences.
         let f = a
