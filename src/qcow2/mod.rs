@@ -31,6 +31,7 @@
 mod amend;
 pub mod cache;
 pub mod check;
+mod check_report;
 mod cluster;
 pub mod compress;
 pub mod create;
