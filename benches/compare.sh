@@ -20,13 +20,18 @@ BENCH_DIR=${BENCH_DIR:-/tmp/vdisk-bench}
 RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-1024}
 FILTER=${1:-}
-VDISK="$ROOT/target/release/vdisk"
+VDISK="${CARGO_TARGET_DIR:-$ROOT/target}/release/vdisk"
 QEMU_IMG=${QEMU_IMG:-qemu-img}
 
 # Rows, in order (later rows may use outputs of earlier ones).
 ROWS=(
     convert_raw_to_qcow2
     convert_qcow2_to_raw
+    convert_raw_to_qcow2_zlib
+    convert_raw_to_qcow2_zlib_vs_W
+    convert_raw_to_qcow2_zstd
+    convert_qcow2_zlib_to_raw
+    convert_qcow2_zstd_to_raw
     convert_raw_to_vmdk_sparse
     convert_raw_to_vmdk_stream
     convert_vmdk_to_raw
@@ -147,7 +152,7 @@ FAILED=0
 # record NAME: append one table row from the last two measurements and verification.
 record() {
     local name=$1
-    RESULTS+=("$(printf '%-28s %9.2f %11.2f %7.2f %10d %12d  %s' \
+    RESULTS+=("$(printf '%-30s %9.2f %11.2f %7.2f %10d %12d  %s' \
         "$name" "$V_S" "$Q_S" "$(awk -v a="$V_S" -v b="$Q_S" 'BEGIN { print a / b }')" "$V_MIB" "$Q_MIB" "$VERIFIED")")
 }
 
@@ -173,6 +178,55 @@ row_convert_qcow2_to_raw() {
     record "convert qcow2 -> raw"
 }
 
+# size_ratio A B: file size of A over that of B (compressed outputs: vdisk over qemu-img).
+size_ratio() {
+    awk -v a="$(stat -c %s "$1")" -v b="$(stat -c %s "$2")" 'BEGIN { printf "%.3f", a / b }'
+}
+
+# compressed_row TYPE: raw -> qcow2 with -c and compression_type=TYPE; the output column
+# adds vdisk's output size over qemu-img's.
+compressed_row() {
+    local ty=$1 v="$BENCH_DIR/vdisk-$1.qcow2" q="$BENCH_DIR/qemu-$1.qcow2"
+    measure "$v" "$VDISK" convert -c -f raw -O qcow2 -o compression_type="$ty" "$SRC" "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$q" "$QEMU_IMG" convert -c -f raw -O qcow2 -o compression_type="$ty" "$SRC" "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$v"
+    "$QEMU_IMG" check -q "$v" || { VERIFIED="check failed"; FAILED=1; }
+    VERIFIED="$VERIFIED, size x$(size_ratio "$v" "$q")"
+    record "convert raw -> qcow2 -c $ty"
+}
+
+row_convert_raw_to_qcow2_zlib() { compressed_row zlib; }
+row_convert_raw_to_qcow2_zstd() { compressed_row zstd; }
+
+row_convert_raw_to_qcow2_zlib_vs_W() {
+    # vdisk's default against qemu-img's fastest compressed convert (8 coroutines,
+    # out-of-order writes).
+    local v="$BENCH_DIR/vdisk-zlib.qcow2" q="$BENCH_DIR/qemu-zlib-W.qcow2"
+    measure "$v" "$VDISK" convert -c -f raw -O qcow2 "$SRC" "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$q" "$QEMU_IMG" convert -c -m 8 -W -f raw -O qcow2 "$SRC" "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$v"
+    VERIFIED="$VERIFIED, size x$(size_ratio "$v" "$q")"
+    record "  ... vs qemu-img -m 8 -W"
+}
+
+# compressed_to_raw_row TYPE: both tools read the compressed qcow2 qemu-img made above.
+compressed_to_raw_row() {
+    local in="$BENCH_DIR/qemu-$1.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert -c -f raw -O qcow2 -o compression_type="$1" "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f qcow2 -O raw "$in" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f qcow2 -O raw "$in" "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    record "convert qcow2 ($1) -> raw"
+}
+
+row_convert_qcow2_zlib_to_raw() { compressed_to_raw_row zlib; }
+row_convert_qcow2_zstd_to_raw() { compressed_to_raw_row zstd; }
 row_convert_raw_to_vmdk_sparse() {
     measure "$BENCH_DIR/vdisk.vmdk" "$VDISK" convert -f raw -O vmdk "$SRC" "$BENCH_DIR/vdisk.vmdk"
     V_S=$BEST_S V_MIB=$PEAK_MIB
@@ -322,7 +376,7 @@ for row in "${ROWS[@]}"; do
 done
 
 echo
-printf '%-28s %9s %11s %7s %10s %12s  %s\n' operation "vdisk s" "qemu-img s" ratio "vdisk MiB" "qemu-img MiB" output
+printf '%-30s %9s %11s %7s %10s %12s  %s\n' operation "vdisk s" "qemu-img s" ratio "vdisk MiB" "qemu-img MiB" output
 printf '%s\n' "${RESULTS[@]}"
 echo "(seconds: best of $RUNS wall-clock runs; ratio: vdisk/qemu-img, below 1 means vdisk is faster; MiB: peak RSS)"
 exit "$FAILED"

@@ -6,6 +6,25 @@
 //! (convert, compare, commit, map, the CLI) is written once against this trait.
 
 use crate::error::Result;
+use std::sync::Arc;
+
+/// A format's codec for whole compressed clusters, shared by the convert engine's workers
+/// so that compressing and inflating run on every core while one thread does the I/O.
+pub trait ClusterCodec: Send + Sync {
+    /// Compress one whole cluster (zero-padded at the end of the disk). `None` means the
+    /// cluster should be stored uncompressed (the result would not be smaller).
+    fn compress(&self, cluster: &[u8]) -> Option<Vec<u8>>;
+
+    /// Inflate what [`BlockDevice::read_compressed_cluster`] returned into `out` (one
+    /// whole cluster). `host` names the data in errors.
+    fn decompress(&self, data: &[u8], out: &mut [u8], host: u64) -> Result<()>;
+
+    /// Whether every cluster written must be compressed (a streamOptimized VMDK), so that
+    /// converting into the device compresses even without `-c`.
+    fn always_compress(&self) -> bool {
+        false
+    }
+}
 
 /// What a guest range is backed by, as reported by [`BlockDevice::block_status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +103,34 @@ pub trait BlockDevice: Send {
         None
     }
 
+    /// The codec for compressed clusters, if the format stores them (default: none).
+    fn cluster_codec(&self) -> Option<Arc<dyn ClusterCodec>> {
+        None
+    }
+
+    /// Store the guest cluster at `offset` (cluster aligned) as `compressed`, which the
+    /// codec from [`cluster_codec`](Self::cluster_codec) produced from the whole cluster.
+    fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        let _ = (offset, compressed);
+        Err(crate::Error::unsupported(format!(
+            "compressed clusters in {} images",
+            self.format_name()
+        )))
+    }
+
+    /// If the guest cluster at `offset` (cluster aligned) is stored compressed, its stored
+    /// bytes and their host offset, for the codec to inflate elsewhere (default: `None`,
+    /// read it with [`read_at`](Self::read_at)).
+    fn read_compressed_cluster(&mut self, offset: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let _ = offset;
+        Ok(None)
+    }
+
+    /// Whether writes must arrive in increasing guest offset order (a streamOptimized
+    /// VMDK being written); the convert engine then ignores out-of-order mode.
+    fn requires_sequential_writes(&self) -> bool {
+        false
+    }
     /// Change the virtual size. Formats that cannot resize say so.
     fn resize(&mut self, new_size: u64) -> Result<()> {
         let _ = new_size;
@@ -137,6 +184,18 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn cluster_size(&self) -> Option<u64> {
         (**self).cluster_size()
+    }
+    fn cluster_codec(&self) -> Option<Arc<dyn ClusterCodec>> {
+        (**self).cluster_codec()
+    }
+    fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        (**self).write_compressed_cluster(offset, compressed)
+    }
+    fn read_compressed_cluster(&mut self, offset: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        (**self).read_compressed_cluster(offset)
+    }
+    fn requires_sequential_writes(&self) -> bool {
+        (**self).requires_sequential_writes()
     }
     fn resize(&mut self, new_size: u64) -> Result<()> {
         (**self).resize(new_size)

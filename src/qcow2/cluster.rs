@@ -72,6 +72,12 @@ impl<S: Storage> Qcow2<S> {
                     "compressed data at {host:#x}+{len} lies outside the file"
                 ));
             }
+            // Data smaller than a cluster spans at most cluster_size + 511 bytes of sectors.
+            L2Entry::Compressed { host, len } if len > cs + 512 => {
+                return bad(format!(
+                    "compressed data at {host:#x} claims {len} bytes, more than a cluster needs"
+                ));
+            }
             L2Entry::Zero { host: None, .. } if self.header.version == 2 => {
                 return bad("zero flag in a version 2 image".into());
             }

@@ -1,12 +1,12 @@
 //! The [`BlockDevice`] implementation: guest reads, writes, zeroing, discard and
 //! allocation status, built on the mapping in `cluster` and the allocator in `refcount`.
 
-use super::compress::decompress_cluster;
 use super::entry::{L2Entry, COPIED};
 use super::{ioerr, Qcow2};
-use crate::device::{check_range, BlockDevice, Extent, ExtentKind};
+use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use std::sync::Arc;
 
 /// How a write treats one guest cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +50,6 @@ impl<S: Storage> Qcow2<S> {
                 Ok(())
             }
         }
-    }
-
-    /// Inflate the compressed cluster at `host`.
-    pub(crate) fn read_compressed(&mut self, host: u64, len: u64) -> Result<Vec<u8>> {
-        let avail = self.file_len.saturating_sub(host).min(len);
-        let mut data = vec![0u8; avail as usize];
-        self.storage
-            .read_at(&mut data, host)
-            .map_err(ioerr("reading compressed data"))?;
-        let mut out = vec![0u8; self.geo.cluster_size as usize];
-        decompress_cluster(self.header.compression_type, &data, &mut out, host)?;
-        Ok(out)
     }
 
     /// Read from the backing image; past its end (or with none) the guest sees zeros.
@@ -465,6 +453,24 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 
     fn cluster_size(&self) -> Option<u64> {
         Some(self.geo.cluster_size)
+    }
+
+    fn cluster_codec(&self) -> Option<Arc<dyn ClusterCodec>> {
+        Some(Arc::new(self.codec()))
+    }
+
+    fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.store_compressed(offset, compressed)
+    }
+
+    fn read_compressed_cluster(&mut self, offset: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        check_range(self.header.size, offset, 1)?;
+        match self.l2_entry(offset >> self.geo.cluster_bits)? {
+            L2Entry::Compressed { host, len } => {
+                Ok(Some((host, self.read_compressed_bytes(host, len)?)))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn resize(&mut self, new_size: u64) -> Result<()> {

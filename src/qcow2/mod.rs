@@ -11,7 +11,7 @@
 //! | `refcount` | refcount blocks, the refcount table, cluster allocation and freeing |
 //! | `cluster` | guest-to-host mapping: L2 lookup, L2 allocation and copy-on-write |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
-//! | `compress` | compressed clusters |
+//! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
 //! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
 //! | `repair` | check's repairs, and repairing a dirty image on a writable open |
@@ -32,8 +32,9 @@ mod amend;
 mod bitmap;
 pub mod cache;
 pub mod check;
+mod check_report;
 mod cluster;
-mod compress;
+pub mod compress;
 pub mod create;
 pub mod entry;
 pub mod header;
@@ -159,6 +160,8 @@ pub struct Qcow2<S: Storage> {
     backing: Option<Box<dyn BlockDevice>>,
     /// The snapshot table.
     snapshots: Vec<snapshot::Snapshot>,
+    /// Where the next compressed cluster is appended (0: start a new host cluster).
+    compressed_cursor: u64,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -240,6 +243,7 @@ impl<S: Storage> Qcow2<S> {
             pending_frees: Vec::new(),
             file_len,
             backing: None,
+            compressed_cursor: 0,
             read_only,
             header,
             geo,

@@ -181,6 +181,15 @@ impl Vmdk {
         &self.path
     }
 
+    /// The extent being written as a stream, if this image is a streamOptimized one being
+    /// created (only then does the image take compressed grains).
+    fn stream_writer_index(&self) -> Option<usize> {
+        match self.extents.as_slice() {
+            [e] if matches!(e.body, ExtentBody::Stream(_)) => Some(0),
+            _ => None,
+        }
+    }
+
     fn extent_index(&self, offset: u64) -> Result<usize> {
         let i = self
             .extents
@@ -422,6 +431,31 @@ impl BlockDevice for Vmdk {
 
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn cluster_codec(&self) -> Option<Arc<dyn crate::device::ClusterCodec>> {
+        self.stream_writer_index()
+            .map(|_| Arc::new(stream::StreamCodec) as Arc<dyn crate::device::ClusterCodec>)
+    }
+
+    fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        check_range(self.size, offset, 1)?;
+        self.update_cid()?;
+        let i = self.extent_index(offset)?;
+        let extent = &mut self.extents[i];
+        match &mut extent.body {
+            ExtentBody::Stream(writer) => {
+                writer.write_compressed(offset - extent.start, compressed)
+            }
+            _ => Err(Error::unsupported(
+                "compressed grains outside a streamOptimized image being written",
+            )),
+        }
+    }
+
+    fn requires_sequential_writes(&self) -> bool {
+        self.stream_writer_index().is_some()
     }
 
     fn cluster_size(&self) -> Option<u64> {

@@ -14,6 +14,7 @@
 use super::grain_table::encode_table;
 use super::header::{SparseHeader, GD_AT_END, HEADER_SIZE};
 use super::limits::SECTOR_SIZE;
+use crate::device::ClusterCodec;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -124,6 +125,59 @@ pub fn read_compressed_grain(
     }
     grain.resize(grain_bytes as usize, 0);
     Ok(grain)
+}
+
+/// Deflate level for grains. Measured on the benchmark image (400 MB sample): level 5 gives
+/// output 1.6% larger than qemu-img's level 6 in an eighth of the time; zlib-rs's level 6
+/// (lazy matching with long chains) is over five times slower than level 5 on repetitive text.
+const GRAIN_LEVEL: u32 = 5;
+
+/// Compress one grain as stream-optimized extents store it: zlib format.
+fn compress_grain(grain: &[u8]) -> Result<Vec<u8>> {
+    // Data that looks random would not shrink: store it in deflate's stored blocks (still a
+    // valid zlib stream) instead of spending the time to find that out.
+    let level = if crate::qcow2::compress::looks_random(grain) {
+        flate2::Compression::none()
+    } else {
+        flate2::Compression::new(GRAIN_LEVEL)
+    };
+    let mut encoder =
+        flate2::write::ZlibEncoder::new(Vec::with_capacity(grain.len() / 2 + 64), level);
+    encoder
+        .write_all(grain)
+        .map_err(|e| Error::io("streamOptimized VMDK: compressing", e))?;
+    encoder
+        .finish()
+        .map_err(|e| Error::io("streamOptimized VMDK: compressing", e))
+}
+
+/// The codec of a streamOptimized image being written: every grain is stored compressed
+/// (zlib format), so converting into one always compresses, on the engine's workers.
+pub struct StreamCodec;
+
+impl ClusterCodec for StreamCodec {
+    fn compress(&self, grain: &[u8]) -> Option<Vec<u8>> {
+        compress_grain(grain).ok()
+    }
+
+    fn decompress(&self, data: &[u8], out: &mut [u8], host: u64) -> Result<()> {
+        let mut d = flate2::Decompress::new(true);
+        d.decompress(data, out, flate2::FlushDecompress::Finish)
+            .map_err(|e| {
+                Error::corrupt(
+                    "VMDK compressed grain",
+                    host,
+                    format!("cannot inflate: {e}"),
+                )
+            })?;
+        let n = d.total_out() as usize;
+        out[n..].fill(0);
+        Ok(())
+    }
+
+    fn always_compress(&self) -> bool {
+        true
+    }
 }
 
 /// Writes a stream-optimized extent front to back: guest data must arrive in increasing
@@ -271,18 +325,42 @@ impl StreamWriter {
         } else {
             data.into()
         };
-        let mut record = Vec::with_capacity(data.len() / 2 + 64);
+        let compressed = compress_grain(&data)?;
+        self.append_grain(grain, &compressed)
+    }
+
+    /// Accept a whole grain at `offset` that the caller compressed with [`StreamCodec`]
+    /// (the parallel convert engine does this on its workers).
+    pub fn write_compressed(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.check_order(offset)?;
+        if offset % self.grain_bytes != 0 || offset >= self.size {
+            return Err(Error::invalid(format!(
+                "compressed grain at {offset:#x} is not a grain of the disk"
+            )));
+        }
+        let grain = offset / self.grain_bytes;
+        if self.pending.as_ref().is_some_and(|(g, _)| *g != grain) {
+            self.emit_pending()?;
+        }
+        self.pending = None;
+        let gd_index = grain / self.gtes_per_gt;
+        if self.table.as_ref().is_some_and(|(i, _)| *i != gd_index) {
+            self.emit_table()?;
+        }
+        self.append_grain(grain, compressed)?;
+        self.cursor = ((grain + 1) * self.grain_bytes).min(self.size);
+        Ok(())
+    }
+
+    /// Append a grain marker and the compressed grain, and enter it in the grain table.
+    fn append_grain(&mut self, grain: u64, compressed: &[u8]) -> Result<()> {
+        let gd_index = grain / self.gtes_per_gt;
+        let mut record = Vec::with_capacity(compressed.len() + GRAIN_MARKER_SIZE as usize);
         record.extend_from_slice(&(grain * self.header.grain_size).to_le_bytes());
-        record.extend_from_slice(&[0u8; 4]);
-        let mut encoder = flate2::write::ZlibEncoder::new(record, flate2::Compression::default());
-        encoder
-            .write_all(&data)
-            .map_err(|e| Error::io("streamOptimized VMDK: compressing", e))?;
-        let mut record = encoder
-            .finish()
-            .map_err(|e| Error::io("streamOptimized VMDK: compressing", e))?;
-        let compressed_len = (record.len() as u64 - GRAIN_MARKER_SIZE) as u32;
-        LE::write_u32(&mut record[8..12], compressed_len);
+        let compressed_len = u32::try_from(compressed.len())
+            .map_err(|_| Error::invalid("streamOptimized VMDK: compressed grain too large"))?;
+        record.extend_from_slice(&compressed_len.to_le_bytes());
+        record.extend_from_slice(compressed);
         let sector = self.append(&record)?;
         let sector = u32::try_from(sector)
             .map_err(|_| Error::invalid("streamOptimized VMDK: extent file exceeds 2 TiB"))?;

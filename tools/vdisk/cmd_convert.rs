@@ -1,4 +1,4 @@
-//! `vdisk convert [-f FMT] -O FMT [-o OPTS] [-p] [-t CACHE] SRC DST`
+//! `vdisk convert [-f FMT] -O FMT [-o OPTS] [-c] [-m N] [-W] [-p] [-t CACHE] SRC DST`
 
 use crate::progress::Progress;
 use std::path::PathBuf;
@@ -22,6 +22,15 @@ pub struct Args {
     /// Show a progress bar.
     #[arg(short = 'p')]
     progress: bool,
+    /// Compress the output (qcow2: compressed clusters; -o compression_type=zlib|zstd).
+    #[arg(short = 'c')]
+    compress: bool,
+    /// Worker threads for reading, zero detection and compression (default: all cores).
+    #[arg(short = 'm')]
+    workers: Option<usize>,
+    /// Allow out-of-order writes to the output (where its format allows them).
+    #[arg(short = 'W')]
+    out_of_order: bool,
     /// Output cache mode: unsafe (default, as qemu-img: no fsync), writeback, none.
     #[arg(short = 't', default_value = "unsafe")]
     cache: String,
@@ -70,6 +79,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     )?;
     let size = src.device.virtual_size();
     let mut bar = Progress::new(a.progress, size);
+    if a.workers == Some(0) {
+        return Err(Error::invalid("-m needs at least one worker"));
+    }
+    if a.compress && dst_format == Format::Raw {
+        // Refused before the output file is created.
+        return Err(Error::unsupported("compression in raw images"));
+    }
     if let Some(b) = &a.backing {
         // qemu-img convert -B: the output is an overlay holding only the differences.
         let f = a
@@ -99,6 +115,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let copts = ConvertOptions {
         zero_granularity: 0,
         unallocated_is_zero: true,
+        compress: a.compress,
+        workers: a.workers.unwrap_or(0),
+        out_of_order: a.out_of_order,
     };
     convert(src.device.as_mut(), dst.as_mut(), copts, &mut |d, t| {
         bar.update(d, t)

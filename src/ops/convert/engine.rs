@@ -1,0 +1,367 @@
+//! The convert engine's threads: one reader, a pool of workers, and the writer (the calling
+//! thread). See the parent module for the design.
+
+use super::{is_zero, nonzero_runs, ConvertOptions, Progress, CHUNK};
+use crate::device::{BlockDevice, ClusterCodec, ExtentKind};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+/// Upper bound on the window buffers in flight, in bytes (their compressed output can add
+/// as much again, so peak memory stays well under 128 MiB).
+const POOL_BYTES: u64 = 40 << 20;
+
+/// Largest span of the disk one allocation-status query looks at when skipping holes.
+const HOLE_PROBE: u64 = 1 << 30;
+
+/// What the threads share, fixed before they start.
+struct Plan {
+    size: u64,
+    /// Zero detection and compression unit: the destination cluster.
+    gran: u64,
+    /// Window length (a multiple of `gran`).
+    window: u64,
+    unallocated_is_zero: bool,
+    /// The destination's codec, when writing compressed clusters.
+    compress: Option<Arc<dyn ClusterCodec>>,
+    /// The source's codec and cluster size, for inflating compressed source clusters.
+    src_codec: Option<Arc<dyn ClusterCodec>>,
+    src_cluster: u64,
+}
+
+/// A compressed source cluster that a worker inflates into its window.
+struct Inflate {
+    host: u64,
+    data: Vec<u8>,
+    /// Where the wanted part goes in the window.
+    at: usize,
+    /// The wanted part of the inflated cluster.
+    in_off: usize,
+    len: usize,
+}
+
+/// One window, from the reader to a worker.
+struct Window {
+    seq: u64,
+    base: u64,
+    buf: Vec<u8>,
+    inflate: Vec<Inflate>,
+}
+
+/// One write the writer performs.
+enum Piece {
+    /// Plain bytes `buf[start..end]`.
+    Raw(usize, usize),
+    /// A compressed cluster at this guest offset.
+    Compressed(u64, Vec<u8>),
+}
+
+/// One processed window, from a worker to the writer.
+struct Done {
+    seq: u64,
+    base: u64,
+    buf: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+/// Copy `src` into `dst` with the reader, workers and writer described in the module doc.
+pub(super) fn run(
+    src: &mut dyn BlockDevice,
+    dst: &mut dyn BlockDevice,
+    opts: ConvertOptions,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let size = src.virtual_size().min(dst.virtual_size());
+    let gran = match opts.zero_granularity {
+        0 => dst.cluster_size().unwrap_or(4096).max(512),
+        g => g,
+    };
+    let compress = match dst.cluster_codec() {
+        Some(c) if opts.compress || c.always_compress() => Some(c),
+        None if opts.compress => {
+            return Err(Error::unsupported(format!(
+                "compression in {} images",
+                dst.format_name()
+            )))
+        }
+        _ => None,
+    };
+    let src_codec = src.cluster_codec();
+    let src_cluster = src.cluster_size().unwrap_or(0);
+    let window = CHUNK.max(gran).max(src_cluster).next_multiple_of(gran);
+    let workers = opts.worker_count().max(1);
+    let pool = ((2 * workers + 2) as u64).min(POOL_BYTES / window).max(2) as usize;
+    let in_order = !opts.out_of_order || dst.requires_sequential_writes();
+    let plan = Plan {
+        size,
+        gran,
+        window,
+        unallocated_is_zero: opts.unallocated_is_zero,
+        compress,
+        src_codec,
+        src_cluster,
+    };
+    let plan = &plan;
+    std::thread::scope(|s| {
+        let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(pool);
+        for _ in 0..pool {
+            let _ = pool_tx.send(Vec::new());
+        }
+        let (task_tx, task_rx) = sync_channel::<Window>(pool);
+        let task_rx = Arc::new(Mutex::new(task_rx));
+        let (done_tx, done_rx) = channel::<Result<Done>>();
+        let reader_errors = done_tx.clone();
+        s.spawn(move || {
+            if let Err(e) = read_windows(src, plan, pool_rx, task_tx) {
+                let _ = reader_errors.send(Err(e));
+            }
+        });
+        for _ in 0..workers {
+            let rx = Arc::clone(&task_rx);
+            let tx = done_tx.clone();
+            s.spawn(move || work(&rx, &tx, plan));
+        }
+        drop(done_tx);
+        write_windows(dst, done_rx, pool_tx, in_order, size, progress)
+    })
+}
+
+/// The reader: form windows of whole destination clusters that hold data, fill them, and
+/// queue them for the workers. Returns early (without error) when the writer has stopped.
+fn read_windows(
+    src: &mut dyn BlockDevice,
+    plan: &Plan,
+    pool: Receiver<Vec<u8>>,
+    tasks: SyncSender<Window>,
+) -> Result<()> {
+    let mut seq = 0u64;
+    let mut a = 0u64;
+    'windows: while a < plan.size {
+        let b = (a + plan.window).min(plan.size);
+        let mut pos = a;
+        let mut win: Option<Window> = None;
+        while pos < b {
+            // Before any data, look far ahead so that a long hole costs one query.
+            let probe = if win.is_none() {
+                (plan.size - pos).min(HOLE_PROBE)
+            } else {
+                b - pos
+            };
+            let ext = src.block_status(pos, probe)?;
+            let ext_end = pos + ext.length.max(1);
+            let skip = match ext.kind {
+                ExtentKind::Zero => true,
+                ExtentKind::Unallocated => plan.unallocated_is_zero,
+                ExtentKind::Data => false,
+            };
+            if skip {
+                match win.as_mut() {
+                    None => {
+                        let next = ext_end / plan.gran * plan.gran;
+                        if next > a {
+                            a = next;
+                            continue 'windows;
+                        }
+                    }
+                    // A reused buffer holds an older window's bytes: zero what is skipped.
+                    Some(w) => w.buf[(pos - a) as usize..(ext_end.min(b) - a) as usize].fill(0),
+                }
+                pos = ext_end.min(b);
+                continue;
+            }
+            let end = ext_end.min(b);
+            if win.is_none() {
+                let Ok(mut buf) = pool.recv() else {
+                    return Ok(()); // the writer has stopped
+                };
+                // Every byte of the window is written below (read, inflated or zeroed), so
+                // a reused buffer is not cleared first; only the part before `pos` is.
+                let len = (b - a) as usize;
+                buf.truncate(len);
+                buf.resize(len, 0);
+                buf[..(pos - a) as usize].fill(0);
+                win = Some(Window {
+                    seq,
+                    base: a,
+                    buf,
+                    inflate: Vec::new(),
+                });
+            }
+            let Some(w) = win.as_mut() else {
+                unreachable!("window created above")
+            };
+            if ext.compressed && plan.src_codec.is_some() && plan.src_cluster > 0 {
+                read_compressed_run(src, plan, w, pos, end)?;
+            } else {
+                src.read_at(&mut w.buf[(pos - a) as usize..(end - a) as usize], pos)?;
+            }
+            pos = end;
+        }
+        if let Some(w) = win {
+            if tasks.send(w).is_err() {
+                return Ok(());
+            }
+            seq += 1;
+        }
+        a = b;
+    }
+    Ok(())
+}
+
+/// Fetch the compressed source clusters covering `[pos, end)` for a worker to inflate
+/// (or read them directly where the source hands out no stored bytes).
+fn read_compressed_run(
+    src: &mut dyn BlockDevice,
+    plan: &Plan,
+    w: &mut Window,
+    mut pos: u64,
+    end: u64,
+) -> Result<()> {
+    let cs = plan.src_cluster;
+    while pos < end {
+        let cluster = pos - pos % cs;
+        let part_end = (cluster + cs).min(end);
+        let at = (pos - w.base) as usize;
+        let len = (part_end - pos) as usize;
+        match src.read_compressed_cluster(cluster)? {
+            Some((host, data)) => w.inflate.push(Inflate {
+                host,
+                data,
+                at,
+                in_off: (pos - cluster) as usize,
+                len,
+            }),
+            None => src.read_at(&mut w.buf[at..at + len], pos)?,
+        }
+        pos = part_end;
+    }
+    Ok(())
+}
+
+/// A worker: process windows until the reader is done or the writer has stopped.
+fn work(tasks: &Mutex<Receiver<Window>>, done: &Sender<Result<Done>>, plan: &Plan) {
+    loop {
+        let next = match tasks.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(w) = next else { return };
+        // A panic (a codec bug) must reach the writer as an error, or it would wait
+        // forever for this window.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(w, plan)))
+            .unwrap_or_else(|_| Err(Error::invalid("convert: a worker thread panicked")));
+        if done.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// Inflate a window's compressed source clusters, then decide what to write: nothing for
+/// all-zero clusters, compressed clusters when compressing, plain runs otherwise.
+fn process(mut w: Window, plan: &Plan) -> Result<Done> {
+    if let Some(codec) = &plan.src_codec {
+        let cs = plan.src_cluster as usize;
+        let mut scratch = Vec::new();
+        for inf in w.inflate.drain(..) {
+            let out = &mut w.buf[inf.at..inf.at + inf.len];
+            if inf.in_off == 0 && inf.len == cs {
+                codec.decompress(&inf.data, out, inf.host)?;
+            } else {
+                scratch.resize(cs, 0);
+                codec.decompress(&inf.data, &mut scratch, inf.host)?;
+                out.copy_from_slice(&scratch[inf.in_off..inf.in_off + inf.len]);
+            }
+        }
+    }
+    let pieces = match &plan.compress {
+        None => nonzero_runs(&w.buf, w.base, plan.gran)
+            .into_iter()
+            .map(|(s, e)| Piece::Raw(s, e))
+            .collect(),
+        Some(codec) => compress_window(&w.buf, w.base, plan.gran as usize, codec.as_ref()),
+    };
+    Ok(Done {
+        seq: w.seq,
+        base: w.base,
+        buf: w.buf,
+        pieces,
+    })
+}
+
+/// Compress each non-zero cluster of a window (`base` is cluster aligned); clusters the
+/// codec declines are written plain, neighbours merged into one write.
+fn compress_window(buf: &[u8], base: u64, gran: usize, codec: &dyn ClusterCodec) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut i = 0;
+    while i < buf.len() {
+        let j = (i + gran).min(buf.len());
+        let cluster = &buf[i..j];
+        if !is_zero(cluster) {
+            let compressed = if cluster.len() == gran {
+                codec.compress(cluster)
+            } else {
+                // The disk ends inside this cluster: compress it zero-padded, as QEMU does.
+                let mut whole = cluster.to_vec();
+                whole.resize(gran, 0);
+                codec.compress(&whole)
+            };
+            match (compressed, pieces.last_mut()) {
+                (Some(c), _) => pieces.push(Piece::Compressed(base + i as u64, c)),
+                (None, Some(Piece::Raw(_, e))) if *e == i => *e = j,
+                (None, _) => pieces.push(Piece::Raw(i, j)),
+            }
+        }
+        i = j;
+    }
+    pieces
+}
+
+/// The writer: apply processed windows to `dst` (in guest order unless `in_order` is false)
+/// and hand their buffers back to the reader.
+fn write_windows(
+    dst: &mut dyn BlockDevice,
+    done: Receiver<Result<Done>>,
+    pool: SyncSender<Vec<u8>>,
+    in_order: bool,
+    size: u64,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let mut waiting = BTreeMap::new();
+    let mut next = 0u64;
+    let mut written = 0u64;
+    for msg in done.iter() {
+        let d = msg?;
+        if !in_order {
+            apply(dst, &d)?;
+            written = written.max(d.base + d.buf.len() as u64);
+            progress(written, size);
+            let _ = pool.send(d.buf);
+            continue;
+        }
+        waiting.insert(d.seq, d);
+        while let Some(d) = waiting.remove(&next) {
+            apply(dst, &d)?;
+            next += 1;
+            progress(d.base + d.buf.len() as u64, size);
+            let _ = pool.send(d.buf);
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(Error::invalid(
+            "convert: a window was lost between the workers and the writer",
+        ));
+    }
+    progress(size, size);
+    Ok(())
+}
+
+fn apply(dst: &mut dyn BlockDevice, d: &Done) -> Result<()> {
+    for p in &d.pieces {
+        match p {
+            Piece::Raw(s, e) => dst.write_at(&d.buf[*s..*e], d.base + *s as u64)?,
+            Piece::Compressed(offset, data) => dst.write_compressed_cluster(*offset, data)?,
+        }
+    }
+    Ok(())
+}
