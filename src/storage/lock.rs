@@ -148,16 +148,28 @@ fn bits(set: u8) -> impl Iterator<Item = (u8, i64)> {
 
 /// Lock `file` for `req`: take this open's bytes, then make sure no other open conflicts.
 /// On a conflict every byte taken is released and the error says the image is in use.
+///
+/// A conflict is retried a few times over about 100 ms before it is reported: a process
+/// that forks (to run qemu-img, say) briefly shares its open files with the child until the
+/// child's exec closes them, and a lock seen only in that window is not a real user.
 pub fn lock(file: &File, req: LockRequest) -> io::Result<()> {
-    match apply_and_check(file, req) {
-        Ok(()) => Ok(()),
-        Err(e) if locking_unsupported(&e) => {
-            unlock(file);
-            Ok(())
-        }
-        Err(e) => {
-            unlock(file);
-            Err(e)
+    const RETRIES: u32 = 5;
+    let mut attempt = 0;
+    loop {
+        match apply_and_check(file, req) {
+            Ok(()) => return Ok(()),
+            Err(e) if locking_unsupported(&e) => {
+                unlock(file);
+                return Ok(());
+            }
+            Err(e) => {
+                unlock(file);
+                if attempt >= RETRIES || !is_in_use(&e) {
+                    return Err(e);
+                }
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
 }
