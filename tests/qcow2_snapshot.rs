@@ -491,3 +491,89 @@ fn vm_state_saved_by_qemu_survives_vdisk_snapshot_operations() {
     );
     qemu(&["qemu-io", "-c", "read -P 0x61 0 1M", ps]);
 }
+
+#[test]
+fn prune_keeps_the_newest_snapshots_and_deletes_the_rest_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.qcow2");
+    let ps = p.to_str().unwrap();
+    qemu(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        ps,
+        "8M",
+    ]);
+    {
+        let mut img = open_file(&p);
+        // Five snapshots a day apart, each with its own data; the newest is "now".
+        let now = SnapshotTime::now().sec;
+        for k in 0..5u32 {
+            img.write_at(&vec![k as u8 + 1; 256 << 10], u64::from(k) << 20)
+                .unwrap();
+            let time = SnapshotTime {
+                sec: now - (4 - k) * 86_400,
+                nsec: 0,
+            };
+            img.snapshot_create(&format!("day{k}"), time).unwrap();
+        }
+    }
+    let vd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vdisk"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // A dry run changes nothing.
+    let dry = vd(&["snapshot", "--prune", "--keep-last", "2", "--dry-run", ps]);
+    assert!(dry.status.success());
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        text.contains("would delete snapshot 1 (day0)")
+            && text.contains("would delete 3 snapshot(s)"),
+        "{text}"
+    );
+    assert_eq!(open_file(&p).snapshots().len(), 5);
+    // Keep the last two, and anything younger than 36 hours (day3, day4 anyway).
+    let out = vd(&[
+        "snapshot",
+        "--prune",
+        "--keep-last",
+        "1",
+        "--keep-within",
+        "36h",
+        ps,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("deleted snapshot 1 (day0)"), "{text}");
+    let first = text.find("day0").unwrap();
+    let last = text.find("day2").unwrap();
+    assert!(first < last, "oldest first: {text}");
+    assert!(text.contains("space given back"), "{text}");
+    let names: Vec<String> = open_file(&p)
+        .snapshots()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(names, ["day3", "day4"]);
+    assert_eq!(qemu_check_path(&p).code, 0);
+    // The kept snapshots still hold their data.
+    qemu(&["qemu-img", "snapshot", "-a", "day3", ps]);
+    qemu(&[
+        "qemu-io",
+        "-c",
+        "read -P 4 3M 256k",
+        "-c",
+        "read -P 0 5M 4k",
+        ps,
+    ]);
+}
