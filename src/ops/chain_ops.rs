@@ -86,16 +86,30 @@ pub fn rebase_copy(
                     while q0 < seg_end {
                         let n = chunk.min(seg_end - q0);
                         let ob = &mut old_buf[..n as usize];
-                        if old_zero {
-                            ob.fill(0);
-                        } else {
-                            image.read_at(ob, q0)?;
-                        }
                         let nb = &mut new_buf[..n as usize];
-                        match new_backing.as_deref_mut() {
-                            Some(nbdev) if !new_zero => nbdev.read_at(nb, q0)?,
-                            _ => nb.fill(0),
-                        }
+                        // The two sides are independent files: read them in parallel.
+                        let newdev = new_backing.as_deref_mut().filter(|_| !new_zero);
+                        let (old_read, new_read) = std::thread::scope(|sc| {
+                            let new_side = sc.spawn(|| match newdev {
+                                Some(dev) => dev.read_at(nb, q0),
+                                None => {
+                                    nb.fill(0);
+                                    Ok(())
+                                }
+                            });
+                            let old_side = if old_zero {
+                                ob.fill(0);
+                                Ok(())
+                            } else {
+                                image.read_at(ob, q0)
+                            };
+                            let new_side = new_side.join().unwrap_or_else(|_| {
+                                Err(crate::Error::invalid("rebase: a reader thread panicked"))
+                            });
+                            (old_side, new_side)
+                        });
+                        old_read?;
+                        new_read?;
                         let mut q = 0usize;
                         while q < n as usize {
                             // Granules follow guest cluster boundaries so each write covers
