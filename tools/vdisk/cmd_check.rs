@@ -34,15 +34,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = match a.output.as_str() {
-        "json" => true,
-        "human" => false,
-        o => {
-            return Err(Error::invalid(format!(
-                "--output must be human or json, not '{o}'"
-            )))
-        }
-    };
+    let json = crate::output::wants_json(&a.output)?;
     let repair = match &a.repair {
         Some(r) => r.parse()?,
         None => Repair::None,

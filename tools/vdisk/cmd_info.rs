@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
 use vdisk::ops::info::{image_info_shared, to_qemu_json};
-use vdisk::{Error, Result};
+use vdisk::Result;
 
 /// Arguments of `info`.
 #[derive(clap::Args)]
@@ -30,15 +30,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = match a.output.as_str() {
-        "json" => true,
-        "human" => false,
-        o => {
-            return Err(Error::invalid(format!(
-                "--output must be human or json, not '{o}'"
-            )))
-        }
-    };
+    let json = crate::output::wants_json(&a.output)?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     if !a.backing_chain || a.no_backing {
         let info = image_info_shared(&a.file, format, a.force_share)?;

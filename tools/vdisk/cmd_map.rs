@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
 use vdisk::ops::map;
-use vdisk::{Error, Result};
+use vdisk::Result;
 
 /// Arguments of `map`.
 #[derive(clap::Args)]
@@ -23,6 +23,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    let json = crate::output::wants_json(&a.output)?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let mut img = image::open(
         &a.file,
@@ -34,27 +35,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )?;
     let entries = map::map(img.device.as_mut())?;
-    match a.output.as_str() {
-        "json" => println!("{}", map::to_json(&entries)),
-        "human" => {
-            let names: Vec<String> = img
-                .layers
-                .iter()
-                .map(|l| l.path.display().to_string())
-                .collect();
-            print!(
-                "{}",
-                map::to_human(&entries, &|d| names
-                    .get(d as usize)
-                    .cloned()
-                    .unwrap_or_default())
-            );
-        }
-        o => {
-            return Err(Error::invalid(format!(
-                "--output must be human or json, not '{o}'"
-            )))
-        }
+    if json {
+        println!("{}", map::to_json(&entries));
+    } else {
+        let names: Vec<String> = img
+            .layers
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        print!(
+            "{}",
+            map::to_human(&entries, &|d| names
+                .get(d as usize)
+                .cloned()
+                .unwrap_or_default())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -48,15 +48,7 @@ fn qcow2_version(path: &std::path::Path, force_share: bool) -> Result<u32> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = match a.output.as_str() {
-        "json" => true,
-        "human" => false,
-        o => {
-            return Err(Error::invalid(format!(
-                "--output must be human or json, not '{o}'"
-            )))
-        }
-    };
+    let json = crate::output::wants_json(&a.output)?;
     let target: Format = a.target.parse()?;
     let options = match &a.options {
         Some(o) => image::parse_options(o)?,

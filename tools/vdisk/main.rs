@@ -17,6 +17,7 @@ mod cmd_measure;
 mod cmd_rebase;
 mod cmd_resize;
 mod cmd_snapshot;
+mod output;
 mod progress;
 
 use clap::{Parser, Subcommand};
