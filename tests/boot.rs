@@ -16,7 +16,7 @@ mod bootsector;
 mod common;
 
 use bootsector::{boot_sector, BANNER, EXIT_OK, PRINTED_BYTES};
-use common::{path_in, tempdir, vdisk, vdisk_ok};
+use common::{path_in, tempdir, vdisk_ok};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
