@@ -62,18 +62,12 @@ impl<S: Storage> Qcow2<S> {
                 self.txn_add(&mut txn, t, -1)?;
             }
         }
-        let l1_off = self.txn_write_u64_table(&mut txn, &new_l1)?;
-        self.txn_free_range(
-            &mut txn,
-            self.header.l1_table_offset,
-            old_l1.len() as u64 * 8,
-        )?;
+        let l1_off = self.txn_write_active_l1(&mut txn, &new_l1)?;
         let n = new_l1.len() as u32;
-        let keep_off = self.header.l1_table_offset;
         self.txn_commit(txn, |h| {
             h.size = new_size;
             h.l1_size = n;
-            h.l1_table_offset = if n == 0 { keep_off } else { l1_off };
+            h.l1_table_offset = l1_off;
         })?;
         self.replace_l1(new_l1);
         Ok(())

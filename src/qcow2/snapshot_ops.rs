@@ -123,12 +123,7 @@ impl<S: Storage> Qcow2<S> {
         // The active L1 moves to a new table with exact COPIED flags.
         let mut new_active = active.clone();
         self.txn_fix_active_flags(&mut txn, &mut new_active)?;
-        let new_l1_off = self.txn_write_u64_table(&mut txn, &new_active)?;
-        self.txn_free_range(
-            &mut txn,
-            self.header.l1_table_offset,
-            active.len() as u64 * 8,
-        )?;
+        let new_l1_off = self.txn_write_active_l1(&mut txn, &new_active)?;
         let mut snaps = self.snapshots.clone();
         snaps.push(Snapshot {
             l1_table_offset: snap_l1,
@@ -143,13 +138,8 @@ impl<S: Storage> Qcow2<S> {
         });
         let table = self.txn_replace_snapshot_table(&mut txn, &snaps)?;
         let n = snaps.len() as u32;
-        let l1_len = active.len() as u32;
         self.txn_commit(txn, |h| {
-            h.l1_table_offset = if l1_len == 0 {
-                h.l1_table_offset
-            } else {
-                new_l1_off
-            };
+            h.l1_table_offset = new_l1_off;
             h.nb_snapshots = n;
             h.snapshots_offset = table;
         })?;
@@ -181,16 +171,10 @@ impl<S: Storage> Qcow2<S> {
         self.txn_add_l1_refs(&mut txn, &old_active, -1)?;
         let mut new_active = snap_l1.clone();
         self.txn_fix_active_flags(&mut txn, &mut new_active)?;
-        let new_l1_off = self.txn_write_u64_table(&mut txn, &new_active)?;
-        self.txn_free_range(
-            &mut txn,
-            self.header.l1_table_offset,
-            old_active.len() as u64 * 8,
-        )?;
+        let new_l1_off = self.txn_write_active_l1(&mut txn, &new_active)?;
         let l1_size = new_active.len() as u32;
-        let old_off = self.header.l1_table_offset;
         self.txn_commit(txn, |h| {
-            h.l1_table_offset = if l1_size == 0 { old_off } else { new_l1_off };
+            h.l1_table_offset = new_l1_off;
             h.l1_size = l1_size;
             h.size = size;
         })?;
@@ -229,13 +213,7 @@ impl<S: Storage> Qcow2<S> {
         self.txn_fix_active_flags(&mut txn, &mut new_active)?;
         let l1_changed = new_active != active;
         let new_l1_off = if l1_changed {
-            let off = self.txn_write_u64_table(&mut txn, &new_active)?;
-            self.txn_free_range(
-                &mut txn,
-                self.header.l1_table_offset,
-                active.len() as u64 * 8,
-            )?;
-            off
+            self.txn_write_active_l1(&mut txn, &new_active)?
         } else {
             self.header.l1_table_offset
         };

@@ -266,6 +266,16 @@ impl<S: Storage> Qcow2<S> {
         self.txn_write_bytes(txn, &buf)
     }
 
+    /// Move the active L1 table to new clusters holding `new_l1`, freeing the current
+    /// table's clusters. Returns the offset the header must record (for an empty table, the
+    /// old one: it is never read).
+    pub(crate) fn txn_write_active_l1(&mut self, txn: &mut Txn, new_l1: &[u64]) -> Result<u64> {
+        let old_off = self.header.l1_table_offset;
+        let off = self.txn_write_u64_table(txn, new_l1)?;
+        self.txn_free_range(txn, old_off, self.l1.len() as u64 * 8)?;
+        Ok(if new_l1.is_empty() { old_off } else { off })
+    }
+
     /// Write bytes to new clusters in the transaction; returns their offset.
     pub(crate) fn txn_write_bytes(&mut self, txn: &mut Txn, buf: &[u8]) -> Result<u64> {
         let cs = self.geo.cluster_size;
