@@ -110,17 +110,7 @@ pub fn rebase_copy(
                         });
                         old_read?;
                         new_read?;
-                        let mut q = 0usize;
-                        while q < n as usize {
-                            // Granules follow guest cluster boundaries so each write covers
-                            // whole clusters (or the rest of the segment).
-                            let r = ((((q0 + q as u64) / gran + 1) * gran - q0) as usize)
-                                .min(n as usize);
-                            if ob[q..r] != nb[q..r] {
-                                image.write_at(&ob[q..r], q0 + q as u64)?;
-                            }
-                            q = r;
-                        }
+                        write_differing(image, ob, nb, q0, gran, false)?;
                         q0 += n;
                     }
                 }
@@ -151,20 +141,37 @@ pub fn copy_differences(
         let (sa, sb) = (&mut a[..n as usize], &mut b[..n as usize]);
         src.read_at(sa, pos)?;
         dst.read_at(sb, pos)?;
-        let mut q = 0usize;
-        while q < n as usize {
-            let r = (q + gran as usize).min(n as usize);
-            if sa[q..r] != sb[q..r] {
-                if crate::ops::convert::is_zero(&sa[q..r]) {
-                    dst.write_zeroes(pos + q as u64, (r - q) as u64)?;
-                } else {
-                    dst.write_at(&sa[q..r], pos + q as u64)?;
-                }
-            }
-            q = r;
-        }
+        write_differing(dst, sa, sb, pos, gran, true)?;
         pos += n;
         progress(pos, size);
     }
     dst.close()
+}
+
+/// Write into `dst` at guest offset `at` each granule of `want` that differs from `have`.
+/// Granules end on multiples of `gran` (the destination's cluster size), so each write
+/// covers whole clusters or the rest of the buffer. With `zeroes_as_zero_writes`, an
+/// all-zero granule is written with `write_zeroes` (a zero cluster that hides backing data).
+fn write_differing(
+    dst: &mut dyn BlockDevice,
+    want: &[u8],
+    have: &[u8],
+    at: u64,
+    gran: u64,
+    zeroes_as_zero_writes: bool,
+) -> Result<()> {
+    let n = want.len();
+    let mut q = 0usize;
+    while q < n {
+        let r = ((((at + q as u64) / gran + 1) * gran - at) as usize).min(n);
+        if want[q..r] != have[q..r] {
+            if zeroes_as_zero_writes && crate::ops::convert::is_zero(&want[q..r]) {
+                dst.write_zeroes(at + q as u64, (r - q) as u64)?;
+            } else {
+                dst.write_at(&want[q..r], at + q as u64)?;
+            }
+        }
+        q = r;
+    }
+    Ok(())
 }
