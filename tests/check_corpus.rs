@@ -1,13 +1,10 @@
 //! `vdisk check` and `qemu-img check` report the same JSON on images qemu-img made with
 //! the option combinations the other tools are tested with.
 
-use std::process::Command;
+mod common;
 
 fn sh(args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("qemu-utils installed");
+    let out = common::run_argv(args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -17,10 +14,7 @@ fn sh(args: &[&str]) -> std::process::Output {
 }
 
 fn check_json(bin: &str, path: &str) -> (Option<i32>, String) {
-    let out = Command::new(bin)
-        .args(["check", "--output=json", path])
-        .output()
-        .unwrap();
+    let out = common::run_program(bin, ["check", "--output=json", path]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let mut v = v;
     if let Some(o) = v.as_object_mut() {
@@ -89,10 +83,7 @@ fn raw_images_do_not_support_checks() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.img");
     std::fs::write(&p, vec![0u8; 4096]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vdisk"))
-        .args(["check", p.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::vdisk(["check", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(63));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("This image format does not support checks")

@@ -3,21 +3,17 @@
 //! clean, and guest data that repair can keep is unchanged. Also: the dirty bit is
 //! repaired on a writable open.
 
-mod oracle;
+mod common;
 
-use oracle::qemu_check_path;
+use common::crash::qemu_check_path;
 use std::path::Path;
-use std::process::Command;
 use vdisk::qcow2::check::{check, CheckReport, Repair};
 use vdisk::qcow2::{OpenOptions, Qcow2};
 use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
 use vdisk::BlockDevice;
 
 fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{} not found ({e}): install qemu-utils", args[0]));
+    let out = common::run_argv(args);
     assert!(
         out.status.success(),
         "{args:?}: {}",

@@ -1,13 +1,10 @@
 //! `compare` and `measure` against qemu-img on the same inputs: the same messages, exit
 //! codes and figures.
 
-use std::process::Command;
+mod common;
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("qemu-utils installed");
+    let out = common::run_argv(args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -17,7 +14,7 @@ fn sh(args: &[&str]) {
 
 fn both(args: &[&str]) -> ((Option<i32>, String), (Option<i32>, String)) {
     let run = |bin: &str| {
-        let out = Command::new(bin).args(args).output().unwrap();
+        let out = common::run_program(bin, args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

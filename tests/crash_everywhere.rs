@@ -13,55 +13,24 @@
 //! * read back what the guest was promised: the old or the new contents, never a mix that
 //!   loses flushed data.
 
-mod oracle;
+mod common;
 
-use oracle::{qemu_check, qemu_check_path, Rng};
+use common::crash::{every_cut_one, qemu_check, qemu_check_path};
+use common::rng;
 use std::sync::Arc;
 use vdisk::ops::chain_ops;
 use vdisk::ops::convert::{convert, ConvertOptions};
 use vdisk::qcow2::check::{self, Repair};
 use vdisk::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
 use vdisk::raw::Raw;
-use vdisk::storage::{FaultStorage, MemStorage};
-use vdisk::{BlockDevice, Result};
+use vdisk::storage::MemStorage;
+use vdisk::BlockDevice;
 
 fn ro() -> OpenOptions {
     OpenOptions {
         read_only: true,
         ..Default::default()
     }
-}
-
-/// Run `op` once uncut to count its mutating calls, then once per cut point, handing each
-/// durable image (and whether the op completed) to `verify`. Returns the cut points.
-///
-/// `op` returns the number of mutating calls made when it reported success (calls after
-/// that, such as the flush a dropped image makes, may fail without it noticing). An op must
-/// never report success when one of its own calls failed.
-fn every_cut(
-    what: &str,
-    initial: &[u8],
-    op: impl Fn(Arc<FaultStorage>) -> Result<u64>,
-    verify: impl Fn(u64, &[u8], bool),
-) -> u64 {
-    let dry = Arc::new(FaultStorage::new(initial.to_vec()));
-    op(dry.clone()).unwrap_or_else(|e| panic!("{what}: uncut run failed: {e}"));
-    let total = dry.ops();
-    verify(total, &dry.durable_image(), true);
-    for cut in 0..total {
-        let fs = Arc::new(FaultStorage::with_cut(initial.to_vec(), cut));
-        let result = op(fs.clone());
-        let done = result.is_ok();
-        if let Ok(acked) = result {
-            assert!(
-                cut >= acked,
-                "{what}: cut {cut}: a call failed but the op reported success"
-            );
-        }
-        verify(cut, &fs.durable_image(), done);
-    }
-    eprintln!("{what}: {total} cut points replayed");
-    total
 }
 
 /// The durable image opens read-only; returns its guest contents and virtual size.
@@ -112,7 +81,7 @@ fn image_with_data(opts: &CreateOptions, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let mut img = qcow2::create(base.clone(), opts).expect("create");
     let size = opts.size;
     let mut model = vec![0u8; size as usize];
-    let mut rng = Rng(seed);
+    let mut rng = rng(seed);
     for _ in 0..24 {
         let off = rng.below(size - 1);
         let len = (1 + rng.below(opts.cluster_size * 2)).min(size - off);
@@ -151,7 +120,7 @@ fn a_power_cut_during_create_leaves_no_image_or_a_clean_empty_one() {
         },
     ] {
         let what = format!("create {opts:?}");
-        cuts += every_cut(
+        cuts += every_cut_one(
             &what,
             &[],
             |fs| {
@@ -178,7 +147,7 @@ fn a_power_cut_during_create_leaves_no_image_or_a_clean_empty_one() {
 fn replay_resize(cluster_size: u64, from_size: u64, to_size: u64, seed: u64) -> u64 {
     let (initial, model) = image_with_data(&small_opts(cluster_size, from_size), seed);
     let what = format!("resize {from_size} -> {to_size} ({cluster_size}-byte clusters)");
-    every_cut(
+    every_cut_one(
         &what,
         &initial,
         |fs| {
@@ -236,7 +205,7 @@ fn a_power_cut_during_rebase_never_changes_what_the_guest_reads() {
     // which differs from the old backing file in places.
     let size = 1u64 << 20;
     let cs = 4096;
-    let mut rng = Rng(9);
+    let mut rng = rng(9);
     let mut old = vec![0u8; size as usize];
     rng.fill(&mut old);
     let mut new = old.clone();
@@ -261,7 +230,7 @@ fn a_power_cut_during_rebase_never_changes_what_the_guest_reads() {
     let initial = base.to_vec();
 
     let what = "rebase onto a different backing file";
-    let cuts = every_cut(
+    let cuts = every_cut_one(
         what,
         &initial,
         |fs| {
@@ -302,7 +271,7 @@ fn a_power_cut_during_rebase_never_changes_what_the_guest_reads() {
 fn a_power_cut_during_convert_into_qcow2_leaves_a_consistent_image() {
     let size = 2u64 << 20;
     let mut src = vec![0u8; size as usize];
-    let mut rng = Rng(21);
+    let mut rng = rng(21);
     for k in 0..20u64 {
         let off = (k * 97_001 + rng.below(4096)) as usize;
         let len = (1 + rng.below(20_000) as usize).min(src.len() - off);
@@ -313,7 +282,7 @@ fn a_power_cut_during_convert_into_qcow2_leaves_a_consistent_image() {
         let base = Arc::new(MemStorage::new());
         drop(qcow2::create(base.clone(), &small_opts(cs, size)).unwrap());
         let what = format!("convert raw -> qcow2 ({cs}-byte clusters)");
-        cuts += every_cut(
+        cuts += every_cut_one(
             &what,
             &base.to_vec(),
             |fs| {
@@ -364,7 +333,7 @@ fn a_power_cut_during_a_compressed_convert_leaves_a_consistent_image() {
         o.set("compression_type", ty).unwrap();
         drop(qcow2::create(base.clone(), &o).unwrap());
         let what = format!("convert -c raw -> qcow2 ({cs}-byte clusters, {ty})");
-        cuts += every_cut(
+        cuts += every_cut_one(
             &what,
             &base.to_vec(),
             |fs| {
@@ -427,7 +396,7 @@ fn a_power_cut_during_guest_writes_into_compressed_clusters_loses_nothing_flushe
         expect[*off as usize..*off as usize + d.len()].copy_from_slice(d);
     }
     let what = "guest writes into compressed clusters";
-    let cuts = every_cut(
+    let cuts = every_cut_one(
         what,
         &base.to_vec(),
         |fs| {
@@ -478,7 +447,7 @@ fn a_power_cut_during_check_repair_never_makes_an_image_worse() {
     assert!(qemu_check(&leaky).leaks >= 3);
     for repair in [Repair::Leaks, Repair::All] {
         let what = format!("check -r {repair:?} of a leaky image");
-        cuts += every_cut(
+        cuts += every_cut_one(
             &what,
             &leaky,
             |fs| check::check(&*fs, repair).map(|_| fs.ops()),
@@ -503,7 +472,7 @@ fn a_power_cut_during_check_repair_never_makes_an_image_worse() {
     let before = qemu_check(&corrupt).corruptions;
     assert!(before > 0);
     let what = "check -r all of an image with a refcount too low";
-    cuts += every_cut(
+    cuts += every_cut_one(
         what,
         &corrupt,
         |fs| check::check(&*fs, Repair::All).map(|_| fs.ops()),

@@ -18,7 +18,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Address-space cap for every vdisk run.
 const MEMORY_LIMIT: u64 = 256 << 20;
@@ -779,14 +779,14 @@ fn make_base(dir: &Path, base: Base) -> Vec<u8> {
 
 /// Run `vdisk ARGS` capped at [`MEMORY_LIMIT`] bytes of address space and [`TIME_LIMIT`].
 fn vdisk_limited(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new("timeout")
-        .arg(TIME_LIMIT.to_string())
-        .arg("prlimit")
-        .arg(format!("--as={MEMORY_LIMIT}"))
-        .arg(vdisk_bin())
-        .args(args)
-        .output()
-        .expect("running timeout/prlimit (coreutils, util-linux)")
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        TIME_LIMIT.to_string().into(),
+        "prlimit".into(),
+        format!("--as={MEMORY_LIMIT}").into(),
+        vdisk_bin().into(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_os_string()));
+    common::run_program("timeout", argv)
 }
 
 /// A run that ended normally: an exit code that is not a panic (101), a signal or a

@@ -4,11 +4,11 @@
 //! the image clean, with and without snapshots; hostile descriptors give a read error for
 //! their cluster and nothing worse.
 
-mod oracle;
+mod common;
 
-use oracle::{qemu_check_path, Rng};
+use common::crash::qemu_check_path;
+use common::rng;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vdisk::qcow2::{OpenOptions, Qcow2};
 use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
 use vdisk::BlockDevice;
@@ -16,10 +16,7 @@ use vdisk::BlockDevice;
 const MIB: usize = 1 << 20;
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{} not found ({e}): install qemu-utils", args[0]));
+    let out = common::run_argv(args);
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -40,7 +37,7 @@ fn p(path: &Path) -> &str {
 /// A 6 MiB (plus a partial cluster) raw image: holes, random data, text, a zero run, and
 /// short random/text pieces that leave clusters partly zero.
 fn source_image(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let mut rng = Rng(0x5eed);
+    let mut rng = rng(0x5eed);
     let len = 6 * MIB + 5000;
     let mut data = vec![0u8; len];
     let words: Vec<&[u8]> = vec![b"qcow2 ", b"cluster ", b"deflate ", b"zstd ", b"guest\n"];
@@ -438,10 +435,7 @@ fn hostile_compressed_descriptors_are_read_errors_for_their_cluster_only() {
         );
         // The convert engine reports it as an error too.
         let out = dir.path().join("out.raw");
-        let status = Command::new(vdisk())
-            .args(["convert", "-O", "raw", p(&path), p(&out)])
-            .output()
-            .unwrap();
+        let status = common::vdisk(["convert", "-O", "raw", p(&path), p(&out)]);
         assert_eq!(
             status.status.code(),
             Some(1),

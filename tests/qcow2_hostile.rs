@@ -14,7 +14,6 @@ mod common;
 use common::*;
 use rand::Rng;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vdisk::qcow2::{self, Qcow2};
 use vdisk::storage::MemStorage;
 use vdisk::BlockDevice;
@@ -479,13 +478,17 @@ fn vdisk_info_fails_with_one_line_and_exit_1_on_every_hostile_header_within_256_
     let cases: Vec<(usize, Case)> = cases().into_iter().enumerate().collect();
     run_cases("vdisk info on hostile images", &cases, |(i, case)| {
         let path = write_case_file(dir.path(), &base, case, *i);
-        let out = Command::new("prlimit")
-            .arg(format!("--as={MEMORY_LIMIT}"))
-            .arg(vdisk_bin())
-            .args(["info", "-f", "qcow2"])
-            .arg(&path)
-            .output()
-            .expect("running prlimit (util-linux)");
+        let out = common::run_program(
+            "prlimit",
+            [
+                format!("--as={MEMORY_LIMIT}").as_ref(),
+                vdisk_bin().as_ref(),
+                "info".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                path.as_os_str(),
+            ],
+        );
         let what = format!("prlimit --as={MEMORY_LIMIT} vdisk info -f qcow2 ({case:?})");
         assert_eq!(out.status.code(), Some(1), "{}", describe(&what, &out));
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -2,9 +2,10 @@
 //! the library against an in-memory model of the disk, with reopens and a small metadata
 //! cache to force evictions; then a full comparison and `qemu-img check`.
 
-mod oracle;
+mod common;
 
-use oracle::{qemu_check, Rng};
+use common::crash::qemu_check;
+use common::rng;
 use std::sync::Arc;
 use vdisk::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
 use vdisk::storage::MemStorage;
@@ -39,7 +40,7 @@ fn run(case: &Case, seed: u64) {
     drop(qcow2::create(storage.clone(), &opts).expect("create"));
     let mut img = open(&storage);
     let mut model = vec![0u8; case.size as usize];
-    let mut rng = Rng(seed);
+    let mut rng = rng(seed);
     let cs = case.cluster_size;
     let max_len = cs * 3 + 17;
     for step in 0..case.ops {
@@ -178,7 +179,7 @@ fn filling_an_image_grows_the_refcount_table_and_stays_consistent() {
     drop(qcow2::create(storage.clone(), &opts).expect("create"));
     let mut img = open(&storage);
     let first_table = img.header().refcount_table_offset;
-    let mut rng = Rng(7);
+    let mut rng = rng(7);
     let mut data = vec![0u8; 6 << 20];
     rng.fill(&mut data);
     for (i, chunk) in data.chunks(12345).enumerate() {
@@ -214,7 +215,7 @@ fn large_writes_with_1k_clusters_and_64_bit_refcounts_stay_compact() {
     drop(qcow2::create(storage.clone(), &opts).expect("create"));
     let mut img = open(&storage);
     let mut data = vec![0u8; 20 << 20];
-    Rng(9).fill(&mut data);
+    rng(9).fill(&mut data);
     img.write_at(&data, 0).expect("write");
     img.flush().expect("flush");
     drop(img);

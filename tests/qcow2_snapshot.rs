@@ -2,21 +2,19 @@
 //! a model of every snapshot's contents, power cuts at every write of create/apply/delete,
 //! and hostile snapshot tables.
 
-mod oracle;
+mod common;
 
-use oracle::{qemu_check, qemu_check_path, Rng};
+use common::crash::{every_cut, qemu_check, qemu_check_path};
+use common::rng;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use vdisk::qcow2::{self, CreateOptions, OpenOptions, Qcow2, SnapshotTime};
-use vdisk::storage::{FaultStorage, FileStorage, MemStorage, OpenOptions as FileOptions, Storage};
+use vdisk::storage::{FileStorage, MemStorage, OpenOptions as FileOptions, Storage};
 use vdisk::BlockDevice;
 
 fn qemu(args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{} not found ({e}): install qemu-utils", args[0]));
+    let out = common::run_argv(args);
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -163,7 +161,7 @@ fn apply_step(st: &mut State, step: &Step) {
 }
 
 fn random_steps(seed: u64, size: u64, count: usize) -> Vec<Step> {
-    let mut rng = Rng(seed);
+    let mut rng = rng(seed);
     let mut names: Vec<String> = Vec::new();
     let mut next = 0;
     let mut steps = Vec::new();
@@ -300,55 +298,56 @@ fn a_power_cut_in_snapshot_create_apply_or_delete_leaves_the_old_or_the_new_stat
         apply_step(&mut n, s);
         states.push(n);
     }
-    let dry = Arc::new(FaultStorage::new(initial.clone()));
-    {
-        let mut img = Qcow2::open(dry.clone(), OpenOptions::default()).unwrap();
-        for s in &steps {
-            run_step(&mut img, s).unwrap();
-        }
-    }
-    let total = dry.ops();
-    for cut in 0..=total {
-        let fs = Arc::new(FaultStorage::with_cut(initial.clone(), cut));
-        let mut done = 0;
-        if let Ok(mut img) = Qcow2::open(fs.clone(), OpenOptions::default()) {
-            for s in &steps {
-                if run_step(&mut img, s).is_err() {
-                    break;
+    every_cut(
+        "snapshot steps",
+        &[initial],
+        |st| {
+            let mut done = 0;
+            if let Ok(mut img) = Qcow2::open(st[0].clone(), OpenOptions::default()) {
+                for s in &steps {
+                    if run_step(&mut img, s).is_err() {
+                        break;
+                    }
+                    done += 1;
                 }
-                done += 1;
             }
-        }
-        let durable = fs.durable_image();
-        let check = qemu_check(&durable);
-        assert!(
-            check.corruptions == 0 && (check.code == 0 || check.code == 3),
-            "cut {cut}: {}",
-            check.output
-        );
-        let got = read_state(&durable);
-        let old = &states[done];
-        let new = &states[(done + 1).min(steps.len())];
-        let snaps_ok = got.snaps == old.snaps || got.snaps == new.snaps;
-        assert!(
-            snaps_ok,
-            "cut {cut} (after step {done}): snapshot set is a mix"
-        );
-        if matches!(steps.get(done), Some(Step::Write(..))) {
-            for (i, &b) in got.active.iter().enumerate() {
+            done
+        },
+        |c, done| {
+            if c.uncut {
+                assert_eq!(done, steps.len(), "the uncut run did not finish");
+            }
+            let durable = c.durable(0);
+            let cut = c.cut;
+            let check = qemu_check(&durable);
+            assert!(
+                check.corruptions == 0 && (check.code == 0 || check.code == 3),
+                "cut {cut}: {}",
+                check.output
+            );
+            let got = read_state(&durable);
+            let old = &states[done];
+            let new = &states[(done + 1).min(steps.len())];
+            let snaps_ok = got.snaps == old.snaps || got.snaps == new.snaps;
+            assert!(
+                snaps_ok,
+                "cut {cut} (after step {done}): snapshot set is a mix"
+            );
+            if matches!(steps.get(done), Some(Step::Write(..))) {
+                for (i, &b) in got.active.iter().enumerate() {
+                    assert!(
+                        b == old.active[i] || b == new.active[i],
+                        "cut {cut}: byte {i}"
+                    );
+                }
+            } else {
                 assert!(
-                    b == old.active[i] || b == new.active[i],
-                    "cut {cut}: byte {i}"
+                    got.active == old.active || got.active == new.active,
+                    "cut {cut}: active disk is a mix"
                 );
             }
-        } else {
-            assert!(
-                got.active == old.active || got.active == new.active,
-                "cut {cut}: active disk is a mix"
-            );
-        }
-    }
-    eprintln!("{total} cut points replayed");
+        },
+    );
 }
 
 #[test]
@@ -474,10 +473,7 @@ fn vm_state_saved_by_qemu_survives_vdisk_snapshot_operations() {
     }
     assert_eq!(qemu_check_path(&p).code, 0);
     // vdisk lists the snapshot exactly as qemu-img does, VM state size included.
-    let ours = Command::new(env!("CARGO_BIN_EXE_vdisk"))
-        .args(["snapshot", "-l", ps])
-        .output()
-        .unwrap();
+    let ours = common::vdisk(["snapshot", "-l", ps]);
     let theirs = qemu(&["qemu-img", "snapshot", "-l", ps]);
     assert_eq!(
         String::from_utf8_lossy(&ours.stdout),
@@ -522,12 +518,7 @@ fn prune_keeps_the_newest_snapshots_and_deletes_the_rest_in_one_pass() {
             img.snapshot_create(&format!("day{k}"), time).unwrap();
         }
     }
-    let vd = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_vdisk"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let vd = |args: &[&str]| common::vdisk(args);
     // A dry run changes nothing.
     let dry = vd(&["snapshot", "--prune", "--keep-last", "2", "--dry-run", ps]);
     assert!(dry.status.success());

@@ -1,14 +1,12 @@
 //! Round trips between formats through the `vdisk` binary: raw → vmdk → qcow2 → vmdk → raw
 //! must give back the original bytes, for every VMDK subformat vdisk writes.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 fn vdisk(args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_vdisk"))
-        .args(args)
-        .output()
-        .expect("run vdisk");
+    let o = common::vdisk(args);
     assert!(
         o.status.success(),
         "vdisk {args:?}: {}",

@@ -1,7 +1,9 @@
 //! Hostile and damaged VMDK images: every bad value gives a clear error naming what is
 //! wrong, never a panic, and descriptors cannot reach files outside their directory.
 
-use rand::{Rng, SeedableRng};
+mod common;
+
+use rand::Rng;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vdisk::vmdk::{self, Subformat, VmdkCreateOptions, VmdkOpenOptions};
@@ -324,7 +326,7 @@ fn random_damage_to_headers_and_descriptors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let pristine_sparse = std::fs::read(sparse_image(dir.path())).unwrap();
     let pristine_stream = std::fs::read(stream_image(dir.path())).unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(6);
+    let mut rng = common::rng(6);
     let path = dir.path().join("fuzz.vmdk");
     for round in 0..400 {
         let mut bytes = if round % 2 == 0 {

@@ -3,8 +3,9 @@
 //! `qemu-img check` and `qemu-img compare`, and writes through vdisk into qemu-made images
 //! keep qemu-img happy.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vdisk::vmdk::{self, Subformat, VmdkCreateOptions, VmdkOpenOptions};
 use vdisk::{BlockDevice, ExtentKind};
 
@@ -18,10 +19,7 @@ const SUBFORMATS: [&str; 5] = [
 ];
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
-    match Command::new(program).args(args).output() {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run {program} ({e}): install qemu-utils to run these tests"),
-    }
+    common::run_program(program, args)
 }
 
 /// Run a QEMU tool and insist that it succeeds.

@@ -5,10 +5,14 @@
 //! mutating calls (writes, resizes, flushes) succeed and every later one fails with an
 //! injected error, as if the machine lost power. [`FaultStorage::durable_image`] then gives
 //! the bytes a reboot would find: unflushed writes are dropped.
+//!
+//! Several storages (an image and its extents or backing files) can share one
+//! [`PowerSupply`]: their mutating calls are counted together and the cut hits all of them
+//! at once, as a power failure hits every file of a machine.
 
 use super::{read_from_slice, resize_vec, write_to_vec, Storage};
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The observable state of a [`FaultStorage`].
 #[derive(Debug, Clone, Default)]
@@ -29,10 +33,44 @@ pub struct FaultState {
     pub cut_hit: bool,
 }
 
+/// One count of mutating calls shared by several [`FaultStorage`]s, and the cut point
+/// that fails every call after the first `n` of them.
+#[derive(Debug, Default)]
+pub struct PowerSupply {
+    cut_after: Option<u64>,
+    /// Calls that succeeded, and whether one has been refused.
+    count: Mutex<(u64, bool)>,
+}
+
+impl PowerSupply {
+    /// A supply that fails after `cut_after` mutating calls (never, for `None`).
+    pub fn new(cut_after: Option<u64>) -> Arc<Self> {
+        Arc::new(PowerSupply {
+            cut_after,
+            count: Mutex::new((0, false)),
+        })
+    }
+
+    /// Mutating calls that succeeded on every storage on this supply.
+    pub fn ops(&self) -> u64 {
+        self.lock().0
+    }
+
+    /// Whether the cut point has been reached.
+    pub fn cut_hit(&self) -> bool {
+        self.lock().1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+        self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// In-memory storage with power-cut injection. See the module documentation.
 #[derive(Debug, Default)]
 pub struct FaultStorage {
     state: Mutex<FaultState>,
+    power: Option<Arc<PowerSupply>>,
 }
 
 impl FaultStorage {
@@ -44,7 +82,16 @@ impl FaultStorage {
                 current: initial,
                 ..Default::default()
             }),
+            power: None,
         }
+    }
+
+    /// A storage holding `initial` whose mutating calls count against `power`, shared with
+    /// other storages.
+    pub fn on_supply(initial: Vec<u8>, power: Arc<PowerSupply>) -> Self {
+        let mut s = Self::new(initial);
+        s.power = Some(power);
+        s
     }
 
     /// Same as [`FaultStorage::new`], failing every mutating call after the first `n`.
@@ -85,14 +132,23 @@ impl FaultStorage {
 
     fn mutate(&self, f: impl FnOnce(&mut FaultState) -> io::Result<()>) -> io::Result<()> {
         let mut st = self.lock();
-        if let Some(cut) = st.cut_after {
-            if st.ops >= cut {
-                st.cut_hit = true;
-                return Err(io::Error::other("injected fault: power cut"));
+        let mut shared = self.power.as_ref().map(|p| (p.cut_after, p.lock()));
+        let (done, cut) = match shared.as_mut() {
+            Some((cut, count)) => (count.0, *cut),
+            None => (st.ops, st.cut_after),
+        };
+        if cut.is_some_and(|cut| done >= cut) {
+            st.cut_hit = true;
+            if let Some((_, count)) = shared.as_mut() {
+                count.1 = true;
             }
+            return Err(io::Error::other("injected fault: power cut"));
         }
         f(&mut st)?;
         st.ops += 1;
+        if let Some((_, count)) = shared.as_mut() {
+            count.0 += 1;
+        }
         Ok(())
     }
 }
@@ -149,5 +205,20 @@ mod tests {
         s.flush().unwrap();
         assert_eq!(&s.durable_image(), b"\0xy");
         assert_eq!(s.ops(), 2);
+    }
+
+    #[test]
+    fn storages_on_one_supply_share_the_cut() {
+        let power = PowerSupply::new(Some(3));
+        let a = FaultStorage::on_supply(vec![0; 4], power.clone());
+        let b = FaultStorage::on_supply(vec![0; 4], power.clone());
+        a.write_at(b"a", 0).unwrap();
+        b.write_at(b"b", 0).unwrap();
+        b.flush().unwrap();
+        assert!(a.flush().is_err());
+        assert!(power.cut_hit() && a.cut_hit() && !b.cut_hit());
+        assert_eq!(power.ops(), 3);
+        assert_eq!(a.durable_image(), vec![0; 4]);
+        assert_eq!(&b.durable_image(), b"b\0\0\0");
     }
 }

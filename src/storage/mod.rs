@@ -18,7 +18,7 @@ mod file;
 pub mod lock;
 mod memory;
 
-pub use fault::{FaultState, FaultStorage};
+pub use fault::{FaultState, FaultStorage, PowerSupply};
 pub use file::{FileStorage, OpenOptions};
 pub use memory::MemStorage;
 

@@ -7,6 +7,8 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod crash;
+
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::ffi::OsStr;
@@ -34,56 +36,53 @@ pub fn tempdir() -> TempDir {
     dir
 }
 
-fn run_tool<I, A>(program: &str, args: I) -> Output
-where
-    I: IntoIterator<Item = A>,
-    A: AsRef<OsStr>,
-{
-    match Command::new(program).args(args).output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            panic!("{program} not found: install qemu-utils (apt-get install qemu-utils)")
-        }
-        Err(e) => panic!("could not run {program}: {e}"),
-    }
-}
+/// Longest any program run by a test may take before it is killed.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Run `qemu-img` with `args`. Panics with an install hint if it is not installed.
-pub fn qemu_img<I, A>(args: I) -> Output
-where
-    I: IntoIterator<Item = A>,
-    A: AsRef<OsStr>,
-{
-    run_tool("qemu-img", args)
-}
+/// Longest a single `vdisk` run may take in a test (the same bound as every other program).
+pub const VDISK_TIMEOUT: Duration = RUN_TIMEOUT;
 
-/// Run `qemu-io` with `args`. Panics with an install hint if it is not installed.
-pub fn qemu_io<I, A>(args: I) -> Output
-where
-    I: IntoIterator<Item = A>,
-    A: AsRef<OsStr>,
-{
-    run_tool("qemu-io", args)
-}
-
-/// Longest a single `vdisk` run may take in a test before it is killed.
-pub const VDISK_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Run the `vdisk` binary built for these tests. A run that takes longer than
-/// [`VDISK_TIMEOUT`] is killed and fails the test, so a hang is reported, not waited on.
-pub fn vdisk<I, A>(args: I) -> Output
+/// The one process runner of the tests: run `program` with `args`, stdin closed, and
+/// collect its output. A run that takes longer than [`RUN_TIMEOUT`] is killed and fails the
+/// test, so a hang is reported, not waited on. A missing program fails with an install hint.
+///
+/// A QEMU tool that reports an image lock held by another process is run again, up to five
+/// times 20 ms apart (vdisk retries its own lock conflicts the same way): between `fork` and
+/// `exec`, a child spawned by another test thread still shares the file descriptions, and so
+/// the OFD locks, of images this test process has just closed.
+pub fn run_program<I, A>(program: &str, args: I) -> Output
 where
     I: IntoIterator<Item = A>,
     A: AsRef<OsStr>,
 {
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let mut child = Command::new(vdisk_bin())
-        .args(&args)
+    let mut out = run_once(program, &args);
+    for _ in 0..5 {
+        let lock_conflict = program.starts_with("qemu-")
+            && String::from_utf8_lossy(&out.stderr).contains("Is another process using the image");
+        if !lock_conflict {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        out = run_once(program, &args);
+    }
+    out
+}
+
+fn run_once(program: &str, args: &[std::ffi::OsString]) -> Output {
+    let mut child = match Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("running the vdisk binary");
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "{program} not found: install qemu-utils (apt-get install qemu-utils), or run .ci/run"
+        ),
+        Err(e) => panic!("could not run {program}: {e}"),
+    };
     // Drain the pipes on threads so a chatty child cannot block on a full pipe.
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
@@ -99,27 +98,64 @@ where
     });
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for vdisk") {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
             break status;
         }
-        if start.elapsed() > VDISK_TIMEOUT {
+        if start.elapsed() > RUN_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "vdisk {} did not finish within {VDISK_TIMEOUT:?} (killed)",
-                args.iter()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                "{program} {} did not finish within {RUN_TIMEOUT:?} (killed)",
+                join(args)
             );
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     };
     Output {
         status,
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
     }
+}
+
+/// Run a command line given as one slice (`argv[0]` is the program) with [`run_program`].
+pub fn run_argv<A: AsRef<OsStr>>(argv: &[A]) -> Output {
+    let (program, args) = argv.split_first().expect("an empty command line");
+    run_program(&program.as_ref().to_string_lossy(), args)
+}
+
+/// Run a command line with [`run_argv`] and require success; return stdout as text.
+#[track_caller]
+pub fn sh<A: AsRef<OsStr>>(argv: &[A]) -> String {
+    let what = join(argv);
+    ok(&what, run_argv(argv))
+}
+
+/// Run `qemu-img` with `args`. Panics with an install hint if it is not installed.
+pub fn qemu_img<I, A>(args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    run_program("qemu-img", args)
+}
+
+/// Run `qemu-io` with `args`. Panics with an install hint if it is not installed.
+pub fn qemu_io<I, A>(args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    run_program("qemu-io", args)
+}
+
+/// Run the `vdisk` binary built for these tests, with [`run_program`]'s timeout.
+pub fn vdisk<I, A>(args: I) -> Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    run_program(vdisk_bin(), args)
 }
 
 /// Path of the `vdisk` binary built for these tests.
@@ -232,9 +268,49 @@ pub fn assert_bytes_eq(what: &str, a: &[u8], b: &[u8]) {
     }
 }
 
-/// A random generator that gives the same stream on every run for the same `seed`.
-pub fn rng(seed: u64) -> StdRng {
-    StdRng::seed_from_u64(seed)
+/// The one random source of the tests: the same stream on every run for the same seed.
+/// It implements [`RngCore`], so `rand::Rng`'s methods (`gen_range`, ...) work on it too.
+pub struct TestRng(StdRng);
+
+impl TestRng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.0.gen_range(0..n)
+        }
+    }
+
+    /// Fill `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        self.0.fill_bytes(buf)
+    }
+}
+
+impl RngCore for TestRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+
+/// A [`TestRng`] seeded with `seed`.
+pub fn rng(seed: u64) -> TestRng {
+    TestRng(StdRng::seed_from_u64(seed))
 }
 
 /// `len` pseudo-random bytes, the same for the same `seed`.
