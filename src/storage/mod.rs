@@ -10,6 +10,9 @@
 //!   reached "stable storage" (the state at the last completed flush) and can be told to stop
 //!   after the Nth write or flush, so tests can replay every cut point of an operation.
 //!
+//! A [`Namespace`] opens and creates storages by name: [`HostFiles`] for the host's files,
+//! [`MemFiles`] for in-memory ones.
+//!
 //! Reads past the end of the storage return zeros, as QEMU's file driver does; format
 //! drivers that care about the file length check it themselves before reading.
 
@@ -17,10 +20,12 @@ mod fault;
 mod file;
 pub mod lock;
 mod memory;
+mod namespace;
 
 pub use fault::{FaultState, FaultStorage, PowerSupply};
 pub use file::{FileStorage, OpenOptions};
 pub use memory::MemStorage;
+pub use namespace::{HostFiles, MemFiles, Namespace};
 
 use std::io;
 

@@ -19,9 +19,9 @@ use super::limits::{
     MAX_EXTENT_SECTORS, SECTOR_SIZE, SPLIT_EXTENT_BYTES,
 };
 use super::stream::StreamWriter;
-use super::{open, random_u32, DescriptorPlace, Extent, ExtentBody, Vmdk, VmdkOpenOptions};
+use super::{random_u32, DescriptorPlace, Extent, ExtentBody, Vmdk, VmdkOpenOptions};
 use crate::error::{Error, Result};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{HostFiles, Namespace, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -185,6 +185,16 @@ impl VmdkCreateOptions {
 /// A streamOptimized image accepts writes only in increasing guest order and must be
 /// closed with [`close`](crate::BlockDevice::close), which writes its trailing metadata.
 pub fn create(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<Vmdk> {
+    create_in(&HostFiles, path, size, opts)
+}
+
+/// [`create`], with every file created (and the image then opened) through `ns`.
+pub fn create_in(
+    ns: &dyn Namespace,
+    path: &Path,
+    size: u64,
+    opts: &VmdkCreateOptions,
+) -> Result<Vmdk> {
     opts.validate()?;
     let size = size
         .checked_next_multiple_of(SECTOR_SIZE)
@@ -224,7 +234,7 @@ pub fn create(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<Vmdk> 
                 format!("{prefix}-flat{postfix}")
             };
             let extent_path = dir.join(&name);
-            let storage = create_file(&extent_path)?;
+            let storage = create_file(ns, &extent_path)?;
             if subformat.is_flat() {
                 storage
                     .set_len(n)
@@ -241,14 +251,14 @@ pub fn create(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<Vmdk> 
     let text = descriptor.to_text();
     match subformat {
         Subformat::MonolithicSparse => {
-            let storage = create_file(path)?;
+            let storage = create_file(ns, path)?;
             init_sparse_extent(&storage, size, false, opts.zeroed_grain)?;
             write_embedded_descriptor(&storage, &text)?;
             flush(&storage)?;
         }
-        Subformat::StreamOptimized => return create_stream(path, size, opts, descriptor, text),
+        Subformat::StreamOptimized => return create_stream(ns, path, size, opts, descriptor, text),
         _ => {
-            let storage = create_file(path)?;
+            let storage = create_file(ns, path)?;
             storage
                 .write_at(text.as_bytes(), 0)
                 .and_then(|_| storage.set_len(text.len() as u64))
@@ -256,7 +266,8 @@ pub fn create(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<Vmdk> 
             flush(&storage)?;
         }
     }
-    open(
+    super::open::open_in(
+        ns,
         path,
         &VmdkOpenOptions {
             read_only: false,
@@ -377,13 +388,14 @@ fn write_embedded_descriptor(storage: &Arc<dyn Storage>, text: &str) -> Result<(
 /// A streamOptimized image: header with the grain directory at the end, descriptor, and a
 /// sequential writer for the rest.
 fn create_stream(
+    ns: &dyn Namespace,
     path: &Path,
     size: u64,
     opts: &VmdkCreateOptions,
     descriptor: Descriptor,
     text: String,
 ) -> Result<Vmdk> {
-    let storage = create_file(path)?;
+    let storage = create_file(ns, path)?;
     let header = SparseHeader {
         version: 3,
         flags: FLAG_NEWLINE_TEST
@@ -465,9 +477,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn create_file(path: &Path) -> Result<Arc<dyn Storage>> {
-    FileStorage::create(path)
-        .map(|s| Arc::new(s) as Arc<dyn Storage>)
+fn create_file(ns: &dyn Namespace, path: &Path) -> Result<Arc<dyn Storage>> {
+    ns.create(path)
         .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))
 }
 

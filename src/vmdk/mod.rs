@@ -44,10 +44,10 @@ mod info;
 mod open;
 
 pub use check::VmdkCheckReport;
-pub use create::{create, Subformat, VmdkCreateOptions};
+pub use create::{create, create_in, Subformat, VmdkCreateOptions};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType};
 pub use info::{VmdkExtentInfo, VmdkInfo};
-pub use open::open;
+pub use open::{open, open_in};
 
 use crate::device::{check_range, BlockDevice, Extent as Status, ExtentKind};
 use crate::error::{Error, Result};

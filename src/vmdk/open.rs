@@ -9,7 +9,7 @@ use super::limits::{MAX_DESCRIPTOR_BYTES, MAX_EXTENTS, SECTOR_SIZE};
 use super::sparse::{has_sparse_magic, SparseExtent, SparseKind};
 use super::{DescriptorPlace, Extent, ExtentBody, Vmdk, VmdkOpenOptions};
 use crate::error::{Error, Result};
-use crate::storage::{FileStorage, OpenOptions, Storage};
+use crate::storage::{HostFiles, Namespace, OpenOptions, Storage};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,10 +30,15 @@ const KNOWN_CREATE_TYPES: &[&str] = &[
     "custom",
 ];
 
-/// Open the VMDK image at `path`: a descriptor file, or a sparse extent (with or without
-/// an embedded descriptor).
+/// Open the VMDK image at `path` on the host: a descriptor file, or a sparse extent (with
+/// or without an embedded descriptor).
 pub fn open(path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
-    let storage = open_file(path, opts.read_only, opts.force_share)?;
+    open_in(&HostFiles, path, opts)
+}
+
+/// [`open`], with the descriptor and every extent opened through `ns`.
+pub fn open_in(ns: &dyn Namespace, path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
+    let storage = open_file(ns, path, opts.read_only, opts.force_share)?;
     let file_len = storage
         .len()
         .map_err(|e| Error::io(format!("{}: reading the file length", path.display()), e))?;
@@ -63,7 +68,7 @@ pub fn open(path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
             .read_at(&mut text, 0)
             .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
         let place = DescriptorPlace::File(storage);
-        return open_descriptor(path, opts, &text, 0, place);
+        return open_descriptor(ns, path, opts, &text, 0, place);
     }
     if &first[..4] == SPARSE_MAGIC {
         let header = SparseHeader::parse(&first)?;
@@ -76,7 +81,7 @@ pub fn open(path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
                 offset,
                 room,
             };
-            return open_descriptor(path, opts, &text, offset, place);
+            return open_descriptor(ns, path, opts, &text, offset, place);
         }
     }
     open_bare_sparse(path, opts, storage, file_len)
@@ -142,6 +147,7 @@ fn open_bare_sparse(
 
 /// Open the extents a descriptor names. `base` is the descriptor's file offset.
 fn open_descriptor(
+    ns: &dyn Namespace,
     path: &Path,
     opts: &VmdkOpenOptions,
     bytes: &[u8],
@@ -185,13 +191,13 @@ fn open_descriptor(
             match &file_path {
                 // An extent that is the descriptor's own file shares its open file: a
                 // second open would conflict with the first one's image lock.
-                Some(p) if same_file(p, path) => match &place {
+                Some(p) if ns.same_file(p, path) => match &place {
                     DescriptorPlace::File(s) | DescriptorPlace::Embedded { storage: s, .. } => {
                         Ok(s.clone())
                     }
-                    DescriptorPlace::Nowhere => open_file(p, read_only, force_share),
+                    DescriptorPlace::Nowhere => open_file(ns, p, read_only, force_share),
                 },
-                Some(p) => open_file(p, read_only, force_share),
+                Some(p) => open_file(ns, p, read_only, force_share),
                 None => Err(Error::corrupt(
                     "VMDK descriptor",
                     base,
@@ -327,15 +333,13 @@ pub(crate) fn resolve_extent_path(dir: &Path, name: &str, allow_outside: bool) -
 }
 
 /// Whether `a` and `b` name the same existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
-fn open_file(path: &Path, read_only: bool, force_share: bool) -> Result<Arc<dyn Storage>> {
-    let storage = FileStorage::open(
+fn open_file(
+    ns: &dyn Namespace,
+    path: &Path,
+    read_only: bool,
+    force_share: bool,
+) -> Result<Arc<dyn Storage>> {
+    ns.open(
         path,
         OpenOptions {
             write: !read_only,
@@ -343,8 +347,7 @@ fn open_file(path: &Path, read_only: bool, force_share: bool) -> Result<Arc<dyn 
             force_share,
         },
     )
-    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
-    Ok(Arc::new(storage))
+    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
 }
 
 #[cfg(test)]
