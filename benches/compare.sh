@@ -27,6 +27,7 @@ QEMU_IMG=${QEMU_IMG:-qemu-img}
 ROWS=(
     convert_raw_to_qcow2
     convert_qcow2_to_raw
+    convert_realfs_to_qcow2
     convert_raw_to_qcow2_zlib
     convert_raw_to_qcow2_zlib_vs_W
     convert_raw_to_qcow2_zstd
@@ -176,6 +177,30 @@ row_convert_qcow2_to_raw() {
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify "$SRC" "$BENCH_DIR/vdisk.raw"
     record "convert qcow2 -> raw"
+}
+
+# A raw image of a real file system: ext4 made from /usr/share (mkfs.ext4 -d), 2 GiB with
+# about 800 MiB allocated in the layout a real file system has (metadata, inode tables,
+# small files, free space). Synthetic images can hide costs a real one shows.
+realfs() {
+    REALFS="$BENCH_DIR/realfs.raw"
+    if [[ ! -f $REALFS ]]; then
+        command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 not found: install e2fsprogs"
+        echo "== generating $REALFS (mkfs.ext4 -d /usr/share)"
+        mkfs.ext4 -q -d /usr/share -F "$REALFS" 2G
+    fi
+}
+
+row_convert_realfs_to_qcow2() {
+    realfs
+    measure "$BENCH_DIR/vdisk-realfs.qcow2" "$VDISK" convert -f raw -O qcow2 "$REALFS" "$BENCH_DIR/vdisk-realfs.qcow2"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu-realfs.qcow2" "$QEMU_IMG" convert -f raw -O qcow2 "$REALFS" "$BENCH_DIR/qemu-realfs.qcow2"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$REALFS" "$BENCH_DIR/vdisk-realfs.qcow2"
+    "$QEMU_IMG" check -q "$BENCH_DIR/vdisk-realfs.qcow2" || { VERIFIED="check failed"; FAILED=1; }
+    VERIFIED="$VERIFIED, size x$(size_ratio "$BENCH_DIR/vdisk-realfs.qcow2" "$BENCH_DIR/qemu-realfs.qcow2")"
+    record "convert real ext4 -> qcow2"
 }
 
 # size_ratio A B: file size of A over that of B (compressed outputs: vdisk over qemu-img).

@@ -17,6 +17,7 @@
 //! `grain_table`) so that `format-spec/` and the code read alike.
 
 pub mod chain;
+pub mod codec;
 pub mod device;
 pub mod dump;
 pub mod error;

@@ -136,7 +136,7 @@ const GRAIN_LEVEL: u32 = 5;
 fn compress_grain(grain: &[u8]) -> Result<Vec<u8>> {
     // Data that looks random would not shrink: store it in deflate's stored blocks (still a
     // valid zlib stream) instead of spending the time to find that out.
-    let level = if crate::qcow2::compress::looks_random(grain) {
+    let level = if crate::codec::looks_random(grain) {
         flate2::Compression::none()
     } else {
         flate2::Compression::new(GRAIN_LEVEL)
