@@ -22,6 +22,7 @@ pub mod device;
 pub mod dump;
 pub mod error;
 pub mod image;
+pub mod names;
 pub mod ops;
 pub mod probed_raw;
 pub mod qcow2;

@@ -317,7 +317,7 @@ impl<S: Storage> Qcow2<S> {
     pub fn set_backing_file(&mut self, name: Option<&str>, format: Option<&str>) -> Result<()> {
         self.check_writable()?;
         if let Some(n) = name {
-            crate::chain::check_backing_name(n)?;
+            crate::names::check_backing_name(n)?;
         }
         self.flush_metadata()?;
         self.header.backing_file = name.map(str::to_string);

@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut img = Qcow2::open(storage, qcow2::OpenOptions::default())
         .map_err(|e| image::with_path(&a.file, e))?;
     if let Some(b) = &opts.backing_file {
-        vdisk::chain::check_backing_name(b)?;
+        vdisk::names::check_backing_name(b)?;
     }
     img.amend(&opts)?;
     img.close()?;

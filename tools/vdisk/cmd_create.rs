@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .find(|(k, _)| k == "backing_fmt")
         .map(|(_, v)| v.clone());
     if let Some(b) = &backing {
-        vdisk::chain::check_backing_name(b)?;
+        vdisk::names::check_backing_name(b)?;
         let path = vdisk::chain::resolve(&a.file, b)?;
         if backing_fmt.is_none() {
             let detected = image::probe(

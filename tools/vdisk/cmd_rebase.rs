@@ -67,7 +67,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     }
     if let Some(n) = new_name {
-        vdisk::chain::check_backing_name(n)?;
+        vdisk::names::check_backing_name(n)?;
     }
     if !a.unsafe_mode {
         // The overlay, writable, with its current chain attached (read-only).

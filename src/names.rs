@@ -1,0 +1,60 @@
+//! Rules for the file names an image records (backing files; later VMDK extents and qcow2
+//! data files): vdisk opens plain host paths only, never a protocol or a JSON
+//! specification named by whoever wrote the image.
+
+use crate::error::{Error, Result};
+
+/// Refuse names that are not plain file paths.
+pub fn check_backing_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("empty backing file name"));
+    }
+    if name.starts_with("json:") {
+        return Err(Error::unsupported(format!(
+            "backing file '{name}' is a JSON specification; vdisk opens plain files only"
+        )));
+    }
+    if let Some((scheme, _)) = name.split_once(':') {
+        let looks_like_scheme = !scheme.is_empty()
+            && !scheme.contains('/')
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'));
+        if looks_like_scheme {
+            return Err(Error::unsupported(format!(
+                "backing file '{name}' names a protocol ('{scheme}:'); vdisk opens plain files only"
+            )));
+        }
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid("backing file name contains a NUL byte"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_and_json_backing_names_are_refused() {
+        for bad in [
+            "json:{\"file\":{}}",
+            "nbd:localhost:10809",
+            "http://x/y",
+            "https://x",
+            "file:/etc/passwd",
+            "ssh://h/p",
+        ] {
+            assert!(check_backing_name(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "base.qcow2",
+            "/abs/base.raw",
+            "../up/b.img",
+            "dir/with:colon",
+        ] {
+            assert!(check_backing_name(good).is_ok(), "{good}");
+        }
+    }
+}
