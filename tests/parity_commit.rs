@@ -1,6 +1,6 @@
-//! Data safety of `commit` (and of the other operations that decide "the target already
-//! reads zeros": rebase, convert -B) on backing chains of three and more images (issue 12),
-//! against qemu-img as the oracle.
+//! Data safety of `commit`, `resize` and `amend -o size` (and of the other operations
+//! that decide "the target already reads zeros": rebase, convert -B) on backing chains of
+//! three and more images (issue 12), against qemu-img as the oracle.
 //!
 //! Every case builds its chain with qemu-img and qemu-io, copies the whole directory twice,
 //! runs qemu-img on one copy and vdisk on the other with the same arguments, and then
@@ -124,6 +124,14 @@ fn both_succeed(outcome: Option<(String, String)>) {
     }
 }
 
+/// Both tools refused, and vdisk said why in qemu-img's words.
+#[track_caller]
+fn both_refuse(outcome: Option<(String, String)>, qemu_says: &str, vdisk_says: &str) {
+    let (q, v) = outcome.expect("both tools should have refused");
+    assert!(q.contains(qemu_says), "qemu-img said: {q}");
+    assert!(v.contains(vdisk_says), "vdisk said: {v}");
+}
+
 /// qemu-io commands that zero 0..64k, or part of it, in different ways, with the top's
 /// `-o` options: with 4 KiB clusters in the top, zeroing 4k..12k makes zero clusters
 /// there that cover only part of a 64 KiB cluster of the base.
@@ -206,6 +214,137 @@ fn commit_b_through_a_shorter_intermediate_zeroes_what_the_top_read_as_zeros() {
         &["commit", "-q", "-b", "mid.qcow2", "top.qcow2"],
         &["mid.qcow2", "short.qcow2", "top.qcow2"],
     ));
+}
+
+#[test]
+fn commit_that_grows_the_base_zeroes_the_new_area_instead_of_showing_the_base_backing() {
+    // root (0x11, 4M) <- mid (2M) <- top (4M). A compat=0.10 mid cannot hide root's data
+    // in the area the commit adds: qemu-img's commit fails and changes nothing.
+    for compat in ["1.1", "0.10"] {
+        let t = Twin::new();
+        t.create("root.qcow2", "", None, Some("4M"));
+        t.io("root.qcow2", &["write -P 0x11 0 4M"]);
+        t.create(
+            "mid.qcow2",
+            &format!("compat={compat}"),
+            Some("root.qcow2"),
+            Some("2M"),
+        );
+        t.create("top.qcow2", "", Some("mid.qcow2"), Some("4M"));
+        t.io(
+            "top.qcow2",
+            &["write -P 0xbb 0 64k", "write -P 0xcc 3M 64k"],
+        );
+        let outcome = t.run_both(&["commit", "-q", "top.qcow2"], &["mid.qcow2", "top.qcow2"]);
+        if compat == "1.1" {
+            both_succeed(outcome);
+        } else {
+            both_refuse(
+                outcome,
+                "Operation not supported",
+                "Failed to zero out new clusters",
+            );
+        }
+    }
+}
+
+/// root (0x11, 4M) <- mid (4M, 0x33 at 3M) <- top (`compat`, `top_size`, 0x22 in 1M..2M
+/// when it is that large).
+fn resize_input(compat: &str, top_size: &str) -> Twin {
+    let t = Twin::new();
+    t.create("root.qcow2", "", None, Some("4M"));
+    t.io("root.qcow2", &["write -P 0x11 0 4M"]);
+    t.create("mid.qcow2", "", Some("root.qcow2"), None);
+    t.io("mid.qcow2", &["write -P 0x33 3M 64k"]);
+    t.create(
+        "top.qcow2",
+        &format!("compat={compat}"),
+        Some("mid.qcow2"),
+        Some(top_size),
+    );
+    if top_size == "2M" {
+        t.io("top.qcow2", &["write -P 0x22 1M 1M"]);
+    }
+    t
+}
+
+#[test]
+fn growing_an_overlay_over_a_longer_backing_reads_zeros_in_the_new_area() {
+    // resize and amend -o size, from a cluster-aligned size, from inside a cluster, and
+    // within one cluster. compat=0.10 has no zero clusters: qemu-img refuses unless the
+    // growth stays inside the old last cluster (then explicit zeros do).
+    let mut cases = vec![];
+    for compat in ["1.1", "0.10"] {
+        for (from, to) in [("2M", "4M"), ("2064896", "4M"), ("2064896", "2080768")] {
+            for amend in [false, true] {
+                cases.push((compat, from, to, amend));
+            }
+        }
+    }
+    run_cases(
+        "grow over a longer backing",
+        &cases,
+        |&(compat, from, to, amend)| {
+            let t = resize_input(compat, from);
+            let size_opt = format!("size={to}");
+            let args: Vec<&str> = if amend {
+                vec!["amend", "-o", &size_opt, "top.qcow2"]
+            } else {
+                vec!["resize", "-q", "top.qcow2", to]
+            };
+            let outcome = t.run_both(&args, &["top.qcow2"]);
+            if compat == "0.10" && to == "4M" {
+                both_refuse(
+                    outcome,
+                    "Failed to zero out new clusters",
+                    "Failed to zero out new clusters",
+                );
+            } else {
+                both_succeed(outcome);
+            }
+        },
+    );
+}
+
+#[test]
+fn growing_after_a_shrink_inside_a_cluster_zeroes_the_old_tail_as_qemu_img_does() {
+    // top (2M, data up to its end) shrunk to 2M-32k, inside a 64 KiB cluster, then grown
+    // with each preallocation mode, over the longer chain and with no backing at all.
+    // Without a backing, qemu-img keeps the old tail for off and metadata (vdisk must do
+    // the same) and zeroes it for falloc and full (fresh clusters).
+    let mut cases = vec![];
+    for compat in ["1.1", "0.10"] {
+        for prealloc in ["off", "metadata", "falloc", "full"] {
+            for backing in [true, false] {
+                cases.push((compat, prealloc, backing));
+            }
+        }
+    }
+    run_cases(
+        "shrink then grow",
+        &cases,
+        |&(compat, prealloc, backing)| {
+            let t = resize_input(compat, "2M");
+            if !backing {
+                std::fs::remove_file(t.path("input", "top.qcow2")).expect("removing top");
+                t.create("top.qcow2", &format!("compat={compat}"), None, Some("2M"));
+                t.io("top.qcow2", &["write -P 0x22 1M 1M"]);
+            }
+            let top = t.path("input", "top.qcow2");
+            qemu_img_ok(&["resize", "-q", "--shrink", top.to_str().unwrap(), "2064896"]);
+            let mode = format!("--preallocation={prealloc}");
+            let outcome = t.run_both(&["resize", "-q", &mode, "top.qcow2", "4M"], &["top.qcow2"]);
+            if backing && compat == "0.10" && matches!(prealloc, "off" | "metadata") {
+                both_refuse(
+                    outcome,
+                    "Failed to zero out new clusters",
+                    "Failed to zero out new clusters",
+                );
+            } else {
+                both_succeed(outcome);
+            }
+        },
+    );
 }
 
 #[test]
