@@ -150,7 +150,7 @@ fn open_layer(
             probe(&f)?
         }
     };
-    let mut layer = Layer {
+    let layer = Layer {
         path: path.to_path_buf(),
         format,
         backing_name: None,
@@ -167,57 +167,13 @@ fn open_layer(
             }
         }
         Format::Qcow2 => {
-            let s = open_file(path, opts)?;
-            let ro = qcow2::OpenOptions {
-                read_only: opts.read_only,
-                ..Default::default()
-            };
-            let mut q = Qcow2::open(s, ro).map_err(|e| with_path(path, e))?;
-            layer.backing_name = q.header().backing_file.clone();
-            layer.backing_format = q.header().backing_format();
-            if let Some(name) = layer.backing_name.clone() {
-                if probed_backing {
-                    return Err(Error::unsupported(format!(
-                        "'{}' was probed as a backing image (no backing format recorded) and has a backing file itself; record the format with 'vdisk rebase -u -F'",
-                        path.display()
-                    )));
-                }
-                layers.push(layer.clone());
-                if !opts.no_backing {
-                    let bpath = chain::resolve(path, &name)?;
-                    let bfmt = match &layer.backing_format {
-                        Some(f) => Some(chain::parse_backing_format(f, path)?),
-                        None => None,
-                    };
-                    if !bpath.exists() {
-                        return Err(Error::invalid(format!(
-                            "could not open backing file '{}' of '{}': no such file",
-                            bpath.display(),
-                            path.display()
-                        )));
-                    }
-                    let bopts = ImageOptions {
-                        format: None,
-                        read_only: true,
-                        unsafe_cache: false,
-                        no_backing: false,
-                        force_share: opts.force_share,
-                    };
-                    let backing =
-                        open_layer(&bpath, bfmt, &bopts, visited, layers, bfmt.is_none())?;
-                    if bfmt.is_none() {
-                        eprintln!(
-                            "vdisk: note: '{}' records no backing format; probed '{}' as {}",
-                            path.display(),
-                            bpath.display(),
-                            layers.last().map(|l| l.format.name()).unwrap_or("raw")
-                        );
-                    }
-                    q.set_backing(Some(backing));
-                }
-                return Ok(Box::new(q));
-            }
-            Box::new(q)
+            return Ok(Box::new(open_qcow2_layer(
+                path,
+                opts,
+                visited,
+                layers,
+                probed_backing,
+            )?))
         }
         Format::Vmdk => {
             if probed_backing {
@@ -228,6 +184,83 @@ fn open_layer(
     };
     layers.push(layer);
     Ok(device)
+}
+
+/// Open the qcow2 image at `path` as the driver itself, for the operations that need more
+/// than a [`BlockDevice`] (resize with preallocation, amend), with its backing chain
+/// attached read-only unless `opts.no_backing`. Returns the image and its chain, top first.
+pub fn open_qcow2(path: &Path, opts: &ImageOptions) -> Result<(Qcow2<FileStorage>, Vec<Layer>)> {
+    let mut visited = Visited::default();
+    visited.enter(path)?;
+    let mut layers = Vec::new();
+    let q = open_qcow2_layer(path, opts, &mut visited, &mut layers, false)?;
+    Ok((q, layers))
+}
+
+/// Open one qcow2 layer of a chain and, unless `opts.no_backing`, the layers below it.
+fn open_qcow2_layer(
+    path: &Path,
+    opts: &ImageOptions,
+    visited: &mut Visited,
+    layers: &mut Vec<Layer>,
+    probed_backing: bool,
+) -> Result<Qcow2<FileStorage>> {
+    let s = open_file(path, opts)?;
+    let ro = qcow2::OpenOptions {
+        read_only: opts.read_only,
+        ..Default::default()
+    };
+    let mut q = Qcow2::open(s, ro).map_err(|e| with_path(path, e))?;
+    let layer = Layer {
+        path: path.to_path_buf(),
+        format: Format::Qcow2,
+        backing_name: q.header().backing_file.clone(),
+        backing_format: q.header().backing_format(),
+    };
+    let Some(name) = layer.backing_name.clone() else {
+        layers.push(layer);
+        return Ok(q);
+    };
+    if probed_backing {
+        return Err(Error::unsupported(format!(
+            "'{}' was probed as a backing image (no backing format recorded) and has a backing file itself; record the format with 'vdisk rebase -u -F'",
+            path.display()
+        )));
+    }
+    layers.push(layer.clone());
+    if opts.no_backing {
+        return Ok(q);
+    }
+    let bpath = chain::resolve(path, &name)?;
+    let bfmt = match &layer.backing_format {
+        Some(f) => Some(chain::parse_backing_format(f, path)?),
+        None => None,
+    };
+    if !bpath.exists() {
+        return Err(Error::invalid(format!(
+            "could not open backing file '{}' of '{}': no such file",
+            bpath.display(),
+            path.display()
+        )));
+    }
+    let bopts = ImageOptions {
+        format: None,
+        read_only: true,
+        unsafe_cache: false,
+        no_backing: false,
+        force_share: opts.force_share,
+    };
+    let backing = open_layer(&bpath, bfmt, &bopts, visited, layers, bfmt.is_none())?;
+    if bfmt.is_none() {
+        eprintln!(
+            "vdisk: note: '{}' records no backing format; probed '{}' as {}",
+            path.display(),
+            bpath.display(),
+            layers.last().map(|l| l.format.name()).unwrap_or("raw")
+        );
+    }
+    q.set_backing(Some(backing));
+    Ok(q)
 }
 
 /// A backing file with no recorded format that probes as VMDK is opened only when it is a

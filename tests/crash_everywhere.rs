@@ -1,7 +1,8 @@
 //! Crash consistency of every mutating qcow2 operation not already replayed elsewhere:
-//! create, resize (grow and shrink), rebase, convert into qcow2, and `check -r` (leaks and
-//! corruptions). (Allocating writes, zero writes and discards: `tests/qcow2_crash.rs`;
-//! snapshot create/apply/delete: `tests/qcow2_snapshot.rs`; commit: `tests/chain.rs`;
+//! create, resize (grow, shrink, and growing an overlay over a longer backing), rebase,
+//! convert into qcow2, and `check -r` (leaks and corruptions). (Allocating writes, zero
+//! writes and discards: `tests/qcow2_crash.rs`; snapshot create/apply/delete:
+//! `tests/qcow2_snapshot.rs`; commit: `tests/chain.rs`;
 //! amend: `tests/resize_amend.rs`.)
 //!
 //! Each operation runs on the fault-injecting storage, cut after each of its mutating
@@ -197,6 +198,98 @@ fn a_power_cut_during_resize_leaves_the_old_or_the_new_size_with_data_intact() {
 /// A raw device over memory, for backing images.
 fn raw_device(bytes: Vec<u8>) -> Box<dyn BlockDevice> {
     Box::new(Raw::open(MemStorage::from_vec(bytes), true).unwrap())
+}
+
+/// Grow an overlay over a raw backing image longer than the overlay (`backing.raw`, all
+/// data): at every cut the old size with the old contents, or the new size reading zeros
+/// from the old end on (the backing's data must never show there).
+fn replay_grow_over_longer_backing(
+    opts: &CreateOptions,
+    to_size: u64,
+    prealloc: vdisk::Preallocation,
+    seed: u64,
+) -> u64 {
+    let from_size = opts.size;
+    let mut rng = Rng(seed);
+    let mut backing = vec![0u8; to_size as usize];
+    rng.fill(&mut backing);
+    let base = Arc::new(MemStorage::new());
+    let mut top = qcow2::create(base.clone(), opts).expect("create");
+    top.set_backing_file(Some("backing.raw"), Some("raw"))
+        .unwrap();
+    top.set_backing(Some(raw_device(backing.clone())));
+    let mut model = backing[..from_size as usize].to_vec();
+    for _ in 0..8 {
+        let off = rng.below(from_size - 1);
+        let len = (1 + rng.below(opts.cluster_size * 2)).min(from_size - off);
+        let mut d = vec![0u8; len as usize];
+        rng.fill(&mut d);
+        top.write_at(&d, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&d);
+    }
+    top.close().unwrap();
+    drop(top);
+    let initial = base.to_vec();
+    let what = format!(
+        "grow v{} {from_size} -> {to_size} over a longer backing ({}-byte clusters, {prealloc:?})",
+        opts.version, opts.cluster_size
+    );
+    every_cut(
+        &what,
+        &initial,
+        |fs| {
+            let mut q = Qcow2::open(fs.clone(), OpenOptions::default())?;
+            q.set_backing(Some(raw_device(backing.clone())));
+            q.resize_preallocated(to_size, prealloc)?;
+            q.close()?;
+            Ok(fs.ops())
+        },
+        |cut, bytes, done| {
+            let mut q = Qcow2::open(Arc::new(MemStorage::from_vec(bytes.to_vec())), ro())
+                .unwrap_or_else(|e| panic!("{what}: cut {cut}: image does not open: {e}"));
+            q.set_backing(Some(raw_device(backing.clone())));
+            let size = q.virtual_size();
+            assert!(
+                size == from_size || size == to_size,
+                "{what}: cut {cut}: size {size}"
+            );
+            if done {
+                assert_eq!(size, to_size, "{what}: completed at the old size");
+            }
+            let mut data = vec![0u8; size as usize];
+            q.read_at(&mut data, 0).unwrap();
+            let old = from_size as usize;
+            assert!(
+                data[..old] == model[..],
+                "{what}: cut {cut}: old contents changed"
+            );
+            if let Some(i) = data[old..].iter().position(|&b| b != 0) {
+                panic!(
+                    "{what}: cut {cut}: byte {:#x} of the new area is not zero",
+                    old + i
+                );
+            }
+            assert_not_corrupt_with(&what, cut, bytes, &[("backing.raw", &backing)]);
+        },
+    )
+}
+
+#[test]
+fn a_power_cut_while_growing_an_overlay_over_a_longer_backing_never_shows_the_backing_data() {
+    use vdisk::Preallocation::{Full, Metadata, Off};
+    let mut cuts = 0;
+    // From inside a cluster: explicit zeros to the cluster's end, then zero clusters.
+    cuts += replay_grow_over_longer_backing(&small_opts(4096, (1 << 20) + 12288), 3 << 20, Off, 5);
+    // A larger L1 table first (1 KiB clusters: 128 entries per L2 table).
+    cuts += replay_grow_over_longer_backing(&small_opts(1024, 256 << 10), 1 << 20, Off, 6);
+    // Preallocated zero clusters; and fresh clusters in a v2 image.
+    cuts += replay_grow_over_longer_backing(&small_opts(4096, 1 << 20), 2 << 20, Metadata, 7);
+    let v2 = CreateOptions {
+        version: 2,
+        ..small_opts(4096, (1 << 20) + 512)
+    };
+    cuts += replay_grow_over_longer_backing(&v2, 2 << 20, Full, 8);
+    assert!(cuts > 40, "{cuts}");
 }
 
 #[test]

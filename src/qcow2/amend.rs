@@ -1,5 +1,4 @@
-//! Changing the options of an existing image (qemu-img amend), and preallocating the part
-//! a resize adds.
+//! Changing the options of an existing image (qemu-img amend).
 //!
 //! [`Qcow2::amend`] applies the changes in QEMU's order: upgrade to v3 first, then the
 //! refcount width, backing file, lazy refcounts and size, and a downgrade to v2 last. Each
@@ -16,7 +15,8 @@
 //!   inside the first header sector switches refcount_table_offset, refcount_table_clusters
 //!   and refcount_order together. The old structures become free clusters.
 //! - lazy refcounts, backing file: header rewrites.
-//! - size: [`Qcow2::resize_to`] (a metadata transaction).
+//! - size: [`Qcow2::resize_to`] (see `resize`; the new area of an overlay hides a longer
+//!   backing image only when the backing is attached).
 
 use super::entry::{self, L2Entry, COPIED};
 use super::header::{self, compat, ext, incompat};
@@ -25,7 +25,6 @@ use super::snapshot::{self, Snapshot};
 use super::{ioerr, Geometry, Qcow2};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use crate::Preallocation;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::BTreeSet;
 
@@ -139,6 +138,16 @@ impl<S: Storage> Qcow2<S> {
                 "backing_fmt needs a backing file (give backing_file too)",
             ));
         }
+        let backing_changes = (o.backing_file.is_some()
+            && o.backing_file != self.header.backing_file)
+            || (o.backing_format.is_some() && o.backing_format != self.header.backing_format());
+        if o.size.is_some() && backing_changes {
+            // The resize decides from the attached backing image what the new area must
+            // hide; after the change that image is no longer this one's backing.
+            return Err(Error::invalid(
+                "changing the backing file and the size in one amend is not supported; amend them one at a time",
+            ));
+        }
         if let Some(size) = o.size {
             if !self.snapshots.is_empty() && new_version.max(old_version) < 3 {
                 return Err(Error::unsupported(
@@ -147,6 +156,12 @@ impl<S: Storage> Qcow2<S> {
             }
             if size % 512 != 0 {
                 return Err(Error::invalid("The new size must be a multiple of 512"));
+            }
+            // Refused before anything changes (the resize runs after other steps).
+            if new_version.max(old_version) < 3
+                && self.growth_needs_zero_clusters(size, crate::Preallocation::Off)
+            {
+                return Err(super::resize::no_zero_clusters_in_v2());
             }
         }
 
@@ -463,58 +478,5 @@ impl<S: Storage> Qcow2<S> {
         self.free_hint = 0;
         self.file_len = self.file_len.max(end * cs);
         Ok(())
-    }
-
-    /// Allocate the guest clusters of `[from, to)` that are not allocated yet, as
-    /// preallocation `mode` does for a new image (`resize --preallocation`).
-    pub fn preallocate_range(&mut self, from: u64, to: u64, mode: Preallocation) -> Result<()> {
-        if mode == Preallocation::Off || from >= to {
-            return Ok(());
-        }
-        let cs = self.geo.cluster_size;
-        let per_table = self.geo.l2_entries();
-        let mut gc = from / cs;
-        let end = to.div_ceil(cs);
-        while gc < end {
-            if self.l2_raw(gc)? != 0 {
-                gc += 1;
-                continue;
-            }
-            let table_end = ((gc / per_table) + 1) * per_table;
-            let mut n = 1;
-            while gc + n < end.min(table_end)
-                && n < self.max_alloc_run()
-                && self.l2_raw(gc + n)? == 0
-            {
-                n += 1;
-            }
-            let l2_off = self.l2_for_write(gc / per_table)?;
-            let host = self.alloc_clusters(n)?;
-            let io = |e| Error::io("qcow2: preallocating", e);
-            // Clusters reused inside the file may hold old bytes: they must read as zeros.
-            let file_len = self.storage.len().map_err(io)?;
-            if host < file_len && mode != Preallocation::Full {
-                let stale = (file_len - host).min(n * cs);
-                crate::storage::write_zero_bytes(&self.storage, host, stale).map_err(io)?;
-            }
-            match mode {
-                Preallocation::Off => {}
-                Preallocation::Metadata => {
-                    let e = host + n * cs;
-                    if e > self.storage.len().map_err(io)? {
-                        self.storage.set_len(e).map_err(io)?;
-                    }
-                }
-                Preallocation::Falloc => self.storage.allocate(host, n * cs).map_err(io)?,
-                Preallocation::Full => {
-                    crate::storage::write_zero_bytes(&self.storage, host, n * cs).map_err(io)?
-                }
-            }
-            for k in 0..n {
-                self.set_l2_raw(l2_off, (gc + k) % per_table, (host + k * cs) | COPIED)?;
-            }
-            gc += n;
-        }
-        self.flush_metadata()
     }
 }

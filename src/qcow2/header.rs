@@ -128,6 +128,8 @@ pub struct Header {
     pub backing_file: Option<String>,
 }
 
+/// Offset of the size field (the virtual size, 8 bytes).
+pub const SIZE_FIELD_OFFSET: u64 = 24;
 /// Offset of the refcount_table_offset field (followed by refcount_table_clusters).
 pub const REFCOUNT_TABLE_FIELD_OFFSET: u64 = 48;
 /// Offset of the l1_size field (followed by l1_table_offset).

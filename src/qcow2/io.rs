@@ -100,7 +100,9 @@ impl<S: Storage> Qcow2<S> {
         }
     }
 
-    fn do_write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+    /// Write `buf` at guest `offset` without the range check (resize writes past the old
+    /// end before the new size takes effect).
+    pub(crate) fn do_write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         let cb = self.geo.cluster_bits;
         let cs = self.geo.cluster_size;
         let end = offset + buf.len() as u64;
@@ -204,7 +206,7 @@ impl<S: Storage> Qcow2<S> {
 
     /// Set whole guest clusters `[gc, gc+n)` to `new` (unallocated or zero), releasing
     /// what they held.
-    fn set_clusters(&mut self, gc: u64, n: u64, zero: bool) -> Result<()> {
+    pub(crate) fn set_clusters(&mut self, gc: u64, n: u64, zero: bool) -> Result<()> {
         let mut c = gc;
         while c < gc + n {
             let l1_index = c >> self.geo.l2_bits;

@@ -57,8 +57,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "Format driver '{format}' does not support option amendment"
         )));
     }
-    let mut img = Qcow2::open(storage, qcow2::OpenOptions::default())
-        .map_err(|e| image::with_path(&a.file, e))?;
+    let mut img = if opts.size.is_some() {
+        // With its backing chain, as qemu-img: growing an overlay must hide what a longer
+        // backing image holds in the new area.
+        drop(storage);
+        image::open_qcow2(
+            &a.file,
+            &image::ImageOptions {
+                format: Some(format),
+                ..Default::default()
+            },
+        )?
+        .0
+    } else {
+        Qcow2::open(storage, qcow2::OpenOptions::default())
+            .map_err(|e| image::with_path(&a.file, e))?
+    };
     if let Some(b) = &opts.backing_file {
         vdisk::names::check_backing_name(b)?;
     }

@@ -72,8 +72,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let base_layer = chain.layers[base_depth].clone();
     // The base is about to be opened for writing, which its read-only open in `chain`
-    // would refuse (image locks, see vdisk::storage::lock). Reopen: the base writable
-    // first, read-only locks on every other layer, then the chain itself sharing all.
+    // would refuse (image locks, see vdisk::storage::lock). Reopen: the base writable with
+    // its own backing chain (read-only locks below it), read-only locks on the layers above
+    // it, then the chain itself sharing all.
+    //
+    // The base needs its backing chain: writing zeros into it must hide what its backing
+    // holds (a zero cluster, not an unallocated one), and a write into part of one of its
+    // clusters must keep its backing's data in the rest of the cluster.
     let layers = std::mem::take(&mut chain.layers);
     drop(chain);
     let mut base = image::open(
@@ -81,15 +86,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &ImageOptions {
             format: Some(base_layer.format),
             read_only: false,
-            no_backing: true,
             ..Default::default()
         },
     )?;
-    let guards = layers
+    let guards = layers[..base_depth]
         .iter()
-        .enumerate()
-        .filter(|&(depth, _)| depth != base_depth)
-        .map(|(_, l)| {
+        .map(|l| {
             FileStorage::open(&l.path, FileOptions::default())
                 .map_err(|e| Error::io(format!("could not open '{}'", l.path.display()), e))
         })
@@ -103,7 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ..Default::default()
         },
     )?;
-    if chain.layers != layers {
+    if chain.layers != layers || base.layers[..] != layers[base_depth..] {
         return Err(Error::invalid(format!(
             "the backing chain of '{}' changed while it was being opened",
             a.file.display()

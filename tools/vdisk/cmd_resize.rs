@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
-use vdisk::qcow2::{self, Qcow2};
 use vdisk::size::parse_size;
 use vdisk::storage::{self, FileStorage, OpenOptions, Storage};
 use vdisk::{BlockDevice, Error, Preallocation, Result};
@@ -77,18 +76,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     match format {
         Format::Qcow2 => {
-            let mut img = Qcow2::open(storage, qcow2::OpenOptions::default())
-                .map_err(|e| image::with_path(&a.file, e))?;
+            // With its backing chain, as qemu-img: the new area of an overlay must hide
+            // what a longer backing image holds there.
+            drop(storage);
+            let (mut img, _) = image::open_qcow2(
+                &a.file,
+                &image::ImageOptions {
+                    format: Some(format),
+                    ..Default::default()
+                },
+            )?;
             let current = img.virtual_size();
             let size = new_size(&a.size, current)?;
             if size % 512 != 0 {
                 return Err(Error::invalid("The new size must be a multiple of 512"));
             }
             check_direction(&a, current, size, prealloc)?;
-            img.resize_to(size)?;
-            if size > current {
-                img.preallocate_range(current, size, prealloc)?;
-            }
+            img.resize_preallocated(size, prealloc)?;
             img.close()?;
         }
         Format::Raw => {
