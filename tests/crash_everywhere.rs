@@ -210,7 +210,7 @@ fn replay_grow_over_longer_backing(
     seed: u64,
 ) -> u64 {
     let from_size = opts.size;
-    let mut rng = Rng(seed);
+    let mut rng = rng(seed);
     let mut backing = vec![0u8; to_size as usize];
     rng.fill(&mut backing);
     let base = Arc::new(MemStorage::new());
@@ -234,7 +234,7 @@ fn replay_grow_over_longer_backing(
         "grow v{} {from_size} -> {to_size} over a longer backing ({}-byte clusters, {prealloc:?})",
         opts.version, opts.cluster_size
     );
-    every_cut(
+    every_cut_one(
         &what,
         &initial,
         |fs| {
