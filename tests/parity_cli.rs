@@ -1,0 +1,327 @@
+//! Regressions of issue 12: commands where vdisk and qemu-img disagreed. Each test runs
+//! qemu-img and vdisk on identical copies of the same input and checks they reach the same
+//! outcome: exit code, resulting image, and error text where qemu-img's is a stable message.
+//!
+//! The two copies live in sibling directories (`qemu/` and `vdisk/`) under the same file
+//! names, so that messages naming a file compare equal once the directory is masked. Error
+//! lines are compared without the `qemu-img: ` / `vdisk: ` prefix, with the tool's own
+//! name in hints ("You can use 'qemu-img rebase'") read as the other's.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// Identical inputs for the two tools, in `qemu/` and `vdisk/` under one temporary
+/// directory.
+struct Twins {
+    dir: TempDir,
+}
+
+/// Which tool a path or a run is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    Qemu,
+    Vdisk,
+}
+
+impl Twins {
+    fn new() -> Twins {
+        let dir = tempdir();
+        for sub in ["qemu", "vdisk", "work"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("creating a test directory");
+        }
+        Twins { dir }
+    }
+
+    /// The directory of `tool`'s copies.
+    fn side(&self, tool: Tool) -> PathBuf {
+        self.dir.path().join(match tool {
+            Tool::Qemu => "qemu",
+            Tool::Vdisk => "vdisk",
+        })
+    }
+
+    /// `name` in `tool`'s directory.
+    fn path(&self, tool: Tool, name: &str) -> PathBuf {
+        self.side(tool).join(name)
+    }
+
+    /// A scratch path shared by nobody (for building inputs).
+    fn work(&self, name: &str) -> PathBuf {
+        self.dir.path().join("work").join(name)
+    }
+
+    /// Copy `from` into both directories as `name`.
+    fn put(&self, name: &str, from: &Path) {
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            std::fs::copy(from, self.path(tool, name)).expect("copying a test image");
+        }
+    }
+
+    /// Run `args` with each tool; an argument `@NAME` stands for the file NAME in that
+    /// tool's directory. Returns (qemu-img's output, vdisk's output).
+    fn run(&self, args: &[&str]) -> (Output, Output) {
+        let args_for = |tool| -> Vec<String> {
+            args.iter()
+                .map(|a| match a.strip_prefix('@') {
+                    Some(name) => s(&self.path(tool, name)).to_string(),
+                    None => a.to_string(),
+                })
+                .collect()
+        };
+        (qemu_img(args_for(Tool::Qemu)), vdisk(args_for(Tool::Vdisk)))
+    }
+
+    /// [`run`](Self::run), then require the same exit code and the same error text.
+    #[track_caller]
+    fn same_outcome(&self, args: &[&str]) -> (Output, Output) {
+        let (q, v) = self.run(args);
+        let what = args.join(" ");
+        let both = format!(
+            "{}\n{}",
+            describe(&format!("qemu-img {what}"), &q),
+            describe(&format!("vdisk {what}"), &v)
+        );
+        assert_eq!(
+            q.status.code(),
+            v.status.code(),
+            "exit codes differ\n{both}"
+        );
+        if !q.status.success() {
+            assert_eq!(
+                self.error_text(Tool::Qemu, &q),
+                self.error_text(Tool::Vdisk, &v),
+                "error messages differ\n{both}"
+            );
+        }
+        (q, v)
+    }
+
+    /// `out`'s stderr without the tool prefix, with the tool's directory masked and
+    /// "qemu-img" read as "vdisk".
+    fn error_text(&self, tool: Tool, out: &Output) -> String {
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let side = s(&self.side(tool)).to_string();
+        text.lines()
+            .map(|l| {
+                let l = l
+                    .strip_prefix("qemu-img: ")
+                    .or_else(|| l.strip_prefix("vdisk: "))
+                    .unwrap_or(l);
+                l.replace(&side, "<dir>").replace("qemu-img", "vdisk")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Require both copies of `name` to be byte-identical to `original`.
+    #[track_caller]
+    fn assert_unchanged(&self, name: &str, original: &Path) {
+        let want = read(original);
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            assert_bytes_eq(
+                &format!("{tool:?}'s copy of {name} after a refused command"),
+                &read(&self.path(tool, name)),
+                &want,
+            );
+        }
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The (ID, name) of every internal snapshot of `path`, as `qemu-img info` lists them.
+fn snapshot_ids_and_names(path: &Path) -> Vec<(String, String)> {
+    let info = parse_json(
+        "qemu-img info",
+        &qemu_img_ok(&["info", "--output=json", s(path)]),
+    );
+    info["snapshots"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|sn| {
+                    (
+                        sn["id"].as_str().unwrap_or_default().to_string(),
+                        sn["name"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A 1 MiB qcow2 image at `path` with one snapshot per name, each taken after writing a
+/// different byte at offset 0 (snapshot N holds byte N, the active disk 0xee).
+fn image_with_snapshots(path: &Path, names: &[&str]) {
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(path), "1M"]);
+    for (i, name) in names.iter().enumerate() {
+        let write = format!("write -P {} 0 4k", i + 1);
+        qemu_io_ok(&["-f", "qcow2", "-c", &write, s(path)]);
+        qemu_img_ok(&["snapshot", "-c", name, s(path)]);
+    }
+    qemu_io_ok(&["-f", "qcow2", "-c", "write -P 0xee 0 4k", s(path)]);
+}
+
+/// The first guest byte of `path`, as qemu-io reads it.
+fn first_byte(path: &Path) -> u8 {
+    let text = qemu_io_ok(&["-f", "qcow2", "-c", "read -v 0 1", s(path)]);
+    let hex = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("qemu-io read -v: {text}"));
+    u8::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("qemu-io read -v: {text}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// snapshot -a / -d / -c: IDs and names
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn deleting_by_an_id_that_is_no_snapshots_name_is_refused_with_snapshot_not_found() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    image_with_snapshots(&src, &["A", "second snap"]);
+    t.put("img.qcow2", &src);
+    let (q, _) = t.same_outcome(&["snapshot", "-d", "2", "@img.qcow2"]);
+    assert_eq!(q.status.code(), Some(1));
+    assert_eq!(
+        t.error_text(Tool::Qemu, &q),
+        "Could not delete snapshot '2': snapshot not found"
+    );
+    t.assert_unchanged("img.qcow2", &src);
+}
+
+#[test]
+fn deleting_a_name_that_is_also_another_snapshots_id_deletes_the_snapshot_of_that_name() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    image_with_snapshots(&src, &["A", "B", "2"]);
+    t.put("img.qcow2", &src);
+    let (q, _) = t.same_outcome(&["snapshot", "-d", "2", "@img.qcow2"]);
+    assert!(q.status.success());
+    let left = snapshot_ids_and_names(&t.path(Tool::Qemu, "img.qcow2"));
+    assert_eq!(
+        left,
+        [("1".into(), "A".into()), ("2".into(), "B".into())],
+        "qemu-img deletes the snapshot named 2"
+    );
+    assert_eq!(
+        snapshot_ids_and_names(&t.path(Tool::Vdisk, "img.qcow2")),
+        left
+    );
+    assert_qemu_check_clean(&t.path(Tool::Vdisk, "img.qcow2"));
+}
+
+#[test]
+fn applying_looks_up_an_id_first_then_a_name_as_qemu_img_does() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    image_with_snapshots(&src, &["A", "B", "2"]);
+    // "2" is B's ID and the third snapshot's name; "3" only an ID; "B" only a name.
+    for (arg, byte) in [("2", 2u8), ("3", 3), ("B", 2), ("1", 1), ("A", 1)] {
+        t.put("img.qcow2", &src);
+        let (q, _) = t.same_outcome(&["snapshot", "-a", arg, "@img.qcow2"]);
+        assert!(
+            q.status.success(),
+            "{}",
+            describe("qemu-img snapshot -a", &q)
+        );
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            assert_eq!(
+                first_byte(&t.path(tool, "img.qcow2")),
+                byte,
+                "{tool:?}: snapshot -a {arg}"
+            );
+        }
+        assert_qemu_check_clean(&t.path(Tool::Vdisk, "img.qcow2"));
+    }
+}
+
+#[test]
+fn applying_or_deleting_a_missing_snapshot_fails_with_qemu_imgs_messages() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    image_with_snapshots(&src, &["A"]);
+    t.put("img.qcow2", &src);
+    let (q, _) = t.same_outcome(&["snapshot", "-a", "nosuch", "@img.qcow2"]);
+    assert_eq!(
+        t.error_text(Tool::Qemu, &q),
+        "Could not apply snapshot 'nosuch': Failed to load snapshot: No such file or directory"
+    );
+    let (q, _) = t.same_outcome(&["snapshot", "-d", "nosuch", "@img.qcow2"]);
+    assert_eq!(
+        t.error_text(Tool::Qemu, &q),
+        "Could not delete snapshot 'nosuch': snapshot not found"
+    );
+    t.assert_unchanged("img.qcow2", &src);
+}
+
+#[test]
+fn duplicate_and_empty_snapshot_names_are_accepted_and_delete_takes_the_first_of_a_name() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&src), "1M"]);
+    t.put("img.qcow2", &src);
+    for name in ["A", "second snap", "A", ""] {
+        let (q, _) = t.same_outcome(&["snapshot", "-c", name, "@img.qcow2"]);
+        assert!(
+            q.status.success(),
+            "{}",
+            describe("qemu-img snapshot -c", &q)
+        );
+    }
+    let (q, _) = t.same_outcome(&["snapshot", "-d", "A", "@img.qcow2"]);
+    assert!(
+        q.status.success(),
+        "{}",
+        describe("qemu-img snapshot -d", &q)
+    );
+    let theirs = snapshot_ids_and_names(&t.path(Tool::Qemu, "img.qcow2"));
+    assert_eq!(
+        theirs,
+        [
+            ("2".into(), "second snap".into()),
+            ("3".into(), "A".into()),
+            ("4".into(), String::new())
+        ]
+    );
+    let ours = t.path(Tool::Vdisk, "img.qcow2");
+    assert_eq!(snapshot_ids_and_names(&ours), theirs);
+    assert_qemu_check_clean(&ours);
+    // Both list the same table (read from the same file, so the dates agree too).
+    assert_text_eq(
+        "snapshot -l",
+        &vdisk_ok(&["snapshot", "-l", s(&ours)]),
+        &qemu_img_ok(&["snapshot", "-l", s(&ours)]),
+    );
+}
+
+#[test]
+fn a_snapshot_name_longer_than_255_bytes_is_cut_to_255_as_qemu_img_does() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&src), "1M"]);
+    t.put("img.qcow2", &src);
+    let long = "x".repeat(300);
+    t.same_outcome(&["snapshot", "-c", &long, "@img.qcow2"]);
+    let theirs = snapshot_ids_and_names(&t.path(Tool::Qemu, "img.qcow2"));
+    assert_eq!(theirs, [("1".into(), "x".repeat(255))]);
+    assert_eq!(
+        snapshot_ids_and_names(&t.path(Tool::Vdisk, "img.qcow2")),
+        theirs
+    );
+    // The stored name is the cut one: the full name no longer finds the snapshot.
+    let (q, _) = t.same_outcome(&["snapshot", "-a", &long, "@img.qcow2"]);
+    assert_eq!(q.status.code(), Some(1));
+    let (q, _) = t.same_outcome(&["snapshot", "-d", &"x".repeat(255), "@img.qcow2"]);
+    assert!(
+        q.status.success(),
+        "{}",
+        describe("qemu-img snapshot -d", &q)
+    );
+}
