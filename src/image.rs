@@ -325,6 +325,27 @@ pub fn create_with_cache(
     }
 }
 
+/// The virtual size a new image at `path` gets from the size argument `size_arg` and the
+/// `size` options (the last one wins). As qemu-img, giving both is refused: "The image size
+/// must be specified only once".
+pub fn create_size(
+    path: &Path,
+    size_arg: Option<u64>,
+    options: &[(String, String)],
+) -> Result<Option<u64>> {
+    let option = match options.iter().rev().find(|(k, _)| k == "size") {
+        Some((_, v)) => Some(crate::size::parse_size(v)?),
+        None => None,
+    };
+    match (size_arg, option) {
+        (Some(_), Some(_)) => Err(Error::invalid(format!(
+            "{}: The image size must be specified only once",
+            path.display()
+        ))),
+        (a, o) => Ok(a.or(o)),
+    }
+}
+
 /// Check that every `-o` option is one `format` knows with a well-formed value, without
 /// creating anything (qemu-img reports these before it prints "Formatting ...").
 pub fn check_create_options(format: Format, options: &[(String, String)]) -> Result<()> {

@@ -325,3 +325,47 @@ fn a_snapshot_name_longer_than_255_bytes_is_cut_to_255_as_qemu_img_does() {
         describe("qemu-img snapshot -d", &q)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// create: the size given twice
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn create_with_a_size_option_and_a_size_argument_is_refused_and_creates_nothing() {
+    let t = Twins::new();
+    for fmt in ["qcow2", "raw", "vmdk"] {
+        let (q, _) = t.same_outcome(&["create", "-f", fmt, "-o", "size=1M", "@new.img", "64M"]);
+        assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+        assert_eq!(
+            t.error_text(Tool::Qemu, &q),
+            "<dir>/new.img: The image size must be specified only once"
+        );
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            assert!(!t.path(tool, "new.img").exists(), "{tool:?} left a file");
+        }
+    }
+}
+
+#[test]
+fn create_with_the_size_option_given_twice_takes_the_last() {
+    let t = Twins::new();
+    let (q, _) = t.same_outcome(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "size=1M",
+        "-o",
+        "size=2M",
+        "@new.qcow2",
+    ]);
+    assert!(q.status.success(), "{}", describe("qemu-img", &q));
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let info = parse_json(
+            "qemu-img info",
+            &qemu_img_ok(&["info", "--output=json", s(&t.path(tool, "new.qcow2"))]),
+        );
+        assert_eq!(info["virtual-size"], 2u64 << 20, "{tool:?}");
+    }
+}

@@ -45,13 +45,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(f) = &a.backing_format {
         opts.push(("backing_fmt".into(), f.clone()));
     }
-    let mut size = match &a.size {
+    let size_arg = match &a.size {
         Some(s) => Some(parse_size(s)?),
         None => None,
     };
-    if let Some((_, v)) = opts.iter().find(|(k, _)| k == "size") {
-        size = Some(parse_size(v)?);
-    }
+    let mut size = image::create_size(&a.file, size_arg, &opts)?;
     let backing = opts
         .iter()
         .find(|(k, _)| k == "backing_file")
