@@ -369,3 +369,142 @@ fn create_with_the_size_option_given_twice_takes_the_last() {
         assert_eq!(info["virtual-size"], 2u64 << 20, "{tool:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// amend -o backing_file / backing_fmt, rebase without -F
+// ---------------------------------------------------------------------------------------
+
+/// Put `base.qcow2`, `other.qcow2` (different data), `top.qcow2` (over base, with its
+/// format recorded) and `bare.qcow2` (no backing file) in both directories.
+fn backing_files(t: &Twins) {
+    let base = t.work("base.qcow2");
+    let other = t.work("other.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&base), "1M"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write -P 5 0 64k", s(&base)]);
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&other), "1M"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write -P 7 64k 64k", s(&other)]);
+    t.put("base.qcow2", &base);
+    t.put("other.qcow2", &other);
+    let top = t.work("top.qcow2");
+    let opts = ["-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2"];
+    let mut args = vec!["create"];
+    args.extend(opts);
+    args.push(s(&top));
+    qemu_img_ok(&args);
+    t.put("top.qcow2", &top);
+    let bare = t.work("bare.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&bare), "1M"]);
+    t.put("bare.qcow2", &bare);
+}
+
+#[test]
+fn amend_refuses_to_change_the_backing_file_or_format_and_points_to_rebase() {
+    let t = Twins::new();
+    backing_files(&t);
+    let cases = [
+        ("top.qcow2", "backing_file=other.qcow2"),
+        ("top.qcow2", "backing_file=base.qcow2"), // the format, omitted, would change
+        ("top.qcow2", "backing_fmt=raw"),
+        ("top.qcow2", "backing_fmt=qcow2"),
+        ("top.qcow2", "backing_file=other.qcow2,backing_fmt=qcow2"),
+        ("top.qcow2", "backing_file="),
+        ("top.qcow2", "lazy_refcounts=on,backing_file=other.qcow2"),
+        ("bare.qcow2", "backing_file=other.qcow2,backing_fmt=qcow2"),
+        ("bare.qcow2", "backing_fmt=qcow2"),
+        ("bare.qcow2", "backing_file="),
+    ];
+    run_cases("amend -o backing_*", &cases, |&(img, opts)| {
+        let original = t.work(img);
+        let at = format!("@{img}");
+        let (q, _) = t.same_outcome(&["amend", "-o", opts, &at]);
+        assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+        assert_eq!(
+            t.error_text(Tool::Qemu, &q),
+            "Cannot amend the backing file\nYou can use 'vdisk rebase' instead."
+        );
+        t.assert_unchanged(img, &original);
+    });
+}
+
+#[test]
+fn amend_accepts_the_backing_file_and_format_as_they_are() {
+    let t = Twins::new();
+    backing_files(&t);
+    let opts = "backing_file=base.qcow2,backing_fmt=qcow2,lazy_refcounts=on";
+    let (q, _) = t.same_outcome(&["amend", "-o", opts, "@top.qcow2"]);
+    assert!(q.status.success(), "{}", describe("qemu-img", &q));
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let info = parse_json(
+            "qemu-img info",
+            &qemu_img_ok(&["info", "--output=json", s(&t.path(tool, "top.qcow2"))]),
+        );
+        assert_eq!(info["backing-filename"], "base.qcow2", "{tool:?}");
+        assert_eq!(info["backing-filename-format"], "qcow2", "{tool:?}");
+        assert_eq!(
+            info["format-specific"]["data"]["lazy-refcounts"], true,
+            "{tool:?}"
+        );
+    }
+}
+
+#[test]
+fn rebase_to_a_new_backing_file_without_its_format_is_refused() {
+    let t = Twins::new();
+    backing_files(&t);
+    for new in ["other.qcow2", "base.qcow2", "missing.qcow2"] {
+        let (q, _) = t.same_outcome(&["rebase", "-u", "-b", new, "@top.qcow2"]);
+        assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+        assert_eq!(
+            t.error_text(Tool::Qemu, &q),
+            format!(
+                "Could not change the backing file to '{new}': backing format must be specified"
+            )
+        );
+        t.assert_unchanged("top.qcow2", &t.work("top.qcow2"));
+    }
+    // Safe mode: qemu-img copies the data that differs, then refuses to record the new
+    // backing file; vdisk refuses before copying. The guest sees the same disk either way.
+    let (q, _) = t.same_outcome(&["rebase", "-b", "other.qcow2", "@top.qcow2"]);
+    assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+    assert_bytes_eq(
+        "vdisk's top.qcow2 after a refused rebase",
+        &read(&t.path(Tool::Vdisk, "top.qcow2")),
+        &read(&t.work("top.qcow2")),
+    );
+    let scratch = t.work("");
+    assert_bytes_eq(
+        "guest contents after a refused rebase",
+        &qemu_raw_contents(&t.path(Tool::Vdisk, "top.qcow2"), &scratch),
+        &qemu_raw_contents(&t.path(Tool::Qemu, "top.qcow2"), &scratch),
+    );
+}
+
+#[test]
+fn rebase_with_the_format_or_to_no_backing_file_works_as_in_qemu_img() {
+    let t = Twins::new();
+    backing_files(&t);
+    for args in [
+        [
+            "rebase",
+            "-u",
+            "-b",
+            "other.qcow2",
+            "-F",
+            "qcow2",
+            "@top.qcow2",
+        ]
+        .as_slice(),
+        ["rebase", "-u", "-b", "", "@top.qcow2"].as_slice(),
+    ] {
+        t.put("top.qcow2", &t.work("top.qcow2"));
+        let (q, _) = t.same_outcome(args);
+        assert!(q.status.success(), "{}", describe("qemu-img", &q));
+        let scratch = t.work("");
+        assert_bytes_eq(
+            &format!("guest contents after {args:?}"),
+            &qemu_raw_contents(&t.path(Tool::Vdisk, "top.qcow2"), &scratch),
+            &qemu_raw_contents(&t.path(Tool::Qemu, "top.qcow2"), &scratch),
+        );
+        assert_qemu_check_clean(&t.path(Tool::Vdisk, "top.qcow2"));
+    }
+}

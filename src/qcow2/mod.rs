@@ -312,13 +312,12 @@ impl<S: Storage> Qcow2<S> {
         self.backing = backing;
     }
 
-    /// Record a new backing file name and format in the header (`None` removes both), and
-    /// rewrite the header. Guest data must already be durable (the caller flushes first).
+    /// Record a new backing file name and its format in the header (`None` removes both),
+    /// and rewrite the header. A name needs a format (see [`crate::chain::check_new_backing`]).
+    /// Guest data must already be durable (the caller flushes first).
     pub fn set_backing_file(&mut self, name: Option<&str>, format: Option<&str>) -> Result<()> {
         self.check_writable()?;
-        if let Some(n) = name {
-            crate::chain::check_backing_name(n)?;
-        }
+        crate::chain::check_new_backing(name, format)?;
         self.flush_metadata()?;
         self.header.backing_file = name.map(str::to_string);
         let fmt = if name.is_some() {
