@@ -508,3 +508,72 @@ fn rebase_with_the_format_or_to_no_backing_file_works_as_in_qemu_img() {
         assert_qemu_check_clean(&t.path(Tool::Vdisk, "top.qcow2"));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// amend -o compat=0.10 with snapshots
+// ---------------------------------------------------------------------------------------
+
+/// A v3 image whose one snapshot was taken at 1 MiB, then grown to 2 MiB.
+fn snapshot_of_another_size(t: &Twins) -> PathBuf {
+    let src = t.work("src.qcow2");
+    image_with_snapshots(&src, &["small"]);
+    qemu_img_ok(&["resize", "-q", s(&src), "2M"]);
+    t.put("img.qcow2", &src);
+    src
+}
+
+#[test]
+fn downgrading_an_image_with_a_snapshot_of_another_size_is_refused() {
+    let t = Twins::new();
+    let src = snapshot_of_another_size(&t);
+    for opts in ["compat=0.10", "compat=0.10,size=2M"] {
+        let (q, _) = t.same_outcome(&["amend", "-o", opts, "@img.qcow2"]);
+        assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+        assert_eq!(
+            t.error_text(Tool::Qemu, &q),
+            "Internal snapshots prevent downgrade of image"
+        );
+        t.assert_unchanged("img.qcow2", &src);
+    }
+}
+
+#[test]
+fn downgrading_works_when_every_snapshot_has_the_final_disk_size() {
+    let t = Twins::new();
+    // Resized back to the snapshot's size within the same amend, or never resized.
+    snapshot_of_another_size(&t);
+    let same = t.work("same.qcow2");
+    image_with_snapshots(&same, &["a", "b"]);
+    t.put("same.qcow2", &same);
+    for (img, opts) in [
+        ("img.qcow2", "compat=0.10,size=1M"),
+        ("same.qcow2", "compat=0.10"),
+    ] {
+        let at = format!("@{img}");
+        let (q, _) = t.same_outcome(&["amend", "-o", opts, &at]);
+        assert!(q.status.success(), "{}", describe("qemu-img", &q));
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            let p = t.path(tool, img);
+            let info = parse_json(
+                "qemu-img info",
+                &qemu_img_ok(&["info", "--output=json", s(&p)]),
+            );
+            assert_eq!(
+                info["format-specific"]["data"]["compat"], "0.10",
+                "{tool:?}"
+            );
+            assert_eq!(info["virtual-size"], 1u64 << 20, "{tool:?}");
+            assert_qemu_check_clean(&p);
+        }
+        assert_eq!(
+            snapshot_ids_and_names(&t.path(Tool::Vdisk, img)),
+            snapshot_ids_and_names(&t.path(Tool::Qemu, img))
+        );
+        let scratch = t.work("");
+        assert_bytes_eq(
+            &format!("guest contents of {img}"),
+            &qemu_raw_contents(&t.path(Tool::Vdisk, img), &scratch),
+            &qemu_raw_contents(&t.path(Tool::Qemu, img), &scratch),
+        );
+    }
+}

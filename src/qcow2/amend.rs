@@ -144,6 +144,20 @@ impl<S: Storage> Qcow2<S> {
                 "Cannot amend the backing file\nYou can use 'vdisk rebase' instead.",
             ));
         }
+        if new_version < 3 && old_version >= 3 {
+            // A v2 snapshot has no disk size of its own: it takes the image's. QEMU refuses
+            // the downgrade (after any resize) when that would change a snapshot.
+            let final_size = o.size.unwrap_or(self.header.size);
+            let blocked = self.snapshots.iter().any(|s| {
+                s.vm_state_size() > u64::from(u32::MAX)
+                    || s.disk_size().is_some_and(|d| d != final_size)
+            });
+            if blocked {
+                return Err(Error::invalid(
+                    "Internal snapshots prevent downgrade of image",
+                ));
+            }
+        }
         if let Some(size) = o.size {
             if !self.snapshots.is_empty() && new_version.max(old_version) < 3 {
                 return Err(Error::unsupported(
