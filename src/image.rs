@@ -257,9 +257,10 @@ fn refuse_probed_vmdk_descriptor(path: &Path) -> Result<()> {
     )))
 }
 
-/// Prefix an image error with the file it came from.
+/// Name the file an image error came from.
 pub fn with_path(path: &Path, e: Error) -> Error {
     match e {
+        Error::ReadOnly(message) => Error::ReadOnly(format!("'{}': {message}", path.display())),
         Error::Corrupt {
             structure,
             offset,
