@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::qcow2::{self, Qcow2};
 use crate::raw::Raw;
 use crate::storage::{FileStorage, OpenOptions as FileOpenOptions, Storage};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The image formats vdisk knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,14 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vmdk => "vmdk",
         }
+    }
+}
+
+impl Format {
+    /// Whether the format can store compressed data at all (QEMU's driver-level check for
+    /// `convert -c`, made before the target is created): raw cannot.
+    pub fn supports_compression(self) -> bool {
+        !matches!(self, Format::Raw)
     }
 }
 
@@ -285,7 +293,66 @@ pub fn create(
 }
 
 /// [`create`], optionally without fdatasync on flush (qemu-img convert's cache=unsafe).
+/// When it fails, the files it made are removed (see [`NewFiles`]).
 pub fn create_with_cache(
+    path: &Path,
+    format: Format,
+    size: Option<u64>,
+    options: &[(String, String)],
+    unsafe_cache: bool,
+) -> Result<Box<dyn BlockDevice>> {
+    let files = NewFiles::before_create(path, format, size.unwrap_or(0), options);
+    let device = create_files(path, format, size, options, unsafe_cache)?;
+    files.keep();
+    Ok(device)
+}
+
+/// The files a new image is made of that did not exist before it was created. Dropped
+/// without [`keep`](Self::keep), it removes them: a failed create or convert leaves nothing
+/// behind, and never removes a file that was there before (that one stays, truncated or
+/// partly written, as qemu-img leaves it).
+#[must_use = "dropping NewFiles removes the files it lists"]
+pub struct NewFiles {
+    paths: Vec<PathBuf>,
+}
+
+impl NewFiles {
+    /// The files creating a `format` image of `size` bytes at `path` with `options` would
+    /// make, less those that exist now. Call it before creating the image.
+    pub fn before_create(
+        path: &Path,
+        format: Format,
+        size: u64,
+        options: &[(String, String)],
+    ) -> NewFiles {
+        let all = match format {
+            // Options that do not parse make creation fail before any file is made.
+            Format::Vmdk => crate::vmdk::new_image_files(path, size, options)
+                .unwrap_or_else(|_| vec![path.to_path_buf()]),
+            Format::Raw | Format::Qcow2 => vec![path.to_path_buf()],
+        };
+        let absent = |p: &PathBuf| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        NewFiles {
+            paths: all.into_iter().filter(absent).collect(),
+        }
+    }
+
+    /// The image is complete: keep its files.
+    pub fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for NewFiles {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            // Best effort: the operation's own error is the one to report.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn create_files(
     path: &Path,
     format: Format,
     size: Option<u64>,

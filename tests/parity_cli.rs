@@ -761,3 +761,205 @@ fn bitmaps_whose_autoclear_bit_is_clear_are_stale_and_do_not_block_writes() {
         assert_eq!(info["virtual-size"], 2u64 << 20, "{tool:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Failed create and convert: nothing left behind
+// ---------------------------------------------------------------------------------------
+
+/// A 1 MiB raw image with some data, in both directories as `src.raw`.
+fn raw_source(t: &Twins) {
+    let src = t.work("src.raw");
+    std::fs::write(&src, pattern(1, 0, 1 << 20)).expect("writing the source");
+    t.put("src.raw", &src);
+}
+
+/// The names of the files in `tool`'s directory, sorted.
+fn files_in(t: &Twins, tool: Tool) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(t.side(tool))
+        .expect("listing a test directory")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn convert_to_vmdk_with_compression_acts_as_qemu_img_for_every_subformat() {
+    // qemu-img writes sparse extents without compression (VMDK compresses only
+    // streamOptimized grains) and refuses flat ones ("invalid cluster size") after creating
+    // them, leaving the files; vdisk removes what it created.
+    let subformats = [
+        ("monolithicSparse", true),
+        ("twoGbMaxExtentSparse", true),
+        ("streamOptimized", true),
+        ("monolithicFlat", false),
+        ("twoGbMaxExtentFlat", false),
+    ];
+    run_cases("convert -O vmdk -c", &subformats, |&(sub, works)| {
+        let t = Twins::new();
+        raw_source(&t);
+        let opt = format!("subformat={sub}");
+        let args = [
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            &opt,
+            "-c",
+            "@src.raw",
+            "@out.vmdk",
+        ];
+        let (q, _) = t.same_outcome(&args);
+        assert_eq!(q.status.success(), works, "{}", describe("qemu-img", &q));
+        if works {
+            let ours = t.path(Tool::Vdisk, "out.vmdk");
+            assert_qemu_compare_identical(&t.path(Tool::Qemu, "src.raw"), &ours);
+            assert_eq!(files_in(&t, Tool::Vdisk), files_in(&t, Tool::Qemu));
+        } else {
+            assert_eq!(t.error_text(Tool::Qemu, &q), "invalid cluster size");
+            assert_eq!(files_in(&t, Tool::Vdisk), ["src.raw"], "vdisk left files");
+        }
+    });
+}
+
+#[test]
+fn convert_to_raw_with_compression_is_refused_before_anything_is_created() {
+    let t = Twins::new();
+    raw_source(&t);
+    let (q, _) = t.same_outcome(&[
+        "convert", "-f", "raw", "-O", "raw", "-c", "@src.raw", "@out.raw",
+    ]);
+    assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+    assert_eq!(
+        t.error_text(Tool::Qemu, &q),
+        "Compression not supported for this file format"
+    );
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        assert_eq!(files_in(&t, tool), ["src.raw"], "{tool:?}");
+    }
+}
+
+/// Run `program args` with writes limited to files of `kib` KiB: a longer write fails
+/// with EFBIG (SIGXFSZ is ignored), as a full disk fails with ENOSPC.
+fn with_file_size_limit(kib: u64, program: &str, args: &[&str]) -> Output {
+    let script = format!("trap '' XFSZ; ulimit -f {kib}; exec \"$@\"");
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("bash")
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("running bash")
+}
+
+#[test]
+fn create_with_full_preallocation_that_runs_out_of_space_leaves_no_file() {
+    // qemu-img removes a failed qcow2 image, and leaves a failed raw one empty.
+    for fmt in ["qcow2", "raw"] {
+        let t = Twins::new();
+        let args_for = |tool| {
+            let img = t.path(tool, "full.img");
+            let args = [
+                "create",
+                "-q",
+                "-f",
+                fmt,
+                "-o",
+                "preallocation=full",
+                s(&img),
+                "8M",
+            ];
+            args.map(String::from)
+        };
+        let run = |tool, program: &str| {
+            let args = args_for(tool);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            with_file_size_limit(2048, program, &args)
+        };
+        let q = run(Tool::Qemu, "qemu-img");
+        let v = run(Tool::Vdisk, vdisk_bin());
+        assert_eq!(q.status.code(), Some(1), "{}", describe("qemu-img", &q));
+        assert_eq!(v.status.code(), Some(1), "{}", describe("vdisk", &v));
+        assert!(
+            String::from_utf8_lossy(&v.stderr).contains("File too large"),
+            "{}",
+            describe("vdisk", &v)
+        );
+        assert_eq!(files_in(&t, Tool::Vdisk), Vec::<String>::new(), "{fmt}");
+        if fmt == "qcow2" {
+            assert_eq!(files_in(&t, Tool::Qemu), Vec::<String>::new());
+        }
+    }
+}
+
+#[test]
+fn a_failed_create_or_convert_keeps_a_file_that_was_there_before() {
+    let t = Twins::new();
+    raw_source(&t);
+    let old = t.path(Tool::Vdisk, "old.img");
+    std::fs::write(&old, b"precious").expect("writing a file");
+    let out = with_file_size_limit(
+        2048,
+        vdisk_bin(),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=full",
+            s(&old),
+            "8M",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("vdisk create", &out)
+    );
+    assert!(
+        old.exists(),
+        "the failed create removed a file it did not create"
+    );
+    // The flat extent is new and goes; the descriptor's name was taken and stays.
+    let out = vdisk([
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        "-c",
+        s(&t.path(Tool::Vdisk, "src.raw")),
+        s(&old),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("vdisk convert", &out)
+    );
+    assert_eq!(files_in(&t, Tool::Vdisk), ["old.img", "src.raw"]);
+}
+
+#[test]
+fn a_convert_that_runs_out_of_space_leaves_no_file() {
+    // qemu-img fails the same way and leaves the partial output; vdisk removes it.
+    let t = Twins::new();
+    raw_source(&t);
+    for (tool, program) in [(Tool::Qemu, "qemu-img"), (Tool::Vdisk, vdisk_bin())] {
+        let (src, dst) = (t.path(tool, "src.raw"), t.path(tool, "out.qcow2"));
+        let args = ["convert", "-f", "raw", "-O", "qcow2", s(&src), s(&dst)];
+        let out = with_file_size_limit(512, program, &args);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(program, &out));
+    }
+    assert_eq!(files_in(&t, Tool::Vdisk), ["src.raw"]);
+}

@@ -107,7 +107,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("{line}");
     }
 
+    // Until the image is closed, a failure removes the files it is made of.
+    let files = image::NewFiles::before_create(&a.file, format, size.unwrap_or(0), &opts);
     let mut dev = image::create(&a.file, format, size, &opts)?;
     dev.close()?;
+    files.keep();
     Ok(ExitCode::SUCCESS)
 }
