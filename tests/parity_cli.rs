@@ -963,3 +963,70 @@ fn a_convert_that_runs_out_of_space_leaves_no_file() {
     }
     assert_eq!(files_in(&t, Tool::Vdisk), ["src.raw"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// A closed stdout pipe (`vdisk map ... | head`)
+// ---------------------------------------------------------------------------------------
+
+/// Run `program args`, read the first line of its stdout, close the pipe, and wait.
+fn read_one_line_then_close(program: &str, args: &[&str]) -> Output {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading the first line");
+    assert!(!line.is_empty(), "{program} printed nothing");
+    // The reader is dropped here: later writes find the pipe closed.
+    child.wait_with_output().expect("waiting for the process")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_as_qemu_img_does() {
+    let dir = tempdir();
+    // 2048 clusters of 4 KiB, every other one holding data: a map of about 300 KB, far
+    // more than a pipe buffers.
+    let raw = dir.path().join("striped.raw");
+    let mut data = vec![0u8; 8 << 20];
+    for (i, c) in data.chunks_mut(4096).enumerate() {
+        if i % 2 == 0 {
+            c.fill(0x5a);
+        }
+    }
+    std::fs::write(&raw, data).expect("writing the raw image");
+    let img = dir.path().join("striped.qcow2");
+    qemu_img_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        s(&raw),
+        s(&img),
+    ]);
+    let img = s(&img);
+    // qemu-img ignores SIGPIPE and its failed writes: exit 0, nothing on stderr.
+    let q = read_one_line_then_close("qemu-img", &["map", "--output=json", img]);
+    assert_eq!(q.status.code(), Some(0), "{}", describe("qemu-img map", &q));
+    assert!(q.stderr.is_empty(), "{}", describe("qemu-img map", &q));
+    for args in [
+        vec!["map", "--output=json", img],
+        vec!["map", img],
+        vec!["dump", "--map", img],
+        vec!["dump", "--json", "--map", img],
+    ] {
+        let v = read_one_line_then_close(vdisk_bin(), &args);
+        let what = format!("vdisk {} | head -1", args.join(" "));
+        assert_eq!(v.status.code(), Some(0), "{}", describe(&what, &v));
+        assert!(v.stderr.is_empty(), "{}", describe(&what, &v));
+    }
+}

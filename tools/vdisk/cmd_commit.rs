@@ -1,5 +1,6 @@
 //! `vdisk commit [-f FMT] [-b BASE] [-d] [-p] FILE`: fold an overlay into its backing.
 
+use crate::output::outln;
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,7 +154,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     if !a.quiet {
-        println!("Image committed.");
+        outln!("Image committed.")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
 
+use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
@@ -104,7 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             line += &format!(" {k}={v}");
         }
         line += &format!(" size={}", size.unwrap_or(0));
-        println!("{line}");
+        outln!("{line}")?;
     }
 
     // Until the image is closed, a failure removes the files it is made of.

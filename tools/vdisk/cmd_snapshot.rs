@@ -1,6 +1,7 @@
 //! `vdisk snapshot [-l | -c NAME | -a NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
@@ -116,10 +117,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if list {
         let img = open(&a, true)?;
         let snaps: Vec<_> = img.snapshots().iter().map(|s| s.to_json()).collect();
-        print!(
+        out!(
             "Snapshot list:\n{}",
             vdisk::ops::info::snapshot_table_text(&snaps)
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if a.prune {
@@ -200,20 +201,20 @@ fn prune(a: &Args) -> Result<ExitCode> {
     };
     let verb = if a.dry_run { "would delete" } else { "deleted" };
     for (id, name) in ids.iter().zip(&names) {
-        println!("{verb} snapshot {id} ({name})");
+        outln!("{verb} snapshot {id} ({name})")?;
     }
     if !refs.is_empty() && !a.dry_run {
         img.snapshot_delete_by_id(&refs)?;
         vdisk::BlockDevice::close(&mut img)?;
     }
-    println!(
+    outln!(
         "{} {} snapshot(s), {} kept; space given back: {} ({} bytes)",
         verb,
         refs.len(),
         img.snapshots().len() - if a.dry_run { refs.len() } else { 0 },
         vdisk::size::human_size(gain),
         gain
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
