@@ -31,9 +31,7 @@ impl Format {
             Format::Vmdk => "vmdk",
         }
     }
-}
 
-impl Format {
     /// Whether the format can store compressed data at all (QEMU's driver-level check for
     /// `convert -c`, made before the target is created): raw cannot.
     pub fn supports_compression(self) -> bool {
@@ -331,7 +329,10 @@ impl NewFiles {
                 .unwrap_or_else(|_| vec![path.to_path_buf()]),
             Format::Raw | Format::Qcow2 => vec![path.to_path_buf()],
         };
-        let absent = |p: &PathBuf| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        let absent = |p: &PathBuf| match std::fs::symlink_metadata(p) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => false,
+        };
         NewFiles {
             paths: all.into_iter().filter(absent).collect(),
         }

@@ -1,4 +1,4 @@
-//! `vdisk snapshot [-l | -c NAME | -a NAME | -d NAME] FILE`, and the retention policy
+//! `vdisk snapshot [-l | -c NAME | -a ID_OR_NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
 use crate::output::{out, outln};
