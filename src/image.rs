@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::qcow2::{self, Qcow2};
 use crate::raw::Raw;
 use crate::storage::{FileStorage, OpenOptions as FileOpenOptions, Storage};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The image formats vdisk knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,12 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vmdk => "vmdk",
         }
+    }
+
+    /// Whether the format can store compressed data at all (QEMU's driver-level check for
+    /// `convert -c`, made before the target is created): raw cannot.
+    pub fn supports_compression(self) -> bool {
+        !matches!(self, Format::Raw)
     }
 }
 
@@ -290,9 +296,10 @@ fn refuse_probed_vmdk_descriptor(path: &Path) -> Result<()> {
     )))
 }
 
-/// Prefix an image error with the file it came from.
+/// Name the file an image error came from.
 pub fn with_path(path: &Path, e: Error) -> Error {
     match e {
+        Error::ReadOnly(message) => Error::ReadOnly(format!("'{}': {message}", path.display())),
         Error::Corrupt {
             structure,
             offset,
@@ -317,7 +324,69 @@ pub fn create(
 }
 
 /// [`create`], optionally without fdatasync on flush (qemu-img convert's cache=unsafe).
+/// When it fails, the files it made are removed (see [`NewFiles`]).
 pub fn create_with_cache(
+    path: &Path,
+    format: Format,
+    size: Option<u64>,
+    options: &[(String, String)],
+    unsafe_cache: bool,
+) -> Result<Box<dyn BlockDevice>> {
+    let files = NewFiles::before_create(path, format, size.unwrap_or(0), options);
+    let device = create_files(path, format, size, options, unsafe_cache)?;
+    files.keep();
+    Ok(device)
+}
+
+/// The files a new image is made of that did not exist before it was created. Dropped
+/// without [`keep`](Self::keep), it removes them: a failed create or convert leaves nothing
+/// behind, and never removes a file that was there before (that one stays, truncated or
+/// partly written, as qemu-img leaves it).
+#[must_use = "dropping NewFiles removes the files it lists"]
+pub struct NewFiles {
+    paths: Vec<PathBuf>,
+}
+
+impl NewFiles {
+    /// The files creating a `format` image of `size` bytes at `path` with `options` would
+    /// make, less those that exist now. Call it before creating the image.
+    pub fn before_create(
+        path: &Path,
+        format: Format,
+        size: u64,
+        options: &[(String, String)],
+    ) -> NewFiles {
+        let all = match format {
+            // Options that do not parse make creation fail before any file is made.
+            Format::Vmdk => crate::vmdk::new_image_files(path, size, options)
+                .unwrap_or_else(|_| vec![path.to_path_buf()]),
+            Format::Raw | Format::Qcow2 => vec![path.to_path_buf()],
+        };
+        let absent = |p: &PathBuf| match std::fs::symlink_metadata(p) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => false,
+        };
+        NewFiles {
+            paths: all.into_iter().filter(absent).collect(),
+        }
+    }
+
+    /// The image is complete: keep its files.
+    pub fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for NewFiles {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            // Best effort: the operation's own error is the one to report.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn create_files(
     path: &Path,
     format: Format,
     size: Option<u64>,
@@ -355,6 +424,27 @@ pub fn create_with_cache(
             Ok(Box::new(qcow2::create(new_file(path)?, &o)?))
         }
         Format::Vmdk => crate::vmdk::create_device(path, size.unwrap_or(0), options),
+    }
+}
+
+/// The virtual size a new image at `path` gets from the size argument `size_arg` and the
+/// `size` options (the last one wins). As qemu-img, giving both is refused: "The image size
+/// must be specified only once".
+pub fn create_size(
+    path: &Path,
+    size_arg: Option<u64>,
+    options: &[(String, String)],
+) -> Result<Option<u64>> {
+    let option = match options.iter().rev().find(|(k, _)| k == "size") {
+        Some((_, v)) => Some(crate::size::parse_size(v)?),
+        None => None,
+    };
+    match (size_arg, option) {
+        (Some(_), Some(_)) => Err(Error::invalid(format!(
+            "{}: The image size must be specified only once",
+            path.display()
+        ))),
+        (a, o) => Ok(a.or(o)),
     }
 }
 

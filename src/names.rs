@@ -4,6 +4,21 @@
 
 use crate::error::{Error, Result};
 
+/// Check the backing file an existing overlay is to record (`None`: no backing file). A
+/// name needs its format: without one every later open would have to probe the file, so
+/// QEMU refuses to change a backing file that way ("backing format must be specified").
+pub fn check_new_backing(name: Option<&str>, format: Option<&str>) -> Result<()> {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    if format.is_none() {
+        return Err(Error::invalid(format!(
+            "Could not change the backing file to '{name}': backing format must be specified"
+        )));
+    }
+    check_backing_name(name)
+}
+
 /// Refuse names that are not plain file paths.
 pub fn check_backing_name(name: &str) -> Result<()> {
     if name.is_empty() {

@@ -121,6 +121,24 @@ fn a_file_declared_raw_is_never_followed_to_the_backing_file_its_header_names() 
     assert!(!r.status.success());
 }
 
+/// Turn the backing-format header extension of the qcow2 v3 image at `path` into an
+/// extension of an unknown type, which readers skip: the image then records no format.
+fn hide_backing_format(path: &Path) {
+    let mut bytes = read(path);
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let mut at = be32(&bytes, 100) as usize; // header_length
+    loop {
+        let (kind, len) = (be32(&bytes, at), be32(&bytes, at + 4) as usize);
+        assert_ne!(kind, 0, "no backing format extension");
+        if kind == 0xe279_2aca {
+            bytes[at..at + 4].copy_from_slice(&0x7664_6b31u32.to_be_bytes());
+            break;
+        }
+        at += 8 + len.next_multiple_of(8);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[test]
 fn a_backing_file_probed_as_a_vmdk_descriptor_is_not_followed_to_its_extents() {
     let dir = tempdir();
@@ -142,14 +160,9 @@ fn a_backing_file_probed_as_a_vmdk_descriptor_is_not_followed_to_its_extents() {
         top.as_os_str(),
         "1M".as_ref(),
     ]);
-    // Drop the recorded format: the backing file will be probed.
-    vdisk_ok(&[
-        "rebase".as_ref(),
-        "-u".as_ref(),
-        "-b".as_ref(),
-        "base.img".as_ref(),
-        top.as_os_str(),
-    ]);
+    // Drop the recorded format: the backing file will be probed. (Neither tool writes
+    // such an image any more: rebase needs the format of a new backing file.)
+    hide_backing_format(&top);
     let ro = ImageOptions {
         read_only: true,
         ..Default::default()

@@ -1,8 +1,10 @@
 //! Changing the options of an existing image (qemu-img amend).
 //!
-//! [`Qcow2::amend`] applies the changes in QEMU's order: upgrade to v3 first, then the
-//! refcount width, backing file, lazy refcounts and size, and a downgrade to v2 last. Each
-//! step leaves a consistent image after a power cut at any write:
+//! [`Qcow2::amend`] checks every option before it changes anything (QEMU refuses some only
+//! after earlier steps ran), then applies the changes in QEMU's order: upgrade to v3 first,
+//! then the refcount width, lazy refcounts and size, and a downgrade to v2 last. The backing
+//! file cannot be changed (QEMU points to rebase). Each step leaves a consistent image after
+//! a power cut at any write:
 //!
 //! - compat upgrade: snapshot entries that lack the v3 extra data get it through a metadata
 //!   transaction; then one header write switches the version.
@@ -14,7 +16,7 @@
 //!   file, where nothing the old header reaches lives, written and synced; then one write
 //!   inside the first header sector switches refcount_table_offset, refcount_table_clusters
 //!   and refcount_order together. The old structures become free clusters.
-//! - lazy refcounts, backing file: header rewrites.
+//! - lazy refcounts: a header rewrite.
 //! - size: [`Qcow2::resize_to`] (see `resize`; the new area of an overlay hides a longer
 //!   backing image only when the backing is attached).
 
@@ -37,9 +39,10 @@ pub struct AmendOptions {
     pub lazy_refcounts: Option<bool>,
     /// Refcount width in bits.
     pub refcount_bits: Option<u32>,
-    /// New backing file name (`vdisk` extension: qemu-img only accepts the current one).
+    /// The backing file name: accepted only when it and `backing_format` restate the
+    /// current values (as QEMU; `vdisk rebase` changes the backing file).
     pub backing_file: Option<String>,
-    /// New backing format (same).
+    /// The backing format: likewise only the current one.
     pub backing_format: Option<String>,
     /// New virtual size in bytes.
     pub size: Option<u64>,
@@ -130,23 +133,29 @@ impl<S: Storage> Qcow2<S> {
                 )));
             }
         }
-        if o.backing_format.is_some()
-            && o.backing_file.is_none()
-            && self.header.backing_file.is_none()
+        // As QEMU: backing_file and backing_fmt may only restate the current values (an
+        // omitted one counts as "none"); changing what the guest reads is rebase's job.
+        if (o.backing_file.is_some() || o.backing_format.is_some())
+            && (o.backing_file != self.header.backing_file
+                || o.backing_format != self.header.backing_format())
         {
             return Err(Error::invalid(
-                "backing_fmt needs a backing file (give backing_file too)",
+                "Cannot amend the backing file\nYou can use 'vdisk rebase' instead.",
             ));
         }
-        let backing_changes = (o.backing_file.is_some()
-            && o.backing_file != self.header.backing_file)
-            || (o.backing_format.is_some() && o.backing_format != self.header.backing_format());
-        if o.size.is_some() && backing_changes {
-            // The resize decides from the attached backing image what the new area must
-            // hide; after the change that image is no longer this one's backing.
-            return Err(Error::invalid(
-                "changing the backing file and the size in one amend is not supported; amend them one at a time",
-            ));
+        if new_version < 3 && old_version >= 3 {
+            // A v2 snapshot has no disk size of its own: it takes the image's. QEMU refuses
+            // the downgrade (after any resize) when that would change a snapshot.
+            let final_size = o.size.unwrap_or(self.header.size);
+            let blocked = self.snapshots.iter().any(|s| {
+                s.vm_state_size() > u64::from(u32::MAX)
+                    || s.disk_size().is_some_and(|d| d != final_size)
+            });
+            if blocked {
+                return Err(Error::invalid(
+                    "Internal snapshots prevent downgrade of image",
+                ));
+            }
         }
         if let Some(size) = o.size {
             if !self.snapshots.is_empty() && new_version.max(old_version) < 3 {
@@ -170,19 +179,6 @@ impl<S: Storage> Qcow2<S> {
         }
         if new_bits != 1 << self.header.refcount_order {
             self.change_refcount_width(new_bits)?;
-        }
-        if o.backing_file.is_some() || o.backing_format.is_some() {
-            let name = o
-                .backing_file
-                .clone()
-                .or_else(|| self.header.backing_file.clone());
-            let fmt = o
-                .backing_format
-                .clone()
-                .or_else(|| self.header.backing_format());
-            if name != self.header.backing_file || fmt != self.header.backing_format() {
-                self.set_backing_file(name.as_deref(), fmt.as_deref())?;
-            }
         }
         if let Some(lazy) = o.lazy_refcounts {
             if new_version >= 3 {

@@ -1,6 +1,11 @@
 //! The persistent-bitmaps header extension and bitmap directory: validated on open, never
-//! loaded (vdisk maintains no bitmaps; a writable open clears the autoclear bit, which
-//! tells QEMU they are stale).
+//! loaded. vdisk maintains no bitmaps, so it does not write an image that has them: any
+//! write would leave them stale, and the autoclear bit it would then have to clear makes
+//! QEMU drop them all (their clusters become leaks). Read-only use is unaffected.
+//!
+//! QEMU's rule: the extension is valid only while the bitmaps autoclear bit is set. A
+//! program without bitmap support clears the bit on a writable open; QEMU then ignores the
+//! extension (and drops it on its next header update).
 //!
 //! QEMU refuses an image whose bitmaps extension or directory breaks these rules, so vdisk
 //! does too, with an error naming the field, and without sizing any buffer from an
@@ -24,6 +29,22 @@ const ENTRY_FIXED_LEN: usize = 24;
 
 const S: &str = "bitmaps extension";
 const D: &str = "bitmap directory";
+
+/// Whether the image whose header is `h` has persistent bitmaps: a bitmaps extension that
+/// the autoclear bit vouches for.
+pub fn has_persistent_bitmaps(h: &Header) -> bool {
+    h.autoclear_features & autoclear::BITMAPS != 0 && h.extension(ext::BITMAPS).is_some()
+}
+
+/// Refuse a writable open of an image with persistent bitmaps (see the module doc).
+pub fn refuse_writable(h: &Header) -> Result<()> {
+    if has_persistent_bitmaps(h) {
+        return Err(Error::ReadOnly(
+            "cannot write an image with persistent dirty bitmaps (qcow2 bitmaps extension): vdisk does not maintain them; read-only use (info, map, compare, check, convert from it) works".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// Check the bitmaps extension and directory of an image whose header is `h`, in a file of
 /// `file_len` bytes. Nothing is checked when the autoclear bit says the bitmaps are stale

@@ -17,7 +17,7 @@
 //! | `repair` | check's repairs, and repairing a dirty image on a writable open |
 //! | `overlap` | refusing metadata writes that would overwrite other metadata |
 //! | `resize` | growing and shrinking the virtual size |
-//! | `amend` | changing compat, refcount width, lazy refcounts, backing file (qemu-img amend) |
+//! | `amend` | changing compat, refcount width, lazy refcounts, size (qemu-img amend) |
 //!
 //! # Write order
 //!
@@ -59,7 +59,7 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
 use cache::TableCache;
-use header::{autoclear, incompat};
+use header::incompat;
 use limits::*;
 
 /// Default memory for cached L2 tables.
@@ -168,44 +168,72 @@ fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::io(format!("qcow2: {what}"), e)
 }
 
+/// Read and parse the header (with its extensions and backing file name) of the image in
+/// `storage`; also returns the file length.
+pub(crate) fn read_header<S: Storage + ?Sized>(storage: &S) -> Result<(Header, u64)> {
+    let file_len = storage.len().map_err(ioerr("reading the file length"))?;
+    if file_len < u64::from(V2_HEADER_LEN) {
+        return Err(Error::corrupt(
+            "qcow2 header",
+            0,
+            format!("file of {file_len} bytes is too short for a qcow2 header"),
+        ));
+    }
+    // Read the first cluster (at most 2 MiB) so header, extensions and name are in hand.
+    let mut first = vec![0u8; 512];
+    storage
+        .read_at(&mut first, 0)
+        .map_err(ioerr("reading the header"))?;
+    let cluster_bits = BigEndian::read_u32(&first[20..]);
+    if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+        let want = (1u64 << cluster_bits).min(file_len) as usize;
+        if want > first.len() {
+            first.resize(want, 0);
+            storage
+                .read_at(&mut first, 0)
+                .map_err(ioerr("reading the header"))?;
+        } else {
+            first.truncate(want.max(V2_HEADER_LEN as usize));
+        }
+    }
+    Ok((Header::parse(&first, file_len)?, file_len))
+}
+
+/// Refuse, as a writable [`Qcow2::open`] would, to write the qcow2 image in `storage` (for
+/// a caller that must know before it starts a longer operation), without opening it.
+pub fn check_writable_open<S: Storage + ?Sized>(storage: &S) -> Result<()> {
+    let (header, _) = read_header(storage)?;
+    refuse_writable(&header)
+}
+
+/// Refuse to write an image whose header is `header`: one marked corrupt, or one with
+/// persistent bitmaps (see `bitmap::refuse_writable`).
+pub(crate) fn refuse_writable(header: &Header) -> Result<()> {
+    if header.incompatible_features & incompat::CORRUPT != 0 {
+        return Err(Error::ReadOnly(
+            "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
+        ));
+    }
+    bitmap::refuse_writable(header)
+}
+
 impl<S: Storage> Qcow2<S> {
     /// Open the qcow2 image in `storage`.
+    ///
+    /// A writable open is refused for an image marked corrupt and for one with persistent
+    /// bitmaps (see `bitmap::refuse_writable`), before anything is written; then a dirty
+    /// image (lazy refcounts) is repaired.
     pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
-        if !opts.read_only {
-            repair::repair_if_dirty(&storage)?;
-        }
-        let file_len = storage.len().map_err(ioerr("reading the file length"))?;
-        if file_len < u64::from(V2_HEADER_LEN) {
-            return Err(Error::corrupt(
-                "qcow2 header",
-                0,
-                format!("file of {file_len} bytes is too short for a qcow2 header"),
-            ));
-        }
-        // Read the first cluster (at most 2 MiB) so header, extensions and name are in hand.
-        let mut first = vec![0u8; 512];
-        storage
-            .read_at(&mut first, 0)
-            .map_err(ioerr("reading the header"))?;
-        let cluster_bits = BigEndian::read_u32(&first[20..]);
-        if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-            let want = (1u64 << cluster_bits).min(file_len) as usize;
-            if want > first.len() {
-                first.resize(want, 0);
-                storage
-                    .read_at(&mut first, 0)
-                    .map_err(ioerr("reading the header"))?;
-            } else {
-                first.truncate(want.max(V2_HEADER_LEN as usize));
-            }
-        }
-        let header = Header::parse(&first, file_len)?;
-        bitmap::validate(&storage, &header, file_len)?;
         let read_only = opts.read_only;
-        if !read_only && header.incompatible_features & incompat::CORRUPT != 0 {
-            return Err(Error::ReadOnly(
-                "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
-            ));
+        let (mut header, mut file_len) = read_header(&storage)?;
+        bitmap::validate(&storage, &header, file_len)?;
+        if !read_only {
+            refuse_writable(&header)?;
+            if header.incompatible_features & incompat::DIRTY != 0 {
+                // The repair rewrites refcounts only: the header it leaves is re-read.
+                repair::repair_if_dirty(&storage)?;
+                (header, file_len) = read_header(&storage)?;
+            }
         }
         let geo = Geometry::new(header.cluster_bits, header.refcount_order);
 
@@ -251,8 +279,8 @@ impl<S: Storage> Qcow2<S> {
         img.validate_tables()?;
         if !read_only && img.header.autoclear_features != 0 {
             // vdisk maintains no autoclear feature: clearing the bits tells QEMU that the
-            // structures they guard (such as persistent bitmaps) may be stale.
-            img.header.autoclear_features &= !(autoclear::BITMAPS | autoclear::RAW_EXTERNAL);
+            // structures they guard may be stale. (Valid persistent bitmaps were refused
+            // above; a bitmaps bit without the extension guards nothing.)
             img.header.autoclear_features = 0;
             img.write_header()?;
         }
@@ -312,13 +340,12 @@ impl<S: Storage> Qcow2<S> {
         self.backing = backing;
     }
 
-    /// Record a new backing file name and format in the header (`None` removes both), and
-    /// rewrite the header. Guest data must already be durable (the caller flushes first).
+    /// Record a new backing file name and its format in the header (`None` removes both),
+    /// and rewrite the header. A name needs a format (see [`crate::chain::check_new_backing`]).
+    /// Guest data must already be durable (the caller flushes first).
     pub fn set_backing_file(&mut self, name: Option<&str>, format: Option<&str>) -> Result<()> {
         self.check_writable()?;
-        if let Some(n) = name {
-            crate::names::check_backing_name(n)?;
-        }
+        crate::names::check_new_backing(name, format)?;
         self.flush_metadata()?;
         self.header.backing_file = name.map(str::to_string);
         let fmt = if name.is_some() {

@@ -42,12 +42,22 @@ impl<S: Storage> Qcow2<S> {
         &self.snapshots
     }
 
-    /// Find a snapshot by ID first, then by name (as qemu-img does).
-    pub fn find_snapshot(&self, name_or_id: &str) -> Option<usize> {
-        self.snapshots
-            .iter()
-            .position(|s| s.id == name_or_id)
-            .or_else(|| self.snapshots.iter().position(|s| s.name == name_or_id))
+    /// Find a snapshot by ID first, then by name, the first in table order (QEMU's rule
+    /// for applying a snapshot, `find_snapshot_by_id_or_name`).
+    pub fn find_snapshot(&self, id_or_name: &str) -> Option<usize> {
+        self.find_snapshot_by_id(id_or_name)
+            .or_else(|| self.find_snapshot_by_name(id_or_name))
+    }
+
+    /// The first snapshot in table order named `name` (QEMU's rule for deleting a
+    /// snapshot, `bdrv_snapshot_find`: names only, never IDs; names need not be unique).
+    pub fn find_snapshot_by_name(&self, name: &str) -> Option<usize> {
+        self.snapshots.iter().position(|s| s.name == name)
+    }
+
+    /// The snapshot whose ID is `id`.
+    pub fn find_snapshot_by_id(&self, id: &str) -> Option<usize> {
+        self.snapshots.iter().position(|s| s.id == id)
     }
 
     fn read_l1_at(&self, offset: u64, size: u32) -> Result<Vec<u64>> {
@@ -90,18 +100,15 @@ impl<S: Storage> Qcow2<S> {
         self.txn_write_bytes(txn, &bytes)
     }
 
-    /// Take a snapshot of the active disk named `name`.
+    /// Take a snapshot of the active disk named `name`. As in QEMU, the name may be empty
+    /// or the same as another snapshot's: only the new ID (one more than the largest
+    /// numeric ID) is unique.
     pub fn snapshot_create(&mut self, name: &str, time: SnapshotTime) -> Result<()> {
         self.check_writable()?;
-        if name.is_empty() || name.len() > u16::MAX as usize {
+        if name.len() > u16::MAX as usize {
             return Err(Error::invalid(
-                "snapshot name must be 1 to 65535 bytes long",
+                "snapshot name must be at most 65535 bytes long",
             ));
-        }
-        if self.snapshots.iter().any(|s| s.name == name) {
-            return Err(Error::invalid(format!(
-                "a snapshot named '{name}' already exists"
-            )));
         }
         if self.snapshots.len() as u64 >= super::limits::MAX_SNAPSHOTS {
             return Err(Error::invalid(
@@ -148,12 +155,13 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// Make the active disk the contents of snapshot `name_or_id` (including its size).
-    pub fn snapshot_apply(&mut self, name_or_id: &str) -> Result<()> {
+    /// Make the active disk the contents of snapshot `id_or_name` (including its size),
+    /// found as [`find_snapshot`](Self::find_snapshot) does: by ID first, then by name.
+    pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
         self.check_writable()?;
-        let idx = self
-            .find_snapshot(name_or_id)
-            .ok_or_else(|| Error::invalid(format!("snapshot '{name_or_id}' not found")))?;
+        let idx = self.find_snapshot(id_or_name).ok_or_else(|| {
+            Error::invalid(format!("no snapshot has the ID or name '{id_or_name}'"))
+        })?;
         let snap = self.snapshots[idx].clone();
         let size = snap.disk_size().unwrap_or(self.header.size);
         let needed = super::header::l1_entries_for(size, self.geo.cluster_bits).unwrap_or(u64::MAX);
@@ -182,20 +190,43 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// Delete the snapshots named (or with the IDs) in `names`, in one transaction.
+    /// Delete the snapshots named in `names`, in one transaction. Each name is looked up
+    /// as [`find_snapshot_by_name`](Self::find_snapshot_by_name) does (never as an ID, as
+    /// `qemu-img snapshot -d`): with several snapshots of one name, the first goes.
     pub fn snapshot_delete(&mut self, names: &[&str]) -> Result<()> {
-        self.check_writable()?;
-        let mut doomed = Vec::new();
-        for n in names {
-            let i = self
-                .find_snapshot(n)
-                .ok_or_else(|| Error::invalid(format!("snapshot '{n}' not found")))?;
-            if !doomed.contains(&i) {
-                doomed.push(i);
+        let doomed = self.lookup_all(names, Self::find_snapshot_by_name, "named")?;
+        self.delete_snapshots_at(&doomed)
+    }
+
+    /// Delete the snapshots with the IDs in `ids`, in one transaction.
+    pub fn snapshot_delete_by_id(&mut self, ids: &[&str]) -> Result<()> {
+        let doomed = self.lookup_all(ids, Self::find_snapshot_by_id, "with the ID")?;
+        self.delete_snapshots_at(&doomed)
+    }
+
+    /// The table indices of `keys` found by `find`, each once.
+    fn lookup_all(
+        &self,
+        keys: &[&str],
+        find: fn(&Self, &str) -> Option<usize>,
+        what: &str,
+    ) -> Result<Vec<usize>> {
+        let mut found = Vec::new();
+        for k in keys {
+            let i =
+                find(self, k).ok_or_else(|| Error::invalid(format!("no snapshot {what} '{k}'")))?;
+            if !found.contains(&i) {
+                found.push(i);
             }
         }
+        Ok(found)
+    }
+
+    /// Delete the snapshots at table indices `doomed`, in one transaction.
+    fn delete_snapshots_at(&mut self, doomed: &[usize]) -> Result<()> {
+        self.check_writable()?;
         let mut txn = self.txn_begin()?;
-        for &i in &doomed {
+        for &i in doomed {
             let s = self.snapshots[i].clone();
             let l1 = self.read_l1_at(s.l1_table_offset, s.l1_size)?;
             self.txn_add_l1_refs(&mut txn, &l1, -1)?;
@@ -229,16 +260,14 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// Host bytes that deleting `names` would give back (clusters whose refcount would
-    /// drop to zero), without changing anything.
-    pub fn snapshot_delete_gain(&mut self, names: &[&str]) -> Result<u64> {
+    /// Host bytes that deleting the snapshots with the IDs in `ids` would give back
+    /// (clusters whose refcount would drop to zero), without changing anything.
+    pub fn snapshot_delete_gain(&mut self, ids: &[&str]) -> Result<u64> {
+        let doomed = self.lookup_all(ids, Self::find_snapshot_by_id, "with the ID")?;
         self.flush_metadata()?;
         let mut txn = Txn::scratch(self.free_hint);
         let mut freed = 0u64;
-        for n in names {
-            let i = self
-                .find_snapshot(n)
-                .ok_or_else(|| Error::invalid(format!("snapshot '{n}' not found")))?;
+        for i in doomed {
             let s = self.snapshots[i].clone();
             let l1 = self.read_l1_at(s.l1_table_offset, s.l1_size)?;
             self.txn_add_l1_refs(&mut txn, &l1, -1)?;

@@ -196,12 +196,8 @@ pub fn create_in(
     opts: &VmdkCreateOptions,
 ) -> Result<Vmdk> {
     opts.validate()?;
-    let size = size
-        .checked_next_multiple_of(SECTOR_SIZE)
-        .filter(|&s| s / SECTOR_SIZE <= MAX_EXTENT_SECTORS)
-        .ok_or_else(|| Error::invalid(format!("image size {size} is too large for VMDK")))?;
+    let size = round_size(size)?;
     let subformat = opts.subformat;
-    let (dir, prefix, postfix) = decompose(path)?;
     let extent_type = if subformat.is_flat() {
         ExtentType::Flat
     } else {
@@ -215,36 +211,20 @@ pub fn create_in(
         offset: 0,
     };
     let mut extents = Vec::new();
-    if !subformat.is_split() && !subformat.is_flat() {
-        extents.push(line(size, file_name(path)));
-    } else {
-        let chunk = if subformat.is_split() {
-            SPLIT_EXTENT_BYTES
-        } else {
-            size.max(1)
-        };
-        let mut done = 0;
-        let mut index = 1;
-        while done < size {
-            let n = (size - done).min(chunk);
-            let name = if subformat.is_split() {
-                let letter = if subformat.is_flat() { 'f' } else { 's' };
-                format!("{prefix}-{letter}{index:03}{postfix}")
-            } else {
-                format!("{prefix}-flat{postfix}")
-            };
-            let extent_path = dir.join(&name);
-            let storage = create_file(ns, &extent_path)?;
-            if subformat.is_flat() {
-                storage
-                    .set_len(n)
-                    .map_err(|e| Error::io(format!("{}: sizing", extent_path.display()), e))?;
-            } else {
-                init_sparse_extent(&storage, n, false, opts.zeroed_grain)?;
+    match extent_files(path, size, subformat)? {
+        None => extents.push(line(size, file_name(path))),
+        Some(files) => {
+            for f in files {
+                let storage = create_file(ns, &f.path)?;
+                if subformat.is_flat() {
+                    storage
+                        .set_len(f.bytes)
+                        .map_err(|e| Error::io(format!("{}: sizing", f.path.display()), e))?;
+                } else {
+                    init_sparse_extent(&storage, f.bytes, false, opts.zeroed_grain)?;
+                }
+                extents.push(line(f.bytes, f.name));
             }
-            extents.push(line(n, name));
-            done += n;
-            index += 1;
         }
     }
     let descriptor = new_descriptor(size, opts, extents);
@@ -455,6 +435,66 @@ fn create_stream(
         vmdk.extents[0].length = 0;
     }
     Ok(vmdk)
+}
+
+/// Every file [`create`] makes for an image of `size` bytes at `path` with `opts`: the
+/// image file itself, then its extent files.
+pub fn files(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<Vec<PathBuf>> {
+    let mut all = vec![path.to_path_buf()];
+    if let Some(files) = extent_files(path, round_size(size)?, opts.subformat)? {
+        all.extend(files.into_iter().map(|f| f.path));
+    }
+    Ok(all)
+}
+
+/// `size` rounded up to a whole sector, refused when VMDK cannot describe it.
+fn round_size(size: u64) -> Result<u64> {
+    size.checked_next_multiple_of(SECTOR_SIZE)
+        .filter(|&s| s / SECTOR_SIZE <= MAX_EXTENT_SECTORS)
+        .ok_or_else(|| Error::invalid(format!("image size {size} is too large for VMDK")))
+}
+
+/// One extent file of a new image.
+struct ExtentFile {
+    /// Where it goes.
+    path: PathBuf,
+    /// Its name in the descriptor (relative to the descriptor's directory).
+    name: String,
+    /// The guest bytes it holds.
+    bytes: u64,
+}
+
+/// The extent files of a `subformat` image of `size` bytes (a multiple of the sector) at
+/// `path`, named as qemu-img names them. `None` for the subformats whose one extent is the
+/// image file itself.
+fn extent_files(path: &Path, size: u64, subformat: Subformat) -> Result<Option<Vec<ExtentFile>>> {
+    if !subformat.is_split() && !subformat.is_flat() {
+        return Ok(None);
+    }
+    let (dir, prefix, postfix) = decompose(path)?;
+    let chunk = if subformat.is_split() {
+        SPLIT_EXTENT_BYTES
+    } else {
+        size.max(1)
+    };
+    let mut files = Vec::new();
+    let mut done = 0;
+    while done < size {
+        let bytes = (size - done).min(chunk);
+        let name = if subformat.is_split() {
+            let letter = if subformat.is_flat() { 'f' } else { 's' };
+            format!("{prefix}-{letter}{:03}{postfix}", files.len() + 1)
+        } else {
+            format!("{prefix}-flat{postfix}")
+        };
+        files.push(ExtentFile {
+            path: dir.join(&name),
+            name,
+            bytes,
+        });
+        done += bytes;
+    }
+    Ok(Some(files))
 }
 
 /// Split `path` into its directory, the file name before its last dot, and the rest

@@ -523,14 +523,24 @@ pub fn create_device(
     size: u64,
     options: &[(String, String)],
 ) -> Result<Box<dyn BlockDevice>> {
+    Ok(Box::new(create(path, size, &create_options(options)?)?))
+}
+
+/// Every file [`create_device`] makes with these options: the image file, then its extents.
+pub fn new_image_files(
+    path: &std::path::Path,
+    size: u64,
+    options: &[(String, String)],
+) -> Result<Vec<std::path::PathBuf>> {
+    create::files(path, size, &create_options(options)?)
+}
+
+fn create_options(options: &[(String, String)]) -> Result<VmdkCreateOptions> {
     let mut o = VmdkCreateOptions::default();
-    for (k, v) in options {
-        if k == "size" {
-            continue;
-        }
+    for (k, v) in options.iter().filter(|(k, _)| k != "size") {
         o.parse_option(k, v)?;
     }
-    Ok(Box::new(create(path, size, &o)?))
+    Ok(o)
 }
 
 #[cfg(test)]

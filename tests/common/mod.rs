@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+pub mod twins;
+
 /// A fresh temporary directory, removed when dropped unless `VDISK_TEST_KEEP` is set in the
 /// environment (then its path is printed and the images are left for inspection).
 pub fn tempdir() -> TempDir {

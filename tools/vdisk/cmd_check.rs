@@ -3,6 +3,7 @@
 //! Exit codes as qemu-img's: 0 clean, 1 the check could not complete, 2 corruptions,
 //! 3 leaks only, 63 the format does not support checks.
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
@@ -93,15 +94,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if !a.quiet {
         if json {
-            println!("{}", to_qemu_json(&report.to_json(&name, format.name())));
+            outln!("{}", to_qemu_json(&report.to_json(&name, format.name())))?;
         } else {
             if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
-                print!(
+                out!(
                     "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
                     report.leaks_fixed, report.corruptions_fixed
-                );
+                )?;
             }
-            print!("{}", report.to_human());
+            out!("{}", report.to_human())?;
         }
     }
     if report.check_errors > 0 {

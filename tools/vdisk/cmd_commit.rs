@@ -1,5 +1,6 @@
 //! `vdisk commit [-f FMT] [-b BASE] [-d] [-p] FILE`: fold an overlay into its backing.
 
+use crate::output::outln;
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 })?
         }
     };
+    // Emptying the top image at the end writes it: find out now whether it may be written,
+    // before the base is changed.
+    let empty_top = !a.keep && a.base.is_none() && !matches!(format, Some(Format::Raw));
+    if empty_top && chain.layers[0].format == Format::Qcow2 {
+        let s = FileStorage::open(
+            &a.file,
+            FileOptions {
+                write: false,
+                unsafe_cache: false,
+                force_share: true,
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
+        vdisk::qcow2::check_writable_open(&s).map_err(|e| image::with_path(&a.file, e))?;
+    }
     let base_layer = chain.layers[base_depth].clone();
     // The base is about to be opened for writing, which its read-only open in `chain`
     // would refuse (image locks, see vdisk::storage::lock). Reopen: the base writable with
@@ -123,7 +139,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     drop(base);
     drop(chain);
     drop(guards);
-    if !a.keep && a.base.is_none() && !matches!(format, Some(Format::Raw)) {
+    if empty_top {
         let s = FileStorage::open(
             &a.file,
             FileOptions {
@@ -140,7 +156,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     if !a.quiet {
-        println!("Image committed.");
+        outln!("Image committed.")?;
     }
     Ok(ExitCode::SUCCESS)
 }

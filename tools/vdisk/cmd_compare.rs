@@ -2,6 +2,7 @@
 //!
 //! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
 
+use crate::output::out;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, ImageOptions};
@@ -55,7 +56,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     match result {
         Ok(c) => {
             if !a.quiet {
-                print!("{}", c.message());
+                out!("{}", c.message())?;
             }
             Ok(ExitCode::from(if c.is_identical() { 0 } else { 1 }))
         }

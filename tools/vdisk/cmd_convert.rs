@@ -3,7 +3,7 @@
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions};
+use vdisk::image::{self, Format, ImageOptions, NewFiles};
 use vdisk::ops::convert::{convert, ConvertOptions};
 use vdisk::{Error, Result};
 
@@ -82,9 +82,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.workers == Some(0) {
         return Err(Error::invalid("-m needs at least one worker"));
     }
-    if a.compress && dst_format == Format::Raw {
-        // Refused before the output file is created.
-        return Err(Error::unsupported("compression in raw images"));
+    if a.compress && !dst_format.supports_compression() {
+        // Refused before the output file is created, as qemu-img does.
+        return Err(Error::invalid(
+            "Compression not supported for this file format",
+        ));
     }
     if let Some(b) = &a.backing {
         // qemu-img convert -B: the output is an overlay holding only the differences.
@@ -94,6 +96,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
         opts.push(("backing_file".into(), b.clone()));
         opts.push(("backing_fmt".into(), f.to_string()));
+        // Until the copy succeeds, a failure removes the files the output is made of.
+        let files = NewFiles::before_create(&a.dst, dst_format, size, &opts);
         image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
         let mut dst = image::open(
             &a.dst,
@@ -108,9 +112,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             dst.device.as_mut(),
             &mut |d, t| bar.update(d, t),
         )?;
+        dst.device.close()?;
+        files.keep();
         bar.finish();
         return Ok(ExitCode::SUCCESS);
     }
+    let files = NewFiles::before_create(&a.dst, dst_format, size, &opts);
     let mut dst = image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?;
     let copts = ConvertOptions {
         zero_granularity: 0,
@@ -122,6 +129,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     convert(src.device.as_mut(), dst.as_mut(), copts, &mut |d, t| {
         bar.update(d, t)
     })?;
+    files.keep();
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
 
+use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
@@ -45,13 +46,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(f) = &a.backing_format {
         opts.push(("backing_fmt".into(), f.clone()));
     }
-    let mut size = match &a.size {
+    let size_arg = match &a.size {
         Some(s) => Some(parse_size(s)?),
         None => None,
     };
-    if let Some((_, v)) = opts.iter().find(|(k, _)| k == "size") {
-        size = Some(parse_size(v)?);
-    }
+    let mut size = image::create_size(&a.file, size_arg, &opts)?;
     let backing = opts
         .iter()
         .find(|(k, _)| k == "backing_file")
@@ -106,10 +105,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             line += &format!(" {k}={v}");
         }
         line += &format!(" size={}", size.unwrap_or(0));
-        println!("{line}");
+        outln!("{line}")?;
     }
 
+    // Until the image is closed, a failure removes the files it is made of.
+    let files = image::NewFiles::before_create(&a.file, format, size.unwrap_or(0), &opts);
     let mut dev = image::create(&a.file, format, size, &opts)?;
     dev.close()?;
+    files.keep();
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `vdisk info [-f FMT] [--output human|json] [--backing-chain] FILE`
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
@@ -35,9 +36,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if !a.backing_chain || a.no_backing {
         let info = image_info_shared(&a.file, format, a.force_share)?;
         if json {
-            println!("{}", info.to_json());
+            outln!("{}", info.to_json())?;
         } else {
-            print!("{}", info.to_human());
+            out!("{}", info.to_human())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -59,10 +60,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         )?);
     }
     if json {
-        println!("{}", to_qemu_json(&infos));
+        outln!("{}", to_qemu_json(&infos))?;
     } else {
         let texts: Vec<String> = infos.iter().map(|i| i.to_human()).collect();
-        print!("{}", texts.join("\n"));
+        out!("{}", texts.join("\n"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `vdisk map [-f FMT] [--output human|json] FILE`
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
@@ -36,20 +37,20 @@ pub fn run(a: Args) -> Result<ExitCode> {
     )?;
     let entries = map::map(img.device.as_mut())?;
     if json {
-        println!("{}", map::to_json(&entries));
+        outln!("{}", map::to_json(&entries))?;
     } else {
         let names: Vec<String> = img
             .layers
             .iter()
             .map(|l| l.path.display().to_string())
             .collect();
-        print!(
+        out!(
             "{}",
             map::to_human(&entries, &|d| names
                 .get(d as usize)
                 .cloned()
                 .unwrap_or_default())
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

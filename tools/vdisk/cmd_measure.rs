@@ -1,5 +1,6 @@
 //! `vdisk measure [-O FMT] [-o OPTS] (--size SIZE | [-f FMT] FILE) [--output human|json]`
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
@@ -84,9 +85,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     };
     if json {
-        println!("{}", to_qemu_json(&m.to_json()));
+        outln!("{}", to_qemu_json(&m.to_json()))?;
     } else {
-        print!("{}", m.to_human());
+        out!("{}", m.to_human())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -61,14 +61,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let _ = (&a.cache, a.quiet, &a.format);
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
     let new_fmt: Option<Format> = a.backing_format.as_deref().map(str::parse).transpose()?;
-    if new_name.is_some() && new_fmt.is_none() && !a.unsafe_mode {
-        return Err(Error::invalid(
-            "rebase needs -F with the new backing file's format",
-        ));
-    }
-    if let Some(n) = new_name {
-        vdisk::names::check_backing_name(n)?;
-    }
+    vdisk::names::check_new_backing(new_name, new_fmt.map(Format::name))?;
     if !a.unsafe_mode {
         // The overlay, writable, with its current chain attached (read-only).
         let mut chain = image::open(

@@ -3,6 +3,7 @@
 //! As qemu-img: the size may be relative (`+1G`, `-512M`), shrinking needs `--shrink`,
 //! preallocation applies to the added part only, and success prints "Image resized.".
 
+use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
@@ -139,7 +140,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     if !a.quiet {
-        println!("Image resized.");
+        outln!("Image resized.")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
-//! `vdisk snapshot [-l | -c NAME | -a NAME | -d NAME] FILE`, and the retention policy
+//! `vdisk snapshot [-l | -c NAME | -a ID_OR_NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
@@ -20,10 +21,10 @@ pub struct Args {
     /// Create a snapshot.
     #[arg(short = 'c', group = "action", value_name = "NAME")]
     create: Option<String>,
-    /// Apply (roll back to) a snapshot.
-    #[arg(short = 'a', group = "action", value_name = "NAME")]
+    /// Apply (roll back to) a snapshot, found by ID or else by name.
+    #[arg(short = 'a', group = "action", value_name = "ID_OR_NAME")]
     apply: Option<String>,
-    /// Delete a snapshot.
+    /// Delete a snapshot, found by name (the first of that name).
     #[arg(short = 'd', group = "action", value_name = "NAME")]
     delete: Option<String>,
     /// Delete the snapshots outside the retention policy, oldest first.
@@ -116,25 +117,50 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if list {
         let img = open(&a, true)?;
         let snaps: Vec<_> = img.snapshots().iter().map(|s| s.to_json()).collect();
-        print!(
+        out!(
             "Snapshot list:\n{}",
             vdisk::ops::info::snapshot_table_text(&snaps)
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if a.prune {
         return prune(&a);
     }
     let mut img = open(&a, false)?;
+    // The lookups and messages are qemu-img's: -a takes an ID or else a name, -d a name only
+    // (never an ID); -c keeps at most 255 bytes of the name (qemu-img's name buffer).
     if let Some(name) = &a.create {
-        img.snapshot_create(name, SnapshotTime::now())?;
+        let name = truncate_name(name);
+        img.snapshot_create(name, SnapshotTime::now())
+            .map_err(|e| Error::invalid(format!("Could not create snapshot '{name}': {e}")))?;
     } else if let Some(name) = &a.apply {
-        img.snapshot_apply(name)?;
+        if img.find_snapshot(name).is_none() {
+            return Err(Error::invalid(format!(
+                "Could not apply snapshot '{name}': Failed to load snapshot: No such file or directory"
+            )));
+        }
+        img.snapshot_apply(name)
+            .map_err(|e| Error::invalid(format!("Could not apply snapshot '{name}': {e}")))?;
     } else if let Some(name) = &a.delete {
-        img.snapshot_delete(&[name.as_str()])?;
+        if img.find_snapshot_by_name(name).is_none() {
+            return Err(Error::invalid(format!(
+                "Could not delete snapshot '{name}': snapshot not found"
+            )));
+        }
+        img.snapshot_delete(&[name.as_str()])
+            .map_err(|e| Error::invalid(format!("Could not delete snapshot '{name}': {e}")))?;
     }
     vdisk::BlockDevice::close(&mut img)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first 255 bytes of `name` (cut at a character boundary), as qemu-img stores it.
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(255);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 fn prune(a: &Args) -> Result<ExitCode> {
@@ -175,20 +201,20 @@ fn prune(a: &Args) -> Result<ExitCode> {
     };
     let verb = if a.dry_run { "would delete" } else { "deleted" };
     for (id, name) in ids.iter().zip(&names) {
-        println!("{verb} snapshot {id} ({name})");
+        outln!("{verb} snapshot {id} ({name})")?;
     }
     if !refs.is_empty() && !a.dry_run {
-        img.snapshot_delete(&refs)?;
+        img.snapshot_delete_by_id(&refs)?;
         vdisk::BlockDevice::close(&mut img)?;
     }
-    println!(
+    outln!(
         "{} {} snapshot(s), {} kept; space given back: {} ({} bytes)",
         verb,
         refs.len(),
         img.snapshots().len() - if a.dry_run { refs.len() } else { 0 },
         vdisk::size::human_size(gain),
         gain
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `main` parses arguments with clap and calls one subcommand module; every subcommand
 //! returns `Result<ExitCode>`, and errors are printed as one line on stderr with exit
-//! code 1 (as qemu-img does).
+//! code 1 (as qemu-img does). Subcommands print with `output::out!`/`outln!`, so that a
+//! closed stdout pipe ends the process quietly, as in qemu-img, instead of panicking.
 
 mod cmd_amend;
 mod cmd_check;
@@ -87,6 +88,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // Whoever read stdout stopped (`vdisk dump ... | head`): the output was all that was
+        // left to do; end quietly, as qemu-img does.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vdisk: {e}");
             ExitCode::from(1)

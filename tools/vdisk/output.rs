@@ -1,5 +1,13 @@
-//! The `--output human|json` choice shared by the reporting subcommands.
+//! Standard output for the subcommands: the `--output human|json` choice shared by the
+//! reporting subcommands, and printing that survives a closed pipe.
+//!
+//! `print!` panics when stdout is a closed pipe (`vdisk map big.qcow2 | head`): Rust
+//! ignores SIGPIPE, so the write fails with EPIPE. qemu-img ignores SIGPIPE too, and then
+//! its failed writes: it ends quietly with the exit code the command would have had anyway.
+//! [`print`] (behind `out!` and `outln!`) does the same, and `main` ends quietly with
+//! success when a command's own writes (`dump`) report a broken pipe.
 
+use std::io::Write;
 use vdisk::{Error, Result};
 
 /// Whether `--output VALUE` asks for JSON; anything but `human` or `json` is an error with a
@@ -13,3 +21,36 @@ pub fn wants_json(value: &str) -> Result<bool> {
         ))),
     }
 }
+
+/// Write `args` to stdout and flush. A closed pipe is not an error (see the module doc);
+/// other write errors are.
+pub fn print(args: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing to standard output", e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `e` is a write to a closed pipe.
+pub fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// `print!` that neither panics on a closed pipe nor hides other write errors.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that neither panics on a closed pipe nor hides other write errors.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};

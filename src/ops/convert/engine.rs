@@ -79,11 +79,11 @@ pub(super) fn run(
     };
     let compress = match dst.cluster_codec() {
         Some(c) if opts.compress || c.always_compress() => Some(c),
-        None if opts.compress => {
-            return Err(Error::unsupported(format!(
-                "compression in {} images",
-                dst.format_name()
-            )))
+        // As QEMU: a target with clusters but no compressed form of them (VMDK sparse
+        // extents) takes compressed writes as ordinary ones; one without clusters (flat
+        // VMDK extents) cannot take them.
+        None if opts.compress && dst.cluster_size().is_none() => {
+            return Err(Error::invalid("invalid cluster size"))
         }
         _ => None,
     };
