@@ -64,67 +64,99 @@ impl Stored {
 
 /// One check pass; repairs what `repair` allows. Counts in the result are what is left
 /// after repairing; `*_fixed` count the repairs.
+///
+/// After a rebuild of the refcount structure the image is walked again from scratch, and
+/// with `-r all` entries the first walk had to leave alone (inside a table that was also a
+/// refcount block) are dropped then. A second rebuild means the rebuilt structure is wrong.
 pub(crate) fn check_pass<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
-    let mut r = CheckReport::default();
-    let mut scan = Scan::load(st)?;
-    scan.walk(st, &mut r)?;
-    if repair == Repair::All && !scan.bad.is_empty() {
-        let scan_bad = scan.bad.len();
-        for b in &scan.bad {
-            r.msg(format!(
-                "Repairing: entry at {:#x} replaced by {:#x}",
-                b.at, b.replacement
-            ));
-            let mut e = [0u8; 8];
-            BigEndian::write_u64(&mut e, b.replacement);
-            st.write_at(&e, b.at)
-                .map_err(wio("dropping a bad table entry"))?;
-        }
-        sync(st)?;
-        // Walk again: the dropped entries no longer count.
-        let mut again = CheckReport {
-            messages: std::mem::take(&mut r.messages),
+    let mut before: Option<CheckReport> = None;
+    for _ in 0..2 {
+        let mut r = CheckReport {
+            messages: before
+                .as_mut()
+                .map(|b| std::mem::take(&mut b.messages))
+                .unwrap_or_default(),
             ..Default::default()
         };
-        scan = Scan::load(st)?;
-        scan.walk(st, &mut again)?;
-        again.corruptions_fixed += r
-            .corruptions
-            .saturating_sub(again.corruptions)
-            .max(scan_bad as u64);
-        r = again;
-    }
-    let stored = compare(st, &mut scan, &mut r, repair)?;
-    if r.failed.is_some() {
+        let mut scan = Scan::load(st)?;
+        scan.walk(st, &mut r)?;
+        if repair == Repair::All && !scan.bad.is_empty() {
+            r = drop_bad_entries(st, &mut scan, r)?;
+        }
+        let stored = compare(st, &mut scan, &mut r, repair)?;
+        if let Some(b) = &before {
+            // Count what the rebuild and this round fixed together.
+            r.corruptions_fixed +=
+                b.corruptions_fixed + b.corruptions.saturating_sub(r.corruptions);
+            r.leaks_fixed += b.leaks_fixed + b.leaks.saturating_sub(r.leaks);
+        }
+        if r.failed.is_some() {
+            return Ok(r);
+        }
+        let Some(stored) = stored else {
+            before = Some(r);
+            continue;
+        };
+        let fix_copied = match repair {
+            Repair::All => true,
+            Repair::Leaks => r.check_errors == 0 && r.corruptions == 0 && r.leaks == 0,
+            Repair::None => false,
+        };
+        check_copied(st, &scan, &stored, &mut r, fix_copied)?;
         return Ok(r);
     }
-    let (scan, stored) = match stored {
-        Some(s) => (scan, s),
-        None => {
-            // The refcount structure was rebuilt: count again from scratch.
-            let old = r;
-            let mut again = CheckReport {
-                messages: old.messages,
-                ..Default::default()
-            };
-            let mut scan = Scan::load(st)?;
-            scan.walk(st, &mut again)?;
-            let stored = compare(st, &mut scan, &mut again, Repair::None)?
-                .ok_or_else(|| Error::invalid("the rebuilt refcount structure is still broken"))?;
-            again.corruptions_fixed =
-                old.corruptions_fixed + old.corruptions.saturating_sub(again.corruptions);
-            again.leaks_fixed = old.leaks_fixed + old.leaks.saturating_sub(again.leaks);
-            r = again;
-            (scan, stored)
+    Err(Error::invalid(
+        "the rebuilt refcount structure is still broken",
+    ))
+}
+
+/// Rewrite the entries `scan.bad` names, then walk again (the dropped entries no longer
+/// count). Returns the new walk's report, carrying `r`'s messages and fix counts.
+fn drop_bad_entries<S: Storage>(
+    st: &S,
+    scan: &mut Scan,
+    mut r: CheckReport,
+) -> Result<CheckReport> {
+    let dropped = scan.bad.len() as u64;
+    for (&at, &replacement) in &scan.bad {
+        r.msg(format!(
+            "Repairing: entry at {at:#x} replaced by {replacement:#x}"
+        ));
+    }
+    write_entries(st, &scan.bad)?;
+    sync(st)?;
+    let mut again = CheckReport {
+        messages: std::mem::take(&mut r.messages),
+        ..Default::default()
+    };
+    *scan = Scan::load(st)?;
+    scan.walk(st, &mut again)?;
+    again.corruptions_fixed =
+        r.corruptions_fixed + r.corruptions.saturating_sub(again.corruptions).max(dropped);
+    again.leaks_fixed = r.leaks_fixed;
+    Ok(again)
+}
+
+/// Write table entries (host offset → value), one write per run of adjacent entries.
+fn write_entries<S: Storage>(st: &S, entries: &BTreeMap<u64, u64>) -> Result<()> {
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_start = 0u64;
+    for (&at, &value) in entries {
+        if !run.is_empty() && run_start + run.len() as u64 != at {
+            st.write_at(&run, run_start)
+                .map_err(wio("rewriting bad table entries"))?;
+            run.clear();
         }
-    };
-    let fix_copied = match repair {
-        Repair::All => true,
-        Repair::Leaks => r.check_errors == 0 && r.corruptions == 0 && r.leaks == 0,
-        Repair::None => false,
-    };
-    check_copied(st, &scan, &stored, &mut r, fix_copied)?;
-    Ok(r)
+        if run.is_empty() {
+            run_start = at;
+        }
+        run.extend_from_slice(&value.to_be_bytes());
+    }
+    if !run.is_empty() {
+        st.write_at(&run, run_start)
+            .map_err(wio("rewriting bad table entries"))?;
+    }
+    Ok(())
 }
 
 /// Compare expected and stored refcounts; fix in place what `repair` allows, or rebuild.
@@ -391,13 +423,17 @@ fn check_copied<S: Storage>(
         let Some(rc) = stored.get(st, scan, l2 >> cb)? else {
             continue;
         };
-        let writable = fix && l2 % cs == 0 && l2 < scan.file_len;
+        // Bytes of a cluster that is also something else (the L1 table is guest data, ...)
+        // are not rewritten: the other user would see the change.
+        let sound = fix && l2 % cs == 0 && l2 < scan.file_len;
+        let l1_writable = sound && !scan.contested.contains(&((l1_off + i as u64 * 8) >> cb));
+        let writable = sound && !scan.contested.contains(&(l2 >> cb));
         if (rc == 1) != (raw & COPIED != 0) {
-            let tag = if writable { "Repairing" } else { "ERROR" };
+            let tag = if l1_writable { "Repairing" } else { "ERROR" };
             r.msg(format!(
                 "{tag} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={raw:x} refcount={rc}"
             ));
-            if writable {
+            if l1_writable {
                 let new = if rc == 1 { raw | COPIED } else { raw & !COPIED };
                 let mut e = [0u8; 8];
                 BigEndian::write_u64(&mut e, new);
