@@ -350,3 +350,257 @@ fn an_l1_entry_with_only_the_copied_flag_is_a_corruption_and_repair_clears_it() 
     assert_eq!(r.ours_code, Some(0));
     assert_qemu_check_clean(&t.ours);
 }
+
+// ---------------------------------------------------------------------------------------
+// 13: one bad snapshot table entry, a truncated file or an L1 table past the end of the
+// file is corruption for check (exit 2), not a reason to refuse the image
+// ---------------------------------------------------------------------------------------
+
+/// A 4 MiB image with two snapshots: `snap1` (guest 0 = 0x11, 192 KiB = 0x55), `snap2`
+/// (guest 0 = 0x22, 128 KiB = 0x33), then the active disk gets 0x44 at 64 KiB.
+fn snapshot_image(p: &Path) {
+    small_image_empty(p);
+    qemu_io_ok(&[
+        "-c",
+        "write -P 0x11 0 64k",
+        "-c",
+        "write -P 0x55 192k 64k",
+        s(p),
+    ]);
+    qemu_img_ok(&["snapshot", "-c", "snap1", s(p)]);
+    qemu_io_ok(&[
+        "-c",
+        "write -P 0x22 0 64k",
+        "-c",
+        "write -P 0x33 128k 64k",
+        s(p),
+    ]);
+    qemu_img_ok(&["snapshot", "-c", "snap2", s(p)]);
+    qemu_io_ok(&["-c", "write -P 0x44 64k 64k", s(p)]);
+}
+
+fn small_image_empty(p: &Path) {
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(p), "4M"]);
+}
+
+fn be64_at(p: &Path, at: usize) -> u64 {
+    let b = read(p);
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Offset of the L1-offset field of the first snapshot table entry (snap1).
+fn snap1_l1_field(p: &Path) -> u64 {
+    be64_at(p, 64)
+}
+
+/// How the first snapshot's table entry is broken.
+#[derive(Debug, Clone, Copy)]
+enum BadSnapshot {
+    /// Its L1 table offset is not cluster aligned (QEMU refuses to use the snapshot).
+    Unaligned,
+    /// Its L1 table lies past the end of the file (QEMU reads it as zeros).
+    PastTheEnd,
+}
+
+fn bad_snapshot_twin(how: BadSnapshot) -> (Twin, u64) {
+    let t = twin(snapshot_image, &[]);
+    let field = snap1_l1_field(&t.qemu);
+    let good = be64_at(&t.qemu, field as usize);
+    let bad = match how {
+        BadSnapshot::Unaligned => good + 0x200,
+        BadSnapshot::PastTheEnd => 16 << 20,
+    };
+    for p in [&t.qemu, &t.ours] {
+        poke_u64(p, field, bad);
+    }
+    (t, good)
+}
+
+/// Exit codes of qemu-img and of vdisk running `args` on fresh copies of the twin (the
+/// image replaces an `IMG` argument, or comes last), and vdisk's stderr.
+fn both(t: &Twin, args: &[&str]) -> (Option<i32>, Option<i32>, String) {
+    let dir = t.dir();
+    let q = dir.join("op-qemu.qcow2");
+    let v = dir.join("op-vdisk.qcow2");
+    std::fs::copy(&t.qemu, &q).expect("copy");
+    std::fs::copy(&t.ours, &v).expect("copy");
+    let with = |p: &Path| {
+        let img = p.display().to_string();
+        let mut a: Vec<String> = args
+            .iter()
+            .map(|&x| {
+                if x == "IMG" {
+                    img.clone()
+                } else {
+                    x.to_string()
+                }
+            })
+            .collect();
+        if !args.contains(&"IMG") {
+            a.push(img);
+        }
+        a
+    };
+    let qo = qemu_img(with(&q));
+    let vo = vdisk(with(&v));
+    (
+        qo.status.code(),
+        vo.status.code(),
+        String::from_utf8_lossy(&vo.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_image_with_a_bad_snapshot_entry_opens_converts_and_checks_as_with_qemu_img() {
+    for how in [BadSnapshot::Unaligned, BadSnapshot::PastTheEnd] {
+        let (t, _) = bad_snapshot_twin(how);
+        assert_eq!(t.assert_same_check(), Some(2), "{how:?}");
+        let (q, v, err) = both(&t, &["info"]);
+        assert_eq!((q, v), (Some(0), Some(0)), "{how:?}: info: {err}");
+        let (q, v, err) = both(&t, &["snapshot", "-l"]);
+        assert_eq!((q, v), (Some(0), Some(0)), "{how:?}: snapshot -l: {err}");
+        assert_bytes_eq(
+            &format!("{how:?}: guest contents"),
+            &vdisk_raw_contents(&t.ours, t.dir()),
+            &qemu_raw_contents(&t.qemu, t.dir()),
+        );
+    }
+}
+
+#[test]
+fn operations_that_need_a_broken_snapshot_fail_with_a_message_and_the_others_work() {
+    for how in [BadSnapshot::Unaligned, BadSnapshot::PastTheEnd] {
+        let (t, _) = bad_snapshot_twin(how);
+        // Applying or deleting the broken snapshot, or downgrading (which rewrites every
+        // L2 table) needs its L1 table: refused with a message naming it. qemu-img
+        // refuses too when the offset is unaligned; past the end of the file it applies an
+        // empty L1 table (the guest disk reads as zeros) or fails to free its clusters.
+        for op in [
+            &["snapshot", "-a", "snap1"][..],
+            &["snapshot", "-d", "snap1"][..],
+            &["amend", "-o", "compat=0.10"][..],
+        ] {
+            let (q, v, err) = both(&t, op);
+            assert_eq!(v, Some(1), "{how:?}: vdisk {op:?}: {err}");
+            assert!(err.contains("snapshot 1 (snap1)"), "{how:?} {op:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{how:?} {op:?}: {err}");
+            if matches!(how, BadSnapshot::Unaligned) {
+                assert_eq!(q, Some(1), "{how:?}: qemu-img {op:?}");
+            }
+        }
+        // What does not need it works, and leaves only the broken entry to report.
+        for op in [
+            &["snapshot", "-a", "snap2"][..],
+            &["snapshot", "-d", "snap2"][..],
+            &["snapshot", "-c", "snap3"][..],
+            &["resize", "IMG", "8M"][..],
+        ] {
+            let (q, v, err) = both(&t, op);
+            assert_eq!((q, v), (Some(0), Some(0)), "{how:?}: {op:?}: {err}");
+            let after = t.dir().join("op-vdisk.qcow2");
+            let c = check_json(true, &after, false);
+            assert_eq!(c.0, Some(2), "{how:?}: {op:?}: qemu-img check {:?}", c.1);
+            assert_eq!(c.1["corruptions"], 1, "{how:?}: {op:?}: {:?}", c.1);
+        }
+        // Guest writes, including copy-on-write of clusters the snapshots share.
+        let w = t.dir().join("w.qcow2");
+        std::fs::copy(&t.ours, &w).expect("copy");
+        let dev = Path::new(&w);
+        vdisk_write(dev, 0x66, 0, 4096);
+        vdisk_write(dev, 0x66, 192 << 10, 4096);
+        vdisk_write(dev, 0x66, 1 << 20, 4096);
+        qemu_io_ok(&["-c", "read -P 0x66 192k 4k", s(dev)]);
+        assert_eq!(check_json(true, dev, false).1["corruptions"], 1, "{how:?}");
+    }
+}
+
+/// Write `len` bytes of `byte` at `offset` of a qcow2 image through the vdisk library.
+fn vdisk_write(p: &Path, byte: u8, offset: u64, len: usize) {
+    use vdisk::qcow2::{OpenOptions, Qcow2};
+    use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
+    use vdisk::BlockDevice;
+    let st = FileStorage::open(
+        p,
+        FileOptions {
+            write: true,
+            unsafe_cache: false,
+            force_share: false,
+        },
+    )
+    .expect("opening the image");
+    let mut q = Qcow2::open(st, OpenOptions::default()).expect("opening the qcow2 image");
+    q.write_at(&vec![byte; len], offset).expect("writing");
+    q.flush().expect("flushing");
+}
+
+#[test]
+fn check_all_keeps_the_clusters_a_snapshot_with_an_unreadable_l1_table_may_use() {
+    // qemu-img frees them as leaks, so the snapshot's data is lost even once its table
+    // entry is mended; vdisk keeps them: mending the entry brings the snapshot back.
+    for how in [BadSnapshot::Unaligned, BadSnapshot::PastTheEnd] {
+        let (t, good) = bad_snapshot_twin(how);
+        assert_eq!(check_json(true, &t.qemu, true).0, Some(2), "{how:?}");
+        assert_eq!(check_json(false, &t.ours, true).0, Some(2), "{how:?}");
+        for p in [&t.qemu, &t.ours] {
+            poke_u64(p, snap1_l1_field(p), good);
+        }
+        assert_qemu_check_clean(&t.ours);
+        assert_ne!(check_json(true, &t.qemu, false).0, Some(0), "{how:?}");
+        qemu_img_ok(&["snapshot", "-a", "snap1", s(&t.ours)]);
+        qemu_io_ok(&[
+            "-c",
+            "read -P 0x11 0 64k",
+            "-c",
+            "read -P 0x55 192k 64k",
+            s(&t.ours),
+        ]);
+    }
+}
+
+#[test]
+fn a_truncated_image_is_a_corruption_for_check_and_repair_keeps_what_is_left() {
+    // Cut inside guest data, inside the L2 table, at the L1 table, inside the refcount
+    // block, inside the refcount table, inside the header cluster.
+    let cuts: [u64; 6] = [0x58000, 0x40064, 0x30000, 0x20000, 0x10008, 0x1000];
+    run_cases("truncated images", &cuts, |&cut| {
+        let t = twin(small_image, &[]);
+        for p in [&t.qemu, &t.ours] {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .expect("open");
+            f.set_len(cut).expect("truncating");
+        }
+        let code = t.assert_same_check();
+        assert!(matches!(code, Some(0) | Some(2)), "{code:?}");
+        let before = qemu_raw_contents(&t.qemu, t.dir());
+        assert_eq!(check_json(false, &t.ours, true).0, Some(0));
+        assert_qemu_check_clean(&t.ours);
+        assert_bytes_eq(
+            "guest contents after vdisk check -r all",
+            &qemu_raw_contents(&t.ours, t.dir()),
+            &before,
+        );
+    });
+}
+
+#[test]
+fn an_l1_table_past_the_end_of_the_file_is_a_corruption_for_check_and_repair_keeps_its_clusters() {
+    let t = twin(small_image, &[(40, 0x80000)]);
+    assert_eq!(t.assert_same_check(), Some(2));
+    assert_eq!(check_json(true, &t.qemu, true).0, Some(2));
+    assert_eq!(check_json(false, &t.ours, true).0, Some(2));
+    // Moving the table back shows what each repair kept.
+    for p in [&t.qemu, &t.ours] {
+        poke_u64(p, 40, small::L1);
+    }
+    assert_qemu_check_clean(&t.ours);
+    qemu_io_ok(&[
+        "-c",
+        "read -P 0x11 0 64k",
+        "-c",
+        "read -P 0x22 64k 64k",
+        s(&t.ours),
+    ]);
+    assert_ne!(check_json(true, &t.qemu, false).0, Some(0));
+}

@@ -70,6 +70,10 @@ pub(crate) struct Scan {
     /// guest data, ...). Entries inside them are not rewritten: the bytes mean something
     /// else to the other user.
     pub contested: BTreeSet<u64>,
+    /// L1 tables that cannot be read (a snapshot's unaligned or too large, or one past the
+    /// end of the file), by name: clusters only they use look leaked, so repairs must not
+    /// free leaks.
+    pub unreadable_l1s: Vec<String>,
     /// The refcount structure itself is broken.
     pub rebuild: bool,
     /// A refcount table entry points past the end of the file (`-r all` rebuilds).
@@ -91,7 +95,7 @@ pub(crate) fn read_u64s<S: Storage>(st: &S, offset: u64, n: usize, what: &str) -
     Ok(v)
 }
 
-/// Read and parse the header of the image in `st`.
+/// Read and parse the header of the image in `st`; also returns the file length.
 pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
     let file_len = st
         .len()
@@ -104,7 +108,10 @@ pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
         first.resize(want.max(512), 0);
         read(st, &mut first, 0, "the header")?;
     }
-    Ok((Header::parse(&first, file_len)?, file_len))
+    // Tables running past the end of the file are a corruption for the walk to count (it
+    // reads them as zeros, as QEMU does), not a reason to refuse the check: the header is
+    // validated as if the file were unbounded.
+    Ok((Header::parse(&first, u64::MAX)?, file_len))
 }
 
 /// Host ranges used by persistent bitmaps, when the bitmaps extension is valid.
@@ -212,6 +219,7 @@ impl Scan {
             owner: vec![0; nb_clusters],
             bad: BTreeMap::new(),
             contested: BTreeSet::new(),
+            unreadable_l1s: Vec::new(),
             rebuild: false,
             blocks_outside: false,
             max_refcount,
@@ -289,7 +297,13 @@ impl Scan {
                 ClusterUse::SnapshotTable,
             ),
         ];
-        for s in &self.snapshots {
+        // A snapshot table entry whose L1 table is broken says nothing reliable about
+        // which clusters hold it.
+        for s in self
+            .snapshots
+            .iter()
+            .filter(|s| s.validate_l1(self.cs, self.file_len).is_ok())
+        {
             areas.push((
                 s.l1_table_offset,
                 u64::from(s.l1_size) * 8,
@@ -334,6 +348,9 @@ impl Scan {
             let l1 = if s.l1_table_offset % self.cs != 0 || u64::from(s.l1_size) > MAX_L1_BYTES / 8
             {
                 Vec::new()
+            } else if s.l1_table_offset >= self.file_len {
+                // Past the end of the file it reads as zeros (as QEMU reads it).
+                vec![0; s.l1_size as usize]
             } else {
                 read_u64s(
                     st,
@@ -368,9 +385,17 @@ impl Scan {
             }
         }
         self.inc(r, 0, self.cs);
+        let l1_end = h.l1_table_offset.saturating_add(u64::from(h.l1_size) * 8);
+        if l1_end > self.file_len {
+            self.unreadable_l1s.push("the active L1 table".into());
+        }
         for (k, (l1_off, l1, active)) in l1s.iter().enumerate() {
             if k > 0 {
                 let s = &self.snapshots[k - 1];
+                if s.validate_l1(self.cs, self.file_len).is_err() {
+                    self.unreadable_l1s
+                        .push(format!("snapshot {} ({})", s.id, s.name));
+                }
                 if s.l1_table_offset % self.cs != 0 {
                     r.msg(format!(
                         "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",

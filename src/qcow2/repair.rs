@@ -67,10 +67,12 @@ impl Stored {
 ///
 /// After a rebuild of the refcount structure the image is walked again from scratch, and
 /// with `-r all` entries the first walk had to leave alone (inside a table that was also a
-/// refcount block) are dropped then. A second rebuild means the rebuilt structure is wrong.
+/// refcount block) are dropped then. A table that lay past the end of the file (a
+/// truncated image) is counted once the rebuild has grown the file over it, which takes
+/// one more rebuild; a third one means the rebuilt structure is wrong.
 pub(crate) fn check_pass<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
     let mut before: Option<CheckReport> = None;
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut r = CheckReport {
             messages: before
                 .as_mut()
@@ -198,10 +200,19 @@ fn compare<S: Storage>(
     if repair == Repair::All && scan.blocks_outside {
         scan.rebuild = true;
     }
+    // A snapshot whose L1 table cannot be read may still use what looks leaked: freeing
+    // it would lose that snapshot's data for good, so leaks stay (a rebuild keeps their
+    // stored counts too).
+    let free_leaks = repair.leaks_ok() && scan.unreadable_l1s.is_empty();
+    if repair != Repair::None && !free_leaks && mismatches.iter().any(|&(_, s, e)| s > e) {
+        r.msg(format!(
+            "Leaked clusters are kept: {} cannot be read and may still use them",
+            scan.unreadable_l1s.join(", ")
+        ));
+    }
     let in_place = repair != Repair::None && !scan.rebuild;
     for &(i, s, e) in &mismatches {
-        let fixable =
-            in_place && ((s > e && repair.leaks_ok()) || (s < e && repair == Repair::All));
+        let fixable = in_place && ((s > e && free_leaks) || (s < e && repair == Repair::All));
         let tag = if fixable {
             "Repairing"
         } else if s < e {
@@ -218,6 +229,13 @@ fn compare<S: Storage>(
         }
     }
     if scan.rebuild && repair == Repair::All {
+        if !free_leaks {
+            for &(i, s, e) in &mismatches {
+                if s > e {
+                    scan.refs[i] = s;
+                }
+            }
+        }
         r.msg("Rebuilding refcount structure".into());
         rebuild(st, scan)?;
         return Ok(None);
@@ -231,7 +249,7 @@ fn compare<S: Storage>(
     if in_place {
         let fixes: Vec<(usize, u32)> = mismatches
             .iter()
-            .filter(|&&(_, s, e)| (s > e && repair.leaks_ok()) || (s < e && repair == Repair::All))
+            .filter(|&&(_, s, e)| (s > e && free_leaks) || (s < e && repair == Repair::All))
             .map(|&(i, _, e)| (i, e))
             .collect();
         set_refcounts(st, scan, &fixes)?;
@@ -300,10 +318,40 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
             old.push(off >> cb);
         }
     }
+    // Tables the header points at stay where they are even where they lie past the end of
+    // the file (a truncated image): the new structure must not land on them.
+    let mut fixed = vec![
+        (h.l1_table_offset, u64::from(h.l1_size) * 8),
+        (h.snapshots_offset, scan.snapshots_size),
+    ];
+    for s in &scan.snapshots {
+        if s.validate_l1(cs, u64::MAX).is_ok() {
+            fixed.push((s.l1_table_offset, u64::from(s.l1_size) * 8));
+        }
+    }
+    let mut keep: Vec<u64> = Vec::new();
+    for (off, len) in fixed {
+        if len > 0 && off <= super::limits::MAX_HOST_OFFSET {
+            keep.extend((off >> cb)..=((off + len - 1) >> cb));
+        }
+    }
+    // The new structure needs far fewer clusters than there are: nothing beyond this can
+    // be chosen for it.
+    let reach = refs.len() * 2 + 64;
+    for &c in old.iter().chain(&keep) {
+        let c = c as usize;
+        if c >= reserved.len() {
+            if c > reach {
+                continue;
+            }
+            reserved.resize(c + 1, false);
+            refs.resize(c + 1, 0);
+        }
+        reserved[c] = true;
+    }
     for c in old {
         if let Some(v) = refs.get_mut(c as usize) {
             *v = v.saturating_sub(1);
-            reserved[c as usize] = true;
         }
     }
     let mut hint = 0usize;
@@ -323,6 +371,8 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
         }
         if refs.len() < start + n {
             refs.resize(start + n, 0);
+        }
+        if reserved.len() < start + n {
             reserved.resize(start + n, false);
         }
         for v in &mut refs[start..start + n] {
