@@ -604,3 +604,55 @@ fn an_l1_table_past_the_end_of_the_file_is_a_corruption_for_check_and_repair_kee
     ]);
     assert_ne!(check_json(true, &t.qemu, false).0, Some(0));
 }
+
+// ---------------------------------------------------------------------------------------
+// 15a: the header's size field is rounded down to 512 bytes, as QEMU does
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_virtual_size_that_is_not_a_multiple_of_512_is_rounded_down_as_qemu_does() {
+    let t = twin(small_image, &[(24, (4 << 20) - 100)]);
+    let info = |json: String| parse_json("info", &json)["virtual-size"].clone();
+    let q = info(qemu_img_ok(&["info", "--output=json", s(&t.qemu)]));
+    let v = info(vdisk_ok(&["info", "--output=json", s(&t.ours)]));
+    assert_eq!(v, q);
+    assert_eq!(q, (4 << 20) - 512);
+    assert_text_eq(
+        "map",
+        &vdisk_ok(&["map", "--output=json", s(&t.ours)]),
+        &qemu_img_ok(&["map", "--output=json", s(&t.qemu)]),
+    );
+    assert_bytes_eq(
+        "convert",
+        &vdisk_raw_contents(&t.ours, t.dir()),
+        &qemu_raw_contents(&t.qemu, t.dir()),
+    );
+    t.assert_same_check();
+}
+
+#[test]
+fn a_header_extension_area_is_read_as_qemu_reads_it_for_every_header_length() {
+    // header_length is the v3 header's own size: QEMU reads the extensions right after it,
+    // and checks each one's length before its type (at 108 the "end marker" found there
+    // has a huge length, so QEMU refuses the image).
+    for len in [104u32, 105, 108, 112, 113, 120] {
+        let t = twin(small_image, &[]);
+        for p in [&t.qemu, &t.ours] {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .expect("open");
+            f.write_all_at(&len.to_be_bytes(), 100).expect("poke");
+        }
+        let (q, v, err) = both(&t, &["info"]);
+        assert_eq!(v, q, "header_length {len}: {err}");
+        if q == Some(0) {
+            assert_bytes_eq(
+                &format!("header_length {len}"),
+                &vdisk_raw_contents(&t.ours, t.dir()),
+                &qemu_raw_contents(&t.qemu, t.dir()),
+            );
+        }
+    }
+}
