@@ -52,12 +52,17 @@ impl Stored {
         if off % scan.cs != 0 {
             return Ok(None);
         }
-        let mut block = vec![0u8; scan.cs as usize];
-        st.read_at(&mut block, off)
-            .map_err(wio("reading a refcount block"))?;
+        // Only the 8 bytes holding the entry are read: a hostile L2 table can ask for
+        // hundreds of thousands of these, and reading whole (2 MiB) blocks made check
+        // take minutes.
+        let order = scan.header.refcount_order;
         let idx = (c & ((1 << rb_bits) - 1)) as usize;
+        let per_word = 64usize >> order;
+        let mut word = [0u8; 8];
+        st.read_at(&mut word, off + (idx / per_word) as u64 * 8)
+            .map_err(wio("reading a refcount block"))?;
         Ok(Some(
-            get_entry(&block, scan.header.refcount_order, idx).min(u64::from(u32::MAX)) as u32,
+            get_entry(&word, order, idx % per_word).min(u64::from(u32::MAX)) as u32,
         ))
     }
 }
