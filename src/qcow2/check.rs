@@ -18,8 +18,9 @@
 //!
 //! Besides counting, the walk records which kind of structure claims each host cluster, to
 //! name metadata that overlaps other metadata or guest data (QEMU counts such a cluster
-//! only as a refcount mismatch; vdisk also says what collides), and to feed `dump`'s
-//! host-cluster map.
+//! only as a refcount mismatch; vdisk also warns what collides), to keep repairs out of
+//! clusters with two uses, and to feed `dump`'s host-cluster map. Like QEMU, repair keeps
+//! such overlapping references: their refcount counts every user.
 
 use super::entry::{self, L2Entry, COMPRESSED, COPIED, ZERO_FLAG};
 use super::header::{autoclear, ext, Header};

@@ -8,6 +8,11 @@
 //! counted 0, or a broken refcount table entry or block); last, fix COPIED flags of the
 //! active tables against the (now correct) stored refcounts.
 //!
+//! What repair never does, to keep guest data: drop a reference only because it lies in
+//! other metadata (QEMU keeps it, and so does vdisk); rewrite bytes of a cluster that has
+//! two uses (an L2 table that is also guest data); free clusters that look leaked while an
+//! L1 table cannot be read (a broken snapshot entry may still use them).
+//!
 //! Crash safety: dropping an entry or lowering a refcount can at worst leak; a rebuilt
 //! refcount structure is written to clusters that neither the metadata nor the old
 //! refcount structure uses, synced, and only then does one write of the header's
