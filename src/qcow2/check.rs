@@ -387,7 +387,7 @@ impl Scan {
         }
         self.inc(r, 0, self.cs);
         let l1_end = h.l1_table_offset.saturating_add(u64::from(h.l1_size) * 8);
-        if l1_end > self.file_len {
+        if h.l1_size > 0 && l1_end > self.file_len {
             self.unreadable_l1s.push("the active L1 table".into());
         }
         for (k, (l1_off, l1, active)) in l1s.iter().enumerate() {
