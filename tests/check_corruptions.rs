@@ -179,7 +179,7 @@ fn a_refcount_too_low_is_a_corruption_and_repair_rebuilds_the_refcounts() {
 }
 
 #[test]
-fn an_l2_entry_into_the_l1_table_is_found_and_dropped() {
+fn an_l2_entry_into_the_l1_table_is_found_and_kept_shared_as_qemu_keeps_it() {
     case(
         "L2 into L1",
         &[(0x40000 + 8, be64(0x8000_0000_0003_0000))],

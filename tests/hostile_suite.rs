@@ -342,23 +342,23 @@ fn cases() -> Vec<Case> {
             expect: Error("snapshot"),
         },
         Case {
-            name: "snapshot L1 table size 0x7fffffff",
+            name: "snapshot L1 table size 0x7fffffff (only that snapshot is unusable)",
             base: Qcow2Snapshots,
             poke: |i| {
                 let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
                 put_be32(i, s + 8, 0x7fff_ffff);
             },
-            expect: Error("snapshot"),
+            expect: SameAsQemu,
         },
         Case {
-            name: "snapshot L1 table offset unaligned",
+            name: "snapshot L1 table offset unaligned (only that snapshot is unusable)",
             base: Qcow2Snapshots,
             poke: |i| {
                 let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
                 let off = be64(i, s);
                 put_be64(i, s, off + 8);
             },
-            expect: Error("snapshot"),
+            expect: SameAsQemu,
         },
         Case {
             name: "snapshot table past the end of the file",

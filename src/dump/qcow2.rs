@@ -234,7 +234,8 @@ fn snapshots_section<S: Storage>(st: &S, scan: &Scan) -> Result<Value> {
     let mut out = Vec::new();
     let mut off = scan.header.snapshots_offset;
     for s in &scan.snapshots {
-        let l1 = if s.l1_table_offset % scan.cs == 0 {
+        let readable = s.validate_l1(scan.cs, scan.file_len).is_ok();
+        let l1 = if readable {
             read_u64s(
                 st,
                 s.l1_table_offset,

@@ -269,17 +269,6 @@ impl<S: Storage> Qcow2<S> {
         self.write_header()
     }
 
-    fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
-        let mut l1 = vec![0u64; s.l1_size as usize];
-        super::read_u64_table(
-            &self.storage,
-            s.l1_table_offset,
-            &mut l1,
-            "snapshot L1 table",
-        )?;
-        Ok(l1)
-    }
-
     /// Replace the zero entries of the L2 table at `t` (see the module documentation).
     fn expand_zero_clusters_in(&mut self, t: u64) -> Result<()> {
         let cb = self.geo.cluster_bits;

@@ -18,8 +18,9 @@
 //!
 //! Besides counting, the walk records which kind of structure claims each host cluster, to
 //! name metadata that overlaps other metadata or guest data (QEMU counts such a cluster
-//! only as a refcount mismatch; vdisk also says what collides), and to feed `dump`'s
-//! host-cluster map.
+//! only as a refcount mismatch; vdisk also warns what collides), to keep repairs out of
+//! clusters with two uses, and to feed `dump`'s host-cluster map. Like QEMU, repair keeps
+//! such overlapping references: their refcount counts every user.
 
 use super::entry::{self, L2Entry, COMPRESSED, COPIED, ZERO_FLAG};
 use super::header::{autoclear, ext, Header};
@@ -29,16 +30,20 @@ use super::snapshot::{self, Snapshot};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::check_report::{CheckReport, ClusterUse, Repair, MAX_MESSAGES, REFT_RESERVED_MASK};
 
-/// An L1 or L2 entry that `-r all` removes because what it points at cannot be used.
+/// What `-r all` does with the L2 table an L1 entry points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BadEntry {
-    /// Host offset of the entry itself.
-    pub at: u64,
-    /// The value to write instead.
-    pub replacement: u64,
+enum TableFate {
+    /// The table stays and its broken entries may be rewritten.
+    Repairable,
+    /// The table stays but the L1 entry itself is rewritten first (reserved bits): its
+    /// entries are left for the next check.
+    Kept,
+    /// The L1 entry is cleared (no offset, unaligned, past the end of the file).
+    Lost,
 }
 
 /// Everything the walk learned about the image.
@@ -57,8 +62,19 @@ pub(crate) struct Scan {
     pub refs: Vec<u32>,
     /// Which structure first claimed each host cluster.
     pub owner: Vec<u8>,
-    /// Entries `-r all` drops.
-    pub bad: Vec<BadEntry>,
+    /// L1 and L2 entries `-r all` rewrites because what they point at cannot be used:
+    /// host offset of the entry → the value to write instead. A map, so that a later
+    /// finding on the same entry replaces an earlier one in constant time (an L2 table full
+    /// of broken entries must not make the walk quadratic).
+    pub bad: BTreeMap<u64, u64>,
+    /// Host clusters claimed by two different kinds of structure (an L2 table that is also
+    /// guest data, ...). Entries inside them are not rewritten: the bytes mean something
+    /// else to the other user.
+    pub contested: BTreeSet<u64>,
+    /// L1 tables that cannot be read (a snapshot's unaligned or too large, or one past the
+    /// end of the file), by name: clusters only they use look leaked, so repairs must not
+    /// free leaks.
+    pub unreadable_l1s: Vec<String>,
     /// The refcount structure itself is broken.
     pub rebuild: bool,
     /// A refcount table entry points past the end of the file (`-r all` rebuilds).
@@ -80,7 +96,7 @@ pub(crate) fn read_u64s<S: Storage>(st: &S, offset: u64, n: usize, what: &str) -
     Ok(v)
 }
 
-/// Read and parse the header of the image in `st`.
+/// Read and parse the header of the image in `st`; also returns the file length.
 pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
     let file_len = st
         .len()
@@ -93,7 +109,10 @@ pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
         first.resize(want.max(512), 0);
         read(st, &mut first, 0, "the header")?;
     }
-    Ok((Header::parse(&first, file_len)?, file_len))
+    // Tables running past the end of the file are a corruption for the walk to count (it
+    // reads them as zeros, as QEMU does), not a reason to refuse the check: the header is
+    // validated as if the file were unbounded.
+    Ok((Header::parse(&first, u64::MAX)?, file_len))
 }
 
 /// Host ranges used by persistent bitmaps, when the bitmaps extension is valid.
@@ -199,7 +218,9 @@ impl Scan {
             reftable,
             refs: vec![0; nb_clusters],
             owner: vec![0; nb_clusters],
-            bad: Vec::new(),
+            bad: BTreeMap::new(),
+            contested: BTreeSet::new(),
+            unreadable_l1s: Vec::new(),
             rebuild: false,
             blocks_outside: false,
             max_refcount,
@@ -254,6 +275,7 @@ impl Scan {
                 self.owner[k as usize] = kind as u8;
             } else if cur != kind {
                 clash.get_or_insert(cur);
+                self.contested.insert(k);
             }
         }
         clash
@@ -276,7 +298,13 @@ impl Scan {
                 ClusterUse::SnapshotTable,
             ),
         ];
-        for s in &self.snapshots {
+        // A snapshot table entry whose L1 table is broken says nothing reliable about
+        // which clusters hold it.
+        for s in self
+            .snapshots
+            .iter()
+            .filter(|s| s.validate_l1(self.cs, self.file_len).is_ok())
+        {
             areas.push((
                 s.l1_table_offset,
                 u64::from(s.l1_size) * 8,
@@ -321,6 +349,9 @@ impl Scan {
             let l1 = if s.l1_table_offset % self.cs != 0 || u64::from(s.l1_size) > MAX_L1_BYTES / 8
             {
                 Vec::new()
+            } else if s.l1_table_offset >= self.file_len {
+                // Past the end of the file it reads as zeros (as QEMU reads it).
+                vec![0; s.l1_size as usize]
             } else {
                 read_u64s(
                     st,
@@ -337,24 +368,35 @@ impl Scan {
                 if l2 == 0 || l2 % self.cs != 0 {
                     continue;
                 }
-                let at = l1_off + i as u64 * 8;
                 if l2 >= self.file_len {
-                    self.bad.push(BadEntry { at, replacement: 0 });
+                    // Nothing to keep: the table reads as zeros (unallocated), as in QEMU.
+                    self.bad.insert(l1_off + i as u64 * 8, 0);
                     continue;
                 }
+                // An L2 table that other metadata also claims is kept, as QEMU keeps it: its
+                // refcount counts both users (so the L1 entry loses COPIED and writes copy
+                // the table), and a refcount block there makes the refcount structure be
+                // rebuilt elsewhere.
                 if let Some(other) = self.claim(l2, self.cs, ClusterUse::L2) {
                     r.msg(format!(
-                        "ERROR L1 entry {i} of the L1 table at {l1_off:#x} points its L2 table at {l2:#x}, which holds the {}",
+                        "Warning: L1 entry {i} of the L1 table at {l1_off:#x} points its L2 table at {l2:#x}, which holds the {}",
                         other.name()
                     ));
-                    self.bad.push(BadEntry { at, replacement: 0 });
                 }
             }
         }
         self.inc(r, 0, self.cs);
+        let l1_end = h.l1_table_offset.saturating_add(u64::from(h.l1_size) * 8);
+        if h.l1_size > 0 && l1_end > self.file_len {
+            self.unreadable_l1s.push("the active L1 table".into());
+        }
         for (k, (l1_off, l1, active)) in l1s.iter().enumerate() {
             if k > 0 {
                 let s = &self.snapshots[k - 1];
+                if s.validate_l1(self.cs, self.file_len).is_err() {
+                    self.unreadable_l1s
+                        .push(format!("snapshot {} ({})", s.id, s.name));
+                }
                 if s.l1_table_offset % self.cs != 0 {
                     r.msg(format!(
                         "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
@@ -380,6 +422,8 @@ impl Scan {
             self.inc(r, off, len);
         }
         self.walk_refblocks(r);
+        let (cb, contested) = (self.cb, &self.contested);
+        self.bad.retain(|at, _| !contested.contains(&(at >> cb)));
         Ok(())
     }
 
@@ -400,33 +444,42 @@ impl Scan {
             if raw == 0 {
                 continue;
             }
+            let at = l1_off + i as u64 * 8;
+            let l2 = entry::l1_l2_offset(raw);
             if raw & entry::L1_RESERVED_MASK != 0 {
                 r.msg(format!(
                     "ERROR found L1 entry with reserved bits set: {raw:x}"
                 ));
                 r.corruptions += 1;
-                self.bad.push(BadEntry {
-                    at: l1_off + i as u64 * 8,
-                    replacement: raw & !entry::L1_RESERVED_MASK,
-                });
+                let kept = raw & !entry::L1_RESERVED_MASK;
+                self.bad.insert(at, if l2 == 0 { 0 } else { kept });
             }
-            let l2 = entry::l1_l2_offset(raw);
             if l2 == 0 {
-                continue;
+                // Not zero, yet no L2 table (only COPIED or reserved bits): QEMU counts a
+                // reference to cluster 0 and walks the header as if it were an L2 table, so
+                // vdisk does too (same counts). Readers see an unallocated range; `-r all`
+                // clears the entry, which keeps exactly that.
+                r.msg(format!(
+                    "ERROR L1 entry {i} of the L1 table at {l1_off:#x} ({raw:x}) is not zero but has no L2 table offset"
+                ));
+                self.bad.insert(at, 0);
             }
             self.inc(r, l2, self.cs);
-            let at = l1_off + i as u64 * 8;
             if l2 % self.cs != 0 {
                 r.msg(format!(
                     "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
                 ));
                 r.corruptions += 1;
-                self.bad.push(BadEntry { at, replacement: 0 });
+                self.bad.insert(at, 0);
             }
-            // An L2 table the L1 entry is going to lose is not worth repairing.
-            let repairable =
-                l2 % self.cs == 0 && l2 < self.file_len && !self.bad.iter().any(|b| b.at == at);
-            self.walk_l2(st, r, l2, active, repairable, &mut next_contiguous)?;
+            let fate = if l2 == 0 || l2 % self.cs != 0 || l2 >= self.file_len {
+                TableFate::Lost
+            } else if self.bad.contains_key(&at) {
+                TableFate::Kept
+            } else {
+                TableFate::Repairable
+            };
+            self.walk_l2(st, r, l2, active, fate, &mut next_contiguous)?;
         }
         Ok(())
     }
@@ -437,9 +490,12 @@ impl Scan {
         r: &mut CheckReport,
         l2: u64,
         active: bool,
-        repairable: bool,
+        fate: TableFate,
         next_contiguous: &mut u64,
     ) -> Result<()> {
+        let repairable = fate == TableFate::Repairable;
+        // What a table that `-r all` drops points at says nothing about who owns a cluster.
+        let claims = fate != TableFate::Lost;
         let table = read_u64s(st, l2, (self.cs / 8) as usize, "an L2 table")?;
         // QEMU tracks contiguity per L2 table.
         *next_contiguous = 0;
@@ -452,10 +508,7 @@ impl Scan {
                 ));
                 r.corruptions += 1;
                 if repairable {
-                    self.bad.push(BadEntry {
-                        at,
-                        replacement: raw & !entry::L2_RESERVED_MASK,
-                    });
+                    self.bad.insert(at, raw & !entry::L2_RESERVED_MASK);
                 }
             }
             match e {
@@ -466,31 +519,28 @@ impl Scan {
                         ));
                         r.corruptions += 1;
                         if repairable {
-                            self.bad.push(BadEntry {
-                                at,
-                                replacement: raw & !COPIED,
-                            });
+                            self.bad.insert(at, raw & !COPIED);
                         }
                     }
                     let before = r.corruptions;
                     self.inc(r, host, len);
-                    let clash = if host < self.file_len {
+                    let clash = if claims && host < self.file_len {
                         self.claim(host, len, ClusterUse::Compressed)
                     } else {
                         None
                     };
+                    // Data that lies in other metadata is kept, as QEMU keeps it: the
+                    // refcount counts both users (see `walk`).
                     if let Some(other) = clash.filter(|o| o.is_metadata()) {
                         r.msg(format!(
-                            "ERROR compressed data at {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
+                            "Warning: compressed data at {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
                             other.name()
                         ));
                     }
-                    let broken = r.corruptions > before
-                        || host < self.cs
-                        || clash.is_some_and(|o| o.is_metadata());
+                    // Past the end of the file, or in the header: nothing can read it.
+                    let broken = r.corruptions > before || host < self.cs;
                     if broken && repairable {
-                        self.bad.retain(|b| b.at != at);
-                        self.bad.push(BadEntry { at, replacement: 0 });
+                        self.bad.insert(at, 0);
                     }
                     if active {
                         r.allocated_clusters += 1;
@@ -527,14 +577,13 @@ impl Scan {
                     let before = r.corruptions;
                     self.inc(r, host, self.cs);
                     broken |= r.corruptions > before;
-                    if host < self.file_len && host % self.cs == 0 {
+                    if claims && host < self.file_len && host % self.cs == 0 {
                         if let Some(other) = self.claim(host, self.cs, ClusterUse::Data) {
                             if other.is_metadata() {
                                 r.msg(format!(
-                                    "ERROR data cluster {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
+                                    "Warning: data cluster {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
                                     other.name()
                                 ));
-                                broken = true;
                             }
                         }
                     }
@@ -545,8 +594,7 @@ impl Scan {
                         } else {
                             0
                         };
-                        self.bad.retain(|b| b.at != at);
-                        self.bad.push(BadEntry { at, replacement });
+                        self.bad.insert(at, replacement);
                     }
                 }
                 L2Entry::Zero { host: None, .. } | L2Entry::Unallocated => {}

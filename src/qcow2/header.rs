@@ -253,6 +253,11 @@ impl Header {
             }
         }
         h.validate(file_len)?;
+        // QEMU keeps the virtual size in 512-byte sectors (`total_sectors = size / 512`):
+        // a size field that is not a multiple of 512 is rounded down, for reading and for
+        // every header it writes back. (Validation above uses the field as stored, as
+        // QEMU's does.)
+        h.size &= !(SECTOR_SIZE - 1);
         h.parse_extensions(buf)?;
         h.parse_backing_name(buf)?;
         Ok(h)
@@ -424,10 +429,9 @@ impl Header {
         while off + 8 <= end {
             let kind = BigEndian::read_u32(&buf[off..]);
             let len = BigEndian::read_u32(&buf[off + 4..]) as usize;
-            if kind == ext::END {
-                return self.check_unknown_incompat();
-            }
             let data_start = off + 8;
+            // The length is checked before the type, as QEMU does: even an end marker
+            // whose length runs past the area makes the header invalid.
             if len > end - data_start {
                 return Err(Error::corrupt(
                     S,
@@ -436,6 +440,9 @@ impl Header {
                         "extension {kind:#x} of {len} bytes runs past the end of the header area"
                     ),
                 ));
+            }
+            if kind == ext::END {
+                return self.check_unknown_incompat();
             }
             self.extensions.push(Extension {
                 kind,

@@ -28,6 +28,8 @@ pub const MAX_REFCOUNT_ORDER: u32 = 6;
 pub const MAX_VIRTUAL_SIZE: u64 = (1 << 63) - 512;
 /// Host offsets are 56 bits wide in L1/L2 entries and refcount tables.
 pub const MAX_HOST_OFFSET: u64 = (1 << 56) - 1;
+/// The unit QEMU counts a virtual size in: a size field is rounded down to it.
+pub const SECTOR_SIZE: u64 = 512;
 /// Length of a version 2 header.
 pub const V2_HEADER_LEN: u32 = 72;
 /// Smallest version 3 header (up to and including `header_length`).

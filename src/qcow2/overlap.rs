@@ -16,7 +16,9 @@ impl<S: Storage> Qcow2<S> {
     /// What the cluster at `offset` (about to be written as a `what`) would overwrite.
     fn metadata_overlap(&self, offset: u64, what: Table) -> Option<&'static str> {
         let cs = self.geo.cluster_size;
-        let hit = |start: u64, len: u64| len > 0 && offset < start + len && start < offset + cs;
+        let hit = |start: u64, len: u64| {
+            len > 0 && offset < start.saturating_add(len) && start < offset.saturating_add(cs)
+        };
         let h = &self.header;
         if offset < cs {
             return Some("the image header");

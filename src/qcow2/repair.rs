@@ -8,6 +8,11 @@
 //! counted 0, or a broken refcount table entry or block); last, fix COPIED flags of the
 //! active tables against the (now correct) stored refcounts.
 //!
+//! What repair never does, to keep guest data: drop a reference only because it lies in
+//! other metadata (QEMU keeps it, and so does vdisk); rewrite bytes of a cluster that has
+//! two uses (an L2 table that is also guest data); free clusters that look leaked while an
+//! L1 table cannot be read (a broken snapshot entry may still use them).
+//!
 //! Crash safety: dropping an entry or lowering a refcount can at worst leak; a rebuilt
 //! refcount structure is written to clusters that neither the metadata nor the old
 //! refcount structure uses, synced, and only then does one write of the header's
@@ -52,79 +57,118 @@ impl Stored {
         if off % scan.cs != 0 {
             return Ok(None);
         }
-        let mut block = vec![0u8; scan.cs as usize];
-        st.read_at(&mut block, off)
-            .map_err(wio("reading a refcount block"))?;
+        // Only the 8 bytes holding the entry are read: a hostile L2 table can ask for
+        // hundreds of thousands of these, and reading whole (2 MiB) blocks made check
+        // take minutes.
+        let order = scan.header.refcount_order;
         let idx = (c & ((1 << rb_bits) - 1)) as usize;
+        let per_word = 64usize >> order;
+        let mut word = [0u8; 8];
+        st.read_at(&mut word, off + (idx / per_word) as u64 * 8)
+            .map_err(wio("reading a refcount block"))?;
         Ok(Some(
-            get_entry(&block, scan.header.refcount_order, idx).min(u64::from(u32::MAX)) as u32,
+            get_entry(&word, order, idx % per_word).min(u64::from(u32::MAX)) as u32,
         ))
     }
 }
 
 /// One check pass; repairs what `repair` allows. Counts in the result are what is left
 /// after repairing; `*_fixed` count the repairs.
+///
+/// After a rebuild of the refcount structure the image is walked again from scratch, and
+/// with `-r all` entries the first walk had to leave alone (inside a table that was also a
+/// refcount block) are dropped then. A table that lay past the end of the file (a
+/// truncated image) is counted once the rebuild has grown the file over it, which takes
+/// one more rebuild; a third one means the rebuilt structure is wrong.
 pub(crate) fn check_pass<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
-    let mut r = CheckReport::default();
-    let mut scan = Scan::load(st)?;
-    scan.walk(st, &mut r)?;
-    if repair == Repair::All && !scan.bad.is_empty() {
-        let scan_bad = scan.bad.len();
-        for b in &scan.bad {
-            r.msg(format!(
-                "Repairing: entry at {:#x} replaced by {:#x}",
-                b.at, b.replacement
-            ));
-            let mut e = [0u8; 8];
-            BigEndian::write_u64(&mut e, b.replacement);
-            st.write_at(&e, b.at)
-                .map_err(wio("dropping a bad table entry"))?;
-        }
-        sync(st)?;
-        // Walk again: the dropped entries no longer count.
-        let mut again = CheckReport {
-            messages: std::mem::take(&mut r.messages),
+    let mut before: Option<CheckReport> = None;
+    for _ in 0..3 {
+        let mut r = CheckReport {
+            messages: before
+                .as_mut()
+                .map(|b| std::mem::take(&mut b.messages))
+                .unwrap_or_default(),
             ..Default::default()
         };
-        scan = Scan::load(st)?;
-        scan.walk(st, &mut again)?;
-        again.corruptions_fixed += r
-            .corruptions
-            .saturating_sub(again.corruptions)
-            .max(scan_bad as u64);
-        r = again;
-    }
-    let stored = compare(st, &mut scan, &mut r, repair)?;
-    if r.failed.is_some() {
+        let mut scan = Scan::load(st)?;
+        scan.walk(st, &mut r)?;
+        if repair == Repair::All && !scan.bad.is_empty() {
+            r = drop_bad_entries(st, &mut scan, r)?;
+        }
+        let stored = compare(st, &mut scan, &mut r, repair)?;
+        if let Some(b) = &before {
+            // Count what the rebuild and this round fixed together.
+            r.corruptions_fixed +=
+                b.corruptions_fixed + b.corruptions.saturating_sub(r.corruptions);
+            r.leaks_fixed += b.leaks_fixed + b.leaks.saturating_sub(r.leaks);
+        }
+        if r.failed.is_some() {
+            return Ok(r);
+        }
+        let Some(stored) = stored else {
+            before = Some(r);
+            continue;
+        };
+        let fix_copied = match repair {
+            Repair::All => true,
+            Repair::Leaks => r.check_errors == 0 && r.corruptions == 0 && r.leaks == 0,
+            Repair::None => false,
+        };
+        check_copied(st, &scan, &stored, &mut r, fix_copied)?;
         return Ok(r);
     }
-    let (scan, stored) = match stored {
-        Some(s) => (scan, s),
-        None => {
-            // The refcount structure was rebuilt: count again from scratch.
-            let old = r;
-            let mut again = CheckReport {
-                messages: old.messages,
-                ..Default::default()
-            };
-            let mut scan = Scan::load(st)?;
-            scan.walk(st, &mut again)?;
-            let stored = compare(st, &mut scan, &mut again, Repair::None)?
-                .ok_or_else(|| Error::invalid("the rebuilt refcount structure is still broken"))?;
-            again.corruptions_fixed =
-                old.corruptions_fixed + old.corruptions.saturating_sub(again.corruptions);
-            again.leaks_fixed = old.leaks_fixed + old.leaks.saturating_sub(again.leaks);
-            r = again;
-            (scan, stored)
+    Err(Error::invalid(
+        "the rebuilt refcount structure is still broken",
+    ))
+}
+
+/// Rewrite the entries `scan.bad` names, then walk again (the dropped entries no longer
+/// count). Returns the new walk's report, carrying `r`'s messages and fix counts.
+fn drop_bad_entries<S: Storage>(
+    st: &S,
+    scan: &mut Scan,
+    mut r: CheckReport,
+) -> Result<CheckReport> {
+    let dropped = scan.bad.len() as u64;
+    for (&at, &replacement) in &scan.bad {
+        r.msg(format!(
+            "Repairing: entry at {at:#x} replaced by {replacement:#x}"
+        ));
+    }
+    write_entries(st, &scan.bad)?;
+    sync(st)?;
+    let mut again = CheckReport {
+        messages: std::mem::take(&mut r.messages),
+        ..Default::default()
+    };
+    *scan = Scan::load(st)?;
+    scan.walk(st, &mut again)?;
+    again.corruptions_fixed =
+        r.corruptions_fixed + r.corruptions.saturating_sub(again.corruptions).max(dropped);
+    again.leaks_fixed = r.leaks_fixed;
+    Ok(again)
+}
+
+/// Write table entries (host offset → value), one write per run of adjacent entries.
+fn write_entries<S: Storage>(st: &S, entries: &BTreeMap<u64, u64>) -> Result<()> {
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_start = 0u64;
+    for (&at, &value) in entries {
+        if !run.is_empty() && run_start + run.len() as u64 != at {
+            st.write_at(&run, run_start)
+                .map_err(wio("rewriting bad table entries"))?;
+            run.clear();
         }
-    };
-    let fix_copied = match repair {
-        Repair::All => true,
-        Repair::Leaks => r.check_errors == 0 && r.corruptions == 0 && r.leaks == 0,
-        Repair::None => false,
-    };
-    check_copied(st, &scan, &stored, &mut r, fix_copied)?;
-    Ok(r)
+        if run.is_empty() {
+            run_start = at;
+        }
+        run.extend_from_slice(&value.to_be_bytes());
+    }
+    if !run.is_empty() {
+        st.write_at(&run, run_start)
+            .map_err(wio("rewriting bad table entries"))?;
+    }
+    Ok(())
 }
 
 /// Compare expected and stored refcounts; fix in place what `repair` allows, or rebuild.
@@ -166,10 +210,19 @@ fn compare<S: Storage>(
     if repair == Repair::All && scan.blocks_outside {
         scan.rebuild = true;
     }
+    // A snapshot whose L1 table cannot be read may still use what looks leaked: freeing
+    // it would lose that snapshot's data for good, so leaks stay (a rebuild keeps their
+    // stored counts too).
+    let free_leaks = repair.leaks_ok() && scan.unreadable_l1s.is_empty();
+    if repair != Repair::None && !free_leaks && mismatches.iter().any(|&(_, s, e)| s > e) {
+        r.msg(format!(
+            "Leaked clusters are kept: {} cannot be read and may still use them",
+            scan.unreadable_l1s.join(", ")
+        ));
+    }
     let in_place = repair != Repair::None && !scan.rebuild;
     for &(i, s, e) in &mismatches {
-        let fixable =
-            in_place && ((s > e && repair.leaks_ok()) || (s < e && repair == Repair::All));
+        let fixable = in_place && ((s > e && free_leaks) || (s < e && repair == Repair::All));
         let tag = if fixable {
             "Repairing"
         } else if s < e {
@@ -186,6 +239,13 @@ fn compare<S: Storage>(
         }
     }
     if scan.rebuild && repair == Repair::All {
+        if !free_leaks {
+            for &(i, s, e) in &mismatches {
+                if s > e {
+                    scan.refs[i] = s;
+                }
+            }
+        }
         r.msg("Rebuilding refcount structure".into());
         rebuild(st, scan)?;
         return Ok(None);
@@ -199,7 +259,7 @@ fn compare<S: Storage>(
     if in_place {
         let fixes: Vec<(usize, u32)> = mismatches
             .iter()
-            .filter(|&&(_, s, e)| (s > e && repair.leaks_ok()) || (s < e && repair == Repair::All))
+            .filter(|&&(_, s, e)| (s > e && free_leaks) || (s < e && repair == Repair::All))
             .map(|&(i, _, e)| (i, e))
             .collect();
         set_refcounts(st, scan, &fixes)?;
@@ -268,10 +328,40 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
             old.push(off >> cb);
         }
     }
+    // Tables the header points at stay where they are even where they lie past the end of
+    // the file (a truncated image): the new structure must not land on them.
+    let mut fixed = vec![
+        (h.l1_table_offset, u64::from(h.l1_size) * 8),
+        (h.snapshots_offset, scan.snapshots_size),
+    ];
+    for s in &scan.snapshots {
+        if s.validate_l1(cs, u64::MAX).is_ok() {
+            fixed.push((s.l1_table_offset, u64::from(s.l1_size) * 8));
+        }
+    }
+    let mut keep: Vec<u64> = Vec::new();
+    for (off, len) in fixed {
+        if len > 0 && off <= super::limits::MAX_HOST_OFFSET {
+            keep.extend((off >> cb)..=((off + len - 1) >> cb));
+        }
+    }
+    // The new structure needs far fewer clusters than there are: nothing beyond this can
+    // be chosen for it.
+    let reach = refs.len() * 2 + 64;
+    for &c in old.iter().chain(&keep) {
+        let c = c as usize;
+        if c >= reserved.len() {
+            if c > reach {
+                continue;
+            }
+            reserved.resize(c + 1, false);
+            refs.resize(c + 1, 0);
+        }
+        reserved[c] = true;
+    }
     for c in old {
         if let Some(v) = refs.get_mut(c as usize) {
             *v = v.saturating_sub(1);
-            reserved[c as usize] = true;
         }
     }
     let mut hint = 0usize;
@@ -291,6 +381,8 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
         }
         if refs.len() < start + n {
             refs.resize(start + n, 0);
+        }
+        if reserved.len() < start + n {
             reserved.resize(start + n, false);
         }
         for v in &mut refs[start..start + n] {
@@ -391,13 +483,17 @@ fn check_copied<S: Storage>(
         let Some(rc) = stored.get(st, scan, l2 >> cb)? else {
             continue;
         };
-        let writable = fix && l2 % cs == 0 && l2 < scan.file_len;
+        // Bytes of a cluster that is also something else (the L1 table is guest data, ...)
+        // are not rewritten: the other user would see the change.
+        let sound = fix && l2 % cs == 0 && l2 < scan.file_len;
+        let l1_writable = sound && !scan.contested.contains(&((l1_off + i as u64 * 8) >> cb));
+        let writable = sound && !scan.contested.contains(&(l2 >> cb));
         if (rc == 1) != (raw & COPIED != 0) {
-            let tag = if writable { "Repairing" } else { "ERROR" };
+            let tag = if l1_writable { "Repairing" } else { "ERROR" };
             r.msg(format!(
                 "{tag} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={raw:x} refcount={rc}"
             ));
-            if writable {
+            if l1_writable {
                 let new = if rc == 1 { raw | COPIED } else { raw & !COPIED };
                 let mut e = [0u8; 8];
                 BigEndian::write_u64(&mut e, new);

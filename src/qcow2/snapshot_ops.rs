@@ -60,6 +60,13 @@ impl<S: Storage> Qcow2<S> {
         self.snapshots.iter().position(|s| s.id == id)
     }
 
+    /// Read snapshot `s`'s L1 table, refusing one whose table entry or L2 offsets are
+    /// broken (the snapshot cannot be applied or deleted without corrupting the image).
+    pub(crate) fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
+        s.validate_l1(self.geo.cluster_size, self.file_len)?;
+        self.read_l1_at(s.l1_table_offset, s.l1_size)
+    }
+
     fn read_l1_at(&self, offset: u64, size: u32) -> Result<Vec<u64>> {
         let mut l1 = vec![0u64; size as usize];
         if size > 0 {
@@ -163,6 +170,7 @@ impl<S: Storage> Qcow2<S> {
             Error::invalid(format!("no snapshot has the ID or name '{id_or_name}'"))
         })?;
         let snap = self.snapshots[idx].clone();
+        snap.validate_l1(self.geo.cluster_size, self.file_len)?;
         let size = snap.disk_size().unwrap_or(self.header.size);
         let needed = super::header::l1_entries_for(size, self.geo.cluster_bits).unwrap_or(u64::MAX);
         if u64::from(snap.l1_size) < needed {
@@ -172,7 +180,7 @@ impl<S: Storage> Qcow2<S> {
                 "too small for the snapshot's disk size",
             ));
         }
-        let snap_l1 = self.read_l1_at(snap.l1_table_offset, snap.l1_size)?;
+        let snap_l1 = self.read_snapshot_l1(&snap)?;
         let mut txn = self.txn_begin()?;
         let old_active = self.l1.clone();
         self.txn_add_l1_refs(&mut txn, &snap_l1, 1)?;
@@ -228,7 +236,7 @@ impl<S: Storage> Qcow2<S> {
         let mut txn = self.txn_begin()?;
         for &i in doomed {
             let s = self.snapshots[i].clone();
-            let l1 = self.read_l1_at(s.l1_table_offset, s.l1_size)?;
+            let l1 = self.read_snapshot_l1(&s)?;
             self.txn_add_l1_refs(&mut txn, &l1, -1)?;
             self.txn_free_range(&mut txn, s.l1_table_offset, u64::from(s.l1_size) * 8)?;
         }
@@ -269,7 +277,7 @@ impl<S: Storage> Qcow2<S> {
         let mut freed = 0u64;
         for i in doomed {
             let s = self.snapshots[i].clone();
-            let l1 = self.read_l1_at(s.l1_table_offset, s.l1_size)?;
+            let l1 = self.read_snapshot_l1(&s)?;
             self.txn_add_l1_refs(&mut txn, &l1, -1)?;
             self.txn_free_range(&mut txn, s.l1_table_offset, u64::from(s.l1_size) * 8)?;
         }
