@@ -9,8 +9,8 @@
 //!   note says so on stderr;
 //! * a chain deeper than [`MAX_CHAIN_DEPTH`] or one that loops back on itself is an error.
 
+use crate::driver::Format;
 use crate::error::{Error, Result};
-use crate::image::Format;
 use crate::names::check_backing_name;
 use std::path::{Path, PathBuf};
 

@@ -131,6 +131,16 @@ pub trait BlockDevice: Send {
     fn requires_sequential_writes(&self) -> bool {
         false
     }
+    /// Attach the opened backing image this image names (the image layer opens it). Formats
+    /// without backing files say so.
+    fn attach_backing(&mut self, backing: Box<dyn BlockDevice>) -> Result<()> {
+        drop(backing);
+        Err(crate::Error::unsupported(format!(
+            "backing files for {} images",
+            self.format_name()
+        )))
+    }
+
     /// Change the virtual size. Formats that cannot resize say so.
     fn resize(&mut self, new_size: u64) -> Result<()> {
         let _ = new_size;
@@ -196,6 +206,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn requires_sequential_writes(&self) -> bool {
         (**self).requires_sequential_writes()
+    }
+    fn attach_backing(&mut self, backing: Box<dyn BlockDevice>) -> Result<()> {
+        (**self).attach_backing(backing)
     }
     fn resize(&mut self, new_size: u64) -> Result<()> {
         (**self).resize(new_size)

@@ -75,3 +75,20 @@ impl Error {
         Error::Unsupported(message.into())
     }
 }
+
+/// Name the file an image error came from.
+pub fn with_path(path: &std::path::Path, e: Error) -> Error {
+    match e {
+        Error::ReadOnly(message) => Error::ReadOnly(format!("'{}': {message}", path.display())),
+        Error::Corrupt {
+            structure,
+            offset,
+            message,
+        } => Error::Corrupt {
+            structure,
+            offset,
+            message: format!("{message} (in '{}')", path.display()),
+        },
+        other => other,
+    }
+}

@@ -1,73 +1,69 @@
-//! Opening images by path: format probing, choosing the driver, and creating new images.
+//! Opening images by path: the driver table, format probing, backing chains, and creating
+//! new images.
 //!
-//! Probing looks at the first bytes only: the qcow2 magic, a VMDK sparse header or text
-//! descriptor, otherwise raw. `-f` (an explicit [`Format`]) always wins over probing.
+//! [`DRIVERS`] is the one list of formats. Probing asks every driver how sure it is that
+//! the first bytes are its own and takes the surest; `-f` (an explicit [`Format`]) always
+//! wins over probing. A driver opens one image and names its backing file; this module
+//! resolves that name under the chain rules (see [`crate::chain`]) and attaches the opened
+//! backing image.
 
 use crate::chain::{self, Layer, Visited};
 use crate::device::BlockDevice;
+pub use crate::driver::Format;
+use crate::driver::{CreateParams, Driver, OpenParams};
+pub use crate::error::with_path;
 use crate::error::{Error, Result};
-use crate::qcow2::{self, Qcow2};
-use crate::raw::Raw;
-use crate::storage::{FileStorage, OpenOptions as FileOpenOptions, Storage};
+use crate::qcow2::driver::SharedQcow2;
+use crate::storage::{FileStorage, HostFiles, OpenOptions as FileOpenOptions, Storage};
 use std::path::{Path, PathBuf};
 
-/// The image formats vdisk knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Raw bytes.
-    Raw,
-    /// QEMU copy-on-write v2/v3.
-    Qcow2,
-    /// VMware virtual disk.
-    Vmdk,
-}
+/// Every format vdisk knows, in the order `-f help` lists them. Adding a format is one
+/// line here and its own module.
+pub static DRIVERS: &[&Driver] = &[
+    &crate::raw::DRIVER,
+    &crate::qcow2::DRIVER,
+    &crate::vmdk::DRIVER,
+];
 
 impl Format {
-    /// The name qemu-img uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-            Format::Vmdk => "vmdk",
-        }
-    }
-
-    /// Whether the format can store compressed data at all (QEMU's driver-level check for
-    /// `convert -c`, made before the target is created): raw cannot.
-    pub fn supports_compression(self) -> bool {
-        !matches!(self, Format::Raw)
-    }
+    /// Raw bytes.
+    pub const RAW: Format = Format::of(&crate::raw::DRIVER);
+    /// QEMU copy-on-write v2/v3.
+    pub const QCOW2: Format = Format::of(&crate::qcow2::DRIVER);
+    /// VMware virtual disk.
+    pub const VMDK: Format = Format::of(&crate::vmdk::DRIVER);
 }
 
 impl std::str::FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "raw" => Ok(Format::Raw),
-            "qcow2" => Ok(Format::Qcow2),
-            "vmdk" => Ok(Format::Vmdk),
-            _ => Err(Error::invalid(format!(
-                "unknown or unsupported format '{s}' (vdisk knows raw, qcow2 and vmdk)"
+        match DRIVERS.iter().find(|d| d.name == s) {
+            Some(d) => Ok(Format::of(d)),
+            None => Err(Error::invalid(format!(
+                "unknown or unsupported format '{s}' (vdisk knows {})",
+                DRIVERS
+                    .iter()
+                    .map(|d| d.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
 }
 
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Guess the format of an image from its first bytes.
+/// Guess the format of an image from its first bytes: the driver surest of it (the first
+/// listed among equals).
 pub fn probe_bytes(first: &[u8]) -> Format {
-    if first.len() >= 4 && first[..4] == qcow2::header::QCOW2_MAGIC.to_be_bytes() {
-        Format::Qcow2
-    } else if crate::vmdk::probe(first) {
-        Format::Vmdk
-    } else {
-        Format::Raw
+    let mut best = Format::RAW;
+    let mut best_score = 0;
+    for d in DRIVERS {
+        let score = (d.probe)(first);
+        if score > best_score {
+            best = Format::of(d);
+            best_score = score;
+        }
     }
+    best
 }
 
 /// Guess the format of the image in `storage`.
@@ -77,6 +73,19 @@ pub fn probe<S: Storage + ?Sized>(storage: &S) -> Result<Format> {
         .read_at(&mut first, 0)
         .map_err(|e| Error::io("probing the image format", e))?;
     Ok(probe_bytes(&first))
+}
+
+/// Guess the format of the file at `path`, opening it read-only for the look.
+pub fn probe_path(path: &Path, force_share: bool) -> Result<Format> {
+    let f = open_file(
+        path,
+        &ImageOptions {
+            read_only: true,
+            force_share,
+            ..Default::default()
+        },
+    )?;
+    probe(&f)
 }
 
 /// How to open an image by path.
@@ -125,7 +134,7 @@ pub fn open(path: &Path, opts: &ImageOptions) -> Result<Image> {
     let format = layers
         .first()
         .map(|l: &Layer| l.format)
-        .unwrap_or(Format::Raw);
+        .unwrap_or(Format::RAW);
     Ok(Image {
         device,
         format,
@@ -156,88 +165,97 @@ fn open_layer(
             probe(&f)?
         }
     };
+    let params = OpenParams {
+        read_only: opts.read_only,
+        unsafe_cache: opts.unsafe_cache,
+        force_share: opts.force_share,
+        probed_backing,
+    };
+    let opened = (format.driver().open)(&HostFiles, path, &params)?;
+    let mut device = opened.device;
+    if probed && !opts.read_only && format == Format::RAW {
+        device = Box::new(crate::probed_raw::ProbedRaw::new(device, probe_bytes));
+    }
     let layer = Layer {
         path: path.to_path_buf(),
         format,
-        backing_name: None,
-        backing_format: None,
+        backing_name: opened.backing.as_ref().map(|b| b.name.clone()),
+        backing_format: opened.backing.as_ref().and_then(|b| b.format.clone()),
     };
-    let device: Box<dyn BlockDevice> = match format {
-        Format::Raw => {
-            let raw: Box<dyn BlockDevice> =
-                Box::new(Raw::open(open_file(path, opts)?, opts.read_only)?);
-            if probed && !opts.read_only {
-                Box::new(crate::probed_raw::ProbedRaw::new(raw))
-            } else {
-                raw
-            }
+    layers.push(layer.clone());
+    if !opts.no_backing {
+        if let Some(backing) = open_backing(path, &layer, opts, visited, layers)? {
+            device.attach_backing(backing)?;
         }
-        Format::Qcow2 => {
-            return Ok(Box::new(open_qcow2_layer(
-                path,
-                opts,
-                visited,
-                layers,
-                probed_backing,
-            )?))
-        }
-        Format::Vmdk => {
-            if probed_backing {
-                refuse_probed_vmdk_descriptor(path)?;
-            }
-            crate::vmdk::open_device(path, opts.read_only, opts.force_share)?
-        }
-    };
-    layers.push(layer);
+    }
     Ok(device)
 }
 
 /// Open the qcow2 image at `path` as the driver itself, for the operations that need more
-/// than a [`BlockDevice`] (resize with preallocation, amend), with its backing chain
-/// attached read-only unless `opts.no_backing`. Returns the image and its chain, top first.
-pub fn open_qcow2(path: &Path, opts: &ImageOptions) -> Result<(Qcow2<FileStorage>, Vec<Layer>)> {
+/// than a [`BlockDevice`] (resize with preallocation, amend, snapshots), with its backing
+/// chain attached read-only unless `opts.no_backing`. Returns the image and its chain, top
+/// first.
+pub fn open_qcow2(path: &Path, opts: &ImageOptions) -> Result<(SharedQcow2, Vec<Layer>)> {
     let mut visited = Visited::default();
     visited.enter(path)?;
-    let mut layers = Vec::new();
-    let q = open_qcow2_layer(path, opts, &mut visited, &mut layers, false)?;
+    let params = OpenParams {
+        read_only: opts.read_only,
+        unsafe_cache: opts.unsafe_cache,
+        force_share: opts.force_share,
+        probed_backing: false,
+    };
+    let (mut q, backing) = crate::qcow2::driver::open_image(&HostFiles, path, &params)?;
+    let layer = Layer {
+        path: path.to_path_buf(),
+        format: Format::QCOW2,
+        backing_name: backing.as_ref().map(|b| b.name.clone()),
+        backing_format: backing.and_then(|b| b.format),
+    };
+    let mut layers = vec![layer.clone()];
+    if !opts.no_backing {
+        if let Some(b) = open_backing(path, &layer, opts, &mut visited, &mut layers)? {
+            q.set_backing(Some(b));
+        }
+    }
     Ok((q, layers))
 }
 
-/// Open one qcow2 layer of a chain and, unless `opts.no_backing`, the layers below it.
-fn open_qcow2_layer(
+/// Open the image at `path` as qcow2 itself, without its backing chain, for an operation
+/// only qcow2 has; another format is refused with `why` (what the operation needs).
+pub fn open_qcow2_alone(
     path: &Path,
-    opts: &ImageOptions,
-    visited: &mut Visited,
-    layers: &mut Vec<Layer>,
-    probed_backing: bool,
-) -> Result<Qcow2<FileStorage>> {
-    let s = open_file(path, opts)?;
-    let ro = qcow2::OpenOptions {
-        read_only: opts.read_only,
-        ..Default::default()
-    };
-    let mut q = Qcow2::open(s, ro).map_err(|e| with_path(path, e))?;
-    let layer = Layer {
-        path: path.to_path_buf(),
-        format: Format::Qcow2,
-        backing_name: q.header().backing_file.clone(),
-        backing_format: q.header().backing_format(),
-    };
-    let Some(name) = layer.backing_name.clone() else {
-        layers.push(layer);
-        return Ok(q);
-    };
-    if probed_backing {
+    read_only: bool,
+    force_share: bool,
+    why: &str,
+) -> Result<SharedQcow2> {
+    if probe_path(path, force_share)? != Format::QCOW2 {
         return Err(Error::unsupported(format!(
-            "'{}' was probed as a backing image (no backing format recorded) and has a backing file itself; record the format with 'vdisk rebase -u -F'",
+            "'{}' is not a qcow2 image; {why}",
             path.display()
         )));
     }
-    layers.push(layer.clone());
-    if opts.no_backing {
-        return Ok(q);
-    }
-    let bpath = chain::resolve(path, &name)?;
+    let opts = ImageOptions {
+        read_only,
+        force_share,
+        no_backing: true,
+        ..Default::default()
+    };
+    Ok(open_qcow2(path, &opts)?.0)
+}
+
+/// Open, read-only, the backing file `layer` (the image at `path`) names, with the rest of
+/// the chain below it; `None` when it names none.
+fn open_backing(
+    path: &Path,
+    layer: &Layer,
+    opts: &ImageOptions,
+    visited: &mut Visited,
+    layers: &mut Vec<Layer>,
+) -> Result<Option<Box<dyn BlockDevice>>> {
+    let Some(name) = &layer.backing_name else {
+        return Ok(None);
+    };
+    let bpath = chain::resolve(path, name)?;
     let bfmt = match &layer.backing_format {
         Some(f) => Some(chain::parse_backing_format(f, path)?),
         None => None,
@@ -265,52 +283,7 @@ fn open_qcow2_layer(
             layers.last().map(|l| l.format.name()).unwrap_or("raw")
         );
     }
-    q.set_backing(Some(backing));
-    Ok(q)
-}
-
-/// A backing file with no recorded format that probes as VMDK is opened only when it is a
-/// self-contained sparse extent: a descriptor would make vdisk open the files it names,
-/// chosen by whoever wrote the backing file's first sector.
-fn refuse_probed_vmdk_descriptor(path: &Path) -> Result<()> {
-    let f = open_file(
-        path,
-        &ImageOptions {
-            read_only: true,
-            force_share: true,
-            ..Default::default()
-        },
-    )?;
-    let mut first = [0u8; 512];
-    f.read_at(&mut first, 0)
-        .map_err(|e| Error::io("probing the image format", e))?;
-    let sparse = &first[..4] == b"KDMV" || &first[..4] == b"COWD";
-    // A sparse file of capacity 0 only carries a descriptor naming other extents.
-    let capacity = u64::from_le_bytes(first[12..20].try_into().unwrap_or_default());
-    if sparse && (capacity != 0 || &first[..4] == b"COWD") {
-        return Ok(());
-    }
-    Err(Error::unsupported(format!(
-        "backing file '{}' was probed as a VMDK descriptor naming extent files; record its format with 'vdisk rebase -u -F vmdk' to open it",
-        path.display()
-    )))
-}
-
-/// Name the file an image error came from.
-pub fn with_path(path: &Path, e: Error) -> Error {
-    match e {
-        Error::ReadOnly(message) => Error::ReadOnly(format!("'{}': {message}", path.display())),
-        Error::Corrupt {
-            structure,
-            offset,
-            message,
-        } => Error::Corrupt {
-            structure,
-            offset,
-            message: format!("{message} (in '{}')", path.display()),
-        },
-        other => other,
-    }
+    Ok(Some(backing))
 }
 
 /// Create a new image of `format` at `path` with qemu-img style `options` (key, value).
@@ -356,12 +329,7 @@ impl NewFiles {
         size: u64,
         options: &[(String, String)],
     ) -> NewFiles {
-        let all = match format {
-            // Options that do not parse make creation fail before any file is made.
-            Format::Vmdk => crate::vmdk::new_image_files(path, size, options)
-                .unwrap_or_else(|_| vec![path.to_path_buf()]),
-            Format::Raw | Format::Qcow2 => vec![path.to_path_buf()],
-        };
+        let all = (format.driver().create_files)(path, size, options);
         let absent = |p: &PathBuf| match std::fs::symlink_metadata(p) {
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             Ok(_) => false,
@@ -393,38 +361,12 @@ fn create_files(
     options: &[(String, String)],
     unsafe_cache: bool,
 ) -> Result<Box<dyn BlockDevice>> {
-    let new_file = |path: &Path| -> Result<FileStorage> {
-        let mut s = FileStorage::create(path)
-            .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
-        s.set_unsafe_cache(unsafe_cache);
-        Ok(s)
+    let params = CreateParams {
+        size,
+        options,
+        unsafe_cache,
     };
-    match format {
-        Format::Raw => {
-            let mut prealloc = crate::Preallocation::Off;
-            for (k, v) in options {
-                match k.as_str() {
-                    "preallocation" => prealloc = v.parse()?,
-                    "size" => {}
-                    _ => return Err(Error::invalid(format!("invalid parameter '{k}' for raw"))),
-                }
-            }
-            let size = size.ok_or_else(|| Error::invalid("image size must be specified"))?;
-            Ok(Box::new(Raw::create(new_file(path)?, size, prealloc)?))
-        }
-        Format::Qcow2 => {
-            let mut o = qcow2::CreateOptions::default();
-            for (k, v) in options {
-                o.set(k, v)?;
-            }
-            if let Some(s) = size {
-                o.size = s;
-            }
-            o.validate()?;
-            Ok(Box::new(qcow2::create(new_file(path)?, &o)?))
-        }
-        Format::Vmdk => crate::vmdk::create_device(path, size.unwrap_or(0), options),
-    }
+    (format.driver().create)(&HostFiles, path, &params)
 }
 
 /// The virtual size a new image at `path` gets from the size argument `size_arg` and the
@@ -451,41 +393,7 @@ pub fn create_size(
 /// Check that every `-o` option is one `format` knows with a well-formed value, without
 /// creating anything (qemu-img reports these before it prints "Formatting ...").
 pub fn check_create_options(format: Format, options: &[(String, String)]) -> Result<()> {
-    match format {
-        Format::Raw => {
-            for (k, v) in options {
-                let _ = v;
-                match k.as_str() {
-                    "preallocation" | "size" => {}
-                    _ => return Err(Error::invalid(format!("invalid parameter '{k}' for raw"))),
-                }
-            }
-        }
-        Format::Qcow2 => {
-            let mut o = qcow2::CreateOptions::default();
-            // String-typed options are only checked when the image is created.
-            const STRINGS: [&str; 5] = [
-                "compat",
-                "preallocation",
-                "compression_type",
-                "backing_file",
-                "backing_fmt",
-            ];
-            for (k, v) in options
-                .iter()
-                .filter(|(k, _)| !STRINGS.contains(&k.as_str()))
-            {
-                o.set(k, v)?;
-            }
-        }
-        Format::Vmdk => {
-            let mut o = crate::vmdk::VmdkCreateOptions::default();
-            for (k, v) in options.iter().filter(|(k, _)| k != "size") {
-                o.parse_option(k, v)?;
-            }
-        }
-    }
-    Ok(())
+    (format.driver().check_create_options)(options)
 }
 
 /// Split a qemu-img `-o` string (`a=1,b=2`; `,,` escapes a comma) into pairs.

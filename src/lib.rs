@@ -2,14 +2,31 @@
 //!
 //! # Layers
 //!
-//! The crate is built in layers; a module only uses the layers below it.
+//! The crate is built in layers; a module only names modules of its own layer or below,
+//! and `tests/layers.rs` fails the build of the test suite when one does not (or when two
+//! modules name each other).
 //!
-//! 1. [`storage`]: positioned I/O on a file, a memory buffer, or a fault-injecting buffer.
-//! 2. Format drivers behind one trait, [`BlockDevice`]: [`raw`], [`qcow2`], [`vmdk`].
-//! 3. [`image`]: format probing and opening an image by path (with its backing chain).
-//! 4. [`ops`]: operations written once against [`BlockDevice`] (convert, ...).
+//! 0. [`storage`]: positioned I/O on a host file, a memory buffer or a fault-injecting
+//!    buffer, and [`storage::Namespace`]: opening and creating the files of an image by
+//!    name ([`storage::HostFiles`], or [`storage::MemFiles`] in tests).
+//! 1. Shared vocabulary: [`error`], [`device`] (the [`BlockDevice`] trait), [`size`],
+//!    [`codec`], [`names`] (rules for recorded file names), [`check_report`], and
+//!    [`driver`]: the row type of the driver table ([`driver::Driver`]) and [`Format`],
+//!    a handle on one row.
+//! 2. Format drivers, each a module exposing one `DRIVER` row: [`raw`], [`qcow2`],
+//!    [`vmdk`]. A driver never names another driver.
+//! 3. [`image`]: the driver table (`image::DRIVERS`), probing, opening an image by path
+//!    with its backing chain ([`chain`]), creating images; [`probed_raw`] guards raw
+//!    images whose format was probed.
+//! 4. [`ops`] (convert, commit, rebase, compare, map, measure, info, resize) and [`dump`]:
+//!    written once against [`BlockDevice`] and the driver table.
 //!
-//! The `vdisk` command-line tool in `tools/` is a thin layer over this library.
+//! The `vdisk` command-line tool in `tools/` parses flags and calls one library function
+//! per command; it opens no storage itself.
+//!
+//! Adding a format: a new module under `src/` with its `DRIVER` value (probe, open, create,
+//! its `-o` options, info, and where it has them measure, check and dump), plus one line in
+//! `image::DRIVERS`.
 //!
 //! # Naming
 //!
@@ -17,8 +34,10 @@
 //! `grain_table`) so that `format-spec/` and the code read alike.
 
 pub mod chain;
+pub mod check_report;
 pub mod codec;
 pub mod device;
+pub mod driver;
 pub mod dump;
 pub mod error;
 pub mod image;
@@ -32,6 +51,7 @@ pub mod storage;
 pub mod vmdk;
 
 pub use device::{BlockDevice, Extent, ExtentKind};
+pub use driver::Format;
 pub use error::{Error, Result};
 
 /// How much of an image to allocate up front, as qemu-img's `preallocation` option.

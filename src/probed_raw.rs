@@ -8,8 +8,8 @@
 //! raw. Zero writes and discards can only make it read as zeros, which probes as raw.
 
 use crate::device::{BlockDevice, Extent};
+use crate::driver::Format;
 use crate::error::{Error, Result};
-use crate::image::{probe_bytes, Format};
 
 /// Bytes probing looks at.
 pub const PROBE_BYTES: u64 = 512;
@@ -17,12 +17,13 @@ pub const PROBE_BYTES: u64 = 512;
 /// A raw device opened by probing. See the module documentation.
 pub struct ProbedRaw {
     inner: Box<dyn BlockDevice>,
+    probe: fn(&[u8]) -> Format,
 }
 
 impl ProbedRaw {
-    /// Guard `inner`, a raw device whose format was probed.
-    pub fn new(inner: Box<dyn BlockDevice>) -> Self {
-        ProbedRaw { inner }
+    /// Guard `inner`, a raw device whose format was probed with `probe`.
+    pub fn new(inner: Box<dyn BlockDevice>, probe: fn(&[u8]) -> Format) -> Self {
+        ProbedRaw { inner, probe }
     }
 }
 
@@ -46,8 +47,8 @@ impl BlockDevice for ProbedRaw {
             if start < end {
                 first[start..end].copy_from_slice(&buf[..end - start]);
             }
-            let now = probe_bytes(&first);
-            if now != Format::Raw {
+            let now = (self.probe)(&first);
+            if now.name() != "raw" {
                 return Err(Error::ReadOnly(format!(
                     "refusing to write to block 0 of an image probed as raw: the write would make it look like {now}; name the format (-f raw) to allow it"
                 )));

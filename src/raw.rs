@@ -1,8 +1,111 @@
 //! The raw format: the guest disk is the file, byte for byte.
 
 use crate::device::{check_range, BlockDevice, Extent, ExtentKind};
+use crate::driver::{self, CreateParams, Driver, OpenParams, Opened};
 use crate::error::{Error, Result};
-use crate::storage::Storage;
+use crate::storage::{Namespace, OpenOptions, Storage};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The raw row of the driver table.
+pub static DRIVER: Driver = Driver {
+    name: "raw",
+    // Anything is a raw image; every other format is more specific.
+    probe: |_| 1,
+    open: open_driver,
+    create: create_driver,
+    // Values are checked when the image is created.
+    check_create_options: |options| match options
+        .iter()
+        .find(|(k, _)| k != "preallocation" && k != "size")
+    {
+        Some((k, _)) => Err(driver::invalid_option("raw", k)),
+        None => Ok(()),
+    },
+    create_files: driver::one_file,
+    supports_compression: false,
+    info: |ns, path, force_share| {
+        let storage = driver::open_read_only(ns, path, force_share)?;
+        let len = storage
+            .len()
+            .map_err(|e| Error::io("raw image: reading the file length", e))?;
+        Ok(driver::FormatInfo {
+            virtual_size: len.next_multiple_of(512),
+            ..Default::default()
+        })
+    },
+    measure: Some(measure),
+    check: None,
+    dump: None,
+};
+
+/// A raw image needs its virtual size, in whole sectors.
+fn measure(
+    source: driver::Source<'_>,
+    options: &[(String, String)],
+) -> Result<driver::Measurement> {
+    use driver::{Measurement, Source};
+
+    for (k, _) in options {
+        if k != "preallocation" && k != "size" {
+            return Err(driver::invalid_option("raw", k));
+        }
+    }
+    let required = match source {
+        Source::Image { device, .. } => device.virtual_size(),
+        Source::Size(s) => s.next_multiple_of(512),
+    };
+    Ok(Measurement {
+        required,
+        fully_allocated: required,
+        bitmaps: None,
+    })
+}
+
+fn open_driver(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
+    let storage = ns
+        .open(
+            path,
+            OpenOptions {
+                write: !p.read_only,
+                unsafe_cache: p.unsafe_cache,
+                force_share: p.force_share,
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    Ok(Opened {
+        device: Box::new(Raw::open(storage, p.read_only)?),
+        backing: None,
+    })
+}
+
+/// The preallocation mode raw `-o` options ask for (raw knows no other option).
+fn create_preallocation(options: &[(String, String)]) -> Result<crate::Preallocation> {
+    let mut prealloc = crate::Preallocation::Off;
+    for (k, v) in options {
+        match k.as_str() {
+            "preallocation" => prealloc = v.parse()?,
+            "size" => {}
+            _ => return Err(driver::invalid_option("raw", k)),
+        }
+    }
+    Ok(prealloc)
+}
+
+fn create_driver(
+    ns: &dyn Namespace,
+    path: &Path,
+    p: &CreateParams<'_>,
+) -> Result<Box<dyn BlockDevice>> {
+    let prealloc = create_preallocation(p.options)?;
+    let size = p
+        .size
+        .ok_or_else(|| Error::invalid("image size must be specified"))?;
+    let storage: Arc<dyn Storage> = ns
+        .create(path, p.unsafe_cache)
+        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    Ok(Box::new(Raw::create(storage, size, prealloc)?))
+}
 
 /// A raw image over any storage.
 pub struct Raw<S: Storage> {

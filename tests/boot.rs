@@ -211,7 +211,7 @@ fn boots_from_raw() {
     let dir = tempdir();
     let p = path_in(&dir, "disk.raw");
     create(&p, "raw", "");
-    write_markers(&p, Format::Raw, true, &PROBES, 'A');
+    write_markers(&p, Format::RAW, true, &PROBES, 'A');
     assert_boots(&p, "raw", &['A'; 5]);
 }
 
@@ -225,7 +225,7 @@ fn boots_from_qcow2_v2_and_v3_with_4k_64k_and_2m_clusters() {
     common::run_cases("qcow2 boot", &cases, |(compat, cs)| {
         let p = path_in(&dir, &format!("disk-{compat}-{cs}.qcow2"));
         create(&p, "qcow2", &format!("compat={compat},cluster_size={cs}"));
-        write_markers(&p, Format::Qcow2, true, &PROBES, 'A');
+        write_markers(&p, Format::QCOW2, true, &PROBES, 'A');
         common::assert_qemu_check_clean(&p);
         assert_boots(&p, "qcow2", &['A'; 5]);
     });
@@ -237,7 +237,7 @@ fn boots_from_a_qcow2_overlay_on_a_raw_base() {
     let base = path_in(&dir, "base.raw");
     let top = path_in(&dir, "top.qcow2");
     create(&base, "raw", "");
-    write_markers(&base, Format::Raw, true, &PROBES, 'A');
+    write_markers(&base, Format::RAW, true, &PROBES, 'A');
     vdisk_ok(&[
         "create",
         "-q",
@@ -250,7 +250,7 @@ fn boots_from_a_qcow2_overlay_on_a_raw_base() {
         top.to_str().unwrap(),
     ]);
     // The overlay changes probes 1 and 3; the others read through to the base.
-    write_markers(&top, Format::Qcow2, false, &[PROBES[1], PROBES[3]], 'B');
+    write_markers(&top, Format::QCOW2, false, &[PROBES[1], PROBES[3]], 'B');
     assert_boots(&top, "qcow2", &['A', 'B', 'A', 'B', 'A']);
 }
 
@@ -259,10 +259,10 @@ fn boots_from_qcow2_after_a_snapshot_rollback() {
     let dir = tempdir();
     let p = path_in(&dir, "snap.qcow2");
     create(&p, "qcow2", "cluster_size=65536");
-    write_markers(&p, Format::Qcow2, true, &PROBES, 'A');
+    write_markers(&p, Format::QCOW2, true, &PROBES, 'A');
     let ps = p.to_str().unwrap();
     vdisk_ok(&["snapshot", "-c", "before", ps]);
-    write_markers(&p, Format::Qcow2, false, &PROBES, 'B');
+    write_markers(&p, Format::QCOW2, false, &PROBES, 'B');
     assert_boots(&p, "qcow2", &['B'; 5]);
     vdisk_ok(&["snapshot", "-a", "before", ps]);
     common::assert_qemu_check_clean(&p);
@@ -275,7 +275,7 @@ fn boots_from_the_base_after_commit() {
     let base = path_in(&dir, "base.qcow2");
     let top = path_in(&dir, "top.qcow2");
     create(&base, "qcow2", "cluster_size=65536");
-    write_markers(&base, Format::Qcow2, true, &PROBES, 'A');
+    write_markers(&base, Format::QCOW2, true, &PROBES, 'A');
     vdisk_ok(&[
         "create",
         "-q",
@@ -289,7 +289,7 @@ fn boots_from_the_base_after_commit() {
     ]);
     write_markers(
         &top,
-        Format::Qcow2,
+        Format::QCOW2,
         false,
         &[PROBES[0], PROBES[2], PROBES[4]],
         'C',
@@ -302,7 +302,7 @@ fn boots_from_the_base_after_commit() {
 fn raw_source(dir: &common::TempDir) -> std::path::PathBuf {
     let p = path_in(dir, "source.raw");
     create(&p, "raw", "");
-    write_markers(&p, Format::Raw, true, &PROBES, 'A');
+    write_markers(&p, Format::RAW, true, &PROBES, 'A');
     p
 }
 
@@ -349,7 +349,7 @@ fn a_read_past_the_end_of_the_disk_is_reported_by_the_boot_program() {
     let dir = tempdir();
     let p = path_in(&dir, "short.raw");
     create(&p, "raw", "");
-    let mut img = open_rw(&p, Format::Raw);
+    let mut img = open_rw(&p, Format::RAW);
     img.device
         .write_at(&boot_sector(&[1, DISK_SIZE / SECTOR + 10]), 0)
         .unwrap();
@@ -384,7 +384,7 @@ fn boots_from_qcow2_after_amend_and_resize() {
         &small,
     ]);
     vdisk_ok(&["resize", "-q", ps, "+1G"]);
-    write_markers(&p, Format::Qcow2, true, &PROBES, 'A');
+    write_markers(&p, Format::QCOW2, true, &PROBES, 'A');
     vdisk_ok(&["amend", "-o", "refcount_bits=2", ps]);
     vdisk_ok(&["amend", "-o", "refcount_bits=16,compat=0.10", ps]);
     common::assert_qemu_check_clean(&p);

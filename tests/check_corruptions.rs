@@ -7,7 +7,8 @@ mod common;
 
 use common::crash::qemu_check_path;
 use std::path::Path;
-use vdisk::qcow2::check::{check, CheckReport, Repair};
+use vdisk::qcow2::check::{CheckReport, Repair};
+use vdisk::qcow2::check_image as check;
 use vdisk::qcow2::{OpenOptions, Qcow2};
 use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
 use vdisk::BlockDevice;

@@ -21,7 +21,7 @@ use common::rng;
 use std::sync::Arc;
 use vdisk::ops::chain_ops;
 use vdisk::ops::convert::{convert, ConvertOptions};
-use vdisk::qcow2::check::{self, Repair};
+use vdisk::qcow2::check::Repair;
 use vdisk::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
 use vdisk::raw::Raw;
 use vdisk::storage::MemStorage;
@@ -67,7 +67,7 @@ fn assert_not_corrupt_with(what: &str, cut: u64, bytes: &[u8], files: &[(&str, &
         "{what}: cut {cut}: qemu-img check found corruption: {}",
         q.output
     );
-    let ours = check::check(&MemStorage::from_vec(bytes.to_vec()), Repair::None)
+    let ours = vdisk::qcow2::check_image(&MemStorage::from_vec(bytes.to_vec()), Repair::None)
         .unwrap_or_else(|e| panic!("{what}: cut {cut}: vdisk check failed: {e}"));
     assert_eq!(
         ours.corruptions, 0,
@@ -543,7 +543,7 @@ fn a_power_cut_during_check_repair_never_makes_an_image_worse() {
         cuts += every_cut_one(
             &what,
             &leaky,
-            |fs| check::check(&*fs, repair).map(|_| fs.ops()),
+            |fs| vdisk::qcow2::check_image(&*fs, repair).map(|_| fs.ops()),
             |cut, bytes, done| {
                 assert!(
                     contents(&what, cut, bytes) == model,
@@ -568,7 +568,7 @@ fn a_power_cut_during_check_repair_never_makes_an_image_worse() {
     cuts += every_cut_one(
         what,
         &corrupt,
-        |fs| check::check(&*fs, Repair::All).map(|_| fs.ops()),
+        |fs| vdisk::qcow2::check_image(&*fs, Repair::All).map(|_| fs.ops()),
         |cut, bytes, done| {
             assert!(
                 contents(what, cut, bytes) == model,

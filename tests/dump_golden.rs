@@ -64,7 +64,7 @@ fn render(doc: &serde_json::Value, json: bool) -> String {
 #[test]
 fn qcow2_dump_of_every_section_matches_the_golden_files() {
     let s = image();
-    let doc = dump::qcow2::document(&s, DumpOptions::all()).unwrap();
+    let doc = qcow2::dump::document(&s, DumpOptions::all()).unwrap();
     golden("qcow2_all.txt", &render(&doc, false));
     golden("qcow2_all.json", &render(&doc, true));
 }
@@ -76,7 +76,7 @@ fn qcow2_dump_of_one_section_prints_only_that_section() {
         clusters: true,
         ..Default::default()
     };
-    let doc = dump::qcow2::document(&s, opts).unwrap();
+    let doc = qcow2::dump::document(&s, opts).unwrap();
     assert_eq!(doc.as_object().unwrap().len(), 1);
     golden("qcow2_clusters.txt", &render(&doc, false));
 }

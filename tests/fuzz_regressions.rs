@@ -108,7 +108,7 @@ fn replay_qcow2_ops(data: &[u8]) -> Vec<u8> {
             9 => {
                 let _ = img.close();
                 drop(img);
-                let _ = check::check(&*storage, check::Repair::All);
+                let _ = vdisk::qcow2::check_image(&*storage, check::Repair::All);
                 match Qcow2::open(storage.clone(), opts) {
                     Ok(i) => img = i,
                     Err(_) => return storage.to_vec(),

@@ -39,7 +39,7 @@ fn a_write_that_would_make_a_probed_raw_image_look_like_qcow2_is_refused() {
     let header = qcow2_header_naming(dir.path(), "/etc/hostname");
 
     let mut img = image::open(&raw, &ImageOptions::default()).unwrap();
-    assert_eq!(img.format, Format::Raw);
+    assert_eq!(img.format, Format::RAW);
     let e = img.device.write_at(&header[..512], 0).unwrap_err();
     assert!(e.to_string().contains("block 0"), "{e}");
     // Only the magic, or a VMDK descriptor, is enough to be refused.
@@ -55,12 +55,12 @@ fn a_write_that_would_make_a_probed_raw_image_look_like_qcow2_is_refused() {
     drop(img);
     assert_eq!(
         image::open(&raw, &ImageOptions::default()).unwrap().format,
-        Format::Raw
+        Format::RAW
     );
 
     // Naming the format allows it, as in QEMU.
     let named = ImageOptions {
-        format: Some(Format::Raw),
+        format: Some(Format::RAW),
         ..Default::default()
     };
     let mut img = image::open(&raw, &named).unwrap();
@@ -92,7 +92,7 @@ fn a_file_declared_raw_is_never_followed_to_the_backing_file_its_header_names() 
     let img = image::open(
         &path,
         &ImageOptions {
-            format: Some(Format::Raw),
+            format: Some(Format::RAW),
             read_only: true,
             ..Default::default()
         },

@@ -39,5 +39,5 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = img.snapshots().len();
     }
-    let _ = check::check(&*storage, check::Repair::None);
+    let _ = vdisk::qcow2::check_image(&*storage, check::Repair::None);
 });

@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
                 // check -r all on the closed image, then reopen it.
                 let _ = img.close();
                 drop(img);
-                let _ = check::check(&*storage, check::Repair::All);
+                let _ = vdisk::qcow2::check_image(&*storage, check::Repair::All);
                 match Qcow2::open(storage.clone(), opts()) {
                     Ok(i) => img = i,
                     Err(_) => return,
@@ -87,5 +87,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = img.close();
     drop(img);
-    let _ = check::check(&*storage, check::Repair::None);
+    let _ = vdisk::qcow2::check_image(&*storage, check::Repair::None);
 });

@@ -1,60 +1,16 @@
 //! The inspector behind `vdisk dump`: every on-disk structure of an image with its host
 //! offset and its raw values decoded.
 //!
-//! Each format module builds one JSON document ([`serde_json::Value`]) of sections; the
+//! Each format's driver builds one JSON document (`Driver::dump`) ([`serde_json::Value`]) of sections; the
 //! human form is printed from the same document by [`write_human`], so the two never
 //! disagree. Printers write to any [`Write`]; output is stable (no times, no paths beyond
 //! what the image holds) so that it can be tested against golden files.
 
-pub mod qcow2;
-pub mod vmdk;
+pub use crate::driver::DumpOptions;
 
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::io::Write;
-
-/// Which sections to print (all when none is selected).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DumpOptions {
-    /// Header fields, extensions, feature names (VMDK: sparse header and descriptor).
-    pub header: bool,
-    /// The L1 table(s) (VMDK: the grain directory).
-    pub l1: bool,
-    /// Every L2 table (VMDK: every grain table).
-    pub l2: bool,
-    /// The refcount table and blocks.
-    pub refcounts: bool,
-    /// The snapshot table and each snapshot's L1 table.
-    pub snapshots: bool,
-    /// The guest-to-host map.
-    pub map: bool,
-    /// What each host cluster holds.
-    pub clusters: bool,
-}
-
-impl DumpOptions {
-    /// Every section.
-    pub fn all() -> Self {
-        DumpOptions {
-            header: true,
-            l1: true,
-            l2: true,
-            refcounts: true,
-            snapshots: true,
-            map: true,
-            clusters: true,
-        }
-    }
-
-    /// Every section when none was asked for.
-    pub fn or_all(self) -> Self {
-        if self == DumpOptions::default() {
-            DumpOptions::all()
-        } else {
-            self
-        }
-    }
-}
 
 fn io(e: std::io::Error) -> Error {
     Error::io("writing the dump", e)
@@ -158,9 +114,4 @@ pub fn write_human(doc: &Value, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Hex form used for every offset and raw value in a dump.
-pub(crate) fn hex(v: u64) -> Value {
-    Value::String(format!("{v:#x}"))
 }

@@ -112,6 +112,28 @@ impl ImageInfo {
         }
     }
 
+    /// Info for a format node over `file`, with what its driver read (`f`).
+    pub fn from_format(
+        filename: &str,
+        format: Format,
+        f: crate::driver::FormatInfo,
+        file: ImageInfo,
+    ) -> ImageInfo {
+        let mut info = ImageInfo::new(filename, format, f.virtual_size, file);
+        info.cluster_size = f.cluster_size;
+        info.dirty_flag = f.dirty;
+        if let Some(b) = f.backing {
+            info.backing_filename = Some(b.name);
+            info.backing_format = b.format;
+        }
+        info.snapshots = f.snapshots;
+        info.format_specific = f.format_specific.map(|data| FormatSpecific {
+            kind: format.name().into(),
+            data,
+        });
+        info
+    }
+
     /// JSON as qemu-img prints it (4-space indentation).
     pub fn to_json(&self) -> String {
         to_qemu_json(self)
@@ -275,17 +297,12 @@ pub fn image_info_shared(
     force_share: bool,
 ) -> crate::Result<ImageInfo> {
     use crate::error::Error;
-    use crate::storage::{FileStorage, OpenOptions};
+    let ns = crate::storage::HostFiles;
     let name = path.display().to_string();
-    let opts = OpenOptions {
-        force_share,
-        ..Default::default()
-    };
-    let storage = FileStorage::open(path, opts)
-        .map_err(|e| Error::io(format!("could not open '{name}'"), e))?;
+    let storage = crate::driver::open_read_only(&ns, path, force_share)?;
     let format = match format {
         Some(f) => f,
-        None => crate::image::probe(&storage)?,
+        None => crate::image::probe(&*storage)?,
     };
     let io = |e| Error::io("reading the file size", e);
     let file = ImageInfo::file_node(
@@ -293,42 +310,13 @@ pub fn image_info_shared(
         storage.len().map_err(io)?,
         storage.allocated_bytes().map_err(io)?,
     );
-    match format {
-        Format::Qcow2 => {
-            let ro = crate::qcow2::OpenOptions {
-                read_only: true,
-                ..Default::default()
-            };
-            let q = Qcow2::open(storage, ro).map_err(|e| crate::image::with_path(path, e))?;
-            let mut info = qcow2_info(&q, &name)?;
-            if let Some(b) = &info.backing_filename {
-                info.full_backing_filename =
-                    Some(crate::chain::resolve(path, b)?.display().to_string());
-            }
-            Ok(info)
-        }
-        Format::Vmdk => {
-            let opts = crate::vmdk::VmdkOpenOptions {
-                read_only: true,
-                force_share,
-                ..Default::default()
-            };
-            let v = crate::vmdk::open(path, &opts).map_err(|e| crate::image::with_path(path, e))?;
-            let mut info =
-                ImageInfo::new(&name, format, crate::BlockDevice::virtual_size(&v), file);
-            info.cluster_size = crate::BlockDevice::cluster_size(&v);
-            let data = serde_json::to_value(v.info()).map_err(|e| Error::invalid(e.to_string()))?;
-            info.format_specific = Some(FormatSpecific {
-                kind: "vmdk".into(),
-                data,
-            });
-            Ok(info)
-        }
-        Format::Raw => {
-            let size = storage.len().map_err(io)?.next_multiple_of(512);
-            Ok(ImageInfo::new(&name, format, size, file))
-        }
+    drop(storage);
+    let f = (format.driver().info)(&ns, path, force_share)?;
+    let mut info = ImageInfo::from_format(&name, format, f, file);
+    if let Some(b) = &info.backing_filename {
+        info.full_backing_filename = Some(crate::chain::resolve(path, b)?.display().to_string());
     }
+    Ok(info)
 }
 
 /// Info for an open qcow2 image.
@@ -336,33 +324,7 @@ pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<I
     let io = |e| crate::Error::io("reading the file size", e);
     let len = img.storage().len().map_err(io)?;
     let actual = img.storage().allocated_bytes().map_err(io)?;
-    let h = img.header();
     let file = ImageInfo::file_node(filename, len, actual);
-    let mut info = ImageInfo::new(filename, Format::Qcow2, h.size, file);
-    info.cluster_size = Some(h.cluster_size());
-    info.dirty_flag = h.incompatible_features & crate::qcow2::header::incompat::DIRTY != 0;
-    info.backing_filename = h.backing_file.clone();
-    info.backing_format = h.backing_format();
-    info.snapshots = img.snapshots().iter().map(|s| s.to_json()).collect();
-    let data = if h.version == 2 {
-        serde_json::json!({
-            "compat": "0.10",
-            "compression-type": h.compression_type.name(),
-            "refcount-bits": 1u32 << h.refcount_order,
-        })
-    } else {
-        serde_json::json!({
-            "compat": "1.1",
-            "compression-type": h.compression_type.name(),
-            "lazy-refcounts": h.compatible_features & crate::qcow2::header::compat::LAZY_REFCOUNTS != 0,
-            "refcount-bits": 1u32 << h.refcount_order,
-            "corrupt": h.incompatible_features & crate::qcow2::header::incompat::CORRUPT != 0,
-            "extended-l2": false,
-        })
-    };
-    info.format_specific = Some(FormatSpecific {
-        kind: "qcow2".into(),
-        data,
-    });
-    Ok(info)
+    let f = crate::qcow2::driver::image_info(img);
+    Ok(ImageInfo::from_format(filename, Format::QCOW2, f, file))
 }

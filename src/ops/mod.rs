@@ -1,8 +1,10 @@
 //! Operations written once against [`crate::BlockDevice`], for every format.
 
 pub mod chain_ops;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod info;
 pub mod map;
 pub mod measure;
+pub mod resize;

@@ -32,7 +32,7 @@ use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use super::check_report::{CheckReport, ClusterUse, Repair, MAX_MESSAGES, REFT_RESERVED_MASK};
+pub use crate::check_report::{CheckReport, ClusterUse, Repair, MAX_MESSAGES, REFT_RESERVED_MASK};
 
 /// What `-r all` does with the L2 table an L1 entry points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -703,39 +703,6 @@ pub fn cluster_usage<S: Storage>(st: &S) -> Result<Vec<ClusterUse>> {
     scan.walk(st, &mut r)?;
     let stored = scan.stored_refcounts(st, scan.refs.len())?;
     Ok(scan.usage(&stored))
-}
-
-/// Check the qcow2 image in `st`, repairing what `repair` allows. When something was
-/// repaired the image is checked again and the report holds the second check's findings
-/// with the first one's repair counts, as qemu-img reports it.
-pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
-    if repair != Repair::None {
-        // Repairs write the image, which is refused when it has persistent bitmaps (as
-        // any writable open). A header that does not parse is left to the check to report.
-        if let Ok((header, _)) = super::read_header(st) {
-            super::bitmap::refuse_writable(&header)?;
-        }
-    }
-    let first = super::repair::check_pass(st, repair)?;
-    if repair == Repair::None || first.failed.is_some() {
-        return Ok(first);
-    }
-    let mut out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
-        let mut second = super::repair::check_pass(st, Repair::None)?;
-        second.corruptions_fixed = first.corruptions_fixed;
-        second.leaks_fixed = first.leaks_fixed;
-        let mut msgs = first.messages;
-        msgs.append(&mut second.messages);
-        second.messages = msgs;
-        second
-    } else {
-        first
-    };
-    if out.check_errors == 0 && out.corruptions == 0 && out.failed.is_none() {
-        super::repair::mark_clean(st)?;
-    }
-    out.messages.truncate(MAX_MESSAGES);
-    Ok(out)
 }
 
 /// Read entry `index` of a refcount block with 2^`order`-bit entries (for `dump`).

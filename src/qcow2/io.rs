@@ -281,6 +281,11 @@ impl<S: Storage> Qcow2<S> {
 }
 
 impl<S: Storage> BlockDevice for Qcow2<S> {
+    fn attach_backing(&mut self, backing: Box<dyn BlockDevice>) -> Result<()> {
+        self.set_backing(Some(backing));
+        Ok(())
+    }
+
     fn format_name(&self) -> &'static str {
         "qcow2"
     }

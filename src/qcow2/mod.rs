@@ -13,6 +13,7 @@
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
+//! | [`driver`] | the qcow2 row of the driver table (probe, open, create) |
 //! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
 //! | `repair` | check's repairs, and repairing a dirty image on a writable open |
 //! | `overlap` | refusing metadata writes that would overwrite other metadata |
@@ -32,14 +33,16 @@ mod amend;
 mod bitmap;
 pub mod cache;
 pub mod check;
-mod check_report;
 mod cluster;
 pub mod compress;
 pub mod create;
+pub mod driver;
+pub mod dump;
 pub mod entry;
 pub mod header;
 mod io;
 pub mod limits;
+pub mod measure;
 mod overlap;
 mod refcount;
 mod repair;
@@ -50,7 +53,9 @@ mod txn;
 
 pub use amend::AmendOptions;
 pub use create::{create, CreateOptions};
+pub use driver::DRIVER;
 pub use header::{CompressionType, Header};
+pub use repair::check as check_image;
 pub use snapshot::Snapshot;
 pub use snapshot_ops::SnapshotTime;
 

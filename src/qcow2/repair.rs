@@ -18,7 +18,7 @@
 //! refcount structure uses, synced, and only then does one write of the header's
 //! refcount-table fields switch to it, so a power cut leaves the old or the new structure.
 
-use super::check::{CheckReport, Repair, Scan, REFT_RESERVED_MASK};
+use super::check::{CheckReport, Repair, Scan, MAX_MESSAGES, REFT_RESERVED_MASK};
 use super::entry::{self, L2Entry, COPIED};
 use super::header::{incompat, INCOMPAT_FIELD_OFFSET, REFCOUNT_TABLE_FIELD_OFFSET};
 use super::limits::MAX_REFTABLE_BYTES;
@@ -583,7 +583,7 @@ pub(crate) fn repair_if_dirty<S: Storage>(st: &S) -> Result<()> {
     if f & incompat::DIRTY == 0 || f & incompat::CORRUPT != 0 {
         return Ok(());
     }
-    let report = super::check::check(st, Repair::All)?;
+    let report = check(st, Repair::All)?;
     if report.failed.is_some() || report.check_errors > 0 || report.corruptions > 0 {
         return Err(Error::corrupt(
             "qcow2 image",
@@ -592,4 +592,37 @@ pub(crate) fn repair_if_dirty<S: Storage>(st: &S) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Check the qcow2 image in `st`, repairing what `repair` allows. When something was
+/// repaired the image is checked again and the report holds the second check's findings
+/// with the first one's repair counts, as qemu-img reports it.
+pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
+    if repair != Repair::None {
+        // Repairs write the image, which is refused when it has persistent bitmaps (as
+        // any writable open). A header that does not parse is left to the check to report.
+        if let Ok((header, _)) = super::read_header(st) {
+            super::bitmap::refuse_writable(&header)?;
+        }
+    }
+    let first = check_pass(st, repair)?;
+    if repair == Repair::None || first.failed.is_some() {
+        return Ok(first);
+    }
+    let mut out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
+        let mut second = check_pass(st, Repair::None)?;
+        second.corruptions_fixed = first.corruptions_fixed;
+        second.leaks_fixed = first.leaks_fixed;
+        let mut msgs = first.messages;
+        msgs.append(&mut second.messages);
+        second.messages = msgs;
+        second
+    } else {
+        first
+    };
+    if out.check_errors == 0 && out.corruptions == 0 && out.failed.is_none() {
+        mark_clean(st)?;
+    }
+    out.messages.truncate(MAX_MESSAGES);
+    Ok(out)
 }

@@ -15,8 +15,9 @@ pub trait Namespace: Send + Sync {
     /// Open the existing file `path`.
     fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Arc<dyn Storage>>;
 
-    /// Create `path` empty (an existing file is emptied), open for writing.
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>>;
+    /// Create `path` empty (an existing file is emptied), open for writing; with
+    /// `unsafe_cache`, flushes do not reach stable storage (qemu-img's cache=unsafe).
+    fn create(&self, path: &Path, unsafe_cache: bool) -> io::Result<Arc<dyn Storage>>;
 
     /// Whether two names refer to the same file.
     fn same_file(&self, a: &Path, b: &Path) -> bool;
@@ -31,8 +32,10 @@ impl Namespace for HostFiles {
         Ok(Arc::new(FileStorage::open(path, opts)?))
     }
 
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
-        Ok(Arc::new(FileStorage::create(path)?))
+    fn create(&self, path: &Path, unsafe_cache: bool) -> io::Result<Arc<dyn Storage>> {
+        let mut file = FileStorage::create(path)?;
+        file.set_unsafe_cache(unsafe_cache);
+        Ok(Arc::new(file))
     }
 
     fn same_file(&self, a: &Path, b: &Path) -> bool {
@@ -87,7 +90,7 @@ impl Namespace for MemFiles {
         })
     }
 
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
+    fn create(&self, path: &Path, _unsafe_cache: bool) -> io::Result<Arc<dyn Storage>> {
         let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
         self.insert(path, storage.clone());
         Ok(storage)
@@ -105,7 +108,7 @@ mod tests {
     #[test]
     fn mem_files_open_what_was_created_or_inserted_and_nothing_else() {
         let ns = MemFiles::new();
-        let a = ns.create(Path::new("d/a.vmdk")).unwrap();
+        let a = ns.create(Path::new("d/a.vmdk"), false).unwrap();
         a.write_at(b"abc", 0).unwrap();
         let again = ns
             .open(Path::new("d/a.vmdk"), OpenOptions::default())

@@ -518,7 +518,7 @@ fn file_name(path: &Path) -> String {
 }
 
 fn create_file(ns: &dyn Namespace, path: &Path) -> Result<Arc<dyn Storage>> {
-    ns.create(path)
+    ns.create(path, false)
         .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))
 }
 

@@ -40,12 +40,15 @@ pub mod stream;
 
 mod check;
 mod create;
+mod driver;
+pub mod dump;
 mod info;
 mod open;
 
 pub use check::VmdkCheckReport;
 pub use create::{create, create_in, Subformat, VmdkCreateOptions};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType};
+pub use driver::DRIVER;
 pub use info::{VmdkExtentInfo, VmdkInfo};
 pub use open::{open, open_in};
 
@@ -503,36 +506,13 @@ pub(crate) fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Open a VMDK image as a boxed block device (the entry point `image::open` uses).
-pub fn open_device(
-    path: &std::path::Path,
-    read_only: bool,
-    force_share: bool,
-) -> Result<Box<dyn BlockDevice>> {
-    let opts = VmdkOpenOptions {
-        read_only,
-        force_share,
-        ..Default::default()
-    };
-    Ok(Box::new(open(path, &opts)?))
-}
-
-/// Create a VMDK image from qemu-img style options and return it open for writing.
-pub fn create_device(
+/// Every file [`create`] makes with these options: the image file, then its extents.
+fn files(
     path: &std::path::Path,
     size: u64,
-    options: &[(String, String)],
-) -> Result<Box<dyn BlockDevice>> {
-    Ok(Box::new(create(path, size, &create_options(options)?)?))
-}
-
-/// Every file [`create_device`] makes with these options: the image file, then its extents.
-pub fn new_image_files(
-    path: &std::path::Path,
-    size: u64,
-    options: &[(String, String)],
+    opts: &VmdkCreateOptions,
 ) -> Result<Vec<std::path::PathBuf>> {
-    create::files(path, size, &create_options(options)?)
+    create::files(path, size, opts)
 }
 
 fn create_options(options: &[(String, String)]) -> Result<VmdkCreateOptions> {

@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
-use vdisk::qcow2::{self, AmendOptions, Qcow2};
-use vdisk::storage::{FileStorage, OpenOptions};
+use vdisk::qcow2::AmendOptions;
 use vdisk::{BlockDevice, Error, Result};
 
 /// Arguments of `amend`.
@@ -39,40 +38,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
             opts.set(&k, &v)?;
         }
     }
-    let storage = FileStorage::open(
-        &a.file,
-        OpenOptions {
-            write: true,
-            unsafe_cache: false,
-            force_share: false,
-        },
-    )
-    .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
     let format: Format = match &a.format {
         Some(f) => f.parse()?,
-        None => image::probe(&storage)?,
+        None => image::probe_path(&a.file, false)?,
     };
-    if format != Format::Qcow2 {
+    if format != Format::QCOW2 {
         return Err(Error::unsupported(format!(
             "Format driver '{format}' does not support option amendment"
         )));
     }
-    let mut img = if opts.size.is_some() {
-        // With its backing chain, as qemu-img: growing an overlay must hide what a longer
-        // backing image holds in the new area.
-        drop(storage);
-        image::open_qcow2(
-            &a.file,
-            &image::ImageOptions {
-                format: Some(format),
-                ..Default::default()
-            },
-        )?
-        .0
-    } else {
-        Qcow2::open(storage, qcow2::OpenOptions::default())
-            .map_err(|e| image::with_path(&a.file, e))?
-    };
+    // With its backing chain when the size changes, as qemu-img: growing an overlay must
+    // hide what a longer backing image holds in the new area.
+    let (mut img, _) = image::open_qcow2(
+        &a.file,
+        &image::ImageOptions {
+            format: Some(format),
+            no_backing: opts.size.is_none(),
+            ..Default::default()
+        },
+    )?;
     img.amend(&opts)?;
     img.close()?;
     Ok(ExitCode::SUCCESS)

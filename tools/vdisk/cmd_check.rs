@@ -6,10 +6,10 @@
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vdisk::check_report::Repair;
 use vdisk::image::{self, Format};
 use vdisk::ops::info::to_qemu_json;
-use vdisk::qcow2::check::{self, CheckReport, Repair};
-use vdisk::storage::{FileStorage, OpenOptions};
+use vdisk::storage::HostFiles;
 use vdisk::{Error, Result};
 
 /// Arguments of `check`.
@@ -46,45 +46,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     }
     let name = a.file.display().to_string();
-    let storage = FileStorage::open(
-        &a.file,
-        OpenOptions {
-            write: repair != Repair::None,
-            unsafe_cache: false,
-            force_share: a.force_share,
-        },
-    )
-    .map_err(|e| Error::io(format!("Could not open '{name}'"), e))?;
     let format: Format = match &a.format {
         Some(f) => f.parse()?,
-        None => image::probe(&storage)?,
+        None => image::probe_path(&a.file, a.force_share)?,
     };
-    let report = match format {
-        Format::Raw => {
-            eprintln!("vdisk: This image format does not support checks");
-            return Ok(ExitCode::from(63));
-        }
-        Format::Qcow2 => {
-            check::check(&storage, repair).map_err(|e| image::with_path(&a.file, e))?
-        }
-        Format::Vmdk => {
-            drop(storage);
-            let opts = vdisk::vmdk::VmdkOpenOptions {
-                read_only: true,
-                force_share: a.force_share,
-                ..Default::default()
-            };
-            let mut v =
-                vdisk::vmdk::open(&a.file, &opts).map_err(|e| image::with_path(&a.file, e))?;
-            let r = v.check()?;
-            CheckReport {
-                corruptions: r.corruptions,
-                leaks: r.leaks,
-                messages: r.messages,
-                ..Default::default()
-            }
-        }
+    let Some(check) = format.driver().check else {
+        eprintln!("vdisk: This image format does not support checks");
+        return Ok(ExitCode::from(63));
     };
+    let report = check(&HostFiles, &a.file, repair, a.force_share)?;
     for m in &report.messages {
         eprintln!("{m}");
     }

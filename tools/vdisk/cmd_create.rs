@@ -63,14 +63,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         vdisk::names::check_backing_name(b)?;
         let path = vdisk::chain::resolve(&a.file, b)?;
         if backing_fmt.is_none() {
-            let detected = image::probe(
-                &vdisk::storage::FileStorage::open(&path, Default::default()).map_err(|e| {
-                    vdisk::Error::io(
-                        format!("could not open backing file '{}'", path.display()),
-                        e,
-                    )
-                })?,
-            )?;
+            let detected = image::probe_path(&path, false)?;
             return Err(vdisk::Error::invalid(format!(
                 "{}: Backing file specified without backing format (detected format of {}: {}); use -F",
                 a.file.display(),

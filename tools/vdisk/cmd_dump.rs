@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::dump::{self, DumpOptions};
 use vdisk::image::{self, Format};
-use vdisk::storage::{FileStorage, OpenOptions};
+use vdisk::storage::HostFiles;
 use vdisk::{Error, Result};
 
 /// Arguments of `dump`.
@@ -55,36 +55,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         map: a.map,
         clusters: a.clusters,
     };
-    let open_opts = OpenOptions {
-        force_share: a.force_share,
-        ..Default::default()
-    };
-    let storage = FileStorage::open(&a.file, open_opts)
-        .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
     let format: Format = match &a.format {
         Some(f) => f.parse()?,
-        None => image::probe(&storage)?,
+        None => image::probe_path(&a.file, a.force_share)?,
     };
-    let doc = match format {
-        Format::Qcow2 => {
-            dump::qcow2::document(&storage, opts).map_err(|e| image::with_path(&a.file, e))?
-        }
-        Format::Vmdk => {
-            drop(storage);
-            let o = vdisk::vmdk::VmdkOpenOptions {
-                read_only: true,
-                force_share: a.force_share,
-                ..Default::default()
-            };
-            let v = vdisk::vmdk::open(&a.file, &o).map_err(|e| image::with_path(&a.file, e))?;
-            dump::vmdk::document(&v, opts)?
-        }
-        Format::Raw => {
-            return Err(Error::unsupported(
-                "dump of raw images (they have no metadata)",
-            ))
-        }
+    let Some(dump_doc) = format.driver().dump else {
+        return Err(Error::unsupported(format!(
+            "dump of {format} images (they have no metadata)"
+        )));
     };
+    let doc = dump_doc(&HostFiles, &a.file, opts, a.force_share)?;
     let mut out = std::io::stdout().lock();
     if a.json {
         dump::write_json(&doc, &mut out)?;

@@ -35,17 +35,8 @@ pub struct Args {
 
 /// The version field of a qcow2 header.
 fn qcow2_version(path: &std::path::Path, force_share: bool) -> Result<u32> {
-    use vdisk::storage::{FileStorage, OpenOptions, Storage};
-    let opts = OpenOptions {
-        force_share,
-        ..Default::default()
-    };
-    let s = FileStorage::open(path, opts)
-        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
-    let mut v = [0u8; 8];
-    s.read_at(&mut v, 0)
-        .map_err(|e| Error::io("reading the qcow2 version", e))?;
-    Ok(u32::from_be_bytes([v[4], v[5], v[6], v[7]]))
+    let img = image::open_qcow2_alone(path, true, force_share, "measuring it as one")?;
+    Ok(img.header().version)
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -76,7 +67,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             };
             let mut img = image::open(f, &opts)?;
             let bitmaps_capable =
-                img.format == Format::Qcow2 && qcow2_version(f, a.force_share)? >= 3;
+                img.format == Format::QCOW2 && qcow2_version(f, a.force_share)? >= 3;
             let source = Source::Image {
                 device: img.device.as_mut(),
                 bitmaps_capable,

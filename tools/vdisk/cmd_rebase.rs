@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format, ImageOptions};
 use vdisk::ops::chain_ops;
-use vdisk::qcow2::{OpenOptions, Qcow2};
-use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
-use vdisk::{BlockDevice, Error, Result};
+use vdisk::qcow2::driver::SharedQcow2;
+use vdisk::{BlockDevice, Result};
 
 /// Arguments of `rebase`.
 #[derive(clap::Args)]
@@ -38,23 +37,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-fn open_top(path: &std::path::Path) -> Result<Qcow2<FileStorage>> {
-    let s = FileStorage::open(
-        path,
-        FileOptions {
-            write: true,
-            unsafe_cache: false,
-            force_share: false,
-        },
-    )
-    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
-    if image::probe(&s)? != Format::Qcow2 {
-        return Err(Error::unsupported(format!(
-            "rebase needs a qcow2 image; '{}' is not one",
-            path.display()
-        )));
-    }
-    Qcow2::open(s, OpenOptions::default()).map_err(|e| image::with_path(path, e))
+fn open_top(path: &std::path::Path) -> Result<SharedQcow2> {
+    image::open_qcow2_alone(path, false, false, "rebase needs one")
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -67,7 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let mut chain = image::open(
             &a.file,
             &ImageOptions {
-                format: Some(Format::Qcow2),
+                format: Some(Format::QCOW2),
                 ..Default::default()
             },
         )?;

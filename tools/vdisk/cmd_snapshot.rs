@@ -5,8 +5,8 @@ use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
-use vdisk::qcow2::{OpenOptions, Qcow2, SnapshotTime};
-use vdisk::storage::{FileStorage, OpenOptions as FileOptions};
+use vdisk::qcow2::driver::SharedQcow2;
+use vdisk::qcow2::SnapshotTime;
 use vdisk::{Error, Result};
 
 /// Arguments of `snapshot`.
@@ -72,37 +72,20 @@ pub fn parse_duration(s: &str) -> Result<u64> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
-fn open(a: &Args, read_only: bool) -> Result<Qcow2<FileStorage>> {
+fn open(a: &Args, read_only: bool) -> Result<SharedQcow2> {
     if let Some(f) = &a.format {
-        if f.parse::<Format>()? != Format::Qcow2 {
+        if f.parse::<Format>()? != Format::QCOW2 {
             return Err(Error::unsupported(format!(
                 "snapshots on {f} images (only qcow2 has internal snapshots)"
             )));
         }
     }
-    let storage = FileStorage::open(
+    image::open_qcow2_alone(
         &a.file,
-        FileOptions {
-            write: !read_only,
-            unsafe_cache: false,
-            force_share: a.force_share && read_only,
-        },
+        read_only,
+        a.force_share && read_only,
+        "only qcow2 has internal snapshots",
     )
-    .map_err(|e| Error::io(format!("could not open '{}'", a.file.display()), e))?;
-    if image::probe(&storage)? != Format::Qcow2 {
-        return Err(Error::unsupported(format!(
-            "'{}' is not a qcow2 image; only qcow2 has internal snapshots",
-            a.file.display()
-        )));
-    }
-    Qcow2::open(
-        storage,
-        OpenOptions {
-            read_only,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| image::with_path(&a.file, e))
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {

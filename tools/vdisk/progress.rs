@@ -31,12 +31,14 @@ impl Progress {
         let _ = out.flush();
     }
 
-    /// Report `done` bytes; prints when progress moved by at least one percent.
-    pub fn update(&mut self, done: u64, _total: u64) {
-        if self.total == 0 {
+    /// Report `done` bytes of `total` (of the total given to [`Progress::new`] when that
+    /// was not 0); prints when progress moved by at least one percent.
+    pub fn update(&mut self, done: u64, total: u64) {
+        let total = if self.total > 0 { self.total } else { total };
+        if total == 0 {
             return;
         }
-        let pct = (done as f64 * 100.0 / self.total as f64).min(100.0);
+        let pct = (done as f64 * 100.0 / total as f64).min(100.0);
         if pct - self.last >= 1.0 {
             self.last = pct;
             self.print(pct, false);

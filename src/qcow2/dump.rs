@@ -4,12 +4,12 @@
 //! Everything is read from the raw storage (through `check`'s loader), so damaged images
 //! that cannot be opened can still be inspected.
 
-use super::{hex, DumpOptions};
+use super::check::refcount_entry as get_entry;
+use super::check::{self, read_u64s, ClusterUse, Scan};
+use super::entry::{self, L2Entry, COPIED};
+use super::header::{ext, Header};
+use crate::driver::{hex, DumpOptions};
 use crate::error::Result;
-use crate::qcow2::check::refcount_entry as get_entry;
-use crate::qcow2::check::{self, read_u64s, ClusterUse, Scan};
-use crate::qcow2::entry::{self, L2Entry, COPIED};
-use crate::qcow2::header::{ext, Header};
 use crate::storage::Storage;
 use serde_json::{json, Map, Value};
 

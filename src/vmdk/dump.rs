@@ -1,11 +1,11 @@
 //! `dump` for VMDK: the descriptor, and for each sparse extent its header, grain
 //! directory (and redundant copy) and grain tables.
 
-use super::{hex, DumpOptions};
+use super::grain_table::GrainEntry;
+use super::limits::SECTOR_SIZE;
+use super::{ExtentBody, Vmdk};
+use crate::driver::{hex, DumpOptions};
 use crate::error::Result;
-use crate::vmdk::grain_table::GrainEntry;
-use crate::vmdk::limits::SECTOR_SIZE;
-use crate::vmdk::{ExtentBody, Vmdk};
 use serde_json::{json, Map, Value};
 
 fn directory(gd: &[u32]) -> Vec<Value> {

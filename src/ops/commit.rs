@@ -1,0 +1,117 @@
+//! `commit` of a whole image by path: fold an overlay into an image of its backing chain,
+//! holding the locks in the order that lets the base be written while the chain above it
+//! is read, then empty the overlay (as qemu-img commit).
+
+use crate::error::{Error, Result};
+use crate::image::{self, Format, ImageOptions};
+use crate::ops::chain_ops;
+use crate::ops::convert::Progress;
+use crate::storage::HostFiles;
+use std::path::Path;
+
+/// Commit the image at `file` (format `format`, probed when `None`) into its direct
+/// backing file, or into `base_path` further down its chain. Unless `keep` (or a
+/// `base_path` is named, or the image is raw), the image is emptied afterwards.
+pub fn commit(
+    file: &Path,
+    format: Option<Format>,
+    base_path: Option<&Path>,
+    keep: bool,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let mut chain = image::open(
+        file,
+        &ImageOptions {
+            format,
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    if chain.layers.len() < 2 {
+        return Err(Error::invalid(format!(
+            "'{}' has no backing file to commit into",
+            file.display()
+        )));
+    }
+    let base_depth = match base_path {
+        None => 1,
+        Some(b) => {
+            let want = std::fs::canonicalize(b)
+                .map_err(|e| Error::io(format!("could not open '{}'", b.display()), e))?;
+            chain
+                .layers
+                .iter()
+                .position(|l| std::fs::canonicalize(&l.path).ok().as_ref() == Some(&want))
+                .filter(|&d| d > 0)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "'{}' is not in the backing chain of '{}'",
+                        b.display(),
+                        file.display()
+                    ))
+                })?
+        }
+    };
+    // Emptying the top image at the end writes it: find out now whether it may be written,
+    // before the base is changed.
+    let empty_top = !keep && base_path.is_none() && format != Some(Format::RAW);
+    if empty_top && chain.layers[0].format == Format::QCOW2 {
+        let s = crate::driver::open_read_only(&HostFiles, file, true)?;
+        crate::qcow2::check_writable_open(&s).map_err(|e| image::with_path(file, e))?;
+    }
+    let base_layer = chain.layers[base_depth].clone();
+    // The base is about to be opened for writing, which its read-only open in `chain`
+    // would refuse (image locks, see vdisk::storage::lock). Reopen: the base writable with
+    // its own backing chain (read-only locks below it), read-only locks on the layers above
+    // it, then the chain itself sharing all.
+    //
+    // The base needs its backing chain: writing zeros into it must hide what its backing
+    // holds (a zero cluster, not an unallocated one), and a write into part of one of its
+    // clusters must keep its backing's data in the rest of the cluster.
+    let layers = std::mem::take(&mut chain.layers);
+    drop(chain);
+    let mut base = image::open(
+        &base_layer.path,
+        &ImageOptions {
+            format: Some(base_layer.format),
+            read_only: false,
+            ..Default::default()
+        },
+    )?;
+    let guards = layers[..base_depth]
+        .iter()
+        .map(|l| crate::driver::open_read_only(&HostFiles, &l.path, false))
+        .collect::<Result<Vec<_>>>()?;
+    let mut chain = image::open(
+        file,
+        &ImageOptions {
+            format,
+            read_only: true,
+            force_share: true,
+            ..Default::default()
+        },
+    )?;
+    if chain.layers != layers || base.layers[..] != layers[base_depth..] {
+        return Err(Error::invalid(format!(
+            "the backing chain of '{}' changed while it was being opened",
+            file.display()
+        )));
+    }
+    chain_ops::commit(
+        chain.device.as_mut(),
+        base.device.as_mut(),
+        base_depth as u32,
+        progress,
+    )?;
+    drop(base);
+    drop(chain);
+    drop(guards);
+    if empty_top && image::probe_path(file, false)? == Format::QCOW2 {
+        let no_backing = ImageOptions {
+            no_backing: true,
+            ..Default::default()
+        };
+        image::open_qcow2(file, &no_backing)?.0.make_empty()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The qcow2 row of the driver table: probing by magic, opening (reporting the backing
+//! file the header names), creating from qemu-img's `-o` options.
+
+use super::{CreateOptions, OpenOptions, Qcow2};
+use crate::check_report::{CheckReport, Repair};
+use crate::device::BlockDevice;
+use crate::driver::{self, BackingRef, CreateParams, Driver, FormatInfo, OpenParams, Opened};
+use crate::error::{Error, Result};
+use crate::storage::{Namespace, OpenOptions as FileOptions, Storage};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The qcow2 row of the driver table.
+pub static DRIVER: Driver = Driver {
+    name: "qcow2",
+    probe,
+    open,
+    create,
+    check_create_options,
+    create_files: driver::one_file,
+    supports_compression: true,
+    info,
+    measure: Some(super::measure::measure),
+    check: Some(check),
+    dump: Some(|ns, path, opts, force_share| {
+        let storage = driver::open_read_only(ns, path, force_share)?;
+        super::dump::document(&storage, opts).map_err(|e| crate::error::with_path(path, e))
+    }),
+};
+
+fn check(
+    ns: &dyn Namespace,
+    path: &Path,
+    repair: Repair,
+    force_share: bool,
+) -> Result<CheckReport> {
+    let storage = ns
+        .open(
+            path,
+            FileOptions {
+                write: repair != Repair::None,
+                unsafe_cache: false,
+                force_share,
+            },
+        )
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    super::check_image(&storage, repair).map_err(|e| crate::error::with_path(path, e))
+}
+
+fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo> {
+    let storage = driver::open_read_only(ns, path, force_share)?;
+    let ro = OpenOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let q = Qcow2::open(storage, ro).map_err(|e| crate::error::with_path(path, e))?;
+    Ok(image_info(&q))
+}
+
+/// What `info` shows of an open qcow2 image.
+pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
+    let h = q.header();
+    let format_specific = if h.version == 2 {
+        serde_json::json!({
+            "compat": "0.10",
+            "compression-type": h.compression_type.name(),
+            "refcount-bits": 1u32 << h.refcount_order,
+        })
+    } else {
+        serde_json::json!({
+            "compat": "1.1",
+            "compression-type": h.compression_type.name(),
+            "lazy-refcounts": h.compatible_features & super::header::compat::LAZY_REFCOUNTS != 0,
+            "refcount-bits": 1u32 << h.refcount_order,
+            "corrupt": h.incompatible_features & super::header::incompat::CORRUPT != 0,
+            "extended-l2": false,
+        })
+    };
+    FormatInfo {
+        virtual_size: h.size,
+        cluster_size: Some(h.cluster_size()),
+        dirty: h.incompatible_features & super::header::incompat::DIRTY != 0,
+        backing: h.backing_file.clone().map(|name| BackingRef {
+            name,
+            format: h.backing_format(),
+        }),
+        snapshots: q.snapshots().iter().map(|s| s.to_json()).collect(),
+        format_specific: Some(format_specific),
+    }
+}
+
+fn probe(first: &[u8]) -> u32 {
+    if first.len() >= 4 && first[..4] == super::header::QCOW2_MAGIC.to_be_bytes() {
+        100
+    } else {
+        0
+    }
+}
+
+/// A qcow2 image on storage opened through a namespace.
+pub type SharedQcow2 = Qcow2<Arc<dyn Storage>>;
+
+/// Open the qcow2 image at `path` as the driver itself (for the operations that need more
+/// than a [`BlockDevice`]: snapshots, amend, resize with preallocation), without its
+/// backing chain; the backing file it names is returned beside it.
+pub fn open_image(
+    ns: &dyn Namespace,
+    path: &Path,
+    p: &OpenParams,
+) -> Result<(SharedQcow2, Option<BackingRef>)> {
+    let storage = ns
+        .open(
+            path,
+            FileOptions {
+                write: !p.read_only,
+                unsafe_cache: p.unsafe_cache,
+                force_share: p.force_share,
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let q = Qcow2::open(
+        storage,
+        OpenOptions {
+            read_only: p.read_only,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| crate::error::with_path(path, e))?;
+    let backing = q.header().backing_file.clone().map(|name| BackingRef {
+        name,
+        format: q.header().backing_format(),
+    });
+    if backing.is_some() && p.probed_backing {
+        return Err(Error::unsupported(format!(
+            "'{}' was probed as a backing image (no backing format recorded) and has a backing file itself; record the format with 'vdisk rebase -u -F'",
+            path.display()
+        )));
+    }
+    Ok((q, backing))
+}
+
+fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
+    let (q, backing) = open_image(ns, path, p)?;
+    Ok(Opened {
+        device: Box::new(q),
+        backing,
+    })
+}
+
+fn create(ns: &dyn Namespace, path: &Path, p: &CreateParams<'_>) -> Result<Box<dyn BlockDevice>> {
+    let mut o = CreateOptions::default();
+    for (k, v) in p.options {
+        o.set(k, v)?;
+    }
+    if let Some(s) = p.size {
+        o.size = s;
+    }
+    o.validate()?;
+    let storage = ns
+        .create(path, p.unsafe_cache)
+        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    Ok(Box::new(super::create(storage, &o)?))
+}
+
+fn check_create_options(options: &[(String, String)]) -> Result<()> {
+    let mut o = CreateOptions::default();
+    // String-typed options are only checked when the image is created.
+    const STRINGS: [&str; 5] = [
+        "compat",
+        "preallocation",
+        "compression_type",
+        "backing_file",
+        "backing_fmt",
+    ];
+    for (k, v) in options
+        .iter()
+        .filter(|(k, _)| !STRINGS.contains(&k.as_str()))
+    {
+        o.set(k, v)?;
+    }
+    Ok(())
+}
