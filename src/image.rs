@@ -306,7 +306,12 @@ pub fn create_with_cache(
     unsafe_cache: bool,
 ) -> Result<Box<dyn BlockDevice>> {
     let files = NewFiles::before_create(path, format, size.unwrap_or(0), options);
-    let device = create_files(path, format, size, options, unsafe_cache)?;
+    let params = CreateParams {
+        size,
+        options,
+        unsafe_cache,
+    };
+    let device = (format.driver().create)(&HostFiles, path, &params)?;
     files.keep();
     Ok(device)
 }
@@ -352,21 +357,6 @@ impl Drop for NewFiles {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-fn create_files(
-    path: &Path,
-    format: Format,
-    size: Option<u64>,
-    options: &[(String, String)],
-    unsafe_cache: bool,
-) -> Result<Box<dyn BlockDevice>> {
-    let params = CreateParams {
-        size,
-        options,
-        unsafe_cache,
-    };
-    (format.driver().create)(&HostFiles, path, &params)
 }
 
 /// The virtual size a new image at `path` gets from the size argument `size_arg` and the

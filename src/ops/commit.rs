@@ -33,25 +33,7 @@ pub fn commit(
             file.display()
         )));
     }
-    let base_depth = match base_path {
-        None => 1,
-        Some(b) => {
-            let want = std::fs::canonicalize(b)
-                .map_err(|e| Error::io(format!("could not open '{}'", b.display()), e))?;
-            chain
-                .layers
-                .iter()
-                .position(|l| std::fs::canonicalize(&l.path).ok().as_ref() == Some(&want))
-                .filter(|&d| d > 0)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "'{}' is not in the backing chain of '{}'",
-                        b.display(),
-                        file.display()
-                    ))
-                })?
-        }
-    };
+    let base_depth = base_depth(&chain.layers, file, base_path)?;
     // Emptying the top image at the end writes it: find out now whether it may be written,
     // before the base is changed.
     let empty_top = !keep && base_path.is_none() && format != Some(Format::RAW);
@@ -114,4 +96,29 @@ pub fn commit(
         image::open_qcow2(file, &no_backing)?.0.make_empty()?;
     }
     Ok(())
+}
+
+/// Where in `layers` (the chain of `file`, top first) the commit goes: the direct backing
+/// file, or `base_path` further down.
+fn base_depth(
+    layers: &[crate::chain::Layer],
+    file: &Path,
+    base_path: Option<&Path>,
+) -> Result<usize> {
+    let Some(b) = base_path else {
+        return Ok(1);
+    };
+    let want = std::fs::canonicalize(b)
+        .map_err(|e| Error::io(format!("could not open '{}'", b.display()), e))?;
+    layers
+        .iter()
+        .position(|l| std::fs::canonicalize(&l.path).ok().as_ref() == Some(&want))
+        .filter(|&d| d > 0)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "'{}' is not in the backing chain of '{}'",
+                b.display(),
+                file.display()
+            ))
+        })
 }
