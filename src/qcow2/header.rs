@@ -132,9 +132,10 @@ pub struct Header {
     pub backing_file: Option<String>,
 }
 
-/// Size of the fields vdisk parses in a v3 header that has a compression_type byte (the
-/// byte is padded to a multiple of 8), and the header_length of the v3 headers it writes.
-pub const V3_WITH_COMPRESSION_LEN: u32 = 112;
+/// Size of the fields vdisk parses in a v3 header that has a compression_type byte (112:
+/// the byte is padded to a multiple of 8), and the header_length of the v3 headers it
+/// writes.
+pub const V3_WITH_COMPRESSION_LEN: u32 = field::COMPRESSION_TYPE.end().next_multiple_of(8) as u32;
 
 fn short(structure: &'static str, at: Field) -> Error {
     Error::corrupt(structure, at.file_offset(), "structure is truncated")

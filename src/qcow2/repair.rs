@@ -550,10 +550,10 @@ fn check_copied<S: Storage>(
 /// Clear the dirty and corrupt bits (after a repair left the image consistent).
 pub(crate) fn mark_clean<S: Storage>(st: &S) -> Result<()> {
     let bits = field::INCOMPATIBLE_FEATURES;
-    let mut b = [0u8; 8];
+    let mut b = [0u8; field::INCOMPATIBLE_FEATURES.len];
     st.read_at(&mut b, bits.file_offset())
         .map_err(wio("reading the feature bits"))?;
-    let mut v = [0u8; 4];
+    let mut v = [0u8; field::VERSION.len];
     st.read_at(&mut v, field::VERSION.file_offset())
         .map_err(wio("reading the version"))?;
     if BigEndian::read_u32(&v) < 3 {
