@@ -1,9 +1,11 @@
 //! The qcow2 header, its extensions and the backing file name: parse, validate, write.
 //!
-//! [`field`] ([`super::header_fields`]) is the one table of the fixed header fields (name, offset, width) for version
-//! 2 and the version 3 additions; [`Header::parse`] reads the fixed fields through it and
-//! checks each against [`super::limits`], [`Header::write`] lays them out through it, and
-//! code that rewrites a few header bytes in place names them by their [`Field`]. Header
+//! [`field`] (the module [`super::header_fields`]) is the one table of the fixed header
+//! fields: name, offset and width, for version 2 and the version 3 additions.
+//! [`Header::parse`] reads the fixed fields through it (rather than with a nom tuple, so
+//! that the layout is written down once) and checks each against [`super::limits`];
+//! [`Header::write`] lays them out through it; code that rewrites a few header bytes in
+//! place names them by their [`Field`]. Header
 //! extensions are kept as raw `(type, bytes)` pairs in file order so that any extension,
 //! known or not, is written back byte for byte; typed accessors decode the ones vdisk uses.
 
@@ -160,7 +162,11 @@ impl Header {
         let version = u32_at(VERSION);
         let cluster_bits = u32_at(CLUSTER_BITS);
         if magic != QCOW2_MAGIC {
-            return Err(Error::corrupt(S, 0, "bad magic (not a qcow2 image)"));
+            return Err(Error::corrupt(
+                S,
+                MAGIC.file_offset(),
+                "bad magic (not a qcow2 image)",
+            ));
         }
         if version != 2 && version != 3 {
             return Err(Error::unsupported(format!("qcow2 version {version}")));
