@@ -259,7 +259,11 @@ fn a_dirty_image_is_repaired_when_opened_for_writing() {
     let p = base(dir.path());
     // Lazy refcounts after a crash: the dirty bit is set and a data cluster's refcount
     // was never written.
-    poke(&p, 72 + 7, &[1]);
+    poke(
+        &p,
+        vdisk::qcow2::header::field::INCOMPATIBLE_FEATURES.file_offset() + 7,
+        &[1],
+    );
     poke(&p, 0x20000 + 2 * 6, &be16(0));
     {
         let mut q = Qcow2::open(storage(&p, true), OpenOptions::default()).unwrap();

@@ -585,7 +585,7 @@ fn compare_exits_0_when_identical_1_when_different_and_2_on_error_like_qemu_img(
 fn set_refcount(path: &Path, cluster: usize, value: u16) {
     let mut img = read(path);
     assert_eq!(
-        &img[48..56],
+        &img[vdisk::qcow2::header::field::REFCOUNT_TABLE_OFFSET.range()],
         &0x10000u64.to_be_bytes(),
         "refcount table at 0x10000"
     );

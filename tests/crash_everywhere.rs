@@ -519,7 +519,7 @@ fn a_power_cut_during_guest_writes_into_compressed_clusters_loses_nothing_flushe
 
 /// Set the refcount of cluster `index` in the first refcount block of a 16-bit image.
 fn poke_refcount(img: &mut [u8], index: usize, value: u16) {
-    let rt = u64::from_be_bytes(img[48..56].try_into().unwrap()) as usize;
+    let rt = vdisk::qcow2::header::field::REFCOUNT_TABLE_OFFSET.get(img) as usize;
     let rb = u64::from_be_bytes(img[rt..rt + 8].try_into().unwrap()) as usize;
     img[rb + 2 * index..rb + 2 * index + 2].copy_from_slice(&value.to_be_bytes());
 }

@@ -19,6 +19,7 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::Output;
+use vdisk::qcow2::header::field;
 
 /// Address-space cap for every vdisk run.
 const MEMORY_LIMIT: u64 = 256 << 20;
@@ -53,26 +54,12 @@ fn le32(img: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(img[at..at + 4].try_into().unwrap())
 }
 
-/// qcow2 header field offsets (format-spec/qcow2.md, section 2).
+/// qcow2 header extension types.
 mod q {
-    pub const BACKING_FILE_OFFSET: usize = 8;
-    pub const BACKING_FILE_SIZE: usize = 16;
-    pub const CLUSTER_BITS: usize = 20;
-    pub const SIZE: usize = 24;
-    pub const L1_SIZE: usize = 36;
-    pub const L1_TABLE_OFFSET: usize = 40;
-    pub const REFCOUNT_TABLE_OFFSET: usize = 48;
-    pub const REFCOUNT_TABLE_CLUSTERS: usize = 56;
-    pub const NB_SNAPSHOTS: usize = 60;
-    pub const SNAPSHOTS_OFFSET: usize = 64;
-    pub const AUTOCLEAR_FEATURES: usize = 88;
-    pub const REFCOUNT_ORDER: usize = 96;
-    pub const HEADER_LENGTH: usize = 100;
-    pub const COMPRESSION_TYPE: usize = 104;
-    /// Header extension types.
-    pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-    pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
-    pub const EXT_BITMAPS: u32 = 0x2385_2875;
+    pub use vdisk::qcow2::header::ext::{
+        BACKING_FORMAT as EXT_BACKING_FORMAT, BITMAPS as EXT_BITMAPS,
+        FEATURE_TABLE as EXT_FEATURE_TABLE,
+    };
 }
 
 /// VMDK sparse header field offsets (little-endian).
@@ -88,7 +75,7 @@ mod v {
 
 /// Offset of the header of extension `kind` in a qcow2 v3 image (panics if absent).
 fn ext_at(img: &[u8], kind: u32) -> usize {
-    let mut p = be32(img, q::HEADER_LENGTH) as usize;
+    let mut p = be32(img, field::HEADER_LENGTH.offset) as usize;
     loop {
         let t = be32(img, p);
         assert_ne!(t, 0, "extension {kind:#x} not found");
@@ -100,7 +87,7 @@ fn ext_at(img: &[u8], kind: u32) -> usize {
 }
 
 fn l1_offset(img: &[u8]) -> usize {
-    be64(img, q::L1_TABLE_OFFSET) as usize
+    be64(img, field::L1_TABLE_OFFSET.offset) as usize
 }
 
 /// Host offset of the first L2 table.
@@ -169,7 +156,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "header_length 0xfffffff8",
             base: Qcow2,
-            poke: |i| put_be32(i, q::HEADER_LENGTH, 0xffff_fff8),
+            poke: |i| put_be32(i, field::HEADER_LENGTH.offset, 0xffff_fff8),
             expect: Error("header"),
         },
         Case {
@@ -221,19 +208,19 @@ fn cases() -> Vec<Case> {
         Case {
             name: "backing name overlapping the header",
             base: Qcow2Overlay,
-            poke: |i| put_be64(i, q::BACKING_FILE_OFFSET, 8),
+            poke: |i| put_be64(i, field::BACKING_FILE_OFFSET.offset, 8),
             expect: Error("backing"),
         },
         Case {
             name: "backing name length 0x7fffffff",
             base: Qcow2Overlay,
-            poke: |i| put_be32(i, q::BACKING_FILE_SIZE, 0x7fff_ffff),
+            poke: |i| put_be32(i, field::BACKING_FILE_SIZE.offset, 0x7fff_ffff),
             expect: Error("backing"),
         },
         Case {
             name: "backing name in the second cluster",
             base: Qcow2Overlay,
-            poke: |i| put_be64(i, q::BACKING_FILE_OFFSET, 0x10000),
+            poke: |i| put_be64(i, field::BACKING_FILE_OFFSET.offset, 0x10000),
             expect: Error("backing"),
         },
         Case {
@@ -258,32 +245,32 @@ fn cases() -> Vec<Case> {
         Case {
             name: "cluster_bits 63",
             base: Qcow2,
-            poke: |i| put_be32(i, q::CLUSTER_BITS, 63),
+            poke: |i| put_be32(i, field::CLUSTER_BITS.offset, 63),
             expect: Error("cluster"),
         },
         Case {
             name: "refcount_order 0xffffffff",
             base: Qcow2,
-            poke: |i| put_be32(i, q::REFCOUNT_ORDER, 0xffff_ffff),
+            poke: |i| put_be32(i, field::REFCOUNT_ORDER.offset, 0xffff_ffff),
             expect: Error("refcount"),
         },
         Case {
             name: "refcount_order 5 on a 16-bit image (reads are unaffected)",
             base: Qcow2,
-            poke: |i| put_be32(i, q::REFCOUNT_ORDER, 5),
+            poke: |i| put_be32(i, field::REFCOUNT_ORDER.offset, 5),
             expect: SameAsQemu,
         },
         // ---- L1 and refcount table size and alignment ----
         Case {
             name: "l1_size just over the 32 MiB table limit",
             base: Qcow2,
-            poke: |i| put_be32(i, q::L1_SIZE, (32 << 20) / 8 + 1),
+            poke: |i| put_be32(i, field::L1_SIZE.offset, (32 << 20) / 8 + 1),
             expect: Error("L1"),
         },
         Case {
             name: "L1 table in the header cluster",
             base: Qcow2,
-            poke: |i| put_be64(i, q::L1_TABLE_OFFSET, 0),
+            poke: |i| put_be64(i, field::L1_TABLE_OFFSET.offset, 0),
             expect: Error("L1"),
         },
         Case {
@@ -291,34 +278,34 @@ fn cases() -> Vec<Case> {
             base: Qcow2,
             poke: |i| {
                 let len = i.len() as u64;
-                put_be64(i, q::L1_TABLE_OFFSET, (len & !0xffff) + 0x10000);
+                put_be64(i, field::L1_TABLE_OFFSET.offset, (len & !0xffff) + 0x10000);
             },
             expect: Error("L1"),
         },
         Case {
             name: "refcount table at offset 0",
             base: Qcow2,
-            poke: |i| put_be64(i, q::REFCOUNT_TABLE_OFFSET, 0),
+            poke: |i| put_be64(i, field::REFCOUNT_TABLE_OFFSET.offset, 0),
             expect: Error("refcount"),
         },
         Case {
             name: "refcount table of 0x1000 clusters in a small file",
             base: Qcow2,
-            poke: |i| put_be32(i, q::REFCOUNT_TABLE_CLUSTERS, 0x1000),
+            poke: |i| put_be32(i, field::REFCOUNT_TABLE_CLUSTERS.offset, 0x1000),
             expect: Error("refcount"),
         },
         // ---- snapshot table ----
         Case {
             name: "nb_snapshots 2 with one entry in the table",
             base: Qcow2Snapshots,
-            poke: |i| put_be32(i, q::NB_SNAPSHOTS, 3),
+            poke: |i| put_be32(i, field::NB_SNAPSHOTS.offset, 3),
             expect: Error("snapshot"),
         },
         Case {
             name: "snapshot extra_data_size 0xffffffff",
             base: Qcow2Snapshots,
             poke: |i| {
-                let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
+                let s = be64(i, field::SNAPSHOTS_OFFSET.offset) as usize;
                 put_be32(i, s + 36, 0xffff_ffff);
             },
             expect: Error("snapshot"),
@@ -327,7 +314,7 @@ fn cases() -> Vec<Case> {
             name: "snapshot id string length 0xffff",
             base: Qcow2Snapshots,
             poke: |i| {
-                let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
+                let s = be64(i, field::SNAPSHOTS_OFFSET.offset) as usize;
                 put_be16(i, s + 12, 0xffff);
             },
             expect: Error("snapshot"),
@@ -336,7 +323,7 @@ fn cases() -> Vec<Case> {
             name: "snapshot name length 0xffff",
             base: Qcow2Snapshots,
             poke: |i| {
-                let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
+                let s = be64(i, field::SNAPSHOTS_OFFSET.offset) as usize;
                 put_be16(i, s + 14, 0xffff);
             },
             expect: Error("snapshot"),
@@ -345,7 +332,7 @@ fn cases() -> Vec<Case> {
             name: "snapshot L1 table size 0x7fffffff (only that snapshot is unusable)",
             base: Qcow2Snapshots,
             poke: |i| {
-                let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
+                let s = be64(i, field::SNAPSHOTS_OFFSET.offset) as usize;
                 put_be32(i, s + 8, 0x7fff_ffff);
             },
             expect: SameAsQemu,
@@ -354,7 +341,7 @@ fn cases() -> Vec<Case> {
             name: "snapshot L1 table offset unaligned (only that snapshot is unusable)",
             base: Qcow2Snapshots,
             poke: |i| {
-                let s = be64(i, q::SNAPSHOTS_OFFSET) as usize;
+                let s = be64(i, field::SNAPSHOTS_OFFSET.offset) as usize;
                 let off = be64(i, s);
                 put_be64(i, s, off + 8);
             },
@@ -363,7 +350,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "snapshot table past the end of the file",
             base: Qcow2Snapshots,
-            poke: |i| put_be64(i, q::SNAPSHOTS_OFFSET, 0x7fff_0000_0000),
+            poke: |i| put_be64(i, field::SNAPSHOTS_OFFSET.offset, 0x7fff_0000_0000),
             expect: Error("snapshot"),
         },
         // ---- L1/L2 entries pointing into metadata or past the end ----
@@ -381,7 +368,7 @@ fn cases() -> Vec<Case> {
             base: Qcow2,
             poke: |i| {
                 let l1 = l1_offset(i);
-                let rt = be64(i, q::REFCOUNT_TABLE_OFFSET);
+                let rt = be64(i, field::REFCOUNT_TABLE_OFFSET.offset);
                 put_be64(i, l1, 0x8000_0000_0000_0000 | rt);
             },
             expect: SameAsQemu,
@@ -400,7 +387,7 @@ fn cases() -> Vec<Case> {
             base: Qcow2,
             poke: |i| {
                 let l2 = l2_offset(i);
-                let rt = be64(i, q::REFCOUNT_TABLE_OFFSET);
+                let rt = be64(i, field::REFCOUNT_TABLE_OFFSET.offset);
                 put_be64(i, l2, 0x8000_0000_0000_0000 | rt);
             },
             expect: SameAsQemu,
@@ -462,9 +449,9 @@ fn cases() -> Vec<Case> {
             name: "compression type zstd on a zlib image",
             base: Qcow2Compressed,
             poke: |i| {
-                i[q::COMPRESSION_TYPE] = 1;
-                let f = be64(i, 72) | 1 << 3;
-                put_be64(i, 72, f);
+                i[field::COMPRESSION_TYPE.offset] = 1;
+                let f = be64(i, field::INCOMPATIBLE_FEATURES.offset) | 1 << 3;
+                put_be64(i, field::INCOMPATIBLE_FEATURES.offset, f);
             },
             expect: Error("compress"),
         },
@@ -519,13 +506,13 @@ fn cases() -> Vec<Case> {
         Case {
             name: "qcow2 virtual size 2^60 with a matching tiny L1",
             base: Qcow2,
-            poke: |i| put_be64(i, q::SIZE, 1 << 60),
+            poke: |i| put_be64(i, field::SIZE.offset, 1 << 60),
             expect: Error("L1"),
         },
         Case {
             name: "unknown autoclear bits are ignored",
             base: Qcow2,
-            poke: |i| put_be64(i, q::AUTOCLEAR_FEATURES, 0xffff_ffff_ffff_fffc),
+            poke: |i| put_be64(i, field::AUTOCLEAR_FEATURES.offset, 0xffff_ffff_ffff_fffc),
             expect: SameAsQemu,
         },
         // ---- truncated files ----
@@ -690,9 +677,9 @@ fn replace(img: &mut Vec<u8>, from: &[u8], to: &[u8]) {
 
 /// Point the backing name at new text placed where the old name was.
 fn set_backing_name(img: &mut [u8], name: &[u8]) {
-    let off = be64(img, q::BACKING_FILE_OFFSET) as usize;
+    let off = be64(img, field::BACKING_FILE_OFFSET.offset) as usize;
     img[off..off + name.len()].copy_from_slice(name);
-    put_be32(img, q::BACKING_FILE_SIZE, name.len() as u32);
+    put_be32(img, field::BACKING_FILE_SIZE.offset, name.len() as u32);
 }
 
 /// Make the base image `base` in `dir`; returns its bytes.

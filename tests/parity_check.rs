@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use vdisk::qcow2::header::field;
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -310,7 +311,7 @@ fn check_counts_l2_tables_full_of_broken_entries_as_qemu_img_does_in_linear_time
         "2T",
     ]);
     qemu_io_ok(&["-c", "write -P 0xff 0 6M", s(&img)]);
-    let l1 = be64_at(&img, 40);
+    let l1 = be64_at(&img, field::L1_TABLE_OFFSET.offset);
     let map = parse_json(
         "qemu-img map",
         &qemu_img_ok(&["map", "--output=json", s(&img)]),
@@ -405,7 +406,7 @@ fn be64_at(p: &Path, at: usize) -> u64 {
 
 /// Offset of the L1-offset field of the first snapshot table entry (snap1).
 fn snap1_l1_field(p: &Path) -> u64 {
-    be64_at(p, 64)
+    be64_at(p, field::SNAPSHOTS_OFFSET.offset)
 }
 
 /// How the first snapshot's table entry is broken.
@@ -601,13 +602,16 @@ fn a_truncated_image_is_a_corruption_for_check_and_repair_keeps_what_is_left() {
 
 #[test]
 fn an_l1_table_past_the_end_of_the_file_is_a_corruption_for_check_and_repair_keeps_its_clusters() {
-    let t = twin(small_image, &[(40, 0x80000)]);
+    let t = twin(
+        small_image,
+        &[(field::L1_TABLE_OFFSET.file_offset(), 0x80000)],
+    );
     assert_eq!(t.assert_same_check(), Some(2));
     assert_eq!(check_json(true, &t.qemu, true).0, Some(2));
     assert_eq!(check_json(false, &t.ours, true).0, Some(2));
     // Moving the table back shows what each repair kept.
     for p in [&t.qemu, &t.ours] {
-        poke_u64(p, 40, small::L1);
+        poke_u64(p, field::L1_TABLE_OFFSET.file_offset(), small::L1);
     }
     assert_qemu_check_clean(&t.ours);
     qemu_io_ok(&[
@@ -626,7 +630,7 @@ fn an_l1_table_past_the_end_of_the_file_is_a_corruption_for_check_and_repair_kee
 
 #[test]
 fn a_virtual_size_that_is_not_a_multiple_of_512_is_rounded_down_as_qemu_does() {
-    let t = twin(small_image, &[(24, (4 << 20) - 100)]);
+    let t = twin(small_image, &[(field::SIZE.file_offset(), (4 << 20) - 100)]);
     let info = |json: String| parse_json("info", &json)["virtual-size"].clone();
     let q = info(qemu_img_ok(&["info", "--output=json", s(&t.qemu)]));
     let v = info(vdisk_ok(&["info", "--output=json", s(&t.ours)]));

@@ -126,7 +126,7 @@ fn a_file_declared_raw_is_never_followed_to_the_backing_file_its_header_names() 
 fn hide_backing_format(path: &Path) {
     let mut bytes = read(path);
     let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
-    let mut at = be32(&bytes, 100) as usize; // header_length
+    let mut at = be32(&bytes, vdisk::qcow2::header::field::HEADER_LENGTH.offset) as usize;
     loop {
         let (kind, len) = (be32(&bytes, at), be32(&bytes, at + 4) as usize);
         assert_ne!(kind, 0, "no backing format extension");

@@ -14,6 +14,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use std::path::{Path, PathBuf};
+use vdisk::qcow2::header::field;
 use vdisk::qcow2::{self, Qcow2};
 use vdisk::storage::MemStorage;
 use vdisk::BlockDevice;
@@ -29,27 +30,6 @@ const REFCOUNT_TABLE: u64 = 0x10000;
 const L1_TABLE: u64 = 0x30000;
 /// Start of the first header extension (the feature name table) in a v3 header.
 const FIRST_EXTENSION: usize = 112;
-
-/// Offsets of the header fields poked below (see format-spec/qcow2.md, section 2).
-mod field {
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 4;
-    pub const BACKING_FILE_OFFSET: usize = 8;
-    pub const BACKING_FILE_SIZE: usize = 16;
-    pub const CLUSTER_BITS: usize = 20;
-    pub const SIZE: usize = 24;
-    pub const CRYPT_METHOD: usize = 32;
-    pub const L1_SIZE: usize = 36;
-    pub const L1_TABLE_OFFSET: usize = 40;
-    pub const REFCOUNT_TABLE_OFFSET: usize = 48;
-    pub const REFCOUNT_TABLE_CLUSTERS: usize = 56;
-    pub const NB_SNAPSHOTS: usize = 60;
-    pub const SNAPSHOTS_OFFSET: usize = 64;
-    pub const INCOMPATIBLE_FEATURES: usize = 72;
-    pub const REFCOUNT_ORDER: usize = 96;
-    pub const HEADER_LENGTH: usize = 100;
-    pub const COMPRESSION_TYPE: usize = 104;
-}
 
 fn put_u32(img: &mut [u8], at: usize, v: u32) {
     img[at..at + 4].copy_from_slice(&v.to_be_bytes());
@@ -92,11 +72,14 @@ fn base_image(dir: &Path) -> Vec<u8> {
         p,
     ]);
     let img = read(&path);
-    assert_eq!(get_u32(&img, field::CLUSTER_BITS), 16);
-    assert_eq!(get_u64(&img, field::REFCOUNT_TABLE_OFFSET), REFCOUNT_TABLE);
-    assert_eq!(get_u64(&img, field::L1_TABLE_OFFSET), L1_TABLE);
+    assert_eq!(get_u32(&img, field::CLUSTER_BITS.offset), 16);
     assert_eq!(
-        get_u32(&img, field::HEADER_LENGTH) as usize,
+        get_u64(&img, field::REFCOUNT_TABLE_OFFSET.offset),
+        REFCOUNT_TABLE
+    );
+    assert_eq!(get_u64(&img, field::L1_TABLE_OFFSET.offset), L1_TABLE);
+    assert_eq!(
+        get_u32(&img, field::HEADER_LENGTH.offset) as usize,
         FIRST_EXTENSION
     );
     assert_eq!(
@@ -146,8 +129,8 @@ fn named_unknown_feature(img: &mut [u8]) {
     img[entry + 2..entry + 48].fill(0);
     let name = b"hostile test feature";
     img[entry + 2..entry + 2 + name.len()].copy_from_slice(name);
-    let f = get_u64(img, field::INCOMPATIBLE_FEATURES) | 1 << 20;
-    put_u64(img, field::INCOMPATIBLE_FEATURES, f);
+    let f = get_u64(img, field::INCOMPATIBLE_FEATURES.offset) | 1 << 20;
+    put_u64(img, field::INCOMPATIBLE_FEATURES.offset, f);
 }
 
 fn cases() -> Vec<Case> {
@@ -174,82 +157,82 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "wrong magic",
-            poke: |img| img[field::MAGIC + 3] = 0xfa,
+            poke: |img| img[field::MAGIC.offset + 3] = 0xfa,
             error_contains: "magic",
         },
         Case {
             name: "version 1",
-            poke: |img| put_u32(img, field::VERSION, 1),
+            poke: |img| put_u32(img, field::VERSION.offset, 1),
             error_contains: "version",
         },
         Case {
             name: "version 4",
-            poke: |img| put_u32(img, field::VERSION, 4),
+            poke: |img| put_u32(img, field::VERSION.offset, 4),
             error_contains: "version",
         },
         Case {
             name: "cluster_bits 8 (below 512-byte clusters)",
-            poke: |img| put_u32(img, field::CLUSTER_BITS, 8),
+            poke: |img| put_u32(img, field::CLUSTER_BITS.offset, 8),
             error_contains: "cluster",
         },
         Case {
             name: "cluster_bits 22 (above 2 MiB clusters)",
-            poke: |img| put_u32(img, field::CLUSTER_BITS, 22),
+            poke: |img| put_u32(img, field::CLUSTER_BITS.offset, 22),
             error_contains: "cluster",
         },
         Case {
             name: "cluster_bits 0xffffffff",
-            poke: |img| put_u32(img, field::CLUSTER_BITS, u32::MAX),
+            poke: |img| put_u32(img, field::CLUSTER_BITS.offset, u32::MAX),
             error_contains: "cluster",
         },
         Case {
             name: "v3 header_length 100 (below 104)",
-            poke: |img| put_u32(img, field::HEADER_LENGTH, 100),
+            poke: |img| put_u32(img, field::HEADER_LENGTH.offset, 100),
             error_contains: "header_length",
         },
         Case {
             name: "v3 header_length 0",
-            poke: |img| put_u32(img, field::HEADER_LENGTH, 0),
+            poke: |img| put_u32(img, field::HEADER_LENGTH.offset, 0),
             error_contains: "header_length",
         },
         Case {
             name: "header_length larger than a cluster",
-            poke: |img| put_u32(img, field::HEADER_LENGTH, CLUSTER as u32 + 8),
+            poke: |img| put_u32(img, field::HEADER_LENGTH.offset, CLUSTER as u32 + 8),
             error_contains: "header_length",
         },
         Case {
             name: "l1_size 0x7fffffff",
-            poke: |img| put_u32(img, field::L1_SIZE, 0x7fff_ffff),
+            poke: |img| put_u32(img, field::L1_SIZE.offset, 0x7fff_ffff),
             error_contains: "L1",
         },
         Case {
             name: "l1_size 0xffffffff",
-            poke: |img| put_u32(img, field::L1_SIZE, u32::MAX),
+            poke: |img| put_u32(img, field::L1_SIZE.offset, u32::MAX),
             error_contains: "L1",
         },
         Case {
             name: "l1_size too small for the virtual size",
-            poke: |img| put_u64(img, field::SIZE, 1 << 40),
+            poke: |img| put_u64(img, field::SIZE.offset, 1 << 40),
             error_contains: "L1",
         },
         Case {
             name: "l1_size 0 with a non-zero virtual size",
-            poke: |img| put_u32(img, field::L1_SIZE, 0),
+            poke: |img| put_u32(img, field::L1_SIZE.offset, 0),
             error_contains: "L1",
         },
         Case {
             name: "L1 table past the end of the file",
-            poke: |img| put_u64(img, field::L1_TABLE_OFFSET, 0x100_0000),
+            poke: |img| put_u64(img, field::L1_TABLE_OFFSET.offset, 0x100_0000),
             error_contains: "L1",
         },
         Case {
             name: "L1 table offset near 2^64",
-            poke: |img| put_u64(img, field::L1_TABLE_OFFSET, u64::MAX - 0xffff),
+            poke: |img| put_u64(img, field::L1_TABLE_OFFSET.offset, u64::MAX - 0xffff),
             error_contains: "L1",
         },
         Case {
             name: "unaligned L1 table offset",
-            poke: |img| put_u64(img, field::L1_TABLE_OFFSET, L1_TABLE - 0x200),
+            poke: |img| put_u64(img, field::L1_TABLE_OFFSET.offset, L1_TABLE - 0x200),
             error_contains: "L1",
         },
         Case {
@@ -264,12 +247,12 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "refcount table past the end of the file",
-            poke: |img| put_u64(img, field::REFCOUNT_TABLE_OFFSET, 0x100_0000),
+            poke: |img| put_u64(img, field::REFCOUNT_TABLE_OFFSET.offset, 0x100_0000),
             error_contains: "refcount table",
         },
         Case {
             name: "refcount_table_clusters 0xffffffff",
-            poke: |img| put_u32(img, field::REFCOUNT_TABLE_CLUSTERS, u32::MAX),
+            poke: |img| put_u32(img, field::REFCOUNT_TABLE_CLUSTERS.offset, u32::MAX),
             error_contains: "refcount table",
         },
         Case {
@@ -277,7 +260,7 @@ fn cases() -> Vec<Case> {
             poke: |img| {
                 put_u32(
                     img,
-                    field::REFCOUNT_TABLE_CLUSTERS,
+                    field::REFCOUNT_TABLE_CLUSTERS.offset,
                     (8 << 20) / CLUSTER as u32 + 1,
                 )
             },
@@ -285,12 +268,18 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "refcount_table_clusters 0",
-            poke: |img| put_u32(img, field::REFCOUNT_TABLE_CLUSTERS, 0),
+            poke: |img| put_u32(img, field::REFCOUNT_TABLE_CLUSTERS.offset, 0),
             error_contains: "refcount table",
         },
         Case {
             name: "unaligned refcount table offset",
-            poke: |img| put_u64(img, field::REFCOUNT_TABLE_OFFSET, REFCOUNT_TABLE + 0x200),
+            poke: |img| {
+                put_u64(
+                    img,
+                    field::REFCOUNT_TABLE_OFFSET.offset,
+                    REFCOUNT_TABLE + 0x200,
+                )
+            },
             error_contains: "refcount table",
         },
         Case {
@@ -304,14 +293,14 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "refcount_order 7",
-            poke: |img| put_u32(img, field::REFCOUNT_ORDER, 7),
+            poke: |img| put_u32(img, field::REFCOUNT_ORDER.offset, 7),
             error_contains: "refcount_order",
         },
         Case {
             name: "unknown incompatible bit without a name",
             poke: |img| {
-                let f = get_u64(img, field::INCOMPATIBLE_FEATURES) | 1 << 20;
-                put_u64(img, field::INCOMPATIBLE_FEATURES, f);
+                let f = get_u64(img, field::INCOMPATIBLE_FEATURES.offset) | 1 << 20;
+                put_u64(img, field::INCOMPATIBLE_FEATURES.offset, f);
             },
             error_contains: "20",
         },
@@ -323,56 +312,56 @@ fn cases() -> Vec<Case> {
         Case {
             name: "unknown incompatible bit 63",
             poke: |img| {
-                let f = get_u64(img, field::INCOMPATIBLE_FEATURES) | 1 << 63;
-                put_u64(img, field::INCOMPATIBLE_FEATURES, f);
+                let f = get_u64(img, field::INCOMPATIBLE_FEATURES.offset) | 1 << 63;
+                put_u64(img, field::INCOMPATIBLE_FEATURES.offset, f);
             },
             error_contains: "63",
         },
         Case {
             name: "external data file bit",
             poke: |img| {
-                let f = get_u64(img, field::INCOMPATIBLE_FEATURES) | 1 << 2;
-                put_u64(img, field::INCOMPATIBLE_FEATURES, f);
+                let f = get_u64(img, field::INCOMPATIBLE_FEATURES.offset) | 1 << 2;
+                put_u64(img, field::INCOMPATIBLE_FEATURES.offset, f);
             },
             error_contains: "external data",
         },
         Case {
             name: "extended L2 bit",
             poke: |img| {
-                let f = get_u64(img, field::INCOMPATIBLE_FEATURES) | 1 << 4;
-                put_u64(img, field::INCOMPATIBLE_FEATURES, f);
+                let f = get_u64(img, field::INCOMPATIBLE_FEATURES.offset) | 1 << 4;
+                put_u64(img, field::INCOMPATIBLE_FEATURES.offset, f);
             },
             error_contains: "extended L2",
         },
         Case {
             name: "unknown compression type 9",
             poke: |img| {
-                img[field::COMPRESSION_TYPE] = 9;
-                let f = get_u64(img, field::INCOMPATIBLE_FEATURES) | 1 << 3;
-                put_u64(img, field::INCOMPATIBLE_FEATURES, f);
+                img[field::COMPRESSION_TYPE.offset] = 9;
+                let f = get_u64(img, field::INCOMPATIBLE_FEATURES.offset) | 1 << 3;
+                put_u64(img, field::INCOMPATIBLE_FEATURES.offset, f);
             },
             error_contains: "compression",
         },
         Case {
             name: "compression type set without its feature bit",
-            poke: |img| img[field::COMPRESSION_TYPE] = 1,
+            poke: |img| img[field::COMPRESSION_TYPE.offset] = 1,
             error_contains: "compression",
         },
         Case {
             name: "virtual size near 2^64",
-            poke: |img| put_u64(img, field::SIZE, u64::MAX - 511),
+            poke: |img| put_u64(img, field::SIZE.offset, u64::MAX - 511),
             error_contains: "size",
         },
         Case {
             name: "virtual size 2^63",
-            poke: |img| put_u64(img, field::SIZE, 1 << 63),
+            poke: |img| put_u64(img, field::SIZE.offset, 1 << 63),
             error_contains: "size",
         },
         Case {
             name: "backing file name longer than 1023 bytes",
             poke: |img| {
-                put_u64(img, field::BACKING_FILE_OFFSET, 0x400);
-                put_u32(img, field::BACKING_FILE_SIZE, 1024);
+                put_u64(img, field::BACKING_FILE_OFFSET.offset, 0x400);
+                put_u32(img, field::BACKING_FILE_SIZE.offset, 1024);
                 img[0x400..0x800].fill(b'a');
             },
             error_contains: "backing",
@@ -380,16 +369,16 @@ fn cases() -> Vec<Case> {
         Case {
             name: "backing file name running past the first cluster",
             poke: |img| {
-                put_u64(img, field::BACKING_FILE_OFFSET, CLUSTER as u64 - 16);
-                put_u32(img, field::BACKING_FILE_SIZE, 100);
+                put_u64(img, field::BACKING_FILE_OFFSET.offset, CLUSTER as u64 - 16);
+                put_u32(img, field::BACKING_FILE_SIZE.offset, 100);
             },
             error_contains: "backing",
         },
         Case {
             name: "backing file offset near 2^64",
             poke: |img| {
-                put_u64(img, field::BACKING_FILE_OFFSET, u64::MAX - 10);
-                put_u32(img, field::BACKING_FILE_SIZE, 100);
+                put_u64(img, field::BACKING_FILE_OFFSET.offset, u64::MAX - 10);
+                put_u32(img, field::BACKING_FILE_SIZE.offset, 100);
             },
             error_contains: "backing",
         },
@@ -405,29 +394,29 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "encrypted (crypt_method 1, AES)",
-            poke: |img| put_u32(img, field::CRYPT_METHOD, 1),
+            poke: |img| put_u32(img, field::CRYPT_METHOD.offset, 1),
             error_contains: "encrypt",
         },
         Case {
             name: "encrypted (crypt_method 2, LUKS)",
-            poke: |img| put_u32(img, field::CRYPT_METHOD, 2),
+            poke: |img| put_u32(img, field::CRYPT_METHOD.offset, 2),
             error_contains: "encrypt",
         },
         Case {
             name: "nb_snapshots 65537 (over 65536)",
-            poke: |img| put_u32(img, field::NB_SNAPSHOTS, 65_537),
+            poke: |img| put_u32(img, field::NB_SNAPSHOTS.offset, 65_537),
             error_contains: "snapshot",
         },
         Case {
             name: "nb_snapshots 0xffffffff",
-            poke: |img| put_u32(img, field::NB_SNAPSHOTS, u32::MAX),
+            poke: |img| put_u32(img, field::NB_SNAPSHOTS.offset, u32::MAX),
             error_contains: "snapshot",
         },
         Case {
             name: "snapshot table offset not cluster aligned",
             poke: |img| {
-                put_u32(img, field::NB_SNAPSHOTS, 1);
-                put_u64(img, field::SNAPSHOTS_OFFSET, 0x200);
+                put_u32(img, field::NB_SNAPSHOTS.offset, 1);
+                put_u64(img, field::SNAPSHOTS_OFFSET.offset, 0x200);
             },
             error_contains: "snapshot",
         },

@@ -9,6 +9,7 @@ use common::rng;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
+use vdisk::qcow2::header::field;
 use vdisk::qcow2::{self, CreateOptions, OpenOptions, Qcow2, SnapshotTime};
 use vdisk::storage::{FileStorage, MemStorage, OpenOptions as FileOptions, Storage};
 use vdisk::BlockDevice;
@@ -360,7 +361,7 @@ fn hostile_snapshot_tables_give_errors_not_panics() {
         drop(img);
         s.to_vec()
     };
-    let table = u64::from_be_bytes(base[64..72].try_into().unwrap()) as usize;
+    let table = field::SNAPSHOTS_OFFSET.get(&base) as usize;
     let poke = |f: &dyn Fn(&mut Vec<u8>)| {
         let mut b = base.clone();
         f(&mut b);
@@ -377,19 +378,19 @@ fn hostile_snapshot_tables_give_errors_not_panics() {
     let cases: Vec<(&str, Poke)> = vec![
         (
             "count over the limit",
-            Box::new(|b| b[60..64].copy_from_slice(&70000u32.to_be_bytes())),
+            Box::new(|b| field::NB_SNAPSHOTS.put(b, 70000)),
         ),
         (
             "count past the file",
-            Box::new(|b| b[60..64].copy_from_slice(&60000u32.to_be_bytes())),
+            Box::new(|b| field::NB_SNAPSHOTS.put(b, 60000)),
         ),
         (
             "unaligned table",
-            Box::new(|b| b[64..72].copy_from_slice(&0x10010u64.to_be_bytes())),
+            Box::new(|b| field::SNAPSHOTS_OFFSET.put(b, 0x10010)),
         ),
         (
             "table past end of file",
-            Box::new(|b| b[64..72].copy_from_slice(&0x7fff_0000u64.to_be_bytes())),
+            Box::new(|b| field::SNAPSHOTS_OFFSET.put(b, 0x7fff_0000)),
         ),
         (
             "huge extra data",

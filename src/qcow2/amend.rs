@@ -450,9 +450,10 @@ impl<S: Storage> Qcow2<S> {
         h.refcount_table_clusters = table_clusters as u32;
         h.refcount_order = new.refcount_order;
         let bytes = h.write()?;
-        let (from, to) = (header::REFCOUNT_TABLE_FIELD_OFFSET as usize, 100);
+        use header::field;
+        let span = field::span(field::REFCOUNT_TABLE_OFFSET, field::REFCOUNT_ORDER);
         self.storage
-            .write_at(&bytes[from..to], from as u64)
+            .write_at(&bytes[span.clone()], span.start as u64)
             .map_err(ioerr("switching the refcount structures"))?;
         self.sync()?;
 

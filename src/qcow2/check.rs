@@ -23,7 +23,7 @@
 //! such overlapping references: their refcount counts every user.
 
 use super::entry::{self, L2Entry, COMPRESSED, COPIED, ZERO_FLAG};
-use super::header::{autoclear, ext, Header};
+use super::header::{autoclear, ext, field, Header};
 use super::limits::*;
 use super::refcount::get_entry;
 use super::snapshot::{self, Snapshot};
@@ -103,7 +103,7 @@ pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
         .map_err(|e| Error::io("qcow2 check: reading the file length", e))?;
     let mut first = vec![0u8; 512];
     read(st, &mut first, 0, "the header")?;
-    let cluster_bits = BigEndian::read_u32(&first[20..]);
+    let cluster_bits = field::CLUSTER_BITS.get(&first) as u32;
     if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
         let want = (1usize << cluster_bits).min(file_len.max(512) as usize);
         first.resize(want.max(512), 0);

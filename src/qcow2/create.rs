@@ -209,7 +209,7 @@ pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> 
         header_length: if opts.version == 2 {
             V2_HEADER_LEN
         } else {
-            112
+            header::V3_WITH_COMPRESSION_LEN
         },
         compression_type: opts.compression_type,
         unknown_header_tail: Vec::new(),

@@ -90,7 +90,8 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
 }
 
 fn probe(first: &[u8]) -> u32 {
-    if first.len() >= 4 && first[..4] == super::header::QCOW2_MAGIC.to_be_bytes() {
+    use super::header::{field, QCOW2_MAGIC};
+    if field::MAGIC.read(first) == Some(u64::from(QCOW2_MAGIC)) {
         100
     } else {
         0

@@ -7,7 +7,7 @@
 use super::check::refcount_entry as get_entry;
 use super::check::{self, read_u64s, ClusterUse, Scan};
 use super::entry::{self, L2Entry, COPIED};
-use super::header::{ext, Header};
+use super::header::{ext, field, Header};
 use crate::driver::{hex, DumpOptions};
 use crate::error::Result;
 use crate::storage::Storage;
@@ -28,31 +28,52 @@ fn header_section(h: &Header) -> Value {
     let mut m = Map::new();
     m.insert("offset".into(), hex(0));
     m.insert(
-        "magic".into(),
+        field::MAGIC.name.into(),
         hex(u64::from(crate::qcow2::header::QCOW2_MAGIC)),
     );
-    m.insert("version".into(), h.version.into());
-    m.insert("backing_file_offset".into(), hex(h.backing_file_offset));
-    m.insert("backing_file_size".into(), h.backing_file_size.into());
-    m.insert("cluster_bits".into(), h.cluster_bits.into());
-    m.insert("size".into(), h.size.into());
-    m.insert("crypt_method".into(), h.crypt_method.into());
-    m.insert("l1_size".into(), h.l1_size.into());
-    m.insert("l1_table_offset".into(), hex(h.l1_table_offset));
-    m.insert("refcount_table_offset".into(), hex(h.refcount_table_offset));
+    m.insert(field::VERSION.name.into(), h.version.into());
     m.insert(
-        "refcount_table_clusters".into(),
+        field::BACKING_FILE_OFFSET.name.into(),
+        hex(h.backing_file_offset),
+    );
+    m.insert(
+        field::BACKING_FILE_SIZE.name.into(),
+        h.backing_file_size.into(),
+    );
+    m.insert(field::CLUSTER_BITS.name.into(), h.cluster_bits.into());
+    m.insert(field::SIZE.name.into(), h.size.into());
+    m.insert(field::CRYPT_METHOD.name.into(), h.crypt_method.into());
+    m.insert(field::L1_SIZE.name.into(), h.l1_size.into());
+    m.insert(field::L1_TABLE_OFFSET.name.into(), hex(h.l1_table_offset));
+    m.insert(
+        field::REFCOUNT_TABLE_OFFSET.name.into(),
+        hex(h.refcount_table_offset),
+    );
+    m.insert(
+        field::REFCOUNT_TABLE_CLUSTERS.name.into(),
         h.refcount_table_clusters.into(),
     );
-    m.insert("nb_snapshots".into(), h.nb_snapshots.into());
-    m.insert("snapshots_offset".into(), hex(h.snapshots_offset));
+    m.insert(field::NB_SNAPSHOTS.name.into(), h.nb_snapshots.into());
+    m.insert(field::SNAPSHOTS_OFFSET.name.into(), hex(h.snapshots_offset));
     if h.version >= 3 {
-        m.insert("incompatible_features".into(), hex(h.incompatible_features));
-        m.insert("compatible_features".into(), hex(h.compatible_features));
-        m.insert("autoclear_features".into(), hex(h.autoclear_features));
-        m.insert("refcount_order".into(), h.refcount_order.into());
-        m.insert("header_length".into(), h.header_length.into());
-        m.insert("compression_type".into(), h.compression_type.name().into());
+        m.insert(
+            field::INCOMPATIBLE_FEATURES.name.into(),
+            hex(h.incompatible_features),
+        );
+        m.insert(
+            field::COMPATIBLE_FEATURES.name.into(),
+            hex(h.compatible_features),
+        );
+        m.insert(
+            field::AUTOCLEAR_FEATURES.name.into(),
+            hex(h.autoclear_features),
+        );
+        m.insert(field::REFCOUNT_ORDER.name.into(), h.refcount_order.into());
+        m.insert(field::HEADER_LENGTH.name.into(), h.header_length.into());
+        m.insert(
+            field::COMPRESSION_TYPE.name.into(),
+            h.compression_type.name().into(),
+        );
     }
     if let Some(b) = &h.backing_file {
         m.insert("backing_file".into(), b.clone().into());

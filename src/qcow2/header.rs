@@ -1,14 +1,20 @@
 //! The qcow2 header, its extensions and the backing file name: parse, validate, write.
 //!
-//! [`Header::parse`] reads the fixed fields with nom and checks each against
-//! [`super::limits`]; [`Header::write`] lays them out again with byteorder. Header
+//! [`field`] (the module [`super::header_fields`]) is the one table of the fixed header
+//! fields: name, offset and width, for version 2 and the version 3 additions.
+//! [`Header::parse`] reads the fixed fields through it (rather than with a nom tuple, so
+//! that the layout is written down once) and checks each against [`super::limits`];
+//! [`Header::write`] lays them out through it; code that rewrites a few header bytes in
+//! place names them by their [`Field`]. Header
 //! extensions are kept as raw `(type, bytes)` pairs in file order so that any extension,
 //! known or not, is written back byte for byte; typed accessors decode the ones vdisk uses.
 
+/// The table of fixed header fields ([`super::header_fields`]).
+pub use super::header_fields as field;
+pub use super::header_fields::Field;
 use super::limits::*;
 use crate::error::{Error, Result};
 use byteorder::{BigEndian, ByteOrder};
-use nom::number::complete::{be_u32, be_u64, u8 as nom_u8};
 
 /// `QFI\xfb`.
 pub const QCOW2_MAGIC: u32 = 0x5146_49fb;
@@ -128,23 +134,13 @@ pub struct Header {
     pub backing_file: Option<String>,
 }
 
-/// Offset of the size field (the virtual size, 8 bytes).
-pub const SIZE_FIELD_OFFSET: u64 = 24;
-/// Offset of the refcount_table_offset field (followed by refcount_table_clusters).
-pub const REFCOUNT_TABLE_FIELD_OFFSET: u64 = 48;
-/// Offset of the l1_size field (followed by l1_table_offset).
-pub const L1_FIELD_OFFSET: u64 = 36;
-/// Offset of the incompatible_features field.
-pub const INCOMPAT_FIELD_OFFSET: u64 = 72;
-/// Offset of the nb_snapshots field (followed by snapshots_offset).
-pub const SNAPSHOTS_FIELD_OFFSET: u64 = 60;
-/// Size of the fields vdisk parses in a v3 header that has a compression_type byte.
-const V3_WITH_COMPRESSION_LEN: u32 = 112;
+/// Size of the fields vdisk parses in a v3 header that has a compression_type byte (112:
+/// the byte is padded to a multiple of 8), and the header_length of the v3 headers it
+/// writes.
+pub const V3_WITH_COMPRESSION_LEN: u32 = field::COMPRESSION_TYPE.end().next_multiple_of(8) as u32;
 
-type NomErr<'a> = nom::Err<nom::error::Error<&'a [u8]>>;
-
-fn short(structure: &'static str, offset: u64) -> impl Fn(NomErr<'_>) -> Error {
-    move |_| Error::corrupt(structure, offset, "structure is truncated")
+fn short(structure: &'static str, at: Field) -> Error {
+    Error::corrupt(structure, at.file_offset(), "structure is truncated")
 }
 
 impl Header {
@@ -157,17 +153,20 @@ impl Header {
     /// at least the first `min(file_len, 2 MiB)` bytes). `file_len` is the image file length.
     pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
         const S: &str = "qcow2 header";
-        let fixed: nom::IResult<&[u8], _> = nom::sequence::tuple((
-            be_u32, be_u32, be_u64, be_u32, be_u32, be_u64, be_u32, be_u32, be_u64, be_u64, be_u32,
-            be_u32, be_u64,
-        ))(buf);
-        let (rest, f) = fixed.map_err(short(S, 0))?;
-        let (magic, version, backing_file_offset, backing_file_size, cluster_bits, size) =
-            (f.0, f.1, f.2, f.3, f.4, f.5);
-        let (crypt_method, l1_size, l1_table_offset, refcount_table_offset) = (f.6, f.7, f.8, f.9);
-        let (refcount_table_clusters, nb_snapshots, snapshots_offset) = (f.10, f.11, f.12);
+        use field::*;
+        if buf.len() < V2_HEADER_LEN as usize {
+            return Err(short(S, MAGIC));
+        }
+        let u32_at = |f: Field| f.get(buf) as u32;
+        let magic = u32_at(MAGIC);
+        let version = u32_at(VERSION);
+        let cluster_bits = u32_at(CLUSTER_BITS);
         if magic != QCOW2_MAGIC {
-            return Err(Error::corrupt(S, 0, "bad magic (not a qcow2 image)"));
+            return Err(Error::corrupt(
+                S,
+                MAGIC.file_offset(),
+                "bad magic (not a qcow2 image)",
+            ));
         }
         if version != 2 && version != 3 {
             return Err(Error::unsupported(format!("qcow2 version {version}")));
@@ -175,7 +174,7 @@ impl Header {
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(Error::corrupt(
                 S,
-                20,
+                CLUSTER_BITS.file_offset(),
                 format!(
                     "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
                 ),
@@ -184,17 +183,17 @@ impl Header {
         let cluster_size = 1u64 << cluster_bits;
         let mut h = Header {
             version,
-            backing_file_offset,
-            backing_file_size,
+            backing_file_offset: BACKING_FILE_OFFSET.get(buf),
+            backing_file_size: u32_at(BACKING_FILE_SIZE),
             cluster_bits,
-            size,
-            crypt_method,
-            l1_size,
-            l1_table_offset,
-            refcount_table_offset,
-            refcount_table_clusters,
-            nb_snapshots,
-            snapshots_offset,
+            size: SIZE.get(buf),
+            crypt_method: u32_at(CRYPT_METHOD),
+            l1_size: u32_at(L1_SIZE),
+            l1_table_offset: L1_TABLE_OFFSET.get(buf),
+            refcount_table_offset: REFCOUNT_TABLE_OFFSET.get(buf),
+            refcount_table_clusters: u32_at(REFCOUNT_TABLE_CLUSTERS),
+            nb_snapshots: u32_at(NB_SNAPSHOTS),
+            snapshots_offset: SNAPSHOTS_OFFSET.get(buf),
             incompatible_features: 0,
             compatible_features: 0,
             autoclear_features: 0,
@@ -206,44 +205,47 @@ impl Header {
             backing_file: None,
         };
         if version == 3 {
-            let v3: nom::IResult<&[u8], _> =
-                nom::sequence::tuple((be_u64, be_u64, be_u64, be_u32, be_u32))(rest);
-            let (rest, (inc, comp, auto, order, hlen)) = v3.map_err(short(S, 72))?;
-            h.incompatible_features = inc;
-            h.compatible_features = comp;
-            h.autoclear_features = auto;
-            h.refcount_order = order;
+            if buf.len() < V3_MIN_HEADER_LEN as usize {
+                return Err(short(S, INCOMPATIBLE_FEATURES));
+            }
+            h.incompatible_features = INCOMPATIBLE_FEATURES.get(buf);
+            h.compatible_features = COMPATIBLE_FEATURES.get(buf);
+            h.autoclear_features = AUTOCLEAR_FEATURES.get(buf);
+            h.refcount_order = u32_at(REFCOUNT_ORDER);
+            let hlen = u32_at(HEADER_LENGTH);
             h.header_length = hlen;
             if hlen < V3_MIN_HEADER_LEN {
                 return Err(Error::corrupt(
                     S,
-                    100,
+                    HEADER_LENGTH.file_offset(),
                     format!("header_length {hlen} is below 104"),
                 ));
             }
             if u64::from(hlen) > cluster_size {
                 return Err(Error::corrupt(
                     S,
-                    100,
+                    HEADER_LENGTH.file_offset(),
                     format!("header_length {hlen} exceeds the cluster size"),
                 ));
             }
             if hlen as usize > buf.len() {
                 return Err(Error::corrupt(
                     S,
-                    100,
+                    HEADER_LENGTH.file_offset(),
                     "header extends past the end of the file",
                 ));
             }
             if hlen > V3_MIN_HEADER_LEN {
-                let (_, ct) = nom_u8::<_, nom::error::Error<&[u8]>>(rest).map_err(short(S, 104))?;
+                let ct = COMPRESSION_TYPE
+                    .read(buf)
+                    .ok_or_else(|| short(S, COMPRESSION_TYPE))?;
                 h.compression_type = match ct {
                     0 => CompressionType::Zlib,
                     1 => CompressionType::Zstd,
                     other => {
                         return Err(Error::corrupt(
                             S,
-                            104,
+                            COMPRESSION_TYPE.file_offset(),
                             format!("unknown compression type {other}"),
                         ))
                     }
@@ -269,14 +271,14 @@ impl Header {
         if self.refcount_order > MAX_REFCOUNT_ORDER {
             return Err(Error::corrupt(
                 S,
-                96,
+                field::REFCOUNT_ORDER.file_offset(),
                 format!("refcount_order {} exceeds 6", self.refcount_order),
             ));
         }
         if self.version == 2 && self.refcount_order != 4 {
             return Err(Error::corrupt(
                 S,
-                96,
+                field::REFCOUNT_ORDER.file_offset(),
                 "version 2 images must use 16-bit refcounts",
             ));
         }
@@ -289,7 +291,7 @@ impl Header {
         if self.size > MAX_VIRTUAL_SIZE {
             return Err(Error::corrupt(
                 S,
-                24,
+                field::SIZE.file_offset(),
                 format!("virtual size {} is too large", self.size),
             ));
         }
@@ -297,7 +299,7 @@ impl Header {
             if self.backing_file_size > MAX_BACKING_NAME {
                 return Err(Error::corrupt(
                     S,
-                    16,
+                    field::BACKING_FILE_SIZE.file_offset(),
                     format!(
                         "backing file name length {} exceeds {MAX_BACKING_NAME}",
                         self.backing_file_size
@@ -310,14 +312,14 @@ impl Header {
             if self.backing_file_offset > cs || end > cs {
                 return Err(Error::corrupt(
                     S,
-                    8,
+                    field::BACKING_FILE_OFFSET.file_offset(),
                     "backing file name lies outside the first cluster",
                 ));
             }
             if self.backing_file_offset < u64::from(self.header_length) {
                 return Err(Error::corrupt(
                     S,
-                    8,
+                    field::BACKING_FILE_OFFSET.file_offset(),
                     "backing file name overlaps the header",
                 ));
             }
@@ -326,7 +328,7 @@ impl Header {
         let needed = self.l1_entries_needed().ok_or_else(|| {
             Error::corrupt(
                 S,
-                24,
+                field::SIZE.file_offset(),
                 "virtual size needs an L1 table larger than the format allows",
             )
         })?;
@@ -403,7 +405,7 @@ impl Header {
         {
             return Err(Error::corrupt(
                 S,
-                104,
+                field::COMPRESSION_TYPE.file_offset(),
                 "compression type does not match the compression-type feature bit",
             ));
         }
@@ -580,29 +582,31 @@ impl Header {
             ));
         }
         let mut b = vec![0u8; len];
-        BigEndian::write_u32(&mut b[0..], QCOW2_MAGIC);
-        BigEndian::write_u32(&mut b[4..], self.version);
-        BigEndian::write_u64(&mut b[8..], self.backing_file_offset);
-        BigEndian::write_u32(&mut b[16..], self.backing_file_size);
-        BigEndian::write_u32(&mut b[20..], self.cluster_bits);
-        BigEndian::write_u64(&mut b[24..], self.size);
-        BigEndian::write_u32(&mut b[32..], self.crypt_method);
-        BigEndian::write_u32(&mut b[36..], self.l1_size);
-        BigEndian::write_u64(&mut b[40..], self.l1_table_offset);
-        BigEndian::write_u64(&mut b[48..], self.refcount_table_offset);
-        BigEndian::write_u32(&mut b[56..], self.refcount_table_clusters);
-        BigEndian::write_u32(&mut b[60..], self.nb_snapshots);
-        BigEndian::write_u64(&mut b[64..], self.snapshots_offset);
+        use field::*;
+        MAGIC.put(&mut b, u64::from(QCOW2_MAGIC));
+        VERSION.put(&mut b, u64::from(self.version));
+        BACKING_FILE_OFFSET.put(&mut b, self.backing_file_offset);
+        BACKING_FILE_SIZE.put(&mut b, u64::from(self.backing_file_size));
+        CLUSTER_BITS.put(&mut b, u64::from(self.cluster_bits));
+        SIZE.put(&mut b, self.size);
+        CRYPT_METHOD.put(&mut b, u64::from(self.crypt_method));
+        L1_SIZE.put(&mut b, u64::from(self.l1_size));
+        L1_TABLE_OFFSET.put(&mut b, self.l1_table_offset);
+        REFCOUNT_TABLE_OFFSET.put(&mut b, self.refcount_table_offset);
+        REFCOUNT_TABLE_CLUSTERS.put(&mut b, u64::from(self.refcount_table_clusters));
+        NB_SNAPSHOTS.put(&mut b, u64::from(self.nb_snapshots));
+        SNAPSHOTS_OFFSET.put(&mut b, self.snapshots_offset);
         if self.version == 3 {
-            BigEndian::write_u64(&mut b[72..], self.incompatible_features);
-            BigEndian::write_u64(&mut b[80..], self.compatible_features);
-            BigEndian::write_u64(&mut b[88..], self.autoclear_features);
-            BigEndian::write_u32(&mut b[96..], self.refcount_order);
-            BigEndian::write_u32(&mut b[100..], self.header_length);
-            b[104] = match self.compression_type {
+            INCOMPATIBLE_FEATURES.put(&mut b, self.incompatible_features);
+            COMPATIBLE_FEATURES.put(&mut b, self.compatible_features);
+            AUTOCLEAR_FEATURES.put(&mut b, self.autoclear_features);
+            REFCOUNT_ORDER.put(&mut b, u64::from(self.refcount_order));
+            HEADER_LENGTH.put(&mut b, u64::from(self.header_length));
+            let ct = match self.compression_type {
                 CompressionType::Zlib => 0,
                 CompressionType::Zstd => 1,
             };
+            COMPRESSION_TYPE.put(&mut b, ct);
             let t = V3_WITH_COMPRESSION_LEN as usize;
             b[t..t + self.unknown_header_tail.len()].copy_from_slice(&self.unknown_header_tail);
         }
@@ -648,4 +652,67 @@ pub fn default_feature_table() -> Vec<u8> {
         out.extend_from_slice(&e);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v3 header whose every fixed field holds a distinct value: write then parse agree,
+    /// and each value sits where the table says.
+    #[test]
+    fn write_and_parse_put_every_field_where_the_table_says() {
+        let mut h = Header {
+            version: 3,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits: 16,
+            size: 5 << 20,
+            crypt_method: 0,
+            l1_size: 3,
+            l1_table_offset: 0x30000,
+            refcount_table_offset: 0x10000,
+            refcount_table_clusters: 1,
+            nb_snapshots: 2,
+            snapshots_offset: 0x50000,
+            incompatible_features: incompat::COMPRESSION_TYPE,
+            compatible_features: compat::LAZY_REFCOUNTS,
+            autoclear_features: autoclear::BITMAPS,
+            refcount_order: 5,
+            header_length: 0,
+            compression_type: CompressionType::Zstd,
+            unknown_header_tail: Vec::new(),
+            extensions: Vec::new(),
+            backing_file: Some("base.img".into()),
+        };
+        let mut b = h.write().unwrap();
+        use field::*;
+        let expect: [(Field, u64); 19] = [
+            (MAGIC, u64::from(QCOW2_MAGIC)),
+            (VERSION, 3),
+            (BACKING_FILE_OFFSET, h.backing_file_offset),
+            (BACKING_FILE_SIZE, 8),
+            (CLUSTER_BITS, 16),
+            (SIZE, 5 << 20),
+            (CRYPT_METHOD, 0),
+            (L1_SIZE, 3),
+            (L1_TABLE_OFFSET, 0x30000),
+            (REFCOUNT_TABLE_OFFSET, 0x10000),
+            (REFCOUNT_TABLE_CLUSTERS, 1),
+            (NB_SNAPSHOTS, 2),
+            (SNAPSHOTS_OFFSET, 0x50000),
+            (INCOMPATIBLE_FEATURES, incompat::COMPRESSION_TYPE),
+            (COMPATIBLE_FEATURES, compat::LAZY_REFCOUNTS),
+            (AUTOCLEAR_FEATURES, autoclear::BITMAPS),
+            (REFCOUNT_ORDER, 5),
+            (HEADER_LENGTH, u64::from(V3_WITH_COMPRESSION_LEN)),
+            (COMPRESSION_TYPE, 1),
+        ];
+        for (f, v) in expect {
+            assert_eq!(f.get(&b), v, "{}", f.name);
+        }
+        b.resize(0x60000, 0);
+        let parsed = Header::parse(&b, b.len() as u64).unwrap();
+        assert_eq!(parsed, h);
+    }
 }

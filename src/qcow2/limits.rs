@@ -4,6 +4,7 @@
 //! The numbers follow QEMU's so that every image QEMU accepts opens here and a hostile
 //! header cannot make vdisk allocate gigabytes.
 
+use super::header_fields as field;
 use crate::error::{Error, Result};
 
 /// Smallest cluster: 512 bytes.
@@ -30,10 +31,10 @@ pub const MAX_VIRTUAL_SIZE: u64 = (1 << 63) - 512;
 pub const MAX_HOST_OFFSET: u64 = (1 << 56) - 1;
 /// The unit QEMU counts a virtual size in: a size field is rounded down to it.
 pub const SECTOR_SIZE: u64 = 512;
-/// Length of a version 2 header.
-pub const V2_HEADER_LEN: u32 = 72;
-/// Smallest version 3 header (up to and including `header_length`).
-pub const V3_MIN_HEADER_LEN: u32 = 104;
+/// Length of a version 2 header (72: up to and including `snapshots_offset`).
+pub const V2_HEADER_LEN: u32 = field::SNAPSHOTS_OFFSET.end() as u32;
+/// Smallest version 3 header (104: up to and including `header_length`).
+pub const V3_MIN_HEADER_LEN: u32 = field::HEADER_LENGTH.end() as u32;
 
 /// Check a table of `entries` entries of `entry_len` bytes at `offset` before reading it:
 /// the size must not exceed `max_bytes`, the offset must be cluster-aligned, and the table

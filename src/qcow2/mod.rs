@@ -6,6 +6,7 @@
 //! | --- | --- |
 //! | [`limits`] | every hard limit, and `validate_table` |
 //! | [`header`] | the header, header extensions, feature bits, backing name |
+//! | [`header_fields`] | the table of fixed header fields: name, offset, width |
 //! | [`entry`] | decoding and encoding L1/L2 entries (pure functions) |
 //! | [`cache`] | the bounded LRU cache of L2 tables and refcount blocks |
 //! | `refcount` | refcount blocks, the refcount table, cluster allocation and freeing |
@@ -40,6 +41,7 @@ pub mod driver;
 pub mod dump;
 pub mod entry;
 pub mod header;
+pub mod header_fields;
 mod io;
 pub mod limits;
 pub mod measure;
@@ -189,7 +191,7 @@ pub(crate) fn read_header<S: Storage + ?Sized>(storage: &S) -> Result<(Header, u
     storage
         .read_at(&mut first, 0)
         .map_err(ioerr("reading the header"))?;
-    let cluster_bits = BigEndian::read_u32(&first[20..]);
+    let cluster_bits = header::field::CLUSTER_BITS.get(&first) as u32;
     if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
         let want = (1u64 << cluster_bits).min(file_len) as usize;
         if want > first.len() {

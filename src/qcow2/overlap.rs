@@ -7,7 +7,7 @@
 //! already inconsistent: the corrupt bit is set, the image becomes read-only, and the
 //! write is refused with an error that points at `vdisk check -r all`.
 
-use super::header::{incompat, INCOMPAT_FIELD_OFFSET};
+use super::header::{field, incompat};
 use super::{entry, Qcow2, Table};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -101,7 +101,9 @@ impl<S: Storage> Qcow2<S> {
         if self.header.version >= 3 {
             self.header.incompatible_features |= incompat::CORRUPT;
             let b = self.header.incompatible_features.to_be_bytes();
-            let _ = self.storage.write_at(&b, INCOMPAT_FIELD_OFFSET);
+            let _ = self
+                .storage
+                .write_at(&b, field::INCOMPATIBLE_FEATURES.file_offset());
             let _ = self.storage.flush();
         }
         self.read_only = true;

@@ -320,11 +320,13 @@ impl<S: Storage> Qcow2<S> {
         self.note_allocated(table_host + rt_clusters * cs);
         self.sync()?;
         // Switch the header: refcount_table_offset and refcount_table_clusters in one write.
-        let mut field = [0u8; 12];
-        BigEndian::write_u64(&mut field[0..], table_host);
-        BigEndian::write_u32(&mut field[8..], rt_clusters as u32);
+        use super::header::field;
+        let span = field::REFCOUNT_TABLE;
+        let mut head = [0u8; field::REFCOUNT_TABLE.end];
+        field::REFCOUNT_TABLE_OFFSET.put(&mut head, table_host);
+        field::REFCOUNT_TABLE_CLUSTERS.put(&mut head, u64::from(rt_clusters as u32));
         self.storage
-            .write_at(&field, super::header::REFCOUNT_TABLE_FIELD_OFFSET)
+            .write_at(&head[span.clone()], span.start as u64)
             .map_err(ioerr("switching to the new refcount table"))?;
         self.sync()?;
         let old_offset = self.header.refcount_table_offset;

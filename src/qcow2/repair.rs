@@ -20,7 +20,7 @@
 
 use super::check::{CheckReport, Repair, Scan, MAX_MESSAGES, REFT_RESERVED_MASK};
 use super::entry::{self, L2Entry, COPIED};
-use super::header::{incompat, INCOMPAT_FIELD_OFFSET, REFCOUNT_TABLE_FIELD_OFFSET};
+use super::header::{field, incompat};
 use super::limits::MAX_REFTABLE_BYTES;
 use super::refcount::{get_entry, set_entry};
 use crate::error::{Error, Result};
@@ -454,10 +454,11 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
     st.write_at(&buf, table_off)
         .map_err(wio("writing the refcount table"))?;
     sync(st)?;
-    let mut field = [0u8; 12];
-    BigEndian::write_u64(&mut field[0..], table_off);
-    BigEndian::write_u32(&mut field[8..], table_clusters as u32);
-    st.write_at(&field, REFCOUNT_TABLE_FIELD_OFFSET)
+    let span = field::REFCOUNT_TABLE;
+    let mut head = [0u8; field::REFCOUNT_TABLE.end];
+    field::REFCOUNT_TABLE_OFFSET.put(&mut head, table_off);
+    field::REFCOUNT_TABLE_CLUSTERS.put(&mut head, u64::from(table_clusters as u32));
+    st.write_at(&head[span.clone()], span.start as u64)
         .map_err(wio("switching to the rebuilt refcount table"))?;
     sync(st)
 }
@@ -548,11 +549,13 @@ fn check_copied<S: Storage>(
 
 /// Clear the dirty and corrupt bits (after a repair left the image consistent).
 pub(crate) fn mark_clean<S: Storage>(st: &S) -> Result<()> {
-    let mut b = [0u8; 8];
-    st.read_at(&mut b, INCOMPAT_FIELD_OFFSET)
+    let bits = field::INCOMPATIBLE_FEATURES;
+    let mut b = [0u8; field::INCOMPATIBLE_FEATURES.len];
+    st.read_at(&mut b, bits.file_offset())
         .map_err(wio("reading the feature bits"))?;
-    let mut v = [0u8; 4];
-    st.read_at(&mut v, 4).map_err(wio("reading the version"))?;
+    let mut v = [0u8; field::VERSION.len];
+    st.read_at(&mut v, field::VERSION.file_offset())
+        .map_err(wio("reading the version"))?;
     if BigEndian::read_u32(&v) < 3 {
         return Ok(());
     }
@@ -560,7 +563,7 @@ pub(crate) fn mark_clean<S: Storage>(st: &S) -> Result<()> {
     let clean = f & !(incompat::DIRTY | incompat::CORRUPT);
     if clean != f {
         BigEndian::write_u64(&mut b, clean);
-        st.write_at(&b, INCOMPAT_FIELD_OFFSET)
+        st.write_at(&b, bits.file_offset())
             .map_err(wio("clearing the dirty and corrupt bits"))?;
         sync(st)?;
     }
@@ -571,15 +574,15 @@ pub(crate) fn mark_clean<S: Storage>(st: &S) -> Result<()> {
 /// the refcounts as QEMU does, and clear the bit. An image that cannot be made consistent
 /// is refused.
 pub(crate) fn repair_if_dirty<S: Storage>(st: &S) -> Result<()> {
-    let mut head = [0u8; 80];
+    let mut head = [0u8; field::INCOMPATIBLE_FEATURES.end()];
     st.read_at(&mut head, 0)
         .map_err(wio("reading the header"))?;
-    if BigEndian::read_u32(&head[0..]) != super::header::QCOW2_MAGIC
-        || BigEndian::read_u32(&head[4..]) < 3
+    if field::MAGIC.get(&head) != u64::from(super::header::QCOW2_MAGIC)
+        || field::VERSION.get(&head) < 3
     {
         return Ok(());
     }
-    let f = BigEndian::read_u64(&head[INCOMPAT_FIELD_OFFSET as usize..]);
+    let f = field::INCOMPATIBLE_FEATURES.get(&head);
     if f & incompat::DIRTY == 0 || f & incompat::CORRUPT != 0 {
         return Ok(());
     }

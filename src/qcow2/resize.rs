@@ -25,7 +25,7 @@
 //!   whatever it held, as it does in QEMU.
 
 use super::entry::{self, L2Entry, COPIED, ZERO_FLAG};
-use super::header::{l1_entries_for, SIZE_FIELD_OFFSET};
+use super::header::{field, l1_entries_for};
 use super::{ioerr, Qcow2};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
@@ -172,9 +172,8 @@ impl<S: Storage> Qcow2<S> {
         let mut h = self.header.clone();
         h.size = new_size;
         let bytes = h.write()?;
-        let at = SIZE_FIELD_OFFSET as usize;
         self.storage
-            .write_at(&bytes[at..at + 8], SIZE_FIELD_OFFSET)
+            .write_at(&bytes[field::SIZE.range()], field::SIZE.file_offset())
             .map_err(ioerr("writing the new size"))?;
         self.sync()?;
         self.header = h;

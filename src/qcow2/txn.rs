@@ -4,12 +4,13 @@
 //! A [`Txn`] keeps shadow copies of every refcount block it changes. Clusters it allocates
 //! are free in both the old and the new state, so until the header is switched they are
 //! unreferenced garbage. [`Qcow2::txn_commit`] places the shadow blocks and a new refcount
-//! table on such clusters, writes and syncs them, then rewrites header bytes 24..72 (virtual
-//! size, L1 table, refcount table and snapshot table fields, all in the first sector) in a
-//! single write. A power cut before that write leaves the old image; after it, the new one.
+//! table on such clusters, writes and syncs them, then rewrites the header bytes of
+//! [`field::SWITCH`] (virtual size, L1 table, refcount table and snapshot table fields, all
+//! in the first sector) in a single write. A power cut before that write leaves the old image; after it, the new one.
 //! Snapshot create, apply and delete are built on this.
 
 use super::entry::{self, L2Entry, COPIED};
+use super::header::field;
 use super::refcount::{get_entry, set_entry};
 use super::{ioerr, Qcow2, Table};
 use crate::error::{Error, Result};
@@ -411,7 +412,7 @@ impl<S: Storage> Qcow2<S> {
         update(&mut h);
         let bytes = h.write()?;
         self.storage
-            .write_at(&bytes[24..72], 24)
+            .write_at(&bytes[field::SWITCH], field::SWITCH.start as u64)
             .map_err(ioerr("switching the header"))?;
         self.sync()?;
 
