@@ -319,6 +319,23 @@ pub fn image_info_shared(
     Ok(info)
 }
 
+/// What `snapshot -l` prints for the image at `path`: nothing when it has no internal
+/// snapshots (raw and VMDK images never have any), else qemu-img's `Snapshot list:` table.
+pub fn snapshot_list_text(
+    path: &std::path::Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> crate::Result<String> {
+    let info = image_info_shared(path, format, force_share)?;
+    if info.snapshots.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!(
+        "Snapshot list:\n{}",
+        snapshot_table_text(&info.snapshots)
+    ))
+}
+
 /// Info for an open qcow2 image.
 pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<ImageInfo> {
     let io = |e| crate::Error::io("reading the file size", e);
