@@ -93,32 +93,46 @@ pub fn parse_image_size(s: &str) -> Result<u64> {
     }
 }
 
-/// Format a size as qemu-img's human output does (`1 GiB`, `196 KiB`, `1.5 MiB`).
+/// Format a size as qemu-img's human output does (QEMU's `size_to_str`): the unit is
+/// the largest power of 1024 that leaves a value of at least 1000/1024, so 1000 KiB prints
+/// as `0.977 MiB` and 1023 KiB as `0.999 MiB`, and the value is printed with C's `%0.3g`
+/// (`1 GiB`, `196 KiB`, `1.5 MiB`; a value that rounds to 1000 prints as `1e+03`).
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    // qemu prints 3 significant digits and trims trailing zeros.
-    let s = if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
+    // frexp(n / (1000.0 / 1024.0)): the binary exponent e with x in [2^(e-1), 2^e).
+    let x = n as f64 / (1000.0 / 1024.0);
+    let e = if x == 0.0 {
+        0
     } else {
-        format!("{v:.2}")
+        ((x.to_bits() >> 52) & 0x7ff) as i32 - 1022
     };
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    };
-    format!("{s} {}", UNITS[u])
+    let unit = ((e - 1) / 10).clamp(0, UNITS.len() as i32 - 1) as usize;
+    let v = n as f64 / (1u64 << (unit * 10)) as f64;
+    format!("{} {}", c_format_g3(v), UNITS[unit])
+}
+
+/// C's `printf("%0.3g", v)` for a finite `v >= 0`: three significant digits, trailing
+/// zeros dropped, exponent form below 1e-4 or from 1000 on (after rounding).
+fn c_format_g3(v: f64) -> String {
+    fn trim(s: &str) -> &str {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            s
+        }
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let sci = format!("{v:.2e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..3).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exp.abs());
+    }
+    let precision = (2 - exp) as usize;
+    trim(&format!("{v:.precision$}")).to_string()
 }
 
 /// Format seconds since the epoch as local time, `YYYY-MM-DD HH:MM:SS` (qemu-img's snapshot
@@ -177,5 +191,17 @@ mod tests {
         assert_eq!(human_size(197120), "192 KiB");
         assert_eq!(human_size(3 << 19), "1.5 MiB");
         assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1000), "0.977 KiB");
+        assert_eq!(human_size(102912), "100 KiB");
+        assert_eq!(human_size(1023488), "1e+03 KiB");
+        assert_eq!(human_size(1024000), "0.977 MiB");
+        assert_eq!(human_size(1047552), "0.999 MiB");
+        assert_eq!(human_size(1048064), "1 MiB");
+        assert_eq!(human_size(1024000000), "977 MiB");
+        assert_eq!(human_size(1072693248), "0.999 GiB");
+        assert_eq!(human_size(10240000), "9.77 MiB");
+        assert_eq!(human_size(u64::MAX), "16 EiB");
     }
 }

@@ -103,3 +103,64 @@ fn create_refuses_a_backing_format_without_a_backing_file_and_raw_metadata_preal
         assert_eq!(stdout(&v), "", "{args:?}");
     }
 }
+
+/// The line of `text` that starts with `key`.
+fn line<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no '{key}' line in:\n{text}"))
+}
+
+#[test]
+fn info_prints_1000_to_1023_units_as_a_fraction_of_the_next_unit() {
+    let t = Twins::new();
+    // 1000 KiB, 999.5 KiB (qemu-img's %0.3g rounds it to 1e+03), 1023 KiB, 1023.5 KiB,
+    // 1000 MiB, 1023 MiB, 100.5 KiB (a tie, rounded to even) and 9.77 MiB.
+    for size in [
+        1_024_000u64,
+        1_023_488,
+        1_047_552,
+        1_048_064,
+        1_048_576_000,
+        1_072_693_248,
+        102_912,
+        10_240_000,
+    ] {
+        let name = format!("{size}.raw");
+        let src = t.work(&name);
+        std::fs::File::create(&src)
+            .and_then(|f| f.set_len(size))
+            .expect("making a sparse raw image");
+        t.put(&name, &src);
+        let at = format!("@{name}");
+        let (q, v) = t.same_outcome(&["info", "-f", "raw", &at]);
+        assert_text_eq(
+            &format!("virtual size of a {size}-byte image"),
+            line(&stdout(&v), "virtual size:"),
+            line(&stdout(&q), "virtual size:"),
+        );
+    }
+}
+
+#[test]
+fn info_says_a_dirty_qcow2_image_was_not_cleanly_shut_down() {
+    let t = Twins::new();
+    let src = t.work("dirty.qcow2");
+    let p = src.to_str().unwrap();
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        p,
+        "1M",
+    ]);
+    // qemu-io kills itself with the image open: the dirty bit stays set.
+    let killed = qemu_io(["-c", "write 0 64k", "-c", "sigraise 9", p]);
+    assert!(!killed.status.success(), "{}", describe("qemu-io", &killed));
+    t.put("dirty.qcow2", &src);
+    let (q, _) = same_output(&t, &["info", "@dirty.qcow2"]);
+    assert!(stdout(&q).contains("\ncleanly shut down: no\n"));
+}

@@ -154,6 +154,9 @@ impl ImageInfo {
         if let Some(cs) = self.cluster_size {
             s += &format!("cluster_size: {cs}\n");
         }
+        if self.dirty_flag {
+            s += "cleanly shut down: no\n";
+        }
         if let Some(b) = &self.backing_filename {
             s += &format!("backing file: {b}");
             if let Some(full) = &self.full_backing_filename {
