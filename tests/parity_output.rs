@@ -164,3 +164,90 @@ fn info_says_a_dirty_qcow2_image_was_not_cleanly_shut_down() {
     let (q, _) = same_output(&t, &["info", "@dirty.qcow2"]);
     assert!(stdout(&q).contains("\ncleanly shut down: no\n"));
 }
+
+/// A 4 MiB qcow2 base with 1 MiB written and an empty qcow2 overlay on it, in both
+/// directories as `base.qcow2` and `top.qcow2`.
+fn base_and_overlay(t: &Twins) {
+    let base = t.work("base.qcow2");
+    let b = base.to_str().unwrap();
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", b, "4M"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write -P 7 0 1M", b]);
+    t.put("base.qcow2", &base);
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let top = t.path(tool, "top.qcow2");
+        let base = t.path(tool, "base.qcow2");
+        qemu_img_ok(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base.to_str().unwrap(),
+            "-F",
+            "qcow2",
+            top.to_str().unwrap(),
+        ]);
+    }
+}
+
+#[test]
+fn quiet_silences_the_progress_of_convert_commit_and_rebase() {
+    let t = Twins::new();
+    base_and_overlay(&t);
+    for args in [
+        vec![
+            "convert",
+            "-q",
+            "-p",
+            "-O",
+            "raw",
+            "@base.qcow2",
+            "@out.raw",
+        ],
+        vec![
+            "convert",
+            "-p",
+            "-q",
+            "-O",
+            "raw",
+            "@base.qcow2",
+            "@out.raw",
+        ],
+        vec!["commit", "-q", "-p", "@top.qcow2"],
+        vec!["rebase", "-q", "-p", "-b", "", "@top.qcow2"],
+    ] {
+        let (q, v) = same_output(&t, &args);
+        assert!(q.status.success() && q.stdout.is_empty() && v.stdout.is_empty());
+    }
+}
+
+#[test]
+fn convert_takes_1_to_16_coroutines_and_refuses_others_with_qemu_img_message() {
+    let t = Twins::new();
+    base_and_overlay(&t);
+    for m in ["1", "16", " 2", "+3", "0x2", "010"] {
+        let (q, _) = same_output(
+            &t,
+            &["convert", "-m", m, "-O", "raw", "@base.qcow2", "@o.raw"],
+        );
+        assert!(q.status.success(), "-m {m}");
+    }
+    for m in [
+        "0",
+        "17",
+        "-1",
+        "x",
+        "1x",
+        "2.0",
+        "08",
+        "",
+        "4k",
+        "99999999999999999999",
+    ] {
+        let (q, _) = same_output(
+            &t,
+            &["convert", "-m", m, "-O", "raw", "@base.qcow2", "@o.raw"],
+        );
+        assert!(!q.status.success(), "-m {m}");
+    }
+}
