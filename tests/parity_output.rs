@@ -251,3 +251,61 @@ fn convert_takes_1_to_16_coroutines_and_refuses_others_with_qemu_img_message() {
         assert!(!q.status.success(), "-m {m}");
     }
 }
+
+/// Images for `compare`, in both directories: `a` (2 MiB, zeros written over its first
+/// 64 KiB), `b` (3 MiB, empty), `c` (3 MiB, one byte at 2 MiB + 12345), `d` (2 MiB, one
+/// byte at 12345), `e` (2 MiB, zeros over its first 1 MiB and one byte at 700000).
+fn compare_inputs(t: &Twins) {
+    let make = |name: &str, size: &str, writes: &[&str]| {
+        let p = t.work(name);
+        let ps = p.to_str().unwrap();
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", ps, size]);
+        for w in writes {
+            qemu_io_ok(&["-f", "qcow2", "-c", w, ps]);
+        }
+        t.put(name, &p);
+    };
+    make("a", "2M", &["write -P 0 0 64k"]);
+    make("b", "3M", &[]);
+    make("c", "3M", &["write -P 1 2109441 1"]);
+    make("d", "2M", &["write -P 1 12345 1"]);
+    make("e", "2M", &["write -P 0 0 1M", "write -P 1 700000 1"]);
+}
+
+#[test]
+fn compare_reports_the_sector_of_the_first_difference_as_qemu_img() {
+    let t = Twins::new();
+    compare_inputs(&t);
+    for args in [
+        vec!["compare", "@a", "@b"],
+        vec!["compare", "@a", "@c"],
+        vec!["compare", "@c", "@a"],
+        vec!["compare", "@a", "@d"],
+        vec!["compare", "@d", "@e"],
+        vec!["compare", "@e", "@a"],
+        vec!["compare", "-s", "@a", "@c"],
+        vec!["compare", "-s", "@a", "@e"],
+    ] {
+        same_output(&t, &args);
+    }
+}
+
+/// qemu-img's bar advances as its own chunks complete and prints the size-mismatch warning
+/// between the common part and the tail; where neither shows, the output is the same
+/// byte for byte: the bar starts at 0%, reaches 100% only for identical images, and a
+/// newline follows the message.
+#[test]
+fn compare_progress_frames_the_message_as_qemu_img_and_quiet_silences_it() {
+    let t = Twins::new();
+    compare_inputs(&t);
+    for args in [
+        vec!["compare", "-p", "@a", "@d"],
+        vec!["compare", "-p", "@a", "@a"],
+        vec!["compare", "-p", "@d", "@d"],
+        vec!["compare", "-p", "-s", "@a", "@c"],
+        vec!["compare", "-p", "-s", "@a", "@e"],
+        vec!["compare", "-p", "-q", "@a", "@d"],
+    ] {
+        same_output(&t, &args);
+    }
+}

@@ -116,7 +116,18 @@ pub fn compare(
     b: &mut dyn BlockDevice,
     strict: bool,
 ) -> Result<Comparison> {
+    compare_with_progress(a, b, strict, &mut |_, _| {})
+}
+
+/// [`compare`], reporting `(bytes compared, larger size)` after each run of the common part.
+pub fn compare_with_progress(
+    a: &mut dyn BlockDevice,
+    b: &mut dyn BlockDevice,
+    strict: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Comparison> {
     let (size_a, size_b) = (a.virtual_size(), b.virtual_size());
+    let total = size_a.max(size_b);
     if strict && size_a != size_b {
         return Ok(Comparison::StrictSizeMismatch);
     }
@@ -160,6 +171,7 @@ pub fn compare(
             });
         }
         pos = run_end;
+        progress(pos, total);
     }
     if size_mismatch {
         let found = if size_a > size_b {
