@@ -140,7 +140,11 @@ pub fn compare_with_progress(
         let ea = a.block_status(pos, size - pos)?;
         let eb = b.block_status(pos, size - pos)?;
         let run_end = pos + ea.length.min(eb.length).min(size - pos);
-        if strict && ea.kind != eb.kind {
+        // qemu-img compares the whole block status, and its status of a run that reaches
+        // the end of the device carries an end-of-file flag: an unallocated run up to the
+        // end differs from one that stops short of it.
+        let at_end = |e: &crate::device::Extent| pos + e.length >= size;
+        if strict && (ea.kind != eb.kind || at_end(&ea) != at_end(&eb)) {
             return Ok(Comparison::StrictStatusMismatch(pos));
         }
         let (za, zb) = (ea.kind != ExtentKind::Data, eb.kind != ExtentKind::Data);
