@@ -380,10 +380,33 @@ pub fn create_size(
     }
 }
 
-/// Check that every `-o` option is one `format` knows with a well-formed value, without
-/// creating anything (qemu-img reports these before it prints "Formatting ...").
-pub fn check_create_options(format: Format, options: &[(String, String)]) -> Result<()> {
-    (format.driver().check_create_options)(options)
+/// Check that every `-o` option is one `format` knows with a well-formed value, and refuse
+/// what qemu-img refuses when it creates an image at `path`, without creating anything.
+///
+/// The refusals name the file as qemu-img's do: a backing format without a backing file,
+/// and raw `preallocation=metadata`. qemu-img prints its "Formatting ..." line before these
+/// two (it finds them while creating); vdisk refuses before printing anything.
+pub fn check_create_options(
+    path: &Path,
+    format: Format,
+    options: &[(String, String)],
+) -> Result<()> {
+    let has = |key: &str| options.iter().any(|(k, _)| k == key);
+    let refuse = |why: String| Err(Error::invalid(format!("{}: {why}", path.display())));
+    if format == Format::RAW && has("backing_fmt") {
+        return refuse("Backing file format not supported for file format 'raw'".into());
+    }
+    (format.driver().check_create_options)(options)?;
+    if has("backing_fmt") && !has("backing_file") && format == Format::QCOW2 {
+        return refuse("Backing format cannot be used without backing file".into());
+    }
+    let metadata = options
+        .iter()
+        .any(|(k, v)| k == "preallocation" && v == "metadata");
+    if format == Format::RAW && metadata {
+        return refuse("Unsupported preallocation mode: metadata".into());
+    }
+    Ok(())
 }
 
 /// Split a qemu-img `-o` string (`a=1,b=2`; `,,` escapes a comma) into pairs.

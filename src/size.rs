@@ -2,74 +2,137 @@
 
 use crate::error::{Error, Result};
 
-/// Parse a size with an optional suffix: k/K, M, G, T, P, E (powers of 1024), or `b`/none
-/// for bytes. Fractions are allowed with a suffix (`1.5G`).
+/// Parse a size as qemu-img does (QEMU's `qemu_strtosz`): a decimal number with an
+/// optional suffix k/K, M, G, T, P, E (powers of 1024) or `b`/`B` (bytes); a decimal
+/// fraction (`1.5M`, `.5G`, `1.0`) whose fractional part is zero unless a suffix scales it;
+/// or a hexadecimal number (`0x1000`) with neither fraction nor suffix.
 pub fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let bad = || {
+    parse(s).map_err(|_| {
         Error::invalid(format!(
             "invalid size '{s}' (expected a number with an optional k, M, G, T, P or E suffix)"
         ))
-    };
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c {
-                'b' | 'B' => 0,
-                'k' | 'K' => 10,
-                'm' | 'M' => 20,
-                'g' | 'G' => 30,
-                't' | 'T' => 40,
-                'p' | 'P' => 50,
-                'e' | 'E' => 60,
-                _ => return Err(bad()),
-            };
-            (&s[..i], 1u64 << shift)
-        }
-        _ => (s, 1u64),
-    };
-    if let Ok(v) = num.parse::<u64>() {
-        return v.checked_mul(mult).ok_or_else(bad);
-    }
-    let f: f64 = num.parse().map_err(|_| bad())?;
-    if !f.is_finite() || f < 0.0 || mult == 1 {
-        return Err(bad());
-    }
-    let v = f * mult as f64;
-    if v >= 18446744073709551615.0 {
-        return Err(bad());
-    }
-    Ok(v as u64)
+    })
 }
 
-/// Format a size as qemu-img's human output does (`1 GiB`, `196 KiB`, `1.5 MiB`).
+/// Why a size did not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeError {
+    /// Not a size at all.
+    Syntax,
+    /// A size, but more than 64 bits hold.
+    Range,
+}
+
+fn parse(s: &str) -> std::result::Result<u64, SizeError> {
+    let bad = || SizeError::Syntax;
+    let t = s.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        // Hex digits include b/B and e/E, so `0x10B` is 267, never 16 bytes.
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        return u64::from_str_radix(hex, 16).map_err(|_| SizeError::Range);
+    }
+    let int_len = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (int, rest) = t.split_at(int_len);
+    let (frac, rest) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let n = r.bytes().take_while(u8::is_ascii_digit).count();
+            r.split_at(n)
+        }
+        None => ("", rest),
+    };
+    if int.is_empty() && frac.is_empty() {
+        return Err(bad());
+    }
+    let shift = match rest {
+        "" | "b" | "B" => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        "t" | "T" => 40,
+        "p" | "P" => 50,
+        "e" | "E" => 60,
+        _ => return Err(bad()),
+    };
+    let mult = 1u64 << shift;
+    let whole: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| SizeError::Range)?
+    };
+    let fraction: f64 = if frac.is_empty() {
+        0.0
+    } else {
+        format!("0.{frac}").parse().map_err(|_| bad())?
+    };
+    if fraction != 0.0 && mult == 1 {
+        return Err(bad());
+    }
+    // As qemu: the fraction is scaled in floating point and truncated to bytes.
+    let part = (fraction * mult as f64) as u64;
+    whole
+        .checked_mul(mult)
+        .and_then(|v| v.checked_add(part))
+        .ok_or(SizeError::Range)
+}
+
+/// Parse the size argument of `create` with qemu-img's refusals: a size that does not
+/// parse, or one above `i64::MAX`.
+pub fn parse_image_size(s: &str) -> Result<u64> {
+    match parse(s) {
+        Ok(size) if size <= i64::MAX as u64 => Ok(size),
+        Err(SizeError::Syntax) => Err(Error::invalid(format!(
+            "Invalid image size specified: '{s}'."
+        ))),
+        _ => Err(Error::invalid(format!(
+            "Invalid image size specified. Must be between 0 and {}.",
+            i64::MAX
+        ))),
+    }
+}
+
+/// Format a size as qemu-img's human output does (QEMU's `size_to_str`): the unit is
+/// the largest power of 1024 that leaves a value of at least 1000/1024, so 1000 KiB prints
+/// as `0.977 MiB` and 1023 KiB as `0.999 MiB`, and the value is printed with C's `%0.3g`
+/// (`1 GiB`, `196 KiB`, `1.5 MiB`; a value that rounds to 1000 prints as `1e+03`).
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    // qemu prints 3 significant digits and trims trailing zeros.
-    let s = if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
+    // frexp(n / (1000.0 / 1024.0)): the binary exponent e with x in [2^(e-1), 2^e).
+    let x = n as f64 / (1000.0 / 1024.0);
+    let e = if x == 0.0 {
+        0
     } else {
-        format!("{v:.2}")
+        ((x.to_bits() >> 52) & 0x7ff) as i32 - 1022
     };
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    };
-    format!("{s} {}", UNITS[u])
+    let unit = ((e - 1) / 10).clamp(0, UNITS.len() as i32 - 1) as usize;
+    let v = n as f64 / (1u64 << (unit * 10)) as f64;
+    format!("{} {}", c_format_g3(v), UNITS[unit])
+}
+
+/// C's `printf("%0.3g", v)` for a finite `v >= 0`: three significant digits, trailing
+/// zeros dropped, exponent form below 1e-4 or from 1000 on (after rounding).
+fn c_format_g3(v: f64) -> String {
+    fn trim(s: &str) -> &str {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            s
+        }
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let sci = format!("{v:.2e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..3).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exp.abs());
+    }
+    let precision = (2 - exp) as usize;
+    trim(&format!("{v:.precision$}")).to_string()
 }
 
 /// Format seconds since the epoch as local time, `YYYY-MM-DD HH:MM:SS` (qemu-img's snapshot
@@ -107,6 +170,18 @@ mod tests {
         assert!(parse_size("16E").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("-1").is_err());
+        assert_eq!(parse_size("0x1000").unwrap(), 4096);
+        assert_eq!(parse_size("0X10B").unwrap(), 267);
+        assert_eq!(parse_size("1.0").unwrap(), 1);
+        assert_eq!(parse_size(".5M").unwrap(), 1 << 19);
+        assert_eq!(parse_size("1.M").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1.3k").unwrap(), 1331);
+        assert_eq!(parse_size("1.9999999999999999999k").unwrap(), 2048);
+        for bad in [
+            "0x", "0x10k", "0x1.8", "1.5", "1.5b", "1e3", "1k5", "00x10", ".",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -116,5 +191,17 @@ mod tests {
         assert_eq!(human_size(197120), "192 KiB");
         assert_eq!(human_size(3 << 19), "1.5 MiB");
         assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1000), "0.977 KiB");
+        assert_eq!(human_size(102912), "100 KiB");
+        assert_eq!(human_size(1023488), "1e+03 KiB");
+        assert_eq!(human_size(1024000), "0.977 MiB");
+        assert_eq!(human_size(1047552), "0.999 MiB");
+        assert_eq!(human_size(1048064), "1 MiB");
+        assert_eq!(human_size(1024000000), "977 MiB");
+        assert_eq!(human_size(1072693248), "0.999 GiB");
+        assert_eq!(human_size(10240000), "9.77 MiB");
+        assert_eq!(human_size(u64::MAX), "16 EiB");
     }
 }

@@ -116,7 +116,18 @@ pub fn compare(
     b: &mut dyn BlockDevice,
     strict: bool,
 ) -> Result<Comparison> {
+    compare_with_progress(a, b, strict, &mut |_, _| {})
+}
+
+/// [`compare`], reporting `(bytes compared, larger size)` after each run of the common part.
+pub fn compare_with_progress(
+    a: &mut dyn BlockDevice,
+    b: &mut dyn BlockDevice,
+    strict: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Comparison> {
     let (size_a, size_b) = (a.virtual_size(), b.virtual_size());
+    let total = size_a.max(size_b);
     if strict && size_a != size_b {
         return Ok(Comparison::StrictSizeMismatch);
     }
@@ -129,7 +140,11 @@ pub fn compare(
         let ea = a.block_status(pos, size - pos)?;
         let eb = b.block_status(pos, size - pos)?;
         let run_end = pos + ea.length.min(eb.length).min(size - pos);
-        if strict && ea.kind != eb.kind {
+        // qemu-img compares the whole block status, and its status of a run that reaches
+        // the end of the device carries an end-of-file flag: an unallocated run up to the
+        // end differs from one that stops short of it.
+        let at_end = |e: &crate::device::Extent| pos + e.length >= size;
+        if strict && (ea.kind != eb.kind || at_end(&ea) != at_end(&eb)) {
             return Ok(Comparison::StrictStatusMismatch(pos));
         }
         let (za, zb) = (ea.kind != ExtentKind::Data, eb.kind != ExtentKind::Data);
@@ -160,6 +175,7 @@ pub fn compare(
             });
         }
         pos = run_end;
+        progress(pos, total);
     }
     if size_mismatch {
         let found = if size_a > size_b {

@@ -154,6 +154,9 @@ impl ImageInfo {
         if let Some(cs) = self.cluster_size {
             s += &format!("cluster_size: {cs}\n");
         }
+        if self.dirty_flag {
+            s += "cleanly shut down: no\n";
+        }
         if let Some(b) = &self.backing_filename {
             s += &format!("backing file: {b}");
             if let Some(full) = &self.full_backing_filename {
@@ -317,6 +320,23 @@ pub fn image_info_shared(
         info.full_backing_filename = Some(crate::chain::resolve(path, b)?.display().to_string());
     }
     Ok(info)
+}
+
+/// What `snapshot -l` prints for the image at `path`: nothing when it has no internal
+/// snapshots (raw and VMDK images never have any), else qemu-img's `Snapshot list:` table.
+pub fn snapshot_list_text(
+    path: &std::path::Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> crate::Result<String> {
+    let info = image_info_shared(path, format, force_share)?;
+    if info.snapshots.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!(
+        "Snapshot list:\n{}",
+        snapshot_table_text(&info.snapshots)
+    ))
 }
 
 /// Info for an open qcow2 image.

@@ -35,7 +35,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let _ = &a.cache;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
-    let mut bar = Progress::new(a.progress, 0);
+    let mut bar = Progress::new(a.progress && !a.quiet, 0);
     vdisk::ops::commit::commit(&a.file, format, a.base.as_deref(), a.keep, &mut |d, t| {
         bar.update(d, t)
     })?;

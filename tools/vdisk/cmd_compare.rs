@@ -1,12 +1,13 @@
-//! `vdisk compare [-f FMT] [-F FMT] [-s] [-q] A B`
+//! `vdisk compare [-f FMT] [-F FMT] [-s] [-p] [-q] A B`
 //!
 //! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
 
 use crate::output::out;
+use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, ImageOptions};
-use vdisk::ops::compare::compare;
+use vdisk::ops::compare::compare_with_progress;
 use vdisk::Result;
 
 /// Arguments of `compare`.
@@ -21,6 +22,9 @@ pub struct Args {
     /// Strict: sizes and allocation status must match too.
     #[arg(short = 's')]
     strict: bool,
+    /// Show a progress bar (silenced by -q).
+    #[arg(short = 'p')]
+    progress: bool,
     /// Quiet: print nothing, only set the exit code.
     #[arg(short = 'q')]
     quiet: bool,
@@ -48,16 +52,30 @@ fn open(
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    // As qemu-img: the bar starts once both images are open, reaches 100% only when they
+    // are identical, and a newline follows the last message.
+    let mut bar = None;
     let result = (|| {
         let mut ia = open(&a.a, &a.format_a, a.force_share)?;
         let mut ib = open(&a.b, &a.format_b, a.force_share)?;
-        compare(ia.device.as_mut(), ib.device.as_mut(), a.strict)
+        let bar = bar.insert(Progress::new(a.progress && !a.quiet, 0));
+        compare_with_progress(
+            ia.device.as_mut(),
+            ib.device.as_mut(),
+            a.strict,
+            &mut |d, t| bar.update(d, t),
+        )
     })();
     match result {
         Ok(c) => {
+            let bar = bar.unwrap_or_else(|| Progress::new(false, 0));
+            if c.is_identical() {
+                bar.complete();
+            }
             if !a.quiet {
                 out!("{}", c.message())?;
             }
+            bar.end();
             Ok(ExitCode::from(if c.is_identical() { 0 } else { 1 }))
         }
         Err(e) => {

@@ -25,9 +25,10 @@ pub struct Args {
     /// Compress the output (qcow2: compressed clusters; -o compression_type=zlib|zstd).
     #[arg(short = 'c')]
     compress: bool,
-    /// Worker threads for reading, zero detection and compression (default: all cores).
-    #[arg(short = 'm')]
-    workers: Option<usize>,
+    /// Worker threads for reading, zero detection and compression, 1 to 16 (default: all
+    /// cores).
+    #[arg(short = 'm', allow_hyphen_values = true)]
+    workers: Option<String>,
     /// Allow out-of-order writes to the output (where its format allows them).
     #[arg(short = 'W')]
     out_of_order: bool,
@@ -56,7 +57,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = (&a.src_cache, a.quiet);
+    let _ = &a.src_cache;
+    let workers = a.workers.as_deref().map(parse_workers).transpose()?;
     let unsafe_cache = match a.cache.as_str() {
         "unsafe" => true,
         "writeback" | "none" | "writethrough" | "directsync" => false,
@@ -78,10 +80,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     )?;
     let size = src.device.virtual_size();
-    let mut bar = Progress::new(a.progress, size);
-    if a.workers == Some(0) {
-        return Err(Error::invalid("-m needs at least one worker"));
-    }
+    let mut bar = Progress::new(a.progress && !a.quiet, size);
     if a.compress && !dst_format.supports_compression() {
         // Refused before the output file is created, as qemu-img does.
         return Err(Error::invalid(
@@ -123,7 +122,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         zero_granularity: 0,
         unallocated_is_zero: true,
         compress: a.compress,
-        workers: a.workers.unwrap_or(0),
+        workers: workers.unwrap_or(0),
         out_of_order: a.out_of_order,
     };
     convert(src.device.as_mut(), dst.as_mut(), copts, &mut |d, t| {
@@ -132,4 +131,40 @@ pub fn run(a: Args) -> Result<ExitCode> {
     files.keep();
     bar.finish();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The most `-m` workers qemu-img allows (its `MAX_COROUTINES`).
+const MAX_WORKERS: i64 = 16;
+
+/// Parse `-m` as qemu-img does: a C integer (decimal, `0x` hex or `0` octal, optional sign
+/// and leading blanks) from 1 to 16, with qemu-img's two messages.
+fn parse_workers(s: &str) -> Result<usize> {
+    let range = || {
+        Error::invalid(format!(
+            "Invalid number of coroutines specified. Must be between 1 and {MAX_WORKERS}."
+        ))
+    };
+    let syntax = || Error::invalid(format!("Invalid number of coroutines specified: '{s}'."));
+    let t = s.trim_start();
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (radix, digits) = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        (16, h)
+    } else if t.len() > 1 && t.starts_with('0') {
+        (8, &t[1..])
+    } else {
+        (10, t)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(syntax());
+    }
+    let n = i64::from_str_radix(digits, radix).map_err(|_| range())?;
+    let n = if negative { -n } else { n };
+    if !(1..=MAX_WORKERS).contains(&n) {
+        return Err(range());
+    }
+    Ok(n as usize)
 }

@@ -4,7 +4,7 @@ use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, Format};
-use vdisk::size::parse_size;
+use vdisk::size::parse_image_size;
 use vdisk::Result;
 
 /// Arguments of `create`.
@@ -47,7 +47,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         opts.push(("backing_fmt".into(), f.clone()));
     }
     let size_arg = match &a.size {
-        Some(s) => Some(parse_size(s)?),
+        Some(s) => Some(parse_image_size(s)?),
         None => None,
     };
     let mut size = image::create_size(&a.file, size_arg, &opts)?;
@@ -91,7 +91,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "Image creation needs a size parameter",
         ));
     }
-    image::check_create_options(format, &opts)?;
+    image::check_create_options(&a.file, format, &opts)?;
     if !a.quiet {
         let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format);
         for (k, v) in &opts {

@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             None => None,
         };
         let size = chain.device.virtual_size();
-        let mut bar = Progress::new(a.progress, size);
+        let mut bar = Progress::new(a.progress && !a.quiet, size);
         let nb: Option<&mut dyn BlockDevice> = match new_backing.as_mut() {
             Some(i) => Some(i.device.as_mut()),
             None => None,

@@ -98,11 +98,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     }
     if list {
-        let img = open(&a, true)?;
-        let snaps: Vec<_> = img.snapshots().iter().map(|s| s.to_json()).collect();
+        let format = a.format.as_deref().map(str::parse).transpose()?;
         out!(
-            "Snapshot list:\n{}",
-            vdisk::ops::info::snapshot_table_text(&snaps)
+            "{}",
+            vdisk::ops::info::snapshot_list_text(&a.file, format, a.force_share)?
         )?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -49,4 +49,19 @@ impl Progress {
     pub fn finish(&self) {
         self.print(100.0, true);
     }
+
+    /// Print 100%, unless the last update did, without ending the line (a message
+    /// follows, then [`Progress::end`]).
+    pub fn complete(&self) {
+        if self.last < 100.0 {
+            self.print(100.0, false);
+        }
+    }
+
+    /// End the progress display with a newline, as qemu-img does after its last message.
+    pub fn end(&self) {
+        if self.enabled {
+            println!();
+        }
+    }
 }
