@@ -11,17 +11,17 @@ use vdisk::{BlockDevice, Error, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Options to change, comma-separated key=value (compat, lazy_refcounts,
     /// refcount_bits, size; backing_file and backing_fmt only as they are).
     #[arg(short = 'o', action = clap::ArgAction::Append)]
     options: Vec<String>,
     /// Accepted for qemu-img compatibility (amend prints nothing).
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Accepted for qemu-img compatibility (no progress bar).
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
     /// Image file.
     file: PathBuf,

@@ -16,16 +16,16 @@ use vdisk::{Error, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Repair: `leaks` frees leaked clusters, `all` also fixes corruptions.
-    #[arg(short = 'r', value_name = "leaks|all")]
+    #[arg(short = 'r', long = "repair", value_name = "leaks|all")]
     repair: Option<String>,
     /// Output format: human or json.
     #[arg(long = "output", default_value = "human")]
     output: String,
     /// Quiet: print nothing on success.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]

@@ -11,22 +11,22 @@ use vdisk::Result;
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Commit into this image of the chain (default: the direct backing); implies -d.
-    #[arg(short = 'b')]
+    #[arg(short = 'b', long = "base")]
     base: Option<PathBuf>,
     /// Do not empty the image after committing.
-    #[arg(short = 'd')]
+    #[arg(short = 'd', long = "drop")]
     keep: bool,
     /// Show a progress bar.
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Cache mode (accepted for qemu-img compatibility).
-    #[arg(short = 't')]
+    #[arg(short = 't', long = "cache")]
     cache: Option<String>,
     /// Image file.
     file: PathBuf,

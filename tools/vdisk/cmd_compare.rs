@@ -14,19 +14,19 @@ use vdisk::Result;
 #[derive(clap::Args)]
 pub struct Args {
     /// Format of the first image (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "a-format")]
     format_a: Option<String>,
     /// Format of the second image (probed when absent).
-    #[arg(short = 'F')]
+    #[arg(short = 'F', long = "b-format")]
     format_b: Option<String>,
     /// Strict: sizes and allocation status must match too.
-    #[arg(short = 's')]
+    #[arg(short = 's', long = "strict")]
     strict: bool,
     /// Show a progress bar (silenced by -q).
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
     /// Quiet: print nothing, only set the exit code.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Read-only, without locking out other users of the image (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]

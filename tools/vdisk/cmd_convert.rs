@@ -11,44 +11,44 @@ use vdisk::{Error, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Source format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "source-format")]
     format: Option<String>,
     /// Output format.
-    #[arg(short = 'O', default_value = "raw")]
+    #[arg(short = 'O', long = "target-format", default_value = "raw")]
     output_format: String,
     /// Output format options (key=value, comma-separated).
-    #[arg(short = 'o', action = clap::ArgAction::Append)]
+    #[arg(short = 'o', long = "target-options", action = clap::ArgAction::Append)]
     options: Vec<String>,
     /// Show a progress bar.
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
     /// Compress the output (qcow2: compressed clusters; -o compression_type=zlib|zstd).
-    #[arg(short = 'c')]
+    #[arg(short = 'c', long = "compress")]
     compress: bool,
     /// Worker threads for reading, zero detection and compression, 1 to 16 (default: all
     /// cores).
-    #[arg(short = 'm', allow_hyphen_values = true)]
+    #[arg(short = 'm', long = "parallel", allow_hyphen_values = true)]
     workers: Option<String>,
     /// Allow out-of-order writes to the output (where its format allows them).
-    #[arg(short = 'W')]
+    #[arg(short = 'W', long = "oob-writes")]
     out_of_order: bool,
     /// Output cache mode: unsafe (default, as qemu-img: no fsync), writeback, none.
-    #[arg(short = 't', default_value = "unsafe")]
+    #[arg(short = 't', long = "target-cache", default_value = "unsafe")]
     cache: String,
     /// Source cache mode (accepted for qemu-img compatibility).
-    #[arg(short = 'T')]
+    #[arg(short = 'T', long = "source-cache")]
     src_cache: Option<String>,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Read the source without locking out other users of it (as qemu-img -U).
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Write only what differs from this backing file, which the output records.
-    #[arg(short = 'B')]
+    #[arg(short = 'B', long = "backing")]
     backing: Option<String>,
     /// Format of the -B backing file.
-    #[arg(short = 'F')]
+    #[arg(short = 'F', long = "backing-format")]
     backing_format: Option<String>,
     /// Source image.
     src: PathBuf,

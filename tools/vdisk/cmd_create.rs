@@ -11,22 +11,22 @@ use vdisk::Result;
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (raw, qcow2, vmdk).
-    #[arg(short = 'f', default_value = "raw")]
+    #[arg(short = 'f', long = "format", default_value = "raw")]
     format: String,
     /// Format options, comma-separated key=value (as qemu-img -o).
-    #[arg(short = 'o', action = clap::ArgAction::Append)]
+    #[arg(short = 'o', long = "options", action = clap::ArgAction::Append)]
     options: Vec<String>,
     /// Backing file.
-    #[arg(short = 'b')]
+    #[arg(short = 'b', long = "backing")]
     backing: Option<String>,
     /// Backing file format.
-    #[arg(short = 'F')]
+    #[arg(short = 'F', long = "backing-format")]
     backing_format: Option<String>,
     /// Do not open the backing file (size must be given).
-    #[arg(short = 'u')]
+    #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_backing: bool,
     /// Suppress the "Formatting ..." line.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Image file to create.
     file: PathBuf,

@@ -11,7 +11,7 @@ use vdisk::Result;
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Output format: human or json.
     #[arg(long = "output", default_value = "human")]

@@ -12,7 +12,7 @@ use vdisk::{Error, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Target format (default raw).
-    #[arg(short = 'O', default_value = "raw")]
+    #[arg(short = 'O', long = "target-format", default_value = "raw")]
     target: String,
     /// Target creation options (`key=value,...`).
     #[arg(short = 'o')]
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long = "size")]
     size: Option<String>,
     /// Input image format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Output format: human or json.
     #[arg(long = "output", default_value = "human")]

@@ -13,25 +13,25 @@ use vdisk::{BlockDevice, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (must be qcow2).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Unsafe: only rewrite the backing name in the header.
-    #[arg(short = 'u')]
+    #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_mode: bool,
     /// New backing file ("" removes the backing file).
-    #[arg(short = 'b', required = true)]
+    #[arg(short = 'b', long = "backing", required = true)]
     backing: String,
     /// Format of the new backing file.
-    #[arg(short = 'F')]
+    #[arg(short = 'F', long = "backing-format")]
     backing_format: Option<String>,
     /// Show a progress bar.
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Cache mode (accepted for qemu-img compatibility).
-    #[arg(short = 't')]
+    #[arg(short = 't', long = "cache")]
     cache: Option<String>,
     /// Image file.
     file: PathBuf,

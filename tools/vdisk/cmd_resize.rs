@@ -12,7 +12,7 @@ use vdisk::{Error, Preallocation, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (probed when absent).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// Allow the image to become smaller (data past the new end is lost).
     #[arg(long)]
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, value_name = "MODE")]
     preallocation: Option<String>,
     /// Do not print "Image resized.".
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Image file.
     file: PathBuf,

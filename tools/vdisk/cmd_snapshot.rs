@@ -13,19 +13,24 @@ use vdisk::{Error, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format (must be qcow2).
-    #[arg(short = 'f')]
+    #[arg(short = 'f', long = "format")]
     format: Option<String>,
     /// List snapshots.
-    #[arg(short = 'l', group = "action")]
+    #[arg(short = 'l', long = "list", group = "action")]
     list: bool,
     /// Create a snapshot.
-    #[arg(short = 'c', group = "action", value_name = "NAME")]
+    #[arg(short = 'c', long = "create", group = "action", value_name = "NAME")]
     create: Option<String>,
     /// Apply (roll back to) a snapshot, found by ID or else by name.
-    #[arg(short = 'a', group = "action", value_name = "ID_OR_NAME")]
+    #[arg(
+        short = 'a',
+        long = "apply",
+        group = "action",
+        value_name = "ID_OR_NAME"
+    )]
     apply: Option<String>,
     /// Delete a snapshot, found by name (the first of that name).
-    #[arg(short = 'd', group = "action", value_name = "NAME")]
+    #[arg(short = 'd', long = "delete", group = "action", value_name = "NAME")]
     delete: Option<String>,
     /// Delete the snapshots outside the retention policy, oldest first.
     #[arg(long, group = "action")]
@@ -43,7 +48,7 @@ pub struct Args {
     #[arg(short = 'U', long = "force-share")]
     force_share: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Image file.
     file: PathBuf,
