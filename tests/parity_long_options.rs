@@ -178,3 +178,30 @@ fn every_subcommand_takes_qemu_img_long_option_names() {
         assert_text_eq(&format!("{step:?}"), &vdisk_ok(step), &qemu_img_ok(step));
     }
 }
+
+#[test]
+fn info_b_is_the_short_form_of_backing_chain() {
+    let dir = tempdir();
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&base), "1M"]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    for output in ["human", "json"] {
+        let args = ["info", "-b", "--output", output, s(&top)];
+        assert_text_eq(
+            &format!("info -b --output {output}"),
+            &vdisk_ok(&args),
+            &qemu_img_ok(&args),
+        );
+    }
+}

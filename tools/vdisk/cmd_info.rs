@@ -1,4 +1,4 @@
-//! `vdisk info [-f FMT] [--output human|json] [--backing-chain] FILE`
+//! `vdisk info [-f FMT] [--output human|json] [-b|--backing-chain] FILE`
 
 use crate::output::{out, outln};
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long = "output", default_value = "human")]
     output: String,
     /// Show every image of the backing chain.
-    #[arg(long = "backing-chain")]
+    #[arg(short = 'b', long = "backing-chain")]
     backing_chain: bool,
     /// Never open backing files (for untrusted images). Plain `info` only names them; this
     /// makes that explicit and refuses --backing-chain.
