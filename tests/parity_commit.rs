@@ -10,32 +10,33 @@
 
 mod common;
 
+use common::twins::{Tool, Twins};
 use common::{
-    assert_bytes_eq, assert_qemu_check_clean, qemu_img, qemu_img_ok, qemu_io_ok, qemu_raw_contents,
-    run_cases, vdisk, TempDir,
+    assert_bytes_eq, assert_qemu_check_clean, qemu_img_ok, qemu_io_ok, qemu_raw_contents, run_cases,
 };
 use std::path::PathBuf;
 
-/// A chain built once in `input/`, then copied to `qemu/` and `vdisk/`.
+/// A chain built once in the work directory of [`Twins`], then copied to both sides.
 struct Twin {
-    dir: TempDir,
+    t: Twins,
 }
 
 impl Twin {
     fn new() -> Twin {
-        let t = Twin {
-            dir: common::tempdir(),
-        };
-        std::fs::create_dir(t.input()).expect("creating the input directory");
-        t
+        Twin { t: Twins::new() }
     }
 
     fn input(&self) -> PathBuf {
-        self.dir.path().join("input")
+        self.t.work("")
     }
 
+    /// `name` in the input (`"input"`) or in one tool's copy (`"qemu"`, `"vdisk"`).
     fn path(&self, side: &str, name: &str) -> PathBuf {
-        self.dir.path().join(side).join(name)
+        match side {
+            "qemu" => self.t.path(Tool::Qemu, name),
+            "vdisk" => self.t.path(Tool::Vdisk, name),
+            _ => self.t.work(name),
+        }
     }
 
     /// `qemu-img create -f qcow2` in the input: `opts` for `-o` (may be empty), an
@@ -70,24 +71,19 @@ impl Twin {
     /// Returns the two tools' stderr (qemu-img first) when both failed.
     #[track_caller]
     fn run_both(&self, args: &[&str], images: &[&str]) -> Option<(String, String)> {
-        for side in ["qemu", "vdisk"] {
-            let to = self.dir.path().join(side);
-            std::fs::create_dir(&to).expect("creating a side directory");
-            for e in std::fs::read_dir(self.input()).expect("listing the input") {
-                let e = e.expect("listing the input");
-                std::fs::copy(e.path(), to.join(e.file_name())).expect("copying the input");
-            }
+        for e in std::fs::read_dir(self.input()).expect("listing the input") {
+            let e = e.expect("listing the input");
+            self.t.put(&e.file_name().to_string_lossy(), &e.path());
         }
-        let on = |side: &str| -> Vec<String> {
-            args.iter()
-                .map(|a| match a.ends_with(".qcow2") {
-                    true => self.path(side, a).to_string_lossy().into_owned(),
-                    false => a.to_string(),
-                })
-                .collect()
-        };
-        let q = qemu_img(on("qemu"));
-        let v = vdisk(on("vdisk"));
+        let args_at: Vec<String> = args
+            .iter()
+            .map(|a| match a.ends_with(".qcow2") {
+                true => format!("@{a}"),
+                false => a.to_string(),
+            })
+            .collect();
+        let args_at: Vec<&str> = args_at.iter().map(String::as_str).collect();
+        let (q, v) = self.t.run(&args_at);
         assert_eq!(
             v.status.success(),
             q.status.success(),
@@ -100,11 +96,11 @@ impl Twin {
         for name in images {
             let (qi, vi) = (self.path("qemu", name), self.path("vdisk", name));
             assert_qemu_check_clean(&vi);
-            let scratch = self.dir.path();
+            let scratch = self.input();
             assert_bytes_eq(
                 &format!("{args:?}: guest contents of {name} (vdisk vs qemu-img)"),
-                &qemu_raw_contents(&vi, scratch),
-                &qemu_raw_contents(&qi, scratch),
+                &qemu_raw_contents(&vi, &scratch),
+                &qemu_raw_contents(&qi, &scratch),
             );
         }
         (!q.status.success()).then(|| {
