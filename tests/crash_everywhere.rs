@@ -76,21 +76,32 @@ fn assert_not_corrupt_with(what: &str, cut: u64, bytes: &[u8], files: &[(&str, &
     );
 }
 
-/// A small image with data spread over it (written through vdisk, then flushed).
-fn image_with_data(opts: &CreateOptions, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let base = Arc::new(MemStorage::new());
-    let mut img = qcow2::create(base.clone(), opts).expect("create");
-    let size = opts.size;
-    let mut model = vec![0u8; size as usize];
-    let mut rng = rng(seed);
-    for _ in 0..24 {
+/// `count` writes of random data at random offsets of `img` (each up to two clusters
+/// long), applied to `model` as well.
+fn scatter_writes(
+    img: &mut dyn BlockDevice,
+    model: &mut [u8],
+    rng: &mut common::TestRng,
+    count: usize,
+    cluster_size: u64,
+) {
+    let size = model.len() as u64;
+    for _ in 0..count {
         let off = rng.below(size - 1);
-        let len = (1 + rng.below(opts.cluster_size * 2)).min(size - off);
+        let len = (1 + rng.below(cluster_size * 2)).min(size - off);
         let mut d = vec![0u8; len as usize];
         rng.fill(&mut d);
         img.write_at(&d, off).unwrap();
         model[off as usize..(off + len) as usize].copy_from_slice(&d);
     }
+}
+
+/// A small image with data spread over it (written through vdisk, then flushed).
+fn image_with_data(opts: &CreateOptions, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let base = Arc::new(MemStorage::new());
+    let mut img = qcow2::create(base.clone(), opts).expect("create");
+    let mut model = vec![0u8; opts.size as usize];
+    scatter_writes(&mut img, &mut model, &mut rng(seed), 24, opts.cluster_size);
     img.close().unwrap();
     drop(img);
     (base.to_vec(), model)
@@ -219,14 +230,7 @@ fn replay_grow_over_longer_backing(
         .unwrap();
     top.set_backing(Some(raw_device(backing.clone())));
     let mut model = backing[..from_size as usize].to_vec();
-    for _ in 0..8 {
-        let off = rng.below(from_size - 1);
-        let len = (1 + rng.below(opts.cluster_size * 2)).min(from_size - off);
-        let mut d = vec![0u8; len as usize];
-        rng.fill(&mut d);
-        top.write_at(&d, off).unwrap();
-        model[off as usize..(off + len) as usize].copy_from_slice(&d);
-    }
+    scatter_writes(&mut top, &mut model, &mut rng, 8, opts.cluster_size);
     top.close().unwrap();
     drop(top);
     let initial = base.to_vec();
