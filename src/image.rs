@@ -14,7 +14,7 @@ use crate::driver::{CreateParams, Driver, OpenParams};
 pub use crate::error::with_path;
 use crate::error::{Error, Result};
 use crate::qcow2::driver::SharedQcow2;
-use crate::storage::{FileStorage, HostFiles, OpenOptions as FileOpenOptions, Storage};
+use crate::storage::{HostFiles, Storage};
 use std::path::{Path, PathBuf};
 
 /// Every format vdisk knows, in the order `-f help` lists them. Adding a format is one
@@ -77,15 +77,11 @@ pub fn probe<S: Storage + ?Sized>(storage: &S) -> Result<Format> {
 
 /// Guess the format of the file at `path`, opening it read-only for the look.
 pub fn probe_path(path: &Path, force_share: bool) -> Result<Format> {
-    let f = open_file(
+    probe(&*crate::driver::open_read_only(
+        &HostFiles,
         path,
-        &ImageOptions {
-            read_only: true,
-            force_share,
-            ..Default::default()
-        },
-    )?;
-    probe(&f)
+        force_share,
+    )?)
 }
 
 /// How to open an image by path.
@@ -102,18 +98,6 @@ pub struct ImageOptions {
     /// Read-only opens only: take no lock that keeps other processes from writing the
     /// image or its backing files (qemu-img `-U`). See [`crate::storage::lock`].
     pub force_share: bool,
-}
-
-fn open_file(path: &Path, opts: &ImageOptions) -> Result<FileStorage> {
-    FileStorage::open(
-        path,
-        FileOpenOptions {
-            write: !opts.read_only,
-            unsafe_cache: opts.unsafe_cache,
-            force_share: opts.force_share,
-        },
-    )
-    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
 }
 
 /// An open image of any format.
@@ -154,16 +138,7 @@ fn open_layer(
     let probed = format.is_none();
     let format = match format {
         Some(f) => f,
-        None => {
-            let f = open_file(
-                path,
-                &ImageOptions {
-                    read_only: true,
-                    ..opts.clone()
-                },
-            )?;
-            probe(&f)?
-        }
+        None => probe_path(path, opts.force_share)?,
     };
     let params = OpenParams {
         read_only: opts.read_only,
