@@ -22,10 +22,10 @@
 //! clusters with two uses, and to feed `dump`'s host-cluster map. Like QEMU, repair keeps
 //! such overlapping references: their refcount counts every user.
 
+use super::entry::read_refcount;
 use super::entry::{self, L2Entry, COMPRESSED, COPIED, ZERO_FLAG};
 use super::header::{autoclear, ext, field, Header};
 use super::limits::*;
-use super::refcount::get_entry;
 use super::snapshot::{self, Snapshot};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -671,7 +671,7 @@ impl Scan {
             }
             read(st, &mut block, off, "a refcount block")?;
             for (k, slot) in out[first..end].iter_mut().enumerate() {
-                let v = get_entry(&block, order, k);
+                let v = read_refcount(&block, order, k);
                 *slot = Some(v.min(u64::from(u32::MAX)) as u32);
             }
         }
@@ -703,9 +703,4 @@ pub fn cluster_usage<S: Storage>(st: &S) -> Result<Vec<ClusterUse>> {
     scan.walk(st, &mut r)?;
     let stored = scan.stored_refcounts(st, scan.refs.len())?;
     Ok(scan.usage(&stored))
-}
-
-/// Read entry `index` of a refcount block with 2^`order`-bit entries (for `dump`).
-pub fn refcount_entry(block: &[u8], order: u32, index: usize) -> u64 {
-    get_entry(block, order, index)
 }

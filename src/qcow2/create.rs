@@ -4,9 +4,9 @@
 //! refcount blocks that describe all of this metadata, then the L1 table: the same order
 //! qemu-img uses. Preallocation then goes through the ordinary allocator.
 
+use super::entry::write_refcount;
 use super::header::{self, CompressionType, Header};
 use super::limits::*;
-use super::refcount::set_entry;
 use super::{OpenOptions, Qcow2};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
@@ -245,7 +245,7 @@ pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> 
     for c in 0..total {
         let (b, i) = (c / rb_entries, c % rb_entries);
         let block = &mut blocks_buf[(b * cs) as usize..((b + 1) * cs) as usize];
-        set_entry(block, refcount_order, i as usize, 1);
+        write_refcount(block, refcount_order, i as usize, 1);
     }
     storage.write_at(&rt, rt_offset).map_err(io)?;
     storage.write_at(&blocks_buf, blocks_offset).map_err(io)?;
