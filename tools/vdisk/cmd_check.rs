@@ -8,9 +8,8 @@ use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::check_report::Repair;
-use vdisk::ops::info::to_qemu_json;
-use vdisk::storage::HostFiles;
-use vdisk::{Error, Result};
+use vdisk::ops::check;
+use vdisk::Result;
 
 /// Arguments of `check`.
 #[derive(clap::Args)]
@@ -36,19 +35,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(r) => r.parse()?,
         None => Repair::None,
     };
-    let force_share = a.force_share.on();
-    if force_share && repair != Repair::None {
-        return Err(Error::invalid(
-            "-U/--force-share opens the image read-only and cannot be used with -r",
-        ));
-    }
-    let name = a.file.display().to_string();
-    let format = a.format.or_probe(&a.file, force_share)?;
-    let Some(check) = format.driver().check else {
+    let format = a.format.get()?;
+    let Some(checked) = check::check(&a.file, format, repair, a.force_share.on())? else {
         eprintln!("vdisk: This image format does not support checks");
         return Ok(ExitCode::from(63));
     };
-    let report = check(&HostFiles, &a.file, repair, force_share)?;
+    let report = &checked.report;
     for m in &report.messages {
         eprintln!("{m}");
     }
@@ -58,15 +50,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if !a.quiet.on() {
         if json {
-            outln!("{}", to_qemu_json(&report.to_json(&name, format.name())))?;
+            outln!("{}", checked.to_json(&a.file.display().to_string()))?;
         } else {
-            if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
-                out!(
-                    "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
-                    report.leaks_fixed, report.corruptions_fixed
-                )?;
-            }
-            out!("{}", report.to_human())?;
+            out!("{}", checked.to_human())?;
         }
     }
     if report.check_errors > 0 {

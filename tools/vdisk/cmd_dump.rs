@@ -5,8 +5,7 @@ use crate::flags::{ForceShareFlag, FormatFlag};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::dump::{self, DumpOptions};
-use vdisk::storage::HostFiles;
-use vdisk::{Error, Result};
+use vdisk::Result;
 
 /// Arguments of `dump`.
 #[derive(clap::Args)]
@@ -53,13 +52,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         map: a.map,
         clusters: a.clusters,
     };
-    let format = a.format.or_probe(&a.file, a.force_share.on())?;
-    let Some(dump_doc) = format.driver().dump else {
-        return Err(Error::unsupported(format!(
-            "dump of {format} images (they have no metadata)"
-        )));
-    };
-    let doc = dump_doc(&HostFiles, &a.file, opts, a.force_share.on())?;
+    let doc = dump::document(&a.file, a.format.get()?, opts, a.force_share.on())?;
     let mut out = std::io::stdout().lock();
     if a.json {
         dump::write_json(&doc, &mut out)?;

@@ -23,15 +23,6 @@ impl FormatFlag {
         self.format.as_deref().map(str::parse).transpose()
     }
 
-    /// The format given, or else the one probed from `path` (`force_share`: probe
-    /// without locking out other users of the file).
-    pub fn or_probe(&self, path: &std::path::Path, force_share: bool) -> Result<Format> {
-        match self.get()? {
-            Some(f) => Ok(f),
-            None => image::probe_path(path, force_share),
-        }
-    }
-
     /// The name as given on the command line.
     pub fn name(&self) -> Option<&str> {
         self.format.as_deref()
@@ -65,11 +56,6 @@ impl OptionsFlag {
     /// Every `key=value` pair, in command-line order.
     pub fn pairs(&self) -> Result<Vec<(String, String)>> {
         parse_option_lists(&self.options)
-    }
-
-    /// Whether no `-o` was given.
-    pub fn is_empty(&self) -> bool {
-        self.options.is_empty()
     }
 }
 
