@@ -13,6 +13,7 @@ use crate::check_report::{CheckReport, Repair};
 use crate::device::{BlockDevice, ExtentKind};
 use crate::error::{Error, Result};
 use crate::storage::Namespace;
+use crate::Preallocation;
 use std::path::{Path, PathBuf};
 
 /// How the image layer asks a driver to open one image (one layer of a chain).
@@ -216,6 +217,60 @@ pub type DumpFn = fn(
     force_share: bool,
 ) -> Result<serde_json::Value>;
 
+/// Opens, read-only and with the rest of its chain, the backing file an image names: the
+/// image layer's job, handed to a driver operation that opens the image itself (resize,
+/// amend).
+pub type OpenBacking<'a> = &'a mut dyn FnMut(&BackingRef) -> Result<Box<dyn BlockDevice>>;
+
+/// What a resize asks of a driver.
+pub struct ResizeJob<'a> {
+    /// The new size, given the image's current one, after every check (those of all
+    /// formats and those of the [`ResizePolicy`]). Called once the image is open, before
+    /// anything changes.
+    pub new_size: &'a mut dyn FnMut(u64) -> Result<u64>,
+    /// Preallocation for the added part (one the policy allows).
+    pub preallocation: Preallocation,
+    /// Opens the backing chain, for a format resized with it attached.
+    pub open_backing: OpenBacking<'a>,
+}
+
+/// [`ResizePolicy::resize`].
+pub type ResizeFn = fn(ns: &dyn Namespace, path: &Path, job: ResizeJob<'_>) -> Result<()>;
+
+/// How the images of a format change size (`qemu-img resize`). Every format that resizes
+/// grows; shrinking needs `--shrink` and takes no preallocation (checked above the drivers).
+#[derive(Clone, Copy)]
+pub struct ResizePolicy {
+    /// Whether the image may become smaller (with `--shrink`).
+    pub shrink: bool,
+    /// Preallocation modes for the added part; another is refused with qemu-img's
+    /// "Unsupported preallocation mode".
+    pub preallocation: &'static [Preallocation],
+    /// Whether the new size must be a whole number of 512-byte sectors.
+    pub whole_sectors: bool,
+    /// Open the image at `path` for writing, get the new size from the job, resize.
+    pub resize: ResizeFn,
+}
+
+/// [`Driver::amend`].
+pub type AmendFn = fn(
+    ns: &dyn Namespace,
+    path: &Path,
+    options: &Options,
+    open_backing: OpenBacking<'_>,
+) -> Result<()>;
+
+/// Emptying an image after `commit` has copied its data into the backing chain (qemu's
+/// make_empty), in two steps so that a commit refuses before it changes anything.
+#[derive(Clone, Copy)]
+pub struct MakeEmpty {
+    /// Fail if the image at `path` could not be opened for writing (looking without
+    /// locking it).
+    pub check_writable: fn(ns: &dyn Namespace, path: &Path) -> Result<()>,
+    /// Empty the image at `path`: every guest cluster reads from the backing chain again.
+    pub run: fn(ns: &dyn Namespace, path: &Path) -> Result<()>,
+}
+
 /// One image format: its name and the functions that implement it.
 pub struct Driver {
     /// The name qemu-img uses (`-f`, `-O`, `info`'s "file format").
@@ -247,6 +302,13 @@ pub struct Driver {
     /// Every on-disk structure of the image at `path`, as one `dump` document; `None` for
     /// formats without metadata.
     pub dump: Option<DumpFn>,
+    /// How its images change size; `None` for formats that cannot resize.
+    pub resize: Option<ResizePolicy>,
+    /// Change format options of the image at `path` in place (`qemu-img amend`); `None`
+    /// for formats without amendable options.
+    pub amend: Option<AmendFn>,
+    /// Empty the image after a commit; `None` for formats that keep their data.
+    pub make_empty: Option<MakeEmpty>,
 }
 
 impl std::fmt::Debug for Driver {

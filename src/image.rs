@@ -10,11 +10,11 @@
 use crate::chain::{self, Layer, Visited};
 use crate::device::BlockDevice;
 pub use crate::driver::Format;
-use crate::driver::{CreateParams, Driver, OpenParams};
+use crate::driver::{BackingRef, CreateParams, Driver, OpenParams};
 pub use crate::error::with_path;
 use crate::error::{Error, Result};
 use crate::qcow2::driver::SharedQcow2;
-use crate::storage::{HostFiles, Storage};
+use crate::storage::{HostFiles, Namespace, Storage};
 use std::path::{Path, PathBuf};
 
 /// Every format vdisk knows, in the order `-f help` lists them. Adding a format is one
@@ -82,6 +82,25 @@ pub fn probe_path(path: &Path, force_share: bool) -> Result<Format> {
         path,
         force_share,
     )?)
+}
+
+/// The format of the image at `path` (`format` when given, else probed), once its file
+/// has been opened for writing: a file that cannot be written, or that another process
+/// holds, is refused before anything else happens.
+pub fn format_for_writing(path: &Path, format: Option<Format>) -> Result<Format> {
+    let storage = HostFiles
+        .open(
+            path,
+            crate::storage::OpenOptions {
+                write: true,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    match format {
+        Some(f) => Ok(f),
+        None => probe(&*storage),
+    }
 }
 
 /// How to open an image by path.
@@ -216,6 +235,33 @@ pub fn open_qcow2_alone(
         ..Default::default()
     };
     Ok(open_qcow2(path, &opts)?.0)
+}
+
+/// Open, read-only with the rest of its chain, the backing file `backing` that the
+/// `format` image at `path` names, as [`open`] would attach it: for a driver operation
+/// that opens the image itself (resize, amend; see [`crate::driver::OpenBacking`]).
+pub fn open_backing_of(
+    path: &Path,
+    format: Format,
+    backing: &BackingRef,
+) -> Result<Box<dyn BlockDevice>> {
+    let mut visited = Visited::default();
+    visited.enter(path)?;
+    let layer = Layer {
+        path: path.to_path_buf(),
+        format,
+        backing_name: Some(backing.name.clone()),
+        backing_format: backing.format.clone(),
+    };
+    let mut layers = vec![layer.clone()];
+    open_backing(
+        path,
+        &layer,
+        &ImageOptions::default(),
+        &mut visited,
+        &mut layers,
+    )?
+    .ok_or_else(|| Error::invalid(format!("'{}' names no backing file", path.display())))
 }
 
 /// Open, read-only, the backing file `layer` (the image at `path`) names, with the rest of

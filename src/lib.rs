@@ -68,6 +68,18 @@ pub enum Preallocation {
     Full,
 }
 
+impl Preallocation {
+    /// The name qemu-img uses for the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preallocation::Off => "off",
+            Preallocation::Metadata => "metadata",
+            Preallocation::Falloc => "falloc",
+            Preallocation::Full => "full",
+        }
+    }
+}
+
 impl std::str::FromStr for Preallocation {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

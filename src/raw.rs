@@ -37,7 +37,52 @@ pub static DRIVER: Driver = Driver {
     measure: Some(measure),
     check: None,
     dump: None,
+    // Metadata preallocation needs metadata; raw has none.
+    resize: Some(driver::ResizePolicy {
+        shrink: true,
+        preallocation: &[
+            crate::Preallocation::Off,
+            crate::Preallocation::Falloc,
+            crate::Preallocation::Full,
+        ],
+        whole_sectors: false,
+        resize,
+    }),
+    amend: None,
+    make_empty: None,
 };
+
+/// Resize the file itself: its length (not rounded to sectors) is the current size, and
+/// the added part is preallocated as asked.
+fn resize(ns: &dyn Namespace, path: &Path, job: driver::ResizeJob<'_>) -> Result<()> {
+    let storage = ns
+        .open(
+            path,
+            OpenOptions {
+                write: true,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let current = storage
+        .len()
+        .map_err(|e| Error::io("raw image: reading the file length", e))?;
+    let size = (job.new_size)(current)?;
+    let io = |e| Error::io("raw image: resizing", e);
+    if size > current {
+        match job.preallocation {
+            crate::Preallocation::Falloc => {
+                storage.allocate(current, size - current).map_err(io)?
+            }
+            crate::Preallocation::Full => {
+                crate::storage::write_zero_bytes(&*storage, current, size - current).map_err(io)?
+            }
+            crate::Preallocation::Off | crate::Preallocation::Metadata => {}
+        }
+    }
+    storage.set_len(size).map_err(io)?;
+    storage.flush().map_err(io)
+}
 
 /// A raw image needs its virtual size, in whole sectors.
 fn measure(

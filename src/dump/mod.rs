@@ -9,8 +9,31 @@
 pub use crate::driver::DumpOptions;
 
 use crate::error::{Error, Result};
+use crate::image::{self, Format};
+use crate::storage::HostFiles;
 use serde_json::Value;
 use std::io::Write;
+use std::path::Path;
+
+/// The dump document of the image at `file` (format `format`, probed when `None`) with the
+/// sections `opts` asks for; `force_share` reads without locking out other users.
+pub fn document(
+    file: &Path,
+    format: Option<Format>,
+    opts: DumpOptions,
+    force_share: bool,
+) -> Result<Value> {
+    let format = match format {
+        Some(f) => f,
+        None => image::probe_path(file, force_share)?,
+    };
+    let Some(dump_doc) = format.driver().dump else {
+        return Err(Error::unsupported(format!(
+            "dump of {format} images (they have no metadata)"
+        )));
+    };
+    dump_doc(&HostFiles, file, opts, force_share)
+}
 
 fn io(e: std::io::Error) -> Error {
     Error::io("writing the dump", e)

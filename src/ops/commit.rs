@@ -11,7 +11,8 @@ use std::path::Path;
 
 /// Commit the image at `file` (format `format`, probed when `None`) into its direct
 /// backing file, or into `base_path` further down its chain. Unless `keep` (or a
-/// `base_path` is named, or the image is raw), the image is emptied afterwards.
+/// `base_path` is named, or its format keeps its data: no `Driver::make_empty`), the image
+/// is emptied afterwards.
 pub fn commit(
     file: &Path,
     format: Option<Format>,
@@ -36,10 +37,12 @@ pub fn commit(
     let base_depth = base_depth(&chain.layers, file, base_path)?;
     // Emptying the top image at the end writes it: find out now whether it may be written,
     // before the base is changed.
-    let empty_top = !keep && base_path.is_none() && format != Some(Format::RAW);
-    if empty_top && chain.layers[0].format == Format::QCOW2 {
-        let s = crate::driver::open_read_only(&HostFiles, file, true)?;
-        crate::qcow2::check_writable_open(&s).map_err(|e| image::with_path(file, e))?;
+    let make_empty = match keep || base_path.is_some() {
+        true => None,
+        false => chain.layers[0].format.driver().make_empty,
+    };
+    if let Some(m) = &make_empty {
+        (m.check_writable)(&HostFiles, file)?;
     }
     let base_layer = chain.layers[base_depth].clone();
     // The base is about to be opened for writing, which its read-only open in `chain`
@@ -88,12 +91,8 @@ pub fn commit(
     drop(base);
     drop(chain);
     drop(guards);
-    if empty_top && image::probe_path(file, false)? == Format::QCOW2 {
-        let no_backing = ImageOptions {
-            no_backing: true,
-            ..Default::default()
-        };
-        image::open_qcow2(file, &no_backing)?.0.make_empty()?;
+    if let Some(m) = make_empty {
+        (m.run)(&HostFiles, file)?;
     }
     Ok(())
 }

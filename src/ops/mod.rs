@@ -1,6 +1,8 @@
 //! Operations written once against [`crate::BlockDevice`], for every format.
 
+pub mod amend;
 pub mod chain_ops;
+pub mod check;
 pub mod commit;
 pub mod compare;
 pub mod convert;

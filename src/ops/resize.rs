@@ -1,13 +1,12 @@
 //! `resize` of an image by path, with qemu-img's rules: the size may be relative (`+1G`,
-//! `-512M`), shrinking needs `shrink`, preallocation applies to the added part only. qcow2
-//! grows with its backing chain attached (the new area of an overlay must hide a longer
-//! backing image); raw resizes the file; VMDK resizes its extents.
+//! `-512M`), shrinking needs `shrink`, preallocation applies to the added part only. What
+//! else a format allows, and how it resizes, is its driver's [`ResizePolicy`].
 
-use crate::device::BlockDevice;
+use crate::driver::{ResizeJob, ResizePolicy};
 use crate::error::{Error, Result};
 use crate::image::{self, Format};
 use crate::size::parse_size;
-use crate::storage::{HostFiles, Namespace, OpenOptions};
+use crate::storage::HostFiles;
 use crate::Preallocation;
 use std::path::Path;
 
@@ -20,87 +19,69 @@ pub fn resize(
     shrink: bool,
     prealloc: Preallocation,
 ) -> Result<()> {
-    let storage = HostFiles
-        .open(
-            file,
-            OpenOptions {
-                write: true,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::io(format!("could not open '{}'", file.display()), e))?;
-    let format = match format {
-        Some(f) => f,
-        None => image::probe(&*storage)?,
+    let format = image::format_for_writing(file, format)?;
+    let Some(policy) = format.driver().resize else {
+        return refuse(file, format, spec, shrink, prealloc);
     };
-    // The formats differ in how they resize (qcow2: with its backing chain and
-    // preallocation; raw: the file itself; VMDK: its extents).
-    if format == Format::QCOW2 {
-        {
-            // With its backing chain, as qemu-img: the new area of an overlay must hide
-            // what a longer backing image holds there.
-            drop(storage);
-            let (mut img, _) = image::open_qcow2(
-                file,
-                &image::ImageOptions {
-                    format: Some(format),
-                    ..Default::default()
-                },
-            )?;
-            let current = img.virtual_size();
-            let size = new_size(spec, current)?;
-            if size % 512 != 0 {
-                return Err(Error::invalid("The new size must be a multiple of 512"));
-            }
-            check_direction(shrink, current, size, prealloc)?;
-            img.resize_preallocated(size, prealloc)?;
-            img.close()?;
-        }
-    } else if format == Format::RAW {
-        {
-            let current = storage
-                .len()
-                .map_err(|e| Error::io("raw image: reading the file length", e))?;
-            let size = new_size(spec, current)?;
-            if prealloc == Preallocation::Metadata {
-                return Err(Error::unsupported(
-                    "Unsupported preallocation mode: metadata",
-                ));
-            }
-            check_direction(shrink, current, size, prealloc)?;
-            let io = |e| Error::io("raw image: resizing", e);
-            if size > current {
-                match prealloc {
-                    Preallocation::Falloc => {
-                        storage.allocate(current, size - current).map_err(io)?
-                    }
-                    Preallocation::Full => {
-                        crate::storage::write_zero_bytes(&*storage, current, size - current)
-                            .map_err(io)?
-                    }
-                    _ => {}
-                }
-            }
-            storage.set_len(size).map_err(io)?;
-            storage.flush().map_err(io)?;
-        }
-    } else {
-        {
-            drop(storage);
-            let mut img = image::open(
-                file,
-                &image::ImageOptions {
-                    format: Some(format),
-                    no_backing: true,
-                    ..Default::default()
-                },
-            )?;
-            let current = img.device.virtual_size();
-            let size = new_size(spec, current)?;
-            check_direction(shrink, current, size, prealloc)?;
-            img.device.resize(size)?;
-            img.device.close()?;
-        }
+    let mut new_size = |current| {
+        let size = new_size(spec, current)?;
+        check_policy(&policy, current, size, prealloc)?;
+        check_direction(shrink, current, size, prealloc)?;
+        Ok(size)
+    };
+    let mut open_backing = |b: &_| image::open_backing_of(file, format, b);
+    let job = ResizeJob {
+        new_size: &mut new_size,
+        preallocation: prealloc,
+        open_backing: &mut open_backing,
+    };
+    (policy.resize)(&HostFiles, file, job)
+}
+
+/// A format that cannot resize, refused as qemu-img refuses it: once the new size has been
+/// checked against the current one.
+fn refuse(
+    file: &Path,
+    format: Format,
+    spec: &str,
+    shrink: bool,
+    prealloc: Preallocation,
+) -> Result<()> {
+    let img = image::open(
+        file,
+        &image::ImageOptions {
+            format: Some(format),
+            no_backing: true,
+            ..Default::default()
+        },
+    )?;
+    let current = img.device.virtual_size();
+    let size = new_size(spec, current)?;
+    check_direction(shrink, current, size, prealloc)?;
+    Err(Error::unsupported(format!("resizing {format} images")))
+}
+
+/// What the format's policy refuses: a size that is not whole sectors, a preallocation
+/// mode it does not have, shrinking.
+fn check_policy(
+    policy: &ResizePolicy,
+    current: u64,
+    size: u64,
+    prealloc: Preallocation,
+) -> Result<()> {
+    if policy.whole_sectors && size % 512 != 0 {
+        return Err(Error::invalid("The new size must be a multiple of 512"));
+    }
+    if !policy.preallocation.contains(&prealloc) {
+        return Err(Error::unsupported(format!(
+            "Unsupported preallocation mode: {}",
+            prealloc.name()
+        )));
+    }
+    if size < current && !policy.shrink {
+        return Err(Error::unsupported(
+            "Image format does not support shrinking",
+        ));
     }
     Ok(())
 }

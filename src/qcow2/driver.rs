@@ -1,12 +1,17 @@
 //! The qcow2 row of the driver table: probing by magic, opening (reporting the backing
-//! file the header names), creating from qemu-img's `-o` options.
+//! file the header names), creating from qemu-img's `-o` options, resizing (with every
+//! preallocation mode), amending, and emptying after a commit.
 
-use super::{CreateOptions, OpenOptions, Qcow2};
+use super::{AmendOptions, CreateOptions, OpenOptions, Qcow2};
 use crate::check_report::{CheckReport, Repair};
 use crate::device::BlockDevice;
-use crate::driver::{self, BackingRef, CreateParams, Driver, FormatInfo, OpenParams, Opened};
+use crate::driver::{
+    self, BackingRef, CreateParams, Driver, FormatInfo, MakeEmpty, OpenBacking, OpenParams, Opened,
+    ResizeJob, ResizePolicy,
+};
 use crate::error::{Error, Result};
 use crate::storage::{Namespace, OpenOptions as FileOptions, Storage};
+use crate::Preallocation;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,7 +31,69 @@ pub static DRIVER: Driver = Driver {
         let storage = driver::open_read_only(ns, path, force_share)?;
         super::dump::document(&storage, opts).map_err(|e| crate::error::with_path(path, e))
     }),
+    resize: Some(ResizePolicy {
+        shrink: true,
+        preallocation: &[
+            Preallocation::Off,
+            Preallocation::Metadata,
+            Preallocation::Falloc,
+            Preallocation::Full,
+        ],
+        whole_sectors: true,
+        resize,
+    }),
+    amend: Some(amend),
+    make_empty: Some(MakeEmpty {
+        check_writable: |ns, path| {
+            let storage = driver::open_read_only(ns, path, true)?;
+            super::check_writable_open(&storage).map_err(|e| crate::error::with_path(path, e))
+        },
+        run: |ns, path| open_image(ns, path, &OpenParams::default())?.0.make_empty(),
+    }),
 };
+
+/// Open the image at `path` writable with its backing chain attached.
+fn open_with_backing(
+    ns: &dyn Namespace,
+    path: &Path,
+    open_backing: OpenBacking<'_>,
+) -> Result<SharedQcow2> {
+    let (mut q, backing) = open_image(ns, path, &OpenParams::default())?;
+    if let Some(b) = backing {
+        q.set_backing(Some(open_backing(&b)?));
+    }
+    Ok(q)
+}
+
+fn resize(ns: &dyn Namespace, path: &Path, job: ResizeJob<'_>) -> Result<()> {
+    // With its backing chain, as qemu-img: the new area of an overlay must hide what a
+    // longer backing image holds there.
+    let mut q = open_with_backing(ns, path, job.open_backing)?;
+    let size = (job.new_size)(q.virtual_size())?;
+    q.resize_preallocated(size, job.preallocation)?;
+    q.close()
+}
+
+fn amend(
+    ns: &dyn Namespace,
+    path: &Path,
+    options: &[(String, String)],
+    open_backing: OpenBacking<'_>,
+) -> Result<()> {
+    let mut o = AmendOptions::default();
+    for (k, v) in options {
+        o.set(k, v)?;
+    }
+    // With its backing chain when the size changes, as qemu-img: growing an overlay must
+    // hide what a longer backing image holds in the new area.
+    let mut q = if o.size.is_some() {
+        open_with_backing(ns, path, open_backing)?
+    } else {
+        open_image(ns, path, &OpenParams::default())?.0
+    };
+    q.amend(&o)?;
+    q.close()
+}
 
 fn check(
     ns: &dyn Namespace,

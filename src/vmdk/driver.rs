@@ -34,6 +34,11 @@ pub static DRIVER: Driver = Driver {
     dump: Some(|ns, path, opts, force_share| {
         super::dump::document(&open_read_only(ns, path, force_share)?, opts)
     }),
+    // As qemu-img: VMDK images keep their size (resize is refused once the new size has
+    // been checked), have no amendable options, and are not emptied after a commit.
+    resize: None,
+    amend: None,
+    make_empty: None,
 };
 
 fn open_read_only(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<super::Vmdk> {

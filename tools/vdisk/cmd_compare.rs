@@ -2,6 +2,7 @@
 //!
 //! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
 
+use crate::flags::{ForceShareFlag, ProgressFlag, QuietFlag};
 use crate::output::out;
 use crate::progress::Progress;
 use std::path::PathBuf;
@@ -13,6 +14,8 @@ use vdisk::Result;
 /// Arguments of `compare`.
 #[derive(clap::Args)]
 pub struct Args {
+    // -f/-F are this command's own: the formats of the two images (--a-format and
+    // --b-format in qemu-img), not the shared -f/--format.
     /// Format of the first image (probed when absent).
     #[arg(short = 'f', long = "a-format")]
     format_a: Option<String>,
@@ -22,15 +25,13 @@ pub struct Args {
     /// Strict: sizes and allocation status must match too.
     #[arg(short = 's', long = "strict")]
     strict: bool,
-    /// Show a progress bar (silenced by -q).
-    #[arg(short = 'p', long = "progress")]
-    progress: bool,
-    /// Quiet: print nothing, only set the exit code.
-    #[arg(short = 'q', long = "quiet")]
-    quiet: bool,
-    /// Read-only, without locking out other users of the image (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
+    #[command(flatten)]
+    progress: ProgressFlag,
+    // Quiet: print nothing, only set the exit code.
+    #[command(flatten)]
+    quiet: QuietFlag,
+    #[command(flatten)]
+    force_share: ForceShareFlag,
     /// First image.
     a: PathBuf,
     /// Second image.
@@ -56,9 +57,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // are identical, and a newline follows the last message.
     let mut bar = None;
     let result = (|| {
-        let mut ia = open(&a.a, &a.format_a, a.force_share)?;
-        let mut ib = open(&a.b, &a.format_b, a.force_share)?;
-        let bar = bar.insert(Progress::new(a.progress && !a.quiet, 0));
+        let mut ia = open(&a.a, &a.format_a, a.force_share.on())?;
+        let mut ib = open(&a.b, &a.format_b, a.force_share.on())?;
+        let bar = bar.insert(Progress::new(a.progress.on() && !a.quiet.on(), 0));
         compare_with_progress(
             ia.device.as_mut(),
             ib.device.as_mut(),
@@ -72,7 +73,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if c.is_identical() {
                 bar.complete();
             }
-            if !a.quiet {
+            if !a.quiet.on() {
                 out!("{}", c.message())?;
             }
             bar.end();

@@ -1,5 +1,6 @@
 //! `vdisk convert [-f FMT] -O FMT [-o OPTS] [-c] [-m N] [-W] [-p] [-t CACHE] SRC DST`
 
+use crate::flags::{is_unsafe_cache, parse_option_lists, ForceShareFlag, ProgressFlag, QuietFlag};
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,8 @@ use vdisk::{Error, Result};
 /// Arguments of `convert`.
 #[derive(clap::Args)]
 pub struct Args {
+    // -f, -o and -t are this command's own: qemu-img spells them --source-format,
+    // --target-options and --target-cache here, and -t defaults to unsafe.
     /// Source format (probed when absent).
     #[arg(short = 'f', long = "source-format")]
     format: Option<String>,
@@ -19,9 +22,8 @@ pub struct Args {
     /// Output format options (key=value, comma-separated).
     #[arg(short = 'o', long = "target-options", action = clap::ArgAction::Append)]
     options: Vec<String>,
-    /// Show a progress bar.
-    #[arg(short = 'p', long = "progress")]
-    progress: bool,
+    #[command(flatten)]
+    progress: ProgressFlag,
     /// Compress the output (qcow2: compressed clusters; -o compression_type=zlib|zstd).
     #[arg(short = 'c', long = "compress")]
     compress: bool,
@@ -38,12 +40,11 @@ pub struct Args {
     /// Source cache mode (accepted for qemu-img compatibility).
     #[arg(short = 'T', long = "source-cache")]
     src_cache: Option<String>,
-    /// Quiet.
-    #[arg(short = 'q', long = "quiet")]
-    quiet: bool,
-    /// Read the source without locking out other users of it (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
+    #[command(flatten)]
+    quiet: QuietFlag,
+    // Read the source without locking out other users of it.
+    #[command(flatten)]
+    force_share: ForceShareFlag,
     /// Write only what differs from this backing file, which the output records.
     #[arg(short = 'B', long = "backing")]
     backing: Option<String>,
@@ -59,28 +60,21 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let _ = &a.src_cache;
     let workers = a.workers.as_deref().map(parse_workers).transpose()?;
-    let unsafe_cache = match a.cache.as_str() {
-        "unsafe" => true,
-        "writeback" | "none" | "writethrough" | "directsync" => false,
-        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
-    };
+    let unsafe_cache = is_unsafe_cache(&a.cache)?;
     let src_format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let dst_format: Format = a.output_format.parse()?;
-    let mut opts = Vec::new();
-    for o in &a.options {
-        opts.extend(image::parse_options(o)?);
-    }
+    let mut opts = parse_option_lists(&a.options)?;
     let mut src = image::open(
         &a.src,
         &ImageOptions {
             format: src_format,
             read_only: true,
-            force_share: a.force_share,
+            force_share: a.force_share.on(),
             ..Default::default()
         },
     )?;
     let size = src.device.virtual_size();
-    let mut bar = Progress::new(a.progress && !a.quiet, size);
+    let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), size);
     if a.compress && !dst_format.supports_compression() {
         // Refused before the output file is created, as qemu-img does.
         return Err(Error::invalid(

@@ -1,5 +1,6 @@
 //! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
 
+use crate::flags::{FormatFlag, OptionsFlag, QuietFlag};
 use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,12 +11,11 @@ use vdisk::Result;
 /// Arguments of `create`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format (raw, qcow2, vmdk).
-    #[arg(short = 'f', long = "format", default_value = "raw")]
-    format: String,
-    /// Format options, comma-separated key=value (as qemu-img -o).
-    #[arg(short = 'o', long = "options", action = clap::ArgAction::Append)]
-    options: Vec<String>,
+    // Raw when absent (nothing to probe).
+    #[command(flatten)]
+    format: FormatFlag,
+    #[command(flatten)]
+    options: OptionsFlag,
     /// Backing file.
     #[arg(short = 'b', long = "backing")]
     backing: Option<String>,
@@ -25,9 +25,9 @@ pub struct Args {
     /// Do not open the backing file (size must be given).
     #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_backing: bool,
-    /// Suppress the "Formatting ..." line.
-    #[arg(short = 'q', long = "quiet")]
-    quiet: bool,
+    // Suppresses the "Formatting ..." line.
+    #[command(flatten)]
+    quiet: QuietFlag,
     /// Image file to create.
     file: PathBuf,
     /// Virtual size (k, M, G, T, P, E suffixes).
@@ -35,11 +35,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let format: Format = a.format.parse()?;
-    let mut opts = Vec::new();
-    for o in &a.options {
-        opts.extend(image::parse_options(o)?);
-    }
+    // Raw without -f, as qemu-img create: a default, not a dispatch on the format.
+    let format = a.format.get()?.unwrap_or(Format::RAW);
+    let mut opts = a.options.pairs()?;
     if let Some(b) = &a.backing {
         opts.push(("backing_file".into(), b.clone()));
     }
@@ -92,7 +90,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     }
     image::check_create_options(&a.file, format, &opts)?;
-    if !a.quiet {
+    if !a.quiet.on() {
         let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format);
         for (k, v) in &opts {
             line += &format!(" {k}={v}");

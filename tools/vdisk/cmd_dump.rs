@@ -1,12 +1,11 @@
 //! `vdisk dump [--json] [--header] [--l1] [--l2] [--refcounts] [--snapshots] [--map]
 //! [--clusters] FILE`: every on-disk structure with its host offset and decoded values.
 
+use crate::flags::{ForceShareFlag, FormatFlag};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::dump::{self, DumpOptions};
-use vdisk::image::{self, Format};
-use vdisk::storage::HostFiles;
-use vdisk::{Error, Result};
+use vdisk::Result;
 
 /// Arguments of `dump`.
 #[derive(clap::Args)]
@@ -35,12 +34,10 @@ pub struct Args {
     /// What each host cluster holds.
     #[arg(long)]
     clusters: bool,
-    /// Image format (probed when absent).
-    #[arg(short = 'f')]
-    format: Option<String>,
-    /// Read without locking out other users of the image (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
+    #[command(flatten)]
+    format: FormatFlag,
+    #[command(flatten)]
+    force_share: ForceShareFlag,
     /// Image file.
     file: PathBuf,
 }
@@ -55,16 +52,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         map: a.map,
         clusters: a.clusters,
     };
-    let format: Format = match &a.format {
-        Some(f) => f.parse()?,
-        None => image::probe_path(&a.file, a.force_share)?,
-    };
-    let Some(dump_doc) = format.driver().dump else {
-        return Err(Error::unsupported(format!(
-            "dump of {format} images (they have no metadata)"
-        )));
-    };
-    let doc = dump_doc(&HostFiles, &a.file, opts, a.force_share)?;
+    let doc = dump::document(&a.file, a.format.get()?, opts, a.force_share.on())?;
     let mut out = std::io::stdout().lock();
     if a.json {
         dump::write_json(&doc, &mut out)?;

@@ -1,21 +1,20 @@
 //! `vdisk info [-f FMT] [--output human|json] [-b|--backing-chain] FILE`
 
+use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions};
+use vdisk::image::{self, ImageOptions};
 use vdisk::ops::info::{image_info_shared, to_qemu_json};
 use vdisk::Result;
 
 /// Arguments of `info`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format (probed when absent).
-    #[arg(short = 'f', long = "format")]
-    format: Option<String>,
-    /// Output format: human or json.
-    #[arg(long = "output", default_value = "human")]
-    output: String,
+    #[command(flatten)]
+    format: FormatFlag,
+    #[command(flatten)]
+    output: OutputFlag,
     /// Show every image of the backing chain.
     #[arg(short = 'b', long = "backing-chain")]
     backing_chain: bool,
@@ -23,18 +22,18 @@ pub struct Args {
     /// makes that explicit and refuses --backing-chain.
     #[arg(long = "no-backing", conflicts_with = "backing_chain")]
     no_backing: bool,
-    /// Read-only, without locking out other users of the image (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
+    #[command(flatten)]
+    force_share: ForceShareFlag,
     /// Image file.
     file: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = crate::output::wants_json(&a.output)?;
-    let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    let json = a.output.wants_json()?;
+    let format = a.format.get()?;
+    let force_share = a.force_share.on();
     if !a.backing_chain || a.no_backing {
-        let info = image_info_shared(&a.file, format, a.force_share)?;
+        let info = image_info_shared(&a.file, format, force_share)?;
         if json {
             outln!("{}", info.to_json())?;
         } else {
@@ -47,7 +46,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &ImageOptions {
             format,
             read_only: true,
-            force_share: a.force_share,
+            force_share,
             ..Default::default()
         },
     )?;
@@ -56,7 +55,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         infos.push(image_info_shared(
             &layer.path,
             Some(layer.format),
-            a.force_share,
+            force_share,
         )?);
     }
     if json {

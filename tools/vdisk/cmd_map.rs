@@ -1,37 +1,35 @@
 //! `vdisk map [-f FMT] [--output human|json] FILE`
 
+use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions};
+use vdisk::image::{self, ImageOptions};
 use vdisk::ops::map;
 use vdisk::Result;
 
 /// Arguments of `map`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format (probed when absent).
-    #[arg(short = 'f', long = "format")]
-    format: Option<String>,
-    /// Output format: human or json.
-    #[arg(long = "output", default_value = "human")]
-    output: String,
-    /// Read-only, without locking out other users of the image (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
+    #[command(flatten)]
+    format: FormatFlag,
+    #[command(flatten)]
+    output: OutputFlag,
+    #[command(flatten)]
+    force_share: ForceShareFlag,
     /// Image file.
     file: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = crate::output::wants_json(&a.output)?;
-    let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    let json = a.output.wants_json()?;
+    let format = a.format.get()?;
     let mut img = image::open(
         &a.file,
         &ImageOptions {
             format,
             read_only: true,
-            force_share: a.force_share,
+            force_share: a.force_share.on(),
             ..Default::default()
         },
     )?;

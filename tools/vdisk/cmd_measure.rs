@@ -1,5 +1,6 @@
 //! `vdisk measure [-O FMT] [-o OPTS] (--size SIZE | [-f FMT] FILE) [--output human|json]`
 
+use crate::flags::{ForceShareFlag, FormatFlag, OptionsFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,21 +15,19 @@ pub struct Args {
     /// Target format (default raw).
     #[arg(short = 'O', long = "target-format", default_value = "raw")]
     target: String,
-    /// Target creation options (`key=value,...`).
-    #[arg(short = 'o')]
-    options: Option<String>,
+    // The target's creation options.
+    #[command(flatten)]
+    options: OptionsFlag,
     /// Measure an empty image of this size instead of an input image.
     #[arg(long = "size")]
     size: Option<String>,
-    /// Input image format (probed when absent).
-    #[arg(short = 'f', long = "format")]
-    format: Option<String>,
-    /// Output format: human or json.
-    #[arg(long = "output", default_value = "human")]
-    output: String,
-    /// Read-only, without locking out other users of the image (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
+    // The input image's format.
+    #[command(flatten)]
+    format: FormatFlag,
+    #[command(flatten)]
+    output: OutputFlag,
+    #[command(flatten)]
+    force_share: ForceShareFlag,
     /// Input image.
     file: Option<PathBuf>,
 }
@@ -40,12 +39,9 @@ fn qcow2_version(path: &std::path::Path, force_share: bool) -> Result<u32> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = crate::output::wants_json(&a.output)?;
+    let json = a.output.wants_json()?;
     let target: Format = a.target.parse()?;
-    let options = match &a.options {
-        Some(o) => image::parse_options(o)?,
-        None => Vec::new(),
-    };
+    let options = a.options.pairs()?;
     let m = match (&a.size, &a.file) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid(
@@ -60,14 +56,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (Some(s), None) => measure(Source::Size(vdisk::size::parse_size(s)?), target, &options)?,
         (None, Some(f)) => {
             let opts = ImageOptions {
-                format: a.format.as_deref().map(str::parse).transpose()?,
+                format: a.format.get()?,
                 read_only: true,
-                force_share: a.force_share,
+                force_share: a.force_share.on(),
                 ..Default::default()
             };
             let mut img = image::open(f, &opts)?;
             let bitmaps_capable =
-                img.format == Format::QCOW2 && qcow2_version(f, a.force_share)? >= 3;
+                img.format == Format::QCOW2 && qcow2_version(f, a.force_share.on())? >= 3;
             let source = Source::Image {
                 device: img.device.as_mut(),
                 bitmaps_capable,

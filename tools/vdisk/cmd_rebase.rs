@@ -1,6 +1,7 @@
 //! `vdisk rebase [-f FMT] [-u] -b NEW [-F NEW_FMT] [-p] FILE`: change an overlay's backing
 //! file; safe mode (the default) keeps the guest contents the same.
 
+use crate::flags::{CacheFlag, FormatFlag, ProgressFlag, QuietFlag};
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,9 +13,9 @@ use vdisk::{BlockDevice, Result};
 /// Arguments of `rebase`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format (must be qcow2).
-    #[arg(short = 'f', long = "format")]
-    format: Option<String>,
+    // Accepted for qemu-img compatibility: the image must be qcow2.
+    #[command(flatten)]
+    format: FormatFlag,
     /// Unsafe: only rewrite the backing name in the header.
     #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_mode: bool,
@@ -24,15 +25,12 @@ pub struct Args {
     /// Format of the new backing file.
     #[arg(short = 'F', long = "backing-format")]
     backing_format: Option<String>,
-    /// Show a progress bar.
-    #[arg(short = 'p', long = "progress")]
-    progress: bool,
-    /// Quiet.
-    #[arg(short = 'q', long = "quiet")]
-    quiet: bool,
-    /// Cache mode (accepted for qemu-img compatibility).
-    #[arg(short = 't', long = "cache")]
-    cache: Option<String>,
+    #[command(flatten)]
+    progress: ProgressFlag,
+    #[command(flatten)]
+    quiet: QuietFlag,
+    #[command(flatten)]
+    cache: CacheFlag,
     /// Image file.
     file: PathBuf,
 }
@@ -42,7 +40,7 @@ fn open_top(path: &std::path::Path) -> Result<SharedQcow2> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = (&a.cache, a.quiet, &a.format);
+    let _ = (a.cache.get(), a.format.name());
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
     let new_fmt: Option<Format> = a.backing_format.as_deref().map(str::parse).transpose()?;
     vdisk::names::check_new_backing(new_name, new_fmt.map(Format::name))?;
@@ -70,7 +68,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             None => None,
         };
         let size = chain.device.virtual_size();
-        let mut bar = Progress::new(a.progress && !a.quiet, size);
+        let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), size);
         let nb: Option<&mut dyn BlockDevice> = match new_backing.as_mut() {
             Some(i) => Some(i.device.as_mut()),
             None => None,

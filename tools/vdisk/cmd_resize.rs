@@ -3,6 +3,7 @@
 //! As qemu-img: the size may be relative (`+1G`, `-512M`), shrinking needs `--shrink`,
 //! preallocation applies to the added part only, and success prints "Image resized.".
 
+use crate::flags::{FormatFlag, QuietFlag};
 use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,18 +12,17 @@ use vdisk::{Error, Preallocation, Result};
 /// Arguments of `resize`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format (probed when absent).
-    #[arg(short = 'f', long = "format")]
-    format: Option<String>,
+    #[command(flatten)]
+    format: FormatFlag,
     /// Allow the image to become smaller (data past the new end is lost).
     #[arg(long)]
     shrink: bool,
     /// Preallocation for the added part: off, metadata (qcow2), falloc, full.
     #[arg(long, value_name = "MODE")]
     preallocation: Option<String>,
-    /// Do not print "Image resized.".
-    #[arg(short = 'q', long = "quiet")]
-    quiet: bool,
+    // Suppresses "Image resized.".
+    #[command(flatten)]
+    quiet: QuietFlag,
     /// Image file.
     file: PathBuf,
     /// New size, or `+SIZE` / `-SIZE` relative to the current one (k, M, G, T suffixes).
@@ -37,9 +37,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map_err(|_| Error::invalid(format!("Invalid preallocation mode '{p}'")))?,
         None => Preallocation::Off,
     };
-    let format = a.format.as_deref().map(str::parse).transpose()?;
+    let format = a.format.get()?;
     vdisk::ops::resize::resize(&a.file, format, &a.size, a.shrink, prealloc)?;
-    if !a.quiet {
+    if !a.quiet.on() {
         outln!("Image resized.")?;
     }
     Ok(ExitCode::SUCCESS)

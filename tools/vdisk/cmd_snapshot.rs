@@ -1,6 +1,7 @@
 //! `vdisk snapshot [-l | -c NAME | -a ID_OR_NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
+use crate::flags::{ForceShareFlag, FormatFlag, QuietFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,9 +13,9 @@ use vdisk::{Error, Result};
 /// Arguments of `snapshot`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image format (must be qcow2).
-    #[arg(short = 'f', long = "format")]
-    format: Option<String>,
+    // Must be qcow2 when given.
+    #[command(flatten)]
+    format: FormatFlag,
     /// List snapshots.
     #[arg(short = 'l', long = "list", group = "action")]
     list: bool,
@@ -44,12 +45,11 @@ pub struct Args {
     /// Print what --prune would delete without deleting.
     #[arg(long)]
     dry_run: bool,
-    /// With -l: read without locking out other users of the image (as qemu-img -U).
-    #[arg(short = 'U', long = "force-share")]
-    force_share: bool,
-    /// Quiet.
-    #[arg(short = 'q', long = "quiet")]
-    quiet: bool,
+    // Only with -l (or --prune --dry-run).
+    #[command(flatten)]
+    force_share: ForceShareFlag,
+    #[command(flatten)]
+    quiet: QuietFlag,
     /// Image file.
     file: PathBuf,
 }
@@ -78,8 +78,8 @@ pub fn parse_duration(s: &str) -> Result<u64> {
 }
 
 fn open(a: &Args, read_only: bool) -> Result<SharedQcow2> {
-    if let Some(f) = &a.format {
-        if f.parse::<Format>()? != Format::QCOW2 {
+    if let Some(f) = a.format.get()? {
+        if f != Format::QCOW2 {
             return Err(Error::unsupported(format!(
                 "snapshots on {f} images (only qcow2 has internal snapshots)"
             )));
@@ -88,25 +88,25 @@ fn open(a: &Args, read_only: bool) -> Result<SharedQcow2> {
     image::open_qcow2_alone(
         &a.file,
         read_only,
-        a.force_share && read_only,
+        a.force_share.on() && read_only,
         "only qcow2 has internal snapshots",
     )
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let _ = a.quiet;
+    let _ = a.quiet.on();
     let list =
         a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune);
-    if a.force_share && !list && !(a.prune && a.dry_run) {
+    if a.force_share.on() && !list && !(a.prune && a.dry_run) {
         return Err(Error::invalid(
             "-U/--force-share opens the image read-only: it can only be used with -l",
         ));
     }
     if list {
-        let format = a.format.as_deref().map(str::parse).transpose()?;
+        let format = a.format.get()?;
         out!(
             "{}",
-            vdisk::ops::info::snapshot_list_text(&a.file, format, a.force_share)?
+            vdisk::ops::info::snapshot_list_text(&a.file, format, a.force_share.on())?
         )?;
         return Ok(ExitCode::SUCCESS);
     }

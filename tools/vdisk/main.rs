@@ -18,6 +18,7 @@ mod cmd_measure;
 mod cmd_rebase;
 mod cmd_resize;
 mod cmd_snapshot;
+mod flags;
 mod output;
 mod progress;
 

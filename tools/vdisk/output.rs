@@ -1,5 +1,4 @@
-//! Standard output for the subcommands: the `--output human|json` choice shared by the
-//! reporting subcommands, and printing that survives a closed pipe.
+//! Standard output for the subcommands: printing that survives a closed pipe.
 //!
 //! `print!` panics when stdout is a closed pipe (`vdisk map big.qcow2 | head`): Rust
 //! ignores SIGPIPE, so the write fails with EPIPE. qemu-img ignores SIGPIPE too, and then
@@ -9,18 +8,6 @@
 
 use std::io::Write;
 use vdisk::{Error, Result};
-
-/// Whether `--output VALUE` asks for JSON; anything but `human` or `json` is an error with a
-/// one-line message (clap's own multi-line error would break qemu-img-style scripts).
-pub fn wants_json(value: &str) -> Result<bool> {
-    match value {
-        "json" => Ok(true),
-        "human" => Ok(false),
-        o => Err(Error::invalid(format!(
-            "--output must be human or json, not '{o}'"
-        ))),
-    }
-}
 
 /// Write `args` to stdout and flush. A closed pipe is not an error (see the module doc);
 /// other write errors are.

@@ -1,0 +1,147 @@
+//! The flags most subcommands share, each defined once with one help text: a subcommand
+//! takes a group with `#[command(flatten)]`, so `-f`, `-U`, `-o`, `--output`, `-q`, `-p`
+//! and `-t` are spelled the same everywhere (as in qemu-img).
+//!
+//! A subcommand whose flag has the same letter but another meaning or long name in
+//! qemu-img (convert's `-f/--source-format`, compare's `-f/--a-format`, ...) declares that
+//! flag itself, with a comment saying why.
+
+use vdisk::image::{self, Format};
+use vdisk::{Error, Result};
+
+/// `-f/--format FMT`: the image format, probed from the file when absent.
+#[derive(clap::Args)]
+pub struct FormatFlag {
+    /// Image format (raw, qcow2, vmdk); probed from the file when absent.
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    format: Option<String>,
+}
+
+impl FormatFlag {
+    /// The format given, if any; an unknown name is an error.
+    pub fn get(&self) -> Result<Option<Format>> {
+        self.format.as_deref().map(str::parse).transpose()
+    }
+
+    /// The name as given on the command line.
+    pub fn name(&self) -> Option<&str> {
+        self.format.as_deref()
+    }
+}
+
+/// `-U/--force-share`: open read-only without taking qemu's write-sharing locks.
+#[derive(clap::Args)]
+pub struct ForceShareFlag {
+    /// Read-only, without locking out other users of the image (as qemu-img -U).
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
+}
+
+impl ForceShareFlag {
+    /// Whether `-U` was given.
+    pub fn on(&self) -> bool {
+        self.force_share
+    }
+}
+
+/// `-o/--options KEY=VALUE,...`, which may be repeated (the lists are joined in order).
+#[derive(clap::Args)]
+pub struct OptionsFlag {
+    /// Format options, comma-separated key=value (as qemu-img -o); may be repeated.
+    #[arg(short = 'o', long = "options", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+}
+
+impl OptionsFlag {
+    /// Every `key=value` pair, in command-line order.
+    pub fn pairs(&self) -> Result<Vec<(String, String)>> {
+        parse_option_lists(&self.options)
+    }
+}
+
+/// The `key=value` pairs of every list in `lists`, in order (for a subcommand that spells
+/// `-o` another way, such as convert's `--target-options`).
+pub fn parse_option_lists(lists: &[String]) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for list in lists {
+        pairs.extend(image::parse_options(list)?);
+    }
+    Ok(pairs)
+}
+
+/// `--output human|json`.
+#[derive(clap::Args)]
+pub struct OutputFlag {
+    /// Output format: human or json.
+    #[arg(long = "output", default_value = "human", value_name = "human|json")]
+    output: String,
+}
+
+impl OutputFlag {
+    /// Whether JSON was asked for; anything but `human` or `json` is an error with a
+    /// one-line message (clap's own multi-line error would break qemu-img-style scripts).
+    pub fn wants_json(&self) -> Result<bool> {
+        match self.output.as_str() {
+            "json" => Ok(true),
+            "human" => Ok(false),
+            o => Err(Error::invalid(format!(
+                "--output must be human or json, not '{o}'"
+            ))),
+        }
+    }
+}
+
+/// `-q/--quiet`.
+#[derive(clap::Args)]
+pub struct QuietFlag {
+    /// Quiet: print no messages on success (errors still go to stderr).
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+}
+
+impl QuietFlag {
+    /// Whether `-q` was given.
+    pub fn on(&self) -> bool {
+        self.quiet
+    }
+}
+
+/// `-p/--progress`.
+#[derive(clap::Args)]
+pub struct ProgressFlag {
+    /// Show a progress bar (silenced by -q; accepted and ignored where there is none).
+    #[arg(short = 'p', long = "progress")]
+    progress: bool,
+}
+
+impl ProgressFlag {
+    /// Whether `-p` was given.
+    pub fn on(&self) -> bool {
+        self.progress
+    }
+}
+
+/// `-t/--cache MODE`: the cache mode of the image written.
+#[derive(clap::Args)]
+pub struct CacheFlag {
+    /// Cache mode (accepted for qemu-img compatibility).
+    #[arg(short = 't', long = "cache", value_name = "MODE")]
+    cache: Option<String>,
+}
+
+impl CacheFlag {
+    /// The mode given, if any.
+    pub fn get(&self) -> Option<&str> {
+        self.cache.as_deref()
+    }
+}
+
+/// Whether cache `mode` skips flushing (`unsafe`); another qemu cache mode name flushes,
+/// anything else is an error.
+pub fn is_unsafe_cache(mode: &str) -> Result<bool> {
+    match mode {
+        "unsafe" => Ok(true),
+        "writeback" | "none" | "writethrough" | "directsync" => Ok(false),
+        c => Err(Error::invalid(format!("invalid cache mode '{c}'"))),
+    }
+}
