@@ -285,6 +285,11 @@ pub struct Driver {
     /// Check the `-o` options of a create without creating anything (qemu-img reports
     /// these before it prints "Formatting ...").
     pub check_create_options: fn(options: &Options) -> Result<()>,
+    /// Its own `-o` options for create, in the order qemu-img's `Formatting` line shows
+    /// them (the host file's options follow: [`crate::create_opts::FILE_OPTIONS`]).
+    pub create_options: &'static [crate::create_opts::OptionDesc],
+    /// The `-o` options `amend` takes (empty for formats without amend).
+    pub amend_options: &'static [crate::create_opts::OptionDesc],
     /// Every file [`create`](Self::create) would make with these options, the image file
     /// first (options that do not parse: the image file alone).
     pub create_files: CreateFilesFn,

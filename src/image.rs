@@ -8,13 +8,15 @@
 //! backing image.
 
 use crate::chain::{self, Layer, Visited};
+use crate::create_opts::{self, OptionDesc};
 use crate::device::BlockDevice;
 pub use crate::driver::Format;
 use crate::driver::{BackingRef, CreateParams, Driver, OpenParams};
 pub use crate::error::with_path;
 use crate::error::{Error, Result};
 use crate::qcow2::driver::SharedQcow2;
-use crate::storage::{HostFiles, Namespace, Storage};
+use crate::storage::attrs::{FileAttrs, DEFAULT_EXTENT_SIZE_HINT};
+use crate::storage::{self, HostFiles, Namespace, Storage};
 use std::path::{Path, PathBuf};
 
 /// Every format vdisk knows, in the order `-f help` lists them. Adding a format is one
@@ -319,6 +321,9 @@ pub fn create(
 
 /// [`create`], optionally without fdatasync on flush (qemu-img convert's cache=unsafe).
 /// When it fails, the files it made are removed (see [`NewFiles`]).
+///
+/// The options are normalised first ([`normalise_create_options`]); the host file's own
+/// (`nocow`, `extent_size_hint`) are set on the image file before the driver writes it.
 pub fn create_with_cache(
     path: &Path,
     format: Format,
@@ -326,15 +331,72 @@ pub fn create_with_cache(
     options: &[(String, String)],
     unsafe_cache: bool,
 ) -> Result<Box<dyn BlockDevice>> {
-    let files = NewFiles::before_create(path, format, size.unwrap_or(0), options);
+    let options = normalise_create_options(path, format, options)?;
+    let files = NewFiles::before_create(path, format, size.unwrap_or(0), &options);
+    let (file_opts, options): (Vec<_>, Vec<_>) = options
+        .into_iter()
+        .partition(|(k, _)| create_opts::is_file_only(k));
+    set_file_attributes(path, &file_opts)?;
     let params = CreateParams {
         size,
-        options,
+        options: &options,
         unsafe_cache,
     };
     let device = (format.driver().create)(&HostFiles, path, &params)?;
     files.keep();
     Ok(device)
+}
+
+/// Every `-o` option `format` takes on create (its own, then the host file's), in the order
+/// of qemu-img's `Formatting` line.
+pub fn create_option_table(format: Format) -> Vec<OptionDesc> {
+    create_opts::with_file_options(format.driver().create_options)
+}
+
+/// `options` checked against what `format` takes and normalised as qemu-img does (sizes
+/// and numbers in decimal); errors name `path` as qemu-img's do.
+pub fn normalise_create_options(
+    path: &Path,
+    format: Format,
+    options: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    create_opts::normalise(&create_option_table(format), options)
+        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+}
+
+/// Set the host file options (`nocow`, `extent_size_hint`, already normalised) on the
+/// image file at `path`, as qemu-img's file protocol does when it creates one.
+fn set_file_attributes(path: &Path, file_opts: &[(String, String)]) -> Result<()> {
+    let last = |key: &str| {
+        file_opts
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let hint = last("extent_size_hint");
+    let attrs = FileAttrs {
+        nocow: matches!(last("nocow"), Some("on" | "yes" | "true" | "y")),
+        extent_size_hint: match hint {
+            Some(v) => v.parse().unwrap_or(0),
+            None => DEFAULT_EXTENT_SIZE_HINT,
+        },
+        hint_given: hint.is_some(),
+    };
+    match storage::attrs::apply(path, attrs) {
+        Ok(Some(warning)) => {
+            eprintln!("vdisk: warning: {warning}");
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            Err(Error::invalid(format!("{}: {e}", path.display())))
+        }
+        Err(e) => Err(Error::io(
+            format!("could not create '{}'", path.display()),
+            e,
+        )),
+    }
 }
 
 /// The files a new image is made of that did not exist before it was created. Dropped
@@ -411,13 +473,19 @@ pub fn check_create_options(
     path: &Path,
     format: Format,
     options: &[(String, String)],
-) -> Result<()> {
-    let has = |key: &str| options.iter().any(|(k, _)| k == key);
+) -> Result<Vec<(String, String)>> {
     let refuse = |why: String| Err(Error::invalid(format!("{}: {why}", path.display())));
-    if format == Format::RAW && has("backing_fmt") {
+    if format == Format::RAW && options.iter().any(|(k, _)| k == "backing_fmt") {
         return refuse("Backing file format not supported for file format 'raw'".into());
     }
-    (format.driver().check_create_options)(options)?;
+    let options = normalise_create_options(path, format, options)?;
+    let has = |key: &str| options.iter().any(|(k, _)| k == key);
+    let own: Vec<_> = options
+        .iter()
+        .filter(|(k, _)| !create_opts::is_file_only(k))
+        .cloned()
+        .collect();
+    (format.driver().check_create_options)(&own)?;
     if has("backing_fmt") && !has("backing_file") && format == Format::QCOW2 {
         return refuse("Backing format cannot be used without backing file".into());
     }
@@ -427,7 +495,7 @@ pub fn check_create_options(
     if format == Format::RAW && metadata {
         return refuse("Unsupported preallocation mode: metadata".into());
     }
-    Ok(())
+    Ok(options)
 }
 
 /// Split a qemu-img `-o` string (`a=1,b=2`; `,,` escapes a comma) into pairs.
@@ -450,6 +518,11 @@ pub fn parse_options(s: &str) -> Result<Vec<(String, String)>> {
     }
     parts.push(cur);
     for p in parts.into_iter().filter(|p| !p.is_empty()) {
+        if p == "help" || p == "?" {
+            // A request for the option list (see `create_opts::wants_help`).
+            out.push((p, String::new()));
+            continue;
+        }
         match p.split_once('=') {
             Some((k, v)) => out.push((k.to_string(), v.to_string())),
             None => {

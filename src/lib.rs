@@ -36,6 +36,7 @@
 pub mod chain;
 pub mod check_report;
 pub mod codec;
+pub mod create_opts;
 pub mod device;
 pub mod driver;
 pub mod dump;

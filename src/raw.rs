@@ -22,6 +22,8 @@ pub static DRIVER: Driver = Driver {
         Some((k, _)) => Err(driver::invalid_option("raw", k)),
         None => Ok(()),
     },
+    create_options: &[crate::create_opts::SIZE],
+    amend_options: &[],
     create_files: driver::one_file,
     supports_compression: false,
     info: |ns, path, force_share| {

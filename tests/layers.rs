@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("device", 1),
     ("size", 1),
     ("codec", 1),
+    ("create_opts", 1),
     ("check_report", 1),
     ("driver", 1),
     ("names", 1),

@@ -55,8 +55,8 @@ impl Default for CreateOptions {
 
 fn parse_bool(key: &str, v: &str) -> Result<bool> {
     match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
+        "on" | "true" | "yes" | "y" => Ok(true),
+        "off" | "false" | "no" | "n" => Ok(false),
         _ => Err(Error::invalid(format!(
             "parameter '{key}' expects 'on' or 'off', got '{v}'"
         ))),
@@ -312,3 +312,77 @@ impl<S: Storage> Qcow2<S> {
         self.flush_metadata()
     }
 }
+
+use crate::create_opts::{Kind, OptionDesc, SIZE};
+
+const BACKING_FILE: OptionDesc =
+    OptionDesc::new("backing_file", Kind::Str, "File name of a base image");
+const BACKING_FMT: OptionDesc =
+    OptionDesc::new("backing_fmt", Kind::Str, "Image format of the base image");
+const COMPAT: OptionDesc = OptionDesc::new(
+    "compat",
+    Kind::Str,
+    "Compatibility level (v2 [0.10] or v3 [1.1])",
+);
+const DATA_FILE: OptionDesc =
+    OptionDesc::new("data_file", Kind::Str, "File name of an external data file");
+const DATA_FILE_RAW: OptionDesc = OptionDesc::new(
+    "data_file_raw",
+    Kind::Bool,
+    "The external data file must stay valid as a raw image",
+);
+const LAZY_REFCOUNTS: OptionDesc =
+    OptionDesc::new("lazy_refcounts", Kind::Bool, "Postpone refcount updates");
+const REFCOUNT_BITS: OptionDesc = OptionDesc::new(
+    "refcount_bits",
+    Kind::Number,
+    "Width of a reference count entry in bits",
+);
+
+/// qcow2's creation options in qemu-img's order (of encryption, only the switches: vdisk
+/// creates no encrypted image).
+pub const CREATE_OPTIONS: &[OptionDesc] = &[
+    OptionDesc::new(
+        "encryption",
+        Kind::Bool,
+        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+    ),
+    OptionDesc::new(
+        "encrypt.format",
+        Kind::Str,
+        "Encrypt the image, format choices: 'aes', 'luks'",
+    ),
+    OptionDesc::new("cluster_size", Kind::Size, "qcow2 cluster size").with_default("65536"),
+    OptionDesc::new("extended_l2", Kind::Bool, "Extended L2 tables").with_default("off"),
+    OptionDesc::new(
+        "preallocation",
+        Kind::Str,
+        "Preallocation mode (allowed values: off, metadata, falloc, full)",
+    ),
+    OptionDesc::new(
+        "compression_type",
+        Kind::Str,
+        "Compression method used for image cluster compression",
+    )
+    .with_default("zlib"),
+    SIZE,
+    COMPAT,
+    BACKING_FILE,
+    BACKING_FMT,
+    DATA_FILE,
+    DATA_FILE_RAW,
+    LAZY_REFCOUNTS.with_default("off"),
+    REFCOUNT_BITS.with_default("16"),
+];
+
+/// The options `amend` takes, as qemu-img lists them (without the encryption key ones).
+pub const AMEND_OPTIONS: &[OptionDesc] = &[
+    BACKING_FILE,
+    BACKING_FMT,
+    COMPAT,
+    DATA_FILE,
+    DATA_FILE_RAW,
+    LAZY_REFCOUNTS,
+    REFCOUNT_BITS,
+    SIZE,
+];

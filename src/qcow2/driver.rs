@@ -22,6 +22,8 @@ pub static DRIVER: Driver = Driver {
     open,
     create,
     check_create_options,
+    create_options: super::create::CREATE_OPTIONS,
+    amend_options: super::create::AMEND_OPTIONS,
     create_files: driver::one_file,
     supports_compression: true,
     info,

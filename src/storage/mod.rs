@@ -16,6 +16,7 @@
 //! Reads past the end of the storage return zeros, as QEMU's file driver does; format
 //! drivers that care about the file length check it themselves before reading.
 
+pub mod attrs;
 mod fault;
 mod file;
 pub mod lock;

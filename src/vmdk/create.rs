@@ -121,8 +121,8 @@ impl Default for VmdkCreateOptions {
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
         _ => Err(Error::invalid(format!(
             "parameter '{key}' expects 'on' or 'off', not '{value}'"
         ))),
@@ -149,6 +149,17 @@ impl VmdkCreateOptions {
             "compat6" => self.compat6 = parse_bool(key, value)?,
             "toolsversion" => self.toolsversion = Some(value.to_string()),
             "zeroed_grain" => self.zeroed_grain = parse_bool(key, value)?,
+            // The host file's option: qemu-img accepts these for VMDK and the extents it
+            // creates are the same as without them (sparse extents hold metadata only, flat
+            // ones are left sparse), so vdisk does the same.
+            "preallocation" => match value {
+                "off" | "falloc" | "full" => {}
+                "metadata" => {
+                    return Err(Error::invalid("Unsupported preallocation mode: metadata"))
+                }
+                _ => return Err(Error::invalid(format!("invalid parameter value: {value}"))),
+            },
+            "size" => {}
             "backing_file" | "backing_fmt" => {
                 return Err(Error::unsupported(format!(
                     "VMDK option '{key}': vdisk does not create VMDK images with a parent"
@@ -619,3 +630,31 @@ mod tests {
         assert_eq!((p.as_str(), x.as_str()), ("disk", ""));
     }
 }
+
+use crate::create_opts::{Kind, OptionDesc, SIZE};
+
+/// VMDK's creation options in qemu-img's order (its preallocation is the host file's
+/// option, [`crate::create_opts::FILE_OPTIONS`]).
+pub const CREATE_OPTIONS: &[OptionDesc] = &[
+    SIZE,
+    OptionDesc::new(
+        "adapter_type",
+        Kind::Str,
+        "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX",
+    ),
+    OptionDesc::new("backing_file", Kind::Str, "File name of a base image"),
+    OptionDesc::new("backing_fmt", Kind::Str, "Must be 'vmdk' if present"),
+    OptionDesc::new("compat6", Kind::Bool, "VMDK version 6 image").with_default("off"),
+    OptionDesc::new("hwversion", Kind::Str, "VMDK hardware version").with_default("undefined"),
+    OptionDesc::new("toolsversion", Kind::Str, "VMware guest tools version"),
+    OptionDesc::new(
+        "subformat",
+        Kind::Str,
+        "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ",
+    ),
+    OptionDesc::new(
+        "zeroed_grain",
+        Kind::Bool,
+        "Enable efficient zero writes using the zeroed-grain GTE feature",
+    ),
+];

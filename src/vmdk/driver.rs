@@ -17,6 +17,8 @@ pub static DRIVER: Driver = Driver {
     create,
     check_create_options: |options| create_options(options).map(|_| ()),
     create_files,
+    create_options: super::create::CREATE_OPTIONS,
+    amend_options: &[],
     supports_compression: true,
     info,
     measure: None,

@@ -1,9 +1,10 @@
 //! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
 
 use crate::flags::{FormatFlag, OptionsFlag, QuietFlag};
-use crate::output::outln;
+use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vdisk::create_opts;
 use vdisk::image::{self, Format};
 use vdisk::size::parse_image_size;
 use vdisk::Result;
@@ -29,7 +30,7 @@ pub struct Args {
     #[command(flatten)]
     quiet: QuietFlag,
     /// Image file to create.
-    file: PathBuf,
+    file: Option<PathBuf>,
     /// Virtual size (k, M, G, T, P, E suffixes).
     size: Option<String>,
 }
@@ -38,6 +39,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // Raw without -f, as qemu-img create: a default, not a dispatch on the format.
     let format = a.format.get()?.unwrap_or(Format::RAW);
     let mut opts = a.options.pairs()?;
+    if create_opts::wants_help(&opts) {
+        let help = create_opts::create_help(
+            format.name(),
+            format.driver().create_options,
+            a.file.is_some(),
+        );
+        out!("{help}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(file) = a.file.as_deref() else {
+        return Err(vdisk::Error::invalid("Expecting image file name"));
+    };
     if let Some(b) = &a.backing {
         opts.push(("backing_file".into(), b.clone()));
     }
@@ -48,7 +61,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(s) => Some(parse_image_size(s)?),
         None => None,
     };
-    let mut size = image::create_size(&a.file, size_arg, &opts)?;
+    let mut size = image::create_size(file, size_arg, &opts)?;
     let backing = opts
         .iter()
         .find(|(k, _)| k == "backing_file")
@@ -59,12 +72,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .map(|(_, v)| v.clone());
     if let Some(b) = &backing {
         vdisk::names::check_backing_name(b)?;
-        let path = vdisk::chain::resolve(&a.file, b)?;
+        let path = vdisk::chain::resolve(file, b)?;
         if backing_fmt.is_none() {
             let detected = image::probe_path(&path, false)?;
             return Err(vdisk::Error::invalid(format!(
                 "{}: Backing file specified without backing format (detected format of {}: {}); use -F",
-                a.file.display(),
+                file.display(),
                 b,
                 detected
             )));
@@ -84,24 +97,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         }
     }
-    if size.is_none() {
+    let Some(size) = size else {
         return Err(vdisk::Error::invalid(
             "Image creation needs a size parameter",
         ));
-    }
-    image::check_create_options(&a.file, format, &opts)?;
+    };
+    let opts = image::check_create_options(file, format, &opts)?;
     if !a.quiet.on() {
-        let mut line = format!("Formatting '{}', fmt={}", a.file.display(), format);
-        for (k, v) in &opts {
-            line += &format!(" {k}={v}");
-        }
-        line += &format!(" size={}", size.unwrap_or(0));
-        outln!("{line}")?;
+        let table = image::create_option_table(format);
+        let path = file.display().to_string();
+        outln!(
+            "{}",
+            create_opts::formatting_line(&path, format.name(), &table, &opts, size)
+        )?;
     }
 
     // Until the image is closed, a failure removes the files it is made of.
-    let files = image::NewFiles::before_create(&a.file, format, size.unwrap_or(0), &opts);
-    let mut dev = image::create(&a.file, format, size, &opts)?;
+    let files = image::NewFiles::before_create(file, format, size, &opts);
+    let mut dev = image::create(file, format, Some(size), &opts)?;
     dev.close()?;
     files.keep();
     Ok(ExitCode::SUCCESS)
