@@ -60,6 +60,46 @@ impl<S: Storage> Qcow2<S> {
         self.snapshots.iter().position(|s| s.id == id)
     }
 
+    /// The first snapshot whose ID is `id` (when given) and whose name is `name` (when
+    /// given), as QEMU looks up a snapshot to read it (`bdrv_snapshot_load_tmp`).
+    pub fn find_snapshot_matching(&self, id: Option<&str>, name: Option<&str>) -> Option<usize> {
+        if id.is_none() && name.is_none() {
+            return None;
+        }
+        self.snapshots
+            .iter()
+            .position(|s| id.is_none_or(|i| s.id == i) && name.is_none_or(|n| s.name == n))
+    }
+
+    /// Show snapshot `idx` in place of the active disk, read-only: reads see the
+    /// snapshot's contents and size; nothing is written (QEMU's temporary snapshot load,
+    /// used by `convert -l` and `measure -l`). The image must be open read-only.
+    pub fn load_snapshot_read_only(&mut self, idx: usize) -> Result<()> {
+        if !self.read_only {
+            return Err(Error::invalid(
+                "a snapshot is loaded only into an image opened read-only",
+            ));
+        }
+        let snap = self
+            .snapshots
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| Error::invalid("Can't find snapshot"))?;
+        let size = snap.disk_size().unwrap_or(self.header.size);
+        let needed = super::header::l1_entries_for(size, self.geo.cluster_bits).unwrap_or(u64::MAX);
+        if u64::from(snap.l1_size) < needed {
+            return Err(Error::corrupt(
+                "snapshot L1 table",
+                snap.l1_table_offset,
+                "too small for the snapshot's disk size",
+            ));
+        }
+        let l1 = self.read_snapshot_l1(&snap)?;
+        self.replace_l1(l1);
+        self.header.size = size;
+        Ok(())
+    }
+
     /// Read snapshot `s`'s L1 table, refusing one whose table entry or L2 offsets are
     /// broken (the snapshot cannot be applied or deleted without corrupting the image).
     pub(crate) fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
