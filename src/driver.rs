@@ -25,6 +25,11 @@ pub struct OpenParams {
     pub unsafe_cache: bool,
     /// Read-only opens only: do not lock out writers (qemu-img `-U`).
     pub force_share: bool,
+    /// Read-only opens only: keep other processes from writing or resizing the image while
+    /// it is read, as qemu-img convert does for its source. Formats with metadata always
+    /// do; a raw image otherwise lets others write, as QEMU's raw driver does for
+    /// `qemu-img info`, `compare`, `map` and `measure`.
+    pub stable_source: bool,
     /// The image was probed as the backing file of another one (no format recorded there):
     /// refuse anything that would make vdisk open further files chosen by the image's
     /// first bytes.

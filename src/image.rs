@@ -78,12 +78,13 @@ pub fn probe<S: Storage + ?Sized>(storage: &S) -> Result<Format> {
 }
 
 /// Guess the format of the file at `path`, opening it read-only for the look.
+///
+/// The file is read without locking out writers whatever `force_share` says: as QEMU's
+/// probe, a look at the first bytes is no claim on the image (the open that follows takes
+/// the locks its format needs).
 pub fn probe_path(path: &Path, force_share: bool) -> Result<Format> {
-    probe(&*crate::driver::open_read_only(
-        &HostFiles,
-        path,
-        force_share,
-    )?)
+    let _ = force_share;
+    probe(&*crate::driver::open_read_only(&HostFiles, path, true)?)
 }
 
 /// The format of the image at `path` (`format` when given, else probed), once its file
@@ -119,6 +120,9 @@ pub struct ImageOptions {
     /// Read-only opens only: take no lock that keeps other processes from writing the
     /// image or its backing files (qemu-img `-U`). See [`crate::storage::lock`].
     pub force_share: bool,
+    /// Read-only opens only: keep others from writing a raw image while it is read (the
+    /// source of a convert); see [`OpenParams::stable_source`].
+    pub stable_source: bool,
 }
 
 /// An open image of any format.
@@ -165,6 +169,7 @@ fn open_layer(
         read_only: opts.read_only,
         unsafe_cache: opts.unsafe_cache,
         force_share: opts.force_share,
+        stable_source: opts.stable_source,
         probed_backing,
     };
     let opened = (format.driver().open)(&HostFiles, path, &params)?;
@@ -198,6 +203,7 @@ pub fn open_qcow2(path: &Path, opts: &ImageOptions) -> Result<(SharedQcow2, Vec<
         read_only: opts.read_only,
         unsafe_cache: opts.unsafe_cache,
         force_share: opts.force_share,
+        stable_source: opts.stable_source,
         probed_backing: false,
     };
     let (mut q, backing) = crate::qcow2::driver::open_image(&HostFiles, path, &params)?;
@@ -367,6 +373,7 @@ fn open_backing(
         unsafe_cache: false,
         no_backing: false,
         force_share: opts.force_share,
+        stable_source: opts.stable_source,
     };
     let backing = open_layer(&bpath, bfmt, &bopts, visited, layers, bfmt.is_none())?;
     if bfmt.is_none() {

@@ -26,8 +26,9 @@ pub static DRIVER: Driver = Driver {
     amend_options: &[],
     create_files: driver::one_file,
     supports_compression: false,
-    info: |ns, path, force_share| {
-        let storage = driver::open_read_only(ns, path, force_share)?;
+    // qemu-img info opens a raw image without I/O permissions: it locks out no one.
+    info: |ns, path, _force_share| {
+        let storage = driver::open_read_only(ns, path, true)?;
         let len = storage
             .len()
             .map_err(|e| Error::io("raw image: reading the file length", e))?;
@@ -116,7 +117,9 @@ fn open_driver(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened
             OpenOptions {
                 write: !p.read_only,
                 unsafe_cache: p.unsafe_cache,
-                force_share: p.force_share,
+                // As QEMU's raw driver: a reader shares writes and resizes with others
+                // unless it needs a stable source (see `OpenParams::stable_source`).
+                force_share: p.force_share || (p.read_only && !p.stable_source),
             },
         )
         .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;

@@ -302,7 +302,9 @@ pub fn image_info_shared(
     use crate::error::Error;
     let ns = crate::storage::HostFiles;
     let name = path.display().to_string();
-    let storage = crate::driver::open_read_only(&ns, path, force_share)?;
+    // A look at the file (probe, length) locks out no one; the format's own info below
+    // takes the locks its metadata needs.
+    let storage = crate::driver::open_read_only(&ns, path, true)?;
     let format = match format {
         Some(f) => f,
         None => crate::image::probe(&*storage)?,

@@ -21,7 +21,14 @@
 //!
 //! So a QEMU process writing an image makes every vdisk open of it fail with "image is in
 //! use" unless `-U` is given (which only reads), and QEMU cannot open an image vdisk is
-//! writing. As in QEMU's `locking=auto`, a file system without OFD locks is used unlocked.
+//! writing.
+//!
+//! A raw image has no metadata, and QEMU's raw driver passes its user's permissions
+//! straight to the file: `qemu-img info`, `compare`, `map` and `measure` read a raw image
+//! holding consistent read and sharing everything (as [`LockRequest::FORCE_SHARE`]), so
+//! they work while a QEMU writes it; only `convert`'s source refuses to share write and
+//! resize ([`LockRequest::READ`]). vdisk's raw driver does the same (the image layer's
+//! `stable_source` option), and a probe reads the first bytes sharing everything. As in QEMU's `locking=auto`, a file system without OFD locks is used unlocked.
 //!
 //! One process may open the same file more than once (`vdisk commit` reads the chain while
 //! writing its base): each open is a separate description, so its locks conflict with the

@@ -70,6 +70,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             format: src_format,
             read_only: true,
             force_share: a.force_share.on(),
+            // As qemu-img convert: no one may write the source while it is copied.
+            stable_source: true,
             ..Default::default()
         },
     )?;
