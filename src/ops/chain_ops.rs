@@ -7,12 +7,52 @@ use crate::ops::convert::Progress;
 
 const CHUNK: u64 = 1 << 20;
 
+/// At most a given number of bytes a second (`qemu-img commit -r`): the copy sleeps as
+/// long as it is ahead of the rate.
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_sec: u64,
+    start: std::time::Instant,
+    done: u64,
+}
+
+impl RateLimit {
+    /// A limit of `bytes_per_sec` (0: none, as qemu-img's `-r 0`).
+    pub fn new(bytes_per_sec: u64) -> Option<RateLimit> {
+        (bytes_per_sec > 0).then(|| RateLimit {
+            bytes_per_sec,
+            start: std::time::Instant::now(),
+            done: 0,
+        })
+    }
+
+    /// Count `n` more bytes copied, and wait until the rate allows them.
+    fn account(&mut self, n: u64) {
+        self.done = self.done.saturating_add(n);
+        let due = std::time::Duration::from_secs_f64(self.done as f64 / self.bytes_per_sec as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// Copy into `base` every range of `top` (a chain opened read-only) that comes from a layer
 /// above `base_depth`: data is written, zeroed ranges are zeroed. Then flush `base`.
 pub fn commit(
     top: &mut dyn BlockDevice,
     base: &mut dyn BlockDevice,
     base_depth: u32,
+    progress: Progress<'_>,
+) -> Result<()> {
+    commit_limited(top, base, base_depth, None, progress)
+}
+
+/// [`commit`], copying data no faster than `rate` allows.
+pub fn commit_limited(
+    top: &mut dyn BlockDevice,
+    base: &mut dyn BlockDevice,
+    base_depth: u32,
+    mut rate: Option<RateLimit>,
     progress: Progress<'_>,
 ) -> Result<()> {
     let size = top.virtual_size();
@@ -36,6 +76,9 @@ pub fn commit(
                         let b = &mut buf[..n as usize];
                         top.read_at(b, p)?;
                         base.write_at(b, p)?;
+                        if let Some(r) = rate.as_mut() {
+                            r.account(n);
+                        }
                         p += n;
                     }
                 }

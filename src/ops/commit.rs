@@ -12,12 +12,13 @@ use std::path::Path;
 /// Commit the image at `file` (format `format`, probed when `None`) into its direct
 /// backing file, or into `base_path` further down its chain. Unless `keep` (or a
 /// `base_path` is named, or its format keeps its data: no `Driver::make_empty`), the image
-/// is emptied afterwards.
+/// is emptied afterwards. With `rate`, data is copied no faster than it allows.
 pub fn commit(
     file: &Path,
     format: Option<Format>,
     base_path: Option<&Path>,
     keep: bool,
+    rate: Option<chain_ops::RateLimit>,
     progress: Progress<'_>,
 ) -> Result<()> {
     let mut chain = image::open(
@@ -82,10 +83,11 @@ pub fn commit(
             file.display()
         )));
     }
-    chain_ops::commit(
+    chain_ops::commit_limited(
         chain.device.as_mut(),
         base.device.as_mut(),
         base_depth as u32,
+        rate,
         progress,
     )?;
     drop(base);

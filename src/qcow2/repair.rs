@@ -502,6 +502,11 @@ pub(crate) fn repair_if_dirty<S: Storage>(st: &S) -> Result<()> {
         return Ok(());
     }
     let report = check(st, Repair::All)?;
+    // As QEMU, which checks a dirty image when it opens it for writing, say what was
+    // found and repaired (on stderr, whatever the command's -q).
+    for m in &report.messages {
+        eprintln!("{m}");
+    }
     if report.failed.is_some() || report.check_errors > 0 || report.corruptions > 0 {
         return Err(Error::corrupt(
             "qcow2 image",

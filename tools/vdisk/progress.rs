@@ -45,6 +45,13 @@ impl Progress {
         }
     }
 
+    /// Print `pct` now, even when it repeats the last value (qemu-img prints each step
+    /// of some operations, such as amend's, whatever it moved).
+    pub fn step(&mut self, pct: f64) {
+        self.last = pct;
+        self.print(pct, false);
+    }
+
     /// Print the final 100% line.
     pub fn finish(&self) {
         self.print(100.0, true);
