@@ -87,6 +87,16 @@ pub fn probe_path(path: &Path, force_share: bool) -> Result<Format> {
     probe(&*crate::driver::open_read_only(&HostFiles, path, true)?)
 }
 
+/// Probe the image at `path` that is about to be opened for writing: a probed raw image
+/// gets qemu-img's warning ([`crate::probed_raw::warning`]).
+pub fn probe_for_writing(path: &Path) -> Result<Format> {
+    let format = probe_path(path, false)?;
+    if format == Format::RAW {
+        crate::probed_raw::warn(path);
+    }
+    Ok(format)
+}
+
 /// The format of the image at `path` (`format` when given, else probed), once its file
 /// has been opened for writing: a file that cannot be written, or that another process
 /// holds, is refused before anything else happens.
@@ -102,7 +112,13 @@ pub fn format_for_writing(path: &Path, format: Option<Format>) -> Result<Format>
         .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
     match format {
         Some(f) => Ok(f),
-        None => probe(&*storage),
+        None => {
+            let probed = probe(&*storage)?;
+            if probed == Format::RAW {
+                crate::probed_raw::warn(path);
+            }
+            Ok(probed)
+        }
     }
 }
 
@@ -175,6 +191,7 @@ fn open_layer(
     let opened = (format.driver().open)(&HostFiles, path, &params)?;
     let mut device = opened.device;
     if probed && !opts.read_only && format == Format::RAW {
+        crate::probed_raw::warn(path);
         device = Box::new(crate::probed_raw::ProbedRaw::new(device, probe_bytes));
     }
     let layer = Layer {
@@ -301,7 +318,11 @@ pub fn open_qcow2_alone(
     force_share: bool,
     why: &str,
 ) -> Result<SharedQcow2> {
-    if probe_path(path, force_share)? != Format::QCOW2 {
+    let format = match read_only {
+        true => probe_path(path, force_share)?,
+        false => probe_for_writing(path)?,
+    };
+    if format != Format::QCOW2 {
         return Err(Error::unsupported(format!(
             "'{}' is not a qcow2 image; {why}",
             path.display()

@@ -11,6 +11,23 @@ use crate::device::{BlockDevice, Extent};
 use crate::driver::Format;
 use crate::error::{Error, Result};
 
+/// qemu-img's warning when an image whose format was probed as raw is opened for writing
+/// (printed by every command that writes it: resize, commit, amend, snapshot, check -r,
+/// rebase).
+pub fn warning(path: &std::path::Path) -> String {
+    format!(
+        "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
+         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         \
+         Specify the 'raw' format explicitly to remove the restrictions.",
+        path.display()
+    )
+}
+
+/// Print [`warning`] on stderr, as qemu-img does whatever `-q` says.
+pub fn warn(path: &std::path::Path) {
+    eprintln!("{}", warning(path));
+}
+
 /// Bytes probing looks at.
 pub const PROBE_BYTES: u64 = 512;
 

@@ -14,7 +14,7 @@ pub fn amend(file: &Path, format: Option<Format>, options: &[(String, String)]) 
     }
     let format = match format {
         Some(f) => f,
-        None => image::probe_path(file, false)?,
+        None => image::probe_for_writing(file)?,
     };
     let Some(amend) = format.driver().amend else {
         return Err(Error::unsupported(format!(

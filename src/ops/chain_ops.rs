@@ -98,9 +98,24 @@ pub fn commit_limited(
 /// header at the new backing; the guest contents are unchanged.
 pub fn rebase_copy(
     image: &mut dyn BlockDevice,
-    mut new_backing: Option<&mut dyn BlockDevice>,
+    new_backing: Option<&mut dyn BlockDevice>,
     progress: Progress<'_>,
 ) -> Result<()> {
+    rebase_copy_with(image, new_backing, false, progress)
+}
+
+/// [`rebase_copy`]; with `compress` (`qemu-img rebase -c`), each cluster it writes is
+/// stored compressed (whole clusters, as the format's codec makes them).
+pub fn rebase_copy_with(
+    image: &mut dyn BlockDevice,
+    mut new_backing: Option<&mut dyn BlockDevice>,
+    compress: bool,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let mut compressor = match compress {
+        true => Some(Compressor::of(image)?),
+        false => None,
+    };
     let size = image.virtual_size();
     let gran = image.cluster_size().unwrap_or(65536).max(512);
     let chunk = CHUNK.max(gran) / gran * gran;
@@ -153,7 +168,10 @@ pub fn rebase_copy(
                         });
                         old_read?;
                         new_read?;
-                        write_differing(image, ob, nb, q0, gran, false)?;
+                        match compressor.as_mut() {
+                            Some(c) => c.write_differing(image, ob, nb, q0, gran)?,
+                            None => write_differing(image, ob, nb, q0, gran, false)?,
+                        }
                         q0 += n;
                     }
                 }
@@ -189,6 +207,59 @@ pub fn copy_differences(
         progress(pos, size);
     }
     dst.close()
+}
+
+/// Writes the clusters a compressing rebase changes: each as a whole compressed cluster.
+struct Compressor {
+    codec: std::sync::Arc<dyn crate::device::ClusterCodec>,
+    /// The cluster written last (a cluster split between two compared ranges is written
+    /// once, whole).
+    last: Option<u64>,
+}
+
+impl Compressor {
+    /// The compressor for `dst`; a format without compressed clusters is refused as
+    /// qemu-img refuses it.
+    fn of(dst: &dyn BlockDevice) -> Result<Compressor> {
+        match dst.cluster_codec() {
+            Some(codec) => Ok(Compressor { codec, last: None }),
+            None => Err(crate::Error::invalid(
+                "Compression not supported for this file format",
+            )),
+        }
+    }
+
+    /// [`write_differing`], writing each cluster a differing granule lies in as one
+    /// compressed cluster of what `dst` reads now (or uncompressed, when compressing does
+    /// not make it smaller).
+    fn write_differing(
+        &mut self,
+        dst: &mut dyn BlockDevice,
+        want: &[u8],
+        have: &[u8],
+        at: u64,
+        gran: u64,
+    ) -> Result<()> {
+        let size = dst.virtual_size();
+        let mut q = 0usize;
+        while q < want.len() {
+            let pos = at + q as u64;
+            let cluster = pos / gran * gran;
+            let r = ((cluster + gran - at) as usize).min(want.len());
+            if want[q..r] != have[q..r] && self.last != Some(cluster) {
+                let len = gran.min(size - cluster);
+                let mut buf = vec![0u8; gran as usize];
+                dst.read_at(&mut buf[..len as usize], cluster)?;
+                match self.codec.compress(&buf) {
+                    Some(c) => dst.write_compressed_cluster(cluster, &c)?,
+                    None => dst.write_at(&buf[..len as usize], cluster)?,
+                }
+                self.last = Some(cluster);
+            }
+            q = r;
+        }
+        Ok(())
+    }
 }
 
 /// Write into `dst` at guest offset `at` each granule of `want` that differs from `have`.

@@ -52,6 +52,7 @@ pub fn check(
     }
     let format = match format {
         Some(f) => f,
+        None if repair != Repair::None => image::probe_for_writing(file)?,
         None => image::probe_path(file, force_share)?,
     };
     let Some(check) = format.driver().check else {

@@ -29,6 +29,11 @@ pub fn commit(
             ..Default::default()
         },
     )?;
+    if format.is_none() && chain.format == Format::RAW {
+        // Opened read-only here, but committing writes the image (qemu-img opens it
+        // writable, and warns).
+        crate::probed_raw::warn(file);
+    }
     if chain.layers.len() < 2 {
         return Err(Error::invalid(format!(
             "'{}' has no backing file to commit into",
