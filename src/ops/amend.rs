@@ -17,7 +17,7 @@ pub fn amend(file: &Path, format: Option<Format>, options: &[(String, String)]) 
         None => image::probe_for_writing(file)?,
     };
     let Some(amend) = format.driver().amend else {
-        return Err(Error::unsupported(format!(
+        return Err(Error::invalid(format!(
             "Format driver '{format}' does not support option amendment"
         )));
     };

@@ -35,10 +35,7 @@ pub fn commit(
         crate::probed_raw::warn(file);
     }
     if chain.layers.len() < 2 {
-        return Err(Error::invalid(format!(
-            "'{}' has no backing file to commit into",
-            file.display()
-        )));
+        return Err(Error::invalid("Image does not have a backing file"));
     }
     let base_depth = base_depth(&chain.layers, file, base_path)?;
     // Emptying the top image at the end writes it: find out now whether it may be written,

@@ -72,8 +72,9 @@ impl<S: Storage> Qcow2<S> {
     }
 
     /// Show snapshot `idx` in place of the active disk, read-only: reads see the
-    /// snapshot's contents and size; nothing is written (QEMU's temporary snapshot load,
-    /// used by `convert -l` and `measure -l`). The image must be open read-only.
+    /// snapshot's contents; nothing is written (QEMU's temporary snapshot load, used by
+    /// `convert -l` and `measure -l`). As QEMU's, the disk keeps its current size: past the
+    /// snapshot's L1 table it reads as unallocated. The image must be open read-only.
     pub fn load_snapshot_read_only(&mut self, idx: usize) -> Result<()> {
         if !self.read_only {
             return Err(Error::invalid(
@@ -85,18 +86,12 @@ impl<S: Storage> Qcow2<S> {
             .get(idx)
             .cloned()
             .ok_or_else(|| Error::invalid("Can't find snapshot"))?;
-        let size = snap.disk_size().unwrap_or(self.header.size);
-        let needed = super::header::l1_entries_for(size, self.geo.cluster_bits).unwrap_or(u64::MAX);
-        if u64::from(snap.l1_size) < needed {
-            return Err(Error::corrupt(
-                "snapshot L1 table",
-                snap.l1_table_offset,
-                "too small for the snapshot's disk size",
-            ));
+        let mut l1 = self.read_snapshot_l1(&snap)?;
+        // The active L1 table covers the current size (checked when the image was opened).
+        if l1.len() < self.l1.len() {
+            l1.resize(self.l1.len(), 0);
         }
-        let l1 = self.read_snapshot_l1(&snap)?;
         self.replace_l1(l1);
-        self.header.size = size;
         Ok(())
     }
 

@@ -81,7 +81,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         false => 0,
     };
     let mut bar = Progress::new(show, 1);
-    vdisk::ops::amend::amend(file, format, &options)?;
+    if let Err(e) = vdisk::ops::amend::amend(file, format, &options) {
+        // qemu-img ends its progress line before the error.
+        bar.finish();
+        return Err(e);
+    }
     if show {
         // The steps qemu-img's amend reports: an upgrade in two halves, then the rest;
         // a downgrade as one more step.

@@ -26,7 +26,12 @@ pub struct Args {
     #[command(flatten)]
     cache: CacheFlag,
     /// I/O rate limit in bytes per second (k, M, G, ... suffixes; 0: none).
-    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    #[arg(
+        short = 'r',
+        long = "rate",
+        value_name = "RATE",
+        allow_hyphen_values = true
+    )]
     rate: Option<String>,
     /// Image file.
     file: PathBuf,

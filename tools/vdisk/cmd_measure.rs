@@ -62,7 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         (None, None) => {
             return Err(Error::invalid(
-                "Either --size N or one filename must be specified",
+                "Either --size N or one filename must be specified.",
             ))
         }
         (Some(s), None) => measure(Source::Size(vdisk::size::parse_size(s)?), target, &options)?,

@@ -30,8 +30,8 @@ pub struct Args {
     /// Store the clusters a safe rebase writes compressed.
     #[arg(short = 'c', long = "compress")]
     compress: bool,
-    // -U: the old and new backing files are read without locking out their writers (the
-    // image itself is written, and locked as always).
+    // -U: the new backing file is read without locking out its writers (as qemu-img, the
+    // image and its current chain are opened, and locked, as always).
     #[command(flatten)]
     force_share: ForceShareFlag,
     #[command(flatten)]
@@ -52,7 +52,6 @@ fn copy_for_new_backing(a: &Args, new_name: Option<&str>, new_fmt: Option<Format
         &a.file,
         &ImageOptions {
             format: Some(Format::QCOW2),
-            force_share,
             ..Default::default()
         },
     )?;
