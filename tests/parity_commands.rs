@@ -223,6 +223,8 @@ fn create_and_amend_option_help_lists_the_options() {
         &["create", "-f", "vmdk", "-o", "help,size=1M", "@x.vmdk"],
         &["amend", "-f", "raw", "-o", "help"],
         &["amend", "-f", "vmdk", "-o", "help"],
+        &["convert", "-O", "vmdk", "-o", "help", "@x.raw", "@y.vmdk"],
+        &["convert", "-O", "raw", "-o", "?", "@x.raw", "@y.raw"],
         &["amend", "-o", "help"],
     ] {
         same_output(&t, args);
@@ -233,6 +235,7 @@ fn create_and_amend_option_help_lists_the_options() {
         &["create", "-f", "qcow2", "-o", "help"][..],
         &["create", "-f", "qcow2", "-o", "?", "@x.qcow2"],
         &["amend", "-f", "qcow2", "-o", "help"],
+        &["convert", "-O", "qcow2", "-o", "help", "@x.raw", "@y.qcow2"],
     ] {
         let (q, v) = t.same_outcome(args);
         assert_text_eq(
@@ -263,8 +266,12 @@ fn vmdk_preallocation_makes_the_files_qemu_img_makes() {
                 continue;
             }
             same_image(&t, "p.vmdk");
-            let len = |tool| std::fs::metadata(t.path(tool, "p.vmdk")).unwrap().len();
-            assert_eq!(len(Tool::Qemu), len(Tool::Vdisk), "{opts}");
+            // (An empty streamOptimized image is longer in vdisk: it ends with the footer
+            // and end-of-stream marker; see the README.)
+            if sub != "streamOptimized" {
+                let len = |tool| std::fs::metadata(t.path(tool, "p.vmdk")).unwrap().len();
+                assert_eq!(len(Tool::Qemu), len(Tool::Vdisk), "{opts}");
+            }
         }
     }
 }

@@ -64,6 +64,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let src_format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let dst_format: Format = a.output_format.parse()?;
     let mut opts = parse_option_lists(&a.options)?;
+    if vdisk::create_opts::wants_help(&opts) {
+        // As create's: the output's options, with the file's (a target name is given).
+        let help = vdisk::create_opts::create_help(
+            dst_format.name(),
+            dst_format.driver().create_options,
+            true,
+        );
+        crate::output::out!("{help}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut src = image::open(
         &a.src,
         &ImageOptions {
