@@ -691,3 +691,109 @@ fn a_raw_image_qemu_holds_can_still_be_read_as_qemu_img_reads_it() {
         drop(held);
     }
 }
+
+/// A monolithicSparse VMDK with data in both halves of its first grain and further on.
+fn vmdk_parent(t: &Twins) {
+    let b = t.work("b.vmdk");
+    let s = b.to_str().unwrap();
+    qemu_img_ok(&["create", "-q", "-f", "vmdk", s, "2M"]);
+    qemu_io_ok(&["-c", "write -P 7 0 1M", "-c", "write -P 9 1536k 100k", s]);
+    t.put("b.vmdk", &b);
+    let r = t.work("r.raw");
+    qemu_img_ok(&["create", "-q", "-f", "raw", r.to_str().unwrap(), "1M"]);
+    t.put("r.raw", &r);
+}
+
+#[test]
+fn vmdk_child_images_read_through_their_parent_in_both_tools() {
+    let t = Twins::new();
+    vmdk_parent(&t);
+    same_output(
+        &t,
+        &[
+            "create", "-f", "vmdk", "-b", "b.vmdk", "-F", "vmdk", "@c.vmdk",
+        ],
+    );
+    same_image(&t, "c.vmdk");
+    // qemu-io writes into each child (partial grains: the rest comes from the parent).
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let c = t.path(tool, "c.vmdk");
+        qemu_io_ok(&[
+            "-c",
+            "write -P 3 4k 8k",
+            "-c",
+            "write -z 1540k 4k",
+            c.to_str().unwrap(),
+        ]);
+    }
+    same_image(&t, "c.vmdk");
+    let (q, v) = t.same_outcome(&["info", "@c.vmdk"]);
+    let backing_lines = |tool, o: &Output| -> Vec<String> {
+        stdout_of(&t, tool, o)
+            .lines()
+            .filter(|l| l.starts_with("backing file"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        backing_lines(Tool::Vdisk, &v),
+        backing_lines(Tool::Qemu, &q)
+    );
+    assert_eq!(backing_lines(Tool::Qemu, &q).len(), 2);
+    // Each tool reads the other's child as the guest sees it.
+    let (q, v) = (t.path(Tool::Qemu, "c.vmdk"), t.path(Tool::Vdisk, "c.vmdk"));
+    let dir = tempdir();
+    assert_bytes_eq(
+        "vdisk reading qemu-img's child",
+        &vdisk_raw_contents(&q, dir.path()),
+        &qemu_raw_contents(&v, dir.path()),
+    );
+    // vdisk writes into a child (convert -B): only what differs, keeping the parent's
+    // data around each write.
+    let src = t.work("src.raw");
+    std::fs::write(&src, random_bytes(14, 2 << 20)).unwrap();
+    t.put("src.raw", &src);
+    t.same_outcome(&[
+        "convert", "-O", "vmdk", "-B", "b.vmdk", "-F", "vmdk", "@src.raw", "@d.vmdk",
+    ]);
+    assert_qemu_compare_identical(&src, &t.path(Tool::Vdisk, "d.vmdk"));
+    assert_qemu_check_clean(&t.path(Tool::Vdisk, "d.vmdk"));
+    // Commit folds a child into its parent.
+    same_output(&t, &["commit", "@c.vmdk"]);
+    same_image(&t, "b.vmdk");
+}
+
+#[test]
+fn vmdk_child_images_refuse_what_qemu_img_refuses() {
+    let t = Twins::new();
+    vmdk_parent(&t);
+    for args in [
+        &[
+            "create", "-f", "vmdk", "-b", "r.raw", "-F", "raw", "@x.vmdk",
+        ][..],
+        &[
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "-b",
+            "b.vmdk",
+            "-F",
+            "vmdk",
+            "@y.vmdk",
+        ],
+    ] {
+        let (_, v) = same_output(&t, args);
+        assert!(
+            !t.path(Tool::Vdisk, "x.vmdk").exists(),
+            "{}",
+            describe("vdisk", &v)
+        );
+        assert!(
+            !t.path(Tool::Vdisk, "y.vmdk").exists(),
+            "{}",
+            describe("vdisk", &v)
+        );
+    }
+}

@@ -104,6 +104,9 @@ pub struct VmdkCreateOptions {
     pub toolsversion: Option<String>,
     /// Mark zeroed grains in grain tables instead of writing zeros (sparse only).
     pub zeroed_grain: bool,
+    /// The parent image (`backing_file`), named as it is to be recorded in
+    /// `parentFileNameHint`; relative names are relative to the new image's directory.
+    pub backing_file: Option<String>,
 }
 
 impl Default for VmdkCreateOptions {
@@ -115,6 +118,7 @@ impl Default for VmdkCreateOptions {
             compat6: false,
             toolsversion: None,
             zeroed_grain: false,
+            backing_file: None,
         }
     }
 }
@@ -160,11 +164,10 @@ impl VmdkCreateOptions {
                 _ => return Err(Error::invalid(format!("invalid parameter value: {value}"))),
             },
             "size" => {}
-            "backing_file" | "backing_fmt" => {
-                return Err(Error::unsupported(format!(
-                    "VMDK option '{key}': vdisk does not create VMDK images with a parent"
-                )))
-            }
+            "backing_file" => self.backing_file = Some(value.to_string()),
+            // The parent is opened as VMDK whatever is named here; another format is
+            // refused when it is opened ("backing_file must be a vmdk image").
+            "backing_fmt" => {}
             _ => return Err(Error::invalid(format!("Invalid parameter '{key}'"))),
         }
         Ok(())
@@ -206,6 +209,12 @@ pub fn create_in(
     size: u64,
     opts: &VmdkCreateOptions,
 ) -> Result<Vmdk> {
+    if opts.subformat.is_flat() && opts.backing_file.is_some() {
+        return Err(Error::invalid(format!(
+            "{}: Flat image can't have backing file",
+            path.display()
+        )));
+    }
     opts.validate()?;
     let size = round_size(size)?;
     let subformat = opts.subformat;
@@ -238,7 +247,11 @@ pub fn create_in(
             }
         }
     }
-    let descriptor = new_descriptor(size, opts, extents);
+    let mut descriptor = new_descriptor(size, opts, extents);
+    if let Some(parent) = &opts.backing_file {
+        descriptor.parent_cid = parent_cid(ns, path, parent)?;
+        descriptor.parent_file_name_hint = Some(parent.clone());
+    }
     let text = descriptor.to_text();
     match subformat {
         Subformat::MonolithicSparse => {
@@ -265,6 +278,27 @@ pub fn create_in(
             ..Default::default()
         },
     )
+}
+
+/// The CID of the parent image `name` of a new image at `path` (opened read-only as
+/// VMDK; anything else is refused as qemu-img refuses it).
+fn parent_cid(ns: &dyn Namespace, path: &Path, name: &str) -> Result<u32> {
+    let parent = Path::new(name);
+    let parent = match (parent.is_absolute(), path.parent()) {
+        (false, Some(dir)) => dir.join(parent),
+        _ => parent.to_path_buf(),
+    };
+    let opts = super::VmdkOpenOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    match super::open_in(ns, &parent, &opts) {
+        Ok(v) => Ok(v.cid),
+        Err(_) => Err(Error::invalid(format!(
+            "{}: backing_file must be a vmdk image",
+            path.display()
+        ))),
+    }
 }
 
 fn new_descriptor(size: u64, opts: &VmdkCreateOptions, extents: Vec<ExtentLine>) -> Descriptor {
@@ -440,6 +474,7 @@ fn create_stream(
         read_only: false,
         // The CID was just chosen: no need to change it on the first write.
         cid_updated: true,
+        backing: None,
     };
     // A zero-sized image still gets its footer on close().
     if size == 0 {

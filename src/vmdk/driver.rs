@@ -58,9 +58,19 @@ fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo
     Ok(FormatInfo {
         virtual_size: v.virtual_size(),
         cluster_size: v.cluster_size(),
+        backing: parent_of(&v),
         format_specific: Some(data),
         ..Default::default()
     })
+}
+
+/// The parent image a VMDK names (`parentFileNameHint`); its format is VMDK.
+fn parent_of(v: &super::Vmdk) -> Option<crate::driver::BackingRef> {
+    v.parent_file_name_hint()
+        .map(|name| crate::driver::BackingRef {
+            name: name.to_string(),
+            format: Some("vmdk".into()),
+        })
 }
 
 fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
@@ -72,9 +82,11 @@ fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
         force_share: p.force_share,
         ..Default::default()
     };
+    let v = open_in(ns, path, &opts)?;
+    let backing = parent_of(&v);
     Ok(Opened {
-        device: Box::new(open_in(ns, path, &opts)?),
-        backing: None,
+        device: Box::new(v),
+        backing,
     })
 }
 

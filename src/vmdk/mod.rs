@@ -166,12 +166,85 @@ pub struct Vmdk {
     pub(crate) size: u64,
     pub(crate) read_only: bool,
     pub(crate) cid_updated: bool,
+    /// The parent image (`parentFileNameHint`), attached by the image layer: grains this
+    /// image has not allocated read from it.
+    pub(crate) backing: Option<Box<dyn BlockDevice>>,
 }
 
 impl Vmdk {
     /// The parsed descriptor, if the image has one.
     pub fn descriptor(&self) -> Option<&Descriptor> {
         self.descriptor.as_ref()
+    }
+
+    /// The parent image the descriptor names, if any.
+    pub fn parent_file_name_hint(&self) -> Option<&str> {
+        self.descriptor.as_ref()?.parent_file_name_hint.as_deref()
+    }
+
+    /// Read the parts of `buf` (guest bytes from `offset`) this image has not allocated
+    /// from the parent; past the parent's end they stay zero.
+    fn read_from_parent(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let st = self.own_status(pos, end - pos)?;
+            let n = st.length.min(end - pos);
+            if let (ExtentKind::Unallocated, Some(b)) = (st.kind, self.backing.as_mut()) {
+                let bend = (pos + n).min(b.virtual_size());
+                if pos < bend {
+                    let at = (pos - offset) as usize;
+                    b.read_at(&mut buf[at..at + (bend - pos) as usize], pos)?;
+                }
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// With a parent, a write that covers part of a grain writes the whole grain (the rest
+    /// read as the guest sees it now, through the parent), so that the grain it allocates
+    /// keeps the parent's data around the write.
+    fn write_whole_grains(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let sector = limits::SECTOR_SIZE;
+        let grain = self.cluster_size().unwrap_or(sector).max(sector);
+        let end = offset + buf.len() as u64;
+        let start = offset / grain * grain;
+        let stop = end.next_multiple_of(grain).min(self.size);
+        if start == offset && stop == end {
+            return self.write_own(buf, offset);
+        }
+        let mut whole = vec![0u8; (stop - start) as usize];
+        self.read_at(&mut whole, start)?;
+        let at = (offset - start) as usize;
+        whole[at..at + buf.len()].copy_from_slice(buf);
+        self.write_own(&whole, start)
+    }
+
+    fn write_own(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.for_each_piece(offset, buf.len() as u64, |extent, rel, range| {
+            extent.check_access(true)?;
+            let piece = &buf[range];
+            match &mut extent.body {
+                ExtentBody::Zero => Err(Error::unsupported(format!(
+                    "writing to the ZERO extent at guest offset {:#x}",
+                    extent.start
+                ))),
+                ExtentBody::Flat(flat) => flat.write(piece, rel),
+                ExtentBody::Sparse(sparse) => sparse.write(piece, rel),
+                ExtentBody::Stream(writer) => writer.write(piece, rel),
+            }
+        })
+    }
+
+    /// The allocation status of this image's own grains (never the parent's).
+    fn own_status(&mut self, offset: u64, max_len: u64) -> Result<Status> {
+        check_range(self.size, offset, max_len.min(1))?;
+        let i = self.extent_index(offset)?;
+        let extent = &mut self.extents[i];
+        let rel = offset - extent.start;
+        let limit = max_len.min(extent.length - rel).max(1);
+        Self::extent_status(extent, rel, limit)
     }
 
     /// The subformat (`createType`).
@@ -356,31 +429,38 @@ impl BlockDevice for Vmdk {
                     "reading a streamOptimized image while it is being written; close and reopen it",
                 )),
             }
-        })
+        })?;
+        if self.backing.is_some() {
+            self.read_from_parent(buf, offset)?;
+        }
+        Ok(())
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.size, offset, buf.len() as u64)?;
         self.update_cid()?;
-        self.for_each_piece(offset, buf.len() as u64, |extent, rel, range| {
-            extent.check_access(true)?;
-            let piece = &buf[range];
-            match &mut extent.body {
-                ExtentBody::Zero => Err(Error::unsupported(format!(
-                    "writing to the ZERO extent at guest offset {:#x}",
-                    extent.start
-                ))),
-                ExtentBody::Flat(flat) => flat.write(piece, rel),
-                ExtentBody::Sparse(sparse) => sparse.write(piece, rel),
-                ExtentBody::Stream(writer) => writer.write(piece, rel),
-            }
-        })
+        match self.backing.is_some() {
+            true => self.write_whole_grains(buf, offset),
+            false => self.write_own(buf, offset),
+        }
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.size, offset, len)?;
+        if self.backing.is_some() {
+            // An unallocated grain would show the parent: write the zeros.
+            const CHUNK: u64 = 1 << 20;
+            let zeros = vec![0u8; CHUNK.min(len) as usize];
+            let mut pos = offset;
+            while pos < offset + len {
+                let n = CHUNK.min(offset + len - pos);
+                self.write_at(&zeros[..n as usize], pos)?;
+                pos += n;
+            }
+            return Ok(());
+        }
         self.update_cid()?;
         self.for_each_piece(offset, len, |extent, rel, range| {
             extent.check_access(true)?;
@@ -424,12 +504,22 @@ impl BlockDevice for Vmdk {
     }
 
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Status> {
-        check_range(self.size, offset, max_len.min(1))?;
-        let i = self.extent_index(offset)?;
-        let extent = &mut self.extents[i];
-        let rel = offset - extent.start;
-        let limit = max_len.min(extent.length - rel).max(1);
-        Self::extent_status(extent, rel, limit)
+        let st = self.own_status(offset, max_len)?;
+        if let (ExtentKind::Unallocated, Some(b)) = (st.kind, self.backing.as_mut()) {
+            // Resolve through the parent; past its end the guest sees zeros.
+            let bsize = b.virtual_size();
+            if offset < bsize {
+                let mut sub = b.block_status(offset, st.length.min(bsize - offset))?;
+                sub.depth += 1;
+                return Ok(sub);
+            }
+        }
+        Ok(st)
+    }
+
+    fn attach_backing(&mut self, backing: Box<dyn BlockDevice>) -> Result<()> {
+        self.backing = Some(backing);
+        Ok(())
     }
 
     fn is_read_only(&self) -> bool {

@@ -103,7 +103,6 @@ fn open_bare_sparse(
         if header.descriptor_offset != 0 && header.descriptor_size != 0 {
             let (offset, text) = read_embedded_descriptor(&*storage, &header, file_len)?;
             let parsed = Descriptor::parse(&text, offset)?;
-            check_no_parent(&parsed)?;
             descriptor_text = text_of(&text);
             descriptor = Some(parsed);
             place = DescriptorPlace::Embedded {
@@ -142,6 +141,7 @@ fn open_bare_sparse(
         size: length,
         read_only,
         cid_updated: false,
+        backing: None,
     })
 }
 
@@ -161,7 +161,6 @@ fn open_descriptor(
             descriptor.create_type
         )));
     }
-    check_no_parent(&descriptor)?;
     if descriptor.extents.len() > MAX_EXTENTS {
         return Err(Error::corrupt(
             "VMDK descriptor",
@@ -256,16 +255,8 @@ fn open_descriptor(
         size: start,
         read_only: all_read_only,
         cid_updated: false,
+        backing: None,
     })
-}
-
-fn check_no_parent(descriptor: &Descriptor) -> Result<()> {
-    match &descriptor.parent_file_name_hint {
-        Some(hint) => Err(Error::unsupported(format!(
-            "VMDK images with a parent image ('{hint}')"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// The descriptor text up to its first NUL.
