@@ -574,6 +574,34 @@ fn flush(storage: &Arc<dyn Storage>) -> Result<()> {
         .map_err(|e| Error::io("VMDK: flushing a new image", e))
 }
 
+use crate::create_opts::{Kind, OptionDesc, SIZE};
+
+/// VMDK's creation options in qemu-img's order (its preallocation is the host file's
+/// option, [`crate::create_opts::FILE_OPTIONS`]).
+pub const CREATE_OPTIONS: &[OptionDesc] = &[
+    SIZE,
+    OptionDesc::new(
+        "adapter_type",
+        Kind::Str,
+        "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX",
+    ),
+    OptionDesc::new("backing_file", Kind::Str, "File name of a base image"),
+    OptionDesc::new("backing_fmt", Kind::Str, "Must be 'vmdk' if present"),
+    OptionDesc::new("compat6", Kind::Bool, "VMDK version 6 image").with_default("off"),
+    OptionDesc::new("hwversion", Kind::Str, "VMDK hardware version").with_default("undefined"),
+    OptionDesc::new("toolsversion", Kind::Str, "VMware guest tools version"),
+    OptionDesc::new(
+        "subformat",
+        Kind::Str,
+        "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ",
+    ),
+    OptionDesc::new(
+        "zeroed_grain",
+        Kind::Bool,
+        "Enable efficient zero writes using the zeroed-grain GTE feature",
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,31 +693,3 @@ mod tests {
         assert_eq!((p.as_str(), x.as_str()), ("disk", ""));
     }
 }
-
-use crate::create_opts::{Kind, OptionDesc, SIZE};
-
-/// VMDK's creation options in qemu-img's order (its preallocation is the host file's
-/// option, [`crate::create_opts::FILE_OPTIONS`]).
-pub const CREATE_OPTIONS: &[OptionDesc] = &[
-    SIZE,
-    OptionDesc::new(
-        "adapter_type",
-        Kind::Str,
-        "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX",
-    ),
-    OptionDesc::new("backing_file", Kind::Str, "File name of a base image"),
-    OptionDesc::new("backing_fmt", Kind::Str, "Must be 'vmdk' if present"),
-    OptionDesc::new("compat6", Kind::Bool, "VMDK version 6 image").with_default("off"),
-    OptionDesc::new("hwversion", Kind::Str, "VMDK hardware version").with_default("undefined"),
-    OptionDesc::new("toolsversion", Kind::Str, "VMware guest tools version"),
-    OptionDesc::new(
-        "subformat",
-        Kind::Str,
-        "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ",
-    ),
-    OptionDesc::new(
-        "zeroed_grain",
-        Kind::Bool,
-        "Enable efficient zero writes using the zeroed-grain GTE feature",
-    ),
-];
