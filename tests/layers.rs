@@ -276,7 +276,8 @@ fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
 
 #[test]
 fn the_function_scan_measures_from_fn_to_its_closing_brace() {
-    let mut text = String::from("impl A {\n    pub(crate) fn long(\n        x: u8,\n    ) -> u8 {\n");
+    let mut text =
+        String::from("impl A {\n    pub(crate) fn long(\n        x: u8,\n    ) -> u8 {\n");
     for _ in 0..4 {
         text.push_str("        let _ = x;\n");
     }
