@@ -202,15 +202,11 @@ fn no_two_modules_name_each_other() {
     );
 }
 
-/// Functions allowed over [`MAX_FUNCTION_LINES`], as `(file under src/, function name)`.
-///
-/// The three refcount-layout routines are being replaced by one refcount-area planner
-/// (issue 13); each entry goes when its routine does. Nothing else belongs here.
-const LONG_FUNCTIONS_ALLOWED: &[(&str, &str)] = &[
-    ("qcow2/amend.rs", "change_refcount_width"),
-    ("qcow2/repair.rs", "rebuild"),
-    ("qcow2/txn.rs", "txn_commit"),
-];
+/// Functions allowed over [`MAX_FUNCTION_LINES`], as `(file under src/, function name)`:
+/// none. A parser that really reads as a table of fields may be listed here, with the
+/// reason beside it; the test fails on an entry that is no longer long, so the list cannot
+/// go stale.
+const LONG_FUNCTIONS_ALLOWED: &[(&str, &str)] = &[];
 
 /// Longest a library function may be, counted from its `fn` line to its closing brace.
 const MAX_FUNCTION_LINES: usize = 100;
