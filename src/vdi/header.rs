@@ -399,8 +399,8 @@ mod tests {
             ),
             (
                 0x180,
-                &[0x80, 0xff, 0xff, 0x1f],
-                "too many blocks 536870784",
+                &[0x81, 0xff, 0xff, 0x1f],
+                "too many blocks 536870785",
             ),
         ];
         for (at, bytes, want) in cases {
