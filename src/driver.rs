@@ -74,6 +74,9 @@ pub struct FormatInfo {
     pub snapshots: Vec<serde_json::Value>,
     /// The "format-specific" data of qemu-img's JSON (its "type" is the driver's name).
     pub format_specific: Option<serde_json::Value>,
+    /// Whether the image can carry persistent dirty bitmaps (qemu's
+    /// `bdrv_supports_persistent_dirty_bitmap`; `measure` then reports a bitmaps size).
+    pub supports_persistent_bitmaps: bool,
 }
 
 /// The result of a measurement.

@@ -322,6 +322,28 @@ pub fn image_info_shared(
     Ok(info)
 }
 
+/// Info for every image of the chain of the image at `path` (format `format`, probed when
+/// `None`), top first, opened read-only (`force_share`: without locking out writers).
+pub fn chain_info(
+    path: &std::path::Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> crate::Result<Vec<ImageInfo>> {
+    let img = crate::image::open(
+        path,
+        &crate::image::ImageOptions {
+            format,
+            read_only: true,
+            force_share,
+            ..Default::default()
+        },
+    )?;
+    img.layers
+        .iter()
+        .map(|layer| image_info_shared(&layer.path, Some(layer.format), force_share))
+        .collect()
+}
+
 /// What `snapshot -l` prints for the image at `path`: nothing when it has no internal
 /// snapshots (raw and VMDK images never have any), else qemu-img's `Snapshot list:` table.
 pub fn snapshot_list_text(
