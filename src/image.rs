@@ -23,6 +23,7 @@ pub static DRIVERS: &[&Driver] = &[
     &crate::raw::DRIVER,
     &crate::qcow2::DRIVER,
     &crate::vmdk::DRIVER,
+    &crate::vdi::DRIVER,
 ];
 
 impl Format {

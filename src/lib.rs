@@ -49,6 +49,8 @@ pub mod qcow2;
 pub mod raw;
 pub mod size;
 pub mod storage;
+pub mod uuid;
+pub mod vdi;
 pub mod vmdk;
 
 pub use device::{BlockDevice, Extent, ExtentKind};

@@ -20,9 +20,10 @@
 //! - size: [`Qcow2::resize_to`] (see `resize`; the new area of an overlay hides a longer
 //!   backing image only when the backing is attached).
 
+use super::entry::read_refcount;
 use super::entry::{self, L2Entry, COPIED};
 use super::header::{self, compat, ext, incompat};
-use super::refcount::{get_entry, set_entry};
+use super::refcount_area::{self, TableSize, VecSpace};
 use super::snapshot::{self, Snapshot};
 use super::{ioerr, Geometry, Qcow2};
 use crate::error::{Error, Result};
@@ -333,14 +334,61 @@ impl<S: Storage> Qcow2<S> {
     }
 
     /// Rebuild every refcount structure with entries of `bits` bits (see the module
-    /// documentation).
+    /// documentation), laid out by the refcount-area planner after everything the old header
+    /// reaches.
     fn change_refcount_width(&mut self, bits: u32) -> Result<()> {
         self.flush_metadata()?;
         let cs = self.geo.cluster_size;
         let cb = self.geo.cluster_bits;
-        let old = self.geo;
         let new = Geometry::new(cb, bits.trailing_zeros());
-        // Every refcount as it is now.
+        let counts = self.refcounts_without_refcount_structures()?;
+        if let Some((c, &v)) = counts
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v > new.max_refcount())
+        {
+            return Err(Error::invalid(format!(
+                "Cannot decrease refcount entry width to {bits} bits: Cluster at offset {:#x} has a refcount of {v}",
+                (c as u64) << cb
+            )));
+        }
+        let file_clusters = self
+            .storage
+            .len()
+            .map_err(ioerr("reading the file length"))?
+            .div_ceil(cs);
+        let start = file_clusters.max(counts.len() as u64).max(1);
+        let mut space = VecSpace::new(0, counts, Vec::new(), start, new);
+        let plan = refcount_area::plan(&mut space, cb, 1, TableSize::Exact)?;
+        let new_table = plan.table_entries(&[], cb);
+        let max = new.max_refcount();
+        refcount_area::write_area(&self.storage, &plan, cb, &new_table, |bi| {
+            Ok(space.block_bytes(bi, new.refcount_order, cs, max))
+        })?;
+        // One write inside the first sector switches all three fields.
+        let mut h = self.header.clone();
+        h.refcount_table_offset = plan.table << cb;
+        h.refcount_table_clusters = plan.table_clusters as u32;
+        h.refcount_order = new.refcount_order;
+        use header::field;
+        let span = field::span(field::REFCOUNT_TABLE_OFFSET, field::REFCOUNT_ORDER);
+        refcount_area::switch_header(&self.storage, &h.write()?, span)?;
+
+        self.header = h;
+        self.geo = new;
+        self.refcount_table = new_table;
+        self.rc_cache.clear();
+        self.free_hint = 0;
+        self.file_len = self.file_len.max(space.end() * cs);
+        Ok(())
+    }
+
+    /// Every refcount as it is now, with the refcount table and blocks counted 0 (they are
+    /// free once the header points at new ones).
+    fn refcounts_without_refcount_structures(&mut self) -> Result<Vec<u64>> {
+        let cs = self.geo.cluster_size;
+        let cb = self.geo.cluster_bits;
+        let old = self.geo;
         let mut counts: Vec<u64> = Vec::new();
         let table = self.refcount_table.clone();
         let mut block = vec![0u8; cs as usize];
@@ -351,9 +399,8 @@ impl<S: Storage> Qcow2<S> {
             self.storage
                 .read_at(&mut block, off)
                 .map_err(ioerr("reading a refcount block"))?;
-            let per = 1usize << old.rb_bits;
-            for i in 0..per {
-                let v = get_entry(&block, old.refcount_order, i);
+            for i in 0..1usize << old.rb_bits {
+                let v = read_refcount(&block, old.refcount_order, i);
                 if v != 0 {
                     let c = (bi << old.rb_bits) + i;
                     if counts.len() <= c {
@@ -363,7 +410,6 @@ impl<S: Storage> Qcow2<S> {
                 }
             }
         }
-        // The old structures are free once the header points at the new ones.
         let mut clear = |off: u64, n: u64| {
             for k in 0..n {
                 if let Some(v) = counts.get_mut(((off >> cb) + k) as usize) {
@@ -378,91 +424,6 @@ impl<S: Storage> Qcow2<S> {
         for &off in table.iter().filter(|&&o| o != 0) {
             clear(off, 1);
         }
-        if let Some((c, &v)) = counts
-            .iter()
-            .enumerate()
-            .find(|(_, &v)| v > new.max_refcount())
-        {
-            return Err(Error::invalid(format!(
-                "Cannot decrease refcount entry width to {bits} bits: Cluster at offset {:#x} has a refcount of {v}",
-                (c as u64) << cb
-            )));
-        }
-        // Lay the new structures out after everything the old header reaches.
-        let file_clusters = self
-            .storage
-            .len()
-            .map_err(ioerr("reading the file length"))?
-            .div_ceil(cs);
-        let start = file_clusters.max(counts.len() as u64).max(1);
-        let per_block = 1u64 << new.rb_bits;
-        let (mut blocks, mut table_clusters) = (1u64, 1u64);
-        loop {
-            let total = start + blocks + table_clusters;
-            let b = total.div_ceil(per_block);
-            let t = (b * 8).div_ceil(cs);
-            if b <= blocks && t <= table_clusters {
-                break;
-            }
-            (blocks, table_clusters) = (b.max(blocks), t.max(table_clusters));
-        }
-        if table_clusters * cs > super::limits::MAX_REFTABLE_BYTES {
-            return Err(Error::invalid(
-                "qcow2 image would need a refcount table larger than 8 MiB",
-            ));
-        }
-        let table_off = start * cs;
-        let blocks_off = table_off + table_clusters * cs;
-        let end = start + table_clusters + blocks;
-        counts.resize(end as usize, 0);
-        for c in start..end {
-            counts[c as usize] = 1;
-        }
-        let mut new_table = vec![0u64; (table_clusters * cs / 8) as usize];
-        let mut blocks_buf = vec![0u8; (blocks * cs) as usize];
-        for (c, &v) in counts.iter().enumerate() {
-            if v != 0 {
-                let (b, i) = (c as u64 / per_block, c as u64 % per_block);
-                set_entry(
-                    &mut blocks_buf[(b * cs) as usize..((b + 1) * cs) as usize],
-                    new.refcount_order,
-                    i as usize,
-                    v,
-                );
-            }
-        }
-        for (b, slot) in new_table.iter_mut().enumerate().take(blocks as usize) {
-            *slot = blocks_off + b as u64 * cs;
-        }
-        let mut tbuf = vec![0u8; (table_clusters * cs) as usize];
-        BigEndian::write_u64_into(&new_table, &mut tbuf);
-        self.storage
-            .write_at(&tbuf, table_off)
-            .map_err(ioerr("writing the new refcount table"))?;
-        self.storage
-            .write_at(&blocks_buf, blocks_off)
-            .map_err(ioerr("writing the new refcount blocks"))?;
-        self.sync()?;
-
-        // One write inside the first sector switches all three fields.
-        let mut h = self.header.clone();
-        h.refcount_table_offset = table_off;
-        h.refcount_table_clusters = table_clusters as u32;
-        h.refcount_order = new.refcount_order;
-        let bytes = h.write()?;
-        use header::field;
-        let span = field::span(field::REFCOUNT_TABLE_OFFSET, field::REFCOUNT_ORDER);
-        self.storage
-            .write_at(&bytes[span.clone()], span.start as u64)
-            .map_err(ioerr("switching the refcount structures"))?;
-        self.sync()?;
-
-        self.header = h;
-        self.geo = new;
-        self.refcount_table = new_table;
-        self.rc_cache.clear();
-        self.free_hint = 0;
-        self.file_len = self.file_len.max(end * cs);
-        Ok(())
+        Ok(counts)
     }
 }

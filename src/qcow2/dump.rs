@@ -4,8 +4,8 @@
 //! Everything is read from the raw storage (through `check`'s loader), so damaged images
 //! that cannot be opened can still be inspected.
 
-use super::check::refcount_entry as get_entry;
 use super::check::{self, read_u64s, ClusterUse, Scan};
+use super::entry::read_refcount as get_entry;
 use super::entry::{self, L2Entry, COPIED};
 use super::header::{ext, field, Header};
 use crate::driver::{hex, DumpOptions};

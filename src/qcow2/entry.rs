@@ -1,10 +1,14 @@
-//! L1 and L2 entries: pure helpers that decode and encode table entries.
+//! L1 and L2 entries, and refcount block entries: pure helpers that decode and encode
+//! table entries.
 //!
 //! Mapping a guest offset is two lookups: the L1 entry (`l1_index`) names an L2 table, and
 //! the L2 entry (`l2_index`) says what backs the guest cluster. [`L2Entry`] classifies an
 //! entry into the cases every reader and writer has to handle; it does no I/O.
+//! [`read_refcount`] and [`write_refcount`] read and write one entry of a refcount block of
+//! any width (1 to 64 bits; sub-byte entries pack the lowest index into the lowest bits).
 
 use super::limits::MAX_HOST_OFFSET;
+use byteorder::{BigEndian, ByteOrder};
 
 /// Bit 63: the cluster's refcount is exactly one (it may be written in place).
 pub const COPIED: u64 = 1 << 63;
@@ -124,6 +128,41 @@ pub fn l1_l2_offset(raw: u64) -> u64 {
     raw & OFFSET_MASK
 }
 
+/// Read entry `index` of a refcount block with 2^`order`-bit entries.
+pub fn read_refcount(block: &[u8], order: u32, index: usize) -> u64 {
+    match order {
+        0..=2 => {
+            let bits = 1usize << order;
+            let per_byte = 8 / bits;
+            let byte = block[index / per_byte];
+            let shift = (index % per_byte) * bits;
+            u64::from((byte >> shift) & ((1u8 << bits) - 1))
+        }
+        3 => u64::from(block[index]),
+        4 => u64::from(BigEndian::read_u16(&block[index * 2..])),
+        5 => u64::from(BigEndian::read_u32(&block[index * 4..])),
+        _ => BigEndian::read_u64(&block[index * 8..]),
+    }
+}
+
+/// Write entry `index` of a refcount block with 2^`order`-bit entries (`value` must fit).
+pub fn write_refcount(block: &mut [u8], order: u32, index: usize, value: u64) {
+    match order {
+        0..=2 => {
+            let bits = 1usize << order;
+            let per_byte = 8 / bits;
+            let shift = (index % per_byte) * bits;
+            let mask = ((1u8 << bits) - 1) << shift;
+            let b = &mut block[index / per_byte];
+            *b = (*b & !mask) | (((value as u8) << shift) & mask);
+        }
+        3 => block[index] = value as u8,
+        4 => BigEndian::write_u16(&mut block[index * 2..], value as u16),
+        5 => BigEndian::write_u32(&mut block[index * 4..], value as u32),
+        _ => BigEndian::write_u64(&mut block[index * 8..], value),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +226,40 @@ mod tests {
         let (host, len) = decode_compressed(0x4040_0000_0007_0000, 16);
         assert_eq!(host, 0x70000);
         assert_eq!(len, 1024);
+    }
+}
+
+#[cfg(test)]
+mod refcount_tests {
+    use super::*;
+
+    #[test]
+    fn sub_byte_refcounts_pack_lowest_index_into_the_lowest_bits() {
+        let mut b = [0u8; 2];
+        write_refcount(&mut b, 0, 0, 1);
+        write_refcount(&mut b, 0, 9, 1);
+        assert_eq!(b, [0b0000_0001, 0b0000_0010]);
+        let mut b = [0u8; 1];
+        write_refcount(&mut b, 1, 1, 3);
+        assert_eq!(b, [0b0000_1100]);
+        assert_eq!(read_refcount(&b, 1, 1), 3);
+        let mut b = [0u8; 1];
+        write_refcount(&mut b, 2, 1, 0xa);
+        assert_eq!(b, [0xa0]);
+        assert_eq!(read_refcount(&b, 2, 0), 0);
+    }
+
+    #[test]
+    fn wide_refcounts_are_big_endian() {
+        let mut b = [0u8; 16];
+        write_refcount(&mut b, 4, 1, 0x1234);
+        assert_eq!(&b[2..4], &[0x12, 0x34]);
+        write_refcount(&mut b, 6, 1, 0x0102_0304_0506_0708);
+        assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(read_refcount(&b, 6, 1), 0x0102_0304_0506_0708);
+        write_refcount(&mut b, 5, 0, 7);
+        assert_eq!(read_refcount(&b, 5, 0), 7);
+        write_refcount(&mut b, 3, 0, 200);
+        assert_eq!(read_refcount(&b, 3, 0), 200);
     }
 }

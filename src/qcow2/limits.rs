@@ -15,6 +15,8 @@ pub const MAX_CLUSTER_BITS: u32 = 21;
 pub const MAX_L1_BYTES: u64 = 32 << 20;
 /// Largest refcount table in bytes (QEMU's `QCOW_MAX_REFTABLE_SIZE`).
 pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// Most entries of a refcount table (8-byte entries in [`MAX_REFTABLE_BYTES`]).
+pub const MAX_REFTABLE_ENTRIES: u64 = MAX_REFTABLE_BYTES / 8;
 /// Most internal snapshots (QEMU's `QCOW_MAX_SNAPSHOTS`).
 pub const MAX_SNAPSHOTS: u64 = 65_536;
 /// Largest snapshot table in bytes.
@@ -35,6 +37,14 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const V2_HEADER_LEN: u32 = field::SNAPSHOTS_OFFSET.end() as u32;
 /// Smallest version 3 header (104: up to and including `header_length`).
 pub const V3_MIN_HEADER_LEN: u32 = field::HEADER_LENGTH.end() as u32;
+
+/// The error for a layout whose refcount table would exceed [`MAX_REFTABLE_BYTES`].
+pub fn reftable_too_large() -> Error {
+    Error::invalid(format!(
+        "qcow2 image would need a refcount table larger than {} MiB",
+        MAX_REFTABLE_BYTES >> 20
+    ))
+}
 
 /// Check a table of `entries` entries of `entry_len` bytes at `offset` before reading it:
 /// the size must not exceed `max_bytes`, the offset must be cluster-aligned, and the table

@@ -7,9 +7,10 @@
 //! | [`limits`] | every hard limit, and `validate_table` |
 //! | [`header`] | the header, header extensions, feature bits, backing name |
 //! | [`header_fields`] | the table of fixed header fields: name, offset, width |
-//! | [`entry`] | decoding and encoding L1/L2 entries (pure functions) |
+//! | [`entry`] | decoding and encoding L1/L2 entries and refcount block entries (pure functions) |
 //! | [`cache`] | the bounded LRU cache of L2 tables and refcount blocks |
-//! | `refcount` | refcount blocks, the refcount table, cluster allocation and freeing |
+//! | `refcount` | refcounts of host clusters, cluster allocation and freeing |
+//! | `refcount_area` | the one planner that places a new refcount table and blocks (growth, transactions, repair, width changes) |
 //! | `cluster` | guest-to-host mapping: L2 lookup, L2 allocation and copy-on-write |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
@@ -47,6 +48,7 @@ pub mod limits;
 pub mod measure;
 mod overlap;
 mod refcount;
+mod refcount_area;
 mod repair;
 mod resize;
 pub mod snapshot;

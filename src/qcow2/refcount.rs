@@ -7,46 +7,13 @@
 //! in the refcount table. When the refcount table itself is full, a larger table is built
 //! past everything the old one covers (see [`Qcow2::grow_refcount_table`]).
 
-use super::limits::MAX_REFTABLE_BYTES;
+use super::entry::{read_refcount, write_refcount};
+use super::header::field;
+use super::refcount_area::{self, TableSize, VecSpace};
 use super::{ioerr, Qcow2, Table};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
-
-/// Read entry `index` of a refcount block with 2^`order`-bit entries.
-pub fn get_entry(block: &[u8], order: u32, index: usize) -> u64 {
-    match order {
-        0..=2 => {
-            let bits = 1usize << order;
-            let per_byte = 8 / bits;
-            let byte = block[index / per_byte];
-            let shift = (index % per_byte) * bits;
-            u64::from((byte >> shift) & ((1u8 << bits) - 1))
-        }
-        3 => u64::from(block[index]),
-        4 => u64::from(BigEndian::read_u16(&block[index * 2..])),
-        5 => u64::from(BigEndian::read_u32(&block[index * 4..])),
-        _ => BigEndian::read_u64(&block[index * 8..]),
-    }
-}
-
-/// Write entry `index` of a refcount block with 2^`order`-bit entries (`value` must fit).
-pub fn set_entry(block: &mut [u8], order: u32, index: usize, value: u64) {
-    match order {
-        0..=2 => {
-            let bits = 1usize << order;
-            let per_byte = 8 / bits;
-            let shift = (index % per_byte) * bits;
-            let mask = ((1u8 << bits) - 1) << shift;
-            let b = &mut block[index / per_byte];
-            *b = (*b & !mask) | (((value as u8) << shift) & mask);
-        }
-        3 => block[index] = value as u8,
-        4 => BigEndian::write_u16(&mut block[index * 2..], value as u16),
-        5 => BigEndian::write_u32(&mut block[index * 4..], value as u32),
-        _ => BigEndian::write_u64(&mut block[index * 8..], value),
-    }
-}
 
 impl<S: Storage> Qcow2<S> {
     /// The refcount of host cluster `cluster` (an index, not an offset).
@@ -61,7 +28,7 @@ impl<S: Storage> Qcow2<S> {
         self.load_table(Table::Refcount, block_off)?;
         let idx = (cluster & ((1 << self.geo.rb_bits) - 1)) as usize;
         let block = self.rc_cache.get(block_off).unwrap_or(&[]);
-        Ok(get_entry(block, self.geo.refcount_order, idx))
+        Ok(read_refcount(block, self.geo.refcount_order, idx))
     }
 
     /// Set the refcount of `cluster`, whose refcount block must exist.
@@ -79,7 +46,7 @@ impl<S: Storage> Qcow2<S> {
         let idx = (cluster & ((1 << self.geo.rb_bits) - 1)) as usize;
         let order = self.geo.refcount_order;
         if let Some(block) = self.rc_cache.get_mut(block_off) {
-            set_entry(block, order, idx, value);
+            write_refcount(block, order, idx, value);
         }
         Ok(())
     }
@@ -210,8 +177,8 @@ impl<S: Storage> Qcow2<S> {
             };
             while c < block_end && c - start < n {
                 let i = (c & mask) as usize;
-                let used = old.is_some_and(|b| get_entry(b, order, i) != 0)
-                    || sh.is_some_and(|b| get_entry(b, order, i) != 0);
+                let used = old.is_some_and(|b| read_refcount(b, order, i) != 0)
+                    || sh.is_some_and(|b| read_refcount(b, order, i) != 0);
                 c += 1;
                 if used {
                     start = c;
@@ -240,7 +207,7 @@ impl<S: Storage> Qcow2<S> {
         if at_block == bi {
             // The block describes its own cluster.
             let own = (at & ((1 << self.geo.rb_bits) - 1)) as usize;
-            set_entry(&mut block, self.geo.refcount_order, own, 1);
+            write_refcount(&mut block, self.geo.refcount_order, own, 1);
         } else {
             // Its cluster is described by an existing block: count it there first, durably,
             // before anything points at the new block.
@@ -267,111 +234,35 @@ impl<S: Storage> Qcow2<S> {
     /// Replace the refcount table by one with room for block index `needed_bi`.
     ///
     /// The new table and the refcount blocks that describe it go right after everything the
-    /// old table can cover (all of which is free by definition). Order: write the blocks and
-    /// the table, sync, switch the header fields with one write, sync, free the old table.
+    /// old table can cover (all of which is free by definition), laid out by the refcount-area
+    /// planner. Order: write the blocks and the table, sync, switch the header fields with
+    /// one write, sync, then free the old table.
     pub(crate) fn grow_refcount_table(&mut self, needed_bi: u64) -> Result<()> {
-        let cs = self.geo.cluster_size;
-        let rb_bits = self.geo.rb_bits;
+        let geo = self.geo;
         let old_entries = self.refcount_table.len() as u64;
-        let p = old_entries << rb_bits; // first cluster the old table cannot describe
-        let first_bi = p >> rb_bits;
-        let mut nb = 1u64;
-        let rt_clusters = loop {
-            let entries = (needed_bi + 1)
-                .max(old_entries + old_entries / 2)
-                .max(first_bi + nb);
-            let rt_clusters = (entries * 8).div_ceil(cs);
-            // p is block aligned, so the blocks covering [p, p + nb + rt_clusters) are:
-            let blocks_needed = (nb + rt_clusters).div_ceil(1 << rb_bits);
-            if blocks_needed <= nb {
-                break rt_clusters;
-            }
-            nb = blocks_needed;
-        };
-        let entries = rt_clusters * cs / 8;
-        if rt_clusters * cs > MAX_REFTABLE_BYTES {
-            return Err(Error::invalid(
-                "qcow2 image would need a refcount table larger than 8 MiB",
-            ));
-        }
-        let order = self.geo.refcount_order;
-        let mut new_table = self.refcount_table.clone();
-        new_table.resize(entries as usize, 0);
-        for k in 0..nb {
-            let mut block = vec![0u8; cs as usize];
-            let block_first = (first_bi + k) << rb_bits;
-            for c in p..p + nb + rt_clusters {
-                if c >> rb_bits == first_bi + k {
-                    set_entry(&mut block, order, (c - block_first) as usize, 1);
-                }
-            }
-            let host = (p + k) << self.geo.cluster_bits;
-            self.storage
-                .write_at(&block, host)
-                .map_err(ioerr("writing a refcount block"))?;
-            new_table[(first_bi + k) as usize] = host;
-        }
-        let table_host = (p + nb) << self.geo.cluster_bits;
-        let mut buf = vec![0u8; (rt_clusters * cs) as usize];
-        BigEndian::write_u64_into(&new_table, &mut buf);
-        self.storage
-            .write_at(&buf, table_host)
-            .map_err(ioerr("writing the refcount table"))?;
-        self.note_allocated(table_host + rt_clusters * cs);
-        self.sync()?;
-        // Switch the header: refcount_table_offset and refcount_table_clusters in one write.
-        use super::header::field;
-        let span = field::REFCOUNT_TABLE;
-        let mut head = [0u8; field::REFCOUNT_TABLE.end];
-        field::REFCOUNT_TABLE_OFFSET.put(&mut head, table_host);
-        field::REFCOUNT_TABLE_CLUSTERS.put(&mut head, u64::from(rt_clusters as u32));
-        self.storage
-            .write_at(&head[span.clone()], span.start as u64)
-            .map_err(ioerr("switching to the new refcount table"))?;
-        self.sync()?;
+        // The first cluster the old table cannot describe.
+        let p = old_entries << geo.rb_bits;
+        let mut space = VecSpace::new(p, Vec::new(), Vec::new(), p, geo);
+        let min_entries = (needed_bi + 1).max(old_entries + old_entries / 2);
+        let plan =
+            refcount_area::plan(&mut space, geo.cluster_bits, min_entries, TableSize::Exact)?;
+        let new_table = plan.table_entries(&self.refcount_table, geo.cluster_bits);
+        let (order, cs, max) = (geo.refcount_order, geo.cluster_size, geo.max_refcount());
+        refcount_area::write_area(&self.storage, &plan, geo.cluster_bits, &new_table, |bi| {
+            Ok(space.block_bytes(bi, order, cs, max))
+        })?;
+        self.note_allocated(space.end() << geo.cluster_bits);
+        let mut h = self.header.clone();
+        h.refcount_table_offset = plan.table << geo.cluster_bits;
+        h.refcount_table_clusters = plan.table_clusters as u32;
+        refcount_area::switch_header(&self.storage, &h.write()?, field::REFCOUNT_TABLE)?;
         let old_offset = self.header.refcount_table_offset;
         let old_clusters = u64::from(self.header.refcount_table_clusters);
-        self.header.refcount_table_offset = table_host;
-        self.header.refcount_table_clusters = rt_clusters as u32;
+        self.header = h;
         self.refcount_table = new_table;
         for i in 0..old_clusters {
             self.queue_free(old_offset + i * cs);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sub_byte_refcounts_pack_lowest_index_into_the_lowest_bits() {
-        let mut b = [0u8; 2];
-        set_entry(&mut b, 0, 0, 1);
-        set_entry(&mut b, 0, 9, 1);
-        assert_eq!(b, [0b0000_0001, 0b0000_0010]);
-        let mut b = [0u8; 1];
-        set_entry(&mut b, 1, 1, 3);
-        assert_eq!(b, [0b0000_1100]);
-        assert_eq!(get_entry(&b, 1, 1), 3);
-        let mut b = [0u8; 1];
-        set_entry(&mut b, 2, 1, 0xa);
-        assert_eq!(b, [0xa0]);
-        assert_eq!(get_entry(&b, 2, 0), 0);
-    }
-
-    #[test]
-    fn wide_refcounts_are_big_endian() {
-        let mut b = [0u8; 16];
-        set_entry(&mut b, 4, 1, 0x1234);
-        assert_eq!(&b[2..4], &[0x12, 0x34]);
-        set_entry(&mut b, 6, 1, 0x0102_0304_0506_0708);
-        assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(get_entry(&b, 6, 1), 0x0102_0304_0506_0708);
-        set_entry(&mut b, 5, 0, 7);
-        assert_eq!(get_entry(&b, 5, 0), 7);
-        set_entry(&mut b, 3, 0, 200);
-        assert_eq!(get_entry(&b, 3, 0), 200);
     }
 }

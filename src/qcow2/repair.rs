@@ -20,9 +20,9 @@
 
 use super::check::{CheckReport, Repair, Scan, MAX_MESSAGES, REFT_RESERVED_MASK};
 use super::entry::{self, L2Entry, COPIED};
+use super::entry::{read_refcount, write_refcount};
 use super::header::{field, incompat};
-use super::limits::MAX_REFTABLE_BYTES;
-use super::refcount::{get_entry, set_entry};
+use super::refcount_area::{self, TableSize, VecSpace};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
@@ -67,7 +67,7 @@ impl Stored {
         st.read_at(&mut word, off + (idx / per_word) as u64 * 8)
             .map_err(wio("reading a refcount block"))?;
         Ok(Some(
-            get_entry(&word, order, idx % per_word).min(u64::from(u32::MAX)) as u32,
+            read_refcount(&word, order, idx % per_word).min(u64::from(u32::MAX)) as u32,
         ))
     }
 }
@@ -290,7 +290,7 @@ fn set_refcounts<S: Storage>(st: &S, scan: &Scan, fixes: &[(usize, u32)]) -> Res
         st.read_at(&mut block, off)
             .map_err(wio("reading a refcount block"))?;
         for (c, v) in list {
-            set_entry(&mut block, order, c & ((1 << rb_bits) - 1), u64::from(v));
+            write_refcount(&mut block, order, c & ((1 << rb_bits) - 1), u64::from(v));
         }
         st.write_at(&block, off)
             .map_err(wio("writing a refcount block"))?;
@@ -298,22 +298,35 @@ fn set_refcounts<S: Storage>(st: &S, scan: &Scan, fixes: &[(usize, u32)]) -> Res
     sync(st)
 }
 
-/// Build a new refcount structure from the expected refcounts and switch the header to it.
+/// Build a new refcount structure from the expected refcounts (laid out by the
+/// refcount-area planner) and switch the header to it.
 fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
+    let cb = scan.cb;
+    let order = scan.header.refcount_order;
+    let geo = super::Geometry::new(cb, order);
+    let (refs, reserved) = rebuild_counts(scan);
+    let mut space = VecSpace::new(0, refs, reserved, 0, geo);
+    let plan = refcount_area::plan(&mut space, cb, 1, TableSize::Exact)?;
+    let new_table = plan.table_entries(&[], cb);
+    let max = geo.max_refcount();
+    refcount_area::write_area(st, &plan, cb, &new_table, |bi| {
+        Ok(space.block_bytes(bi, order, scan.cs, max))
+    })?;
+    let mut head = [0u8; field::REFCOUNT_TABLE.end];
+    field::REFCOUNT_TABLE_OFFSET.put(&mut head, plan.table << cb);
+    field::REFCOUNT_TABLE_CLUSTERS.put(&mut head, u64::from(plan.table_clusters as u32));
+    refcount_area::switch_header(st, &head, field::REFCOUNT_TABLE)
+}
+
+/// The refcounts the rebuilt structure must record, and the clusters it must not be placed
+/// on though they count 0: the old refcount structure (abandoned, not overwritten, so a
+/// power cut before the switch leaves it intact; it ends up free in the new one) and the
+/// tables the header points at, even where they lie past the end of the file.
+fn rebuild_counts(scan: &Scan) -> (Vec<u64>, Vec<bool>) {
     let cs = scan.cs;
     let cb = scan.cb;
-    let rb_bits = scan.rb_bits();
-    let per_block = 1usize << rb_bits;
-    let order = scan.header.refcount_order;
-    let max = if order == 6 {
-        u64::MAX
-    } else {
-        (1u64 << (1 << order)) - 1
-    };
-    let mut refs: Vec<u32> = scan.refs.clone();
+    let mut refs: Vec<u64> = scan.refs.iter().map(|&v| u64::from(v)).collect();
     let mut reserved = vec![false; refs.len()];
-    // The old structure is abandoned: it is not overwritten (so a power cut before the
-    // switch leaves it intact) and ends up free in the new one.
     let h = &scan.header;
     let mut old: Vec<u64> = Vec::new();
     let rt_len = scan.reftable.len() as u64 * 8;
@@ -328,8 +341,6 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
             old.push(off >> cb);
         }
     }
-    // Tables the header points at stay where they are even where they lie past the end of
-    // the file (a truncated image): the new structure must not land on them.
     let mut fixed = vec![
         (h.l1_table_offset, u64::from(h.l1_size) * 8),
         (h.snapshots_offset, scan.snapshots_size),
@@ -364,103 +375,7 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
             *v = v.saturating_sub(1);
         }
     }
-    let mut hint = 0usize;
-    let mut alloc = |refs: &mut Vec<u32>, reserved: &mut Vec<bool>, n: usize| -> usize {
-        let mut start = hint;
-        let mut c = hint;
-        let mut first_gap = None;
-        while c - start < n {
-            let used =
-                refs.get(c).is_some_and(|&v| v > 0) || reserved.get(c).copied().unwrap_or(false);
-            c += 1;
-            if used {
-                start = c;
-            } else {
-                first_gap.get_or_insert(c - 1);
-            }
-        }
-        if refs.len() < start + n {
-            refs.resize(start + n, 0);
-        }
-        if reserved.len() < start + n {
-            reserved.resize(start + n, false);
-        }
-        for v in &mut refs[start..start + n] {
-            *v = 1;
-        }
-        hint = first_gap.filter(|&g| g < start).unwrap_or(start + n);
-        start
-    };
-    let mut blocks: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut table: Option<(usize, usize)> = None;
-    loop {
-        let mut changed = false;
-        let last_used = refs.iter().rposition(|&v| v > 0).unwrap_or(0);
-        for bi in 0..=(last_used >> rb_bits) {
-            if blocks.contains_key(&bi) {
-                continue;
-            }
-            let lo = bi << rb_bits;
-            let hi = (lo + per_block).min(refs.len());
-            if refs[lo..hi].iter().any(|&v| v > 0) {
-                let at = alloc(&mut refs, &mut reserved, 1);
-                blocks.insert(bi, at);
-                changed = true;
-            }
-        }
-        let entries = blocks.keys().next_back().map_or(1, |&b| b + 1);
-        let need = ((entries as u64 * 8).div_ceil(cs)).max(1) as usize;
-        if table.is_none_or(|(_, have)| have < need) {
-            if let Some((off, have)) = table {
-                for v in &mut refs[off..off + have] {
-                    *v = 0;
-                }
-            }
-            let at = alloc(&mut refs, &mut reserved, need);
-            table = Some((at, need));
-            changed = true;
-        }
-        if !changed {
-            break;
-        }
-    }
-    let Some((table_at, table_clusters)) = table else {
-        return Err(Error::invalid("refcount table was not placed"));
-    };
-    if table_clusters as u64 * cs > MAX_REFTABLE_BYTES {
-        return Err(Error::invalid(
-            "the rebuilt refcount table would exceed 8 MiB",
-        ));
-    }
-    let mut new_table = vec![0u64; table_clusters * (cs as usize / 8)];
-    let mut block = vec![0u8; cs as usize];
-    for (&bi, &at) in &blocks {
-        block.fill(0);
-        let lo = bi << rb_bits;
-        let hi = (lo + per_block).min(refs.len());
-        for (k, &v) in refs[lo..hi].iter().enumerate() {
-            if v > 0 {
-                set_entry(&mut block, order, k, u64::from(v).min(max));
-            }
-        }
-        let off = (at as u64) << cb;
-        st.write_at(&block, off)
-            .map_err(wio("writing a refcount block"))?;
-        new_table[bi] = off;
-    }
-    let mut buf = vec![0u8; new_table.len() * 8];
-    BigEndian::write_u64_into(&new_table, &mut buf);
-    let table_off = (table_at as u64) << cb;
-    st.write_at(&buf, table_off)
-        .map_err(wio("writing the refcount table"))?;
-    sync(st)?;
-    let span = field::REFCOUNT_TABLE;
-    let mut head = [0u8; field::REFCOUNT_TABLE.end];
-    field::REFCOUNT_TABLE_OFFSET.put(&mut head, table_off);
-    field::REFCOUNT_TABLE_CLUSTERS.put(&mut head, u64::from(table_clusters as u32));
-    st.write_at(&head[span.clone()], span.start as u64)
-        .map_err(wio("switching to the rebuilt refcount table"))?;
-    sync(st)
+    (refs, reserved)
 }
 
 /// Check (and with `fix`, correct) the COPIED flags of the active L1 table and its L2

@@ -10,16 +10,14 @@
 //! Snapshot create, apply and delete are built on this.
 
 use super::entry::{self, L2Entry, COPIED};
+use super::entry::{read_refcount, write_refcount};
 use super::header::field;
-use super::refcount::{get_entry, set_entry};
+use super::refcount_area::{self, Space, TableSize};
 use super::{ioerr, Qcow2, Table};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::BTreeMap;
-
-/// Most rounds `txn_commit` takes to place refcount blocks and the refcount table.
-const MAX_COMMIT_ROUNDS: u32 = 64;
 
 /// An open metadata transaction (see the module documentation).
 pub(crate) struct Txn {
@@ -76,7 +74,7 @@ impl<S: Storage> Qcow2<S> {
     pub(crate) fn txn_refcount(&mut self, txn: &Txn, c: u64) -> Result<u64> {
         let bi = c >> self.geo.rb_bits;
         match txn.blocks.get(&bi) {
-            Some(b) => Ok(get_entry(
+            Some(b) => Ok(read_refcount(
                 b,
                 self.geo.refcount_order,
                 (c & ((1 << self.geo.rb_bits) - 1)) as usize,
@@ -91,7 +89,7 @@ impl<S: Storage> Qcow2<S> {
         let order = self.geo.refcount_order;
         let idx = (c & ((1 << self.geo.rb_bits) - 1)) as usize;
         if let Some(b) = txn.blocks.get_mut(&bi) {
-            set_entry(b, order, idx, v);
+            write_refcount(b, order, idx, v);
         }
         Ok(())
     }
@@ -302,119 +300,49 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// Place the shadow refcount blocks and a new refcount table, sync, then switch the
-    /// header (as changed by `update`) with one write and sync again.
+    /// Place the shadow refcount blocks and a new refcount table (with the refcount-area
+    /// planner), sync, then switch the header (as changed by `update`) with one write and
+    /// sync again.
     pub(crate) fn txn_commit(
         &mut self,
         mut txn: Txn,
         update: impl FnOnce(&mut super::Header),
     ) -> Result<()> {
-        let cs = self.geo.cluster_size;
-        let mut placed: BTreeMap<u64, u64> = BTreeMap::new();
-        let old_table_off = self.header.refcount_table_offset;
+        let geo = self.geo;
+        let cs = geo.cluster_size;
         let old_table_clusters = u64::from(self.header.refcount_table_clusters);
-        let mut old_table_freed = false;
-        let mut table: Option<(u64, u64)> = None; // (offset, clusters)
-                                                  // Placing blocks can need more blocks; on a sane image this settles in a few rounds.
-                                                  // A hostile refcount table (entries far out, so the new table is huge) must not
-                                                  // keep it going: the size limit is checked before allocating, and rounds are capped.
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            if rounds > MAX_COMMIT_ROUNDS {
-                return Err(Error::corrupt(
-                    "refcount table",
-                    old_table_off,
-                    "placing the refcount structures did not settle; repair the image with 'vdisk check -r all'",
-                ));
-            }
-            let mut changed = false;
-            let pending: Vec<u64> = txn
-                .blocks
-                .keys()
-                .filter(|b| !placed.contains_key(b))
-                .copied()
-                .collect();
-            for bi in pending {
-                let at = self.txn_alloc(&mut txn, 1)?;
-                placed.insert(bi, at);
-                let old = self.refcount_table.get(bi as usize).copied().unwrap_or(0);
-                if old != 0 {
-                    self.txn_add(&mut txn, old, -1)?;
-                }
-                changed = true;
-            }
-            if !old_table_freed {
-                self.txn_free_range(&mut txn, old_table_off, old_table_clusters * cs)?;
-                old_table_freed = true;
-                changed = true;
-            }
-            let max_bi = txn.blocks.keys().next_back().copied().unwrap_or(0);
-            let used = self
-                .refcount_table
-                .iter()
-                .rposition(|&e| e != 0)
-                .map_or(0, |i| i as u64 + 1);
-            let entries = used.max(max_bi + 1);
-            let need = (entries * 8).div_ceil(cs);
-            if need * cs > super::limits::MAX_REFTABLE_BYTES {
-                return Err(Error::invalid(
-                    "qcow2 image would need a refcount table larger than 8 MiB",
-                ));
-            }
-            if table.is_none_or(|(_, have)| have < need) {
-                if let Some((off, have)) = table {
-                    self.txn_free_range(&mut txn, off, have * cs)?;
-                }
-                // Keep the current size when it suffices; grow with slack otherwise.
-                let clusters = if old_table_clusters >= need {
-                    old_table_clusters
-                } else {
-                    need + need / 4 + 1
-                };
-                let off = self.txn_alloc(&mut txn, clusters)?;
-                table = Some((off, clusters));
-                changed = true;
-            }
-            if !changed {
-                break;
-            }
-        }
-        let Some((table_off, table_clusters)) = table else {
-            return Err(Error::invalid("refcount table was not placed"));
+        self.txn_free_range(
+            &mut txn,
+            self.header.refcount_table_offset,
+            old_table_clusters * cs,
+        )?;
+        let used = self
+            .refcount_table
+            .iter()
+            .rposition(|&e| e != 0)
+            .map_or(0, |i| i as u64 + 1);
+        let size = TableSize::KeepOrGrow {
+            current: old_table_clusters,
         };
-        if table_clusters * cs > super::limits::MAX_REFTABLE_BYTES {
-            return Err(Error::invalid(
-                "qcow2 image would need a refcount table larger than 8 MiB",
-            ));
-        }
-        let mut new_table = self.refcount_table.clone();
-        new_table.resize((table_clusters * cs / 8) as usize, 0);
-        new_table.truncate((table_clusters * cs / 8) as usize);
-        for (&bi, &at) in &placed {
-            new_table[bi as usize] = at;
-        }
-        for (&bi, data) in &txn.blocks {
-            self.storage
-                .write_at(data, placed[&bi])
-                .map_err(ioerr("writing a refcount block"))?;
-        }
-        let mut buf = vec![0u8; (table_clusters * cs) as usize];
-        BigEndian::write_u64_into(&new_table, &mut buf);
-        self.storage
-            .write_at(&buf, table_off)
-            .map_err(ioerr("writing the refcount table"))?;
-        self.sync()?;
-
+        let plan = {
+            let mut space = TxnSpace {
+                img: self,
+                txn: &mut txn,
+            };
+            refcount_area::plan(&mut space, geo.cluster_bits, used, size)?
+        };
+        let new_table = plan.table_entries(&self.refcount_table, geo.cluster_bits);
+        refcount_area::write_area(&self.storage, &plan, geo.cluster_bits, &new_table, |bi| {
+            txn.blocks
+                .get(&bi)
+                .cloned()
+                .ok_or_else(|| Error::invalid("a placed refcount block has no contents"))
+        })?;
         let mut h = self.header.clone();
-        h.refcount_table_offset = table_off;
-        h.refcount_table_clusters = table_clusters as u32;
+        h.refcount_table_offset = plan.table << geo.cluster_bits;
+        h.refcount_table_clusters = plan.table_clusters as u32;
         update(&mut h);
-        let bytes = h.write()?;
-        self.storage
-            .write_at(&bytes[field::SWITCH], field::SWITCH.start as u64)
-            .map_err(ioerr("switching the header"))?;
-        self.sync()?;
+        refcount_area::switch_header(&self.storage, &h.write()?, field::SWITCH)?;
 
         self.header = h;
         self.refcount_table = new_table;
@@ -429,5 +357,47 @@ impl<S: Storage> Qcow2<S> {
         self.l1_dirty = vec![false; l1.len()];
         self.l1_any_dirty = false;
         self.l1 = l1;
+    }
+}
+
+/// The planner's view of a transaction: clusters free in both the old and the new state,
+/// and a new block for every refcount block the transaction changed.
+struct TxnSpace<'a, S: Storage> {
+    img: &'a mut Qcow2<S>,
+    txn: &'a mut Txn,
+}
+
+impl<S: Storage> Space for TxnSpace<'_, S> {
+    fn take(&mut self, n: u64) -> Result<u64> {
+        Ok(self.img.txn_alloc(self.txn, n)? >> self.img.geo.cluster_bits)
+    }
+
+    fn give_back(&mut self, first: u64, n: u64) -> Result<()> {
+        let cb = self.img.geo.cluster_bits;
+        self.img.txn_free_range(self.txn, first << cb, n << cb)
+    }
+
+    fn blocks_to_place(&mut self, placed: &BTreeMap<u64, u64>) -> Result<Vec<u64>> {
+        Ok(self
+            .txn
+            .blocks
+            .keys()
+            .filter(|b| !placed.contains_key(b))
+            .copied()
+            .collect())
+    }
+
+    /// The block's old cluster is free once the header points at the new one.
+    fn block_placed(&mut self, bi: u64, _at: u64) -> Result<()> {
+        let old = self
+            .img
+            .refcount_table
+            .get(bi as usize)
+            .copied()
+            .unwrap_or(0);
+        if old != 0 {
+            self.img.txn_add(self.txn, old, -1)?;
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod hostile;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
