@@ -1,8 +1,6 @@
 //! `info`: what qemu-img info reports, as a serialisable structure with qemu-img's keys.
 
 use crate::image::Format;
-use crate::qcow2::Qcow2;
-use crate::storage::Storage;
 use serde::Serialize;
 
 /// qemu-img's `format-specific` object.
@@ -359,14 +357,4 @@ pub fn snapshot_list_text(
         "Snapshot list:\n{}",
         snapshot_table_text(&info.snapshots)
     ))
-}
-
-/// Info for an open qcow2 image.
-pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<ImageInfo> {
-    let io = |e| crate::Error::io("reading the file size", e);
-    let len = img.storage().len().map_err(io)?;
-    let actual = img.storage().allocated_bytes().map_err(io)?;
-    let file = ImageInfo::file_node(filename, len, actual);
-    let f = crate::qcow2::driver::image_info(img);
-    Ok(ImageInfo::from_format(filename, Format::QCOW2, f, file))
 }
