@@ -1,8 +1,6 @@
 //! `info`: what qemu-img info reports, as a serialisable structure with qemu-img's keys.
 
 use crate::image::Format;
-use crate::qcow2::Qcow2;
-use crate::storage::Storage;
 use serde::Serialize;
 
 /// qemu-img's `format-specific` object.
@@ -322,6 +320,28 @@ pub fn image_info_shared(
     Ok(info)
 }
 
+/// Info for every image of the chain of the image at `path` (format `format`, probed when
+/// `None`), top first, opened read-only (`force_share`: without locking out writers).
+pub fn chain_info(
+    path: &std::path::Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> crate::Result<Vec<ImageInfo>> {
+    let img = crate::image::open(
+        path,
+        &crate::image::ImageOptions {
+            format,
+            read_only: true,
+            force_share,
+            ..Default::default()
+        },
+    )?;
+    img.layers
+        .iter()
+        .map(|layer| image_info_shared(&layer.path, Some(layer.format), force_share))
+        .collect()
+}
+
 /// What `snapshot -l` prints for the image at `path`: nothing when it has no internal
 /// snapshots (raw and VMDK images never have any), else qemu-img's `Snapshot list:` table.
 pub fn snapshot_list_text(
@@ -337,14 +357,4 @@ pub fn snapshot_list_text(
         "Snapshot list:\n{}",
         snapshot_table_text(&info.snapshots)
     ))
-}
-
-/// Info for an open qcow2 image.
-pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<ImageInfo> {
-    let io = |e| crate::Error::io("reading the file size", e);
-    let len = img.storage().len().map_err(io)?;
-    let actual = img.storage().allocated_bytes().map_err(io)?;
-    let file = ImageInfo::file_node(filename, len, actual);
-    let f = crate::qcow2::driver::image_info(img);
-    Ok(ImageInfo::from_format(filename, Format::QCOW2, f, file))
 }

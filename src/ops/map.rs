@@ -2,7 +2,9 @@
 
 use crate::device::{BlockDevice, ExtentKind};
 use crate::error::Result;
+use crate::image::{self, Format, ImageOptions};
 use serde::Serialize;
+use std::path::Path;
 
 /// One run of the map, in qemu-img map's JSON layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,6 +68,49 @@ pub fn map(dev: &mut dyn BlockDevice) -> Result<Vec<MapEntry>> {
         }
     }
     Ok(out)
+}
+
+/// The map of an image file through its backing chain.
+pub struct FileMap {
+    /// The guest ranges, in order.
+    pub entries: Vec<MapEntry>,
+    /// The file of each layer, top first (indexed by [`MapEntry::depth`]).
+    pub files: Vec<String>,
+}
+
+impl FileMap {
+    /// qemu-img map's JSON output.
+    pub fn to_json(&self) -> String {
+        to_json(&self.entries)
+    }
+
+    /// qemu-img map's human output.
+    pub fn to_human(&self) -> String {
+        to_human(&self.entries, &|d| {
+            self.files.get(d as usize).cloned().unwrap_or_default()
+        })
+    }
+}
+
+/// The map of the image at `path` (format `format`, probed when `None`) with its backing
+/// chain, opened read-only (`force_share`: without locking out other users).
+pub fn map_file(path: &Path, format: Option<Format>, force_share: bool) -> Result<FileMap> {
+    let mut img = image::open(
+        path,
+        &ImageOptions {
+            format,
+            read_only: true,
+            force_share,
+            ..Default::default()
+        },
+    )?;
+    let entries = map(img.device.as_mut())?;
+    let files = img
+        .layers
+        .iter()
+        .map(|l| l.path.display().to_string())
+        .collect();
+    Ok(FileMap { entries, files })
 }
 
 /// qemu-img map's JSON output (one object per line inside a list).

@@ -153,6 +153,7 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
         }),
         snapshots: q.snapshots().iter().map(|s| s.to_json()).collect(),
         format_specific: Some(format_specific),
+        supports_persistent_bitmaps: h.version >= 3,
     }
 }
 

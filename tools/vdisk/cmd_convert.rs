@@ -4,8 +4,8 @@ use crate::flags::{is_unsafe_cache, parse_option_lists, ForceShareFlag, Progress
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions, NewFiles};
-use vdisk::ops::convert::{convert, ConvertOptions};
+use vdisk::image::Format;
+use vdisk::ops::convert::{convert_file, FileConversion};
 use vdisk::{Error, Result};
 
 /// Arguments of `convert`.
@@ -63,66 +63,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let unsafe_cache = is_unsafe_cache(&a.cache)?;
     let src_format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let dst_format: Format = a.output_format.parse()?;
-    let mut opts = parse_option_lists(&a.options)?;
-    let mut src = image::open(
-        &a.src,
-        &ImageOptions {
-            format: src_format,
-            read_only: true,
-            force_share: a.force_share.on(),
-            ..Default::default()
-        },
-    )?;
-    let size = src.device.virtual_size();
-    let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), size);
-    if a.compress && !dst_format.supports_compression() {
-        // Refused before the output file is created, as qemu-img does.
-        return Err(Error::invalid(
-            "Compression not supported for this file format",
-        ));
-    }
-    if let Some(b) = &a.backing {
-        // qemu-img convert -B: the output is an overlay holding only the differences.
-        let f = a
-            .backing_format
-            .as_deref()
-            .ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
-        opts.push(("backing_file".into(), b.clone()));
-        opts.push(("backing_fmt".into(), f.to_string()));
-        // Until the copy succeeds, a failure removes the files the output is made of.
-        let files = NewFiles::before_create(&a.dst, dst_format, size, &opts);
-        image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
-        let mut dst = image::open(
-            &a.dst,
-            &ImageOptions {
-                format: Some(dst_format),
-                unsafe_cache,
-                ..Default::default()
-            },
-        )?;
-        vdisk::ops::chain_ops::copy_differences(
-            src.device.as_mut(),
-            dst.device.as_mut(),
-            &mut |d, t| bar.update(d, t),
-        )?;
-        dst.device.close()?;
-        files.keep();
-        bar.finish();
-        return Ok(ExitCode::SUCCESS);
-    }
-    let files = NewFiles::before_create(&a.dst, dst_format, size, &opts);
-    let mut dst = image::create_with_cache(&a.dst, dst_format, Some(size), &opts, unsafe_cache)?;
-    let copts = ConvertOptions {
-        zero_granularity: 0,
-        unallocated_is_zero: true,
+    let options = parse_option_lists(&a.options)?;
+    let job = FileConversion {
+        src_format,
+        force_share: a.force_share.on(),
+        dst_format,
+        options: &options,
+        unsafe_cache,
         compress: a.compress,
         workers: workers.unwrap_or(0),
         out_of_order: a.out_of_order,
+        backing: a
+            .backing
+            .as_deref()
+            .map(|b| (b, a.backing_format.as_deref())),
     };
-    convert(src.device.as_mut(), dst.as_mut(), copts, &mut |d, t| {
-        bar.update(d, t)
-    })?;
-    files.keep();
+    let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), 0);
+    convert_file(&a.src, &a.dst, &job, &mut |d, t| bar.update(d, t))?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }

@@ -4,8 +4,7 @@ use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, ImageOptions};
-use vdisk::ops::info::{image_info_shared, to_qemu_json};
+use vdisk::ops::info::{chain_info, image_info_shared, to_qemu_json};
 use vdisk::Result;
 
 /// Arguments of `info`.
@@ -41,23 +40,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let img = image::open(
-        &a.file,
-        &ImageOptions {
-            format,
-            read_only: true,
-            force_share,
-            ..Default::default()
-        },
-    )?;
-    let mut infos = Vec::new();
-    for layer in &img.layers {
-        infos.push(image_info_shared(
-            &layer.path,
-            Some(layer.format),
-            force_share,
-        )?);
-    }
+    let infos = chain_info(&a.file, format, force_share)?;
     if json {
         outln!("{}", to_qemu_json(&infos))?;
     } else {

@@ -4,7 +4,6 @@ use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, ImageOptions};
 use vdisk::ops::map;
 use vdisk::Result;
 
@@ -23,32 +22,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let json = a.output.wants_json()?;
-    let format = a.format.get()?;
-    let mut img = image::open(
-        &a.file,
-        &ImageOptions {
-            format,
-            read_only: true,
-            force_share: a.force_share.on(),
-            ..Default::default()
-        },
-    )?;
-    let entries = map::map(img.device.as_mut())?;
+    let m = map::map_file(&a.file, a.format.get()?, a.force_share.on())?;
     if json {
-        outln!("{}", map::to_json(&entries))?;
+        outln!("{}", m.to_json())?;
     } else {
-        let names: Vec<String> = img
-            .layers
-            .iter()
-            .map(|l| l.path.display().to_string())
-            .collect();
-        out!(
-            "{}",
-            map::to_human(&entries, &|d| names
-                .get(d as usize)
-                .cloned()
-                .unwrap_or_default())
-        )?;
+        out!("{}", m.to_human())?;
     }
     Ok(ExitCode::SUCCESS)
 }

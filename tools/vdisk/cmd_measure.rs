@@ -4,9 +4,9 @@ use crate::flags::{ForceShareFlag, FormatFlag, OptionsFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions};
+use vdisk::image::Format;
 use vdisk::ops::info::to_qemu_json;
-use vdisk::ops::measure::{measure, Source};
+use vdisk::ops::measure::{measure, measure_file, Source};
 use vdisk::{Error, Result};
 
 /// Arguments of `measure`.
@@ -32,12 +32,6 @@ pub struct Args {
     file: Option<PathBuf>,
 }
 
-/// The version field of a qcow2 header.
-fn qcow2_version(path: &std::path::Path, force_share: bool) -> Result<u32> {
-    let img = image::open_qcow2_alone(path, true, force_share, "measuring it as one")?;
-    Ok(img.header().version)
-}
-
 pub fn run(a: Args) -> Result<ExitCode> {
     let json = a.output.wants_json()?;
     let target: Format = a.target.parse()?;
@@ -54,22 +48,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ))
         }
         (Some(s), None) => measure(Source::Size(vdisk::size::parse_size(s)?), target, &options)?,
-        (None, Some(f)) => {
-            let opts = ImageOptions {
-                format: a.format.get()?,
-                read_only: true,
-                force_share: a.force_share.on(),
-                ..Default::default()
-            };
-            let mut img = image::open(f, &opts)?;
-            let bitmaps_capable =
-                img.format == Format::QCOW2 && qcow2_version(f, a.force_share.on())? >= 3;
-            let source = Source::Image {
-                device: img.device.as_mut(),
-                bitmaps_capable,
-            };
-            measure(source, target, &options)?
-        }
+        (None, Some(f)) => measure_file(f, a.format.get()?, a.force_share.on(), target, &options)?,
     };
     if json {
         outln!("{}", to_qemu_json(&m.to_json()))?;

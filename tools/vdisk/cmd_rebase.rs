@@ -5,10 +5,9 @@ use crate::flags::{CacheFlag, FormatFlag, ProgressFlag, QuietFlag};
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions};
-use vdisk::ops::chain_ops;
-use vdisk::qcow2::driver::SharedQcow2;
-use vdisk::{BlockDevice, Result};
+use vdisk::image::Format;
+use vdisk::ops::rebase::rebase;
+use vdisk::Result;
 
 /// Arguments of `rebase`.
 #[derive(clap::Args)]
@@ -35,51 +34,15 @@ pub struct Args {
     file: PathBuf,
 }
 
-fn open_top(path: &std::path::Path) -> Result<SharedQcow2> {
-    image::open_qcow2_alone(path, false, false, "rebase needs one")
-}
-
 pub fn run(a: Args) -> Result<ExitCode> {
     let _ = (a.cache.get(), a.format.name());
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
     let new_fmt: Option<Format> = a.backing_format.as_deref().map(str::parse).transpose()?;
-    vdisk::names::check_new_backing(new_name, new_fmt.map(Format::name))?;
-    if !a.unsafe_mode {
-        // The overlay, writable, with its current chain attached (read-only).
-        let mut chain = image::open(
-            &a.file,
-            &ImageOptions {
-                format: Some(Format::QCOW2),
-                ..Default::default()
-            },
-        )?;
-        let mut new_backing = match new_name {
-            Some(n) => {
-                let p = vdisk::chain::resolve(&a.file, n)?;
-                Some(image::open(
-                    &p,
-                    &ImageOptions {
-                        format: new_fmt,
-                        read_only: true,
-                        ..Default::default()
-                    },
-                )?)
-            }
-            None => None,
-        };
-        let size = chain.device.virtual_size();
-        let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), size);
-        let nb: Option<&mut dyn BlockDevice> = match new_backing.as_mut() {
-            Some(i) => Some(i.device.as_mut()),
-            None => None,
-        };
-        chain_ops::rebase_copy(chain.device.as_mut(), nb, &mut |d, t| bar.update(d, t))?;
-        bar.finish();
-        chain.device.close()?;
-    }
-    let mut top = open_top(&a.file)?;
-    let fmt_name = new_fmt.map(|f| f.name());
-    top.set_backing_file(new_name, fmt_name)?;
-    top.close()?;
+    // Only safe mode copies data, and so shows progress.
+    let mut bar = Progress::new(a.progress.on() && !a.quiet.on() && !a.unsafe_mode, 0);
+    rebase(&a.file, new_name, new_fmt, a.unsafe_mode, &mut |d, t| {
+        bar.update(d, t)
+    })?;
+    bar.finish();
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,9 @@
 //! size. The destination must read as zeros before the copy (a freshly created image).
 
 mod engine;
+mod file;
+
+pub use file::{convert_file, FileConversion};
 
 use crate::device::BlockDevice;
 use crate::error::Result;
