@@ -126,9 +126,11 @@ impl ImageSpec {
                 );
                 true
             }
-            Some(node) => return Err(format!(
+            Some(node) => {
+                return Err(format!(
                 "Could not open backing file: Cannot find device='{node}' nor node-name='{node}'"
-            )),
+            ))
+            }
         };
         if let Some(key) = keys.keys().next() {
             return Err(match key.strip_prefix("file.") {
