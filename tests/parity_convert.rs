@@ -610,3 +610,130 @@ fn compressed_vmdk_output_behaves_as_in_qemu_img() {
     ]);
     assert!(!t.path(Tool::Vdisk, "flat.vmdk").exists());
 }
+
+/// Run `args` with both tools, `DIR` in an argument standing for each tool's directory;
+/// require the same exit code, error text, and (masked) standard output.
+#[track_caller]
+fn same_with_dir(t: &Twins, args: &[&str]) {
+    let per_tool = |tool: Tool| -> Vec<String> {
+        args.iter()
+            .map(|a| a.replace("DIR", s(&t.side(tool))))
+            .collect()
+    };
+    let (q, v) = (qemu_img(per_tool(Tool::Qemu)), vdisk(per_tool(Tool::Vdisk)));
+    let what = args.join(" ");
+    let both = format!("{}\n{}", describe("qemu-img", &q), describe("vdisk", &v));
+    assert_eq!(q.status.code(), v.status.code(), "{what}\n{both}");
+    assert_eq!(
+        t.error_text(Tool::Qemu, &q),
+        t.error_text(Tool::Vdisk, &v),
+        "{what}\n{both}"
+    );
+    let stdout = |tool: Tool, o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).replace(s(&t.side(tool)), "DIR")
+    };
+    assert_eq!(
+        stdout(Tool::Qemu, &q),
+        stdout(Tool::Vdisk, &v),
+        "{what}\n{both}"
+    );
+}
+
+#[test]
+fn image_opts_and_object_work_in_every_subcommand_that_takes_them() {
+    let t = Twins::new();
+    qcow2_source(&t);
+    let top = t.work("top.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "src.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    qemu_io_ok(&["-c", "write -P 0x71 64k 64k", s(&top)]);
+    // The overlay names its backing file relative to itself: keep both in each directory.
+    t.put("top.qcow2", &top);
+    let plain = t.work("plain.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&plain), "2M"]);
+    qemu_io_ok(&["-c", "write -P 0x72 64k 128k", s(&plain)]);
+    t.put("plain.qcow2", &plain);
+    let spec = "driver=qcow2,file.filename=DIR/src.qcow2";
+    let top_spec = "driver=qcow2,file.filename=DIR/top.qcow2";
+    let obj = "secret,id=sec0,data=x";
+    let reads: &[&[&str]] = &[
+        &["info", "--image-opts", spec],
+        &["info", "--object", obj, "--image-opts", top_spec],
+        &["check", "--image-opts", spec],
+        &[
+            "map",
+            "--output=json",
+            "--image-opts",
+            "file.filename=DIR/plain.qcow2",
+        ],
+        &["compare", "--image-opts", spec, top_spec],
+        &["measure", "-O", "qcow2", "--image-opts", spec],
+        &["snapshot", "-l", "--image-opts", spec],
+        // Refusals: qemu-img's messages.
+        &["info", "--image-opts", "-f", "qcow2", spec],
+        &[
+            "check",
+            "--image-opts",
+            "driver=qcow2,file.filename=DIR/src.qcow2,bogus=1",
+        ],
+        &["map", "--image-opts", "filename=DIR/src.qcow2"],
+        &["info", "--object", "foo,id=x", "DIR/src.qcow2"],
+        &[
+            "create",
+            "--object",
+            "secret,id=s",
+            "-f",
+            "qcow2",
+            "DIR/new.qcow2",
+            "1M",
+        ],
+    ];
+    for args in reads {
+        same_with_dir(&t, args);
+    }
+    let writes: &[(&[&str], &str)] = &[
+        (
+            &["snapshot", "-c", "third", "--image-opts", spec],
+            "src.qcow2",
+        ),
+        (
+            &["amend", "-o", "lazy_refcounts=on", "--image-opts", spec],
+            "src.qcow2",
+        ),
+        (&["resize", "--image-opts", spec, "+1M"], "src.qcow2"),
+        (
+            &["commit", "--object", obj, "--image-opts", top_spec],
+            "src.qcow2",
+        ),
+        (
+            &["rebase", "-u", "-b", "", "--image-opts", top_spec],
+            "top.qcow2",
+        ),
+        (
+            &[
+                "create",
+                "-q",
+                "--object",
+                obj,
+                "-f",
+                "qcow2",
+                "DIR/made.qcow2",
+                "1M",
+            ],
+            "made.qcow2",
+        ),
+    ];
+    for (args, out) in writes {
+        same_with_dir(&t, args);
+        same_image(&t, out);
+    }
+}

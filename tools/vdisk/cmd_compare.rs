@@ -2,7 +2,7 @@
 //!
 //! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
 
-use crate::flags::{ForceShareFlag, ProgressFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, ImageSpecFlags, ProgressFlag, QuietFlag};
 use crate::output::out;
 use crate::progress::Progress;
 use std::path::PathBuf;
@@ -22,6 +22,8 @@ pub struct Args {
     /// Format of the second image (probed when absent).
     #[arg(short = 'F', long = "b-format")]
     format_b: Option<String>,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Strict: sizes and allocation status must match too.
     #[arg(short = 's', long = "strict")]
     strict: bool,
@@ -52,7 +54,9 @@ fn open(
     image::open(path, &opts)
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_named(&mut a.a, &mut a.format_a)?;
+    a.spec.resolve_named(&mut a.b, &mut a.format_b)?;
     // As qemu-img: the bar starts once both images are open, reaches 100% only when they
     // are identical, and a newline follows the last message.
     let mut bar = None;

@@ -1,7 +1,7 @@
 //! `vdisk snapshot [-l | -c NAME | -a ID_OR_NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
-use crate::flags::{ForceShareFlag, FormatFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, QuietFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +16,8 @@ pub struct Args {
     // Must be qcow2 when given.
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// List snapshots.
     #[arg(short = 'l', long = "list", group = "action")]
     list: bool,
@@ -93,7 +95,8 @@ fn open(a: &Args, read_only: bool) -> Result<SharedQcow2> {
     )
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = a.quiet.on();
     let list =
         a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune);

@@ -21,6 +21,11 @@ pub struct FormatFlag {
 }
 
 impl FormatFlag {
+    /// Replace the format given (after `--image-opts` named one).
+    pub fn set(&mut self, format: Option<Format>) {
+        self.format = format.map(|f| f.name().to_string());
+    }
+
     /// The format given, if any; an unknown name is an error.
     pub fn get(&self) -> Result<Option<Format>> {
         self.format.as_deref().map(str::parse).transpose()
@@ -178,11 +183,6 @@ pub struct ImageOptsFlag {
 }
 
 impl ImageOptsFlag {
-    /// Whether `--image-opts` was given.
-    pub fn on(&self) -> bool {
-        self.image_opts
-    }
-
     /// The image `name` names, given the `-f` format.
     pub fn resolve(&self, name: &Path, format: Option<Format>) -> Result<ImageRef> {
         resolve_image(self.image_opts, name, format)
@@ -204,6 +204,26 @@ impl ImageSpecFlags {
     pub fn resolve(&self, name: &Path, format: Option<Format>) -> Result<ImageRef> {
         self.object.registry()?;
         self.image_opts.resolve(name, format)
+    }
+
+    /// [`resolve`](Self::resolve) `file` and `format` in place: a subcommand calls this
+    /// first and then reads its arguments as if a plain file name and `-f` had been given.
+    /// (`backing=` is honoured by convert only; elsewhere the backing file is opened.)
+    pub fn resolve_in_place(&self, file: &mut PathBuf, format: &mut FormatFlag) -> Result<()> {
+        let r = self.resolve(file, format.get()?)?;
+        *file = r.path;
+        format.set(r.format);
+        Ok(())
+    }
+
+    /// [`resolve_in_place`](Self::resolve_in_place) for a subcommand that spells its format
+    /// flag itself (compare's `-f`/`-F`).
+    pub fn resolve_named(&self, file: &mut PathBuf, format: &mut Option<String>) -> Result<()> {
+        let parsed = format.as_deref().map(str::parse).transpose()?;
+        let r = self.resolve(file, parsed)?;
+        *file = r.path;
+        *format = r.format.map(|f| f.name().to_string());
+        Ok(())
     }
 }
 
