@@ -144,8 +144,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     refuse_combinations(&a)?;
     let unsafe_cache = is_unsafe_cache(&a.cache)?;
     let src_format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
-    let (srcs, dst_name) = a.files.split_at(a.files.len() - 1);
-    let mut src = open_sources(&a, srcs, src_format)?;
+    let mut src = open_sources(&a, &a.files[..a.files.len() - 1], src_format)?;
     let size = src.virtual_size();
     let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), size);
     let copts = ConvertOptions {
@@ -165,88 +164,108 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut unreadable = |offset: u64| {
         eprintln!("vdisk: warning: error while reading offset {offset}: Input/output error");
     };
+    let mut progress = |d, t| bar.update(d, t);
     if a.no_create {
-        let dst_ref = resolve_image(a.target_image_opts, &dst_name[0], None)?;
-        let dst_format: Format = match (dst_ref.format, &a.output_format) {
-            (Some(f), _) => f,
-            (None, Some(f)) => f.parse()?,
-            (None, None) => Format::RAW,
-        };
-        if a.compress && !dst_format.supports_compression() {
-            return Err(Error::invalid(
-                "Compression not supported for this file format",
-            ));
-        }
-        let mut dst = image::open(
-            &dst_ref.path,
-            &ImageOptions {
-                format: Some(dst_format),
-                unsafe_cache,
-                no_backing: dst_ref.no_backing,
-                ..Default::default()
-            },
-        )?;
-        if dst.device.virtual_size() < size {
-            return Err(Error::invalid("output file is smaller than input file"));
-        }
+        convert_into_existing(&a, src.as_mut(), copts, &mut progress, &mut unreadable)?;
+    } else if a.backing.is_some() {
+        convert_onto_backing(&a, src.as_mut(), unsafe_cache, &mut progress)?;
+    } else {
+        let dst_format: Format = a.output_format.as_deref().unwrap_or("raw").parse()?;
+        refuse_compression(&a, dst_format)?;
+        let opts = parse_option_lists(&a.options)?;
+        let dst = &a.files[a.files.len() - 1];
+        let files = NewFiles::before_create(dst, dst_format, size, &opts);
+        let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?;
         convert_salvaging(
             src.as_mut(),
-            dst.device.as_mut(),
+            out.as_mut(),
             copts,
-            &mut |d, t| bar.update(d, t),
+            &mut progress,
             &mut unreadable,
         )?;
-        bar.finish();
-        return Ok(ExitCode::SUCCESS);
+        files.keep();
     }
-    let dst_format: Format = a.output_format.as_deref().unwrap_or("raw").parse()?;
-    let mut opts = parse_option_lists(&a.options)?;
-    let dst = &dst_name[0];
-    if a.compress && !dst_format.supports_compression() {
-        // Refused before the output file is created, as qemu-img does.
+    bar.finish();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `-c` onto a format without compression is refused before the output is created or
+/// opened, as qemu-img does.
+fn refuse_compression(a: &Args, format: Format) -> Result<()> {
+    if a.compress && !format.supports_compression() {
         return Err(Error::invalid(
             "Compression not supported for this file format",
         ));
     }
-    if let Some(b) = &a.backing {
-        // qemu-img convert -B: the output is an overlay holding only the differences.
-        let f = a
-            .backing_format
-            .as_deref()
-            .ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
-        opts.push(("backing_file".into(), b.clone()));
-        opts.push(("backing_fmt".into(), f.to_string()));
-        // Until the copy succeeds, a failure removes the files the output is made of.
-        let files = NewFiles::before_create(dst, dst_format, size, &opts);
-        image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
-        let mut out = image::open(
-            dst,
-            &ImageOptions {
-                format: Some(dst_format),
-                unsafe_cache,
-                ..Default::default()
-            },
-        )?;
-        vdisk::ops::chain_ops::copy_differences(src.as_mut(), out.device.as_mut(), &mut |d, t| {
-            bar.update(d, t)
-        })?;
-        out.device.close()?;
-        files.keep();
-        bar.finish();
-        return Ok(ExitCode::SUCCESS);
-    }
-    let files = NewFiles::before_create(dst, dst_format, size, &opts);
-    let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?;
-    convert_salvaging(
-        src.as_mut(),
-        out.as_mut(),
-        copts,
-        &mut |d, t| bar.update(d, t),
-        &mut unreadable,
+    Ok(())
+}
+
+/// `-n`: copy into the existing image named last (of the `-O` format, raw by default, or
+/// as its `--target-image-opts` say), which must be at least as large as the source.
+fn convert_into_existing(
+    a: &Args,
+    src: &mut dyn BlockDevice,
+    copts: ConvertOptions,
+    progress: vdisk::ops::convert::Progress<'_>,
+    unreadable: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let dst_ref = resolve_image(a.target_image_opts, &a.files[a.files.len() - 1], None)?;
+    let dst_format: Format = match (dst_ref.format, &a.output_format) {
+        (Some(f), _) => f,
+        (None, Some(f)) => f.parse()?,
+        (None, None) => Format::RAW,
+    };
+    refuse_compression(a, dst_format)?;
+    let mut dst = image::open(
+        &dst_ref.path,
+        &ImageOptions {
+            format: Some(dst_format),
+            unsafe_cache: is_unsafe_cache(&a.cache)?,
+            no_backing: dst_ref.no_backing,
+            ..Default::default()
+        },
     )?;
+    if dst.device.virtual_size() < src.virtual_size() {
+        return Err(Error::invalid("output file is smaller than input file"));
+    }
+    convert_salvaging(src, dst.device.as_mut(), copts, progress, unreadable)
+}
+
+/// `-B`: the output is a new overlay over the backing file, holding only the differences.
+fn convert_onto_backing(
+    a: &Args,
+    src: &mut dyn BlockDevice,
+    unsafe_cache: bool,
+    progress: vdisk::ops::convert::Progress<'_>,
+) -> Result<()> {
+    let dst_format: Format = a.output_format.as_deref().unwrap_or("raw").parse()?;
+    refuse_compression(a, dst_format)?;
+    let mut opts = parse_option_lists(&a.options)?;
+    let (Some(b), dst) = (&a.backing, &a.files[a.files.len() - 1]) else {
+        return Err(Error::invalid("convert -B needs a backing file"));
+    };
+    let f = a
+        .backing_format
+        .as_deref()
+        .ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
+    opts.push(("backing_file".into(), b.clone()));
+    opts.push(("backing_fmt".into(), f.to_string()));
+    let size = src.virtual_size();
+    // Until the copy succeeds, a failure removes the files the output is made of.
+    let files = NewFiles::before_create(dst, dst_format, size, &opts);
+    image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
+    let mut out = image::open(
+        dst,
+        &ImageOptions {
+            format: Some(dst_format),
+            unsafe_cache,
+            ..Default::default()
+        },
+    )?;
+    vdisk::ops::chain_ops::copy_differences(src, out.device.as_mut(), progress)?;
+    out.device.close()?;
     files.keep();
-    bar.finish();
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Open the source images (option strings with `--image-opts`), at snapshot `-l` when
