@@ -69,6 +69,10 @@ pub struct Args {
     /// Read an internal snapshot: snapshot.id=ID, snapshot.name=NAME, or ID-or-name.
     #[arg(short = 'l', long = "source-snapshot")]
     snapshot: Option<String>,
+    // qemu-img 10 no longer has convert's old -s SNAPSHOT (-l replaced it) and refuses it
+    // as an unknown option; so does vdisk, in the same words.
+    #[arg(short = 's', hide = true, num_args = 0..=1, allow_hyphen_values = true)]
+    old_snapshot: Option<Option<String>>,
     /// Copy offloading (accepted as qemu-img does; vdisk copies as usual).
     #[arg(short = 'C', long = "copy-range-offloading")]
     copy_range: bool,
@@ -132,6 +136,11 @@ fn refuse_combinations(a: &Args) -> Result<()> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let _ = &a.src_cache;
+    if a.old_snapshot.is_some() {
+        return Err(Error::invalid(
+            "vdisk convert: invalid option -- 's'\nTry 'vdisk convert --help' for more info",
+        ));
+    }
     // qemu-img parses these as it meets them, before anything else.
     let workers = a.workers.as_deref().map(parse_workers).transpose()?;
     let sparse = a
