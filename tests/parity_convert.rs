@@ -148,18 +148,10 @@ fn sparse_size_decides_what_is_written_as_in_qemu_img() {
         "full.raw",
     );
     // -S 0 allocates every byte of a raw output, as qemu-img does.
-    let map = |tool| {
-        qemu_img_ok(&[
-            "map",
-            "--output=json",
-            "-f",
-            "raw",
-            s(&t.path(tool, "full.raw")),
-        ])
-    };
+    let map = |tool, name| qemu_img_ok(&["map", "--output=json", s(&t.path(tool, name))]);
     assert_eq!(
-        map(Tool::Qemu),
-        map(Tool::Vdisk),
+        map(Tool::Qemu, "full.raw"),
+        map(Tool::Vdisk, "full.raw"),
         "allocation of -S 0 output"
     );
     for (flag, out) in [
@@ -181,6 +173,12 @@ fn sparse_size_decides_what_is_written_as_in_qemu_img() {
             out,
         );
     }
+    // qcow2 output too: every cluster allocated, zeros included.
+    assert_eq!(
+        map(Tool::Qemu, "full.qcow2"),
+        map(Tool::Vdisk, "full.qcow2"),
+        "allocation of -S 0 qcow2 output"
+    );
     same_convert(
         &t,
         &["convert", "-S", "8k", "@src.qcow2", "@s8k.raw"],
