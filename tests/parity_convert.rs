@@ -221,6 +221,29 @@ fn source_snapshot_flag_reads_an_internal_snapshot_as_qemu_img() {
         ],
         "snap.qcow2",
     );
+    // A snapshot keeps its own disk size when the image has grown since.
+    let grown = t.work("grown.qcow2");
+    std::fs::copy(t.work("src.qcow2"), &grown).expect("copying");
+    qemu_img_ok(&["resize", "-q", s(&grown), "6M"]);
+    qemu_io_ok(&["-c", "write -P 0x65 5M 64k", s(&grown)]);
+    t.put("grown.qcow2", &grown);
+    for (param, out) in [("s1", "old_size.raw"), ("snapshot.id=2", "old_size2.qcow2")] {
+        let fmt = if out.ends_with("raw") { "raw" } else { "qcow2" };
+        same_convert(
+            &t,
+            &[
+                "convert",
+                "-l",
+                param,
+                "-O",
+                fmt,
+                "@grown.qcow2",
+                &format!("@{out}"),
+            ],
+            out,
+        );
+    }
+    assert_eq!(read(&t.path(Tool::Vdisk, "old_size.raw")).len(), 4 << 20);
     // The snapshot is read, not the active layer.
     let active = t.work("active.raw");
     qemu_img_ok(&["convert", s(&t.path(Tool::Qemu, "src.qcow2")), s(&active)]);
