@@ -517,6 +517,8 @@ fn image_opts_name_the_source_and_target_as_in_qemu_img() {
         "driver=qcow2,filename=DIR/src.qcow2",
         "driver=bogus,file.filename=DIR/src.qcow2",
         "driver=qcow2,,file.filename=DIR/src.qcow2",
+        "driver=file,file.filename=DIR/src.qcow2",
+        "file.filename=DIR/src.qcow2,bogus=1",
         "DIR/src.qcow2",
     ] {
         run(&["convert", "--image-opts", bad, "DIR/x.raw"], None);

@@ -101,6 +101,9 @@ impl ImageSpec {
         }
         let driver = keys.remove("driver");
         let (path, format) = match driver.as_deref() {
+            Some("file") if !keys.contains_key("filename") => {
+                return Err("The 'file' block driver requires a file name".into())
+            }
             Some("file") => (keys.remove("filename"), Some(Format::RAW)),
             Some(d) => {
                 let format = d
@@ -138,10 +141,16 @@ impl ImageSpec {
                 None if driver.as_deref() == Some("file") => {
                     format!("Block protocol 'file' doesn't support the option '{key}'")
                 }
-                None => format!(
-                    "Block format '{}' does not support the option '{key}'",
-                    driver.as_deref().unwrap_or("raw")
-                ),
+                None => {
+                    // Without a driver, qemu-img names the format it probed.
+                    let probed = match (&driver, &path) {
+                        (Some(d), _) => d.clone(),
+                        (None, Some(p)) => super::probe_path(std::path::Path::new(p), true)
+                            .map_or_else(|_| "raw".to_string(), |f| f.name().to_string()),
+                        (None, None) => "raw".to_string(),
+                    };
+                    format!("Block format '{probed}' does not support the option '{key}'")
+                }
             });
         }
         let path =
@@ -353,6 +362,8 @@ mod tests {
             e("driver=qcow2,filename=x").ends_with("A block device must be specified for \"file\"")
         );
         assert!(e("driver=bogus,file.filename=x").ends_with("Unknown driver 'bogus'"));
+        assert!(e("driver=file,file.filename=x")
+            .ends_with("The 'file' block driver requires a file name"));
         assert!(e("x.qcow2").ends_with("Cannot find device='x.qcow2' nor node-name='x.qcow2'"));
         assert!(
             e("driver=qcow2,,file.filename=x").ends_with("Unknown driver 'qcow2,file.filename=x'")
