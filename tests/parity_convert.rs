@@ -104,6 +104,41 @@ fn convert_n_writes_into_the_existing_target_as_qemu_img() {
         &["convert", "-n", "-O", "qcow2", "@src.qcow2", "@old.qcow2"],
         "old.qcow2",
     );
+    // Compressed into an existing empty qcow2: the same in both.
+    let empty = t.work("empty.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&empty), "4M"]);
+    t.put("empty.qcow2", &empty);
+    same_convert(
+        &t,
+        &[
+            "convert",
+            "-n",
+            "-c",
+            "-O",
+            "qcow2",
+            "@src.qcow2",
+            "@empty.qcow2",
+        ],
+        "empty.qcow2",
+    );
+    // Compressed into allocated clusters: qemu-img fails ("error while writing"); vdisk
+    // zeroes the target first and succeeds (a documented difference).
+    t.put("full.qcow2", &q);
+    let (qo, vo) = t.run(&[
+        "convert",
+        "-n",
+        "-c",
+        "-O",
+        "qcow2",
+        "@src.qcow2",
+        "@full.qcow2",
+    ]);
+    assert_eq!((qo.status.code(), vo.status.code()), (Some(1), Some(0)));
+    assert_qemu_compare_identical(
+        &t.path(Tool::Vdisk, "src.qcow2"),
+        &t.path(Tool::Vdisk, "full.qcow2"),
+    );
+    assert_qemu_check_clean(&t.path(Tool::Vdisk, "full.qcow2"));
     // Refusals, in qemu-img's words.
     raw_target(&t, "small.raw", 1 << 20, true);
     for args in [
