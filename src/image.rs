@@ -7,6 +7,8 @@
 //! resolves that name under the chain rules (see [`crate::chain`]) and attaches the opened
 //! backing image.
 
+pub mod opts;
+
 use crate::chain::{self, Layer, Visited};
 use crate::device::BlockDevice;
 pub use crate::driver::Format;

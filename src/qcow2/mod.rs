@@ -52,6 +52,7 @@ mod refcount_area;
 mod repair;
 mod resize;
 pub mod snapshot;
+pub mod snapshot_load;
 mod snapshot_ops;
 mod txn;
 

@@ -1,7 +1,7 @@
 //! `vdisk amend [-f FMT] -o OPTS [-q] FILE`: change compat, lazy_refcounts, refcount_bits
 //! or the size of a qcow2 image in place.
 
-use crate::flags::{FormatFlag, OptionsFlag, ProgressFlag, QuietFlag};
+use crate::flags::{FormatFlag, ImageSpecFlags, OptionsFlag, ProgressFlag, QuietFlag};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::Result;
@@ -11,6 +11,8 @@ use vdisk::Result;
 pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     // The options to change: compat, lazy_refcounts, refcount_bits, size (backing_file
     // and backing_fmt only as they are).
     #[command(flatten)]
@@ -25,7 +27,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = (a.quiet.on(), a.progress.on());
     let options = a.options.pairs()?;
     vdisk::ops::amend::amend(&a.file, a.format.get()?, &options)?;

@@ -1,6 +1,6 @@
 //! `vdisk commit [-f FMT] [-b BASE] [-d] [-p] FILE`: fold an overlay into its backing.
 
-use crate::flags::{CacheFlag, FormatFlag, ProgressFlag, QuietFlag};
+use crate::flags::{CacheFlag, FormatFlag, ImageSpecFlags, ProgressFlag, QuietFlag};
 use crate::output::outln;
 use crate::progress::Progress;
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ use vdisk::Result;
 pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Commit into this image of the chain (default: the direct backing); implies -d.
     #[arg(short = 'b', long = "base")]
     base: Option<PathBuf>,
@@ -28,7 +30,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = a.cache.get();
     let format = a.format.get()?;
     let mut bar = Progress::new(a.progress.on() && !a.quiet.on(), 0);

@@ -2,7 +2,7 @@
 //!
 //! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
 
-use crate::flags::{ForceShareFlag, ProgressFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, ImageSpecFlags, ProgressFlag, QuietFlag};
 use crate::output::out;
 use crate::progress::Progress;
 use std::path::PathBuf;
@@ -21,6 +21,8 @@ pub struct Args {
     /// Format of the second image (probed when absent).
     #[arg(short = 'F', long = "b-format")]
     format_b: Option<String>,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Strict: sizes and allocation status must match too.
     #[arg(short = 's', long = "strict")]
     strict: bool,
@@ -37,7 +39,9 @@ pub struct Args {
     b: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_named(&mut a.a, &mut a.format_a)?;
+    a.spec.resolve_named(&mut a.b, &mut a.format_b)?;
     // As qemu-img: the bar starts once both images are open (the first progress call),
     // reaches 100% only when they are identical, and a newline follows the last message.
     let enabled = a.progress.on() && !a.quiet.on();

@@ -1,6 +1,6 @@
 //! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
 
-use crate::flags::{FormatFlag, OptionsFlag, QuietFlag};
+use crate::flags::{FormatFlag, ObjectFlag, OptionsFlag, QuietFlag};
 use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,8 @@ pub struct Args {
     // Raw when absent (nothing to probe).
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    object: ObjectFlag,
     #[command(flatten)]
     options: OptionsFlag,
     /// Backing file.
@@ -36,6 +38,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    a.object.registry()?;
     // Raw without -f, as qemu-img create: a default, not a dispatch on the format.
     let format = a.format.get()?.unwrap_or(Format::RAW);
     let mut options = a.options.pairs()?;

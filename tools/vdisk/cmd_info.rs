@@ -1,6 +1,6 @@
 //! `vdisk info [-f FMT] [--output human|json] [-b|--backing-chain] FILE`
 
-use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,8 @@ use vdisk::Result;
 pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     #[command(flatten)]
     output: OutputFlag,
     /// Show every image of the backing chain.
@@ -27,7 +29,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let json = a.output.wants_json()?;
     let format = a.format.get()?;
     let force_share = a.force_share.on();

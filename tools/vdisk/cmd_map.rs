@@ -1,6 +1,6 @@
 //! `vdisk map [-f FMT] [--output human|json] FILE`
 
-use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +13,8 @@ pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
     #[command(flatten)]
+    spec: ImageSpecFlags,
+    #[command(flatten)]
     output: OutputFlag,
     #[command(flatten)]
     force_share: ForceShareFlag,
@@ -20,7 +22,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let json = a.output.wants_json()?;
     let m = map::map_file(&a.file, a.format.get()?, a.force_share.on())?;
     if json {

@@ -1,6 +1,6 @@
 //! `vdisk measure [-O FMT] [-o OPTS] (--size SIZE | [-f FMT] FILE) [--output human|json]`
 
-use crate::flags::{ForceShareFlag, FormatFlag, OptionsFlag, OutputFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OptionsFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,8 @@ pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
     #[command(flatten)]
+    spec: ImageSpecFlags,
+    #[command(flatten)]
     output: OutputFlag,
     #[command(flatten)]
     force_share: ForceShareFlag,
@@ -32,7 +34,10 @@ pub struct Args {
     file: Option<PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    if let Some(f) = a.file.as_mut() {
+        a.spec.resolve_in_place(f, &mut a.format)?;
+    }
     let json = a.output.wants_json()?;
     let target: Format = a.target.parse()?;
     let options = a.options.pairs()?;

@@ -1,7 +1,7 @@
 //! `vdisk rebase [-f FMT] [-u] -b NEW [-F NEW_FMT] [-p] FILE`: change an overlay's backing
 //! file; safe mode (the default) keeps the guest contents the same.
 
-use crate::flags::{CacheFlag, FormatFlag, ProgressFlag, QuietFlag};
+use crate::flags::{CacheFlag, FormatFlag, ImageSpecFlags, ProgressFlag, QuietFlag};
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,8 @@ pub struct Args {
     // Accepted for qemu-img compatibility: the image must be qcow2.
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Unsafe: only rewrite the backing name in the header.
     #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_mode: bool,
@@ -34,7 +36,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = (a.cache.get(), a.format.name());
     let new_name = (!a.backing.is_empty()).then_some(a.backing.as_str());
     let new_fmt: Option<Format> = a.backing_format.as_deref().map(str::parse).transpose()?;

@@ -1,7 +1,7 @@
 //! `vdisk snapshot [-l | -c NAME | -a ID_OR_NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
-use crate::flags::{ForceShareFlag, FormatFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, QuietFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,8 @@ pub struct Args {
     // Must be qcow2 when given.
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// List snapshots.
     #[arg(short = 'l', long = "list", group = "action")]
     list: bool,
@@ -76,7 +78,8 @@ pub fn parse_duration(s: &str) -> Result<u64> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = a.quiet.on();
     let list =
         a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune);

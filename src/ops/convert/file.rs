@@ -91,6 +91,10 @@ pub fn convert_file(
         compress: job.compress,
         workers: job.workers,
         out_of_order: job.out_of_order,
+        fully_allocate: false,
+        target_dirty: false,
+        salvage: false,
+        rate_limit: 0,
     };
     convert(src.device.as_mut(), out.as_mut(), copts, progress)?;
     files.keep();
