@@ -2,8 +2,8 @@
 //!
 //! Tables are cached as raw cluster bytes keyed by host offset. Eviction is least recently
 //! used. The cache itself knows nothing about write ordering: it hands a dirty table back
-//! to its owner ([`super::Qcow2`]) to write, and the owner enforces the flush order
-//! documented in `format-spec/qcow2.md` (refcount blocks, sync, L2 tables, sync, L1).
+//! to its owner, the tables layer (`tables.rs`), which writes it in the order written at
+//! the top of that file (refcount blocks, sync, L2 tables, sync, L1, sync, frees).
 
 use std::collections::{BTreeMap, HashMap};
 
