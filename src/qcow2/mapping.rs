@@ -115,3 +115,119 @@ impl<S: Storage> Qcow2<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::BlockDevice;
+    use crate::qcow2::{create, CreateOptions};
+    use crate::storage::MemStorage;
+
+    const CS: u64 = 65536;
+
+    fn normal(host: u64, copied: bool) -> L2Entry {
+        L2Entry::Normal { host, copied }
+    }
+
+    fn zero(host: Option<u64>) -> L2Entry {
+        L2Entry::Zero {
+            host,
+            copied: false,
+        }
+    }
+
+    #[test]
+    fn reads_join_data_at_contiguous_host_offsets_whether_shared_or_not() {
+        let first = normal(0x50000, true);
+        for join in [Join::Reads, Join::Entries] {
+            assert!(joins(first, 2, normal(0x70000, true), join, CS));
+            assert!(!joins(first, 2, normal(0x80000, true), join, CS));
+            assert!(!joins(first, 1, L2Entry::Unallocated, join, CS));
+        }
+        assert!(joins(first, 1, normal(0x60000, false), Join::Reads, CS));
+        assert!(!joins(first, 1, normal(0x60000, false), Join::Entries, CS));
+    }
+
+    #[test]
+    fn entries_join_zero_clusters_only_with_the_same_preallocation() {
+        let first = zero(Some(0x50000));
+        assert!(joins(first, 1, zero(Some(0x60000)), Join::Entries, CS));
+        assert!(!joins(first, 1, zero(None), Join::Entries, CS));
+        assert!(!joins(first, 1, zero(Some(0x90000)), Join::Entries, CS));
+        assert!(joins(first, 1, zero(None), Join::Reads, CS));
+        assert!(joins(zero(None), 3, zero(None), Join::Entries, CS));
+    }
+
+    #[test]
+    fn a_compressed_cluster_is_a_run_of_its_own() {
+        let c = L2Entry::Compressed {
+            host: 0x50000,
+            len: 512,
+        };
+        for join in [Join::Reads, Join::Entries] {
+            assert!(!joins(c, 1, c, join, CS));
+            assert!(!joins(normal(0x40000, true), 1, c, join, CS));
+        }
+    }
+
+    #[test]
+    fn a_run_gives_each_cluster_its_entry() {
+        let run = Run {
+            gc: 7,
+            n: 3,
+            first: zero(Some(0x50000)),
+        };
+        assert_eq!(run.end(), 10);
+        assert_eq!(run.entry(2, CS), zero(Some(0x70000)));
+        let run = Run {
+            first: normal(0x50000, false),
+            ..run
+        };
+        assert_eq!(run.entry(1, CS), normal(0x60000, false));
+    }
+
+    #[test]
+    fn a_guest_range_splits_into_runs_of_one_kind_at_contiguous_host_offsets() {
+        let opts = CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let mut img = create(MemStorage::new(), &opts).unwrap();
+        let cluster = vec![7u8; CS as usize];
+        img.write_at(&vec![1; 5 * CS as usize], 0).unwrap();
+        img.write_zeroes(3 * CS, 2 * CS).unwrap();
+        img.store_compressed(8 * CS, &[1; 300]).unwrap();
+        for gc in [9, 10, 12, 11] {
+            img.write_at(&cluster, gc * CS).unwrap();
+        }
+        let mut kinds = Vec::new();
+        let mut gc = 0;
+        while gc < 16 {
+            let run = img.map_run(gc, 16, Join::Reads).unwrap();
+            let kind = match run.first {
+                L2Entry::Normal { .. } => "data",
+                L2Entry::Zero { .. } => "zero",
+                L2Entry::Unallocated => "unallocated",
+                L2Entry::Compressed { .. } => "compressed",
+            };
+            kinds.push((run.gc, run.n, kind));
+            gc = run.end();
+        }
+        assert_eq!(
+            kinds,
+            [
+                (0, 3, "data"),
+                (3, 2, "zero"),
+                (5, 3, "unallocated"),
+                (8, 1, "compressed"),
+                (9, 2, "data"),
+                (11, 1, "data"),
+                (12, 1, "data"),
+                (13, 3, "unallocated"),
+            ]
+        );
+        // A run stops at the caller's limit.
+        assert_eq!(img.map_run(0, 2, Join::Reads).unwrap().n, 2);
+        assert_eq!(img.map_run(13, 14, Join::Entries).unwrap().n, 1);
+    }
+}

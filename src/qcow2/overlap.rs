@@ -151,3 +151,67 @@ impl<S: Storage> Qcow2<S> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::BlockDevice;
+    use crate::qcow2::{create, CreateOptions};
+    use crate::storage::MemStorage;
+
+    fn image() -> Qcow2<MemStorage> {
+        let opts = CreateOptions {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        let mut img = create(MemStorage::new(), &opts).unwrap();
+        img.write_at(&[1; 512], 0).unwrap();
+        img.flush().unwrap();
+        img
+    }
+
+    #[test]
+    fn a_data_write_onto_the_l1_table_is_refused_without_marking_the_image() {
+        let img = image();
+        let l1 = img.header.l1_table_offset;
+        let err = img.check_data_write(l1 - 512, 1024).unwrap_err();
+        assert!(
+            err.to_string().contains("would overwrite the L1 table"),
+            "{err}"
+        );
+        assert!(!img.read_only);
+        assert!(img.check_data_write(l1 + img.geo.cluster_size, 512).is_ok());
+    }
+
+    #[test]
+    fn an_allocation_of_the_header_marks_the_image_corrupt_and_read_only() {
+        let mut img = image();
+        let err = img.check_allocation(0, 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("it would overwrite the image header"),
+            "{err}"
+        );
+        assert!(img.read_only);
+        assert_ne!(img.header.incompatible_features & incompat::CORRUPT, 0);
+    }
+
+    #[test]
+    fn a_metadata_write_is_compared_with_the_tables_of_the_other_kind() {
+        let mut img = image();
+        let block = img.refcount_table[0];
+        let l2 = entry::l1_l2_offset(img.l1[0]);
+        assert!(img.check_metadata_write(l2, Table::L2).is_ok());
+        assert!(img.check_metadata_write(block, Table::Refcount).is_ok());
+        let err = img.check_metadata_write(block, Table::L2).unwrap_err();
+        assert!(
+            err.to_string().contains("overwrite a refcount block"),
+            "{err}"
+        );
+        let err = img.check_metadata_write(l2, Table::Refcount).unwrap_err();
+        assert!(
+            err.to_string().contains("overwrite an active L2 table"),
+            "{err}"
+        );
+    }
+}
