@@ -32,14 +32,19 @@ impl TableCache {
         }
     }
 
+    /// Make the table at `offset` the most recently used. (Sequential guest I/O looks up
+    /// the same table again and again: when it is the most recent already, nothing moves.)
     fn touch(&mut self, offset: u64) {
-        self.clock += 1;
-        let stamp = self.clock;
-        if let Some(slot) = self.slots.get_mut(&offset) {
-            self.lru.remove(&slot.stamp);
-            slot.stamp = stamp;
-            self.lru.insert(stamp, offset);
+        let Some(slot) = self.slots.get_mut(&offset) else {
+            return;
+        };
+        if slot.stamp == self.clock {
+            return;
         }
+        self.clock += 1;
+        self.lru.remove(&slot.stamp);
+        slot.stamp = self.clock;
+        self.lru.insert(self.clock, offset);
     }
 
     /// Whether the table at `offset` is cached.
@@ -147,5 +152,24 @@ mod tests {
         assert_eq!(c.dirty_offsets(), vec![0x2000]);
         c.mark_clean(0x2000);
         assert!(!c.has_dirty());
+    }
+
+    #[test]
+    fn looking_up_the_most_recent_table_again_keeps_the_order() {
+        let mut c = TableCache::new(3);
+        c.insert(0x1000, vec![1], false);
+        c.insert(0x2000, vec![2], false);
+        c.get(0x2000);
+        c.get(0x2000);
+        assert_eq!(c.lru_victim(), Some((0x1000, false)));
+        c.get(0x1000);
+        c.get_mut(0x1000);
+        assert_eq!(c.lru_victim(), Some((0x2000, false)));
+        c.insert(0x3000, vec![3], false);
+        c.get(0x9000);
+        c.get(0x2000);
+        assert_eq!(c.lru_victim(), Some((0x1000, true)));
+        c.remove(0x1000);
+        assert_eq!(c.lru_victim(), Some((0x3000, false)));
     }
 }
