@@ -94,7 +94,7 @@ impl<S: Storage> Qcow2<S> {
     }
 
     /// Write dirty L2 tables and sync, when there are any.
-    fn flush_l2_tables(&mut self) -> Result<()> {
+    pub(crate) fn flush_l2_tables(&mut self) -> Result<()> {
         if self.write_dirty(Table::L2)? {
             self.sync()?;
         }
@@ -123,7 +123,7 @@ impl<S: Storage> Qcow2<S> {
     }
 
     /// Write the dirty entries of the active L1 table, one write per run of dirty entries.
-    fn write_dirty_l1(&mut self) -> Result<()> {
+    pub(crate) fn write_dirty_l1(&mut self) -> Result<()> {
         let base = self.header.l1_table_offset;
         let mut i = 0;
         while i < self.l1.len() {
