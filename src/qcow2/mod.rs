@@ -13,6 +13,7 @@
 //! | `refcount_area` | the one planner that places a new refcount table and blocks (growth, transactions, repair, width changes) |
 //! | `cluster` | guest-to-host mapping: L2 lookup, L2 allocation and copy-on-write |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
+//! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
 //! | [`driver`] | the qcow2 row of the driver table (probe, open, create) |
@@ -45,6 +46,7 @@ pub mod header;
 pub mod header_fields;
 mod io;
 pub mod limits;
+mod map_status;
 pub mod measure;
 mod overlap;
 mod refcount;
@@ -171,6 +173,8 @@ pub struct Qcow2<S: Storage> {
     snapshots: Vec<snapshot::Snapshot>,
     /// Where the next compressed cluster is appended (0: start a new host cluster).
     compressed_cursor: u64,
+    /// Whether the image looks metadata-preallocated (found on `map`'s first question).
+    metadata_preallocation: Option<bool>,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -281,6 +285,7 @@ impl<S: Storage> Qcow2<S> {
             file_len,
             backing: None,
             compressed_cursor: 0,
+            metadata_preallocation: None,
             read_only,
             header,
             geo,

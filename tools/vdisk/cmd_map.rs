@@ -1,4 +1,4 @@
-//! `vdisk map [-f FMT] [--output human|json] FILE`
+//! `vdisk map [-f FMT] [--output human|json] [-s OFFSET] [-l LENGTH] FILE`
 
 use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
 use crate::output::{out, outln};
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk::image::{self, ImageOptions};
 use vdisk::ops::map;
+use vdisk::size::parse_named_size;
 use vdisk::Result;
 
 /// Arguments of `map`.
@@ -17,6 +18,12 @@ pub struct Args {
     output: OutputFlag,
     #[command(flatten)]
     force_share: ForceShareFlag,
+    /// First guest byte to map (a size: 64k, 1M, 0x1000).
+    #[arg(short = 's', long = "start-offset", allow_hyphen_values = true)]
+    start_offset: Option<String>,
+    /// Map at most this many bytes.
+    #[arg(short = 'l', long = "max-length", allow_hyphen_values = true)]
+    max_length: Option<String>,
     /// Image file.
     file: PathBuf,
 }
@@ -24,6 +31,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let json = a.output.wants_json()?;
     let format = a.format.get()?;
+    let start = match &a.start_offset {
+        Some(s) => parse_named_size("start offset", s)?,
+        None => 0,
+    };
+    let max_length = match &a.max_length {
+        Some(s) => Some(parse_named_size("max length", s)?),
+        None => None,
+    };
     let mut img = image::open(
         &a.file,
         &ImageOptions {
@@ -33,22 +48,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ..Default::default()
         },
     )?;
-    let entries = map::map(img.device.as_mut())?;
+    let entries = map::map_range(img.device.as_mut(), start, max_length)?;
     if json {
         outln!("{}", map::to_json(&entries))?;
-    } else {
-        let names: Vec<String> = img
-            .layers
-            .iter()
-            .map(|l| l.path.display().to_string())
-            .collect();
-        out!(
-            "{}",
-            map::to_human(&entries, &|d| names
-                .get(d as usize)
-                .cloned()
-                .unwrap_or_default())
-        )?;
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    let names: Vec<String> = img
+        .layers
+        .iter()
+        .map(|l| l.path.display().to_string())
+        .collect();
+    let file_of = |d: u32| names.get(d as usize).cloned().unwrap_or_default();
+    let human = map::to_human(&entries, &file_of);
+    out!("{}", human.text)?;
+    match human.error {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
