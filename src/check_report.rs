@@ -6,9 +6,6 @@ use crate::error::{Error, Result};
 /// Low bits of a refcount table entry that must be zero.
 pub const REFT_RESERVED_MASK: u64 = 0x1ff;
 
-/// Most messages kept in a report (counting goes on past it).
-pub const MAX_MESSAGES: usize = 1000;
-
 /// What `check` may repair (qemu-img's `-r`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Repair {
@@ -58,7 +55,7 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// Compressed guest clusters.
     pub compressed_clusters: u64,
-    /// One line per finding (at most [`MAX_MESSAGES`]), as QEMU prints them on stderr.
+    /// One line per finding, every one of them, as QEMU prints them on stderr.
     pub messages: Vec<String>,
     /// The check could not complete (qemu-img then exits with 1).
     pub failed: Option<String>,
@@ -66,9 +63,7 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub(crate) fn msg(&mut self, m: String) {
-        if self.messages.len() < MAX_MESSAGES {
-            self.messages.push(m);
-        }
+        self.messages.push(m);
     }
 
     /// qemu-img's exit code for this result: 1 check failed, 2 corruptions, 3 leaks, 0 clean.

@@ -18,7 +18,7 @@
 //! refcount structure uses, synced, and only then does one write of the header's
 //! refcount-table fields switch to it, so a power cut leaves the old or the new structure.
 
-use super::check::{CheckReport, Repair, Scan, MAX_MESSAGES, REFT_RESERVED_MASK};
+use super::check::{CheckReport, Repair, Scan, REFT_RESERVED_MASK};
 use super::entry::{self, L2Entry, COPIED};
 use super::entry::{read_refcount, write_refcount};
 use super::header::{field, incompat};
@@ -221,6 +221,13 @@ fn compare<S: Storage>(
         ));
     }
     let in_place = repair != Repair::None && !scan.rebuild;
+    if in_place {
+        // As qemu-img: every mismatch is reported as found, then again as repaired.
+        for &(i, s, e) in &mismatches {
+            let tag = if s < e { "ERROR" } else { "Leaked" };
+            r.msg(format!("{tag} cluster {i} refcount={s} reference={e}"));
+        }
+    }
     for &(i, s, e) in &mismatches {
         let fixable = in_place && ((s > e && free_leaks) || (s < e && repair == Repair::All));
         let tag = if fixable {
@@ -527,7 +534,7 @@ pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
     if repair == Repair::None || first.failed.is_some() {
         return Ok(first);
     }
-    let mut out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
+    let out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
         let mut second = check_pass(st, Repair::None)?;
         second.corruptions_fixed = first.corruptions_fixed;
         second.leaks_fixed = first.leaks_fixed;
@@ -541,6 +548,5 @@ pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
     if out.check_errors == 0 && out.corruptions == 0 && out.failed.is_none() {
         mark_clean(st)?;
     }
-    out.messages.truncate(MAX_MESSAGES);
     Ok(out)
 }
