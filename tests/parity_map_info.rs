@@ -95,6 +95,30 @@ fn map_matches_qemu_img_for_every_qcow2_preallocation_mode() {
 }
 
 #[test]
+fn map_keeps_the_host_offset_of_preallocated_zero_clusters_as_qemu_img() {
+    let t = Twins::new();
+    let src = t.work("z.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&src), "2M"]);
+    qemu_io_ok(&[
+        "-c",
+        "write -P 1 0 512k",
+        "-c",
+        "write -z 0 128k",
+        "-c",
+        "write -z -u 128k 64k",
+        "-c",
+        "write -z 192k 64k",
+        "-c",
+        "write -z 320k 64k",
+        "-c",
+        "write -z 1M 64k",
+        s(&src),
+    ]);
+    t.put("z.qcow2", &src);
+    same_maps(&t, "z.qcow2");
+}
+
+#[test]
 fn map_of_images_vdisk_made_matches_qemu_img() {
     let t = Twins::new();
     let raw = t.work("data.raw");
@@ -108,7 +132,10 @@ fn map_of_images_vdisk_made_matches_qemu_img() {
     ] {
         let out = t.work(name);
         vdisk_ok(&["convert", "-O", fmt, "-o", opts, s(&raw), s(&out)]);
-        put_all(&t, name.trim_end_matches(".vmdk").trim_end_matches(".qcow2"));
+        put_all(
+            &t,
+            name.trim_end_matches(".vmdk").trim_end_matches(".qcow2"),
+        );
         same_maps(&t, name);
     }
     let created = t.work("vd-created.qcow2");
@@ -138,7 +165,15 @@ fn map_of_raw_images_and_backing_chains_matches_qemu_img() {
     for tool in [Tool::Qemu, Tool::Vdisk] {
         let top = t.path(tool, "top.qcow2");
         qemu_img_ok(&[
-            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", s(&top),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            s(&top),
         ]);
     }
     let top = t.path(Tool::Qemu, "top.qcow2");
@@ -158,8 +193,15 @@ fn map_in_human_form_refuses_compressed_data_after_printing_what_comes_before() 
     qemu_io_ok(&["-c", "write -P 9 0 64k", s(&compressed)]);
     t.put("c.qcow2", &compressed);
     let (q, _) = same_everything(&t, &["map", "@c.qcow2"]);
-    assert_eq!(q.status.code(), Some(1), "qemu-img accepted compressed data");
-    assert!(!q.stdout.is_empty(), "qemu-img printed no line before the error");
+    assert_eq!(
+        q.status.code(),
+        Some(1),
+        "qemu-img accepted compressed data"
+    );
+    assert!(
+        !q.stdout.is_empty(),
+        "qemu-img printed no line before the error"
+    );
     same_everything(&t, &["map", "--output=json", "@c.qcow2"]);
 
     let stream = t.work("s.vmdk");
@@ -220,7 +262,10 @@ fn info_lists_each_extent_file_of_multi_file_vmdk_and_counts_it_in_disk_size() {
         let (q, _) = same_everything(&t, &["info", "--output=json", &at]);
         let text = String::from_utf8_lossy(&q.stdout);
         if name.contains("twoGb") {
-            assert!(text.contains("extents.2"), "qemu-img listed no extent child");
+            assert!(
+                text.contains("extents.2"),
+                "qemu-img listed no extent child"
+            );
         }
     }
 }
@@ -230,7 +275,13 @@ fn map_start_offset_and_max_length_match_qemu_img_including_its_refusals() {
     let t = Twins::new();
     let src = t.work("a.qcow2");
     qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&src), "1M"]);
-    qemu_io_ok(&["-c", "write -P 1 0 64k", "-c", "write -P 2 512k 64k", s(&src)]);
+    qemu_io_ok(&[
+        "-c",
+        "write -P 1 0 64k",
+        "-c",
+        "write -P 2 512k 64k",
+        s(&src),
+    ]);
     t.put("a.qcow2", &src);
     let cases: &[&[&str]] = &[
         &["-s", "100"],
@@ -291,7 +342,10 @@ fn check_prints_the_leaked_lines_and_then_the_repairing_lines_as_qemu_img() {
         let err = String::from_utf8_lossy(&q.stderr);
         assert!(err.contains("Leaked cluster"), "qemu-img reported no leak");
         if repair.is_some() {
-            assert!(err.contains("Repairing cluster"), "qemu-img repaired nothing");
+            assert!(
+                err.contains("Repairing cluster"),
+                "qemu-img repaired nothing"
+            );
             assert_qemu_compare_identical(
                 &t.path(Tool::Qemu, "leak.qcow2"),
                 &t.path(Tool::Vdisk, "leak.qcow2"),
@@ -319,13 +373,7 @@ fn a_truncated_vmdk_gives_qemu_imgs_answer_in_check_and_info() {
     let t = Twins::new();
     let src = t.work("t.vmdk");
     qemu_img_ok(&["create", "-q", "-f", "vmdk", s(&src), "64M"]);
-    qemu_io_ok(&[
-        "-c",
-        "write -P 1 0 1M",
-        "-c",
-        "write -P 2 32M 64k",
-        s(&src),
-    ]);
+    qemu_io_ok(&["-c", "write -P 1 0 1M", "-c", "write -P 2 32M 64k", s(&src)]);
     let whole = read(&src);
     // The metadata ends at 64 KiB (a cut inside its last sector still opens: file
     // lengths count whole sectors); grains follow, the last one at 0x110000.
@@ -372,7 +420,8 @@ fn a_truncated_extent_of_a_two_gb_sparse_vmdk_fails_check_as_in_qemu_img() {
         .write(true)
         .open(&second)
         .expect("opening the second extent");
-    file.set_len(len - 300_000).expect("truncating the second extent");
+    file.set_len(len - 300_000)
+        .expect("truncating the second extent");
     put_all(&t, "m");
     same_everything(&t, &["check", "@m.vmdk"]);
     same_everything(&t, &["info", "@m.vmdk"]);

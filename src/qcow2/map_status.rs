@@ -2,8 +2,9 @@
 //! metadata-preallocated, the image file's holes (a preallocated cluster over a hole
 //! reads zeros), as QEMU reports them.
 
+use super::entry::L2Entry;
 use super::{ioerr, Qcow2};
-use crate::device::{BlockDevice, ExtentKind, MapStatus};
+use crate::device::{BlockDevice, Extent, ExtentKind, MapStatus};
 use crate::error::Result;
 use crate::storage::Storage;
 
@@ -20,6 +21,9 @@ impl<S: Storage> Qcow2<S> {
                 return Ok(status);
             }
         }
+        if extent.kind == ExtentKind::Zero {
+            return self.zero_run(extent);
+        }
         let status = MapStatus::from_extent(extent);
         match extent.host_offset {
             Some(host)
@@ -35,6 +39,37 @@ impl<S: Storage> Qcow2<S> {
             }
             _ => Ok(status),
         }
+    }
+
+    /// A run of zero clusters split as QEMU reports it: preallocated zero clusters keep
+    /// their host offset, so a run ends where the next one is not contiguous on the host
+    /// or is a plain zero cluster.
+    fn zero_run(&mut self, mut extent: Extent) -> Result<MapStatus> {
+        let cb = self.geo.cluster_bits;
+        let offset = extent.start;
+        let end = offset + extent.length;
+        let host_of = |e: L2Entry| match e {
+            L2Entry::Zero { host, .. } => host,
+            _ => None,
+        };
+        let first = (offset >> cb) << cb;
+        let host = host_of(self.l2_entry(offset >> cb)?);
+        let mut run_end = (first + (1 << cb)).min(end);
+        while run_end < end {
+            let next = host_of(self.l2_entry(run_end >> cb)?);
+            let contiguous = match (host, next) {
+                (Some(a), Some(b)) => b == a + (run_end - first),
+                (None, None) => true,
+                _ => false,
+            };
+            if !contiguous {
+                break;
+            }
+            run_end = (run_end + (1 << cb)).min(end);
+        }
+        extent.length = run_end - offset;
+        extent.host_offset = host.map(|h| h + (offset - first));
+        Ok(MapStatus::from_extent(extent))
     }
 
     /// Whether clearly more host clusters are in use (nonzero refcount) than the file has
