@@ -2,6 +2,22 @@
 //! JSON and human output, and the kinds of structure a host cluster can hold.
 
 use crate::error::{Error, Result};
+use std::cell::RefCell;
+
+thread_local! {
+    /// Where [`CheckReport`] findings go while [`stream_messages`] runs on this thread.
+    static MESSAGE_SINK: RefCell<Option<Box<dyn FnMut(&str)>>> = const { RefCell::new(None) };
+}
+
+/// Run `f`, handing every finding of the checks it runs to `sink` as it is found instead of
+/// keeping it in the report: a check of a badly broken image reports every finding (as
+/// qemu-img does) in constant memory.
+pub fn stream_messages<R>(sink: Box<dyn FnMut(&str)>, f: impl FnOnce() -> R) -> R {
+    let previous = MESSAGE_SINK.with(|s| s.replace(Some(sink)));
+    let out = f();
+    MESSAGE_SINK.with(|s| s.replace(previous));
+    out
+}
 
 /// Low bits of a refcount table entry that must be zero.
 pub const REFT_RESERVED_MASK: u64 = 0x1ff;
@@ -55,7 +71,8 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// Compressed guest clusters.
     pub compressed_clusters: u64,
-    /// One line per finding, every one of them, as QEMU prints them on stderr.
+    /// One line per finding, every one of them, as QEMU prints them on stderr (empty
+    /// when they were streamed, see [`stream_messages`]).
     pub messages: Vec<String>,
     /// The check could not complete (qemu-img then exits with 1).
     pub failed: Option<String>,
@@ -63,7 +80,16 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub(crate) fn msg(&mut self, m: String) {
-        self.messages.push(m);
+        let streamed = MESSAGE_SINK.with(|s| match s.borrow_mut().as_mut() {
+            Some(sink) => {
+                sink(&m);
+                true
+            }
+            None => false,
+        });
+        if !streamed {
+            self.messages.push(m);
+        }
     }
 
     /// qemu-img's exit code for this result: 1 check failed, 2 corruptions, 3 leaks, 0 clean.
