@@ -4,15 +4,18 @@
 use crate::error::{Error, Result};
 use std::cell::RefCell;
 
+/// Something that takes check findings one line at a time.
+pub type MessageSink = Box<dyn FnMut(&str)>;
+
 thread_local! {
     /// Where [`CheckReport`] findings go while [`stream_messages`] runs on this thread.
-    static MESSAGE_SINK: RefCell<Option<Box<dyn FnMut(&str)>>> = const { RefCell::new(None) };
+    static MESSAGE_SINK: RefCell<Option<MessageSink>> = const { RefCell::new(None) };
 }
 
 /// Run `f`, handing every finding of the checks it runs to `sink` as it is found instead of
 /// keeping it in the report: a check of a badly broken image reports every finding (as
 /// qemu-img does) in constant memory.
-pub fn stream_messages<R>(sink: Box<dyn FnMut(&str)>, f: impl FnOnce() -> R) -> R {
+pub fn stream_messages<R>(sink: MessageSink, f: impl FnOnce() -> R) -> R {
     let previous = MESSAGE_SINK.with(|s| s.replace(Some(sink)));
     let out = f();
     MESSAGE_SINK.with(|s| s.replace(previous));
