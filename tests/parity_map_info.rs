@@ -355,6 +355,38 @@ fn check_prints_the_leaked_lines_and_then_the_repairing_lines_as_qemu_img() {
 }
 
 #[test]
+fn check_reports_a_refcount_rebuild_and_the_old_structure_it_frees_as_qemu_img() {
+    let t = Twins::new();
+    let src = t.work("rc.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&src), "64M"]);
+    qemu_io_ok(&["-c", "write -P 1 0 1M", s(&src)]);
+    let mut bytes = read(&src);
+    let reftable = u64::from_be_bytes(bytes[48..56].try_into().expect("8 bytes")) as usize;
+    let block = u64::from_be_bytes(bytes[reftable..reftable + 8].try_into().expect("8 bytes"));
+    let block = block as usize;
+    // Cluster 6 (data) counts 0, so only a rebuild can fix it; 7 counts 2, 100 is leaked.
+    for (cluster, refcount) in [(6, 0u16), (7, 2), (100, 1)] {
+        bytes[block + cluster * 2..block + cluster * 2 + 2]
+            .copy_from_slice(&refcount.to_be_bytes());
+    }
+    std::fs::write(&src, bytes).expect("writing the broken image");
+    for repair in [None, Some("leaks"), Some("all")] {
+        t.put("rc.qcow2", &src);
+        let mut args = vec!["check"];
+        if let Some(r) = repair {
+            args.extend(["-r", r]);
+        }
+        args.push("@rc.qcow2");
+        let (q, _) = same_everything(&t, &args);
+        if repair == Some("all") {
+            let err = String::from_utf8_lossy(&q.stderr);
+            assert!(err.contains("Rebuilding refcount structure"), "no rebuild");
+            assert_qemu_check_clean(&t.path(Tool::Vdisk, "rc.qcow2"));
+        }
+    }
+}
+
+#[test]
 fn check_reports_every_finding_with_no_cap() {
     let t = Twins::new();
     // 128 MiB of 64 KiB clusters: 2048 leaked data clusters, more than any cap we had.
