@@ -387,6 +387,36 @@ fn check_reports_a_refcount_rebuild_and_the_old_structure_it_frees_as_qemu_img()
 }
 
 #[test]
+fn check_reports_a_refcount_too_low_then_its_repair_as_qemu_img() {
+    let t = Twins::new();
+    let src = t.work("low.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&src), "64M"]);
+    qemu_io_ok(&["-c", "write -P 1 0 1M", s(&src)]);
+    qemu_img_ok(&["snapshot", "-c", "s1", s(&src)]);
+    let mut bytes = read(&src);
+    let reftable = u64::from_be_bytes(bytes[48..56].try_into().expect("8 bytes")) as usize;
+    let block = u64::from_be_bytes(bytes[reftable..reftable + 8].try_into().expect("8 bytes"));
+    let at = block as usize + 6 * 2;
+    // Cluster 6 holds data shared with the snapshot (refcount 2); record 1.
+    bytes[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+    std::fs::write(&src, bytes).expect("writing the broken image");
+    for repair in [None, Some("leaks"), Some("all")] {
+        t.put("low.qcow2", &src);
+        let mut args = vec!["check"];
+        if let Some(r) = repair {
+            args.extend(["-r", r]);
+        }
+        args.push("@low.qcow2");
+        let (q, _) = same_everything(&t, &args);
+        let err = String::from_utf8_lossy(&q.stderr);
+        assert!(
+            err.contains("ERROR cluster 6 refcount=1 reference=2"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn check_reports_every_finding_with_no_cap() {
     let t = Twins::new();
     // 128 MiB of 64 KiB clusters: 2048 leaked data clusters, more than any cap we had.
