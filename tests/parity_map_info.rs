@@ -310,6 +310,38 @@ fn map_start_offset_and_max_length_match_qemu_img_including_its_refusals() {
             same_everything(&t, &args);
         }
     }
+    // Unaligned ranges over other formats (grains, flat extents, file holes).
+    for (fmt, opts, name) in [
+        ("raw", "", "r.raw"),
+        ("vmdk", "subformat=monolithicSparse", "s.vmdk"),
+        ("vmdk", "subformat=monolithicFlat", "f.vmdk"),
+        ("qcow2", "cluster_size=512", "small.qcow2"),
+    ] {
+        let src = t.work(name);
+        let mut create = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            create.extend(["-o", opts]);
+        }
+        create.extend([s(&src), "4M"]);
+        qemu_img_ok(&create);
+        qemu_io_ok(&["-f", fmt, "-c", "write -P 1 100k 100k", s(&src)]);
+        put_all(&t, name.split('.').next().expect("a name"));
+        let at = format!("@{name}");
+        for range in [
+            ["-s", "1"],
+            ["-s", "101k"],
+            ["-s", "511"],
+            ["-s", "123457"],
+            ["-l", "7"],
+            ["-s", "5M"],
+        ] {
+            for output in ["--output=json", "--output=human"] {
+                same_everything(&t, &["map", output, range[0], range[1], &at]);
+            }
+        }
+        same_everything(&t, &["map", "-s", "511", "-l", "2", &at]);
+        same_everything(&t, &["map", "-s", "101k", "-l", "3", "--output=json", &at]);
+    }
 }
 
 /// A 1 GiB qcow2 image whose first L1 entry is cleared after `mib` MiB were written:
