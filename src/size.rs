@@ -93,6 +93,26 @@ pub fn parse_image_size(s: &str) -> Result<u64> {
     }
 }
 
+/// Parse a numeric argument named `what` ("start offset", "max length") as qemu-img's
+/// `cvtnum` does: a size as [`parse_size`] reads it, from 0 to `i64::MAX`, refused with
+/// qemu-img's two messages (a negative number is out of range, not malformed).
+pub fn parse_named_size(what: &str, s: &str) -> Result<u64> {
+    let negative = s
+        .trim_start()
+        .strip_prefix('-')
+        .is_some_and(|r| parse(r).is_ok());
+    match parse(s) {
+        Ok(n) if n <= i64::MAX as u64 => Ok(n),
+        Err(SizeError::Syntax) if !negative => {
+            Err(Error::invalid(format!("Invalid {what} specified: '{s}'.")))
+        }
+        _ => Err(Error::invalid(format!(
+            "Invalid {what} specified. Must be between 0 and {}.",
+            i64::MAX
+        ))),
+    }
+}
+
 /// Format a size as qemu-img's human output does (QEMU's `size_to_str`): the unit is
 /// the largest power of 1024 that leaves a value of at least 1000/1024, so 1000 KiB prints
 /// as `0.977 MiB` and 1023 KiB as `0.999 MiB`, and the value is printed with C's `%0.3g`

@@ -314,6 +314,7 @@ pub fn image_info_shared(
     drop(storage);
     let f = (format.driver().info)(&ns, path, force_share)?;
     let mut info = ImageInfo::from_format(&name, format, f, file);
+    add_extent_children(&ns, path, &mut info, force_share)?;
     if let Some(b) = &info.backing_filename {
         info.full_backing_filename = Some(crate::chain::resolve(path, b)?.display().to_string());
     }
@@ -340,6 +341,53 @@ pub fn chain_info(
         .iter()
         .map(|layer| image_info_shared(&layer.path, Some(layer.format), force_share))
         .collect()
+}
+
+/// For an image whose extents live in other files (a multi-file VMDK), one child node per
+/// such extent file, named `extents.N` after the extent's place in the descriptor and
+/// listed last extent first before `file`, as qemu-img lists them; the image's
+/// `actual-size` then counts every file.
+fn add_extent_children(
+    ns: &crate::storage::HostFiles,
+    path: &std::path::Path,
+    info: &mut ImageInfo,
+    force_share: bool,
+) -> crate::Result<()> {
+    use crate::storage::Namespace;
+    let extents = info
+        .format_specific
+        .as_ref()
+        .and_then(|fs| fs.data.get("extents"))
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut children = Vec::new();
+    for (i, extent) in extents.iter().enumerate() {
+        let filename = extent
+            .get("filename")
+            .and_then(|f| f.as_str())
+            .unwrap_or("");
+        let file_path = std::path::Path::new(filename);
+        if filename.is_empty() || ns.same_file(file_path, path) {
+            continue;
+        }
+        let storage = crate::driver::open_read_only(ns, file_path, force_share)?;
+        let io = |e| crate::Error::io(format!("reading the size of '{filename}'"), e);
+        let node = ImageInfo::file_node(
+            filename,
+            storage.len().map_err(io)?,
+            storage.allocated_bytes().map_err(io)?,
+        );
+        info.actual_size += node.actual_size;
+        children.push(Child {
+            name: format!("extents.{i}"),
+            info: Box::new(node),
+        });
+    }
+    children.reverse();
+    children.append(&mut info.children);
+    info.children = children;
+    Ok(())
 }
 
 /// What `snapshot -l` prints for the image at `path`: nothing when it has no internal

@@ -32,7 +32,7 @@ use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use crate::check_report::{CheckReport, ClusterUse, Repair, MAX_MESSAGES, REFT_RESERVED_MASK};
+pub use crate::check_report::{CheckReport, ClusterUse, Repair, REFT_RESERVED_MASK};
 
 /// What `-r all` does with the L2 table an L1 entry points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

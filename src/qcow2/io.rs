@@ -360,6 +360,10 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         })
     }
 
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<crate::device::MapStatus> {
+        self.map_status_run(offset, max_len)
+    }
+
     fn is_read_only(&self) -> bool {
         self.read_only
     }

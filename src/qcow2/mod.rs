@@ -20,6 +20,7 @@
 //! | `cluster` | L2 lookup and validation, L2 allocation and copy-on-write of L2 tables |
 //! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
+//! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
 //! | [`driver`] | the qcow2 row of the driver table (probe, open, create) |
@@ -55,6 +56,7 @@ pub mod header;
 pub mod header_fields;
 mod io;
 pub mod limits;
+mod map_status;
 mod mapping;
 pub mod measure;
 mod overlap;
@@ -185,6 +187,8 @@ pub struct Qcow2<S: Storage> {
     snapshots: Vec<snapshot::Snapshot>,
     /// Where the next compressed cluster is appended (0: start a new host cluster).
     compressed_cursor: u64,
+    /// Whether the image looks metadata-preallocated (found on `map`'s first question).
+    metadata_preallocation: Option<bool>,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -295,6 +299,7 @@ impl<S: Storage> Qcow2<S> {
             file_len,
             backing: None,
             compressed_cursor: 0,
+            metadata_preallocation: None,
             read_only,
             header,
             geo,

@@ -7,7 +7,7 @@ use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OutputFlag, Quiet
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::check_report::Repair;
+use vdisk::check_report::{stream_messages, Repair};
 use vdisk::ops::check;
 use vdisk::Result;
 
@@ -39,7 +39,12 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
         None => Repair::None,
     };
     let format = a.format.get()?;
-    let Some(checked) = check::check(&a.file, format, repair, a.force_share.on())? else {
+    // Findings are printed as they are found: there is no limit on how many there are.
+    let print = Box::new(|m: &str| eprintln!("{m}"));
+    let checked = stream_messages(print, || {
+        check::check(&a.file, format, repair, a.force_share.on())
+    })?;
+    let Some(checked) = checked else {
         eprintln!("vdisk: This image format does not support checks");
         return Ok(ExitCode::from(63));
     };
