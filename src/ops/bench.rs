@@ -4,10 +4,12 @@
 //!
 //! # Request order
 //!
-//! Request 0 is at `offset`; request `i + 1` is at `(offset_i + step) mod (size -
-//! buffer_size)`, or at 0 when the buffer is at least as large as the disk (qemu-img's
-//! rule, so the two tools touch the same bytes). Only a request that does not fit in the
-//! disk fails, with qemu-img's `Failed request: Input/output error`.
+//! Request 0 is at `offset`; request `i + 1` is at `(offset_i + step) mod size` (0 on an
+//! empty disk): qemu-img 10.0's rule, so the two tools touch the same bytes. As in
+//! qemu-img 10.0, a request that does not fit in the disk (the first one past the end, or
+//! a wrapped one that straddles it) fails the run with `Failed request: Input/output
+//! error`; the requests before it have been done. (QEMU later changed the wrap to
+//! `size - buffer_size`, which keeps every request inside the disk.)
 //!
 //! # Depth
 //!
@@ -124,36 +126,28 @@ pub fn completion_line(elapsed: Duration) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOffsets {
     first: u64,
-    second: u64,
     step: u64,
-    modulus: u64,
+    size: u64,
 }
 
 impl RequestOffsets {
     /// The order `opts` gives on a disk of `size` bytes.
     pub fn new(opts: &BenchOptions, size: u64) -> Self {
-        let step = opts.effective_step();
-        let modulus = size.saturating_sub(opts.buffer_size);
-        let second = match modulus {
-            0 => 0,
-            m => ((u128::from(opts.offset) + u128::from(step)) % u128::from(m)) as u64,
-        };
         RequestOffsets {
             first: opts.offset,
-            second,
-            step,
-            modulus,
+            step: opts.effective_step(),
+            size,
         }
     }
 
-    /// The offset of request `i` (0-based).
+    /// The offset of request `i` (0-based): `(offset + i * step) mod size` after the first.
     pub fn offset(&self, i: u64) -> u64 {
-        match (i, self.modulus) {
+        match (i, self.size) {
             (0, _) => self.first,
             (_, 0) => 0,
-            (i, m) => {
-                let later = u128::from(i - 1) * u128::from(self.step);
-                ((u128::from(self.second) + later) % u128::from(m)) as u64
+            (i, size) => {
+                let ahead = u128::from(self.first) + u128::from(i) * u128::from(self.step);
+                (ahead % u128::from(size)) as u64
             }
         }
     }
@@ -441,20 +435,19 @@ mod tests {
     }
 
     #[test]
-    fn requests_step_through_the_disk_and_wrap_short_of_its_end() {
-        // Modulus 16k - 4k = 12k: 0, 4k, 8k, then 12k wraps to 0.
-        assert_eq!(order(0, 4096, 0, 16384), [0, 4096, 8192, 0, 4096, 8192]);
-        // A start past the wrap point is used once, then wrapped.
+    fn requests_step_through_the_disk_and_wrap_at_its_size() {
+        assert_eq!(order(0, 4096, 0, 16384), [0, 4096, 8192, 12288, 0, 4096]);
+        // A start past the end is used once, then wrapped.
         assert_eq!(
-            order(13000, 4096, 4096, 16384),
-            [13000, 4808, 8904, 712, 4808, 8904]
+            order(20000, 512, 4096, 16384),
+            [20000, 7712, 11808, 15904, 3616, 7712]
         );
+        // 15904 + 512 bytes straddles the end: that request fails (see `run`).
     }
 
     #[test]
-    fn a_buffer_as_large_as_the_disk_repeats_offset_zero() {
-        assert_eq!(order(0, 4096, 512, 4096), [0; 6]);
-        assert_eq!(order(512, 8192, 0, 4096), [512, 0, 0, 0, 0, 0]);
+    fn an_empty_disk_repeats_offset_zero() {
+        assert_eq!(order(512, 4096, 512, 0), [512, 0, 0, 0, 0, 0]);
     }
 
     #[test]

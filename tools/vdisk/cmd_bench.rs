@@ -124,10 +124,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     how.format = a.format.get()?;
     let mut devices = bench::open_devices(Path::new(file), &how, &opts)?;
     out!("{}", opts.summary())?;
-    let elapsed = bench::run(&mut devices, &opts)?;
-    out!("{}", bench::completion_line(elapsed))?;
-    for d in &mut devices {
-        d.close()?;
-    }
+    // A failed run still closes the image, so the requests done before it are kept.
+    let result = bench::run(&mut devices, &opts);
+    let closed = devices.iter_mut().try_for_each(|d| d.close());
+    out!("{}", bench::completion_line(result?))?;
+    closed?;
     Ok(ExitCode::SUCCESS)
 }
