@@ -15,8 +15,8 @@
 //!
 //! qemu-img keeps up to `depth` requests in flight on one image. A [`BlockDevice`] serves
 //! one request at a time, so vdisk runs reads on one thread per opened device (the caller
-//! opens up to `depth` read-only copies of the image, see [`open_devices`]); each thread
-//! takes the next request number in qemu-img's order. Writes go to one device, in order:
+//! opens up to `depth` read-only copies of the image, at most [`MAX_READERS`], see
+//! [`open_devices`]); each thread takes the next request number in qemu-img's order. Writes go to one device, in order:
 //! the image then holds what qemu-img's writes leave, and a flush every `flush_interval`
 //! requests is a flush after that many completions (`--no-drain` has nothing to drain).
 
@@ -299,6 +299,13 @@ fn read_parallel(
     })
 }
 
+/// The most copies of an image a read test opens (each read by its own thread). Reads
+/// from disk gain from every request in flight (4 KiB reads spread over a cold 512 MiB raw
+/// image: 1.8–5.7 s on one thread, 0.55–0.69 s on 8, 0.33–0.60 s on 16, 0.29–0.35 s on 64;
+/// from the page cache the thread count makes no measurable difference); 32 keeps most of
+/// that gain without opening a long backing chain 64 times.
+pub const MAX_READERS: u64 = 32;
+
 /// How the image is cached, as qemu-img's `-t` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
@@ -377,7 +384,7 @@ pub struct OpenFor {
 }
 
 /// Open the image at `path` for `opts`: one read-write device for a write test; for a read
-/// test, one read-only device per request kept in flight, up to the host's parallelism.
+/// test, one read-only device per request kept in flight, up to [`MAX_READERS`].
 /// Refuses what qemu-img refuses when it opens the image (`-U` with `-w`, native AIO
 /// without a direct cache mode), naming the file as qemu-img does.
 pub fn open_devices(
@@ -406,11 +413,10 @@ pub fn open_devices(
         force_share: how.force_share,
         ..Default::default()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let copies = if opts.write {
         1
     } else {
-        opts.depth.min(threads).min(opts.count).max(1)
+        opts.depth.min(opts.count).clamp(1, MAX_READERS)
     };
     let mut devices = Vec::new();
     for _ in 0..copies {
