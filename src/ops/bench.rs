@@ -16,9 +16,10 @@
 //! qemu-img keeps up to `depth` requests in flight on one image. A [`BlockDevice`] serves
 //! one request at a time, so vdisk runs reads on one thread per opened device (the caller
 //! opens up to `depth` read-only copies of the image, at most [`MAX_READERS`], see
-//! [`open_devices`]); each thread takes the next request number in qemu-img's order. Writes go to one device, in order:
-//! the image then holds what qemu-img's writes leave, and a flush every `flush_interval`
-//! requests is a flush after that many completions (`--no-drain` has nothing to drain).
+//! [`open_devices`]); each thread takes the next request number in qemu-img's order.
+//! Writes go to one device, in order: the image then holds what qemu-img's writes leave,
+//! and a flush every `flush_interval` requests is a flush after that many completions
+//! (`--no-drain` has nothing to drain).
 
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
@@ -306,6 +307,10 @@ fn read_parallel(
 /// that gain without opening a long backing chain 64 times.
 pub const MAX_READERS: u64 = 32;
 
+/// The most memory the buffers of a read test's threads may take together: fewer threads
+/// read when their buffers are large (one always does; its buffer is at most 2 GiB).
+pub const MAX_READ_BUFFERS: u64 = 1 << 30;
+
 /// How the image is cached, as qemu-img's `-t` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
@@ -416,7 +421,11 @@ pub fn open_devices(
     let copies = if opts.write {
         1
     } else {
-        opts.depth.min(opts.count).clamp(1, MAX_READERS)
+        let by_memory = (MAX_READ_BUFFERS / opts.buffer_size.max(1)).max(1);
+        opts.depth
+            .min(opts.count)
+            .min(by_memory)
+            .clamp(1, MAX_READERS)
     };
     let mut devices = Vec::new();
     for _ in 0..copies {

@@ -60,7 +60,8 @@ pub struct Args {
     // Accepted as qemu-img does: bench prints its two lines even with -q.
     #[command(flatten)]
     quiet: QuietFlag,
-    /// The image.
+    /// The image (exactly one; checked as qemu-img checks it).
+    #[arg(value_name = "FILE")]
     files: Vec<String>,
 }
 

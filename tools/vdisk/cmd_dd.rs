@@ -13,13 +13,19 @@ pub struct Args {
     // The input's format.
     #[command(flatten)]
     format: FormatFlag,
-    /// Format of the output (default raw).
-    #[arg(short = 'O', long = "output-format", default_value = "raw")]
+    /// Format of the output.
+    #[arg(
+        short = 'O',
+        long = "output-format",
+        default_value = "raw",
+        value_name = "FMT"
+    )]
     output_format: String,
     // Read the input without locking out other users of it.
     #[command(flatten)]
     force_share: ForceShareFlag,
-    /// Operands: if=INPUT of=OUTPUT [bs=BLOCK_SIZE[kKMGTP]] [count=BLOCKS] [skip=BLOCKS].
+    /// if=INPUT of=OUTPUT [bs=BLOCK_SIZE[kKMGTP]] [count=BLOCKS] [skip=BLOCKS].
+    #[arg(value_name = "OPERAND")]
     operands: Vec<String>,
 }
 
