@@ -262,4 +262,45 @@ mod tests {
         assert_eq!(human_size(10240000), "9.77 MiB");
         assert_eq!(human_size(u64::MAX), "16 EiB");
     }
+
+    #[test]
+    fn numeric_arguments_parse_and_fail_as_qemu_img_reads_them() {
+        let size = |v| parse_size_arg(v, "offset", 0, i64::MAX as u64);
+        assert_eq!(size("1.5k").unwrap(), 1536);
+        assert_eq!(size("0x200").unwrap(), 512);
+        assert_eq!(size("010").unwrap(), 10);
+        assert_eq!(
+            size("1x").unwrap_err().to_string(),
+            "Invalid offset specified: '1x'."
+        );
+        assert_eq!(
+            size("-x").unwrap_err().to_string(),
+            "Invalid offset specified: '-x'."
+        );
+        for range in ["-1", "-0", "20E"] {
+            assert_eq!(
+                size(range).unwrap_err().to_string(),
+                "Invalid offset specified. Must be between 0 and 9223372036854775807."
+            );
+        }
+        let int = |v| parse_int_arg(v, "count", 1, i32::MAX.into());
+        assert_eq!(int("0x10").unwrap(), 16);
+        assert_eq!(int("010").unwrap(), 8);
+        assert_eq!(int(" +5").unwrap(), 5);
+        for syntax in ["", "1k", "0x", "1.5", "- 1", "5 "] {
+            let want = format!("Invalid count specified: '{syntax}'.");
+            assert_eq!(int(syntax).unwrap_err().to_string(), want);
+        }
+        for range in [
+            "0",
+            "-1",
+            "2147483648",
+            "99999999999999999999999999999999999999999",
+        ] {
+            assert_eq!(
+                int(range).unwrap_err().to_string(),
+                "Invalid count specified. Must be between 1 and 2147483647."
+            );
+        }
+    }
 }

@@ -4,8 +4,8 @@
 //! (`qemu-img compare` on the twins, `qemu-img check` on vdisk's qcow2).
 //!
 //! One difference is allowed and documented in the README: when an image cannot be opened
-//! (missing file, wrong `-f`), vdisk words the reason its own way; there only the exit code
-//! and standard output are compared.
+//! (missing file, wrong `-f`) or an option is unknown, vdisk words the reason its own way;
+//! there only the exit code and standard output are compared.
 
 mod common;
 
@@ -249,6 +249,9 @@ fn bench_prints_what_qemu_img_prints_and_refuses_what_it_refuses() {
         &["bench", "@missing.raw"],
         &["bench", "-f", "qcow2", "@img.raw"],
         &["bench", "-f", "foo", "@img.raw"],
+        // Unknown options: clap's message instead of qemu-img's, the same exit code.
+        &["bench", "--foo", "@img.raw"],
+        &["bench", "-c"],
     ];
     run_cases("bench, open failures", own_wording, |args| {
         same_run(&t, args, Stderr::OwnWording);
@@ -507,6 +510,7 @@ fn dd_refuses_and_warns_as_qemu_img_does() {
         &["dd", "-f", "foo", "if=@in.qcow2", "of=@o.raw"],
         &["dd", "-f", "qcow2", "if=@in.raw", "of=@o.raw"],
         &["dd", "if=@in.qcow2", "of=@nodir/o.raw"],
+        &["dd", "-o", "x", "if=@in.qcow2", "of=@o.raw"],
     ];
     run_cases("dd, open failures", own_wording, |args| {
         same_run(&t, args, Stderr::OwnWording);
