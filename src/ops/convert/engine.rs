@@ -238,11 +238,10 @@ fn new_window(pool: &Receiver<Vec<u8>>, seq: u64, a: u64, b: u64, pos: u64) -> O
     })
 }
 
-/// qemu-img's error for a source read that failed at guest offset `pos`.
-fn read_error(pos: u64) -> Error {
-    Error::invalid(format!(
-        "error while reading at byte {pos}: Input/output error"
-    ))
+/// qemu-img's error for a source read that failed at guest offset `pos` ("error while
+/// reading at byte N: ..."), naming what failed where qemu-img says "Input/output error".
+fn read_error(pos: u64, cause: Error) -> Error {
+    Error::invalid(format!("error while reading at byte {pos}: {cause}"))
 }
 
 /// Read `[pos, end)` of the source into its window. When that fails: with `salvage`, read
@@ -257,11 +256,12 @@ fn read_or_salvage(
 ) -> Result<()> {
     let at = |p: u64| (p - w.base) as usize;
     let (i, j) = (at(pos), at(end));
-    if src.read_at(&mut w.buf[i..j], pos).is_ok() {
-        return Ok(());
-    }
+    let failed = match src.read_at(&mut w.buf[i..j], pos) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
     if !plan.salvage {
-        return Err(read_error(pos));
+        return Err(read_error(pos, failed));
     }
     let mut p = pos;
     while p < end {
@@ -352,7 +352,7 @@ fn process(mut w: Window, plan: &Plan) -> Result<Done> {
                         p = (p / SECTOR + 1) * SECTOR;
                     }
                 }
-                Err(_) => return Err(read_error(pos)),
+                Err(e) => return Err(read_error(pos, e)),
             }
         }
     }
