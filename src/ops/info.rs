@@ -203,11 +203,15 @@ fn human_value(s: &mut String, depth: usize, k: &str, v: &serde_json::Value) {
         serde_json::Value::Array(items) => {
             *s += &format!("{pad}{key}:\n");
             for (i, item) in items.iter().enumerate() {
-                *s += &format!("{pad}    [{i}]:\n");
-                if let Some(o) = item.as_object() {
-                    for (k2, v2) in o {
-                        human_value(s, depth + 2, k2, v2);
+                match item {
+                    serde_json::Value::Object(o) => {
+                        *s += &format!("{pad}    [{i}]:\n");
+                        for (k2, v2) in o {
+                            human_value(s, depth + 2, k2, v2);
+                        }
                     }
+                    serde_json::Value::String(t) => *s += &format!("{pad}    [{i}]: {t}\n"),
+                    other => *s += &format!("{pad}    [{i}]: {other}\n"),
                 }
             }
         }
