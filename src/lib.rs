@@ -18,8 +18,9 @@
 //! 3. [`image`]: the driver table (`image::DRIVERS`), probing, opening an image by path
 //!    with its backing chain ([`chain`]), creating images; [`probed_raw`] guards raw
 //!    images whose format was probed.
-//! 4. [`ops`] (convert, commit, rebase, compare, map, measure, info, resize) and [`dump`]:
-//!    written once against [`BlockDevice`] and the driver table.
+//! 4. [`ops`] (convert, commit, rebase, compare, map, measure, info, resize), [`dump`] and
+//!    [`nbd`] (an NBD server for any device): written once against [`BlockDevice`] and the
+//!    driver table.
 //!
 //! The `vdisk` command-line tool in `tools/` parses flags and calls one library function
 //! per command; it opens no storage itself.
@@ -42,6 +43,7 @@ pub mod dump;
 pub mod error;
 pub mod image;
 pub mod names;
+pub mod nbd;
 pub mod ops;
 pub mod probed_raw;
 pub mod qcow2;

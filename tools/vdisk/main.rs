@@ -17,6 +17,7 @@ mod cmd_map;
 mod cmd_measure;
 mod cmd_rebase;
 mod cmd_resize;
+mod cmd_serve;
 mod cmd_snapshot;
 mod output;
 mod progress;
@@ -60,6 +61,8 @@ enum Command {
     Resize(cmd_resize::Args),
     /// Change format options of a qcow2 image in place (compat, refcount_bits, ...).
     Amend(cmd_amend::Args),
+    /// Serve an image over NBD (as qemu-nbd).
+    Serve(cmd_serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Measure(a) => cmd_measure::run(a),
         Command::Resize(a) => cmd_resize::run(a),
         Command::Amend(a) => cmd_amend::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
     };
     match result {
         Ok(code) => code,
