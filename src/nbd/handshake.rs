@@ -156,7 +156,8 @@ impl Haggle<'_> {
         if !data.is_empty() {
             return reply_error(s, proto::OPT_LIST, proto::REP_ERR_INVALID, "data sent");
         }
-        let server = proto::rep_server(&self.export.config.name);
+        let config = &self.export.config;
+        let server = proto::rep_server(&config.name, config.description.as_deref());
         s.write_all(&proto::option_reply(
             proto::OPT_LIST,
             proto::REP_SERVER,

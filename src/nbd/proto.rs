@@ -287,11 +287,13 @@ pub fn option_reply(option: u32, reply: u32, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `NBD_REP_SERVER` data: one export name (no details).
-pub fn rep_server(name: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + name.len());
+/// `NBD_REP_SERVER` data: one export name, then its description as the free-form details.
+pub fn rep_server(name: &str, description: Option<&str>) -> Vec<u8> {
+    let details = description.unwrap_or("");
+    let mut out = Vec::with_capacity(4 + name.len() + details.len());
     put_u32(&mut out, name.len() as u32);
     out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(details.as_bytes());
     out
 }
 
@@ -553,6 +555,14 @@ mod tests {
                 0, 0, 0, 1, // length
                 b'x',
             ]
+        );
+    }
+
+    #[test]
+    fn rep_server_is_the_name_then_the_description() {
+        assert_eq!(
+            rep_server("hd", Some("disk")),
+            [0, 0, 0, 2, b'h', b'd', b'd', b'i', b's', b'k']
         );
     }
 

@@ -4,9 +4,9 @@
 //! Every request is checked before any work or allocation: its flags against those its
 //! command accepts, its range against the export's size, and its length against
 //! [`proto::MAX_PAYLOAD`]. A WRITE whose payload is larger than that cannot be skipped at a
-//! sane cost, so the server hangs up on it; every other bad request gets the error number
-//! the protocol names (`EINVAL`, `ENOSPC` for writes past the end, `EPERM` for writes to a
-//! read-only export) and the connection goes on.
+//! sane cost, so the server answers `EINVAL` and hangs up; every other bad request gets
+//! the error number qemu-nbd gives (`EINVAL`, `EPERM` for writes to a read-only export)
+//! and the connection goes on.
 //!
 //! Requests are applied in the order they arrive, each under the export's device lock, and
 //! a reply is sent only once its request is complete: a FUA write is flushed first, and a
@@ -102,6 +102,7 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
     fn request(&mut self, r: Request) -> io::Result<bool> {
         if r.kind == proto::CMD_WRITE {
             if r.length > proto::MAX_PAYLOAD {
+                self.reply_simple(r.cookie, proto::EINVAL)?;
                 return Ok(false);
             }
             self.buf.resize(r.length as usize, 0);
@@ -165,12 +166,9 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
             .checked_add(u64::from(r.length))
             .is_some_and(|end| end <= self.export.size);
         if !inside {
-            let errno = if matches!(r.kind, CMD_WRITE | CMD_WRITE_ZEROES) {
-                ENOSPC
-            } else {
-                EINVAL
-            };
-            return Err(Fail::new(errno, "request past the end of the export"));
+            // The protocol suggests ENOSPC for writes past the end; qemu-nbd 10 answers
+            // EINVAL to every request past the end, and clients are used to that.
+            return Err(Fail::new(EINVAL, "request past the end of the export"));
         }
         Ok(())
     }
@@ -192,7 +190,10 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
     fn write_zeroes(&mut self, r: Request) -> Result<(), Fail> {
         let len = u64::from(r.length);
         let mut dev = self.export.device();
-        if r.flags & proto::CMD_FLAG_NO_HOLE != 0 {
+        // A format with allocation units (qcow2, VMDK) records zeros in its metadata, as
+        // qemu does for NO_HOLE too; a raw file would punch a hole, so it gets real zeros.
+        let literal = r.flags & proto::CMD_FLAG_NO_HOLE != 0 && dev.cluster_size().is_none();
+        if literal {
             if r.flags & proto::CMD_FLAG_FAST_ZERO != 0 {
                 // Keeping the range allocated means writing every zero: not fast.
                 return Err(Fail::new(proto::ENOTSUP, "zeroing without holes is slow"));
