@@ -617,3 +617,129 @@ fn bad_requests_get_the_errors_qemu_nbd_gives_and_the_server_lives_on() {
         &t.path(Tool::Qemu, "top.qcow2"),
     );
 }
+
+#[test]
+fn an_internal_snapshot_is_served_read_only_as_qemu_nbd_serves_it() {
+    let t = Twins::new();
+    let img = t.work("snap.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
+    qemu_io_ok(&["-c", "write -P 1 0 1M", "-c", "write -z 2M 64k", s(&img)]);
+    qemu_img_ok(&["snapshot", "-c", "first", s(&img)]);
+    qemu_io_ok(&[
+        "-c",
+        "write -P 2 512k 1M",
+        "-c",
+        "write -P 3 3M 64k",
+        s(&img),
+    ]);
+    qemu_img_ok(&["resize", "-q", s(&img), "6M"]);
+    qemu_img_ok(&["snapshot", "-c", "second", s(&img)]);
+    qemu_io_ok(&["-c", "write -P 4 5M 64k", s(&img)]);
+    t.put("snap.qcow2", &img);
+    for snapshot in ["first", "2"] {
+        let mut answers = Vec::new();
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            let image = t.path(tool, "snap.qcow2");
+            let flags = ["-t", "-A", "-l", snapshot];
+            let server = Server::start(tool, &image, Via::Unix, &flags);
+            answers.push(read_only_session(&server, &t.side(tool)));
+            server.stop();
+        }
+        assert_same_answers(&answers[1], &answers[0]);
+        assert!(
+            answers[1][2].1.contains("is_read_only: true"),
+            "{}",
+            answers[1][2].1
+        );
+    }
+    assert_qemu_compare_identical(&t.path(Tool::Vdisk, "snap.qcow2"), &img);
+}
+
+#[test]
+fn dash_s_sends_writes_to_a_temporary_overlay_that_is_thrown_away() {
+    let t = overlay_twins();
+    let top = t.path(Tool::Vdisk, "top.qcow2");
+    let pristine = t.work("top.qcow2");
+    let server = Server::start(Tool::Vdisk, &top, Via::Unix, &["-s", "-t"]);
+    let uri = server.uri("");
+    qemu_io_ok(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x77 0 2M",
+        "-c",
+        "write -z 6M 1M",
+        &uri,
+    ]);
+    qemu_io_ok(&[
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x77 0 2M",
+        "-c",
+        "read -P 0 6M 1M",
+        &uri,
+    ]);
+    let pid = server.child.as_ref().expect("a server").id();
+    server.stop();
+    assert_qemu_compare_identical(&top, &pristine);
+    assert_qemu_check_clean(&top);
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("the temporary directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("vdisk-serve-{pid}-"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn sigkill_in_the_middle_of_writes_keeps_the_image_clean_and_flushed_data_present() {
+    let t = overlay_twins();
+    let top = t.path(Tool::Vdisk, "top.qcow2");
+    let server = Server::start(Tool::Vdisk, &top, Via::Unix, &["-t", "-e", "2"]);
+    let uri = server.uri("");
+    // Flushed: qemu-io flushes before it disconnects.
+    qemu_io_ok(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x61 1M 1M",
+        "-c",
+        "write -P 0x62 4M 256k",
+        &uri,
+    ]);
+    // Then a client keeps writing, and the server dies under it.
+    let writer = {
+        let uri = uri.clone();
+        std::thread::spawn(move || {
+            let mut args = vec!["-f".to_string(), "raw".to_string()];
+            for i in 0..400u64 {
+                args.push("-c".into());
+                args.push(format!(
+                    "write -P {} {} 64k",
+                    i % 200 + 1,
+                    (2 << 20) + (i % 16) * 65536
+                ));
+            }
+            args.push(uri);
+            run_program("qemu-io", &args)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let status = server.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    let _ = writer.join();
+    let check = common::crash::qemu_check_path(&top);
+    assert!(check.is_consistent(), "{}", check.output);
+    qemu_io_ok(&[
+        "-c",
+        "read -P 0x61 1M 1M",
+        "-c",
+        "read -P 0x62 4M 256k",
+        s(&top),
+    ]);
+}

@@ -1,6 +1,8 @@
 //! An NBD server: one [`Export`] of any [`BlockDevice`], served to NBD clients (qemu, libnbd's
 //! `nbdcopy`/`nbdinfo`, the Linux kernel client) over TCP or a Unix socket.
 //!
+//! * [`open`]: the device to serve: the image, an internal snapshot, or a temporary
+//!   overlay over the image.
 //! * [`proto`]: the wire format (constants and pure codecs).
 //! * [`handshake`]: the fixed newstyle option haggling that picks the export, structured
 //!   replies and metadata contexts.
@@ -13,6 +15,7 @@
 //! makes `NBD_FLAG_CAN_MULTI_CONN` safe to advertise.
 
 pub mod handshake;
+pub mod open;
 pub mod proto;
 pub mod server;
 pub mod transmission;

@@ -60,6 +60,29 @@ impl<S: Storage> Qcow2<S> {
         self.snapshots.iter().position(|s| s.id == id)
     }
 
+    /// Show the snapshot `id_or_name` (an ID first, then a name) in place of the active
+    /// disk, in memory only, as QEMU's temporary snapshot load does for `qemu-nbd -l`: the
+    /// snapshot's L1 table replaces the active one. As in QEMU, the virtual size stays the
+    /// image's (guest ranges past the snapshot's L1 table read as unallocated). The image
+    /// must be open read-only, so nothing of this reaches the file.
+    pub fn load_snapshot_read_only(&mut self, id_or_name: &str) -> Result<()> {
+        if !self.read_only {
+            return Err(Error::invalid(
+                "a snapshot can only be loaded into an image opened read-only",
+            ));
+        }
+        let Some(i) = self.find_snapshot(id_or_name) else {
+            return Err(Error::invalid(format!("snapshot '{id_or_name}' not found")));
+        };
+        let snap = self.snapshots[i].clone();
+        let l1 = self.read_snapshot_l1(&snap)?;
+        self.l1_dirty = vec![false; l1.len()];
+        self.l1_any_dirty = false;
+        self.l1 = l1;
+        // The L2 cache is keyed by host offset and nothing was written: it stays valid.
+        Ok(())
+    }
+
     /// Read snapshot `s`'s L1 table, refusing one whose table entry or L2 offsets are
     /// broken (the snapshot cannot be applied or deleted without corrupting the image).
     pub(crate) fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {

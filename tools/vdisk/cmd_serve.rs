@@ -1,6 +1,6 @@
-//! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-A] [-e N] [-t] [--discard MODE]
-//! [-b ADDR] [-p PORT] [-k PATH] [--pid-file F] FILE`: serve an image over NBD, as
-//! qemu-nbd does. The flags are defined here (not shared with other subcommands) because
+//! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-A] [-e N] [-t]
+//! [--discard MODE] [-b ADDR] [-p PORT] [-k PATH] [--pid-file F] FILE`: serve an image
+//! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
 //! their meaning is qemu-nbd's, not qemu-img's.
 
 use std::io::ErrorKind;
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vdisk::image::{self, Format, ImageOptions};
+use vdisk::image::Format;
+use vdisk::nbd::open::{self, OpenExport, Source};
 use vdisk::nbd::server::{self, Listener, ServeOptions};
 use vdisk::nbd::{Export, ExportConfig};
 use vdisk::{Error, Result};
@@ -30,6 +31,12 @@ pub struct Args {
     /// Export description.
     #[arg(short = 'D', long = "description")]
     description: Option<String>,
+    /// Export this internal snapshot (ID or name), read-only.
+    #[arg(short = 'l', long = "load-snapshot")]
+    load_snapshot: Option<String>,
+    /// Send writes to a temporary overlay, thrown away when the server exits.
+    #[arg(short = 's', long = "snapshot")]
+    snapshot: bool,
     /// Offer the qemu:allocation-depth metadata context.
     #[arg(short = 'A', long = "allocation-depth")]
     allocation_depth: bool,
@@ -81,23 +88,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
         d => return Err(Error::invalid(format!("invalid discard mode '{d}'"))),
     };
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
-    let img = image::open(
+    let source = match (&a.load_snapshot, a.snapshot) {
+        (Some(_), true) => {
+            return Err(Error::invalid("-l and -s cannot be used together"));
+        }
+        (Some(name), false) => Source::Snapshot(name.clone()),
+        (None, true) => Source::TemporaryOverlay,
+        (None, false) => Source::Image,
+    };
+    let read_only = a.read_only || a.load_snapshot.is_some();
+    let device = open::open_device(
         &a.file,
-        &ImageOptions {
+        &OpenExport {
             format,
-            read_only: a.read_only,
-            ..Default::default()
+            read_only,
+            unsafe_cache: false,
+            source,
         },
     )?;
     let config = ExportConfig {
         name: a.export_name.clone(),
         description: a.description.clone(),
-        read_only: a.read_only,
+        read_only,
         allocation_depth: a.allocation_depth,
         discard,
         shared: a.shared,
     };
-    let export = Arc::new(Export::new(img.device, config));
+    let export = Arc::new(Export::new(device, config));
     let listener = listen(&a)?;
     if let Some(p) = &a.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
