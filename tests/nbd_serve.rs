@@ -743,3 +743,139 @@ fn sigkill_in_the_middle_of_writes_keeps_the_image_clean_and_flushed_data_presen
         s(&top),
     ]);
 }
+
+/// A CA and a server certificate for 127.0.0.1 made with openssl: `server/` holds
+/// ca-cert.pem, server-cert.pem and server-key.pem, `client/` holds ca-cert.pem. `None`
+/// (with the reason printed) when openssl is not installed.
+fn tls_credentials(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipping the TLS test: openssl is not installed");
+        return None;
+    }
+    let server = dir.join("server");
+    let client = dir.join("client");
+    for d in [&server, &client] {
+        std::fs::create_dir_all(d).expect("a credentials directory");
+    }
+    let p = |name: &str| dir.join(name).to_str().expect("UTF-8").to_string();
+    let sp = |name: &str| server.join(name).to_str().expect("UTF-8").to_string();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("writing ext.cnf");
+    sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        &p("ca-key.pem"),
+        "-out",
+        &sp("ca-cert.pem"),
+        "-subj",
+        "/CN=vdisk test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    sh(&[
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &sp("server-key.pem"),
+        "-out",
+        &p("server.csr"),
+        "-subj",
+        "/CN=localhost",
+    ]);
+    sh(&[
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &sp("ca-cert.pem"),
+        "-CAkey",
+        &p("ca-key.pem"),
+        "-CAcreateserial",
+        "-out",
+        &sp("server-cert.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+    ]);
+    std::fs::copy(server.join("ca-cert.pem"), client.join("ca-cert.pem")).expect("copying");
+    Some((server, client))
+}
+
+#[test]
+fn tls_clients_get_in_and_clear_text_clients_are_told_tls_is_required() {
+    let t = overlay_twins();
+    let Some((server_creds, client_creds)) = tls_credentials(&t.work("")) else {
+        return;
+    };
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        s(&client_creds)
+    );
+    // vdisk asks clients for no certificate; qemu-nbd does unless told not to.
+    let server_object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+        s(&server_creds)
+    );
+    let mut answers = Vec::new();
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let top = t.path(tool, "top.qcow2");
+        let creds: Vec<String> = match tool {
+            Tool::Qemu => vec![
+                format!("--object={server_object}"),
+                "--tls-creds=tls0".into(),
+            ],
+            Tool::Vdisk => vec![format!("--tls-creds={}", s(&server_creds))],
+        };
+        let mut flags: Vec<&str> = vec!["-r", "-t"];
+        flags.extend(creds.iter().map(String::as_str));
+        let server = Server::start(tool, &top, Via::Tcp, &flags);
+        let opts = format!(
+            "driver=nbd,host=127.0.0.1,port={},tls-creds=tls0",
+            server.port
+        );
+        let info = qemu_img_ok(&["info", "--object", &object, "--image-opts", &opts]);
+        let out = t.side(tool).join("tls.raw");
+        qemu_img_ok(&[
+            "convert",
+            "--object",
+            &object,
+            "--image-opts",
+            &opts,
+            "-O",
+            "raw",
+            s(&out),
+        ]);
+        assert_qemu_compare_identical(&out, &top);
+        let clear = qemu_img(["info", &server.uri("")]);
+        assert!(!clear.status.success());
+        let clear_err = String::from_utf8_lossy(&clear.stderr).into_owned();
+        answers.push((server.mask(&info), server.mask(&clear_err)));
+        server.stop();
+    }
+    assert_text_eq("qemu-img info over TLS", &answers[1].0, &answers[0].0);
+    let first_line = |s: &str| s.lines().next().unwrap_or("").to_string();
+    assert_text_eq(
+        "a clear-text client",
+        &first_line(&answers[1].1),
+        &first_line(&answers[0].1),
+    );
+}

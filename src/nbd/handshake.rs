@@ -51,8 +51,23 @@ pub struct Negotiated {
 pub enum Outcome {
     /// The client chose the export: go on to transmission.
     Transmission(Negotiated),
+    /// The client asked for TLS and was told yes: start the TLS session on the socket,
+    /// then haggle again inside it with [`Tls::Active`].
+    StartTls,
     /// The client aborted, or broke a rule that ends the session.
     Closed,
+}
+
+/// Where a haggling session stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// The server has no TLS credentials: `NBD_OPT_STARTTLS` is refused.
+    Off,
+    /// The server requires TLS and it has not started: every option but `STARTTLS` and
+    /// `ABORT` is refused with `NBD_REP_ERR_TLS_REQD`.
+    Required,
+    /// Inside the TLS session.
+    Active,
 }
 
 /// The state of one haggling session.
@@ -60,23 +75,44 @@ struct Haggle<'a> {
     export: &'a Export,
     fixed: bool,
     no_zeroes: bool,
+    tls: Tls,
     negotiated: Negotiated,
 }
 
-/// Run the handshake on `stream` for `export`.
+/// Run the whole handshake on `stream` for `export`, without TLS.
 pub fn handshake<S: Read + Write>(stream: &mut S, export: &Export) -> io::Result<Outcome> {
+    match greet(stream)? {
+        Some(flags) => haggle(stream, export, flags, Tls::Off),
+        None => Ok(Outcome::Closed),
+    }
+}
+
+/// Send the greeting and read the client's flags; `None` when the client sets a flag this
+/// server does not know (the session must end).
+pub fn greet<S: Read + Write>(stream: &mut S) -> io::Result<Option<u32>> {
     stream.write_all(&proto::greeting())?;
     stream.flush()?;
     let mut flags = [0u8; 4];
     stream.read_exact(&mut flags)?;
     let client_flags = u32::from_be_bytes(flags);
     if client_flags & !proto::CLIENT_FLAGS_KNOWN != 0 {
-        return Ok(Outcome::Closed);
+        return Ok(None);
     }
+    Ok(Some(client_flags))
+}
+
+/// Haggle over options on `stream` (after [`greet`] returned `client_flags`).
+pub fn haggle<S: Read + Write>(
+    stream: &mut S,
+    export: &Export,
+    client_flags: u32,
+    tls: Tls,
+) -> io::Result<Outcome> {
     let mut h = Haggle {
         export,
         fixed: client_flags & proto::FLAG_C_FIXED_NEWSTYLE != 0,
         no_zeroes: client_flags & proto::FLAG_C_NO_ZEROES != 0,
+        tls,
         negotiated: Negotiated::default(),
     };
     loop {
@@ -112,6 +148,24 @@ impl Haggle<'_> {
         option: u32,
         data: &[u8],
     ) -> io::Result<Option<Outcome>> {
+        if self.tls == Tls::Required && option != proto::OPT_STARTTLS {
+            return match option {
+                proto::OPT_EXPORT_NAME => Ok(Some(Outcome::Closed)),
+                proto::OPT_ABORT => self.option_anyway(s, option, data),
+                _ => reply_error(s, option, proto::REP_ERR_TLS_REQD, "TLS is required")
+                    .map(|()| None),
+            };
+        }
+        self.option_anyway(s, option, data)
+    }
+
+    /// Answer one option, TLS requirements aside.
+    fn option_anyway<S: Write>(
+        &mut self,
+        s: &mut S,
+        option: u32,
+        data: &[u8],
+    ) -> io::Result<Option<Outcome>> {
         if option == proto::OPT_EXPORT_NAME {
             return self.export_name(s, data).map(Some);
         }
@@ -131,12 +185,23 @@ impl Haggle<'_> {
             proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
                 self.meta_context(s, option, data).map(|()| None)
             }
-            proto::OPT_STARTTLS => {
-                reply_error(s, option, proto::REP_ERR_POLICY, "TLS is not configured")
-                    .map(|()| None)
-            }
+            proto::OPT_STARTTLS => self.starttls(s, data),
             _ => {
                 reply_error(s, option, proto::REP_ERR_UNSUP, "option not supported").map(|()| None)
+            }
+        }
+    }
+
+    fn starttls<S: Write>(&mut self, s: &mut S, data: &[u8]) -> io::Result<Option<Outcome>> {
+        let option = proto::OPT_STARTTLS;
+        let refuse = |s: &mut S, reply, why| reply_error(s, option, reply, why).map(|()| None);
+        match self.tls {
+            Tls::Off => refuse(s, proto::REP_ERR_POLICY, "TLS is not configured"),
+            Tls::Active => refuse(s, proto::REP_ERR_INVALID, "TLS is already active"),
+            Tls::Required if !data.is_empty() => refuse(s, proto::REP_ERR_INVALID, "data sent"),
+            Tls::Required => {
+                send(s, &proto::option_reply(option, proto::REP_ACK, &[]))?;
+                Ok(Some(Outcome::StartTls))
             }
         }
     }
@@ -379,6 +444,53 @@ mod tests {
                 proto::REP_ACK
             ]
         );
+    }
+
+    fn run_tls(export: &Export, tls: Tls, options: &[Vec<u8>]) -> (Outcome, Vec<u8>) {
+        let mut input = Vec::new();
+        for o in options {
+            input.extend_from_slice(o);
+        }
+        let mut s = Script {
+            input: std::io::Cursor::new(input),
+            output: vec![0; 18], // where the greeting would be
+        };
+        let outcome = haggle(&mut s, export, 1, tls).unwrap_or(Outcome::Closed);
+        (outcome, s.output)
+    }
+
+    #[test]
+    fn when_tls_is_required_options_are_refused_until_starttls() {
+        let e = export(ExportConfig::default());
+        let go = option(proto::OPT_GO, &[0, 0, 0, 0, 0, 0]);
+        let start = option(proto::OPT_STARTTLS, &[]);
+        let (outcome, out) = run_tls(
+            &e,
+            Tls::Required,
+            &[go, option(proto::OPT_LIST, &[]), start],
+        );
+        assert_eq!(outcome, Outcome::StartTls);
+        assert_eq!(
+            reply_types(&out),
+            [
+                proto::REP_ERR_TLS_REQD,
+                proto::REP_ERR_TLS_REQD,
+                proto::REP_ACK
+            ]
+        );
+        let name = option(proto::OPT_EXPORT_NAME, &[]);
+        assert_eq!(run_tls(&e, Tls::Required, &[name]).0, Outcome::Closed);
+    }
+
+    #[test]
+    fn starttls_is_refused_without_credentials_and_once_active() {
+        let e = export(ExportConfig::default());
+        let start = || option(proto::OPT_STARTTLS, &[]);
+        let abort = || option(proto::OPT_ABORT, &[]);
+        let (_, out) = run_tls(&e, Tls::Off, &[start(), abort()]);
+        assert_eq!(reply_types(&out), [proto::REP_ERR_POLICY, proto::REP_ACK]);
+        let (_, out) = run_tls(&e, Tls::Active, &[start(), abort()]);
+        assert_eq!(reply_types(&out), [proto::REP_ERR_INVALID, proto::REP_ACK]);
     }
 
     #[test]

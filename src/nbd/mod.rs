@@ -7,6 +7,7 @@
 //! * [`handshake`]: the fixed newstyle option haggling that picks the export, structured
 //!   replies and metadata contexts.
 //! * [`transmission`]: the request loop of one connection (READ, WRITE, BLOCK_STATUS, ...).
+//! * [`tls`]: TLS credentials and sessions (`NBD_OPT_STARTTLS`).
 //! * [`server`]: listening, accepting up to `-e` clients, one thread per connection, and
 //!   stopping cleanly (finish the request in flight, flush, close the image).
 //!
@@ -18,6 +19,7 @@ pub mod handshake;
 pub mod open;
 pub mod proto;
 pub mod server;
+pub mod tls;
 pub mod transmission;
 
 use crate::device::BlockDevice;

@@ -6,7 +6,8 @@
 //! thread ends after replying to the request it is working on, wait for the threads, then
 //! flush and close the export's device.
 
-use super::handshake::{handshake, Outcome};
+use super::handshake::{greet, haggle, Outcome, Tls};
+use super::tls::{Shared, TlsConfig};
 use super::transmission::serve_requests;
 use super::Export;
 use crate::error::{Error, Result};
@@ -100,13 +101,15 @@ impl Write for Stream {
     }
 }
 
-/// How the server runs (qemu-nbd's `-e` and `-t`).
-#[derive(Debug, Clone, Copy)]
+/// How the server runs (qemu-nbd's `-e`, `-t` and `--tls-creds`).
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Clients served at once; further ones wait in the listen queue.
     pub shared: usize,
     /// Keep serving after the last client leaves (otherwise the server stops then).
     pub persistent: bool,
+    /// Require TLS with these settings.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The connections being served: their sockets (to shut down when stopping) and threads.
@@ -171,12 +174,17 @@ fn accept_loop(
             Err(e) => return Err(Error::io("accepting an NBD client", e)),
         };
         *served = true;
-        clients.spawn(stream, export)?;
+        clients.spawn(stream, export, opts.tls.clone())?;
     }
 }
 
 impl Clients {
-    fn spawn(&mut self, stream: Stream, export: &Arc<Export>) -> Result<()> {
+    fn spawn(
+        &mut self,
+        stream: Stream,
+        export: &Arc<Export>,
+        tls: Option<TlsConfig>,
+    ) -> Result<()> {
         let id = self.next_id;
         self.next_id += 1;
         let clone = stream
@@ -191,7 +199,7 @@ impl Clients {
             .name(format!("nbd-client-{id}"))
             .spawn(move || {
                 // A client that breaks the protocol or hangs up only ends its connection.
-                let _ = connection(stream, &export);
+                let _ = connection(stream, &export, tls);
                 lock(&sockets).retain(|(i, _)| *i != id);
                 active.fetch_sub(1, Ordering::SeqCst);
             });
@@ -210,16 +218,53 @@ impl Clients {
 }
 
 /// One connection from greeting to goodbye.
-fn connection(mut stream: Stream, export: &Export) -> io::Result<()> {
-    let negotiated = match handshake(&mut stream, export)? {
+fn connection(mut stream: Stream, export: &Export, tls: Option<TlsConfig>) -> io::Result<()> {
+    let Some(flags) = greet(&mut stream)? else {
+        return Ok(());
+    };
+    let result = match tls {
+        None => plain_connection(&mut stream, export, flags),
+        Some(config) => tls_connection(&mut stream, export, flags, config),
+    };
+    stream.shutdown(Shutdown::Both);
+    result
+}
+
+fn plain_connection(stream: &mut Stream, export: &Export, flags: u32) -> io::Result<()> {
+    let negotiated = match haggle(stream, export, flags, Tls::Off)? {
         Outcome::Transmission(n) => n,
-        Outcome::Closed => return Ok(()),
+        Outcome::StartTls | Outcome::Closed => return Ok(()),
     };
     let reader = BufReader::with_capacity(IO_BUFFER, stream.try_clone()?);
     let writer = BufWriter::with_capacity(IO_BUFFER, stream.try_clone()?);
-    let result = serve_requests(reader, writer, export, negotiated);
-    stream.shutdown(Shutdown::Both);
-    result
+    serve_requests(reader, writer, export, negotiated)
+}
+
+/// Haggle in the clear until the client starts TLS, then haggle and serve inside it.
+fn tls_connection(
+    stream: &mut Stream,
+    export: &Export,
+    flags: u32,
+    config: TlsConfig,
+) -> io::Result<()> {
+    if haggle(stream, export, flags, Tls::Required)? != Outcome::StartTls {
+        return Ok(());
+    }
+    let session = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+    let tls = Shared::new(rustls::StreamOwned::new(session, stream.try_clone()?));
+    let negotiated = match haggle(&mut tls.clone(), export, flags, Tls::Active)? {
+        Outcome::Transmission(n) => n,
+        Outcome::StartTls | Outcome::Closed => return Ok(()),
+    };
+    let reader = BufReader::with_capacity(IO_BUFFER, tls.clone());
+    let writer = BufWriter::with_capacity(IO_BUFFER, tls.clone());
+    let served = serve_requests(reader, writer, export, negotiated);
+    tls.with(|t| {
+        t.conn.send_close_notify();
+        // The client may be gone already.
+        let _ = t.flush();
+    });
+    served
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

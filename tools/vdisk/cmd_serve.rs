@@ -1,5 +1,5 @@
 //! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-A] [-e N] [-t]
-//! [--discard MODE] [-b ADDR] [-p PORT] [-k PATH] [--pid-file F] FILE`: serve an image
+//! [--discard MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
 //! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
 //! their meaning is qemu-nbd's, not qemu-img's.
 
@@ -61,6 +61,10 @@ pub struct Args {
     /// Listen on this Unix socket instead of TCP.
     #[arg(short = 'k', long = "socket")]
     socket: Option<PathBuf>,
+    /// Require TLS, with the credentials in this directory (ca-cert.pem, server-cert.pem,
+    /// server-key.pem).
+    #[arg(long = "tls-creds")]
+    tls_creds: Option<PathBuf>,
     /// Write the server's process id to this file once it listens.
     #[arg(long = "pid-file")]
     pid_file: Option<PathBuf>,
@@ -115,6 +119,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         shared: a.shared,
     };
     let export = Arc::new(Export::new(device, config));
+    let tls = match &a.tls_creds {
+        Some(dir) => Some(vdisk::nbd::tls::load_server_config(dir)?),
+        None => None,
+    };
     let listener = listen(&a)?;
     if let Some(p) = &a.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
@@ -124,6 +132,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let opts = ServeOptions {
         shared: a.shared.max(1),
         persistent: a.persistent,
+        tls,
     };
     let served = server::serve(&listener, export, &opts, &STOP);
     if let Some(p) = &a.pid_file {
