@@ -597,3 +597,23 @@ fn tls_clients_get_in_and_clear_text_clients_are_told_tls_is_required() {
         &first_line(&answers[0].1),
     );
 }
+
+#[test]
+fn a_client_silent_in_the_handshake_loses_its_slot_after_the_time_limit() {
+    let t = overlay_twins();
+    let top = t.path(Tool::Vdisk, "top.qcow2");
+    let server = Server::start(Tool::Vdisk, &top, Via::Unix, &["-t", "-r"]);
+    let silent = std::os::unix::net::UnixStream::connect(&server.socket).expect("connecting");
+    std::thread::sleep(Duration::from_millis(200));
+    // -e 1: the next client waits until the silent one is dropped, 10 s after it came.
+    let start = std::time::Instant::now();
+    let info = qemu_img_ok(&["info", &server.uri("")]);
+    assert!(info.contains("virtual size: 8 MiB"), "{info}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(silent);
+    server.stop();
+}

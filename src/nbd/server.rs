@@ -24,6 +24,12 @@ use std::time::Duration;
 /// How long the accept loop waits before looking at the stop flag again.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a client may take over the handshake (qemu-nbd's default limit is the same).
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a stopping server waits for connections to finish their request in flight.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Buffer sizes of a connection's reading and writing sides.
 const IO_BUFFER: usize = 256 << 10;
 
@@ -66,6 +72,13 @@ impl Stream {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
         })
+    }
+
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(limit),
+            Stream::Unix(s) => s.set_read_timeout(limit),
+        }
     }
 
     fn shutdown(&self, how: Shutdown) {
@@ -132,8 +145,17 @@ pub fn serve(
     let mut clients = Clients::default();
     let mut served = false;
     let accepted = accept_loop(listener, &export, opts, stop, &mut clients, &mut served);
+    // Let each connection finish the request it is on; a client that stopped reading
+    // its replies gets STOP_GRACE, then its socket is closed under it.
     for (_, s) in lock(&clients.sockets).iter() {
         s.shutdown(Shutdown::Read);
+    }
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    while clients.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(POLL_INTERVAL / 10);
+    }
+    for (_, s) in lock(&clients.sockets).iter() {
+        s.shutdown(Shutdown::Both);
     }
     for t in clients.threads.drain(..) {
         let _ = t.join();
@@ -219,6 +241,9 @@ impl Clients {
 
 /// One connection from greeting to goodbye.
 fn connection(mut stream: Stream, export: &Export, tls: Option<TlsConfig>) -> io::Result<()> {
+    // A client that connects and says nothing must not hold a slot forever: the
+    // handshake has a time limit, lifted for transmission.
+    stream.set_read_timeout(Some(HANDSHAKE_LIMIT))?;
     let Some(flags) = greet(&mut stream)? else {
         return Ok(());
     };
@@ -235,6 +260,7 @@ fn plain_connection(stream: &mut Stream, export: &Export, flags: u32) -> io::Res
         Outcome::Transmission(n) => n,
         Outcome::StartTls | Outcome::Closed => return Ok(()),
     };
+    stream.set_read_timeout(None)?;
     let reader = BufReader::with_capacity(IO_BUFFER, stream.try_clone()?);
     let writer = BufWriter::with_capacity(IO_BUFFER, stream.try_clone()?);
     serve_requests(reader, writer, export, negotiated)
@@ -256,6 +282,7 @@ fn tls_connection(
         Outcome::Transmission(n) => n,
         Outcome::StartTls | Outcome::Closed => return Ok(()),
     };
+    stream.set_read_timeout(None)?;
     let reader = BufReader::with_capacity(IO_BUFFER, tls.clone());
     let writer = BufWriter::with_capacity(IO_BUFFER, tls.clone());
     let served = serve_requests(reader, writer, export, negotiated);
