@@ -180,7 +180,12 @@ fn nbdcopy_copies_into_and_out_of_an_export() {
     let data = write_mixed_raw(&src, 6 << 20, 256 << 10, 15);
     let image = path_in(&dir, "img.qcow2");
     qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&image), "6M"]);
-    let server = Server::start(Tool::Vdisk, &image, Via::Unix, &["-t", "-e", "4"]);
+    let server = Server::start(
+        Tool::Vdisk,
+        &image,
+        Via::Unix,
+        &["-t", "-e", "4", "--cache=unsafe"],
+    );
     sh(&["nbdcopy", s(&src), &server.uri("")]);
     let back = path_in(&dir, "back.raw");
     sh(&["nbdcopy", &server.uri(""), s(&back)]);

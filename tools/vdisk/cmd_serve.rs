@@ -1,5 +1,5 @@
 //! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-A] [-e N] [-t]
-//! [--discard MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
+//! [--discard MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
 //! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
 //! their meaning is qemu-nbd's, not qemu-img's.
 
@@ -52,6 +52,10 @@ pub struct Args {
     /// What TRIM does: ignore (default) or unmap.
     #[arg(long = "discard", default_value = "ignore")]
     discard: String,
+    /// Host cache mode: unsafe skips fdatasync on FLUSH; none, writeback, writethrough
+    /// and directsync keep every flush durable.
+    #[arg(long = "cache", default_value = "writeback")]
+    cache: String,
     /// Address to listen on (default 127.0.0.1).
     #[arg(short = 'b', long = "bind", default_value = "127.0.0.1")]
     bind: String,
@@ -91,6 +95,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "unmap" | "on" => true,
         d => return Err(Error::invalid(format!("invalid discard mode '{d}'"))),
     };
+    let unsafe_cache = match a.cache.as_str() {
+        "unsafe" => true,
+        "none" | "writeback" | "writethrough" | "directsync" => false,
+        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
+    };
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let source = match (&a.load_snapshot, a.snapshot) {
         (Some(_), true) => {
@@ -106,7 +115,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &OpenExport {
             format,
             read_only,
-            unsafe_cache: false,
+            unsafe_cache,
             source,
         },
     )?;
