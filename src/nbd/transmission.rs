@@ -394,3 +394,111 @@ pub fn extents(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::ExportConfig;
+    use crate::raw::Raw;
+    use crate::storage::MemStorage;
+
+    fn export(read_only: bool) -> Export {
+        let data: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+        let dev = Raw::open(MemStorage::from_vec(data), false).unwrap();
+        let config = ExportConfig {
+            read_only,
+            ..Default::default()
+        };
+        Export::new(Box::new(dev), config)
+    }
+
+    fn request(flags: u16, kind: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        Request {
+            magic: proto::REQUEST_MAGIC,
+            flags,
+            kind,
+            cookie,
+            offset,
+            length,
+        }
+        .write(&mut v);
+        v
+    }
+
+    /// Run `input` through a connection; return what the server wrote.
+    fn session(export: &Export, negotiated: Negotiated, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        serve_requests(input, &mut out, export, negotiated).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_simple_read_is_the_reply_header_then_the_data() {
+        let e = export(false);
+        let out = session(
+            &e,
+            Negotiated::default(),
+            &request(0, proto::CMD_READ, 7, 4, 4),
+        );
+        assert_eq!(
+            out,
+            [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 4, 5, 6, 7]
+        );
+    }
+
+    #[test]
+    fn a_write_then_a_read_returns_what_was_written() {
+        let e = export(false);
+        let mut input = request(proto::CMD_FLAG_FUA, proto::CMD_WRITE, 1, 100, 3);
+        input.extend_from_slice(b"abc");
+        input.extend(request(0, proto::CMD_READ, 2, 99, 5));
+        let out = session(&e, Negotiated::default(), &input);
+        assert_eq!(&out[4..8], [0, 0, 0, 0]); // the write succeeded
+        assert_eq!(&out[32..], [99, b'a', b'b', b'c', 103]);
+    }
+
+    #[test]
+    fn refused_requests_get_their_error_and_the_connection_goes_on() {
+        let e = export(true);
+        let mut input = request(0, proto::CMD_WRITE, 1, 0, 2);
+        input.extend_from_slice(b"xy");
+        input.extend(request(0, 99, 2, 0, 0));
+        input.extend(request(0, proto::CMD_READ, 3, 8190, 4));
+        input.extend(request(0, proto::CMD_FLUSH, 4, 0, 0));
+        let out = session(&e, Negotiated::default(), &input);
+        let errors: Vec<u32> = out
+            .chunks(16)
+            .map(|c| u32::from_be_bytes(c[4..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(errors, [proto::EPERM, proto::EINVAL, proto::EINVAL, 0]);
+    }
+
+    #[test]
+    fn block_status_sends_one_chunk_per_context_and_flags_the_last_done() {
+        let e = export(false);
+        let negotiated = Negotiated {
+            structured: true,
+            contexts: vec![MetaContext::BaseAllocation, MetaContext::AllocationDepth],
+        };
+        let out = session(
+            &e,
+            negotiated,
+            &request(0, proto::CMD_BLOCK_STATUS, 5, 0, 8192),
+        );
+        // Two chunks of 20 header bytes + context id + one extent.
+        assert_eq!(out.len(), 2 * (20 + 4 + 8));
+        assert_eq!(&out[4..6], [0, 0]); // first chunk: not done
+        assert_eq!(&out[36..38], [0, 1]); // second chunk: done
+        assert_eq!(&out[24..32], [0, 0, 0x20, 0, 0, 0, 0, 0]); // 8192 bytes of data
+        assert_eq!(&out[56..64], [0, 0, 0x20, 0, 0, 0, 0, 1]); // depth 1
+    }
+
+    #[test]
+    fn a_request_with_a_bad_magic_ends_the_connection_quietly() {
+        let e = export(false);
+        let mut input = request(0, proto::CMD_READ, 1, 0, 1);
+        input[0] = 0;
+        assert!(session(&e, Negotiated::default(), &input).is_empty());
+    }
+}
