@@ -622,3 +622,25 @@ fn a_client_silent_in_the_handshake_loses_its_slot_after_the_time_limit() {
     drop(silent);
     server.stop();
 }
+
+#[test]
+fn a_served_image_is_locked_against_qemu_as_qemu_nbd_locks_it() {
+    let t = overlay_twins();
+    let mut outcomes = Vec::new();
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let top = t.path(tool, "top.qcow2");
+        for flags in [&[][..], &["-r"][..]] {
+            let server = Server::start(tool, &top, Via::Unix, flags);
+            let info = qemu_img(["info", s(&top)]).status.success();
+            let write = qemu_io(["-c", "write 0 512", s(&top)]);
+            let wrote = write.status.success() && write.stderr.is_empty();
+            outcomes.push((flags.len(), info, wrote));
+            server.stop();
+        }
+    }
+    assert_eq!(
+        outcomes[2..],
+        outcomes[..2],
+        "vdisk (left) and qemu-nbd (right)"
+    );
+}
