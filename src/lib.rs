@@ -19,8 +19,9 @@
 //!    with its backing chain ([`chain`]), creating images; [`probed_raw`] guards raw
 //!    images whose format was probed.
 //! 4. [`ops`] (create, convert, commit, rebase, compare, map, measure, info, check,
-//!    resize, amend, snapshot) and [`dump`]: written once against [`BlockDevice`] and the
-//!    driver table; each takes an image by path, so a command is one call.
+//!    resize, amend, snapshot, bench, dd), [`dump`] and [`nbd`] (an NBD server for any
+//!    device): written once against [`BlockDevice`] and the driver table; each takes an
+//!    image by path, so a command is one call.
 //!
 //! The `vdisk` command-line tool in `tools/` parses flags and calls one library function
 //! per command; it opens no storage itself.
@@ -43,6 +44,7 @@ pub mod dump;
 pub mod error;
 pub mod image;
 pub mod names;
+pub mod nbd;
 pub mod ops;
 pub mod probed_raw;
 pub mod qcow2;

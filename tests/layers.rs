@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("probed_raw", 3),
     ("ops", 4),
     ("dump", 4),
+    ("nbd", 4),
 ];
 
 const DRIVER_LAYER: u32 = 2;

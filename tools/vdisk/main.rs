@@ -19,6 +19,7 @@ mod cmd_map;
 mod cmd_measure;
 mod cmd_rebase;
 mod cmd_resize;
+mod cmd_serve;
 mod cmd_snapshot;
 mod flags;
 mod output;
@@ -67,6 +68,8 @@ enum Command {
     Bench(cmd_bench::Args),
     /// Copy an image into a new one in blocks (as qemu-img dd: if=, of=, bs=, count=, skip=).
     Dd(cmd_dd::Args),
+    /// Serve an image over NBD (as qemu-nbd).
+    Serve(cmd_serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Amend(a) => cmd_amend::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Dd(a) => cmd_dd::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
     };
     match result {
         Ok(code) => code,
