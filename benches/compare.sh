@@ -42,6 +42,9 @@ ROWS=(
     check_snapshots
     commit_half
     rebase_safe
+    bench_read_4k_d1
+    bench_read_4k_d16
+    serve_nbdcopy_read
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -392,6 +395,54 @@ row_rebase_safe() {
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify_inplace "$v" "$q"
     record "rebase safe (1/10 differs)"
+}
+
+# bench_row DEPTH: 100,000 reads of 4 KiB spread over the source image (each 1 MiB + 4 KiB
+# past the last, wrapping at the end: qemu-img bench itself only steps sequentially), with
+# DEPTH requests in flight. Both tools read the same page-cached raw file.
+bench_row() {
+    local flags=(bench -f raw -c 100000 -d "$1" -s 4k -S 1052672 "$SRC")
+    time_runs "" "$VDISK" "${flags[@]}"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    time_runs "" "$QEMU_IMG" "${flags[@]}"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    VERIFIED="n/a (read-only)"
+    record "bench 4K reads, -d $1"
+}
+
+row_bench_read_4k_d1() { bench_row 1; }
+row_bench_read_4k_d16() { bench_row 16; }
+
+# serve_time PROGRAM ARGS...: start an NBD server on a Unix socket (read-only, 4 clients,
+# persistent), time `nbdcopy` of the whole export to null: ($RUNS runs), then stop it. Sets
+# BEST_S, and PEAK_MIB to the server's peak RSS (not nbdcopy's).
+serve_time() {
+    local sock="$BENCH_DIR/nbd.sock" pidf="$BENCH_DIR/nbd.pid"
+    rm -f "$sock" "$pidf"
+    "$@" -r -e 4 -t --socket="$sock" --pid-file="$pidf" "$SERVE_IMG" &
+    local pid=$! i=0
+    trap "kill -TERM $pid 2>/dev/null" EXIT
+    while [[ ! -s $pidf ]] && ((i++ < 500)); do sleep 0.01; done
+    time_runs "" nbdcopy "nbd+unix:///?socket=$sock" null:
+    if [[ $1 == "$VDISK" ]]; then
+        verify "$SERVE_IMG" "nbd+unix:///?socket=$sock"
+    fi
+    PEAK_MIB=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$pid/status")
+    kill -TERM "$pid"
+    wait "$pid" || true
+    trap - EXIT
+}
+
+row_serve_nbdcopy_read() {
+    command -v nbdcopy >/dev/null || die "nbdcopy not found: install libnbd-bin"
+    command -v qemu-nbd >/dev/null || die "qemu-nbd not found: install qemu-utils"
+    SERVE_IMG="$BENCH_DIR/serve.qcow2"
+    [[ -f $SERVE_IMG ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$SERVE_IMG"
+    serve_time "$VDISK" serve -f qcow2
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    serve_time qemu-nbd -f qcow2
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    record "serve: nbdcopy qcow2 -> null:"
 }
 
 for row in "${ROWS[@]}"; do

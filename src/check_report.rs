@@ -2,12 +2,28 @@
 //! JSON and human output, and the kinds of structure a host cluster can hold.
 
 use crate::error::{Error, Result};
+use std::cell::RefCell;
+
+/// Something that takes check findings one line at a time.
+pub type MessageSink = Box<dyn FnMut(&str)>;
+
+thread_local! {
+    /// Where [`CheckReport`] findings go while [`stream_messages`] runs on this thread.
+    static MESSAGE_SINK: RefCell<Option<MessageSink>> = const { RefCell::new(None) };
+}
+
+/// Run `f`, handing every finding of the checks it runs to `sink` as it is found instead of
+/// keeping it in the report: a check of a badly broken image reports every finding (as
+/// qemu-img does) in constant memory.
+pub fn stream_messages<R>(sink: MessageSink, f: impl FnOnce() -> R) -> R {
+    let previous = MESSAGE_SINK.with(|s| s.replace(Some(sink)));
+    let out = f();
+    MESSAGE_SINK.with(|s| s.replace(previous));
+    out
+}
 
 /// Low bits of a refcount table entry that must be zero.
 pub const REFT_RESERVED_MASK: u64 = 0x1ff;
-
-/// Most messages kept in a report (counting goes on past it).
-pub const MAX_MESSAGES: usize = 1000;
 
 /// What `check` may repair (qemu-img's `-r`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,7 +74,8 @@ pub struct CheckReport {
     pub fragmented_clusters: u64,
     /// Compressed guest clusters.
     pub compressed_clusters: u64,
-    /// One line per finding (at most [`MAX_MESSAGES`]), as QEMU prints them on stderr.
+    /// One line per finding, every one of them, as QEMU prints them on stderr (empty
+    /// when they were streamed, see [`stream_messages`]).
     pub messages: Vec<String>,
     /// The check could not complete (qemu-img then exits with 1).
     pub failed: Option<String>,
@@ -66,7 +83,14 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub(crate) fn msg(&mut self, m: String) {
-        if self.messages.len() < MAX_MESSAGES {
+        let streamed = MESSAGE_SINK.with(|s| match s.borrow_mut().as_mut() {
+            Some(sink) => {
+                sink(&m);
+                true
+            }
+            None => false,
+        });
+        if !streamed {
             self.messages.push(m);
         }
     }

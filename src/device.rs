@@ -62,6 +62,45 @@ impl Extent {
     }
 }
 
+/// A run as `qemu-img map` reports it: the format's answer, refined by the host file.
+///
+/// Unlike [`Extent`], a data run keeps its host offset where the host file has a hole
+/// (then `zero` is set: QEMU asks the host file too), and names the file holding it when
+/// that is not the image's own (a VMDK extent file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapStatus {
+    /// The run; `kind` is `Data` for every run the format maps to host bytes.
+    pub extent: Extent,
+    /// Reads as zeros (a zero run, or data over a host hole or past the host file's end).
+    pub zero: bool,
+    /// The file holding the run's data, when the format knows it.
+    pub file: Option<String>,
+}
+
+impl MapStatus {
+    /// The status of `extent` with nothing more known about the host file.
+    pub fn from_extent(extent: Extent) -> MapStatus {
+        MapStatus {
+            zero: extent.reads_as_zero(),
+            extent,
+            file: None,
+        }
+    }
+
+    /// Refine a data run at `host` with the host file's answer `(data, n)` for that
+    /// offset ([`crate::storage::Storage::data_extent`]): a hole makes it zero and ends the
+    /// run where the hole ends; `n == 0` means past the end of the file, which reads zeros.
+    pub fn with_host_extent(mut self, (data, n): (bool, u64)) -> MapStatus {
+        if n == 0 {
+            self.zero = true;
+        } else {
+            self.extent.length = self.extent.length.min(n);
+            self.zero = !data;
+        }
+        self
+    }
+}
+
 /// A virtual disk.
 pub trait BlockDevice: Send {
     /// The format's name as qemu-img spells it ("qcow2", "raw", "vmdk").
@@ -94,6 +133,12 @@ pub trait BlockDevice: Send {
 
     /// The allocation status of the run starting at `offset`, at most `max_len` bytes long.
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent>;
+
+    /// The run starting at `offset` as `qemu-img map` reports it (default: what
+    /// [`block_status`](Self::block_status) says).
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<MapStatus> {
+        Ok(MapStatus::from_extent(self.block_status(offset, max_len)?))
+    }
 
     /// Whether writes are refused.
     fn is_read_only(&self) -> bool;
@@ -188,6 +233,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
         (**self).block_status(offset, max_len)
+    }
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<MapStatus> {
+        (**self).map_status(offset, max_len)
     }
     fn is_read_only(&self) -> bool {
         (**self).is_read_only()

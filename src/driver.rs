@@ -7,7 +7,14 @@
 //!
 //! The functions in a row see only this layer and the ones below it (devices, storage,
 //! namespaces): backing chains are the image layer's job, so `open` reports the backing
-//! file an image names and `image` attaches it with [`BlockDevice::attach_backing`].
+//! file an image names and `image` attaches it with [`BlockDevice::attach_backing`]. A row
+//! function that opens the image itself and needs its chain (resize, amend) is handed an
+//! [`OpenBacking`] by the caller instead.
+//!
+//! Besides opening and creating, a row says what the format allows: how it resizes
+//! ([`ResizePolicy`]: shrinking, preallocation modes, sector alignment), whether it has
+//! amendable options, checks, dumps and measurements, and whether `commit` empties it
+//! afterwards ([`MakeEmpty`]). `None` is qemu-img's "not supported" for that format.
 
 use crate::check_report::{CheckReport, Repair};
 use crate::device::{BlockDevice, ExtentKind};
@@ -79,6 +86,9 @@ pub struct FormatInfo {
     pub snapshots: Vec<serde_json::Value>,
     /// The "format-specific" data of qemu-img's JSON (its "type" is the driver's name).
     pub format_specific: Option<serde_json::Value>,
+    /// Whether the image can carry persistent dirty bitmaps (qemu's
+    /// `bdrv_supports_persistent_dirty_bitmap`; `measure` then reports a bitmaps size).
+    pub supports_persistent_bitmaps: bool,
 }
 
 /// The result of a measurement.

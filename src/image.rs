@@ -7,6 +7,8 @@
 //! resolves that name under the chain rules (see [`crate::chain`]) and attaches the opened
 //! backing image.
 
+pub mod opts;
+
 use crate::chain::{self, Layer, Visited};
 use crate::create_opts::{self, OptionDesc};
 use crate::device::BlockDevice;
@@ -25,6 +27,7 @@ pub static DRIVERS: &[&Driver] = &[
     &crate::raw::DRIVER,
     &crate::qcow2::DRIVER,
     &crate::vmdk::DRIVER,
+    &crate::vdi::DRIVER,
 ];
 
 impl Format {
@@ -302,7 +305,7 @@ pub fn open_snapshot(path: &Path, opts: &ImageOptions, snap: &SnapshotRef) -> Re
         SnapshotRef::Exact { id, name } => q.find_snapshot_matching(id.as_deref(), name.as_deref()),
     };
     let idx = idx.ok_or_else(|| fail("Can't find snapshot"))?;
-    q.load_snapshot_read_only(idx)?;
+    q.load_snapshot_keeping_size(idx)?;
     Ok(Image {
         device: Box::new(q),
         format,

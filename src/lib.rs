@@ -18,15 +18,17 @@
 //! 3. [`image`]: the driver table (`image::DRIVERS`), probing, opening an image by path
 //!    with its backing chain ([`chain`]), creating images; [`probed_raw`] guards raw
 //!    images whose format was probed.
-//! 4. [`ops`] (convert, commit, rebase, compare, map, measure, info, resize) and [`dump`]:
-//!    written once against [`BlockDevice`] and the driver table.
+//! 4. [`ops`] (create, convert, commit, rebase, compare, map, measure, info, check,
+//!    resize, amend, snapshot, bench, dd), [`dump`] and [`nbd`] (an NBD server for any
+//!    device): written once against [`BlockDevice`] and the driver table; each takes an
+//!    image by path, so a command is one call.
 //!
 //! The `vdisk` command-line tool in `tools/` parses flags and calls one library function
 //! per command; it opens no storage itself.
 //!
 //! Adding a format: a new module under `src/` with its `DRIVER` value (probe, open, create,
-//! its `-o` options, info, and where it has them measure, check and dump), plus one line in
-//! `image::DRIVERS`.
+//! its `-o` options, info, and where it has them measure, check, dump, its resize policy,
+//! amend and make-empty), plus one line in `image::DRIVERS`.
 //!
 //! # Naming
 //!
@@ -43,12 +45,15 @@ pub mod dump;
 pub mod error;
 pub mod image;
 pub mod names;
+pub mod nbd;
 pub mod ops;
 pub mod probed_raw;
 pub mod qcow2;
 pub mod raw;
 pub mod size;
 pub mod storage;
+pub mod uuid;
+pub mod vdi;
 pub mod vmdk;
 
 pub use device::{BlockDevice, Extent, ExtentKind};

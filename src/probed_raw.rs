@@ -88,6 +88,9 @@ impl BlockDevice for ProbedRaw {
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
         self.inner.block_status(offset, max_len)
     }
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<crate::device::MapStatus> {
+        self.inner.map_status(offset, max_len)
+    }
     fn is_read_only(&self) -> bool {
         self.inner.is_read_only()
     }

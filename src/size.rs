@@ -93,6 +93,70 @@ pub fn parse_image_size(s: &str) -> Result<u64> {
     }
 }
 
+/// Parse the size-valued argument `what` of a qemu-img subcommand (`bench -o`, `-s`, `-S`;
+/// `dd bs=`) as qemu-img does (its `cvtnum_full`): a size as [`parse_size`] reads it, from
+/// `min` to `max`, with qemu-img's two messages (`Invalid offset specified: 'x'.` and
+/// `Invalid offset specified. Must be between 0 and ...`). A negative number is out of range.
+pub fn parse_size_arg(s: &str, what: &str, min: u64, max: u64) -> Result<u64> {
+    let t = s.trim_start();
+    let parsed = match t.strip_prefix('-') {
+        // A well-formed negative size is a range error; anything else after '-' is syntax.
+        Some(rest) if !rest.starts_with(char::is_whitespace) => match parse(rest) {
+            Ok(_) | Err(SizeError::Range) => Err(SizeError::Range),
+            Err(SizeError::Syntax) => Err(SizeError::Syntax),
+        },
+        Some(_) => Err(SizeError::Syntax),
+        None => parse(t),
+    };
+    match parsed {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Err(SizeError::Syntax) => Err(Error::invalid(format!("Invalid {what} specified: '{s}'."))),
+        _ => Err(Error::invalid(format!(
+            "Invalid {what} specified. Must be between {min} and {max}."
+        ))),
+    }
+}
+
+/// Parse a numeric argument named `what` ("start offset", "max length") as qemu-img's
+/// `cvtnum` does: [`parse_size_arg`] from 0 to `i64::MAX`.
+pub fn parse_named_size(what: &str, s: &str) -> Result<u64> {
+    parse_size_arg(s, what, 0, i64::MAX as u64)
+}
+
+/// Parse the integer argument `what` of a qemu-img subcommand (`bench -c`, `-d`,
+/// `--pattern`; `dd count=`) as qemu-img does (C's `strtoll` with base 0: leading blanks,
+/// an optional sign, `0x` hex, `0` octal, and nothing after the digits), from `min` to
+/// `max`, with the same two messages as [`parse_size_arg`].
+pub fn parse_int_arg(s: &str, what: &str, min: i64, max: i64) -> Result<i64> {
+    let syntax = || Error::invalid(format!("Invalid {what} specified: '{s}'."));
+    let range = || {
+        Error::invalid(format!(
+            "Invalid {what} specified. Must be between {min} and {max}."
+        ))
+    };
+    let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (radix, digits) = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => (16, hex),
+        None if t.len() > 1 && t.starts_with('0') => (8, &t[1..]),
+        None => (10, t),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(syntax());
+    }
+    // Overflow past 64 bits is a range error, as strtoll's ERANGE.
+    let magnitude = i128::from_str_radix(digits, radix).unwrap_or(i128::MAX);
+    let value = if negative { -magnitude } else { magnitude };
+    if value < i128::from(min) || value > i128::from(max) {
+        return Err(range());
+    }
+    Ok(value as i64)
+}
+
 /// Format a size as qemu-img's human output does (QEMU's `size_to_str`): the unit is
 /// the largest power of 1024 that leaves a value of at least 1000/1024, so 1000 KiB prints
 /// as `0.977 MiB` and 1023 KiB as `0.999 MiB`, and the value is printed with C's `%0.3g`
@@ -203,5 +267,46 @@ mod tests {
         assert_eq!(human_size(1072693248), "0.999 GiB");
         assert_eq!(human_size(10240000), "9.77 MiB");
         assert_eq!(human_size(u64::MAX), "16 EiB");
+    }
+
+    #[test]
+    fn numeric_arguments_parse_and_fail_as_qemu_img_reads_them() {
+        let size = |v| parse_size_arg(v, "offset", 0, i64::MAX as u64);
+        assert_eq!(size("1.5k").unwrap(), 1536);
+        assert_eq!(size("0x200").unwrap(), 512);
+        assert_eq!(size("010").unwrap(), 10);
+        assert_eq!(
+            size("1x").unwrap_err().to_string(),
+            "Invalid offset specified: '1x'."
+        );
+        assert_eq!(
+            size("-x").unwrap_err().to_string(),
+            "Invalid offset specified: '-x'."
+        );
+        for range in ["-1", "-0", "20E"] {
+            assert_eq!(
+                size(range).unwrap_err().to_string(),
+                "Invalid offset specified. Must be between 0 and 9223372036854775807."
+            );
+        }
+        let int = |v| parse_int_arg(v, "count", 1, i32::MAX.into());
+        assert_eq!(int("0x10").unwrap(), 16);
+        assert_eq!(int("010").unwrap(), 8);
+        assert_eq!(int(" +5").unwrap(), 5);
+        for syntax in ["", "1k", "0x", "1.5", "- 1", "5 "] {
+            let want = format!("Invalid count specified: '{syntax}'.");
+            assert_eq!(int(syntax).unwrap_err().to_string(), want);
+        }
+        for range in [
+            "0",
+            "-1",
+            "2147483648",
+            "99999999999999999999999999999999999999999",
+        ] {
+            assert_eq!(
+                int(range).unwrap_err().to_string(),
+                "Invalid count specified. Must be between 1 and 2147483647."
+            );
+        }
     }
 }

@@ -23,14 +23,17 @@ const LAYERS: &[(&str, u32)] = &[
     ("check_report", 1),
     ("driver", 1),
     ("names", 1),
+    ("uuid", 1),
     ("raw", 2),
     ("qcow2", 2),
     ("vmdk", 2),
+    ("vdi", 2),
     ("image", 3),
     ("chain", 3),
     ("probed_raw", 3),
     ("ops", 4),
     ("dump", 4),
+    ("nbd", 4),
 ];
 
 const DRIVER_LAYER: u32 = 2;
@@ -199,6 +202,130 @@ fn no_two_modules_name_each_other() {
     assert!(
         bad.is_empty(),
         "modules that name each other:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// Functions allowed over [`MAX_FUNCTION_LINES`], as `(file under src/, function name)`:
+/// none. A parser that really reads as a table of fields may be listed here, with the
+/// reason beside it; the test fails on an entry that is no longer long, so the list cannot
+/// go stale.
+const LONG_FUNCTIONS_ALLOWED: &[(&str, &str)] = &[];
+
+/// Longest a library function may be, counted from its `fn` line to its closing brace.
+const MAX_FUNCTION_LINES: usize = 100;
+
+/// The name of the function a line declares (`pub(crate) async fn name<T>(`), if it does.
+fn declared_function(line: &str) -> Option<&str> {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with("//") {
+        return None;
+    }
+    let mut words = trimmed.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "fn" {
+            let rest = words.next()?;
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            return (end > 0).then(|| &rest[..end]);
+        }
+        let modifier = word.starts_with("pub")
+            || matches!(word, "const" | "async" | "unsafe" | "extern" | "\"C\"");
+        if !modifier {
+            return None;
+        }
+    }
+    None
+}
+
+/// Each function of `text` longer than `max` lines: `(name, first line, length)`. A function
+/// runs from its `fn` line to the first later line that is `}` at the same indent; a
+/// declaration without a body (a trait method ending in `;`) is skipped.
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = declared_function(line) else {
+            continue;
+        };
+        let indent = line.len() - line.trim_start().len();
+        let close = format!("{}}}", &line[..indent]);
+        let signature_end = lines[i..]
+            .iter()
+            .position(|l| l.contains('{') || l.trim_end().ends_with(';'));
+        let has_body = signature_end.is_some_and(|k| lines[i + k].contains('{'));
+        if !has_body {
+            continue;
+        }
+        let end = lines
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .find(|(_, later)| later.trim_end() == close)
+            .map(|(j, _)| j);
+        if let Some(end) = end {
+            let length = end - i + 1;
+            if length > max {
+                out.push((name.to_string(), i + 1, length));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_function_scan_measures_from_fn_to_its_closing_brace() {
+    let mut text =
+        String::from("impl A {\n    pub(crate) fn long(\n        x: u8,\n    ) -> u8 {\n");
+    for _ in 0..4 {
+        text.push_str("        let _ = x;\n");
+    }
+    text.push_str("        x\n    }\n\n    fn declared(&self);\n}\n");
+    text.push_str("trait B {\n    fn declared_over_lines(\n        &self,\n    ) -> u8;\n}\n");
+    assert_eq!(long_functions(&text, 9), vec![]);
+    assert_eq!(long_functions(&text, 8), vec![("long".to_string(), 2, 9)]);
+    assert_eq!(declared_function("    // fn commented() {"), None);
+    assert_eq!(declared_function("let f = fn_pointer;"), None);
+}
+
+#[test]
+fn no_library_function_is_longer_than_a_hundred_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading src/") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+                let rel = path.strip_prefix(&src).expect("under src/");
+                let rel = rel.to_string_lossy().into_owned();
+                let text = std::fs::read_to_string(&path).expect("reading a module");
+                for (name, line, length) in long_functions(&text, MAX_FUNCTION_LINES) {
+                    found.push((rel.clone(), name, line, length));
+                }
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    for (file, name, line, length) in &found {
+        if !LONG_FUNCTIONS_ALLOWED.contains(&(file.as_str(), name.as_str())) {
+            bad.push(format!("src/{file}:{line}: fn {name} is {length} lines"));
+        }
+    }
+    for (file, name) in LONG_FUNCTIONS_ALLOWED {
+        if !found.iter().any(|(f, n, _, _)| f == file && n == name) {
+            bad.push(format!(
+                "src/{file}: fn {name} is allowed to be long but is not (drop it from the list)"
+            ));
+        }
+    }
+    bad.sort();
+    assert!(
+        bad.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n{}",
         bad.join("\n")
     );
 }

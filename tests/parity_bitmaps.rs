@@ -222,3 +222,33 @@ fn bitmaps_whose_autoclear_bit_is_clear_are_stale_and_do_not_block_writes() {
         assert_eq!(info["virtual-size"], 2u64 << 20, "{tool:?}");
     }
 }
+
+#[test]
+fn info_lists_persistent_bitmaps_as_qemu_img_does() {
+    let dir = tempdir();
+    let img = dir.path().join("list.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "64M"]);
+    qemu_img_ok(&["bitmap", "--add", s(&img), "b1"]);
+    qemu_img_ok(&[
+        "bitmap",
+        "--add",
+        "-g",
+        "128k",
+        s(&img),
+        "a much longer name",
+    ]);
+    qemu_img_ok(&["bitmap", "--add", "--disable", s(&img), "off"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write 1M 64k", s(&img)]);
+    let same = |what: &str| {
+        for args in [vec!["info"], vec!["info", "--output=json"]] {
+            let mut a = args.clone();
+            a.push(s(&img));
+            assert_text_eq(what, &vdisk_ok(&a), &qemu_img_ok(&a));
+        }
+    };
+    same("bitmaps");
+    // A writer killed while the bitmaps are open leaves them in use.
+    let _ = qemu_io(["-f", "qcow2", "-c", "sigraise 9", s(&img)]);
+    assert!(qemu_img_ok(&["info", s(&img)]).contains("in-use"));
+    same("bitmaps in use");
+}

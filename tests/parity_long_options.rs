@@ -118,6 +118,8 @@ fn every_subcommand_takes_qemu_img_long_option_names() {
             "lazy_refcounts=on",
             "@new.qcow2",
         ],
+        // -o and --options name one option list everywhere (tools/vdisk/flags.rs).
+        &["amend", "--options", "lazy_refcounts=off", "@new.qcow2"],
         &[
             "commit",
             "--quiet",
@@ -172,6 +174,18 @@ fn every_subcommand_takes_qemu_img_long_option_names() {
             "qcow2",
             "--output",
             "json",
+            s(&conv),
+        ][..],
+        // Repeated option lists are joined in order (the last cluster_size wins), and
+        // --options is the long name of -o.
+        &[
+            "measure",
+            "-O",
+            "qcow2",
+            "--options",
+            "cluster_size=4096",
+            "-o",
+            "cluster_size=65536",
             s(&conv),
         ][..],
     ] {

@@ -2,7 +2,7 @@
 //! `rebase` (point an overlay at a new backing image, keeping its contents).
 
 use crate::device::{BlockDevice, ExtentKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::convert::Progress;
 
 const CHUNK: u64 = 1 << 20;
@@ -24,6 +24,26 @@ impl RateLimit {
             start: std::time::Instant::now(),
             done: 0,
         })
+    }
+
+    /// The limit a qemu-img `-r RATE` argument sets: a size (k, M, G, ... suffixes), at
+    /// most `i64::MAX`; 0 is none.
+    pub fn parse(rate: &str) -> Result<Option<RateLimit>> {
+        let out_of_range = || {
+            Error::invalid(format!(
+                "Invalid rate limit specified. Must be between 0 and {}.",
+                i64::MAX
+            ))
+        };
+        if rate.trim_start().starts_with('-') {
+            return Err(out_of_range());
+        }
+        let n = crate::size::parse_size(rate)
+            .map_err(|_| Error::invalid(format!("Invalid rate limit specified: '{rate}'.")))?;
+        if n > i64::MAX as u64 {
+            return Err(out_of_range());
+        }
+        Ok(RateLimit::new(n))
     }
 
     /// Count `n` more bytes copied, and wait until the rate allows them.

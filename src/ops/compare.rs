@@ -8,6 +8,8 @@
 
 use crate::device::{BlockDevice, ExtentKind};
 use crate::error::Result;
+use crate::image::{self, Format, ImageOptions};
+use std::path::Path;
 
 /// Largest chunk read from each device at once.
 const CHUNK: u64 = 1 << 20;
@@ -108,6 +110,33 @@ fn check_zero(
         pos = run_end;
     }
     Ok(None)
+}
+
+/// Compare the guest contents of the images at `path_a` and `path_b` (formats
+/// `format_a` and `format_b`, probed when `None`), opened read-only (`force_share`:
+/// without locking out other users). `progress` is first called with `(0, larger size)`
+/// once both images are open, then as [`compare_with_progress`] calls it.
+pub fn compare_files(
+    (path_a, format_a): (&Path, Option<Format>),
+    (path_b, format_b): (&Path, Option<Format>),
+    strict: bool,
+    force_share: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Comparison> {
+    let open = |path, format| {
+        let opts = ImageOptions {
+            format,
+            read_only: true,
+            force_share,
+            ..Default::default()
+        };
+        image::open(path, &opts)
+    };
+    let mut a = open(path_a, format_a)?;
+    let mut b = open(path_b, format_b)?;
+    let total = a.device.virtual_size().max(b.device.virtual_size());
+    progress(0, total);
+    compare_with_progress(a.device.as_mut(), b.device.as_mut(), strict, progress)
 }
 
 /// Compare the guest contents of `a` and `b`.

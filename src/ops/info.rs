@@ -1,8 +1,6 @@
 //! `info`: what qemu-img info reports, as a serialisable structure with qemu-img's keys.
 
 use crate::image::Format;
-use crate::qcow2::Qcow2;
-use crate::storage::Storage;
 use serde::Serialize;
 
 /// qemu-img's `format-specific` object.
@@ -205,11 +203,15 @@ fn human_value(s: &mut String, depth: usize, k: &str, v: &serde_json::Value) {
         serde_json::Value::Array(items) => {
             *s += &format!("{pad}{key}:\n");
             for (i, item) in items.iter().enumerate() {
-                *s += &format!("{pad}    [{i}]:\n");
-                if let Some(o) = item.as_object() {
-                    for (k2, v2) in o {
-                        human_value(s, depth + 2, k2, v2);
+                match item {
+                    serde_json::Value::Object(o) => {
+                        *s += &format!("{pad}    [{i}]:\n");
+                        for (k2, v2) in o {
+                            human_value(s, depth + 2, k2, v2);
+                        }
                     }
+                    serde_json::Value::String(t) => *s += &format!("{pad}    [{i}]: {t}\n"),
+                    other => *s += &format!("{pad}    [{i}]: {other}\n"),
                 }
             }
         }
@@ -318,10 +320,80 @@ pub fn image_info_shared(
     drop(storage);
     let f = (format.driver().info)(&ns, path, force_share)?;
     let mut info = ImageInfo::from_format(&name, format, f, file);
+    add_extent_children(&ns, path, &mut info, force_share)?;
     if let Some(b) = &info.backing_filename {
         info.full_backing_filename = Some(crate::chain::resolve(path, b)?.display().to_string());
     }
     Ok(info)
+}
+
+/// Info for every image of the chain of the image at `path` (format `format`, probed when
+/// `None`), top first, opened read-only (`force_share`: without locking out writers).
+pub fn chain_info(
+    path: &std::path::Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> crate::Result<Vec<ImageInfo>> {
+    let img = crate::image::open(
+        path,
+        &crate::image::ImageOptions {
+            format,
+            read_only: true,
+            force_share,
+            ..Default::default()
+        },
+    )?;
+    img.layers
+        .iter()
+        .map(|layer| image_info_shared(&layer.path, Some(layer.format), force_share))
+        .collect()
+}
+
+/// For an image whose extents live in other files (a multi-file VMDK), one child node per
+/// such extent file, named `extents.N` after the extent's place in the descriptor and
+/// listed last extent first before `file`, as qemu-img lists them; the image's
+/// `actual-size` then counts every file.
+fn add_extent_children(
+    ns: &crate::storage::HostFiles,
+    path: &std::path::Path,
+    info: &mut ImageInfo,
+    force_share: bool,
+) -> crate::Result<()> {
+    use crate::storage::Namespace;
+    let extents = info
+        .format_specific
+        .as_ref()
+        .and_then(|fs| fs.data.get("extents"))
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut children = Vec::new();
+    for (i, extent) in extents.iter().enumerate() {
+        let filename = extent
+            .get("filename")
+            .and_then(|f| f.as_str())
+            .unwrap_or("");
+        let file_path = std::path::Path::new(filename);
+        if filename.is_empty() || ns.same_file(file_path, path) {
+            continue;
+        }
+        let storage = crate::driver::open_read_only(ns, file_path, force_share)?;
+        let io = |e| crate::Error::io(format!("reading the size of '{filename}'"), e);
+        let node = ImageInfo::file_node(
+            filename,
+            storage.len().map_err(io)?,
+            storage.allocated_bytes().map_err(io)?,
+        );
+        info.actual_size += node.actual_size;
+        children.push(Child {
+            name: format!("extents.{i}"),
+            info: Box::new(node),
+        });
+    }
+    children.reverse();
+    children.append(&mut info.children);
+    info.children = children;
+    Ok(())
 }
 
 /// What `snapshot -l` prints for the image at `path`: nothing when it has no internal
@@ -339,14 +411,4 @@ pub fn snapshot_list_text(
         "Snapshot list:\n{}",
         snapshot_table_text(&info.snapshots)
     ))
-}
-
-/// Info for an open qcow2 image.
-pub fn qcow2_info<S: Storage>(img: &Qcow2<S>, filename: &str) -> crate::Result<ImageInfo> {
-    let io = |e| crate::Error::io("reading the file size", e);
-    let len = img.storage().len().map_err(io)?;
-    let actual = img.storage().allocated_bytes().map_err(io)?;
-    let file = ImageInfo::file_node(filename, len, actual);
-    let f = crate::qcow2::driver::image_info(img);
-    Ok(ImageInfo::from_format(filename, Format::QCOW2, f, file))
 }

@@ -4,7 +4,9 @@
 //! format's driver does the arithmetic (`Driver::measure`).
 
 use crate::error::{Error, Result};
-use crate::image::Format;
+use crate::image::{self, Format, ImageOptions, SnapshotRef};
+use crate::storage::HostFiles;
+use std::path::Path;
 
 pub use crate::driver::{allocated_bytes, Measurement, Source};
 
@@ -18,4 +20,33 @@ pub fn measure(
         Some(measure) => measure(source, options),
         None => Err(Error::unsupported(format!("measure for {target} targets"))),
     }
+}
+
+/// Measure the image at `file` (format `format`, probed when `None`; `force_share` reads it
+/// without locking out other users; its internal snapshot `snapshot` in place of the active
+/// disk when given) for a `target` image created with `options`.
+pub fn measure_file(
+    file: &Path,
+    format: Option<Format>,
+    snapshot: Option<&SnapshotRef>,
+    force_share: bool,
+    target: Format,
+    options: &[(String, String)],
+) -> Result<Measurement> {
+    let opts = ImageOptions {
+        format,
+        read_only: true,
+        force_share,
+        ..Default::default()
+    };
+    let mut img = match snapshot {
+        Some(snap) => image::open_snapshot(file, &opts, snap)?,
+        None => image::open(file, &opts)?,
+    };
+    let info = (img.format.driver().info)(&HostFiles, file, force_share)?;
+    let source = Source::Image {
+        device: img.device.as_mut(),
+        bitmaps_capable: info.supports_persistent_bitmaps,
+    };
+    measure(source, target, options)
 }

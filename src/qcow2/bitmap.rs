@@ -46,15 +46,59 @@ pub fn refuse_writable(h: &Header) -> Result<()> {
     Ok(())
 }
 
+/// One entry of the bitmap directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Offset of the bitmap table.
+    pub table_offset: u64,
+    /// Entries of the bitmap table.
+    pub table_size: u32,
+    /// Flag bits ([`IN_USE`], [`AUTO`], ...).
+    pub flags: u32,
+    /// Each bit covers 2^`granularity_bits` guest bytes.
+    pub granularity_bits: u8,
+    /// The bitmap's name.
+    pub name: String,
+}
+
+/// Flag: the bitmap was being changed and may be inconsistent.
+pub const IN_USE: u32 = 1;
+/// Flag: the bitmap tracks guest writes (enabled).
+pub const AUTO: u32 = 2;
+
+impl DirEntry {
+    /// The flags as qemu-img's `info` names them, in its order.
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.flags & IN_USE != 0 {
+            v.push("in-use");
+        }
+        if self.flags & AUTO != 0 {
+            v.push("auto");
+        }
+        v
+    }
+}
+
 /// Check the bitmaps extension and directory of an image whose header is `h`, in a file of
 /// `file_len` bytes. Nothing is checked when the autoclear bit says the bitmaps are stale
 /// (QEMU ignores the extension then, too).
 pub fn validate<St: Storage + ?Sized>(st: &St, h: &Header, file_len: u64) -> Result<()> {
+    read_directory(st, h, file_len).map(|_| ())
+}
+
+/// The bitmap directory, checked as [`validate`] describes; empty when the image has no
+/// valid persistent bitmaps.
+pub fn read_directory<St: Storage + ?Sized>(
+    st: &St,
+    h: &Header,
+    file_len: u64,
+) -> Result<Vec<DirEntry>> {
     if h.autoclear_features & autoclear::BITMAPS == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let Some(e) = h.extension(ext::BITMAPS) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     if e.data.len() < 24 {
         return Err(Error::corrupt(S, 0, "extension is shorter than 24 bytes"));
@@ -88,6 +132,7 @@ pub fn validate<St: Storage + ?Sized>(st: &St, h: &Header, file_len: u64) -> Res
     st.read_at(&mut dir, dir_off)
         .map_err(|e| Error::io("qcow2: reading the bitmap directory", e))?;
     let mut p = 0usize;
+    let mut entries = Vec::new();
     for i in 0..nb {
         let entry_at = dir_off + p as u64;
         let bad = |msg: String| Error::corrupt(D, entry_at, format!("bitmap {i}: {msg}"));
@@ -122,7 +167,16 @@ pub fn validate<St: Storage + ?Sized>(st: &St, h: &Header, file_len: u64) -> Res
         if p as u64 + len > dir.len() as u64 {
             return Err(bad("entry lies past the end of the directory".into()));
         }
+        let name_at = p + ENTRY_FIXED_LEN + extra as usize;
+        entries.push(DirEntry {
+            table_offset: table_off,
+            table_size,
+            flags: BigEndian::read_u32(&dir[p + 12..]),
+            granularity_bits,
+            name: String::from_utf8_lossy(&dir[name_at..name_at + usize::from(name_size)])
+                .into_owned(),
+        });
         p += len as usize;
     }
-    Ok(())
+    Ok(entries)
 }

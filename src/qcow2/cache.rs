@@ -2,8 +2,8 @@
 //!
 //! Tables are cached as raw cluster bytes keyed by host offset. Eviction is least recently
 //! used. The cache itself knows nothing about write ordering: it hands a dirty table back
-//! to its owner ([`super::Qcow2`]) to write, and the owner enforces the flush order
-//! documented in `format-spec/qcow2.md` (refcount blocks, sync, L2 tables, sync, L1).
+//! to its owner, the tables layer (`tables.rs`), which writes it in the order written at
+//! the top of that file (refcount blocks, sync, L2 tables, sync, L1, sync, frees).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,14 +32,19 @@ impl TableCache {
         }
     }
 
+    /// Make the table at `offset` the most recently used. (Sequential guest I/O looks up
+    /// the same table again and again: when it is the most recent already, nothing moves.)
     fn touch(&mut self, offset: u64) {
-        self.clock += 1;
-        let stamp = self.clock;
-        if let Some(slot) = self.slots.get_mut(&offset) {
-            self.lru.remove(&slot.stamp);
-            slot.stamp = stamp;
-            self.lru.insert(stamp, offset);
+        let Some(slot) = self.slots.get_mut(&offset) else {
+            return;
+        };
+        if slot.stamp == self.clock {
+            return;
         }
+        self.clock += 1;
+        self.lru.remove(&slot.stamp);
+        slot.stamp = self.clock;
+        self.lru.insert(self.clock, offset);
     }
 
     /// Whether the table at `offset` is cached.
@@ -147,5 +152,24 @@ mod tests {
         assert_eq!(c.dirty_offsets(), vec![0x2000]);
         c.mark_clean(0x2000);
         assert!(!c.has_dirty());
+    }
+
+    #[test]
+    fn looking_up_the_most_recent_table_again_keeps_the_order() {
+        let mut c = TableCache::new(3);
+        c.insert(0x1000, vec![1], false);
+        c.insert(0x2000, vec![2], false);
+        c.get(0x2000);
+        c.get(0x2000);
+        assert_eq!(c.lru_victim(), Some((0x1000, false)));
+        c.get(0x1000);
+        c.get_mut(0x1000);
+        assert_eq!(c.lru_victim(), Some((0x2000, false)));
+        c.insert(0x3000, vec![3], false);
+        c.get(0x9000);
+        c.get(0x2000);
+        assert_eq!(c.lru_victim(), Some((0x1000, true)));
+        c.remove(0x1000);
+        assert_eq!(c.lru_victim(), Some((0x3000, false)));
     }
 }

@@ -32,7 +32,7 @@ use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use crate::check_report::{CheckReport, ClusterUse, Repair, MAX_MESSAGES, REFT_RESERVED_MASK};
+pub use crate::check_report::{CheckReport, ClusterUse, Repair, REFT_RESERVED_MASK};
 
 /// What `-r all` does with the L2 table an L1 entry points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,31 @@ enum TableFate {
     Kept,
     /// The L1 entry is cleared (no offset, unaligned, past the end of the file).
     Lost,
+}
+
+/// One L2 entry as the check sees it: where it is, what it holds, and how the walk treats
+/// the table it is in.
+#[derive(Debug, Clone, Copy)]
+struct L2Slot {
+    /// Offset of the L2 table.
+    table: u64,
+    /// The entry's index in the table.
+    index: usize,
+    /// The entry as stored.
+    raw: u64,
+    /// The table belongs to the active L1 table (it counts in the allocation statistics).
+    active: bool,
+    /// `-r all` may rewrite the entry ([`TableFate::Repairable`]).
+    repairable: bool,
+    /// The entry claims the clusters it points at (the table is not [`TableFate::Lost`]).
+    claims: bool,
+}
+
+impl L2Slot {
+    /// File offset of the entry.
+    fn at(self) -> u64 {
+        self.table + self.index as u64 * 8
+    }
 }
 
 /// Everything the walk learned about the image.
@@ -493,114 +518,141 @@ impl Scan {
         fate: TableFate,
         next_contiguous: &mut u64,
     ) -> Result<()> {
-        let repairable = fate == TableFate::Repairable;
-        // What a table that `-r all` drops points at says nothing about who owns a cluster.
-        let claims = fate != TableFate::Lost;
         let table = read_u64s(st, l2, (self.cs / 8) as usize, "an L2 table")?;
         // QEMU tracks contiguity per L2 table.
         *next_contiguous = 0;
-        for (i, &raw) in table.iter().enumerate() {
-            let at = l2 + i as u64 * 8;
+        for (index, &raw) in table.iter().enumerate() {
+            let slot = L2Slot {
+                table: l2,
+                index,
+                raw,
+                active,
+                repairable: fate == TableFate::Repairable,
+                // What a table that `-r all` drops points at says nothing about who owns
+                // a cluster.
+                claims: fate != TableFate::Lost,
+            };
             let e = L2Entry::decode(raw, self.cb);
             if raw & COMPRESSED == 0 && raw & entry::L2_RESERVED_MASK != 0 {
                 r.msg(format!(
                     "ERROR found l2 entry with reserved bits set: {raw:x}"
                 ));
                 r.corruptions += 1;
-                if repairable {
-                    self.bad.insert(at, raw & !entry::L2_RESERVED_MASK);
+                if slot.repairable {
+                    self.bad.insert(slot.at(), raw & !entry::L2_RESERVED_MASK);
                 }
             }
             match e {
                 L2Entry::Compressed { host, len } => {
-                    if raw & COPIED != 0 {
-                        r.msg(format!(
-                            "ERROR: coffset={host:#x}: copied flag must never be set for compressed clusters"
-                        ));
-                        r.corruptions += 1;
-                        if repairable {
-                            self.bad.insert(at, raw & !COPIED);
-                        }
-                    }
-                    let before = r.corruptions;
-                    self.inc(r, host, len);
-                    let clash = if claims && host < self.file_len {
-                        self.claim(host, len, ClusterUse::Compressed)
-                    } else {
-                        None
-                    };
-                    // Data that lies in other metadata is kept, as QEMU keeps it: the
-                    // refcount counts both users (see `walk`).
-                    if let Some(other) = clash.filter(|o| o.is_metadata()) {
-                        r.msg(format!(
-                            "Warning: compressed data at {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
-                            other.name()
-                        ));
-                    }
-                    // Past the end of the file, or in the header: nothing can read it.
-                    let broken = r.corruptions > before || host < self.cs;
-                    if broken && repairable {
-                        self.bad.insert(at, 0);
-                    }
-                    if active {
-                        r.allocated_clusters += 1;
-                        r.compressed_clusters += 1;
-                        r.fragmented_clusters += 1;
-                    }
+                    self.check_compressed_entry(r, slot, host, len)
                 }
-                L2Entry::Normal { host, .. }
-                | L2Entry::Zero {
+                L2Entry::Normal { host, .. } => {
+                    self.check_allocated_entry(r, slot, host, true, next_contiguous)
+                }
+                L2Entry::Zero {
                     host: Some(host), ..
-                } => {
-                    if active {
-                        r.allocated_clusters += 1;
-                        if *next_contiguous != 0 && host != *next_contiguous {
-                            r.fragmented_clusters += 1;
-                        }
-                        *next_contiguous = host + self.cs;
-                    }
-                    let has_data = matches!(e, L2Entry::Normal { .. });
-                    let mut broken = false;
-                    if host % self.cs != 0 {
-                        r.corruptions += 1;
-                        broken = true;
-                        if has_data {
-                            r.msg(format!(
-                                "ERROR offset={host:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                            ));
-                        } else {
-                            r.msg(format!(
-                                "ERROR offset={host:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
-                            ));
-                        }
-                    }
-                    let before = r.corruptions;
-                    self.inc(r, host, self.cs);
-                    broken |= r.corruptions > before;
-                    if claims && host < self.file_len && host % self.cs == 0 {
-                        if let Some(other) = self.claim(host, self.cs, ClusterUse::Data) {
-                            if other.is_metadata() {
-                                r.msg(format!(
-                                    "Warning: data cluster {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
-                                    other.name()
-                                ));
-                            }
-                        }
-                    }
-                    if broken && repairable {
-                        // Keep the guest cluster reading as zeros where the format can say so.
-                        let replacement = if self.header.version >= 3 && !has_data {
-                            ZERO_FLAG
-                        } else {
-                            0
-                        };
-                        self.bad.insert(at, replacement);
-                    }
-                }
+                } => self.check_allocated_entry(r, slot, host, false, next_contiguous),
                 L2Entry::Zero { host: None, .. } | L2Entry::Unallocated => {}
             }
         }
         Ok(())
+    }
+
+    /// A compressed cluster: no COPIED flag, its bytes counted and claimed; an entry that
+    /// nothing can read (past the end of the file, in the header) is cleared by `-r all`.
+    fn check_compressed_entry(&mut self, r: &mut CheckReport, slot: L2Slot, host: u64, len: u64) {
+        let (l2, i, at) = (slot.table, slot.index, slot.at());
+        if slot.raw & COPIED != 0 {
+            r.msg(format!(
+                "ERROR: coffset={host:#x}: copied flag must never be set for compressed clusters"
+            ));
+            r.corruptions += 1;
+            if slot.repairable {
+                self.bad.insert(at, slot.raw & !COPIED);
+            }
+        }
+        let before = r.corruptions;
+        self.inc(r, host, len);
+        let clash = if slot.claims && host < self.file_len {
+            self.claim(host, len, ClusterUse::Compressed)
+        } else {
+            None
+        };
+        // Data that lies in other metadata is kept, as QEMU keeps it: the
+        // refcount counts both users (see `walk`).
+        if let Some(other) = clash.filter(|o| o.is_metadata()) {
+            r.msg(format!(
+                "Warning: compressed data at {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
+                other.name()
+            ));
+        }
+        // Past the end of the file, or in the header: nothing can read it.
+        let broken = r.corruptions > before || host < self.cs;
+        if broken && slot.repairable {
+            self.bad.insert(at, 0);
+        }
+        if slot.active {
+            r.allocated_clusters += 1;
+            r.compressed_clusters += 1;
+            r.fragmented_clusters += 1;
+        }
+    }
+
+    /// A data cluster (`has_data`) or a preallocated zero cluster at `host`: counted in the
+    /// allocation statistics, aligned, its refcount counted and claimed; a broken entry is
+    /// replaced by `-r all` with one that reads as zeros.
+    fn check_allocated_entry(
+        &mut self,
+        r: &mut CheckReport,
+        slot: L2Slot,
+        host: u64,
+        has_data: bool,
+        next_contiguous: &mut u64,
+    ) {
+        let (l2, i) = (slot.table, slot.index);
+        if slot.active {
+            r.allocated_clusters += 1;
+            if *next_contiguous != 0 && host != *next_contiguous {
+                r.fragmented_clusters += 1;
+            }
+            *next_contiguous = host + self.cs;
+        }
+        let mut broken = false;
+        if host % self.cs != 0 {
+            r.corruptions += 1;
+            broken = true;
+            if has_data {
+                r.msg(format!(
+                    "ERROR offset={host:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                ));
+            } else {
+                r.msg(format!(
+                    "ERROR offset={host:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                ));
+            }
+        }
+        let before = r.corruptions;
+        self.inc(r, host, self.cs);
+        broken |= r.corruptions > before;
+        if slot.claims && host < self.file_len && host % self.cs == 0 {
+            if let Some(other) = self.claim(host, self.cs, ClusterUse::Data) {
+                if other.is_metadata() {
+                    r.msg(format!(
+                        "Warning: data cluster {host:#x} (L2 table {l2:#x} entry {i}) lies in the {}",
+                        other.name()
+                    ));
+                }
+            }
+        }
+        if broken && slot.repairable {
+            // Keep the guest cluster reading as zeros where the format can say so.
+            let replacement = if self.header.version >= 3 && !has_data {
+                ZERO_FLAG
+            } else {
+                0
+            };
+            self.bad.insert(slot.at(), replacement);
+        }
     }
 
     fn walk_refblocks(&mut self, r: &mut CheckReport) {

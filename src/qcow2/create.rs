@@ -158,111 +158,165 @@ impl CreateOptions {
     }
 }
 
+/// Where the metadata of a new image goes: cluster 0 the header, then the refcount table,
+/// the refcount blocks and the L1 table.
+struct Layout {
+    cluster_size: u64,
+    cluster_bits: u32,
+    refcount_order: u32,
+    /// Virtual size, rounded up to whole sectors.
+    size: u64,
+    /// L1 entries.
+    l1_size: u64,
+    /// Refcount entries per refcount block.
+    rb_entries: u64,
+    /// Clusters of the refcount table.
+    rt_clusters: u64,
+    /// Refcount blocks.
+    blocks: u64,
+    rt_offset: u64,
+    blocks_offset: u64,
+    l1_offset: u64,
+    /// Clusters in use: header, refcount table, refcount blocks and L1 table.
+    total: u64,
+}
+
+impl Layout {
+    /// The layout for `opts` (already validated).
+    fn plan(opts: &CreateOptions) -> Layout {
+        let cs = opts.cluster_size;
+        let cluster_bits = cs.trailing_zeros();
+        let size = opts.size.next_multiple_of(512);
+        let l1_size = header::l1_entries_for(size, cluster_bits).unwrap_or(0);
+        let l1_clusters = (l1_size * 8).div_ceil(cs);
+        let rb_entries = cs * 8 / u64::from(opts.refcount_bits);
+        // Fixed point: header + refcount table + refcount blocks + L1, all described by the
+        // blocks.
+        let (mut rt_clusters, mut blocks) = (1u64, 1u64);
+        loop {
+            let total = 1 + rt_clusters + blocks + l1_clusters;
+            let b = total.div_ceil(rb_entries);
+            let r = (b * 8).div_ceil(cs).max(1);
+            if b == blocks && r == rt_clusters {
+                break;
+            }
+            (blocks, rt_clusters) = (b.max(blocks), r.max(rt_clusters));
+        }
+        let rt_offset = cs;
+        let blocks_offset = rt_offset + rt_clusters * cs;
+        Layout {
+            cluster_size: cs,
+            cluster_bits,
+            refcount_order: opts.refcount_bits.trailing_zeros(),
+            size,
+            l1_size,
+            rb_entries,
+            rt_clusters,
+            blocks,
+            rt_offset,
+            blocks_offset,
+            l1_offset: blocks_offset + blocks * cs,
+            total: 1 + rt_clusters + blocks + l1_clusters,
+        }
+    }
+
+    /// The header of the new image: the layout's tables, the options' features, a backing
+    /// format extension if one is given and, in version 3, the feature name table.
+    fn header(&self, opts: &CreateOptions) -> Header {
+        let mut h = Header {
+            version: opts.version,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits: self.cluster_bits,
+            size: self.size,
+            crypt_method: 0,
+            l1_size: self.l1_size as u32,
+            l1_table_offset: self.l1_offset,
+            refcount_table_offset: self.rt_offset,
+            refcount_table_clusters: self.rt_clusters as u32,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+            incompatible_features: 0,
+            compatible_features: if opts.lazy_refcounts {
+                header::compat::LAZY_REFCOUNTS
+            } else {
+                0
+            },
+            autoclear_features: 0,
+            refcount_order: self.refcount_order,
+            header_length: if opts.version == 2 {
+                V2_HEADER_LEN
+            } else {
+                header::V3_WITH_COMPRESSION_LEN
+            },
+            compression_type: opts.compression_type,
+            unknown_header_tail: Vec::new(),
+            extensions: Vec::new(),
+            backing_file: opts.backing_file.clone(),
+        };
+        if opts.compression_type != CompressionType::Zlib {
+            h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
+        }
+        if let Some(fmt) = &opts.backing_format {
+            h.extensions.push(header::Extension {
+                kind: header::ext::BACKING_FORMAT,
+                data: fmt.as_bytes().to_vec(),
+            });
+        }
+        if opts.version >= 3 {
+            h.extensions.push(header::Extension {
+                kind: header::ext::FEATURE_TABLE,
+                data: header::default_feature_table(),
+            });
+        }
+        h
+    }
+
+    /// Empty `storage`, then write the refcount table and blocks, size the file to the end
+    /// of the L1 table, and write the header last: until it is written the file is not a
+    /// qcow2 image.
+    fn write<S: Storage>(&self, storage: &S, header_bytes: &[u8]) -> Result<()> {
+        let io = |e| Error::io("qcow2: creating the image", e);
+        let cs = self.cluster_size;
+        if storage.len().map_err(io)? > 0 {
+            storage.set_len(0).map_err(io)?;
+        }
+        // Refcount table and blocks.
+        let mut rt = vec![0u8; (self.rt_clusters * cs) as usize];
+        for b in 0..self.blocks {
+            BigEndian::write_u64(&mut rt[(b * 8) as usize..], self.blocks_offset + b * cs);
+        }
+        let mut blocks_buf = vec![0u8; (self.blocks * cs) as usize];
+        for c in 0..self.total {
+            let (b, i) = (c / self.rb_entries, c % self.rb_entries);
+            let block = &mut blocks_buf[(b * cs) as usize..((b + 1) * cs) as usize];
+            write_refcount(block, self.refcount_order, i as usize, 1);
+        }
+        storage.write_at(&rt, self.rt_offset).map_err(io)?;
+        storage
+            .write_at(&blocks_buf, self.blocks_offset)
+            .map_err(io)?;
+        let l1_bytes = self.l1_size * 8;
+        storage
+            .set_len(
+                self.l1_offset
+                    + l1_bytes
+                        .next_multiple_of(512)
+                        .max(if l1_bytes == 0 { 0 } else { 512 }),
+            )
+            .map_err(io)?;
+        storage.flush().map_err(io)?;
+        storage.write_at(header_bytes, 0).map_err(io)?;
+        storage.flush().map_err(io)
+    }
+}
+
 /// Create a qcow2 image in `storage` (whose old contents are discarded) and open it.
 pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> {
     opts.validate()?;
-    let io = |e| Error::io("qcow2: creating the image", e);
-    let cs = opts.cluster_size;
-    let cluster_bits = cs.trailing_zeros();
-    let refcount_order = opts.refcount_bits.trailing_zeros();
-    let size = opts.size.next_multiple_of(512);
-    let l1_size = header::l1_entries_for(size, cluster_bits).unwrap_or(0);
-    let l1_clusters = (l1_size * 8).div_ceil(cs);
-    let rb_entries = cs * 8 / u64::from(opts.refcount_bits);
-    // Fixed point: header + refcount table + refcount blocks + L1, all described by the blocks.
-    let (mut rt_clusters, mut blocks) = (1u64, 1u64);
-    loop {
-        let total = 1 + rt_clusters + blocks + l1_clusters;
-        let b = total.div_ceil(rb_entries);
-        let r = (b * 8).div_ceil(cs).max(1);
-        if b == blocks && r == rt_clusters {
-            break;
-        }
-        (blocks, rt_clusters) = (b.max(blocks), r.max(rt_clusters));
-    }
-    let rt_offset = cs;
-    let blocks_offset = rt_offset + rt_clusters * cs;
-    let l1_offset = blocks_offset + blocks * cs;
-    let total = 1 + rt_clusters + blocks + l1_clusters;
-
-    let mut h = Header {
-        version: opts.version,
-        backing_file_offset: 0,
-        backing_file_size: 0,
-        cluster_bits,
-        size,
-        crypt_method: 0,
-        l1_size: l1_size as u32,
-        l1_table_offset: l1_offset,
-        refcount_table_offset: rt_offset,
-        refcount_table_clusters: rt_clusters as u32,
-        nb_snapshots: 0,
-        snapshots_offset: 0,
-        incompatible_features: 0,
-        compatible_features: if opts.lazy_refcounts {
-            header::compat::LAZY_REFCOUNTS
-        } else {
-            0
-        },
-        autoclear_features: 0,
-        refcount_order,
-        header_length: if opts.version == 2 {
-            V2_HEADER_LEN
-        } else {
-            header::V3_WITH_COMPRESSION_LEN
-        },
-        compression_type: opts.compression_type,
-        unknown_header_tail: Vec::new(),
-        extensions: Vec::new(),
-        backing_file: opts.backing_file.clone(),
-    };
-    if opts.compression_type != CompressionType::Zlib {
-        h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
-    }
-    if let Some(fmt) = &opts.backing_format {
-        h.extensions.push(header::Extension {
-            kind: header::ext::BACKING_FORMAT,
-            data: fmt.as_bytes().to_vec(),
-        });
-    }
-    if opts.version >= 3 {
-        h.extensions.push(header::Extension {
-            kind: header::ext::FEATURE_TABLE,
-            data: header::default_feature_table(),
-        });
-    }
-    let header_bytes = h.write()?;
-
-    if storage.len().map_err(io)? > 0 {
-        storage.set_len(0).map_err(io)?;
-    }
-    // Refcount table and blocks.
-    let mut rt = vec![0u8; (rt_clusters * cs) as usize];
-    for b in 0..blocks {
-        BigEndian::write_u64(&mut rt[(b * 8) as usize..], blocks_offset + b * cs);
-    }
-    let mut blocks_buf = vec![0u8; (blocks * cs) as usize];
-    for c in 0..total {
-        let (b, i) = (c / rb_entries, c % rb_entries);
-        let block = &mut blocks_buf[(b * cs) as usize..((b + 1) * cs) as usize];
-        write_refcount(block, refcount_order, i as usize, 1);
-    }
-    storage.write_at(&rt, rt_offset).map_err(io)?;
-    storage.write_at(&blocks_buf, blocks_offset).map_err(io)?;
-    let l1_bytes = l1_size * 8;
-    storage
-        .set_len(
-            l1_offset
-                + l1_bytes
-                    .next_multiple_of(512)
-                    .max(if l1_bytes == 0 { 0 } else { 512 }),
-        )
-        .map_err(io)?;
-    storage.flush().map_err(io)?;
-    // The header last: until it is written the file is not a qcow2 image.
-    storage.write_at(&header_bytes, 0).map_err(io)?;
-    storage.flush().map_err(io)?;
-
+    let layout = Layout::plan(opts);
+    let header_bytes = layout.header(opts).write()?;
+    layout.write(&storage, &header_bytes)?;
     let mut img = Qcow2::open(storage, OpenOptions::default())?;
     if opts.preallocation != Preallocation::Off {
         img.preallocate(opts.preallocation)?;

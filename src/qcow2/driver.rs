@@ -129,7 +129,7 @@ fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo
 /// What `info` shows of an open qcow2 image.
 pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
     let h = q.header();
-    let format_specific = if h.version == 2 {
+    let mut format_specific = if h.version == 2 {
         serde_json::json!({
             "compat": "0.10",
             "compression-type": h.compression_type.name(),
@@ -140,11 +140,17 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
             "compat": "1.1",
             "compression-type": h.compression_type.name(),
             "lazy-refcounts": h.compatible_features & super::header::compat::LAZY_REFCOUNTS != 0,
+            "bitmaps": bitmaps_info(q),
             "refcount-bits": 1u32 << h.refcount_order,
             "corrupt": h.incompatible_features & super::header::incompat::CORRUPT != 0,
             "extended-l2": false,
         })
     };
+    if let Some(data) = format_specific.as_object_mut() {
+        if data.get("bitmaps").is_some_and(serde_json::Value::is_null) {
+            data.remove("bitmaps");
+        }
+    }
     FormatInfo {
         virtual_size: h.size,
         cluster_size: Some(h.cluster_size()),
@@ -155,7 +161,32 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
         }),
         snapshots: q.snapshots().iter().map(|s| s.to_json()).collect(),
         format_specific: Some(format_specific),
+        supports_persistent_bitmaps: h.version >= 3,
     }
+}
+
+/// The persistent bitmaps as qemu-img's `info` lists them (name, granularity, flags);
+/// null when there are none (qemu-img then shows no `bitmaps` key).
+fn bitmaps_info<S: Storage>(q: &Qcow2<S>) -> serde_json::Value {
+    let st = q.storage();
+    let entries = st
+        .len()
+        .ok()
+        .and_then(|len| super::bitmap::read_directory(st, q.header(), len).ok())
+        .unwrap_or_default();
+    if entries.is_empty() {
+        return serde_json::Value::Null;
+    }
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "flags": e.flag_names(),
+                "name": e.name,
+                "granularity": 1u64 << e.granularity_bits,
+            })
+        })
+        .collect()
 }
 
 fn probe(first: &[u8]) -> u32 {

@@ -143,6 +143,23 @@ fn short(structure: &'static str, at: Field) -> Error {
     Error::corrupt(structure, at.file_offset(), "structure is truncated")
 }
 
+/// The structure name in errors about the fixed header fields.
+const HEADER: &str = "qcow2 header";
+
+/// The compression_type byte of a header longer than 104 bytes.
+fn parse_compression_type(buf: &[u8]) -> Result<CompressionType> {
+    let at = field::COMPRESSION_TYPE;
+    match at.read(buf).ok_or_else(|| short(HEADER, at))? {
+        0 => Ok(CompressionType::Zlib),
+        1 => Ok(CompressionType::Zstd),
+        other => Err(Error::corrupt(
+            HEADER,
+            at.file_offset(),
+            format!("unknown compression type {other}"),
+        )),
+    }
+}
+
 impl Header {
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
@@ -152,10 +169,27 @@ impl Header {
     /// Parse and validate a header from the first cluster of the file (`buf` should hold
     /// at least the first `min(file_len, 2 MiB)` bytes). `file_len` is the image file length.
     pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
-        const S: &str = "qcow2 header";
+        let mut h = Header::parse_v2_fields(buf)?;
+        if h.version == 3 {
+            h.parse_v3_fields(buf)?;
+        }
+        h.validate(file_len)?;
+        // QEMU keeps the virtual size in 512-byte sectors (`total_sectors = size / 512`):
+        // a size field that is not a multiple of 512 is rounded down, for reading and for
+        // every header it writes back. (Validation above uses the field as stored, as
+        // QEMU's does.)
+        h.size &= !(SECTOR_SIZE - 1);
+        h.parse_extensions(buf)?;
+        h.parse_backing_name(buf)?;
+        Ok(h)
+    }
+
+    /// The fields every version has, after checking the magic, the version and the
+    /// cluster bits; the version 3 fields get their version 2 defaults.
+    fn parse_v2_fields(buf: &[u8]) -> Result<Header> {
         use field::*;
         if buf.len() < V2_HEADER_LEN as usize {
-            return Err(short(S, MAGIC));
+            return Err(short(HEADER, MAGIC));
         }
         let u32_at = |f: Field| f.get(buf) as u32;
         let magic = u32_at(MAGIC);
@@ -163,7 +197,7 @@ impl Header {
         let cluster_bits = u32_at(CLUSTER_BITS);
         if magic != QCOW2_MAGIC {
             return Err(Error::corrupt(
-                S,
+                HEADER,
                 MAGIC.file_offset(),
                 "bad magic (not a qcow2 image)",
             ));
@@ -173,15 +207,14 @@ impl Header {
         }
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(Error::corrupt(
-                S,
+                HEADER,
                 CLUSTER_BITS.file_offset(),
                 format!(
                     "cluster_bits {cluster_bits} outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
                 ),
             ));
         }
-        let cluster_size = 1u64 << cluster_bits;
-        let mut h = Header {
+        Ok(Header {
             version,
             backing_file_offset: BACKING_FILE_OFFSET.get(buf),
             backing_file_size: u32_at(BACKING_FILE_SIZE),
@@ -203,81 +236,76 @@ impl Header {
             unknown_header_tail: Vec::new(),
             extensions: Vec::new(),
             backing_file: None,
-        };
-        if version == 3 {
-            if buf.len() < V3_MIN_HEADER_LEN as usize {
-                return Err(short(S, INCOMPATIBLE_FEATURES));
-            }
-            h.incompatible_features = INCOMPATIBLE_FEATURES.get(buf);
-            h.compatible_features = COMPATIBLE_FEATURES.get(buf);
-            h.autoclear_features = AUTOCLEAR_FEATURES.get(buf);
-            h.refcount_order = u32_at(REFCOUNT_ORDER);
-            let hlen = u32_at(HEADER_LENGTH);
-            h.header_length = hlen;
-            if hlen < V3_MIN_HEADER_LEN {
-                return Err(Error::corrupt(
-                    S,
-                    HEADER_LENGTH.file_offset(),
-                    format!("header_length {hlen} is below 104"),
-                ));
-            }
-            if u64::from(hlen) > cluster_size {
-                return Err(Error::corrupt(
-                    S,
-                    HEADER_LENGTH.file_offset(),
-                    format!("header_length {hlen} exceeds the cluster size"),
-                ));
-            }
-            if hlen as usize > buf.len() {
-                return Err(Error::corrupt(
-                    S,
-                    HEADER_LENGTH.file_offset(),
-                    "header extends past the end of the file",
-                ));
-            }
-            if hlen > V3_MIN_HEADER_LEN {
-                let ct = COMPRESSION_TYPE
-                    .read(buf)
-                    .ok_or_else(|| short(S, COMPRESSION_TYPE))?;
-                h.compression_type = match ct {
-                    0 => CompressionType::Zlib,
-                    1 => CompressionType::Zstd,
-                    other => {
-                        return Err(Error::corrupt(
-                            S,
-                            COMPRESSION_TYPE.file_offset(),
-                            format!("unknown compression type {other}"),
-                        ))
-                    }
-                };
-                let known = V3_WITH_COMPRESSION_LEN.min(hlen) as usize;
-                h.unknown_header_tail = buf[known..hlen as usize].to_vec();
-            }
-        }
-        h.validate(file_len)?;
-        // QEMU keeps the virtual size in 512-byte sectors (`total_sectors = size / 512`):
-        // a size field that is not a multiple of 512 is rounded down, for reading and for
-        // every header it writes back. (Validation above uses the field as stored, as
-        // QEMU's does.)
-        h.size &= !(SECTOR_SIZE - 1);
-        h.parse_extensions(buf)?;
-        h.parse_backing_name(buf)?;
-        Ok(h)
+        })
     }
 
+    /// The version 3 additions: feature bits, refcount order, header length (checked
+    /// against the cluster and the file), and the compression type and unknown tail when
+    /// the header is longer than 104 bytes.
+    fn parse_v3_fields(&mut self, buf: &[u8]) -> Result<()> {
+        use field::*;
+        if buf.len() < V3_MIN_HEADER_LEN as usize {
+            return Err(short(HEADER, INCOMPATIBLE_FEATURES));
+        }
+        self.incompatible_features = INCOMPATIBLE_FEATURES.get(buf);
+        self.compatible_features = COMPATIBLE_FEATURES.get(buf);
+        self.autoclear_features = AUTOCLEAR_FEATURES.get(buf);
+        self.refcount_order = REFCOUNT_ORDER.get(buf) as u32;
+        let hlen = HEADER_LENGTH.get(buf) as u32;
+        self.header_length = hlen;
+        if hlen < V3_MIN_HEADER_LEN {
+            return Err(Error::corrupt(
+                HEADER,
+                HEADER_LENGTH.file_offset(),
+                format!("header_length {hlen} is below 104"),
+            ));
+        }
+        if u64::from(hlen) > self.cluster_size() {
+            return Err(Error::corrupt(
+                HEADER,
+                HEADER_LENGTH.file_offset(),
+                format!("header_length {hlen} exceeds the cluster size"),
+            ));
+        }
+        if hlen as usize > buf.len() {
+            return Err(Error::corrupt(
+                HEADER,
+                HEADER_LENGTH.file_offset(),
+                "header extends past the end of the file",
+            ));
+        }
+        if hlen > V3_MIN_HEADER_LEN {
+            self.compression_type = parse_compression_type(buf)?;
+            let known = V3_WITH_COMPRESSION_LEN.min(hlen) as usize;
+            self.unknown_header_tail = buf[known..hlen as usize].to_vec();
+        }
+        Ok(())
+    }
+
+    /// Check the parsed fields against the format's limits and the file, one concern at a
+    /// time, in the order qemu-img reports them.
     fn validate(&self, file_len: u64) -> Result<()> {
-        const S: &str = "qcow2 header";
-        let cs = self.cluster_size();
+        self.validate_refcount_order_crypt_and_size()?;
+        self.validate_backing_name_location()?;
+        self.validate_l1_table(file_len)?;
+        self.validate_refcount_table(file_len)?;
+        self.validate_snapshot_table()?;
+        self.validate_feature_bits()
+    }
+
+    /// Refcount order (at most 6; 4 in version 2), no encryption, a virtual size within
+    /// [`MAX_VIRTUAL_SIZE`].
+    fn validate_refcount_order_crypt_and_size(&self) -> Result<()> {
         if self.refcount_order > MAX_REFCOUNT_ORDER {
             return Err(Error::corrupt(
-                S,
+                HEADER,
                 field::REFCOUNT_ORDER.file_offset(),
                 format!("refcount_order {} exceeds 6", self.refcount_order),
             ));
         }
         if self.version == 2 && self.refcount_order != 4 {
             return Err(Error::corrupt(
-                S,
+                HEADER,
                 field::REFCOUNT_ORDER.file_offset(),
                 "version 2 images must use 16-bit refcounts",
             ));
@@ -290,44 +318,56 @@ impl Header {
         }
         if self.size > MAX_VIRTUAL_SIZE {
             return Err(Error::corrupt(
-                S,
+                HEADER,
                 field::SIZE.file_offset(),
                 format!("virtual size {} is too large", self.size),
             ));
         }
-        if self.backing_file_offset != 0 {
-            if self.backing_file_size > MAX_BACKING_NAME {
-                return Err(Error::corrupt(
-                    S,
-                    field::BACKING_FILE_SIZE.file_offset(),
-                    format!(
-                        "backing file name length {} exceeds {MAX_BACKING_NAME}",
-                        self.backing_file_size
-                    ),
-                ));
-            }
-            let end = self
-                .backing_file_offset
-                .saturating_add(u64::from(self.backing_file_size));
-            if self.backing_file_offset > cs || end > cs {
-                return Err(Error::corrupt(
-                    S,
-                    field::BACKING_FILE_OFFSET.file_offset(),
-                    "backing file name lies outside the first cluster",
-                ));
-            }
-            if self.backing_file_offset < u64::from(self.header_length) {
-                return Err(Error::corrupt(
-                    S,
-                    field::BACKING_FILE_OFFSET.file_offset(),
-                    "backing file name overlaps the header",
-                ));
-            }
+        Ok(())
+    }
+
+    /// The backing file name, if there is one: within [`MAX_BACKING_NAME`], inside the
+    /// first cluster and after the header.
+    fn validate_backing_name_location(&self) -> Result<()> {
+        if self.backing_file_offset == 0 {
+            return Ok(());
         }
-        // L1 table: big enough for the virtual size, within limits, inside the file.
+        let cs = self.cluster_size();
+        if self.backing_file_size > MAX_BACKING_NAME {
+            return Err(Error::corrupt(
+                HEADER,
+                field::BACKING_FILE_SIZE.file_offset(),
+                format!(
+                    "backing file name length {} exceeds {MAX_BACKING_NAME}",
+                    self.backing_file_size
+                ),
+            ));
+        }
+        let end = self
+            .backing_file_offset
+            .saturating_add(u64::from(self.backing_file_size));
+        if self.backing_file_offset > cs || end > cs {
+            return Err(Error::corrupt(
+                HEADER,
+                field::BACKING_FILE_OFFSET.file_offset(),
+                "backing file name lies outside the first cluster",
+            ));
+        }
+        if self.backing_file_offset < u64::from(self.header_length) {
+            return Err(Error::corrupt(
+                HEADER,
+                field::BACKING_FILE_OFFSET.file_offset(),
+                "backing file name overlaps the header",
+            ));
+        }
+        Ok(())
+    }
+
+    /// L1 table: big enough for the virtual size, within limits, inside the file.
+    fn validate_l1_table(&self, file_len: u64) -> Result<()> {
         let needed = self.l1_entries_needed().ok_or_else(|| {
             Error::corrupt(
-                S,
+                HEADER,
                 field::SIZE.file_offset(),
                 "virtual size needs an L1 table larger than the format allows",
             )
@@ -348,9 +388,14 @@ impl Header {
             u64::from(self.l1_size),
             8,
             MAX_L1_BYTES,
-            cs,
+            self.cluster_size(),
             file_len,
-        )?;
+        )
+    }
+
+    /// Refcount table: at least one cluster, within limits, inside the file.
+    fn validate_refcount_table(&self, file_len: u64) -> Result<()> {
+        let cs = self.cluster_size();
         let rt_clusters = u64::from(self.refcount_table_clusters);
         if rt_clusters == 0 {
             return Err(Error::corrupt(
@@ -367,7 +412,11 @@ impl Header {
             MAX_REFTABLE_BYTES,
             cs,
             file_len,
-        )?;
+        )
+    }
+
+    /// Snapshot table: at most [`MAX_SNAPSHOTS`] entries, cluster aligned when present.
+    fn validate_snapshot_table(&self) -> Result<()> {
         if u64::from(self.nb_snapshots) > MAX_SNAPSHOTS {
             return Err(Error::corrupt(
                 "snapshot table",
@@ -378,13 +427,20 @@ impl Header {
                 ),
             ));
         }
-        if self.nb_snapshots > 0 && self.snapshots_offset % cs != 0 {
+        if self.nb_snapshots > 0 && self.snapshots_offset % self.cluster_size() != 0 {
             return Err(Error::corrupt(
                 "snapshot table",
                 self.snapshots_offset,
                 "offset is not cluster aligned",
             ));
         }
+        Ok(())
+    }
+
+    /// Incompatible features QEMU knows but vdisk does not implement are named; the
+    /// compression-type bit must agree with the compression_type field. (Other unknown
+    /// bits are reported by name once the feature table is read.)
+    fn validate_feature_bits(&self) -> Result<()> {
         let unknown = self.incompatible_features & !incompat::SUPPORTED;
         if unknown != 0 && unknown & (incompat::EXTERNAL_DATA | incompat::EXTENDED_L2) == unknown {
             // Known to QEMU but not implemented here: say which.
@@ -404,7 +460,7 @@ impl Header {
             != (self.compression_type != CompressionType::Zlib)
         {
             return Err(Error::corrupt(
-                S,
+                HEADER,
                 field::COMPRESSION_TYPE.file_offset(),
                 "compression type does not match the compression-type feature bit",
             ));

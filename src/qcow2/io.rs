@@ -1,39 +1,24 @@
 //! The [`BlockDevice`] implementation: guest reads, writes, zeroing, discard and
-//! allocation status, built on the mapping in `cluster` and the allocator in `refcount`.
+//! allocation status, walking the guest range run by run (`mapping`) and allocating
+//! through `refcount`.
 
 use super::entry::{L2Entry, COPIED};
+use super::mapping::Join;
 use super::{ioerr, Qcow2};
 use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::storage::Storage;
 use std::sync::Arc;
 
-/// How a write treats one guest cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteKind {
-    /// Exclusively owned data: write in place at this host offset.
-    InPlace(u64),
-    /// Needs a new cluster (unallocated, zero, compressed, or shared with a snapshot).
-    Allocate,
-}
-
-fn write_kind(e: L2Entry) -> WriteKind {
-    match e {
-        L2Entry::Normal { host, copied: true } => WriteKind::InPlace(host),
-        _ => WriteKind::Allocate,
-    }
+/// Whether a write may overwrite the cluster in place: data this image alone owns.
+fn writes_in_place(e: L2Entry) -> bool {
+    matches!(e, L2Entry::Normal { copied: true, .. })
 }
 
 impl<S: Storage> Qcow2<S> {
-    /// Read guest bytes from one cluster whose entry is `e` into `out` (which lies inside
-    /// the cluster at `in_off`).
-    fn read_cluster_part(
-        &mut self,
-        gc: u64,
-        e: L2Entry,
-        in_off: u64,
-        out: &mut [u8],
-    ) -> Result<()> {
+    /// Read guest bytes of the run whose first cluster `gc` has entry `e` into `out`, which
+    /// starts `in_off` bytes into the run (a compressed run is one cluster).
+    fn read_run_part(&mut self, gc: u64, e: L2Entry, in_off: u64, out: &mut [u8]) -> Result<()> {
         match e {
             L2Entry::Normal { host, .. } => self
                 .storage
@@ -72,34 +57,6 @@ impl<S: Storage> Qcow2<S> {
         self.backing.is_none()
     }
 
-    /// Refuse data writes that would land on the header, L1 table or refcount table.
-    fn check_data_overlap(&mut self, host: u64, len: u64) -> Result<()> {
-        let cs = self.geo.cluster_size;
-        let overlaps =
-            |start: u64, size: u64| size > 0 && host < start + size && start < host + len;
-        let h = &self.header;
-        let what = if overlaps(0, cs) {
-            Some("the image header")
-        } else if overlaps(h.l1_table_offset, u64::from(h.l1_size) * 8) {
-            Some("the L1 table")
-        } else if overlaps(
-            h.refcount_table_offset,
-            u64::from(h.refcount_table_clusters) * cs,
-        ) {
-            Some("the refcount table")
-        } else {
-            None
-        };
-        match what {
-            Some(w) => Err(Error::corrupt(
-                "L2 table",
-                host,
-                format!("guest data write at host offset {host:#x} would overwrite {w}"),
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// Write `buf` at guest `offset` without the range check (resize writes past the old
     /// end before the new size takes effect).
     pub(crate) fn do_write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
@@ -109,39 +66,47 @@ impl<S: Storage> Qcow2<S> {
         let mut pos = offset;
         while pos < end {
             let gc = pos >> cb;
-            let in_off = pos & (cs - 1);
             let first = self.l2_entry(gc)?;
-            match write_kind(first) {
-                WriteKind::InPlace(host) => {
-                    // Extend over following clusters that are in place and contiguous.
-                    let mut run_end = ((gc + 1) << cb).min(end);
-                    let mut next_host = host + cs;
-                    while run_end < end {
-                        let e = self.l2_entry(run_end >> cb)?;
-                        if write_kind(e) != WriteKind::InPlace(next_host) {
-                            break;
-                        }
-                        next_host += cs;
-                        run_end = (run_end + cs).min(end);
-                    }
-                    let len = run_end - pos;
-                    self.check_data_overlap(host + in_off, len)?;
-                    let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-                    self.storage
-                        .write_at(src, host + in_off)
-                        .map_err(ioerr("writing guest data"))?;
-                    pos = run_end;
-                }
-                WriteKind::Allocate => {
-                    pos = self.write_allocating(buf, offset, pos, first)?;
-                }
-            }
+            let L2Entry::Normal { host, copied: true } = first else {
+                pos = self.write_allocating(buf, offset, pos, first)?;
+                continue;
+            };
+            // Data this image alone owns: write in place, over the whole run.
+            let run = self.extend_run(gc, first, end.div_ceil(cs), Join::Entries)?;
+            let run_end = (run.end() << cb).min(end);
+            let at = host + (pos & (cs - 1));
+            self.check_data_write(at, run_end - pos)?;
+            let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
+            self.storage
+                .write_at(src, at)
+                .map_err(ioerr("writing guest data"))?;
+            pos = run_end;
         }
         Ok(())
     }
 
+    /// The entries of the clusters from `gc0` (whose entry is `first`) on, before `limit`,
+    /// that a write must give new host clusters: all up to the first it may write in place.
+    fn allocation_run(&mut self, gc0: u64, first: L2Entry, limit: u64) -> Result<Vec<L2Entry>> {
+        let cs = self.geo.cluster_size;
+        let mut olds = Vec::new();
+        let mut run = self.extend_run(gc0, first, limit, Join::Entries)?;
+        loop {
+            olds.extend((0..run.n).map(|k| run.entry(k, cs)));
+            if run.end() >= limit {
+                return Ok(olds);
+            }
+            let e = self.l2_entry(run.end())?;
+            if writes_in_place(e) {
+                return Ok(olds);
+            }
+            run = self.extend_run(run.end(), e, limit, Join::Entries)?;
+        }
+    }
+
     /// Write a run of clusters that all need a new host cluster, starting at guest `pos`
-    /// (inside the request `buf` at `offset`). Returns where the run ended.
+    /// (inside the request `buf` at `offset`), within one L2 table. Returns where the run
+    /// ended.
     fn write_allocating(
         &mut self,
         buf: &[u8],
@@ -155,18 +120,10 @@ impl<S: Storage> Qcow2<S> {
         let gc0 = pos >> cb;
         let l1_index = gc0 >> self.geo.l2_bits;
         let table_end = (l1_index + 1) << self.geo.l2_bits;
-        // Collect the run (within one L2 table).
-        let mut olds = vec![first];
-        let mut gc = gc0 + 1;
-        let max_run = self.max_alloc_run();
-        while gc < table_end && (gc << cb) < end && (olds.len() as u64) < max_run {
-            let e = self.l2_entry(gc)?;
-            if write_kind(e) != WriteKind::Allocate {
-                break;
-            }
-            olds.push(e);
-            gc += 1;
-        }
+        let limit = table_end
+            .min(end.div_ceil(cs))
+            .min(gc0 + self.max_alloc_run());
+        let olds = self.allocation_run(gc0, first, limit)?;
         let n = olds.len() as u64;
         let run_start = gc0 << cb;
         let run_end = ((gc0 + n) << cb).min(end);
@@ -182,12 +139,12 @@ impl<S: Storage> Qcow2<S> {
         } else {
             let mut data = vec![0u8; (n * cs) as usize];
             if head > 0 {
-                self.read_cluster_part(gc0, olds[0], 0, &mut data[..head as usize])?;
+                self.read_run_part(gc0, olds[0], 0, &mut data[..head as usize])?;
             }
             if tail > 0 {
                 let last = gc0 + n - 1;
                 let t0 = (n * cs - tail) as usize;
-                self.read_cluster_part(last, olds[n as usize - 1], cs - tail, &mut data[t0..])?;
+                self.read_run_part(last, olds[n as usize - 1], cs - tail, &mut data[t0..])?;
             }
             data[head as usize..(run_end - run_start) as usize]
                 .copy_from_slice(&buf[(pos - offset) as usize..(run_end - offset) as usize]);
@@ -297,34 +254,14 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(self.header.size, offset, buf.len() as u64)?;
         let cb = self.geo.cluster_bits;
-        let cs = self.geo.cluster_size;
         let end = offset + buf.len() as u64;
+        let limit = end.div_ceil(self.geo.cluster_size);
         let mut pos = offset;
         while pos < end {
-            let gc = pos >> cb;
-            let in_off = pos & (cs - 1);
-            let e = self.l2_entry(gc)?;
-            // Coalesce contiguous data clusters into one read.
-            let mut run_end = ((gc + 1) << cb).min(end);
-            if let L2Entry::Normal { host, .. } = e {
-                let mut next = host + cs;
-                while run_end < end {
-                    match self.l2_entry(run_end >> cb)? {
-                        L2Entry::Normal { host: h, .. } if h == next => {
-                            next += cs;
-                            run_end = (run_end + cs).min(end);
-                        }
-                        _ => break,
-                    }
-                }
-                let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-                self.storage
-                    .read_at(out, host + in_off)
-                    .map_err(ioerr("reading guest data"))?;
-            } else {
-                let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-                self.read_cluster_part(gc, e, in_off, out)?;
-            }
+            let run = self.map_run(pos >> cb, limit, Join::Reads)?;
+            let run_end = (run.end() << cb).min(end);
+            let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            self.read_run_part(run.gc, run.first, pos - (run.gc << cb), out)?;
             pos = run_end;
         }
         Ok(())
@@ -392,47 +329,16 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         let cb = self.geo.cluster_bits;
         let cs = self.geo.cluster_size;
         let end = offset.saturating_add(max_len.max(1)).min(self.header.size);
-        let classify = |e: L2Entry| match e {
-            L2Entry::Normal { .. } | L2Entry::Compressed { .. } => ExtentKind::Data,
-            L2Entry::Zero { .. } => ExtentKind::Zero,
-            L2Entry::Unallocated => ExtentKind::Unallocated,
-        };
-        let gc = offset >> cb;
-        let e = self.l2_entry(gc)?;
-        let kind = classify(e);
-        let (host_offset, compressed) = match e {
-            L2Entry::Normal { host, .. } => (Some(host + (offset & (cs - 1))), false),
-            L2Entry::Compressed { host, .. } => (Some(host), true),
-            _ => (None, false),
-        };
-        let mut run_end = ((gc + 1) << cb).min(end);
-        if !compressed {
-            while run_end < end {
-                let g = run_end >> cb;
-                // Skip whole unallocated L2 tables at once.
-                if kind == ExtentKind::Unallocated
-                    && self.l2_offset(g >> self.geo.l2_bits).is_none()
-                {
-                    let table_end = ((g >> self.geo.l2_bits) + 1) << (self.geo.l2_bits + cb);
-                    run_end = table_end.min(end);
-                    continue;
-                }
-                let e2 = self.l2_entry(g)?;
-                if classify(e2) != kind {
-                    break;
-                }
-                match (e, e2) {
-                    (L2Entry::Normal { host, .. }, L2Entry::Normal { host: h2, .. })
-                        if h2 != host + ((g - gc) << cb) =>
-                    {
-                        break;
-                    }
-                    (_, L2Entry::Compressed { .. }) => break,
-                    _ => {}
-                }
-                run_end = ((g + 1) << cb).min(end);
+        let run = self.map_run(offset >> cb, end.div_ceil(cs), Join::Reads)?;
+        let run_end = (run.end() << cb).min(end);
+        let (kind, host_offset, compressed) = match run.first {
+            L2Entry::Normal { host, .. } => {
+                (ExtentKind::Data, Some(host + (offset & (cs - 1))), false)
             }
-        }
+            L2Entry::Compressed { host, .. } => (ExtentKind::Data, Some(host), true),
+            L2Entry::Zero { .. } => (ExtentKind::Zero, None, false),
+            L2Entry::Unallocated => (ExtentKind::Unallocated, None, false),
+        };
         if kind == ExtentKind::Unallocated {
             if let Some(b) = self.backing.as_mut() {
                 // Resolve through the backing chain; past its end the guest sees zeros.
@@ -452,6 +358,10 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
             compressed,
             depth: 0,
         })
+    }
+
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<crate::device::MapStatus> {
+        self.map_status_run(offset, max_len)
     }
 
     fn is_read_only(&self) -> bool {

@@ -2,6 +2,10 @@
 //!
 //! # Map of the module
 //!
+//! This file is the top of the driver: opening an image (reading and validating the header,
+//! the L1 table and the refcount table), the in-memory [`Qcow2`] state and its accessors.
+//! The files under it, from the floor (pure codecs, the tables layer) up to the operations:
+//!
 //! | file | owns |
 //! | --- | --- |
 //! | [`limits`] | every hard limit, and `validate_table` |
@@ -9,27 +13,34 @@
 //! | [`header_fields`] | the table of fixed header fields: name, offset, width |
 //! | [`entry`] | decoding and encoding L1/L2 entries and refcount block entries (pure functions) |
 //! | [`cache`] | the bounded LRU cache of L2 tables and refcount blocks |
+//! | `tables` | loading, caching, evicting and flushing metadata tables in the write order |
+//! | `overlap` | the one overlap check: refusing writes that would overwrite metadata |
 //! | `refcount` | refcounts of host clusters, cluster allocation and freeing |
 //! | `refcount_area` | the one planner that places a new refcount table and blocks (growth, transactions, repair, width changes) |
-//! | `cluster` | guest-to-host mapping: L2 lookup, L2 allocation and copy-on-write |
+//! | `cluster` | L2 lookup and validation, L2 allocation and copy-on-write of L2 tables |
+//! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
+//! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
 //! | [`driver`] | the qcow2 row of the driver table (probe, open, create) |
 //! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
 //! | `repair` | check's repairs, and repairing a dirty image on a writable open |
-//! | `overlap` | refusing metadata writes that would overwrite other metadata |
+//! | `txn` | metadata transactions: new structures, then one header write to switch |
+//! | [`snapshot`] | the snapshot table: parsing, validating, writing its entries |
+//! | `snapshot_ops` | internal snapshots: create, apply, delete (each a transaction) |
+//! | `bitmap` | the persistent-bitmaps extension: validated on open, never written |
 //! | `resize` | growing and shrinking the virtual size |
 //! | `amend` | changing compat, refcount width, lazy refcounts, size (qemu-img amend) |
+//! | [`measure`] | `qemu-img measure` for qcow2 targets |
+//! | [`dump`] | `dump` for qcow2: every structure as JSON |
 //!
 //! # Write order
 //!
-//! [`Qcow2::flush`] is the one place metadata reaches the disk, and it does so in the order
-//! that keeps the image consistent after a power cut at any point: guest data and dirty
-//! refcount blocks, sync; dirty L2 tables, sync; dirty L1 entries, sync; then deferred
-//! refcount decreases (frees), sync. Evicting a dirty L2 table from the cache first syncs
-//! the refcount blocks. New refcount blocks and tables are written and synced before anything
-//! points at them. See `format-spec/qcow2.md`.
+//! Metadata reaches the disk through `tables` ([`Qcow2::flush_metadata`], and cache
+//! eviction), which writes it in the order that keeps the image consistent after a power
+//! cut at any point; the rules are written once, at the top of `tables.rs`. See also
+//! `format-spec/qcow2.md`, section 7.
 
 mod amend;
 mod bitmap;
@@ -45,6 +56,8 @@ pub mod header;
 pub mod header_fields;
 mod io;
 pub mod limits;
+mod map_status;
+mod mapping;
 pub mod measure;
 mod overlap;
 mod refcount;
@@ -52,7 +65,9 @@ mod refcount_area;
 mod repair;
 mod resize;
 pub mod snapshot;
+pub mod snapshot_load;
 mod snapshot_ops;
+mod tables;
 mod txn;
 
 pub use amend::AmendOptions;
@@ -66,10 +81,11 @@ pub use snapshot_ops::SnapshotTime;
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use byteorder::{BigEndian, ByteOrder};
 use cache::TableCache;
 use header::incompat;
 use limits::*;
+use tables::read_u64_table;
+use tables::Table;
 
 /// Default memory for cached L2 tables.
 pub const DEFAULT_L2_CACHE_BYTES: u64 = 16 << 20;
@@ -171,6 +187,8 @@ pub struct Qcow2<S: Storage> {
     snapshots: Vec<snapshot::Snapshot>,
     /// Where the next compressed cluster is appended (0: start a new host cluster).
     compressed_cursor: u64,
+    /// Whether the image looks metadata-preallocated (found on `map`'s first question).
+    metadata_preallocation: Option<bool>,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -281,6 +299,7 @@ impl<S: Storage> Qcow2<S> {
             file_len,
             backing: None,
             compressed_cursor: 0,
+            metadata_preallocation: None,
             read_only,
             header,
             geo,
@@ -398,191 +417,4 @@ impl<S: Storage> Qcow2<S> {
             .map_err(ioerr("writing the header"))?;
         self.storage.flush().map_err(ioerr("flushing the header"))
     }
-
-    /// Write all dirty metadata in the crash-safe order (see the module documentation).
-    pub fn flush_metadata(&mut self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        self.flush_refcount_blocks()?;
-        self.flush_l2_tables()?;
-        if self.l1_any_dirty {
-            self.write_dirty_l1()?;
-            self.sync()?;
-        }
-        if !self.pending_frees.is_empty() {
-            let frees = std::mem::take(&mut self.pending_frees);
-            for host in frees {
-                self.decrease_refcount(host)?;
-            }
-            self.flush_refcount_blocks()?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn sync(&self) -> Result<()> {
-        self.storage.flush().map_err(ioerr("flushing"))
-    }
-
-    /// Write dirty refcount blocks and sync (a sync is done even when none is dirty, so that
-    /// guest data written so far is durable before any L2 table that points at it).
-    fn flush_refcount_blocks(&mut self) -> Result<()> {
-        for off in self.rc_cache.dirty_offsets() {
-            self.check_metadata_write(off, Table::Refcount)?;
-            let data = self
-                .rc_cache
-                .peek(off)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default();
-            self.storage
-                .write_at(&data, off)
-                .map_err(ioerr("writing a refcount block"))?;
-            self.rc_cache.mark_clean(off);
-        }
-        self.sync()
-    }
-
-    fn flush_l2_tables(&mut self) -> Result<()> {
-        let dirty = self.l2_cache.dirty_offsets();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        for off in dirty {
-            self.check_metadata_write(off, Table::L2)?;
-            let data = self
-                .l2_cache
-                .peek(off)
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default();
-            self.storage
-                .write_at(&data, off)
-                .map_err(ioerr("writing an L2 table"))?;
-            self.l2_cache.mark_clean(off);
-        }
-        self.sync()
-    }
-
-    fn write_dirty_l1(&mut self) -> Result<()> {
-        let base = self.header.l1_table_offset;
-        let mut i = 0;
-        while i < self.l1.len() {
-            if !self.l1_dirty[i] {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < self.l1.len() && self.l1_dirty[i] {
-                self.l1_dirty[i] = false;
-                i += 1;
-            }
-            let mut buf = vec![0u8; (i - start) * 8];
-            BigEndian::write_u64_into(&self.l1[start..i], &mut buf);
-            self.storage
-                .write_at(&buf, base + start as u64 * 8)
-                .map_err(ioerr("writing the L1 table"))?;
-        }
-        self.l1_any_dirty = false;
-        Ok(())
-    }
-
-    fn set_l1(&mut self, index: usize, value: u64) {
-        self.l1[index] = value;
-        self.l1_dirty[index] = true;
-        self.l1_any_dirty = true;
-    }
-
-    /// Load a cluster-sized table into `cache` (evicting with `evict` first if full).
-    fn load_table(&mut self, which: Table, offset: u64) -> Result<()> {
-        let cs = self.geo.cluster_size;
-        let (name, cache_has) = match which {
-            Table::L2 => ("L2 table", self.l2_cache.contains(offset)),
-            Table::Refcount => ("refcount block", self.rc_cache.contains(offset)),
-        };
-        if cache_has {
-            return Ok(());
-        }
-        if offset % cs != 0 || offset == 0 {
-            return Err(Error::corrupt(
-                name,
-                offset,
-                "table offset is not a valid cluster offset",
-            ));
-        }
-        if offset
-            .checked_add(cs)
-            .is_none_or(|end| end > self.file_len.div_ceil(cs) * cs)
-        {
-            return Err(Error::corrupt(
-                name,
-                offset,
-                format!(
-                    "table lies past the end of the file ({} bytes)",
-                    self.file_len
-                ),
-            ));
-        }
-        let mut data = vec![0u8; cs as usize];
-        self.storage
-            .read_at(&mut data, offset)
-            .map_err(ioerr("reading a metadata table"))?;
-        self.make_room(which)?;
-        match which {
-            Table::L2 => self.l2_cache.insert(offset, data, false),
-            Table::Refcount => self.rc_cache.insert(offset, data, false),
-        }
-        Ok(())
-    }
-
-    /// Evict from a full cache, writing the victim if dirty (refcount blocks first for L2).
-    fn make_room(&mut self, which: Table) -> Result<()> {
-        let cache = match which {
-            Table::L2 => &self.l2_cache,
-            Table::Refcount => &self.rc_cache,
-        };
-        if !cache.is_full() {
-            return Ok(());
-        }
-        let Some((victim, dirty)) = cache.lru_victim() else {
-            return Ok(());
-        };
-        if dirty {
-            if which == Table::L2 {
-                self.flush_refcount_blocks()?;
-            }
-            self.check_metadata_write(victim, which)?;
-            let cache = match which {
-                Table::L2 => &mut self.l2_cache,
-                Table::Refcount => &mut self.rc_cache,
-            };
-            let data = cache.remove(victim).unwrap_or_default();
-            self.storage
-                .write_at(&data, victim)
-                .map_err(ioerr("writing an evicted table"))?;
-        } else {
-            match which {
-                Table::L2 => self.l2_cache.remove(victim),
-                Table::Refcount => self.rc_cache.remove(victim),
-            };
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Table {
-    L2,
-    Refcount,
-}
-
-/// Read a big-endian u64 table that `validate_table` has already checked.
-fn read_u64_table<S: Storage>(storage: &S, offset: u64, out: &mut [u64], name: &str) -> Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let mut buf = vec![0u8; out.len() * 8];
-    storage
-        .read_at(&mut buf, offset)
-        .map_err(|e| Error::io(format!("qcow2: reading the {name}"), e))?;
-    BigEndian::read_u64_into(&buf, out);
-    Ok(())
 }

@@ -18,7 +18,7 @@
 //! refcount structure uses, synced, and only then does one write of the header's
 //! refcount-table fields switch to it, so a power cut leaves the old or the new structure.
 
-use super::check::{CheckReport, Repair, Scan, MAX_MESSAGES, REFT_RESERVED_MASK};
+use super::check::{CheckReport, Repair, Scan, REFT_RESERVED_MASK};
 use super::entry::{self, L2Entry, COPIED};
 use super::entry::{read_refcount, write_refcount};
 use super::header::{field, incompat};
@@ -221,6 +221,13 @@ fn compare<S: Storage>(
         ));
     }
     let in_place = repair != Repair::None && !scan.rebuild;
+    if in_place {
+        // As qemu-img: every mismatch is reported as found, then again as repaired.
+        for &(i, s, e) in &mismatches {
+            let tag = if s < e { "ERROR" } else { "Leaked" };
+            r.msg(format!("{tag} cluster {i} refcount={s} reference={e}"));
+        }
+    }
     for &(i, s, e) in &mismatches {
         let fixable = in_place && ((s > e && free_leaks) || (s < e && repair == Repair::All));
         let tag = if fixable {
@@ -248,6 +255,18 @@ fn compare<S: Storage>(
         }
         r.msg("Rebuilding refcount structure".into());
         rebuild(st, scan)?;
+        // As qemu-img reports it: the abandoned structure is a leak, repaired at once.
+        let mut old = old_structure_clusters(scan);
+        old.sort_unstable();
+        old.dedup();
+        for c in old {
+            if let Some(&refs) = scan.refs.get(c as usize).filter(|&&n| n > 0) {
+                let left = refs - 1;
+                r.msg(format!(
+                    "Repairing cluster {c} refcount={refs} reference={left}"
+                ));
+            }
+        }
         return Ok(None);
     }
     if scan.rebuild && repair != Repair::None {
@@ -318,15 +337,10 @@ fn rebuild<S: Storage>(st: &S, scan: &Scan) -> Result<()> {
     refcount_area::switch_header(st, &head, field::REFCOUNT_TABLE)
 }
 
-/// The refcounts the rebuilt structure must record, and the clusters it must not be placed
-/// on though they count 0: the old refcount structure (abandoned, not overwritten, so a
-/// power cut before the switch leaves it intact; it ends up free in the new one) and the
-/// tables the header points at, even where they lie past the end of the file.
-fn rebuild_counts(scan: &Scan) -> (Vec<u64>, Vec<bool>) {
-    let cs = scan.cs;
+/// The clusters of the refcount table and blocks the header points at: what a rebuild
+/// abandons.
+fn old_structure_clusters(scan: &Scan) -> Vec<u64> {
     let cb = scan.cb;
-    let mut refs: Vec<u64> = scan.refs.iter().map(|&v| u64::from(v)).collect();
-    let mut reserved = vec![false; refs.len()];
     let h = &scan.header;
     let mut old: Vec<u64> = Vec::new();
     let rt_len = scan.reftable.len() as u64 * 8;
@@ -337,10 +351,24 @@ fn rebuild_counts(scan: &Scan) -> (Vec<u64>, Vec<bool>) {
     }
     for &raw in &scan.reftable {
         let off = raw & !REFT_RESERVED_MASK;
-        if off != 0 && raw & REFT_RESERVED_MASK == 0 && off % cs == 0 {
+        if off != 0 && raw & REFT_RESERVED_MASK == 0 && off % scan.cs == 0 {
             old.push(off >> cb);
         }
     }
+    old
+}
+
+/// The refcounts the rebuilt structure must record, and the clusters it must not be placed
+/// on though they count 0: the old refcount structure (abandoned, not overwritten, so a
+/// power cut before the switch leaves it intact; it ends up free in the new one) and the
+/// tables the header points at, even where they lie past the end of the file.
+fn rebuild_counts(scan: &Scan) -> (Vec<u64>, Vec<bool>) {
+    let cs = scan.cs;
+    let cb = scan.cb;
+    let mut refs: Vec<u64> = scan.refs.iter().map(|&v| u64::from(v)).collect();
+    let mut reserved = vec![false; refs.len()];
+    let h = &scan.header;
+    let old = old_structure_clusters(scan);
     let mut fixed = vec![
         (h.l1_table_offset, u64::from(h.l1_size) * 8),
         (h.snapshots_offset, scan.snapshots_size),
@@ -532,7 +560,7 @@ pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
     if repair == Repair::None || first.failed.is_some() {
         return Ok(first);
     }
-    let mut out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
+    let out = if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
         let mut second = check_pass(st, Repair::None)?;
         second.corruptions_fixed = first.corruptions_fixed;
         second.leaks_fixed = first.leaks_fixed;
@@ -546,6 +574,5 @@ pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
     if out.check_errors == 0 && out.corruptions == 0 && out.failed.is_none() {
         mark_clean(st)?;
     }
-    out.messages.truncate(MAX_MESSAGES);
     Ok(out)
 }

@@ -71,30 +71,6 @@ impl<S: Storage> Qcow2<S> {
             .position(|s| id.is_none_or(|i| s.id == i) && name.is_none_or(|n| s.name == n))
     }
 
-    /// Show snapshot `idx` in place of the active disk, read-only: reads see the
-    /// snapshot's contents; nothing is written (QEMU's temporary snapshot load, used by
-    /// `convert -l` and `measure -l`). As QEMU's, the disk keeps its current size: past the
-    /// snapshot's L1 table it reads as unallocated. The image must be open read-only.
-    pub fn load_snapshot_read_only(&mut self, idx: usize) -> Result<()> {
-        if !self.read_only {
-            return Err(Error::invalid(
-                "a snapshot is loaded only into an image opened read-only",
-            ));
-        }
-        let snap = self
-            .snapshots
-            .get(idx)
-            .cloned()
-            .ok_or_else(|| Error::invalid("Can't find snapshot"))?;
-        let mut l1 = self.read_snapshot_l1(&snap)?;
-        // The active L1 table covers the current size (checked when the image was opened).
-        if l1.len() < self.l1.len() {
-            l1.resize(self.l1.len(), 0);
-        }
-        self.replace_l1(l1);
-        Ok(())
-    }
-
     /// Read snapshot `s`'s L1 table, refusing one whose table entry or L2 offsets are
     /// broken (the snapshot cannot be applied or deleted without corrupting the image).
     pub(crate) fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {

@@ -21,6 +21,10 @@ pub trait Namespace: Send + Sync {
 
     /// Whether two names refer to the same file.
     fn same_file(&self, a: &Path, b: &Path) -> bool;
+
+    /// The files directly in directory `dir` (an empty path: the current directory), in
+    /// name order: for formats that find a parent image by its UUID (VDI).
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
 }
 
 /// The host's file system, with image locks ([`FileStorage`]).
@@ -43,6 +47,23 @@ impl Namespace for HostFiles {
             (Ok(x), Ok(y)) => x == y,
             _ => false,
         }
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let read = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(read)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(dir.join(entry.file_name()));
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 }
 
@@ -98,6 +119,14 @@ impl Namespace for MemFiles {
 
     fn same_file(&self, a: &Path, b: &Path) -> bool {
         a == b
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(self
+            .names()
+            .into_iter()
+            .filter(|n| n.parent().unwrap_or(Path::new("")) == dir)
+            .collect())
     }
 }
 

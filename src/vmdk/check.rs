@@ -14,9 +14,6 @@ use serde::Serialize;
 /// Most grain-sized slots tracked for leak detection (a bitmap of this many bits).
 const MAX_LEAK_SLOTS: u64 = 1 << 26;
 
-/// Most messages kept; counts go on past it.
-const MAX_MESSAGES: usize = 100;
-
 /// The result of [`Vmdk::check`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -25,22 +22,44 @@ pub struct VmdkCheckReport {
     pub corruptions: u64,
     /// Grain-sized stretches of extent files that nothing uses (harmless, wasted space).
     pub leaks: u64,
-    /// One line per problem found (at most 100).
+    /// One line per problem found.
     pub messages: Vec<String>,
+    /// Guest offset of the first grain (in guest order) that starts at or past the end of
+    /// its extent file: qemu-img's check stops there and fails.
+    #[serde(skip)]
+    pub first_grain_past_eof: Option<u64>,
 }
 
 impl VmdkCheckReport {
     fn corruption(&mut self, msg: String) {
         self.corruptions += 1;
-        if self.messages.len() < MAX_MESSAGES {
-            self.messages.push(format!("ERROR: {msg}"));
-        }
+        self.messages.push(format!("ERROR: {msg}"));
     }
 
     fn leak(&mut self, msg: String) {
         self.leaks += 1;
-        if self.messages.len() < MAX_MESSAGES {
-            self.messages.push(format!("Leaked grain: {msg}"));
+        self.messages.push(format!("Leaked grain: {msg}"));
+    }
+
+    /// The report as `check` gives it. A grain past the end of its file is what qemu-img
+    /// stops at: it reports that one grain (by guest sector) and fails with EINVAL.
+    pub fn into_check_report(self) -> crate::check_report::CheckReport {
+        use crate::check_report::CheckReport;
+        match self.first_grain_past_eof {
+            Some(guest) => CheckReport {
+                messages: vec![format!(
+                    "ERROR: cluster offset for sector {} points after EOF",
+                    guest / SECTOR_SIZE
+                )],
+                failed: Some("Invalid argument".into()),
+                ..Default::default()
+            },
+            None => CheckReport {
+                corruptions: self.corruptions,
+                leaks: self.leaks,
+                messages: self.messages,
+                ..Default::default()
+            },
         }
     }
 
@@ -123,6 +142,7 @@ fn check_sparse(sparse: &SparseExtent, name: &str, guest_start: u64, report: &mu
             };
             let guest = guest_start + grain_index * grain;
             if off >= file_len {
+                report.first_grain_past_eof.get_or_insert(guest);
                 report.corruption(format!(
                     "{name}: grain for guest offset {guest:#x} at {off:#x} points past the end of the file"
                 ));

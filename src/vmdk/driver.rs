@@ -2,7 +2,6 @@
 //! through a namespace, creating from qemu-img's `-o` options.
 
 use super::{create_in, create_options, files, open_in, VmdkOpenOptions};
-use crate::check_report::CheckReport;
 use crate::device::BlockDevice;
 use crate::driver::{CreateParams, Driver, FormatInfo, OpenParams, Opened};
 use crate::error::{Error, Result};
@@ -25,13 +24,7 @@ pub static DRIVER: Driver = Driver {
     // Report only: VMDK repairs nothing, whatever `-r` asks.
     check: Some(|ns, path, _repair, force_share| {
         let mut v = open_read_only(ns, path, force_share)?;
-        let r = v.check()?;
-        Ok(CheckReport {
-            corruptions: r.corruptions,
-            leaks: r.leaks,
-            messages: r.messages,
-            ..Default::default()
-        })
+        Ok(v.check()?.into_check_report())
     }),
     dump: Some(|ns, path, opts, force_share| {
         super::dump::document(&open_read_only(ns, path, force_share)?, opts)

@@ -52,7 +52,7 @@ pub use driver::DRIVER;
 pub use info::{VmdkExtentInfo, VmdkInfo};
 pub use open::{open, open_in};
 
-use crate::device::{check_range, BlockDevice, Extent as Status, ExtentKind};
+use crate::device::{check_range, BlockDevice, Extent as Status, ExtentKind, MapStatus};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use flat::FlatExtent;
@@ -520,6 +520,31 @@ impl BlockDevice for Vmdk {
     fn attach_backing(&mut self, backing: Box<dyn BlockDevice>) -> Result<()> {
         self.backing = Some(backing);
         Ok(())
+    }
+
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<MapStatus> {
+        check_range(self.size, offset, max_len.min(1))?;
+        let i = self.extent_index(offset)?;
+        let extent = &mut self.extents[i];
+        let rel = offset - extent.start;
+        let limit = max_len.min(extent.length - rel).max(1);
+        let file = (!extent.filename.is_empty()).then(|| extent.filename.clone());
+        let status = match &extent.body {
+            // As QEMU: a flat extent is data throughout, and the file's holes read zeros.
+            ExtentBody::Flat(flat) => {
+                let data = Status {
+                    start: offset,
+                    length: limit,
+                    kind: ExtentKind::Data,
+                    host_offset: Some(flat.host_offset(rel)),
+                    compressed: false,
+                    depth: 0,
+                };
+                MapStatus::from_extent(data).with_host_extent(flat.data_extent(rel)?)
+            }
+            _ => MapStatus::from_extent(Self::extent_status(extent, rel, limit)?),
+        };
+        Ok(MapStatus { file, ..status })
     }
 
     fn is_read_only(&self) -> bool {

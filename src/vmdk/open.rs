@@ -2,7 +2,7 @@
 //! descriptor (separate or embedded), checking and resolving extent file names, and
 //! opening each extent.
 
-use super::descriptor::{Access, Descriptor, ExtentType, NO_PARENT_CID};
+use super::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 use super::flat::FlatExtent;
 use super::header::{SparseHeader, HEADER_SIZE, SPARSE_MAGIC};
 use super::limits::{MAX_DESCRIPTOR_BYTES, MAX_EXTENTS, SECTOR_SIZE};
@@ -155,91 +155,29 @@ fn open_descriptor(
     place: DescriptorPlace,
 ) -> Result<Vmdk> {
     let descriptor = Descriptor::parse(bytes, base)?;
-    if !KNOWN_CREATE_TYPES.contains(&descriptor.create_type.as_str()) {
-        return Err(Error::unsupported(format!(
-            "VMDK image type '{}'",
-            descriptor.create_type
-        )));
-    }
-    if descriptor.extents.len() > MAX_EXTENTS {
-        return Err(Error::corrupt(
-            "VMDK descriptor",
-            base,
-            format!(
-                "{} extents (at most {MAX_EXTENTS} are supported)",
-                descriptor.extents.len()
-            ),
-        ));
-    }
-    let dir = path.parent().unwrap_or(Path::new(""));
+    check_descriptor_is_supported(&descriptor, base)?;
+    let opener = ExtentOpener {
+        ns,
+        path,
+        dir: path.parent().unwrap_or(Path::new("")),
+        opts,
+        base,
+        place: &place,
+    };
     let mut extents = Vec::with_capacity(descriptor.extents.len());
     let mut start = 0u64;
     let mut all_read_only = opts.read_only;
-    let force_share = opts.force_share;
     for line in &descriptor.extents {
-        let read_only = opts.read_only || line.access != Access::ReadWrite;
-        let (file_path, filename) = match &line.file_name {
-            Some(name) => {
-                let p = resolve_extent_path(dir, name, opts.allow_outside_extents)?;
-                let shown = p.display().to_string();
-                (Some(p), shown)
-            }
-            None => (None, String::new()),
-        };
-        let open_storage = || -> Result<Arc<dyn Storage>> {
-            match &file_path {
-                // An extent that is the descriptor's own file shares its open file: a
-                // second open would conflict with the first one's image lock.
-                Some(p) if ns.same_file(p, path) => match &place {
-                    DescriptorPlace::File(s) | DescriptorPlace::Embedded { storage: s, .. } => {
-                        Ok(s.clone())
-                    }
-                    DescriptorPlace::Nowhere => open_file(ns, p, read_only, force_share),
-                },
-                Some(p) => open_file(ns, p, read_only, force_share),
-                None => Err(Error::corrupt(
-                    "VMDK descriptor",
-                    base,
-                    "extent has no file",
-                )),
-            }
-        };
-        let (length, body) = match line.extent_type {
-            ExtentType::Zero => (line.sectors * SECTOR_SIZE, ExtentBody::Zero),
-            ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm => (
-                line.sectors * SECTOR_SIZE,
-                ExtentBody::Flat(FlatExtent::new(open_storage()?, line.offset * SECTOR_SIZE)),
-            ),
-            ExtentType::Sparse | ExtentType::VmfsSparse => {
-                let sparse = SparseExtent::open(open_storage()?, read_only)?;
-                if sparse.geometry().compressed || sparse.kind() == SparseKind::Cowd {
-                    all_read_only = true;
-                }
-                // As QEMU: a sparse extent's size comes from its own header.
-                (
-                    sparse.capacity_bytes(),
-                    ExtentBody::Sparse(Box::new(sparse)),
-                )
-            }
-            ExtentType::SeSparse => {
-                return Err(Error::unsupported("VMDK SESPARSE extents"));
-            }
-        };
-        extents.push(Extent {
-            start,
-            length,
-            access: line.access,
-            type_name: line.extent_type.as_str().to_string(),
-            filename,
-            body,
-        });
-        start = start.checked_add(length).ok_or_else(|| {
+        let (extent, forces_read_only) = opener.open(line, start)?;
+        all_read_only |= forces_read_only;
+        start = start.checked_add(extent.length).ok_or_else(|| {
             Error::corrupt(
                 "VMDK descriptor",
                 base,
                 "extents add up to more than 2^64 bytes",
             )
         })?;
+        extents.push(extent);
     }
     // Empty extents take no part in I/O.
     extents.retain(|e| e.length > 0);
@@ -257,6 +195,110 @@ fn open_descriptor(
         cid_updated: false,
         backing: None,
     })
+}
+
+/// A create type vdisk knows and at most [`MAX_EXTENTS`] extents (a parent image is
+/// attached by the driver: `parentFileNameHint`).
+fn check_descriptor_is_supported(descriptor: &Descriptor, base: u64) -> Result<()> {
+    if !KNOWN_CREATE_TYPES.contains(&descriptor.create_type.as_str()) {
+        return Err(Error::unsupported(format!(
+            "VMDK image type '{}'",
+            descriptor.create_type
+        )));
+    }
+    if descriptor.extents.len() > MAX_EXTENTS {
+        return Err(Error::corrupt(
+            "VMDK descriptor",
+            base,
+            format!(
+                "{} extents (at most {MAX_EXTENTS} are supported)",
+                descriptor.extents.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens the extents of one descriptor: where the descriptor is and how the image is opened.
+struct ExtentOpener<'a> {
+    ns: &'a dyn Namespace,
+    /// The descriptor's path.
+    path: &'a Path,
+    /// The directory extent file names are relative to.
+    dir: &'a Path,
+    opts: &'a VmdkOpenOptions,
+    /// The descriptor's file offset (for errors).
+    base: u64,
+    /// Where the descriptor was read from (an extent in the same file shares its storage).
+    place: &'a DescriptorPlace,
+}
+
+impl ExtentOpener<'_> {
+    /// Open the extent `line` names as the one at guest offset `start`; also say whether it
+    /// makes the whole image read-only (a compressed or COWD sparse extent).
+    fn open(&self, line: &ExtentLine, start: u64) -> Result<(Extent, bool)> {
+        let read_only = self.opts.read_only || line.access != Access::ReadWrite;
+        let (file_path, filename) = match &line.file_name {
+            Some(name) => {
+                let p = resolve_extent_path(self.dir, name, self.opts.allow_outside_extents)?;
+                let shown = p.display().to_string();
+                (Some(p), shown)
+            }
+            None => (None, String::new()),
+        };
+        let open_storage = || self.storage(file_path.as_deref(), read_only);
+        let mut forces_read_only = false;
+        let (length, body) = match line.extent_type {
+            ExtentType::Zero => (line.sectors * SECTOR_SIZE, ExtentBody::Zero),
+            ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRdm => (
+                line.sectors * SECTOR_SIZE,
+                ExtentBody::Flat(FlatExtent::new(open_storage()?, line.offset * SECTOR_SIZE)),
+            ),
+            ExtentType::Sparse | ExtentType::VmfsSparse => {
+                let sparse = SparseExtent::open(open_storage()?, read_only)?;
+                forces_read_only =
+                    sparse.geometry().compressed || sparse.kind() == SparseKind::Cowd;
+                // As QEMU: a sparse extent's size comes from its own header.
+                (
+                    sparse.capacity_bytes(),
+                    ExtentBody::Sparse(Box::new(sparse)),
+                )
+            }
+            ExtentType::SeSparse => {
+                return Err(Error::unsupported("VMDK SESPARSE extents"));
+            }
+        };
+        let extent = Extent {
+            start,
+            length,
+            access: line.access,
+            type_name: line.extent_type.as_str().to_string(),
+            filename,
+            body,
+        };
+        Ok((extent, forces_read_only))
+    }
+
+    /// The storage of the extent file at `file_path`.
+    fn storage(&self, file_path: Option<&Path>, read_only: bool) -> Result<Arc<dyn Storage>> {
+        let force_share = self.opts.force_share;
+        match file_path {
+            // An extent that is the descriptor's own file shares its open file: a
+            // second open would conflict with the first one's image lock.
+            Some(p) if self.ns.same_file(p, self.path) => match self.place {
+                DescriptorPlace::File(s) | DescriptorPlace::Embedded { storage: s, .. } => {
+                    Ok(s.clone())
+                }
+                DescriptorPlace::Nowhere => open_file(self.ns, p, read_only, force_share),
+            },
+            Some(p) => open_file(self.ns, p, read_only, force_share),
+            None => Err(Error::corrupt(
+                "VMDK descriptor",
+                self.base,
+                "extent has no file",
+            )),
+        }
+    }
 }
 
 /// The descriptor text up to its first NUL.

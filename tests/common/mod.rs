@@ -9,6 +9,7 @@
 
 pub mod crash;
 pub mod hold;
+pub mod hostile;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};

@@ -3,11 +3,11 @@
 //! Exit codes as qemu-img's: 0 clean, 1 the check could not complete, 2 corruptions,
 //! 3 leaks only, 63 the format does not support checks.
 
-use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OutputFlag, QuietFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::check_report::Repair;
+use vdisk::check_report::{stream_messages, Repair};
 use vdisk::ops::check;
 use vdisk::Result;
 
@@ -16,6 +16,8 @@ use vdisk::Result;
 pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Repair: `leaks` frees leaked clusters, `all` also fixes corruptions.
     #[arg(short = 'r', long = "repair", value_name = "leaks|all")]
     repair: Option<String>,
@@ -29,14 +31,20 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let json = a.output.wants_json()?;
     let repair = match &a.repair {
         Some(r) => r.parse()?,
         None => Repair::None,
     };
     let format = a.format.get()?;
-    let Some(checked) = check::check(&a.file, format, repair, a.force_share.on())? else {
+    // Findings are printed as they are found: there is no limit on how many there are.
+    let print = Box::new(|m: &str| eprintln!("{m}"));
+    let checked = stream_messages(print, || {
+        check::check(&a.file, format, repair, a.force_share.on())
+    })?;
+    let Some(checked) = checked else {
         eprintln!("vdisk: This image format does not support checks");
         return Ok(ExitCode::from(63));
     };

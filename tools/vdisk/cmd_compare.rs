@@ -2,13 +2,12 @@
 //!
 //! Exit codes as qemu-img's: 0 identical, 1 different, 2 error.
 
-use crate::flags::{ForceShareFlag, ProgressFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, ImageSpecFlags, ProgressFlag, QuietFlag};
 use crate::output::out;
 use crate::progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, ImageOptions};
-use vdisk::ops::compare::compare_with_progress;
+use vdisk::ops::compare::compare_files;
 use vdisk::Result;
 
 /// Arguments of `compare`.
@@ -22,6 +21,8 @@ pub struct Args {
     /// Format of the second image (probed when absent).
     #[arg(short = 'F', long = "b-format")]
     format_b: Option<String>,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Strict: sizes and allocation status must match too.
     #[arg(short = 's', long = "strict")]
     strict: bool,
@@ -38,33 +39,25 @@ pub struct Args {
     b: PathBuf,
 }
 
-fn open(
-    path: &std::path::Path,
-    format: &Option<String>,
-    force_share: bool,
-) -> Result<image::Image> {
-    let opts = ImageOptions {
-        format: format.as_deref().map(str::parse).transpose()?,
-        read_only: true,
-        force_share,
-        ..Default::default()
-    };
-    image::open(path, &opts)
-}
-
-pub fn run(a: Args) -> Result<ExitCode> {
-    // As qemu-img: the bar starts once both images are open, reaches 100% only when they
-    // are identical, and a newline follows the last message.
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_named(&mut a.a, &mut a.format_a)?;
+    a.spec.resolve_named(&mut a.b, &mut a.format_b)?;
+    // As qemu-img: the bar starts once both images are open (the first progress call),
+    // reaches 100% only when they are identical, and a newline follows the last message.
+    let enabled = a.progress.on() && !a.quiet.on();
     let mut bar = None;
     let result = (|| {
-        let mut ia = open(&a.a, &a.format_a, a.force_share.on())?;
-        let mut ib = open(&a.b, &a.format_b, a.force_share.on())?;
-        let bar = bar.insert(Progress::new(a.progress.on() && !a.quiet.on(), 0));
-        compare_with_progress(
-            ia.device.as_mut(),
-            ib.device.as_mut(),
+        let format_a = a.format_a.as_deref().map(str::parse).transpose()?;
+        let format_b = a.format_b.as_deref().map(str::parse).transpose()?;
+        compare_files(
+            (&a.a, format_a),
+            (&a.b, format_b),
             a.strict,
-            &mut |d, t| bar.update(d, t),
+            a.force_share.on(),
+            &mut |d, t| {
+                bar.get_or_insert_with(|| Progress::new(enabled, 0))
+                    .update(d, t)
+            },
         )
     })();
     match result {

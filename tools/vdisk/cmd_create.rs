@@ -1,11 +1,11 @@
 //! `vdisk create [-f FMT] [-o OPTS] [-b BACKING -F FMT] [-u] FILE [SIZE]`
 
-use crate::flags::{FormatFlag, OptionsFlag, QuietFlag};
+use crate::flags::{FormatFlag, ObjectFlag, OptionsFlag, QuietFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::create_opts;
-use vdisk::image::{self, Format};
+use vdisk::image::Format;
+use vdisk::ops::create;
 use vdisk::size::parse_image_size;
 use vdisk::Result;
 
@@ -15,6 +15,8 @@ pub struct Args {
     // Raw when absent (nothing to probe).
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    object: ObjectFlag,
     #[command(flatten)]
     options: OptionsFlag,
     /// Backing file.
@@ -29,93 +31,36 @@ pub struct Args {
     // Suppresses the "Formatting ..." line.
     #[command(flatten)]
     quiet: QuietFlag,
-    /// Image file to create.
+    /// Image file to create (optional with `-o help`).
     file: Option<PathBuf>,
     /// Virtual size (k, M, G, T, P, E suffixes).
     size: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    a.object.registry()?;
     // Raw without -f, as qemu-img create: a default, not a dispatch on the format.
     let format = a.format.get()?.unwrap_or(Format::RAW);
-    let mut opts = a.options.pairs()?;
-    if create_opts::wants_help(&opts) {
-        let help = create_opts::create_help(
-            format.name(),
-            format.driver().create_options,
-            a.file.is_some(),
-        );
+    let mut options = a.options.pairs()?;
+    if let Some(help) = create::help(format, &options, a.file.is_some()) {
         out!("{help}")?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(file) = a.file.as_deref() else {
         return Err(vdisk::Error::invalid("Expecting image file name"));
     };
+    // -b and -F are qemu-img's spellings of the backing_file and backing_fmt options.
     if let Some(b) = &a.backing {
-        opts.push(("backing_file".into(), b.clone()));
+        options.push(("backing_file".into(), b.clone()));
     }
     if let Some(f) = &a.backing_format {
-        opts.push(("backing_fmt".into(), f.clone()));
+        options.push(("backing_fmt".into(), f.clone()));
     }
-    let size_arg = match &a.size {
-        Some(s) => Some(parse_image_size(s)?),
-        None => None,
-    };
-    let mut size = image::create_size(file, size_arg, &opts)?;
-    let backing = opts
-        .iter()
-        .find(|(k, _)| k == "backing_file")
-        .map(|(_, v)| v.clone());
-    let backing_fmt = opts
-        .iter()
-        .find(|(k, _)| k == "backing_fmt")
-        .map(|(_, v)| v.clone());
-    if let Some(b) = &backing {
-        vdisk::names::check_backing_name(b)?;
-        let path = vdisk::chain::resolve(file, b)?;
-        if backing_fmt.is_none() {
-            let detected = image::probe_path(&path, false)?;
-            return Err(vdisk::Error::invalid(format!(
-                "{}: Backing file specified without backing format (detected format of {}: {}); use -F",
-                file.display(),
-                b,
-                detected
-            )));
-        }
-        if !a.unsafe_backing {
-            let fmt: Format = backing_fmt.as_deref().unwrap_or("raw").parse()?;
-            let chain = image::open(
-                &path,
-                &image::ImageOptions {
-                    format: Some(fmt),
-                    read_only: true,
-                    ..Default::default()
-                },
-            )?;
-            if size.is_none() {
-                size = Some(chain.device.virtual_size());
-            }
-        }
-    }
-    let Some(size) = size else {
-        return Err(vdisk::Error::invalid(
-            "Image creation needs a size parameter",
-        ));
-    };
-    let opts = image::check_create_options(file, format, &opts)?;
+    let size = a.size.as_deref().map(parse_image_size).transpose()?;
+    let plan = create::plan(file, format, options, size, a.unsafe_backing)?;
     if !a.quiet.on() {
-        let table = image::create_option_table(format);
-        let path = file.display().to_string();
-        outln!(
-            "{}",
-            create_opts::formatting_line(&path, format.name(), &table, &opts, size)
-        )?;
+        outln!("{}", plan.summary())?;
     }
-
-    // Until the image is closed, a failure removes the files it is made of.
-    let files = image::NewFiles::before_create(file, format, size, &opts);
-    let mut dev = image::create(file, format, Some(size), &opts)?;
-    dev.close()?;
-    files.keep();
+    plan.create()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,10 @@
 //! `vdisk info [-f FMT] [--output human|json] [-b|--backing-chain] FILE`
 
-use crate::flags::{ForceShareFlag, FormatFlag, OutputFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, ImageOptions};
-use vdisk::ops::info::{image_info_shared, to_qemu_json};
+use vdisk::ops::info::{chain_info, image_info_shared, to_qemu_json};
 use vdisk::Result;
 
 /// Arguments of `info`.
@@ -13,6 +12,8 @@ use vdisk::Result;
 pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     #[command(flatten)]
     output: OutputFlag,
     /// Show every image of the backing chain.
@@ -28,7 +29,8 @@ pub struct Args {
     file: PathBuf,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let json = a.output.wants_json()?;
     let format = a.format.get()?;
     let force_share = a.force_share.on();
@@ -41,23 +43,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let img = image::open(
-        &a.file,
-        &ImageOptions {
-            format,
-            read_only: true,
-            force_share,
-            ..Default::default()
-        },
-    )?;
-    let mut infos = Vec::new();
-    for layer in &img.layers {
-        infos.push(image_info_shared(
-            &layer.path,
-            Some(layer.format),
-            force_share,
-        )?);
-    }
+    let infos = chain_info(&a.file, format, force_share)?;
     if json {
         outln!("{}", to_qemu_json(&infos))?;
     } else {

@@ -1,13 +1,13 @@
 //! `vdisk measure [-O FMT] [-o OPTS] (--size SIZE | [-f FMT] [-l SNAPSHOT] FILE)
 //! [--output human|json]`
 
-use crate::flags::{ForceShareFlag, FormatFlag, OptionsFlag, OutputFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, OptionsFlag, OutputFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format, ImageOptions, SnapshotRef};
+use vdisk::image::{Format, SnapshotRef};
 use vdisk::ops::info::to_qemu_json;
-use vdisk::ops::measure::{measure, Source};
+use vdisk::ops::measure::{measure, measure_file, Source};
 use vdisk::{Error, Result};
 
 /// Arguments of `measure`.
@@ -31,6 +31,8 @@ pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
     #[command(flatten)]
+    spec: ImageSpecFlags,
+    #[command(flatten)]
     output: OutputFlag,
     #[command(flatten)]
     force_share: ForceShareFlag,
@@ -38,21 +40,19 @@ pub struct Args {
     file: Option<PathBuf>,
 }
 
-/// The version field of a qcow2 header.
-fn qcow2_version(path: &std::path::Path, force_share: bool) -> Result<u32> {
-    let img = image::open_qcow2_alone(path, true, force_share, "measuring it as one")?;
-    Ok(img.header().version)
-}
-
-pub fn run(a: Args) -> Result<ExitCode> {
-    let json = a.output.wants_json()?;
-    let target: Format = a.target.parse()?;
-    let options = a.options.pairs()?;
-    if a.size.is_some() && (a.format.name().is_some() || a.snapshot.is_some()) {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    let file_only = a.format.name().is_some() || a.snapshot.is_some() || a.spec.image_opts.on();
+    if a.size.is_some() && file_only {
         return Err(Error::invalid(
             "--image-opts, -f, and -l require a filename argument.",
         ));
     }
+    if let Some(f) = a.file.as_mut() {
+        a.spec.resolve_in_place(f, &mut a.format)?;
+    }
+    let json = a.output.wants_json()?;
+    let target: Format = a.target.parse()?;
+    let options = a.options.pairs()?;
     let snapshot = a.snapshot.as_deref().map(SnapshotRef::parse).transpose()?;
     let m = match (&a.size, &a.file) {
         (Some(_), Some(_)) => {
@@ -66,25 +66,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ))
         }
         (Some(s), None) => measure(Source::Size(vdisk::size::parse_size(s)?), target, &options)?,
-        (None, Some(f)) => {
-            let opts = ImageOptions {
-                format: a.format.get()?,
-                read_only: true,
-                force_share: a.force_share.on(),
-                ..Default::default()
-            };
-            let mut img = match &snapshot {
-                Some(snap) => image::open_snapshot(f, &opts, snap)?,
-                None => image::open(f, &opts)?,
-            };
-            let bitmaps_capable =
-                img.format == Format::QCOW2 && qcow2_version(f, a.force_share.on())? >= 3;
-            let source = Source::Image {
-                device: img.device.as_mut(),
-                bitmaps_capable,
-            };
-            measure(source, target, &options)?
-        }
+        (None, Some(f)) => measure_file(
+            f,
+            a.format.get()?,
+            snapshot.as_ref(),
+            a.force_share.on(),
+            target,
+            &options,
+        )?,
     };
     if json {
         outln!("{}", to_qemu_json(&m.to_json()))?;

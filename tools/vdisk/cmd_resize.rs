@@ -3,7 +3,7 @@
 //! As qemu-img: the size may be relative (`+1G`, `-512M`), shrinking needs `--shrink`,
 //! preallocation applies to the added part only, and success prints "Image resized.".
 
-use crate::flags::{FormatFlag, QuietFlag};
+use crate::flags::{FormatFlag, ImageSpecFlags, QuietFlag};
 use crate::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,8 @@ use vdisk::{Error, Preallocation, Result};
 pub struct Args {
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Allow the image to become smaller (data past the new end is lost).
     #[arg(long)]
     shrink: bool,
@@ -30,7 +32,8 @@ pub struct Args {
     size: String,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let prealloc: Preallocation = match &a.preallocation {
         Some(p) => p
             .parse()

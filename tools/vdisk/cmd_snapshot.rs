@@ -1,13 +1,12 @@
 //! `vdisk snapshot [-l | -c NAME | -a ID_OR_NAME | -d NAME] FILE`, and the retention policy
 //! `vdisk snapshot --prune --keep-last N [--keep-within DURATION] [--dry-run] FILE`.
 
-use crate::flags::{ForceShareFlag, FormatFlag, QuietFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags, QuietFlag};
 use crate::output::{out, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk::image::{self, Format};
-use vdisk::qcow2::driver::SharedQcow2;
-use vdisk::qcow2::SnapshotTime;
+use vdisk::image::Format;
+use vdisk::ops::snapshot::{self, Action, Retention};
 use vdisk::{Error, Result};
 
 /// Arguments of `snapshot`.
@@ -16,6 +15,8 @@ pub struct Args {
     // Must be qcow2 when given.
     #[command(flatten)]
     format: FormatFlag,
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// List snapshots.
     #[arg(short = 'l', long = "list", group = "action")]
     list: bool,
@@ -77,23 +78,8 @@ pub fn parse_duration(s: &str) -> Result<u64> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
-fn open(a: &Args, read_only: bool) -> Result<SharedQcow2> {
-    if let Some(f) = a.format.get()? {
-        if f != Format::QCOW2 {
-            return Err(Error::unsupported(format!(
-                "snapshots on {f} images (only qcow2 has internal snapshots)"
-            )));
-        }
-    }
-    image::open_qcow2_alone(
-        &a.file,
-        read_only,
-        a.force_share.on() && read_only,
-        "only qcow2 has internal snapshots",
-    )
-}
-
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
+    a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = a.quiet.on();
     let list =
         a.list || (a.create.is_none() && a.apply.is_none() && a.delete.is_none() && !a.prune);
@@ -102,8 +88,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "-U/--force-share opens the image read-only: it can only be used with -l",
         ));
     }
+    let format = a.format.get()?;
     if list {
-        let format = a.format.get()?;
         out!(
             "{}",
             vdisk::ops::info::snapshot_list_text(&a.file, format, a.force_share.on())?
@@ -111,94 +97,41 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if a.prune {
-        return prune(&a);
+        return prune(&a, format);
     }
-    let mut img = open(&a, false)?;
-    // The lookups and messages are qemu-img's: -a takes an ID or else a name, -d a name only
-    // (never an ID); -c keeps at most 255 bytes of the name (qemu-img's name buffer).
-    if let Some(name) = &a.create {
-        let name = truncate_name(name);
-        img.snapshot_create(name, SnapshotTime::now())
-            .map_err(|e| Error::invalid(format!("Could not create snapshot '{name}': {e}")))?;
-    } else if let Some(name) = &a.apply {
-        if img.find_snapshot(name).is_none() {
-            return Err(Error::invalid(format!(
-                "Could not apply snapshot '{name}': Failed to load snapshot: No such file or directory"
-            )));
-        }
-        img.snapshot_apply(name)
-            .map_err(|e| Error::invalid(format!("Could not apply snapshot '{name}': {e}")))?;
-    } else if let Some(name) = &a.delete {
-        if img.find_snapshot_by_name(name).is_none() {
-            return Err(Error::invalid(format!(
-                "Could not delete snapshot '{name}': snapshot not found"
-            )));
-        }
-        img.snapshot_delete(&[name.as_str()])
-            .map_err(|e| Error::invalid(format!("Could not delete snapshot '{name}': {e}")))?;
-    }
-    vdisk::BlockDevice::close(&mut img)?;
+    let action = match (&a.create, &a.apply, &a.delete) {
+        (Some(name), _, _) => Action::Create(name),
+        (_, Some(name), _) => Action::Apply(name),
+        (_, _, Some(name)) => Action::Delete(name),
+        // `list` is true when no action was given.
+        (None, None, None) => return Ok(ExitCode::SUCCESS),
+    };
+    snapshot::change(&a.file, format, action)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The first 255 bytes of `name` (cut at a character boundary), as qemu-img stores it.
-fn truncate_name(name: &str) -> &str {
-    let mut end = name.len().min(255);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
-}
-
-fn prune(a: &Args) -> Result<ExitCode> {
+fn prune(a: &Args, format: Option<Format>) -> Result<ExitCode> {
     let keep_last = a
         .keep_last
         .ok_or_else(|| Error::invalid("--prune needs --keep-last N"))?;
-    let within = a.keep_within.as_deref().map(parse_duration).transpose()?;
-    let mut img = open(a, a.dry_run)?;
-    let now = SnapshotTime::now().sec as u64;
-    // Newest first by date (then by table order).
-    let mut order: Vec<usize> = (0..img.snapshots().len()).collect();
-    order.sort_by_key(|&i| {
-        let s = &img.snapshots()[i];
-        std::cmp::Reverse((s.date_sec, s.date_nsec, i))
-    });
-    let mut doomed: Vec<usize> = Vec::new();
-    for (rank, &i) in order.iter().enumerate() {
-        let s = &img.snapshots()[i];
-        let young = within.is_some_and(|w| now.saturating_sub(u64::from(s.date_sec)) <= w);
-        if rank >= keep_last && !young {
-            doomed.push(i);
-        }
-    }
-    doomed.reverse(); // oldest first
-    let ids: Vec<String> = doomed
-        .iter()
-        .map(|&i| img.snapshots()[i].id.clone())
-        .collect();
-    let names: Vec<String> = doomed
-        .iter()
-        .map(|&i| img.snapshots()[i].name.clone())
-        .collect();
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let gain = if refs.is_empty() {
-        0
-    } else {
-        img.snapshot_delete_gain(&refs)?
+    let policy = Retention {
+        keep_last,
+        keep_within: a.keep_within.as_deref().map(parse_duration).transpose()?,
     };
+    let plan = snapshot::plan_prune(&a.file, format, policy, a.dry_run, a.force_share.on())?;
     let verb = if a.dry_run { "would delete" } else { "deleted" };
-    for (id, name) in ids.iter().zip(&names) {
+    for (id, name) in &plan.doomed {
         outln!("{verb} snapshot {id} ({name})")?;
     }
-    if !refs.is_empty() && !a.dry_run {
-        img.snapshot_delete_by_id(&refs)?;
-        vdisk::BlockDevice::close(&mut img)?;
+    let (deleted, kept, gain) = (plan.doomed.len(), plan.kept, plan.gain);
+    if !a.dry_run {
+        plan.apply()?;
     }
     outln!(
         "{} {} snapshot(s), {} kept; space given back: {} ({} bytes)",
         verb,
-        refs.len(),
-        img.snapshots().len() - if a.dry_run { refs.len() } else { 0 },
+        deleted,
+        kept,
         vdisk::size::human_size(gain),
         gain
     )?;

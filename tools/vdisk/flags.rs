@@ -1,11 +1,14 @@
 //! The flags most subcommands share, each defined once with one help text: a subcommand
 //! takes a group with `#[command(flatten)]`, so `-f`, `-U`, `-o`, `--output`, `-q`, `-p`
-//! and `-t` are spelled the same everywhere (as in qemu-img).
+//! and `-t` are spelled the same everywhere (as in qemu-img), as are `--object` and
+//! `--image-opts` ([`ImageSpecFlags`]).
 //!
 //! A subcommand whose flag has the same letter but another meaning or long name in
 //! qemu-img (convert's `-f/--source-format`, compare's `-f/--a-format`, ...) declares that
 //! flag itself, with a comment saying why.
 
+use std::path::{Path, PathBuf};
+use vdisk::image::opts::{ImageSpec, Objects};
 use vdisk::image::{self, Format};
 use vdisk::{Error, Result};
 
@@ -18,6 +21,11 @@ pub struct FormatFlag {
 }
 
 impl FormatFlag {
+    /// Replace the format given (after `--image-opts` named one).
+    pub fn set(&mut self, format: Option<Format>) {
+        self.format = format.map(|f| f.name().to_string());
+    }
+
     /// The format given, if any; an unknown name is an error.
     pub fn get(&self) -> Result<Option<Format>> {
         self.format.as_deref().map(str::parse).transpose()
@@ -144,4 +152,117 @@ pub fn is_unsafe_cache(mode: &str) -> Result<bool> {
         "writeback" | "none" | "writethrough" | "directsync" => Ok(false),
         c => Err(Error::invalid(format!("invalid cache mode '{c}'"))),
     }
+}
+
+/// `--object TYPE,id=ID,...`, which may be repeated: objects (secrets) that images may
+/// refer to. Parsed before any image is opened, as qemu-img does.
+#[derive(clap::Args)]
+pub struct ObjectFlag {
+    /// Define an object, such as secret,id=ID,data=VALUE|file=PATH (may be repeated).
+    #[arg(long = "object", value_name = "OBJECTDEF", action = clap::ArgAction::Append)]
+    objects: Vec<String>,
+}
+
+impl ObjectFlag {
+    /// The objects given, created in command-line order.
+    pub fn registry(&self) -> Result<Objects> {
+        let mut objects = Objects::default();
+        for spec in &self.objects {
+            objects.add(spec)?;
+        }
+        Ok(objects)
+    }
+}
+
+/// `--image-opts`: the image argument is a `driver=...,file.filename=...` specification.
+#[derive(clap::Args)]
+pub struct ImageOptsFlag {
+    /// Treat the image argument as an option string (driver=qcow2,file.filename=PATH).
+    #[arg(long = "image-opts")]
+    image_opts: bool,
+}
+
+impl ImageOptsFlag {
+    /// Whether `--image-opts` was given.
+    pub fn on(&self) -> bool {
+        self.image_opts
+    }
+
+    /// The image `name` names, given the `-f` format.
+    pub fn resolve(&self, name: &Path, format: Option<Format>) -> Result<ImageRef> {
+        resolve_image(self.image_opts, name, format)
+    }
+}
+
+/// `--object` and `--image-opts` together, for a subcommand that opens one image.
+#[derive(clap::Args)]
+pub struct ImageSpecFlags {
+    #[command(flatten)]
+    pub object: ObjectFlag,
+    #[command(flatten)]
+    pub image_opts: ImageOptsFlag,
+}
+
+impl ImageSpecFlags {
+    /// Create the objects, then resolve the image argument `name` (see
+    /// [`ImageOptsFlag::resolve`]).
+    pub fn resolve(&self, name: &Path, format: Option<Format>) -> Result<ImageRef> {
+        self.object.registry()?;
+        self.image_opts.resolve(name, format)
+    }
+
+    /// [`resolve`](Self::resolve) `file` and `format` in place: a subcommand calls this
+    /// first and then reads its arguments as if a plain file name and `-f` had been given.
+    /// (`backing=` is honoured by convert only; elsewhere the backing file is opened.)
+    pub fn resolve_in_place(&self, file: &mut PathBuf, format: &mut FormatFlag) -> Result<()> {
+        let r = self.resolve(file, format.get()?)?;
+        *file = r.path;
+        format.set(r.format);
+        Ok(())
+    }
+
+    /// [`resolve_in_place`](Self::resolve_in_place) for a subcommand that spells its format
+    /// flag itself (compare's `-f`/`-F`).
+    pub fn resolve_named(&self, file: &mut PathBuf, format: &mut Option<String>) -> Result<()> {
+        let parsed = format.as_deref().map(str::parse).transpose()?;
+        let r = self.resolve(file, parsed)?;
+        *file = r.path;
+        *format = r.format.map(|f| f.name().to_string());
+        Ok(())
+    }
+}
+
+/// An image argument resolved: the file, its format, whether to skip its backing file.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    pub path: PathBuf,
+    pub format: Option<Format>,
+    pub no_backing: bool,
+}
+
+/// The image the argument `name` names: a plain file name, or with `image_opts` an
+/// option string (refused together with a `-f` format, as qemu-img does). Warnings about
+/// deprecated spellings go to stderr.
+pub fn resolve_image(image_opts: bool, name: &Path, format: Option<Format>) -> Result<ImageRef> {
+    if !image_opts {
+        return Ok(ImageRef {
+            path: name.to_path_buf(),
+            format,
+            no_backing: false,
+        });
+    }
+    if format.is_some() {
+        return Err(Error::invalid(
+            "--image-opts and --format are mutually exclusive",
+        ));
+    }
+    let spec = ImageSpec::parse(&name.to_string_lossy())?;
+    for w in &spec.warnings {
+        eprintln!("vdisk: warning: {w}");
+    }
+    Ok(ImageRef {
+        path: spec.path,
+        format: spec.format,
+        no_backing: spec.no_backing,
+    })
 }

@@ -6,17 +6,20 @@
 //! closed stdout pipe ends the process quietly, as in qemu-img, instead of panicking.
 
 mod cmd_amend;
+mod cmd_bench;
 mod cmd_check;
 mod cmd_commit;
 mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dd;
 mod cmd_dump;
 mod cmd_info;
 mod cmd_map;
 mod cmd_measure;
 mod cmd_rebase;
 mod cmd_resize;
+mod cmd_serve;
 mod cmd_snapshot;
 mod flags;
 mod output;
@@ -61,6 +64,12 @@ enum Command {
     Resize(cmd_resize::Args),
     /// Change format options of a qcow2 image in place (compat, refcount_bits, ...).
     Amend(cmd_amend::Args),
+    /// Run a simple I/O benchmark on an image (as qemu-img bench).
+    Bench(cmd_bench::Args),
+    /// Copy an image into a new one in blocks (as qemu-img dd: if=, of=, bs=, count=, skip=).
+    Dd(cmd_dd::Args),
+    /// Serve an image over NBD (as qemu-nbd).
+    Serve(cmd_serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +95,9 @@ fn main() -> ExitCode {
         Command::Measure(a) => cmd_measure::run(a),
         Command::Resize(a) => cmd_resize::run(a),
         Command::Amend(a) => cmd_amend::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
+        Command::Dd(a) => cmd_dd::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,7 @@
 //! The convert engine's threads: one reader, a pool of workers, and the writer (the calling
 //! thread). See the parent module for the design.
 
-use super::{is_zero, nonzero_runs, ConvertOptions, Progress, CHUNK};
+use super::{is_zero, nonzero_runs, ConvertOptions, Progress, CHUNK, SECTOR};
 use crate::device::{BlockDevice, ClusterCodec, ExtentKind};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -28,6 +28,10 @@ struct Plan {
     /// The source's codec and cluster size, for inflating compressed source clusters.
     src_codec: Option<Arc<dyn ClusterCodec>>,
     src_cluster: u64,
+    /// Write whole windows, zeros included, and form windows over zero runs too.
+    fully_allocate: bool,
+    /// Unreadable sectors become zeros instead of an error.
+    salvage: bool,
 }
 
 /// A compressed source cluster that a worker inflates into its window.
@@ -47,6 +51,8 @@ struct Window {
     base: u64,
     buf: Vec<u8>,
     inflate: Vec<Inflate>,
+    /// Guest offsets of sectors that could not be read (salvaged as zeros).
+    unreadable: Vec<u64>,
 }
 
 /// One write the writer performs.
@@ -63,6 +69,7 @@ struct Done {
     base: u64,
     buf: Vec<u8>,
     pieces: Vec<Piece>,
+    unreadable: Vec<u64>,
 }
 
 /// Copy `src` into `dst` with the reader, workers and writer described in the module doc.
@@ -71,6 +78,7 @@ pub(super) fn run(
     dst: &mut dyn BlockDevice,
     opts: ConvertOptions,
     progress: Progress<'_>,
+    unreadable: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let size = src.virtual_size().min(dst.virtual_size());
     let gran = match opts.zero_granularity {
@@ -101,6 +109,8 @@ pub(super) fn run(
         compress,
         src_codec,
         src_cluster,
+        fully_allocate: opts.fully_allocate,
+        salvage: opts.salvage,
     };
     let plan = &plan;
     std::thread::scope(|s| {
@@ -123,7 +133,13 @@ pub(super) fn run(
             s.spawn(move || work(&rx, &tx, plan));
         }
         drop(done_tx);
-        write_windows(dst, done_rx, pool_tx, in_order, size, progress)
+        let pace = Pace::new(opts.rate_limit);
+        let sinks = Sinks {
+            progress,
+            unreadable,
+            pace,
+        };
+        write_windows(dst, done_rx, pool_tx, in_order, size, sinks)
     })
 }
 
@@ -155,6 +171,12 @@ fn read_windows(
                 ExtentKind::Unallocated => plan.unallocated_is_zero,
                 ExtentKind::Data => false,
             };
+            if skip && plan.fully_allocate && win.is_none() {
+                let Some(w) = new_window(&pool, seq, a, b, pos) else {
+                    return Ok(()); // the writer has stopped
+                };
+                win = Some(w);
+            }
             if skip {
                 match win.as_mut() {
                     None => {
@@ -172,21 +194,10 @@ fn read_windows(
             }
             let end = ext_end.min(b);
             if win.is_none() {
-                let Ok(mut buf) = pool.recv() else {
+                let Some(w) = new_window(&pool, seq, a, b, pos) else {
                     return Ok(()); // the writer has stopped
                 };
-                // Every byte of the window is written below (read, inflated or zeroed), so
-                // a reused buffer is not cleared first; only the part before `pos` is.
-                let len = (b - a) as usize;
-                buf.truncate(len);
-                buf.resize(len, 0);
-                buf[..(pos - a) as usize].fill(0);
-                win = Some(Window {
-                    seq,
-                    base: a,
-                    buf,
-                    inflate: Vec::new(),
-                });
+                win = Some(w);
             }
             let Some(w) = win.as_mut() else {
                 unreachable!("window created above")
@@ -194,7 +205,7 @@ fn read_windows(
             if ext.compressed && plan.src_codec.is_some() && plan.src_cluster > 0 {
                 read_compressed_run(src, plan, w, pos, end)?;
             } else {
-                src.read_at(&mut w.buf[(pos - a) as usize..(end - a) as usize], pos)?;
+                read_or_salvage(src, plan, w, pos, end)?;
             }
             pos = end;
         }
@@ -205,6 +216,62 @@ fn read_windows(
             seq += 1;
         }
         a = b;
+    }
+    Ok(())
+}
+
+/// A window `[a, b)` from the pool, with the part before `pos` zeroed; `None` when the
+/// writer has stopped. Every byte from `pos` on is written by the reader (read, inflated or
+/// zeroed), so a reused buffer is not cleared first.
+fn new_window(pool: &Receiver<Vec<u8>>, seq: u64, a: u64, b: u64, pos: u64) -> Option<Window> {
+    let mut buf = pool.recv().ok()?;
+    let len = (b - a) as usize;
+    buf.truncate(len);
+    buf.resize(len, 0);
+    buf[..(pos - a) as usize].fill(0);
+    Some(Window {
+        seq,
+        base: a,
+        buf,
+        inflate: Vec::new(),
+        unreadable: Vec::new(),
+    })
+}
+
+/// qemu-img's error for a source read that failed at guest offset `pos` ("error while
+/// reading at byte N: ..."), naming what failed where qemu-img says "Input/output error".
+fn read_error(pos: u64, cause: Error) -> Error {
+    Error::invalid(format!("error while reading at byte {pos}: {cause}"))
+}
+
+/// Read `[pos, end)` of the source into its window. When that fails: with `salvage`, read
+/// it again sector by sector, zeroing and recording the sectors that fail; otherwise fail
+/// with qemu-img's message.
+fn read_or_salvage(
+    src: &mut dyn BlockDevice,
+    plan: &Plan,
+    w: &mut Window,
+    pos: u64,
+    end: u64,
+) -> Result<()> {
+    let at = |p: u64| (p - w.base) as usize;
+    let (i, j) = (at(pos), at(end));
+    let failed = match src.read_at(&mut w.buf[i..j], pos) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if !plan.salvage {
+        return Err(read_error(pos, failed));
+    }
+    let mut p = pos;
+    while p < end {
+        let q = ((p / SECTOR + 1) * SECTOR).min(end);
+        let (i, j) = (at(p), at(q));
+        if src.read_at(&mut w.buf[i..j], p).is_err() {
+            w.buf[i..j].fill(0);
+            w.unreadable.push(p);
+        }
+        p = q;
     }
     Ok(())
 }
@@ -224,15 +291,15 @@ fn read_compressed_run(
         let part_end = (cluster + cs).min(end);
         let at = (pos - w.base) as usize;
         let len = (part_end - pos) as usize;
-        match src.read_compressed_cluster(cluster)? {
-            Some((host, data)) => w.inflate.push(Inflate {
+        match src.read_compressed_cluster(cluster) {
+            Ok(Some((host, data))) => w.inflate.push(Inflate {
                 host,
                 data,
                 at,
                 in_off: (pos - cluster) as usize,
                 len,
             }),
-            None => src.read_at(&mut w.buf[at..at + len], pos)?,
+            Ok(None) | Err(_) => read_or_salvage(src, plan, w, pos, part_end)?,
         }
         pos = part_end;
     }
@@ -263,18 +330,34 @@ fn process(mut w: Window, plan: &Plan) -> Result<Done> {
     if let Some(codec) = &plan.src_codec {
         let cs = plan.src_cluster as usize;
         let mut scratch = Vec::new();
-        for inf in w.inflate.drain(..) {
+        for inf in std::mem::take(&mut w.inflate) {
             let out = &mut w.buf[inf.at..inf.at + inf.len];
-            if inf.in_off == 0 && inf.len == cs {
-                codec.decompress(&inf.data, out, inf.host)?;
+            let inflated = if inf.in_off == 0 && inf.len == cs {
+                codec.decompress(&inf.data, out, inf.host)
             } else {
                 scratch.resize(cs, 0);
-                codec.decompress(&inf.data, &mut scratch, inf.host)?;
-                out.copy_from_slice(&scratch[inf.in_off..inf.in_off + inf.len]);
+                codec
+                    .decompress(&inf.data, &mut scratch, inf.host)
+                    .map(|()| out.copy_from_slice(&scratch[inf.in_off..inf.in_off + inf.len]))
+            };
+            let pos = w.base + inf.at as u64;
+            match inflated {
+                Ok(()) => {}
+                Err(_) if plan.salvage => {
+                    out.fill(0);
+                    let end = pos + inf.len as u64;
+                    let mut p = pos;
+                    while p < end {
+                        w.unreadable.push(p);
+                        p = (p / SECTOR + 1) * SECTOR;
+                    }
+                }
+                Err(e) => return Err(read_error(pos, e)),
             }
         }
     }
     let pieces = match &plan.compress {
+        None if plan.fully_allocate => vec![Piece::Raw(0, w.buf.len())],
         None => nonzero_runs(&w.buf, w.base, plan.gran)
             .into_iter()
             .map(|(s, e)| Piece::Raw(s, e))
@@ -286,6 +369,7 @@ fn process(mut w: Window, plan: &Plan) -> Result<Done> {
         base: w.base,
         buf: w.buf,
         pieces,
+        unreadable: w.unreadable,
     })
 }
 
@@ -317,6 +401,42 @@ fn compress_window(buf: &[u8], base: u64, gran: usize, codec: &dyn ClusterCodec)
     pieces
 }
 
+/// Where the writer reports to, and how fast it may go.
+struct Sinks<'a, 'b> {
+    progress: Progress<'a>,
+    unreadable: &'b mut dyn FnMut(u64),
+    pace: Pace,
+}
+
+/// `-r`: the writer sleeps so that bytes written over time stay at or under the rate.
+struct Pace {
+    rate: u64,
+    start: std::time::Instant,
+    written: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            start: std::time::Instant::now(),
+            written: 0,
+        }
+    }
+
+    /// `bytes` more were written: wait until they are within the rate.
+    fn wrote(&mut self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.written = self.written.saturating_add(bytes);
+        let due = std::time::Duration::from_secs_f64(self.written as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// The writer: apply processed windows to `dst` (in guest order unless `in_order` is false)
 /// and hand their buffers back to the reader.
 fn write_windows(
@@ -325,7 +445,7 @@ fn write_windows(
     pool: SyncSender<Vec<u8>>,
     in_order: bool,
     size: u64,
-    progress: Progress<'_>,
+    mut sinks: Sinks<'_, '_>,
 ) -> Result<()> {
     let mut waiting = BTreeMap::new();
     let mut next = 0u64;
@@ -333,17 +453,17 @@ fn write_windows(
     for msg in done.iter() {
         let d = msg?;
         if !in_order {
-            apply(dst, &d)?;
+            apply(dst, &d, &mut sinks)?;
             written = written.max(d.base + d.buf.len() as u64);
-            progress(written, size);
+            (sinks.progress)(written, size);
             let _ = pool.send(d.buf);
             continue;
         }
         waiting.insert(d.seq, d);
         while let Some(d) = waiting.remove(&next) {
-            apply(dst, &d)?;
+            apply(dst, &d, &mut sinks)?;
             next += 1;
-            progress(d.base + d.buf.len() as u64, size);
+            (sinks.progress)(d.base + d.buf.len() as u64, size);
             let _ = pool.send(d.buf);
         }
     }
@@ -352,15 +472,24 @@ fn write_windows(
             "convert: a window was lost between the workers and the writer",
         ));
     }
-    progress(size, size);
+    (sinks.progress)(size, size);
     Ok(())
 }
 
-fn apply(dst: &mut dyn BlockDevice, d: &Done) -> Result<()> {
+fn apply(dst: &mut dyn BlockDevice, d: &Done, sinks: &mut Sinks<'_, '_>) -> Result<()> {
+    for &offset in &d.unreadable {
+        (sinks.unreadable)(offset);
+    }
     for p in &d.pieces {
         match p {
-            Piece::Raw(s, e) => dst.write_at(&d.buf[*s..*e], d.base + *s as u64)?,
-            Piece::Compressed(offset, data) => dst.write_compressed_cluster(*offset, data)?,
+            Piece::Raw(s, e) => {
+                dst.write_at(&d.buf[*s..*e], d.base + *s as u64)?;
+                sinks.pace.wrote((e - s) as u64);
+            }
+            Piece::Compressed(offset, data) => {
+                dst.write_compressed_cluster(*offset, data)?;
+                sinks.pace.wrote(data.len() as u64);
+            }
         }
     }
     Ok(())

@@ -18,9 +18,20 @@
 //!
 //! Memory is bounded by a fixed pool of window buffers: the reader waits for a free one, so
 //! at most `pool` windows (and their compressed output) exist at once, whatever the image
-//! size. The destination must read as zeros before the copy (a freshly created image).
+//! size. The destination must read as zeros before the copy (a freshly created image), or
+//! [`ConvertOptions::target_dirty`] makes [`convert`] zero it first (qemu-img `convert -n`
+//! without `--target-is-zero`).
+//!
+//! Options of qemu-img convert that change what is written: `fully_allocate` (`-S 0`)
+//! writes every byte, zeros included; `salvage` (`--salvage`) turns unreadable source
+//! sectors into zeros and reports each; `rate_limit` (`-r`) paces the writer.
+//! [`source`] builds the device convert reads from (several images, or a snapshot).
 
 mod engine;
+mod file;
+pub mod source;
+
+pub use file::{convert_file, FileConversion};
 
 use crate::device::BlockDevice;
 use crate::error::Result;
@@ -42,6 +53,14 @@ pub struct ConvertOptions {
     pub workers: usize,
     /// Let the writer apply windows as they complete (`-W`), where the target allows it.
     pub out_of_order: bool,
+    /// Write every byte, zeros included (`-S 0`): the output is fully allocated.
+    pub fully_allocate: bool,
+    /// The destination may hold data (an existing image, `-n`): zero it before copying.
+    pub target_dirty: bool,
+    /// Read unreadable 512-byte source sectors as zeros, reporting each (`--salvage`).
+    pub salvage: bool,
+    /// Most bytes written per second (`-r`); 0 means no limit.
+    pub rate_limit: u64,
 }
 
 impl ConvertOptions {
@@ -57,16 +76,41 @@ impl ConvertOptions {
 /// Progress callback: (bytes done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// Copy `src` into `dst` (which reads as zeros), then close `dst`.
+/// Copy `src` into `dst` (which reads as zeros unless `opts.target_dirty`), then close
+/// `dst`.
 pub fn convert(
     src: &mut dyn BlockDevice,
     dst: &mut dyn BlockDevice,
     opts: ConvertOptions,
     progress: Progress<'_>,
 ) -> Result<()> {
-    engine::run(src, dst, opts, progress)?;
+    convert_salvaging(src, dst, opts, progress, &mut |_| {})
+}
+
+/// [`convert`], calling `unreadable` with the guest offset of each 512-byte source sector
+/// that could not be read and was written as zeros (only with `opts.salvage`).
+pub fn convert_salvaging(
+    src: &mut dyn BlockDevice,
+    dst: &mut dyn BlockDevice,
+    opts: ConvertOptions,
+    progress: Progress<'_>,
+    unreadable: &mut dyn FnMut(u64),
+) -> Result<()> {
+    if opts.target_dirty {
+        let size = src.virtual_size().min(dst.virtual_size());
+        let mut pos = 0;
+        while pos < size {
+            let len = (size - pos).min(1 << 30);
+            dst.write_zeroes(pos, len)?;
+            pos += len;
+        }
+    }
+    engine::run(src, dst, opts, progress, unreadable)?;
     dst.close()
 }
+
+/// The unit `--salvage` retries a failed read in, and reports unreadable data by.
+pub const SECTOR: u64 = 512;
 
 /// Write the parts of `data` (guest offset `pos`) that are not all zeros, at granularity
 /// `gran` (aligned to guest offsets), merging consecutive non-zero pieces into one write.

@@ -1,0 +1,115 @@
+//! `create` of a new image by path, as qemu-img does it: the size from the argument, the
+//! `size` option or else the backing file; the backing file and the options checked first,
+//! so that a refused create prints nothing and makes no file.
+
+use crate::create_opts;
+use crate::error::{Error, Result};
+use crate::image::{self, Format};
+use std::path::{Path, PathBuf};
+
+/// A create whose arguments have been checked: what it will make, before it makes it.
+pub struct CreatePlan {
+    file: PathBuf,
+    format: Format,
+    size: u64,
+    options: Vec<(String, String)>,
+}
+
+/// What `create -o help` (or `?`) prints for `format`, when `options` ask for it: the
+/// format's options, and the image file's too when `file_given`.
+pub fn help(format: Format, options: &[(String, String)], file_given: bool) -> Option<String> {
+    create_opts::wants_help(options).then(|| {
+        create_opts::create_help(format.name(), format.driver().create_options, file_given)
+    })
+}
+
+/// Check a create of a `format` image at `file` with qemu-img style `options` (key, value;
+/// `backing_file` and `backing_fmt` among them) and the size argument `size_arg`. The
+/// backing file is opened (read-only) to check it and to take its size when none is given,
+/// unless `unsafe_backing`.
+pub fn plan(
+    file: &Path,
+    format: Format,
+    options: Vec<(String, String)>,
+    size_arg: Option<u64>,
+    unsafe_backing: bool,
+) -> Result<CreatePlan> {
+    let mut size = image::create_size(file, size_arg, &options)?;
+    let find = |key: &str| {
+        options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(b) = find("backing_file") {
+        let backing_size = check_backing(file, &b, find("backing_fmt"), unsafe_backing)?;
+        size = size.or(backing_size);
+    }
+    let Some(size) = size else {
+        return Err(Error::invalid("Image creation needs a size parameter"));
+    };
+    let options = image::check_create_options(file, format, &options)?;
+    Ok(CreatePlan {
+        file: file.to_path_buf(),
+        format,
+        size,
+        options,
+    })
+}
+
+/// Check the backing file `name` of a new image at `file` (its format `format` must be
+/// given); its virtual size, unless `unsafe_backing` (then it is not opened).
+fn check_backing(
+    file: &Path,
+    name: &str,
+    format: Option<String>,
+    unsafe_backing: bool,
+) -> Result<Option<u64>> {
+    crate::names::check_backing_name(name)?;
+    let path = crate::chain::resolve(file, name)?;
+    let Some(format) = format else {
+        let detected = image::probe_path(&path, false)?;
+        return Err(Error::invalid(format!(
+            "{}: Backing file specified without backing format (detected format of {}: {}); use -F",
+            file.display(),
+            name,
+            detected
+        )));
+    };
+    if unsafe_backing {
+        return Ok(None);
+    }
+    let chain = image::open(
+        &path,
+        &image::ImageOptions {
+            format: Some(format.parse()?),
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(Some(chain.device.virtual_size()))
+}
+
+impl CreatePlan {
+    /// qemu-img's line before it creates the image: `Formatting 'FILE', fmt=FMT k=v... size=N`,
+    /// every option of the format in qemu-img's order, those not given at their default.
+    pub fn summary(&self) -> String {
+        create_opts::formatting_line(
+            &self.file.display().to_string(),
+            self.format.name(),
+            &image::create_option_table(self.format),
+            &self.options,
+            self.size,
+        )
+    }
+
+    /// Create the image; if that fails, the files it made are removed.
+    pub fn create(self) -> Result<()> {
+        let files =
+            image::NewFiles::before_create(&self.file, self.format, self.size, &self.options);
+        let mut dev = image::create(&self.file, self.format, Some(self.size), &self.options)?;
+        dev.close()?;
+        files.keep();
+        Ok(())
+    }
+}

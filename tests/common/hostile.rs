@@ -1,0 +1,284 @@
+//! The harness of the hostile-image suites (`tests/hostile_suite.rs` for qcow2,
+//! `tests/hostile_suite_vmdk.rs` for VMDK): base images made by qemu-img, a [`Case`] that
+//! pokes one field of a base, and [`run_suite`], which runs every case through the `vdisk`
+//! binary with its address space capped at 256 MiB (`prlimit --as`) and a time limit, so a
+//! huge allocation or a hang fails the case:
+//!
+//! * `vdisk convert -O raw` (opens the image and reads every byte) must either fail with
+//!   exit 1 and one clear line on stderr, or, where the case is one QEMU accepts, succeed
+//!   and produce exactly what `qemu-img convert` produces;
+//! * `vdisk info` and `vdisk check` must exit normally (no signal, no panic) with one-line
+//!   errors.
+
+use super::*;
+use std::path::Path;
+use std::process::Output;
+use Base::*;
+use Expect::*;
+
+/// Address-space cap for every vdisk run.
+const MEMORY_LIMIT: u64 = 256 << 20;
+/// Wall-clock cap for every vdisk run, in seconds.
+const TIME_LIMIT: u32 = 60;
+
+/// The base images the cases start from, made by qemu-img.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Base {
+    /// qcow2 v3, 64 KiB clusters, 4 MiB, data in the first and last MiB.
+    Qcow2,
+    /// `Qcow2` plus two internal snapshots.
+    Qcow2Snapshots,
+    /// `Qcow2` plus a persistent bitmap.
+    Qcow2Bitmap,
+    /// compressed qcow2 (zlib), 64 KiB clusters.
+    Qcow2Compressed,
+    /// qcow2 overlay of `base.raw`, backing format raw.
+    Qcow2Overlay,
+    /// monolithicSparse VMDK with data.
+    VmdkSparse,
+    /// streamOptimized VMDK with data.
+    VmdkStream,
+    /// monolithicFlat VMDK: a descriptor file and `img-flat.vmdk`.
+    VmdkFlat,
+}
+
+impl Base {
+    fn format(self) -> &'static str {
+        match self {
+            Base::VmdkSparse | Base::VmdkStream | Base::VmdkFlat => "vmdk",
+            _ => "qcow2",
+        }
+    }
+}
+
+/// What vdisk must do with a case.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// `vdisk convert` fails with a one-line error containing this text (case-insensitive).
+    Error(&'static str),
+    /// QEMU accepts the image: `vdisk convert` succeeds and matches `qemu-img convert`.
+    SameAsQemu,
+}
+
+/// One crafted image: `poke` applied to the bytes of `base`.
+pub struct Case {
+    /// What the poke does, as the failure message shows it.
+    pub name: &'static str,
+    /// The image the poke starts from.
+    pub base: Base,
+    /// The change that makes the image hostile.
+    pub poke: fn(&mut Vec<u8>),
+    /// What vdisk must do with the result.
+    pub expect: Expect,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{:?}] {}", self.base, self.name)
+    }
+}
+
+/// Make the base image `base` in `dir`; returns its bytes.
+fn make_base(dir: &Path, base: Base) -> Vec<u8> {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let img = p("img");
+    let data = |f: &str| {
+        qemu_io_ok(&[
+            "-f",
+            f,
+            "-c",
+            "write -P 0x5c 0 1M",
+            "-c",
+            "write -P 0x3a 3M 1M",
+            &img,
+        ])
+    };
+    match base {
+        Qcow2 | Qcow2Snapshots | Qcow2Bitmap => {
+            qemu_img_ok(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=64k",
+                &img,
+                "4M",
+            ]);
+            data("qcow2");
+            if base == Qcow2Snapshots {
+                qemu_img_ok(&["snapshot", "-c", "first", &img]);
+                qemu_img_ok(&["snapshot", "-c", "second", &img]);
+            }
+            if base == Qcow2Bitmap {
+                qemu_img_ok(&["bitmap", "--add", &img, "bm0"]);
+            }
+        }
+        Qcow2Compressed => {
+            let raw = p("src.raw");
+            std::fs::write(&raw, pattern(3, 0, 1 << 20)).unwrap();
+            qemu_img_ok(&["convert", "-c", "-f", "raw", "-O", "qcow2", &raw, &img]);
+            std::fs::remove_file(&raw).unwrap();
+        }
+        Qcow2Overlay => {
+            std::fs::write(dir.join("base.raw"), pattern(4, 0, 4 << 20)).unwrap();
+            qemu_img_ok(&[
+                "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &img, "4M",
+            ]);
+            qemu_io_ok(&["-f", "qcow2", "-c", "write -P 0x77 64k 64k", &img]);
+        }
+        VmdkSparse | VmdkStream => {
+            let raw = p("src.raw");
+            let mut bytes = vec![0u8; 4 << 20];
+            bytes[..1 << 20].copy_from_slice(&pattern(5, 0, 1 << 20));
+            std::fs::write(&raw, bytes).unwrap();
+            let sub = if base == VmdkSparse {
+                "subformat=monolithicSparse"
+            } else {
+                "subformat=streamOptimized"
+            };
+            qemu_img_ok(&["convert", "-f", "raw", "-O", "vmdk", "-o", sub, &raw, &img]);
+            std::fs::remove_file(&raw).unwrap();
+        }
+        VmdkFlat => {
+            qemu_img_ok(&[
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-o",
+                "subformat=monolithicFlat",
+                &img,
+                "4M",
+            ]);
+            // qemu-img names the extent after the image: rename both to fixed names.
+            let text = std::fs::read_to_string(&img).unwrap();
+            assert!(text.contains("\"img-flat\""), "{text}");
+            qemu_io_ok(&["-f", "vmdk", "-c", "write -P 0x66 0 1M", &img]);
+        }
+    }
+    read(Path::new(&img))
+}
+
+/// Run `vdisk ARGS` capped at [`MEMORY_LIMIT`] bytes of address space and [`TIME_LIMIT`].
+fn vdisk_limited(args: &[&std::ffi::OsStr]) -> Output {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        TIME_LIMIT.to_string().into(),
+        "prlimit".into(),
+        format!("--as={MEMORY_LIMIT}").into(),
+        vdisk_bin().into(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_os_string()));
+    run_program("timeout", argv)
+}
+
+/// A run that ended normally: an exit code that is not a panic (101), a signal or a
+/// timeout (124). (`check` reports what it finds on several lines: that is its output.)
+fn assert_orderly(what: &str, out: &Output) {
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0..=3) | Some(63)),
+        "{}",
+        describe(what, out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{}", describe(what, out));
+}
+
+fn check_case(dir: &Path, bases: &[(Base, Vec<u8>)], index: usize, case: &Case) {
+    let cdir = dir.join(format!("case-{index:02}"));
+    std::fs::create_dir_all(&cdir).unwrap();
+    let base = &bases.iter().find(|(b, _)| *b == case.base).unwrap().1;
+    let mut img = base.clone();
+    (case.poke)(&mut img);
+    assert_ne!(&img, base, "the poke changed nothing");
+    let path = cdir.join("img");
+    std::fs::write(&path, &img).unwrap();
+    // Companion files of the base: the overlay's backing file, the flat extent.
+    let base_dir = dir.join(format!("base-{:?}", case.base));
+    for f in ["base.raw", "img-flat"] {
+        if base_dir.join(f).exists() {
+            std::fs::copy(base_dir.join(f), cdir.join(f)).unwrap();
+        }
+    }
+    let fmt = case.base.format();
+    let out_path = cdir.join("out.raw");
+    let p = path.as_os_str();
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+
+    let info = vdisk_limited(&[os("info"), os("-f"), os(fmt), p]);
+    assert_orderly("vdisk info", &info);
+    let check = vdisk_limited(&[os("check"), os("-f"), os(fmt), p]);
+    assert_orderly("vdisk check", &check);
+
+    let conv = vdisk_limited(&[
+        os("convert"),
+        os("-f"),
+        os(fmt),
+        os("-O"),
+        os("raw"),
+        p,
+        out_path.as_os_str(),
+    ]);
+    let what = format!("vdisk convert ({case:?})");
+    match case.expect {
+        Error(text) => {
+            assert_eq!(conv.status.code(), Some(1), "{}", describe(&what, &conv));
+            let stderr = String::from_utf8_lossy(&conv.stderr);
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{}",
+                describe(&what, &conv)
+            );
+            assert!(stderr.starts_with("vdisk: "), "{}", describe(&what, &conv));
+            assert!(
+                stderr.to_lowercase().contains(&text.to_lowercase()),
+                "error does not mention {text:?}: {}",
+                describe(&what, &conv)
+            );
+        }
+        SameAsQemu => {
+            assert_eq!(conv.status.code(), Some(0), "{}", describe(&what, &conv));
+            let theirs = cdir.join("qemu.raw");
+            let q = qemu_img([
+                os("convert"),
+                os("-U"),
+                os("-f"),
+                os(fmt),
+                os("-O"),
+                os("raw"),
+                p,
+                theirs.as_os_str(),
+            ]);
+            assert!(q.status.success(), "{}", describe("qemu-img convert", &q));
+            assert_bytes_eq(&what, &read(&out_path), &read(&theirs));
+        }
+    }
+}
+
+/// Make each of `bases` (and check that it converts exactly as QEMU converts it), then check
+/// every case of `cases`, which may start only from those bases.
+pub fn run_suite(what: &str, bases: &[Base], cases: Vec<Case>) {
+    let dir = tempdir();
+    let mut made = Vec::new();
+    for &b in bases {
+        let bdir = dir.path().join(format!("base-{b:?}"));
+        std::fs::create_dir_all(&bdir).unwrap();
+        let bytes = make_base(&bdir, b);
+        // Every base itself converts exactly as QEMU converts it.
+        let img = bdir.join("img");
+        let ours = vdisk_raw_contents(&img, &bdir);
+        assert_bytes_eq(
+            &format!("base {b:?}"),
+            &ours,
+            &qemu_raw_contents(&img, &bdir),
+        );
+        made.push((b, bytes));
+    }
+    let indexed: Vec<(usize, Case)> = cases.into_iter().enumerate().collect();
+    run_cases(what, &indexed, |(i, case)| {
+        check_case(dir.path(), &made, *i, case)
+    });
+    eprintln!("{} hostile images checked", indexed.len());
+}

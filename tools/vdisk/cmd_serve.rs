@@ -1,0 +1,182 @@
+//! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-A] [-e N] [-t]
+//! [--discard MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
+//! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
+//! their meaning is qemu-nbd's, not qemu-img's.
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vdisk::image::Format;
+use vdisk::nbd::open::{self, OpenExport, Source};
+use vdisk::nbd::server::{self, Listener, ServeOptions};
+use vdisk::nbd::{Export, ExportConfig};
+use vdisk::{Error, Result};
+
+/// Arguments of `serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format (probed when absent).
+    #[arg(short = 'f', long = "format")]
+    format: Option<String>,
+    /// Export the image read-only.
+    #[arg(short = 'r', long = "read-only")]
+    read_only: bool,
+    /// Export name (default: the empty name).
+    #[arg(short = 'x', long = "export-name", default_value = "")]
+    export_name: String,
+    /// Export description.
+    #[arg(short = 'D', long = "description")]
+    description: Option<String>,
+    /// Export this internal snapshot (ID or name), read-only.
+    #[arg(short = 'l', long = "load-snapshot")]
+    load_snapshot: Option<String>,
+    /// Send writes to a temporary overlay, thrown away when the server exits.
+    #[arg(short = 's', long = "snapshot")]
+    snapshot: bool,
+    /// Offer the qemu:allocation-depth metadata context.
+    #[arg(short = 'A', long = "allocation-depth")]
+    allocation_depth: bool,
+    /// Export a dirty bitmap (not supported yet).
+    #[arg(short = 'B', long = "bitmap")]
+    bitmap: Option<String>,
+    /// Clients served at once.
+    #[arg(short = 'e', long = "shared", default_value_t = 1)]
+    shared: usize,
+    /// Keep serving after the last client leaves.
+    #[arg(short = 't', long = "persistent")]
+    persistent: bool,
+    /// What TRIM does: ignore (default) or unmap.
+    #[arg(long = "discard", default_value = "ignore")]
+    discard: String,
+    /// Host cache mode: unsafe skips fdatasync on FLUSH; none, writeback, writethrough
+    /// and directsync keep every flush durable.
+    #[arg(long = "cache", default_value = "writeback")]
+    cache: String,
+    /// Address to listen on (default 127.0.0.1).
+    #[arg(short = 'b', long = "bind", default_value = "127.0.0.1")]
+    bind: String,
+    /// TCP port to listen on.
+    #[arg(short = 'p', long = "port", default_value_t = 10809)]
+    port: u16,
+    /// Listen on this Unix socket instead of TCP.
+    #[arg(short = 'k', long = "socket")]
+    socket: Option<PathBuf>,
+    /// Require TLS, with the credentials in this directory (ca-cert.pem, server-cert.pem,
+    /// server-key.pem).
+    #[arg(long = "tls-creds")]
+    tls_creds: Option<PathBuf>,
+    /// Write the server's process id to this file once it listens.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Image file.
+    file: PathBuf,
+}
+
+/// Set by SIGINT and SIGTERM: the server stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(b) = &a.bitmap {
+        return Err(Error::unsupported(format!(
+            "-B {b}: exporting dirty bitmaps needs persistent bitmap support, which vdisk \
+             does not have yet"
+        )));
+    }
+    let discard = match a.discard.as_str() {
+        "ignore" | "off" => false,
+        "unmap" | "on" => true,
+        d => return Err(Error::invalid(format!("invalid discard mode '{d}'"))),
+    };
+    let unsafe_cache = match a.cache.as_str() {
+        "unsafe" => true,
+        "none" | "writeback" | "writethrough" | "directsync" => false,
+        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
+    };
+    let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    let source = match (&a.load_snapshot, a.snapshot) {
+        (Some(_), true) => {
+            return Err(Error::invalid("-l and -s cannot be used together"));
+        }
+        (Some(name), false) => Source::Snapshot(name.clone()),
+        (None, true) => Source::TemporaryOverlay,
+        (None, false) => Source::Image,
+    };
+    let read_only = a.read_only || a.load_snapshot.is_some();
+    let device = open::open_device(
+        &a.file,
+        &OpenExport {
+            format,
+            read_only,
+            unsafe_cache,
+            source,
+        },
+    )?;
+    let config = ExportConfig {
+        name: a.export_name.clone(),
+        description: a.description.clone(),
+        read_only,
+        allocation_depth: a.allocation_depth,
+        discard,
+        shared: a.shared,
+    };
+    let export = Arc::new(Export::new(device, config));
+    let tls = match &a.tls_creds {
+        Some(dir) => Some(vdisk::nbd::tls::load_server_config(dir)?),
+        None => None,
+    };
+    let listener = listen(&a)?;
+    if let Some(p) = &a.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+    }
+    install_stop_handlers();
+    let opts = ServeOptions {
+        shared: a.shared.max(1),
+        persistent: a.persistent,
+        tls,
+    };
+    let served = server::serve(&listener, export, &opts, &STOP);
+    if let Some(p) = &a.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn listen(a: &Args) -> Result<Listener> {
+    if let Some(path) = &a.socket {
+        let l = UnixListener::bind(path)
+            .map_err(|e| Error::io(format!("listening on {}", path.display()), e))?;
+        return Ok(Listener::Unix(l, path.clone()));
+    }
+    let addr = (a.bind.as_str(), a.port);
+    match TcpListener::bind(addr) {
+        Ok(l) => Ok(Listener::Tcp(l)),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(Error::io(
+            format!(
+                "listening on {}:{} (is another server there?)",
+                a.bind, a.port
+            ),
+            e,
+        )),
+        Err(e) => Err(Error::io(format!("listening on {}:{}", a.bind, a.port), e)),
+    }
+}
+
+fn install_stop_handlers() {
+    let handler: extern "C" fn(libc::c_int) = on_stop_signal;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, handler as libc::sighandler_t);
+        }
+    }
+}
