@@ -600,6 +600,15 @@ pub fn check_create_options(
     Ok(options)
 }
 
+/// The `key=value` pairs of every `-o` list in `lists`, in order (`-o` may be repeated).
+pub fn parse_option_lists(lists: &[String]) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for list in lists {
+        pairs.extend(parse_options(list)?);
+    }
+    Ok(pairs)
+}
+
 /// Split a qemu-img `-o` string (`a=1,b=2`; `,,` escapes a comma) into pairs.
 pub fn parse_options(s: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();

@@ -10,7 +10,7 @@
 use crate::driver::Format;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One `key=value` item of an option string; `value` is `None` for a bare word.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +161,28 @@ impl ImageSpec {
             no_backing,
             warnings,
         })
+    }
+}
+
+impl ImageSpec {
+    /// The image a command-line argument `name` names: a plain file name with the `-f`
+    /// `format`, or with `image_opts` (`--image-opts`) an option string, which is refused
+    /// together with a `-f` format as qemu-img does. The caller prints the warnings.
+    pub fn resolve(image_opts: bool, name: &Path, format: Option<Format>) -> Result<ImageSpec> {
+        if !image_opts {
+            return Ok(ImageSpec {
+                path: name.to_path_buf(),
+                format,
+                no_backing: false,
+                warnings: Vec::new(),
+            });
+        }
+        if format.is_some() {
+            return Err(Error::invalid(
+                "--image-opts and --format are mutually exclusive",
+            ));
+        }
+        ImageSpec::parse(&name.to_string_lossy())
     }
 }
 

@@ -118,6 +118,23 @@ impl BenchOptions {
     }
 }
 
+/// A whole `bench` of the image at `path` (with `opts` already checked): open it as `how`
+/// says, `print` the summary, run, close, and `print` the completion line. A failed run
+/// still closes the image, so the requests done before it are kept.
+pub fn bench_file(
+    path: &Path,
+    how: &OpenFor,
+    opts: &BenchOptions,
+    print: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<()> {
+    let mut devices = open_devices(path, how, opts)?;
+    print(&opts.summary())?;
+    let result = run(&mut devices, opts);
+    let closed = devices.iter_mut().try_for_each(|d| d.close());
+    print(&completion_line(result?))?;
+    closed
+}
+
 /// The line qemu-img prints after the run.
 pub fn completion_line(elapsed: Duration) -> String {
     format!("Run completed in {:.3} seconds.\n", elapsed.as_secs_f64())

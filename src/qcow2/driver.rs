@@ -148,7 +148,9 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
     };
     if let Some(data) = format_specific.as_object_mut() {
         if data.get("bitmaps").is_some_and(serde_json::Value::is_null) {
-            data.remove("bitmaps");
+            // shift_remove keeps the order of the keys after it (remove would swap the last
+            // key into its place).
+            data.shift_remove("bitmaps");
         }
     }
     FormatInfo {

@@ -181,32 +181,7 @@ fn compare<S: Storage>(
 ) -> Result<Option<Stored>> {
     let n = scan.refs.len();
     let mut values = scan.stored_refcounts(st, n)?;
-    let mut highest = 0usize;
-    let mut mismatches = Vec::new();
-    let mut unreadable = 0u64;
-    for (i, v) in values.iter().enumerate() {
-        let Some(s) = *v else {
-            unreadable += 1;
-            if unreadable <= 10 {
-                r.msg(format!(
-                    "Can't get refcount for cluster {i}: Input/output error"
-                ));
-            }
-            r.check_errors += 1;
-            continue;
-        };
-        let e = scan.refs[i];
-        if s > 0 || e > 0 {
-            highest = i;
-        }
-        if s != e {
-            if s == 0 {
-                scan.rebuild = true;
-            }
-            mismatches.push((i, s, e));
-        }
-    }
-    r.image_end_offset = (highest as u64 + 1) * scan.cs;
+    let mismatches = find_mismatches(scan, &values, r);
     if repair == Repair::All && scan.blocks_outside {
         scan.rebuild = true;
     }
@@ -246,27 +221,7 @@ fn compare<S: Storage>(
         }
     }
     if scan.rebuild && repair == Repair::All {
-        if !free_leaks {
-            for &(i, s, e) in &mismatches {
-                if s > e {
-                    scan.refs[i] = s;
-                }
-            }
-        }
-        r.msg("Rebuilding refcount structure".into());
-        rebuild(st, scan)?;
-        // As qemu-img reports it: the abandoned structure is a leak, repaired at once.
-        let mut old = old_structure_clusters(scan);
-        old.sort_unstable();
-        old.dedup();
-        for c in old {
-            if let Some(&refs) = scan.refs.get(c as usize).filter(|&&n| n > 0) {
-                let left = refs - 1;
-                r.msg(format!(
-                    "Repairing cluster {c} refcount={refs} reference={left}"
-                ));
-            }
-        }
+        rebuild_and_report(st, scan, r, free_leaks, &mismatches)?;
         return Ok(None);
     }
     if scan.rebuild && repair != Repair::None {
@@ -287,6 +242,75 @@ fn compare<S: Storage>(
         }
     }
     Ok(Some(Stored { values }))
+}
+
+/// Every cluster whose stored refcount differs from the expected one, as (cluster, stored,
+/// expected); a cluster in use but counted 0 asks for a rebuild. Also sets the report's
+/// image end offset, and reports clusters whose refcount cannot be read.
+fn find_mismatches(
+    scan: &mut Scan,
+    values: &[Option<u32>],
+    r: &mut CheckReport,
+) -> Vec<(usize, u32, u32)> {
+    let mut highest = 0usize;
+    let mut mismatches = Vec::new();
+    let mut unreadable = 0u64;
+    for (i, v) in values.iter().enumerate() {
+        let Some(s) = *v else {
+            unreadable += 1;
+            if unreadable <= 10 {
+                r.msg(format!(
+                    "Can't get refcount for cluster {i}: Input/output error"
+                ));
+            }
+            r.check_errors += 1;
+            continue;
+        };
+        let e = scan.refs[i];
+        if s > 0 || e > 0 {
+            highest = i;
+        }
+        if s != e {
+            if s == 0 {
+                scan.rebuild = true;
+            }
+            mismatches.push((i, s, e));
+        }
+    }
+    r.image_end_offset = (highest as u64 + 1) * scan.cs;
+    mismatches
+}
+
+/// Rebuild the refcount structure (keeping leaked counts when leaks may not be freed) and
+/// report, as qemu-img does, the abandoned old structure as leaks repaired at once.
+fn rebuild_and_report<S: Storage>(
+    st: &S,
+    scan: &mut Scan,
+    r: &mut CheckReport,
+    free_leaks: bool,
+    mismatches: &[(usize, u32, u32)],
+) -> Result<()> {
+    if !free_leaks {
+        for &(i, s, e) in mismatches {
+            if s > e {
+                scan.refs[i] = s;
+            }
+        }
+    }
+    r.msg("Rebuilding refcount structure".into());
+    rebuild(st, scan)?;
+    let mut old = old_structure_clusters(scan);
+    old.sort_unstable();
+    old.dedup();
+    for c in old {
+        if let Some(&refs) = scan.refs.get(c as usize).filter(|&&n| n > 0) {
+            let left = refs - 1;
+            r.msg(format!(
+                "Repairing cluster {c} refcount={refs} reference={left}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Repair {

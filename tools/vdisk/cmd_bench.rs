@@ -123,12 +123,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     opts.check()?;
     how.format = a.format.get()?;
-    let mut devices = bench::open_devices(Path::new(file), &how, &opts)?;
-    out!("{}", opts.summary())?;
-    // A failed run still closes the image, so the requests done before it are kept.
-    let result = bench::run(&mut devices, &opts);
-    let closed = devices.iter_mut().try_for_each(|d| d.close());
-    out!("{}", bench::completion_line(result?))?;
-    closed?;
+    bench::bench_file(Path::new(file), &how, &opts, &mut |text| out!("{text}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -63,18 +63,8 @@ pub struct OptionsFlag {
 impl OptionsFlag {
     /// Every `key=value` pair, in command-line order.
     pub fn pairs(&self) -> Result<Vec<(String, String)>> {
-        parse_option_lists(&self.options)
+        image::parse_option_lists(&self.options)
     }
-}
-
-/// The `key=value` pairs of every list in `lists`, in order (for a subcommand that spells
-/// `-o` another way, such as convert's `--target-options`).
-pub fn parse_option_lists(lists: &[String]) -> Result<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    for list in lists {
-        pairs.extend(image::parse_options(list)?);
-    }
-    Ok(pairs)
 }
 
 /// `--output human|json`.
@@ -141,16 +131,6 @@ impl CacheFlag {
     /// The mode given, if any.
     pub fn get(&self) -> Option<&str> {
         self.cache.as_deref()
-    }
-}
-
-/// Whether cache `mode` skips flushing (`unsafe`); another qemu cache mode name flushes,
-/// anything else is an error.
-pub fn is_unsafe_cache(mode: &str) -> Result<bool> {
-    match mode {
-        "unsafe" => Ok(true),
-        "writeback" | "none" | "writethrough" | "directsync" => Ok(false),
-        c => Err(Error::invalid(format!("invalid cache mode '{c}'"))),
     }
 }
 
@@ -232,37 +212,23 @@ impl ImageSpecFlags {
     }
 }
 
-/// An image argument resolved: the file, its format, whether to skip its backing file.
+/// An image argument resolved: the file and its format (`backing=` is honoured by convert
+/// only, which resolves its arguments itself).
 #[derive(Debug, Clone)]
 pub struct ImageRef {
     pub path: PathBuf,
     pub format: Option<Format>,
-    pub no_backing: bool,
 }
 
-/// The image the argument `name` names: a plain file name, or with `image_opts` an
-/// option string (refused together with a `-f` format, as qemu-img does). Warnings about
+/// The image the argument `name` names (see [`ImageSpec::resolve`]). Warnings about
 /// deprecated spellings go to stderr.
 pub fn resolve_image(image_opts: bool, name: &Path, format: Option<Format>) -> Result<ImageRef> {
-    if !image_opts {
-        return Ok(ImageRef {
-            path: name.to_path_buf(),
-            format,
-            no_backing: false,
-        });
-    }
-    if format.is_some() {
-        return Err(Error::invalid(
-            "--image-opts and --format are mutually exclusive",
-        ));
-    }
-    let spec = ImageSpec::parse(&name.to_string_lossy())?;
+    let spec = ImageSpec::resolve(image_opts, name, format)?;
     for w in &spec.warnings {
         eprintln!("vdisk: warning: {w}");
     }
     Ok(ImageRef {
         path: spec.path,
         format: spec.format,
-        no_backing: spec.no_backing,
     })
 }

@@ -1,102 +1,307 @@
-//! `convert` of an image by path into a new image: open the source with its chain, create
-//! the target (removing its files again if the copy fails), and copy, either everything
-//! ([`super::convert`]) or, with a backing file for the target (`-B`), only what differs
+//! `convert` of images named on the command line: refuse flags that do not go together, open
+//! the sources (`--image-opts` strings, at snapshot `-l`, several read one after another),
+//! and copy them into a new image (removing its files again if the copy fails), into an
+//! existing one (`-n`), or, with a backing file for the target (`-B`), only what differs
 //! from it.
 
-use super::{convert, ConvertOptions, Progress};
+use super::args::is_unsafe_cache;
+use super::source::{open_snapshot, parse_snapshot_param, Concat};
+use super::{convert_salvaging, ConvertOptions, Progress};
+use crate::device::BlockDevice;
 use crate::error::{Error, Result};
-use crate::image::{self, Format, ImageOptions, NewFiles};
-use std::path::Path;
+use crate::image::opts::ImageSpec;
+use crate::image::{self, Format, Image, ImageOptions, NewFiles};
+use std::path::{Path, PathBuf};
 
-/// How to convert one image file into another.
+/// How to convert image files into another, as qemu-img convert's flags say. Formats and
+/// the cache mode are names, read (and refused) in qemu-img's order by [`convert_file`].
 #[derive(Debug, Clone)]
 pub struct FileConversion<'a> {
-    /// The source format; `None` probes it.
-    pub src_format: Option<Format>,
-    /// Read the source without locking out other users of it (qemu-img `-U`).
+    /// The source images, read one after another as one disk.
+    pub sources: &'a [PathBuf],
+    /// The output image.
+    pub target: &'a Path,
+    /// The source format (`-f`); `None` probes it.
+    pub src_format: Option<&'a str>,
+    /// The sources are `--image-opts` option strings.
+    pub image_opts: bool,
+    /// Read the sources at this internal snapshot (`-l`).
+    pub snapshot: Option<&'a str>,
+    /// Read the sources without locking out other users of them (`-U`).
     pub force_share: bool,
-    /// The target format.
-    pub dst_format: Format,
-    /// The target's creation options (key, value), in order.
-    pub options: &'a [(String, String)],
-    /// Skip fdatasync while writing the target (qemu-img's cache=unsafe).
-    pub unsafe_cache: bool,
+    /// The output format (`-O`); raw when `None`.
+    pub dst_format: Option<&'a str>,
+    /// The target is an option string (`--target-image-opts`, needs `-n`).
+    pub target_image_opts: bool,
+    /// The output's `-o` lists (`key=value,...`), in order.
+    pub options: &'a [String],
+    /// The output's cache mode (`-t`): `unsafe` skips fdatasync.
+    pub cache: &'a str,
     /// Write compressed clusters (`-c`).
     pub compress: bool,
-    /// Worker threads; 0 means one per available core.
+    /// Worker threads (`-m`); 0 means one per available core.
     pub workers: usize,
     /// Let the writer apply windows as they complete (`-W`).
     pub out_of_order: bool,
-    /// A backing file for the target (`-B`): the target records it (with this format, which
-    /// must be given) and holds only what differs from it.
-    pub backing: Option<(&'a str, Option<&'a str>)>,
+    /// A backing file for the target (`-B`): the target records it and holds only what
+    /// differs from it.
+    pub backing: Option<&'a str>,
+    /// The format of the `-B` backing file (`-F`), which must be given with it.
+    pub backing_format: Option<&'a str>,
+    /// Write into the existing image `target` (`-n`).
+    pub no_create: bool,
+    /// With `no_create`: the target already reads as zeros (`--target-is-zero`).
+    pub target_is_zero: bool,
+    /// `-S`: zero runs at least this long are not written; `Some(0)` writes every byte.
+    pub sparse_size: Option<u64>,
+    /// Copy offloading asked for (`-C`): checked against other flags, then copied as usual.
+    pub copy_range: bool,
+    /// Most bytes written per second (`-r`).
+    pub rate_limit: Option<u64>,
+    /// Write zeros where a source cannot be read, with a warning for each (`--salvage`).
+    pub salvage: bool,
 }
 
-/// Convert the image at `src` into a new image at `dst`, as `job` says.
+/// Run the conversion `job`. `progress` is called with `(0, size)` once the sources are
+/// open, then as the copy advances; `warn` gets each warning (an `--image-opts`
+/// spelling, an unreadable sector with `--salvage`) without a prefix.
 pub fn convert_file(
-    src: &Path,
-    dst: &Path,
     job: &FileConversion<'_>,
     progress: Progress<'_>,
+    warn: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let dst_format = job.dst_format;
-    let mut opts = job.options.to_vec();
-    let mut src = image::open(
-        src,
-        &ImageOptions {
-            format: job.src_format,
-            read_only: true,
-            force_share: job.force_share,
-            ..Default::default()
-        },
-    )?;
-    let size = src.device.virtual_size();
-    if job.compress && !dst_format.supports_compression() {
-        // Refused before the output file is created, as qemu-img does.
-        return Err(Error::invalid(
-            "Compression not supported for this file format",
-        ));
-    }
-    if let Some((b, f)) = job.backing {
-        // qemu-img convert -B: the output is an overlay holding only the differences.
-        let f =
-            f.ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
-        opts.push(("backing_file".into(), b.to_string()));
-        opts.push(("backing_fmt".into(), f.to_string()));
-        // Until the copy succeeds, a failure removes the files the output is made of.
-        let files = NewFiles::before_create(dst, dst_format, size, &opts);
-        image::create_with_cache(dst, dst_format, Some(size), &opts, job.unsafe_cache)?.close()?;
-        let mut out = image::open(
-            dst,
-            &ImageOptions {
-                format: Some(dst_format),
-                unsafe_cache: job.unsafe_cache,
-                ..Default::default()
-            },
-        )?;
-        crate::ops::chain_ops::copy_differences(
-            src.device.as_mut(),
-            out.device.as_mut(),
-            progress,
-        )?;
-        out.device.close()?;
-        files.keep();
-        return Ok(());
-    }
-    let files = NewFiles::before_create(dst, dst_format, size, &opts);
-    let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, job.unsafe_cache)?;
+    refuse_combinations(job)?;
+    let unsafe_cache = is_unsafe_cache(job.cache)?;
+    let src_format: Option<Format> = job.src_format.map(str::parse).transpose()?;
+    let mut src = open_sources(job, src_format, warn)?;
+    progress(0, src.virtual_size());
     let copts = ConvertOptions {
-        zero_granularity: 0,
+        zero_granularity: match job.sparse_size {
+            Some(s) if s > 0 && !job.compress => s,
+            _ => 0,
+        },
         unallocated_is_zero: true,
         compress: job.compress,
         workers: job.workers,
         out_of_order: job.out_of_order,
-        fully_allocate: false,
-        target_dirty: false,
-        salvage: false,
-        rate_limit: 0,
+        fully_allocate: job.sparse_size == Some(0),
+        target_dirty: job.no_create && !job.target_is_zero,
+        salvage: job.salvage,
+        rate_limit: job.rate_limit.unwrap_or(0),
     };
-    convert(src.device.as_mut(), out.as_mut(), copts, progress)?;
+    if job.no_create {
+        convert_into_existing(job, src.as_mut(), copts, unsafe_cache, progress, warn)
+    } else if job.backing.is_some() {
+        convert_onto_backing(job, src.as_mut(), unsafe_cache, progress)
+    } else {
+        convert_into_new(job, src.as_mut(), copts, unsafe_cache, progress, warn)
+    }
+}
+
+/// What `convert -o help` (or `?`) prints, when the job's `-o` lists ask for it: as
+/// create's, the output format's options with the file's (a target name is given).
+pub fn option_help(job: &FileConversion<'_>) -> Result<Option<String>> {
+    refuse_combinations(job)?;
+    is_unsafe_cache(job.cache)?;
+    let options = image::parse_option_lists(job.options)?;
+    Ok(crate::ops::create::help(
+        target_format(job)?,
+        &options,
+        true,
+    ))
+}
+
+/// The flags refused together, checked before anything is opened, in qemu-img's order.
+fn refuse_combinations(job: &FileConversion<'_>) -> Result<()> {
+    let refuse = |m: &str| Err(Error::invalid(m));
+    if job.compress && job.copy_range {
+        return refuse("Cannot enable copy offloading when -c is used");
+    }
+    if job.sparse_size.is_some() && job.copy_range {
+        return refuse("Cannot enable copy offloading when -S is used");
+    }
+    if job.target_is_zero && !job.no_create {
+        return refuse("--target-is-zero requires use of -n flag");
+    }
+    if job.copy_range && job.salvage {
+        return refuse("Cannot use copy offloading in salvaging mode");
+    }
+    if job.target_image_opts && !job.no_create {
+        return refuse("--target-image-opts requires use of -n flag");
+    }
+    if job.no_create && !job.options.is_empty() {
+        return refuse("-o has no effect when skipping image creation");
+    }
+    if job.image_opts && job.src_format.is_some() {
+        return refuse("--image-opts and --format are mutually exclusive");
+    }
+    if job.target_image_opts && job.dst_format.is_some() {
+        return refuse("--image-opts and --format are mutually exclusive");
+    }
+    if job.sources.is_empty() {
+        return refuse("Must specify image file name");
+    }
+    if job.sources.len() > 1 && job.snapshot.is_some() {
+        return refuse("No support for concatenating multiple snapshot");
+    }
+    if job.sources.len() > 1 && job.backing.is_some() {
+        return refuse("Having a backing file for the target makes no sense when concatenating multiple input images");
+    }
+    Ok(())
+}
+
+/// `-c` onto a format without compression is refused before the output is created or
+/// opened, as qemu-img does.
+fn refuse_compression(job: &FileConversion<'_>, format: Format) -> Result<()> {
+    if job.compress && !format.supports_compression() {
+        return Err(Error::invalid(
+            "Compression not supported for this file format",
+        ));
+    }
+    Ok(())
+}
+
+/// The warning `--salvage` gives for the unreadable sector at `offset`.
+fn unreadable(warn: &mut dyn FnMut(&str), offset: u64) {
+    warn(&format!(
+        "error while reading offset {offset}: Input/output error"
+    ));
+}
+
+/// The `-O` format, raw when none is given.
+fn target_format(job: &FileConversion<'_>) -> Result<Format> {
+    job.dst_format.unwrap_or("raw").parse()
+}
+
+/// Copy into a new image `target`; until the copy succeeds, a failure removes the files
+/// the output is made of.
+fn convert_into_new(
+    job: &FileConversion<'_>,
+    src: &mut dyn BlockDevice,
+    copts: ConvertOptions,
+    unsafe_cache: bool,
+    progress: Progress<'_>,
+    warn: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let dst_format = target_format(job)?;
+    refuse_compression(job, dst_format)?;
+    let opts = image::parse_option_lists(job.options)?;
+    let (dst, size) = (job.target, src.virtual_size());
+    let files = NewFiles::before_create(dst, dst_format, size, &opts);
+    let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?;
+    convert_salvaging(src, out.as_mut(), copts, progress, &mut |o| {
+        unreadable(warn, o)
+    })?;
     files.keep();
     Ok(())
+}
+
+/// `-n`: copy into the existing image `target` (of the `-O` format, raw by default, or as
+/// its `--target-image-opts` say), which must be at least as large as the source.
+fn convert_into_existing(
+    job: &FileConversion<'_>,
+    src: &mut dyn BlockDevice,
+    copts: ConvertOptions,
+    unsafe_cache: bool,
+    progress: Progress<'_>,
+    warn: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let dst_ref = ImageSpec::resolve(job.target_image_opts, job.target, None)?;
+    for w in &dst_ref.warnings {
+        warn(w);
+    }
+    let dst_format: Format = match (dst_ref.format, job.dst_format) {
+        (Some(f), _) => f,
+        (None, Some(f)) => f.parse()?,
+        (None, None) => Format::RAW,
+    };
+    refuse_compression(job, dst_format)?;
+    let mut dst = image::open(
+        &dst_ref.path,
+        &ImageOptions {
+            format: Some(dst_format),
+            unsafe_cache,
+            no_backing: dst_ref.no_backing,
+            ..Default::default()
+        },
+    )?;
+    if dst.device.virtual_size() < src.virtual_size() {
+        return Err(Error::invalid("output file is smaller than input file"));
+    }
+    convert_salvaging(src, dst.device.as_mut(), copts, progress, &mut |o| {
+        unreadable(warn, o)
+    })
+}
+
+/// `-B`: the output is a new overlay over the backing file, holding only the differences.
+fn convert_onto_backing(
+    job: &FileConversion<'_>,
+    src: &mut dyn BlockDevice,
+    unsafe_cache: bool,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let dst_format = target_format(job)?;
+    refuse_compression(job, dst_format)?;
+    let mut opts = image::parse_option_lists(job.options)?;
+    let (Some(b), dst) = (job.backing, job.target) else {
+        return Err(Error::invalid("convert -B needs a backing file"));
+    };
+    let f = job
+        .backing_format
+        .ok_or_else(|| Error::invalid("convert -B needs -F with the backing file's format"))?;
+    opts.push(("backing_file".into(), b.to_string()));
+    opts.push(("backing_fmt".into(), f.to_string()));
+    let size = src.virtual_size();
+    // Until the copy succeeds, a failure removes the files the output is made of.
+    let files = NewFiles::before_create(dst, dst_format, size, &opts);
+    image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
+    let mut out = image::open(
+        dst,
+        &ImageOptions {
+            format: Some(dst_format),
+            unsafe_cache,
+            ..Default::default()
+        },
+    )?;
+    crate::ops::chain_ops::copy_differences(src, out.device.as_mut(), progress)?;
+    out.device.close()?;
+    files.keep();
+    Ok(())
+}
+
+/// Open the source images (option strings with `--image-opts`), at snapshot `-l` when
+/// given, as one device read in order.
+fn open_sources(
+    job: &FileConversion<'_>,
+    format: Option<Format>,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Box<dyn BlockDevice>> {
+    let snapshot = job.snapshot.map(parse_snapshot_param).transpose()?;
+    let mut parts = Vec::new();
+    for name in job.sources {
+        let r = ImageSpec::resolve(job.image_opts, name, format)?;
+        for w in &r.warnings {
+            warn(w);
+        }
+        let opts = ImageOptions {
+            format: r.format,
+            read_only: true,
+            force_share: job.force_share,
+            // As qemu-img convert: no one may write the source while it is copied.
+            stable_source: true,
+            no_backing: r.no_backing,
+            ..Default::default()
+        };
+        let Image { device, .. } = match &snapshot {
+            Some(candidates) => open_snapshot(&r.path, &opts, candidates)?,
+            None => image::open(&r.path, &opts)?,
+        };
+        parts.push(device);
+    }
+    if parts.len() == 1 {
+        return parts
+            .pop()
+            .ok_or_else(|| Error::invalid("Must specify image file name"));
+    }
+    Ok(Box::new(Concat::new(parts)?))
 }

@@ -25,13 +25,15 @@
 //! Options of qemu-img convert that change what is written: `fully_allocate` (`-S 0`)
 //! writes every byte, zeros included; `salvage` (`--salvage`) turns unreadable source
 //! sectors into zeros and reports each; `rate_limit` (`-r`) paces the writer.
-//! [`source`] builds the device convert reads from (several images, or a snapshot).
+//! [`source`] builds the device convert reads from (several images, or a snapshot);
+//! [`convert_file`] runs a whole `convert` as its flags say, which [`args`] reads and checks.
 
+pub mod args;
 mod engine;
 mod file;
 pub mod source;
 
-pub use file::{convert_file, FileConversion};
+pub use file::{convert_file, option_help, FileConversion};
 
 use crate::device::BlockDevice;
 use crate::error::Result;
