@@ -124,16 +124,18 @@ pub fn create(
         (None, true) => DiskType::Fixed,
         (None, false) => DiskType::Dynamic,
     };
-    let mut f = Footer::new(size, geometry, kind, crate::uuid::random_uuid());
-    if let Some(pf) = &parent {
-        // The child is sized the way its parent is: by the same geometry, or by the same
-        // current size.
-        f.creator_app = if pf.footer.sized_by_geometry() {
-            *footer::APP_CHS
-        } else {
-            *footer::APP_CURRENT_SIZE
-        };
-    }
+    // As QEMU: `qem2` for force_size, else `qemu` (even past the largest geometry). A
+    // child is sized the way its parent is: by the same geometry, or the same current size.
+    let by_geometry = match &parent {
+        Some(pf) => pf.footer.sized_by_geometry(),
+        None => !o.force_size,
+    };
+    let app = if by_geometry {
+        *footer::APP_CHS
+    } else {
+        *footer::APP_CURRENT_SIZE
+    };
+    let f = Footer::new(size, geometry, kind, crate::uuid::random_uuid(), app);
     let storage = ns
         .create(path, p.unsafe_cache)
         .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;

@@ -232,8 +232,14 @@ impl Footer {
     }
 
     /// A footer for a new image, as QEMU writes it (the data offset is 512 for dynamic and
-    /// differencing disks, none for fixed ones).
-    pub fn new(size: u64, geometry: Geometry, disk_type: DiskType, uuid: [u8; 16]) -> Footer {
+    /// differencing disks, none for fixed ones), naming `creator_app` as its maker.
+    pub fn new(
+        size: u64,
+        geometry: Geometry,
+        disk_type: DiskType,
+        uuid: [u8; 16],
+        creator_app: [u8; 4],
+    ) -> Footer {
         let mut raw = [0u8; FOOTER_LEN];
         raw[..8].copy_from_slice(COOKIE);
         let now = std::time::SystemTime::now()
@@ -248,11 +254,7 @@ impl Footer {
                 FOOTER_LEN as u64
             },
             timestamp: now.saturating_sub(TIMESTAMP_BASE) as u32,
-            creator_app: if geometry == MAX_GEOMETRY {
-                *APP_CURRENT_SIZE
-            } else {
-                *APP_CHS
-            },
+            creator_app,
             creator_version: CREATOR_VERSION,
             creator_os: *CREATOR_OS,
             original_size: size,

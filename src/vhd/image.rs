@@ -71,7 +71,10 @@ pub fn read_footer<S: Storage + ?Sized>(storage: &S) -> Result<Footer> {
     storage
         .read_at(&mut b, 0)
         .map_err(ioerr("reading the footer copy"))?;
-    if &b[..8] != super::footer::COOKIE {
+    // A fixed disk of no data has its one footer at 0; any other fixed footer found there
+    // is guest data that happens to look like one, and the end footer counts.
+    let front = Footer::parse(&b).ok();
+    if front.is_none_or(|f| f.disk_type == DiskType::Fixed) {
         storage
             .read_at(&mut b, file_len - FOOTER_LEN as u64)
             .map_err(ioerr("reading the footer"))?;
@@ -84,13 +87,6 @@ pub fn read_footer<S: Storage + ?Sized>(storage: &S) -> Result<Footer> {
     }
     let f = Footer::parse(&b)?;
     f.verify_checksum()?;
-    if f.disk_type == DiskType::Fixed {
-        return Err(Error::corrupt(
-            "VHD footer",
-            0,
-            "a fixed disk's footer at the start of the file (fixed disks keep it at the end)",
-        ));
-    }
     Ok(f)
 }
 
@@ -610,6 +606,17 @@ impl<S: Storage> BlockDevice for Vhd<S> {
                 break;
             }
             ext.length += next.length;
+        }
+        if ext.kind == ExtentKind::Unallocated {
+            if let Some(p) = self.parent.as_mut() {
+                // Resolve through the parent; past its end the guest sees zeros.
+                let psize = p.virtual_size();
+                if offset < psize {
+                    let mut sub = p.block_status(offset, ext.length.min(psize - offset))?;
+                    sub.depth += 1;
+                    return Ok(sub);
+                }
+            }
         }
         Ok(ext)
     }

@@ -300,6 +300,7 @@ fn dump(
     opts: driver::DumpOptions,
     force_share: bool,
 ) -> Result<serde_json::Value> {
+    let opts = opts.or_all();
     let vhd = open_storage(ns, path, &read_only(force_share))?;
     let mut doc = serde_json::Map::new();
     doc.insert("format".into(), "vpc".into());
