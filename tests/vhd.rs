@@ -27,6 +27,15 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `vdisk create -q -f vpc` with the words of `opts`, then `img` and the `size` words.
+fn vdisk_create(opts: &str, img: &Path, size: &str) {
+    let mut a: Vec<&str> = "create -q -f vpc".split(' ').collect();
+    a.extend(opts.split_whitespace());
+    a.push(s(img));
+    a.extend(size.split_whitespace());
+    vdisk_ok(&a);
+}
+
 /// Stdout, stderr and exit code of a run, for comparing the two tools.
 fn answer(out: std::process::Output) -> (String, String, i32) {
     let clean = |b: &[u8]| {
@@ -199,16 +208,7 @@ fn vdisk_creates_qemus_bytes_but_for_timestamp_uuid_and_checksum() {
 fn an_azure_fixed_image_has_the_exact_size_and_footer() {
     let dir = tempdir();
     let img = dir.path().join("azure.vhd");
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=fixed,force_size=on",
-        s(&img),
-        "1G",
-    ]);
+    vdisk_create("-o subformat=fixed,force_size=on", &img, "1G");
     let b = std::fs::read(&img).unwrap();
     assert_eq!(b.len() as u64, 1024 * MIB + 512, "file size");
     let f = &b[b.len() - 512..];
@@ -281,16 +281,7 @@ fn vdisk_and_qemu_take_turns_writing_one_image() {
     let dir = tempdir();
     let img = dir.path().join("turns.vhd");
     let model = dir.path().join("model.raw");
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "force_size=on",
-        s(&img),
-        "9M",
-    ]);
+    vdisk_create("-o force_size=on", &img, "9M");
     qemu_img_ok(&["create", "-q", "-f", "raw", s(&model), "9M"]);
     let mut r = rng(11);
     for round in 0..6 {
@@ -508,17 +499,7 @@ fn parent_and_child(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<
         "write -P 0xa1 6M 2M",
         s(&parent),
     ]);
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-b",
-        "parent.vhd",
-        "-F",
-        "vpc",
-        s(&child),
-    ]);
+    vdisk_create("-b parent.vhd -F vpc", &child, "");
     let mut model = vec![0xa1u8; 8 * MIB as usize];
     model[4 * MIB as usize..6 * MIB as usize].fill(0);
     (parent, child, model)
@@ -640,28 +621,8 @@ fn a_parent_loop_and_a_protocol_name_are_refused() {
     let d = dir.path();
     let (x, a, b) = (d.join("x.vhd"), d.join("a.vhd"), d.join("b.vhd"));
     vdisk_ok(&["create", "-q", "-f", "vpc", s(&x), "4M"]);
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-b",
-        "x.vhd",
-        "-F",
-        "vpc",
-        s(&a),
-    ]);
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-b",
-        "a.vhd",
-        "-F",
-        "vpc",
-        s(&b),
-    ]);
+    vdisk_create("-b x.vhd -F vpc", &a, "");
+    vdisk_create("-b a.vhd -F vpc", &b, "");
     // b, given x's UUID, takes x's place: a -> x (really b) -> a.
     let uuid = std::fs::read(&x).unwrap()[0x44..0x54].to_vec();
     let mut bb = std::fs::read(&b).unwrap();
