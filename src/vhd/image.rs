@@ -29,6 +29,10 @@ use std::collections::BTreeMap;
 const MAX_DIRTY_BITMAPS: usize = 1024;
 /// Clean bitmaps kept for reads of a differencing disk.
 const MAX_CLEAN_BITMAPS: usize = 256;
+/// The unit in which writes of zeros to a new block are skipped.
+const PAGE: u64 = 4096;
+/// New blocks whose written pages are tracked (past these, zeros are written).
+const MAX_FRESH_BLOCKS: usize = 1 << 16;
 /// Largest buffer a zero write uses.
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -44,6 +48,10 @@ struct Dynamic {
     bitmaps: BTreeMap<u64, (Vec<u8>, bool)>,
     /// BAT sectors changed since the last flush.
     dirty_bat: std::collections::BTreeSet<u64>,
+    /// Blocks of a dynamic disk allocated since the image was opened, with the pages
+    /// written to each: an unwritten page reads as zeros, so zeros need not be written
+    /// there (a converted image keeps its holes).
+    fresh: BTreeMap<u64, Vec<u64>>,
 }
 
 /// An open VHD image over any storage.
@@ -281,6 +289,10 @@ impl<S: Storage> Vhd<S> {
         d.next_block = end;
         d.bat[bi as usize] = entry;
         d.dirty_bat.insert(bi * 4 / SECTOR);
+        if !differencing && d.fresh.len() < MAX_FRESH_BLOCKS {
+            let pages = u64::from(d.header.block_size).div_ceil(PAGE) + 1;
+            d.fresh.insert(bi, vec![0; pages.div_ceil(64) as usize]);
+        }
         let fill = if differencing { 0 } else { 0xff };
         d.bitmaps
             .insert(bi, (vec![fill; bitmap_size as usize], true));
@@ -296,9 +308,7 @@ impl<S: Storage> Vhd<S> {
         let first = within / SECTOR;
         let last = (within + buf.len() as u64 - 1) / SECTOR;
         if !self.is_differencing() {
-            self.storage
-                .write_at(buf, data + within)
-                .map_err(ioerr("writing a data block"))?;
+            self.write_dynamic(buf, bi, data, within)?;
         } else {
             // Sectors come whole from this file once their bit is set: a partly written
             // sector that reads from the parent now takes the rest from there.
@@ -319,6 +329,45 @@ impl<S: Storage> Vhd<S> {
                 .map_err(ioerr("writing a data block"))?;
         }
         self.mark_sectors(bi, first, last)
+    }
+
+    /// Write `buf` at `within` bytes into block `bi` of a dynamic disk, whose data starts
+    /// at `data` in the file; in a block new since the open, zero pages never written are
+    /// skipped.
+    fn write_dynamic(&mut self, buf: &[u8], bi: u64, data: u64, within: u64) -> Result<()> {
+        let d = dynamic_mut(&mut self.dynamic)?;
+        let Some(pages) = d.fresh.get_mut(&bi) else {
+            return self
+                .storage
+                .write_at(buf, data + within)
+                .map_err(ioerr("writing a data block"));
+        };
+        let mut run: Option<usize> = None;
+        let mut at = 0usize;
+        while at <= buf.len() {
+            // Pages of the file (so that a skipped page is a hole the host can keep).
+            let file_pos = data + within + at as u64;
+            let page = file_pos / PAGE - data / PAGE;
+            let next = (((file_pos / PAGE + 1) * PAGE - data - within) as usize).min(buf.len());
+            let (word, bit) = ((page / 64) as usize, 1u64 << (page % 64));
+            let skip =
+                at < buf.len() && pages[word] & bit == 0 && buf[at..next].iter().all(|&x| x == 0);
+            if at == buf.len() || skip {
+                if let Some(start) = run.take() {
+                    self.storage
+                        .write_at(&buf[start..at], data + within + start as u64)
+                        .map_err(ioerr("writing a data block"))?;
+                }
+                if at == buf.len() {
+                    break;
+                }
+            } else {
+                pages[word] |= bit;
+                run.get_or_insert(at);
+            }
+            at = next;
+        }
+        Ok(())
     }
 
     /// Set the bitmap bits of sectors `first..=last` of block `bi` (in memory).
@@ -487,6 +536,7 @@ fn open_dynamic<S: Storage>(
         next_block,
         file_len,
         bitmaps: BTreeMap::new(),
+        fresh: BTreeMap::new(),
         dirty_bat: Default::default(),
     })
 }
