@@ -36,6 +36,8 @@ ROWS=(
     convert_raw_to_vmdk_sparse
     convert_raw_to_vmdk_stream
     convert_vmdk_to_raw
+    convert_raw_to_vpc
+    convert_vpc_to_raw
     snapshot_create
     snapshot_apply
     snapshot_delete
@@ -285,6 +287,26 @@ row_convert_vmdk_to_raw() {
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify "$SRC" "$BENCH_DIR/vdisk-v.raw"
     record "convert vmdk -> raw"
+}
+
+row_convert_raw_to_vpc() {
+    measure "$BENCH_DIR/vdisk.vhd" "$VDISK" convert -f raw -O vpc "$SRC" "$BENCH_DIR/vdisk.vhd"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.vhd" "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$BENCH_DIR/qemu.vhd"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.vhd"
+    record "convert raw -> vpc"
+}
+
+row_convert_vpc_to_raw() {
+    local in="$BENCH_DIR/qemu.vhd"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk-h.raw" "$VDISK" convert -f vpc -O raw "$in" "$BENCH_DIR/vdisk-h.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu-h.raw" "$QEMU_IMG" convert -f vpc -O raw "$in" "$BENCH_DIR/qemu-h.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk-h.raw"
+    record "convert vpc -> raw"
 }
 
 row_snapshot_create() {

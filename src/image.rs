@@ -26,6 +26,7 @@ pub static DRIVERS: &[&Driver] = &[
     &crate::qcow2::DRIVER,
     &crate::vmdk::DRIVER,
     &crate::vdi::DRIVER,
+    &crate::vhd::DRIVER,
 ];
 
 impl Format {

@@ -53,6 +53,7 @@ pub mod size;
 pub mod storage;
 pub mod uuid;
 pub mod vdi;
+pub mod vhd;
 pub mod vmdk;
 
 pub use device::{BlockDevice, Extent, ExtentKind};
