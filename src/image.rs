@@ -24,6 +24,7 @@ pub static DRIVERS: &[&Driver] = &[
     &crate::qcow2::DRIVER,
     &crate::vmdk::DRIVER,
     &crate::vdi::DRIVER,
+    &crate::vhdx::DRIVER,
 ];
 
 impl Format {

@@ -51,6 +51,7 @@ pub mod size;
 pub mod storage;
 pub mod uuid;
 pub mod vdi;
+pub mod vhdx;
 pub mod vmdk;
 
 pub use device::{BlockDevice, Extent, ExtentKind};

@@ -1,0 +1,239 @@
+//! VHDX images (Hyper-V): fixed, dynamic and differencing, read and written, with the log
+//! replayed on a writable open and every metadata update made through it. qemu-img reads
+//! and writes fixed and dynamic images; it refuses differencing ones, which vdisk reads
+//! through their parent and creates with `-b`.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | [`header`] | file identifier, the two headers, sequence numbers, CRC-32C, GUIDs |
+//! | [`region`] | the region table and the overlap check of file regions |
+//! | [`metadata`] | block size, sector sizes, disk size, page 83 data, parent locator |
+//! | [`bat`] | payload and sector bitmap entries, their states, the BAT geometry |
+//! | [`log`] | log entries: search, validation, replay, writing a batch of pages |
+//! | [`image`] | the open image: reads, allocating writes, flush order |
+//! | [`create`] | new images with qemu-img's options and layout |
+//! | this file | the driver row: probe, open, create, info, check; naming the parent |
+//!
+//! See `format-spec/vhdx.md`.
+
+pub mod bat;
+pub mod create;
+pub mod header;
+pub mod image;
+pub mod log;
+pub mod metadata;
+pub mod region;
+
+pub use image::{OpenMode, Vhdx};
+
+use crate::check_report::{CheckReport, Repair};
+use crate::device::BlockDevice;
+use crate::driver::{self, BackingRef, CreateParams, Driver, FormatInfo, OpenParams, Opened};
+use crate::error::{Error, Result};
+use crate::storage::{Namespace, OpenOptions, Storage};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The VHDX row of the driver table.
+pub static DRIVER: Driver = Driver {
+    name: "vhdx",
+    probe,
+    open,
+    create: create_image,
+    check_create_options: |options| create::parse_options(options).map(|_| ()),
+    create_files: driver::one_file,
+    supports_compression: false,
+    info,
+    measure: None,
+    check: Some(check),
+    dump: None,
+    // As qemu-img: VHDX images keep their size.
+    resize: None,
+    amend: None,
+    make_empty: None,
+};
+
+fn probe(first: &[u8]) -> u32 {
+    if first.starts_with(header::FILE_SIGNATURE) {
+        100
+    } else {
+        0
+    }
+}
+
+fn open_storage(
+    ns: &dyn Namespace,
+    path: &Path,
+    read_only: bool,
+    p: &OpenParams,
+    for_check: bool,
+) -> Result<Vhdx<Arc<dyn Storage>>> {
+    let storage = ns
+        .open(
+            path,
+            OpenOptions {
+                write: !read_only,
+                unsafe_cache: p.unsafe_cache,
+                force_share: p.force_share,
+            },
+        )
+        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let name = path.display().to_string();
+    let mode = OpenMode {
+        read_only,
+        for_check,
+        name: &name,
+    };
+    Vhdx::open(storage, mode).map_err(|e| match e {
+        // QEMU's message names the file itself.
+        Error::ReadOnly(m) => Error::ReadOnly(m),
+        e => crate::error::with_path(path, e),
+    })
+}
+
+/// The parent a differencing image names: its relative path (or, without one, the file
+/// name of its Windows path) as a host path relative to the image's directory.
+fn parent_ref(md: &metadata::Metadata) -> Result<BackingRef> {
+    let name = match (
+        md.locator("relative_path"),
+        md.locator("absolute_win32_path"),
+    ) {
+        (Some(r), _) => r.trim_start_matches(".\\").replace('\\', "/"),
+        (None, Some(a)) => a.rsplit('\\').next().unwrap_or_default().to_string(),
+        (None, None) => return Err(Error::invalid("VHDX parent locator names no parent path")),
+    };
+    Ok(BackingRef {
+        name,
+        format: Some("vhdx".into()),
+    })
+}
+
+fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
+    let image = open_storage(ns, path, p.read_only, p, false)?;
+    let backing = if image.metadata().has_parent {
+        Some(parent_ref(image.metadata())?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        device: Box::new(image),
+        backing,
+    })
+}
+
+fn create_image(
+    ns: &dyn Namespace,
+    path: &Path,
+    p: &CreateParams<'_>,
+) -> Result<Box<dyn BlockDevice>> {
+    let o = create::parse_options(p.options)?;
+    let size = p
+        .size
+        .ok_or_else(|| Error::invalid("Image creation needs a size parameter"))?;
+    let parent = match &o.backing_file {
+        Some(name) => Some(parent_link(ns, path, name)?),
+        None => None,
+    };
+    let storage = ns
+        .create(path, p.unsafe_cache)
+        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    create::create(storage.as_ref(), size, &o, parent.as_ref())?;
+    let name = path.display().to_string();
+    Ok(Box::new(Vhdx::open(
+        storage,
+        OpenMode {
+            read_only: false,
+            for_check: false,
+            name: &name,
+        },
+    )?))
+}
+
+/// Read the data write GUID of the parent `name` of a new image at `path`.
+fn parent_link(ns: &dyn Namespace, path: &Path, name: &str) -> Result<create::ParentLink> {
+    crate::names::check_backing_name(name)?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let parent_path = dir.join(name);
+    let st = driver::open_read_only(ns, &parent_path, true)?;
+    let pname = parent_path.display().to_string();
+    let parent = Vhdx::open(
+        st,
+        OpenMode {
+            read_only: true,
+            for_check: false,
+            name: &pname,
+        },
+    )
+    .map_err(|e| crate::error::with_path(&parent_path, e))?;
+    let absolute = std::path::absolute(&parent_path).unwrap_or(parent_path.clone());
+    Ok(create::ParentLink {
+        data_write_guid: parent.header().data_write_guid,
+        name: name.to_string(),
+        absolute: absolute.display().to_string(),
+    })
+}
+
+fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo> {
+    let p = OpenParams {
+        read_only: true,
+        force_share,
+        ..Default::default()
+    };
+    let opened = open(ns, path, &p)?;
+    Ok(FormatInfo {
+        virtual_size: opened.device.virtual_size(),
+        cluster_size: opened.device.cluster_size(),
+        backing: opened.backing,
+        ..Default::default()
+    })
+}
+
+/// QEMU's check: a writable open (`-r`) replays the log and counts that as one fixed
+/// corruption; every stored payload block must lie inside the file and clear of the
+/// log, BAT and metadata regions.
+fn check(
+    ns: &dyn Namespace,
+    path: &Path,
+    repair: Repair,
+    force_share: bool,
+) -> Result<CheckReport> {
+    let read_only = repair == Repair::None;
+    let p = OpenParams {
+        read_only,
+        force_share,
+        ..Default::default()
+    };
+    let image = open_storage(ns, path, read_only, &p, true)?;
+    let mut report = CheckReport::default();
+    if image.replayed_log() {
+        report.corruptions_fixed += 1;
+    }
+    let file_len = ns
+        .open(
+            path,
+            OpenOptions {
+                force_share: true,
+                ..Default::default()
+            },
+        )
+        .and_then(|s| s.len())
+        .map_err(|e| Error::io("vhdx: reading the file length", e))?;
+    let mut fs = region::Regions::default();
+    fs.add(
+        image.header().log_offset,
+        u64::from(image.header().log_length),
+    );
+    fs.add(
+        image.regions().bat.offset,
+        u64::from(image.regions().bat.length),
+    );
+    fs.add(
+        image.regions().metadata.offset,
+        u64::from(image.regions().metadata.length),
+    );
+    for m in image.bat_problems(&fs, file_len) {
+        report.msg(m);
+        report.corruptions += 1;
+    }
+    Ok(report)
+}
