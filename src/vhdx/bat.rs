@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn entries_keep_state_and_whole_mib_offsets() {
         let e = Entry::payload(PayloadState::FullyPresent, 7 * MIB);
-        assert_eq!(e.0, 7 * MIB | 6);
+        assert_eq!(e.0, (7 * MIB) | 6);
         assert_eq!(
             (e.payload_state(), e.offset()),
             (PayloadState::FullyPresent, 7 * MIB)

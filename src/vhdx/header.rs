@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(choose_active(None, Some(b.clone())).unwrap().0, 1);
         b.sequence_number = 8;
         // Equal numbers: accepted only when the headers are identical.
-        assert_eq!(choose_active(Some(a.clone()), Some(b.clone())).unwrap().0, 0);
+        assert_eq!(
+            choose_active(Some(a.clone()), Some(b.clone())).unwrap().0,
+            0
+        );
         b.log_length = 2 << 20;
         assert!(choose_active(Some(a), Some(b)).is_err());
         assert!(choose_active(None, None).is_err());

@@ -84,11 +84,7 @@ fn open_storage(
         for_check,
         name: &name,
     };
-    Vhdx::open(storage, mode).map_err(|e| match e {
-        // QEMU's message names the file itself.
-        Error::ReadOnly(m) => Error::ReadOnly(m),
-        e => crate::error::with_path(path, e),
-    })
+    Vhdx::open(storage, mode).map_err(|e| crate::error::with_path(path, e))
 }
 
 /// The parent a differencing image names: its relative path (or, without one, the file

@@ -152,7 +152,7 @@ impl RegionTable {
             e[..16].copy_from_slice(g);
             LE::write_u64(&mut e[16..], r.offset);
             LE::write_u32(&mut e[24..], r.length);
-            LE::write_u32(&mut e[28..], ENTRY_REQUIRED);
+            // The required bit stays clear, as in the images qemu-img makes.
         }
         set_checksum(&mut b, 4);
         b
