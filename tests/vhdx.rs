@@ -441,6 +441,58 @@ fn hostile_images_get_one_clear_error_and_never_a_panic() {
     assert_same_answers(&img);
 }
 
+#[test]
+fn check_reports_bad_bat_entries_as_qemu_does() {
+    let dir = tempdir();
+    let base = dir.path().join("base.vhdx");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        s(&base),
+        "5M",
+    ]);
+    qemu_io_ok(&[
+        "-f",
+        "vhdx",
+        "-c",
+        "write -P 1 1M 4k",
+        "-c",
+        "write -P 2 3M 4k",
+        s(&base),
+    ]);
+    let b = std::fs::read(&base).unwrap();
+    let bat = 2 * MIB as usize;
+    let past_end = ((1u64 << 40) | 6).to_le_bytes();
+    let into_log = (MIB | 6).to_le_bytes();
+    let last_mib = ((b.len() as u64 - MIB / 2) & !(MIB - 1) | 6).to_le_bytes();
+    let cases: &[&[(usize, &[u8])]] = &[
+        &[(bat + 8, &past_end)],
+        &[(bat + 16, &into_log)],
+        &[
+            (bat + 8, &past_end),
+            (bat + 24, &into_log),
+            (bat, &last_mib),
+        ],
+    ];
+    for (i, pokes) in cases.iter().enumerate() {
+        let img = dir.path().join(format!("bad{i}.vhdx"));
+        let mut bytes = poked(&b, pokes, None);
+        if i == 2 {
+            // The last payload block loses its end: QEMU's "end offset" message.
+            bytes.truncate(bytes.len() - 4096);
+        }
+        std::fs::write(&img, bytes).unwrap();
+        for out in ["human", "json"] {
+            let a = ["check", "-f", "vhdx", "--output", out, s(&img)];
+            assert_eq!(answer(vdisk(a)), answer(qemu_img(a)), "case {i} {out}");
+        }
+    }
+}
+
 /// A log entry under the header's log GUID, written by hand into `b`.
 fn with_log_entry(b: &[u8], target: u64, corrupt: bool) -> Vec<u8> {
     let guid = [0x5a; 16];

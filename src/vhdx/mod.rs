@@ -228,7 +228,8 @@ fn check(
         u64::from(image.regions().metadata.length),
     );
     for m in image.bat_problems(&fs, file_len) {
-        report.msg(m);
+        // QEMU reports these through error_report, which names the program.
+        report.msg(format!("vdisk: {m}"));
         report.corruptions += 1;
     }
     Ok(report)
