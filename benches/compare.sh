@@ -36,6 +36,8 @@ ROWS=(
     convert_raw_to_vmdk_sparse
     convert_raw_to_vmdk_stream
     convert_vmdk_to_raw
+    convert_raw_to_vhdx
+    convert_vhdx_to_raw
     snapshot_create
     snapshot_apply
     snapshot_delete
@@ -392,6 +394,28 @@ row_rebase_safe() {
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify_inplace "$v" "$q"
     record "rebase safe (1/10 differs)"
+}
+
+row_convert_raw_to_vhdx() {
+    measure "$BENCH_DIR/vdisk.vhdx" "$VDISK" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/vdisk.vhdx"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.vhdx" "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/qemu.vhdx"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.vhdx"
+    "$QEMU_IMG" check -q "$BENCH_DIR/vdisk.vhdx" || { VERIFIED="check failed"; FAILED=1; }
+    record "convert raw -> vhdx"
+}
+
+row_convert_vhdx_to_raw() {
+    # Both tools read the VHDX qemu-img made in the previous row.
+    local in="$BENCH_DIR/qemu.vhdx"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f vhdx -O raw "$in" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f vhdx -O raw "$in" "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    record "convert vhdx -> raw"
 }
 
 for row in "${ROWS[@]}"; do

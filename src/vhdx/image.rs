@@ -613,8 +613,11 @@ impl<S: Storage> BlockDevice for Vhdx<S> {
         self.read_only
     }
 
+    /// None: a new payload block is allocated sparse (zeros are never written), so writes
+    /// of any size are cheap and copy engines keep their own granularity, as qemu-img's
+    /// convert does. `info` shows the block size as the cluster size (see `super::info`).
     fn cluster_size(&self) -> Option<u64> {
-        Some(self.geometry.block_size)
+        None
     }
 
     fn attach_backing(&mut self, backing: Box<dyn BlockDevice>) -> Result<()> {

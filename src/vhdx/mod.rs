@@ -175,11 +175,17 @@ fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo
         force_share,
         ..Default::default()
     };
-    let opened = open(ns, path, &p)?;
+    let image = open_storage(ns, path, true, &p, false)?;
+    let md = image.metadata();
     Ok(FormatInfo {
-        virtual_size: opened.device.virtual_size(),
-        cluster_size: opened.device.cluster_size(),
-        backing: opened.backing,
+        virtual_size: md.virtual_size,
+        // qemu-img shows the payload block size.
+        cluster_size: Some(u64::from(md.block_size)),
+        backing: if md.has_parent {
+            Some(parent_ref(md)?)
+        } else {
+            None
+        },
         ..Default::default()
     })
 }
