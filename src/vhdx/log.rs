@@ -69,8 +69,13 @@ pub fn max_pages(log_length: u64) -> u64 {
     pages
 }
 
-/// The entry at byte `at` of `log` (read circularly), if it is valid for `guid`.
-fn parse_entry(log: &[u8], at: u64, guid: &Guid) -> Option<Entry> {
+/// How many times over the search may checksum the log before it gives up (a hostile log
+/// of entry headers at every sector would otherwise cost quadratic time).
+const SEARCH_BUDGET: u64 = 16;
+
+/// The entry at byte `at` of `log` (read circularly), if it is valid for `guid`;
+/// checksumming it is taken from `budget` (None, and budget 0, when it runs out).
+fn parse_entry(log: &[u8], at: u64, guid: &Guid, budget: &mut u64) -> Option<Entry> {
     let n = log.len() as u64;
     let head = &log[at as usize..(at + SECTOR) as usize];
     if &head[..4] != ENTRY_SIGNATURE || head[32..48] != guid[..] {
@@ -79,9 +84,19 @@ fn parse_entry(log: &[u8], at: u64, guid: &Guid) -> Option<Entry> {
     let length = u64::from(LE::read_u32(&head[8..]));
     let sequence = LE::read_u64(&head[16..]);
     let count = u64::from(LE::read_u32(&head[24..]));
-    if length == 0 || length > n || length % SECTOR != 0 || sequence == 0 || count * 32 > length {
+    if length == 0
+        || length > n
+        || length % SECTOR != 0
+        || sequence == 0
+        || descriptor_sectors(count) * SECTOR > length
+    {
         return None;
     }
+    if *budget < length {
+        *budget = 0;
+        return None;
+    }
+    *budget -= length;
     let mut buf = Vec::with_capacity(length as usize);
     for s in 0..length / SECTOR {
         let from = ((at + s * SECTOR) % n) as usize;
@@ -132,11 +147,11 @@ fn parse_entry(log: &[u8], at: u64, guid: &Guid) -> Option<Entry> {
 }
 
 /// The run of valid entries with consecutive sequence numbers starting at `at`.
-fn sequence_at(log: &[u8], at: u64, guid: &Guid) -> Vec<(u64, Entry)> {
+fn sequence_at(log: &[u8], at: u64, guid: &Guid, budget: &mut u64) -> Vec<(u64, Entry)> {
     let n = log.len() as u64;
     let mut run: Vec<(u64, Entry)> = Vec::new();
     let (mut pos, mut used) = (at, 0u64);
-    while let Some(e) = parse_entry(log, pos, guid) {
+    while let Some(e) = parse_entry(log, pos, guid, budget) {
         if run
             .last()
             .is_some_and(|(_, last)| e.sequence != last.sequence + 1)
@@ -171,8 +186,16 @@ pub fn active_entries(storage: &dyn Storage, header: &Header, file_len: u64) -> 
         .map_err(|e| Error::io("vhdx: reading the log", e))?;
     let mut best: Vec<Entry> = Vec::new();
     let mut at = 0;
+    let mut budget = SEARCH_BUDGET * len;
     while at < len {
-        let run = sequence_at(&log, at, &header.log_guid);
+        let run = sequence_at(&log, at, &header.log_guid, &mut budget);
+        if budget == 0 {
+            return Err(Error::corrupt(
+                "VHDX log",
+                offset,
+                "too many entry headers to search: the log is not one a writer left",
+            ));
+        }
         let newest = run.last().map(|(_, e)| e.sequence);
         if newest > best.last().map(|e| e.sequence) {
             best = run.iter().map(|(_, e)| e.clone()).collect();
@@ -294,7 +317,7 @@ mod tests {
         ];
         let entry = build_entry(&guid, &pages, 5 * MIB);
         let log = log_with(&entry, (1 << 20) - 4096 * 2, 1 << 20);
-        let e = parse_entry(&log, (1 << 20) - 8192, &guid).unwrap();
+        let e = parse_entry(&log, (1 << 20) - 8192, &guid, &mut u64::MAX.clone()).unwrap();
         assert_eq!(e.actions.len(), 2);
         assert_eq!(
             e.actions[1],
@@ -308,10 +331,10 @@ mod tests {
         let guid = [7u8; 16];
         let mut entry = build_entry(&guid, &[(2 * MIB, vec![1; 4096])], 5 * MIB);
         let log = log_with(&entry, 0, 1 << 20);
-        assert!(parse_entry(&log, 0, &[8; 16]).is_none());
+        assert!(parse_entry(&log, 0, &[8; 16], &mut u64::MAX.clone()).is_none());
         entry[5000] ^= 1;
         let log = log_with(&entry, 0, 1 << 20);
-        assert!(parse_entry(&log, 0, &guid).is_none());
+        assert!(parse_entry(&log, 0, &guid, &mut u64::MAX.clone()).is_none());
     }
 
     #[test]
@@ -326,6 +349,24 @@ mod tests {
         assert!(validate(&[mk(4096)], 4 * MIB, MIB).is_err());
         assert!(validate(&[mk(4 * MIB)], 4 * MIB, MIB).is_err());
         assert!(validate(&[mk(3 * MIB)], 4 * MIB, MIB).is_ok());
+    }
+
+    #[test]
+    fn a_log_of_entry_headers_at_every_sector_is_refused_in_bounded_time() {
+        let guid = [7u8; 16];
+        let mut file = vec![0u8; 2 * MIB as usize];
+        for s in 0..256 {
+            let at = MIB as usize + s * 4096;
+            file[at..at + 4].copy_from_slice(ENTRY_SIGNATURE);
+            LE::write_u32(&mut file[at + 8..], MIB as u32);
+            LE::write_u64(&mut file[at + 16..], 1);
+            file[at + 32..at + 48].copy_from_slice(&guid);
+        }
+        let mut h = Header::new(MIB as u32);
+        h.log_guid = guid;
+        let st = crate::storage::MemStorage::from_vec(file);
+        let e = active_entries(&st, &h, 2 * MIB).unwrap_err();
+        assert!(e.to_string().contains("too many entry headers"), "{e}");
     }
 
     #[test]
