@@ -595,6 +595,16 @@ fn a_differencing_image_reads_and_writes_through_its_parent() {
         "vhdx",
         s(&child),
     ]);
+    // The parent locator links to the parent's data write GUID, by relative path.
+    let header_of = |p: &Path| {
+        let doc = common::parse_json("dump", &vdisk_ok(&["dump", "--header", "--json", s(p)]));
+        doc["header"].clone()
+    };
+    let (ph, ch) = (header_of(&parent), header_of(&child));
+    let locator = &ch["parent_locator"];
+    assert_eq!(locator["parent_linkage"], ph["data_write_guid"], "{ch}");
+    assert_eq!(locator["relative_path"], ".\\parent.vhdx", "{ch}");
+    assert_eq!(ch["has_parent"], true);
     // qemu-img refuses it; vdisk names the parent and reads through it.
     let (_, _, code) = answer(qemu_img(["info", s(&child)]));
     assert_eq!(code, 1);

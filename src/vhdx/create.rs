@@ -83,6 +83,9 @@ pub fn parse_options(options: &driver::Options) -> Result<CreateOptions> {
     if o.log_size < MIB {
         return Err(Error::invalid("Log size must be a multiple of 1 MB"));
     }
+    if o.block_size != 0 && !o.block_size.is_power_of_two() {
+        return Err(Error::invalid("Block size must be a power of two"));
+    }
     Ok(o)
 }
 

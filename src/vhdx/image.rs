@@ -153,6 +153,11 @@ impl<S: Storage> Vhdx<S> {
         &self.header
     }
 
+    /// Which header slot (0 or 1) is active.
+    pub fn active_slot(&self) -> u8 {
+        self.slot as u8
+    }
+
     /// The metadata items.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata

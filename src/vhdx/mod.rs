@@ -12,7 +12,7 @@
 //! | [`log`] | log entries: search, validation, replay, writing a batch of pages |
 //! | [`image`] | the open image: reads, allocating writes, flush order |
 //! | [`create`] | new images with qemu-img's options and layout |
-//! | this file | the driver row: probe, open, create, info, check; naming the parent |
+//! | this file | the driver row: probe, open, create, info, check, dump; naming the parent |
 //!
 //! See `format-spec/vhdx.md`.
 
@@ -46,7 +46,7 @@ pub static DRIVER: Driver = Driver {
     info,
     measure: None,
     check: Some(check),
-    dump: None,
+    dump: Some(dump),
     // As qemu-img: VHDX images keep their size.
     resize: None,
     amend: None,
@@ -239,4 +239,87 @@ fn check(
         report.corruptions += 1;
     }
     Ok(report)
+}
+
+fn guid_json(g: &header::Guid) -> serde_json::Value {
+    create::guid_text(g).into()
+}
+
+/// The headers, region table and metadata items as decoded.
+fn dump_header(image: &Vhdx<Arc<dyn Storage>>) -> serde_json::Value {
+    let h = image.header();
+    let r = image.regions();
+    let md = image.metadata();
+    serde_json::json!({
+        "active_header": driver::hex(header::HEADER_OFFSETS[usize::from(image.active_slot())]),
+        "sequence_number": h.sequence_number,
+        "file_write_guid": guid_json(&h.file_write_guid),
+        "data_write_guid": guid_json(&h.data_write_guid),
+        "log_guid": guid_json(&h.log_guid),
+        "log_offset": driver::hex(h.log_offset),
+        "log_length": h.log_length,
+        "bat": {"offset": driver::hex(r.bat.offset), "length": r.bat.length},
+        "metadata": {"offset": driver::hex(r.metadata.offset), "length": r.metadata.length},
+        "block_size": md.block_size,
+        "leave_blocks_allocated": md.leave_blocks_allocated,
+        "has_parent": md.has_parent,
+        "virtual_disk_size": md.virtual_size,
+        "logical_sector_size": md.logical_sector_size,
+        "physical_sector_size": md.physical_sector_size,
+        "page_83": guid_json(&md.page_83),
+        "parent_locator": md.parent_locator.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// Every BAT entry that is not zero: its index, kind, state and offset.
+fn dump_bat(image: &Vhdx<Arc<dyn Storage>>) -> serde_json::Value {
+    let g = image.geometry();
+    let at = image.regions().bat.offset;
+    let entries: Vec<serde_json::Value> = image
+        .bat()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.0 != 0)
+        .map(|(i, e)| {
+            let i = i as u64;
+            let (kind, state) = if g.is_bitmap_index(i) {
+                ("sector_bitmap", format!("{:?}", e.bitmap_state()))
+            } else {
+                ("payload", format!("{:?}", e.payload_state()))
+            };
+            let mut m = serde_json::json!({"index": i, "entry_offset": driver::hex(at + i * bat::ENTRY_LEN), "kind": kind, "state": state});
+            if !g.is_bitmap_index(i) {
+                m["block"] = g.block_of_index(i).into();
+            }
+            if e.offset() != 0 {
+                m["file_offset"] = driver::hex(e.offset());
+            }
+            m
+        })
+        .collect();
+    entries.into()
+}
+
+fn dump(
+    ns: &dyn Namespace,
+    path: &Path,
+    opts: driver::DumpOptions,
+    force_share: bool,
+) -> Result<serde_json::Value> {
+    let p = OpenParams {
+        read_only: true,
+        force_share,
+        ..Default::default()
+    };
+    let image = open_storage(ns, path, true, &p, true)?;
+    let opts = opts.or_all();
+    let mut doc = serde_json::Map::new();
+    doc.insert("format".into(), "vhdx".into());
+    if opts.header {
+        doc.insert("header".into(), dump_header(&image));
+    }
+    if opts.l1 || opts.map {
+        doc.insert("bat".into(), dump_bat(&image));
+    }
+    Ok(serde_json::Value::Object(doc))
 }
