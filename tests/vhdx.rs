@@ -605,6 +605,21 @@ fn a_differencing_image_reads_and_writes_through_its_parent() {
     assert_eq!(locator["parent_linkage"], ph["data_write_guid"], "{ch}");
     assert_eq!(locator["relative_path"], ".\\parent.vhdx", "{ch}");
     assert_eq!(ch["has_parent"], true);
+    // Its map resolves through the parent as that of a qcow2 overlay does in qemu-img.
+    let overlay = dir.path().join("overlay.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "parent.vhdx",
+        "-F",
+        "vhdx",
+        s(&overlay),
+    ]);
+    let theirs = qemu_img_ok(&["map", "--output=json", s(&overlay)]);
+    assert_eq!(vdisk_ok(&["map", "--output=json", s(&child)]), theirs);
     // qemu-img refuses it; vdisk names the parent and reads through it.
     let (_, _, code) = answer(qemu_img(["info", s(&child)]));
     assert_eq!(code, 1);

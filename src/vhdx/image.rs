@@ -604,9 +604,21 @@ impl<S: Storage> BlockDevice for Vhdx<S> {
         while pos < end && kind_of(self.entry_of_block(pos / bs).payload_state()) == kind {
             pos += bs;
         }
+        let run_end = pos.min(end);
+        if kind == ExtentKind::Unallocated {
+            if let Some(p) = self.parent.as_mut() {
+                // Resolve through the parent; past its end the guest sees zeros.
+                let psize = p.virtual_size();
+                if offset < psize {
+                    let mut sub = p.block_status(offset, (run_end - offset).min(psize - offset))?;
+                    sub.depth += 1;
+                    return Ok(sub);
+                }
+            }
+        }
         Ok(Extent {
             start: offset,
-            length: pos.min(end) - offset,
+            length: run_end - offset,
             kind,
             host_offset: None,
             compressed: false,
