@@ -658,3 +658,59 @@ fn a_differencing_image_reads_and_writes_through_its_parent() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("parent.vhdx"), "{err}");
 }
+
+#[test]
+fn a_parent_loop_is_refused_and_odd_logs_are_treated_as_qemu_does() {
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a.vhdx"), dir.path().join("b.vhdx"));
+    vdisk_ok(&["create", "-q", "-f", "vhdx", s(&a), "4M"]);
+    vdisk_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-b",
+        "a.vhdx",
+        "-F",
+        "vhdx",
+        s(&b),
+    ]);
+    // a is made again as a child of b: a -> b -> a.
+    vdisk_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-b",
+        "b.vhdx",
+        "-F",
+        "vhdx",
+        s(&a),
+    ]);
+    let out = dir.path().join("out.raw");
+    let (_, err, code) = answer(vdisk(["convert", "-O", "raw", s(&a), s(&out)]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("loops"), "{err}");
+    // A log GUID in the header with the log placed past the end of the file.
+    let base = dir.path().join("base.vhdx");
+    qemu_img_ok(&["create", "-q", "-f", "vhdx", s(&base), "4M"]);
+    let bytes = std::fs::read(&base).unwrap();
+    let mut pokes: Vec<(usize, &[u8])> = Vec::new();
+    let guid = [0x5au8; 16];
+    let far = (1u64 << 40).to_le_bytes();
+    pokes.push((0x20000 + 48, &guid));
+    pokes.push((0x20000 + 72, &far));
+    let img = dir.path().join("far-log.vhdx");
+    std::fs::write(&img, poked(&bytes, &pokes, Some((0x20000, 4096)))).unwrap();
+    // It reads as zeros: no entries to replay, for either tool.
+    assert_same_answers(&img);
+    // A log length that is not whole MiB: refused by both.
+    let odd = 4096u32.to_le_bytes();
+    let img = dir.path().join("odd-log.vhdx");
+    let pokes: Vec<(usize, &[u8])> = vec![(0x20000 + 48, &guid), (0x20000 + 68, &odd)];
+    std::fs::write(&img, poked(&bytes, &pokes, Some((0x20000, 4096)))).unwrap();
+    let (_, err, code) = answer(vdisk(["info", s(&img)]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("VHDX log"), "{err}");
+    assert_eq!(answer(qemu_img(["info", s(&img)])).2, 1);
+}

@@ -96,7 +96,7 @@ impl<S: Storage> Vhdx<S> {
         }
         let mut fs = Regions::default();
         fs.add(header.log_offset, u64::from(header.log_length));
-        let entries = log::active_entries(&storage, &header, file_len)?;
+        let entries = log::active_entries(&storage, &header)?;
         if !entries.is_empty() && mode.read_only {
             return Err(Error::invalid(format!(
                 "Could not open '{0}': VHDX image file '{0}' opened read-only, but contains a log that needs to be replayed\nTo replay the log, run:\nqemu-img check -r all '{0}'",
