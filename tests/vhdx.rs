@@ -714,3 +714,92 @@ fn a_parent_loop_is_refused_and_odd_logs_are_treated_as_qemu_does() {
     assert!(err.contains("VHDX log"), "{err}");
     assert_eq!(answer(qemu_img(["info", s(&img)])).2, 1);
 }
+
+#[test]
+fn a_power_cut_at_any_write_to_a_differencing_image_loses_no_flushed_data() {
+    let dir = tempdir();
+    let parent = dir.path().join("parent.vhdx");
+    let child = dir.path().join("child.vhdx");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        s(&parent),
+        "4M",
+    ]);
+    qemu_io_ok(&["-f", "vhdx", "-c", "write -P 0xa1 0 4M", s(&parent)]);
+    let child_opts = ["create", "-q", "-f", "vhdx", "-o", "block_size=1M", "-b"];
+    vdisk_ok(&[&child_opts[..], &["parent.vhdx", "-F", "vhdx", s(&child)]].concat());
+    let parent_bytes = std::fs::read(&parent).unwrap();
+    let initial = std::fs::read(&child).unwrap();
+    let rounds: Vec<Vec<(u64, usize, u8)>> = vec![
+        vec![(100, 3000, 1), (2 * MIB - 10, 20, 2)],
+        vec![(3 * MIB + 512, 512, 3)],
+    ];
+    let model_after = |n: usize| {
+        let mut m = vec![0xa1u8; 4 * MIB as usize];
+        for round in &rounds[..n] {
+            for &(off, len, b) in round {
+                m[off as usize..off as usize + len].fill(b);
+            }
+        }
+        m
+    };
+    let open_chain = |st: Arc<dyn Storage>| -> vdisk::Result<Vhdx<Arc<dyn Storage>>> {
+        let mut c = Vhdx::open(st, OpenMode::default())?;
+        let p: Arc<dyn Storage> =
+            Arc::new(vdisk::storage::MemStorage::from_vec(parent_bytes.clone()));
+        let ro = OpenMode {
+            read_only: true,
+            ..Default::default()
+        };
+        c.attach_backing(Box::new(Vhdx::open(p, ro)?))?;
+        Ok(c)
+    };
+    let flushed_at = std::sync::Mutex::new(Vec::new());
+    let run = |st: Arc<vdisk::storage::FaultStorage>| -> vdisk::Result<u64> {
+        let mut v = open_chain(st.clone() as Arc<dyn Storage>)?;
+        let mut marks = Vec::new();
+        for round in &rounds {
+            for &(off, len, b) in round {
+                v.write_at(&vec![b; len], off)?;
+            }
+            v.flush()?;
+            marks.push(st.ops());
+        }
+        *flushed_at.lock().unwrap() = marks;
+        Ok(st.ops())
+    };
+    let cuts = every_cut_one(
+        "vhdx differencing writes",
+        &initial,
+        run,
+        |cut, bytes, done| {
+            let st: Arc<dyn Storage> =
+                Arc::new(vdisk::storage::MemStorage::from_vec(bytes.to_vec()));
+            let mut v = open_chain(st).unwrap_or_else(|e| panic!("cut {cut}: open: {e}"));
+            let mut got = vec![0u8; 4 * MIB as usize];
+            v.read_at(&mut got, 0).expect("read");
+            let durable = if done {
+                rounds.len()
+            } else {
+                let marks = flushed_at.lock().unwrap();
+                marks.iter().filter(|&&o| o <= cut).count()
+            };
+            let (old, new) = (
+                model_after(durable),
+                model_after((durable + 1).min(rounds.len())),
+            );
+            if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
+                panic!(
+                    "cut {cut}: byte {i} is {:#x}; {durable} rounds were flushed",
+                    got[i]
+                );
+            }
+        },
+    );
+    assert!(cuts >= 15, "{cuts} cut points");
+}
