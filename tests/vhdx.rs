@@ -256,6 +256,34 @@ fn a_log_qemu_left_dirty_is_refused_read_only_and_replayed_on_a_writable_open() 
     qemu_io_ok(&["-f", "vhdx", "-c", "read -P 5 0 1M", s(&img)]);
 }
 
+/// Rounds of writes (offset, length, byte), each followed by a flush.
+type Rounds = Vec<Vec<(u64, usize, u8)>>;
+
+/// The guest bytes after the first `n` rounds over a disk of `size` bytes of `fill`.
+fn model_after(rounds: &Rounds, n: usize, size: u64, fill: u8) -> Vec<u8> {
+    let mut m = vec![fill; size as usize];
+    for round in &rounds[..n] {
+        for &(off, len, b) in round {
+            m[off as usize..off as usize + len].fill(b);
+        }
+    }
+    m
+}
+
+/// After cut `cut` (which found `durable` rounds flushed), every byte is as after those
+/// rounds or after the next one.
+fn assert_old_or_new(cut: u64, got: &[u8], rounds: &Rounds, durable: usize, fill: u8) {
+    let size = got.len() as u64;
+    let old = model_after(rounds, durable, size, fill);
+    let new = model_after(rounds, (durable + 1).min(rounds.len()), size, fill);
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
+        panic!(
+            "cut {cut}: byte {i} is {:#x}; {durable} rounds were flushed",
+            got[i]
+        );
+    }
+}
+
 #[test]
 fn a_power_cut_at_any_write_loses_no_flushed_data_and_qemu_replays_what_is_left() {
     let dir = tempdir();
@@ -271,19 +299,10 @@ fn a_power_cut_at_any_write_loses_no_flushed_data_and_qemu_replays_what_is_left(
         "6M",
     ]);
     let initial = std::fs::read(&empty).unwrap();
-    let rounds: Vec<Vec<(u64, usize, u8)>> = vec![
+    let rounds: Rounds = vec![
         vec![(100, 3000, 1), (2 * MIB - 10, 20, 2)],
         vec![(0, 512, 3), (5 * MIB, MIB as usize, 4)],
     ];
-    let model_after = |n: usize| {
-        let mut m = vec![0u8; 6 * MIB as usize];
-        for round in &rounds[..n] {
-            for &(off, len, b) in round {
-                m[off as usize..off as usize + len].fill(b);
-            }
-        }
-        m
-    };
     let flushed_at = std::sync::Mutex::new(Vec::new());
     let run = |st: Arc<vdisk::storage::FaultStorage>| -> vdisk::Result<u64> {
         let mode = OpenMode::default();
@@ -317,16 +336,7 @@ fn a_power_cut_at_any_write_loses_no_flushed_data_and_qemu_replays_what_is_left(
                 let marks = flushed_at.lock().unwrap();
                 marks.iter().filter(|&&o| o <= cut).count()
             };
-            let (old, new) = (
-                model_after(durable),
-                model_after((durable + 1).min(rounds.len())),
-            );
-            if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
-                panic!(
-                    "cut {cut}: byte {i} is {:#x}; {durable} rounds were flushed",
-                    got[i]
-                );
-            }
+            assert_old_or_new(cut, &got, &rounds, durable, 0);
             qemu_agrees_after_cut(cut, bytes, &got);
         },
     );
@@ -735,19 +745,10 @@ fn a_power_cut_at_any_write_to_a_differencing_image_loses_no_flushed_data() {
     vdisk_ok(&[&child_opts[..], &["parent.vhdx", "-F", "vhdx", s(&child)]].concat());
     let parent_bytes = std::fs::read(&parent).unwrap();
     let initial = std::fs::read(&child).unwrap();
-    let rounds: Vec<Vec<(u64, usize, u8)>> = vec![
+    let rounds: Rounds = vec![
         vec![(100, 3000, 1), (2 * MIB - 10, 20, 2)],
         vec![(3 * MIB + 512, 512, 3)],
     ];
-    let model_after = |n: usize| {
-        let mut m = vec![0xa1u8; 4 * MIB as usize];
-        for round in &rounds[..n] {
-            for &(off, len, b) in round {
-                m[off as usize..off as usize + len].fill(b);
-            }
-        }
-        m
-    };
     let open_chain = |st: Arc<dyn Storage>| -> vdisk::Result<Vhdx<Arc<dyn Storage>>> {
         let mut c = Vhdx::open(st, OpenMode::default())?;
         let p: Arc<dyn Storage> =
@@ -789,16 +790,7 @@ fn a_power_cut_at_any_write_to_a_differencing_image_loses_no_flushed_data() {
                 let marks = flushed_at.lock().unwrap();
                 marks.iter().filter(|&&o| o <= cut).count()
             };
-            let (old, new) = (
-                model_after(durable),
-                model_after((durable + 1).min(rounds.len())),
-            );
-            if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
-                panic!(
-                    "cut {cut}: byte {i} is {:#x}; {durable} rounds were flushed",
-                    got[i]
-                );
-            }
+            assert_old_or_new(cut, &got, &rounds, durable, 0xa1);
         },
     );
     assert!(cuts >= 15, "{cuts} cut points");
