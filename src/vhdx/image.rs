@@ -655,3 +655,103 @@ impl<S: Storage> Drop for Vhdx<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::create::{create, parse_options};
+    use super::super::header::{set_checksum, SLOT};
+    use super::*;
+    use crate::storage::MemStorage;
+    use rand::{Rng, SeedableRng};
+    use std::sync::Arc;
+
+    /// A small dynamic image with two stored blocks and a live log entry that rewrites
+    /// the first BAT page as it already is.
+    fn dirty_image() -> Vec<u8> {
+        let st = Arc::new(MemStorage::new());
+        let o = parse_options(&[("block_size".into(), "1M".into())]).unwrap();
+        create(st.as_ref(), 6 * MIB, &o, None).unwrap();
+        let mut v = Vhdx::open(st.clone() as Arc<dyn Storage>, OpenMode::default()).unwrap();
+        v.write_at(&[7; 5000], MIB - 100).unwrap();
+        v.flush().unwrap();
+        let page = v.bat_page(0);
+        let (bat, file_len) = (v.regions.bat.offset, st.len().unwrap());
+        let mut h = v.header.clone();
+        drop(v);
+        h.log_guid = [9; 16];
+        h.sequence_number += 10;
+        let entry = log::build_entry(&h.log_guid, &[(bat, page)], file_len);
+        st.write_at(&entry, h.log_offset).unwrap();
+        st.write_at(&h.write(), HEADER_OFFSETS[0]).unwrap();
+        let mut bytes = vec![0u8; file_len as usize];
+        st.read_at(&mut bytes, 0).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn random_damage_to_every_structure_never_panics() {
+        let base = dirty_image();
+        let areas: [(u64, u64); 6] = [
+            (HEADER_OFFSETS[0], 4096),
+            (HEADER_OFFSETS[1], 4096),
+            (TABLE_OFFSETS[0], 4096),
+            (MIB, 8192),
+            (2 * MIB, 4096),
+            (3 * MIB, SLOT + 64),
+        ];
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(16);
+        let (mut opened, mut refused) = (0, 0);
+        for _ in 0..1500 {
+            let mut b = base.clone();
+            for _ in 0..rng.gen_range(1..4) {
+                let (at, len) = areas[rng.gen_range(0..areas.len())];
+                let i = (at + rng.gen_range(0..len)) as usize;
+                b[i] = rng.gen();
+            }
+            if rng.gen_bool(0.5) {
+                for h in HEADER_OFFSETS {
+                    set_checksum(&mut b[h as usize..h as usize + HEADER_LEN], 4);
+                }
+                let t = TABLE_OFFSETS[0] as usize;
+                set_checksum(&mut b[t..t + TABLE_LEN], 4);
+            }
+            let st: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(b));
+            match Vhdx::open(st, OpenMode::default()) {
+                Ok(mut v) => {
+                    opened += 1;
+                    let mut buf = vec![0u8; v.virtual_size().min(8 * MIB) as usize];
+                    let _ = v.read_at(&mut buf, 0);
+                    let _ = v.write_at(&[1; 3000], 0);
+                    let _ = v.flush();
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            opened > 100 && refused > 100,
+            "{opened} opened, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn a_writable_open_replays_the_log_and_empties_it() {
+        let st: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(dirty_image()));
+        let ro = OpenMode {
+            read_only: true,
+            ..Default::default()
+        };
+        let e = Vhdx::open(st.clone(), ro)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("needs to be replayed"), "{e}");
+        let v = Vhdx::open(st.clone(), OpenMode::default()).unwrap();
+        assert!(v.replayed_log());
+        assert_eq!(v.header().log_guid, ZERO_GUID);
+        drop(v);
+        let mut v = Vhdx::open(st, ro).unwrap();
+        let mut got = vec![0u8; 5000];
+        v.read_at(&mut got, MIB - 100).unwrap();
+        assert!(got.iter().all(|&b| b == 7));
+    }
+}
