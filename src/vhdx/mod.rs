@@ -323,3 +323,78 @@ fn dump(
     }
     Ok(serde_json::Value::Object(doc))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bat::{Entry, PayloadState};
+    use super::create::{create, parse_options, ParentLink};
+    use super::header::MIB;
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn mem(bytes: Vec<u8>) -> Arc<dyn Storage> {
+        Arc::new(MemStorage::from_vec(bytes))
+    }
+
+    fn bytes_of(st: &dyn Storage) -> Vec<u8> {
+        let mut b = vec![0u8; st.len().unwrap() as usize];
+        st.read_at(&mut b, 0).unwrap();
+        b
+    }
+
+    /// A partially present block reads each sector from the child when its bit in the
+    /// sector bitmap is set (least significant bit first) and from the parent otherwise.
+    #[test]
+    fn a_partially_present_block_reads_sector_by_sector_through_the_bitmap() {
+        let parent = Arc::new(MemStorage::new());
+        let o = parse_options(&[("block_size".into(), "1M".into())]).unwrap();
+        create(parent.as_ref(), 2 * MIB, &o, None).unwrap();
+        let mut p = Vhdx::open(parent.clone() as Arc<dyn Storage>, OpenMode::default()).unwrap();
+        p.write_at(&vec![0xaa; 2 * MIB as usize], 0).unwrap();
+        drop(p);
+        let child = Arc::new(MemStorage::new());
+        let link = ParentLink {
+            data_write_guid: [1; 16],
+            name: "p.vhdx".into(),
+            absolute: "/p.vhdx".into(),
+        };
+        create(child.as_ref(), 2 * MIB, &o, Some(&link)).unwrap();
+        let c = Vhdx::open(child.clone() as Arc<dyn Storage>, OpenMode::default()).unwrap();
+        let (bat, g) = (c.regions().bat.offset, *c.geometry());
+        drop(c);
+        let mut b = bytes_of(child.as_ref());
+        let (data_at, bitmap_at) = (b.len() as u64, b.len() as u64 + MIB);
+        b.resize(b.len() + 2 * MIB as usize, 0);
+        b[data_at as usize..(data_at + MIB) as usize].fill(0xcc);
+        // Sectors 0 and 9 of block 0 are stored here.
+        b[bitmap_at as usize] = 0b0000_0001;
+        b[bitmap_at as usize + 1] = 0b0000_0010;
+        let payload = Entry::payload(PayloadState::PartiallyPresent, data_at).0;
+        b[bat as usize..bat as usize + 8].copy_from_slice(&payload.to_le_bytes());
+        let bi = (bat + g.bitmap_index(0) * 8) as usize;
+        b[bi..bi + 8].copy_from_slice(&(bitmap_at | 6).to_le_bytes());
+        let mut c = Vhdx::open(
+            mem(b),
+            OpenMode {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = Vhdx::open(
+            mem(bytes_of(parent.as_ref())),
+            OpenMode {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        c.attach_backing(Box::new(p)).unwrap();
+        let mut got = vec![0u8; 12 * 512];
+        c.read_at(&mut got, 0).unwrap();
+        for (s, sector) in got.chunks(512).enumerate() {
+            let want = if s == 0 || s == 9 { 0xcc } else { 0xaa };
+            assert!(sector.iter().all(|&x| x == want), "sector {s}");
+        }
+    }
+}
