@@ -27,6 +27,7 @@ pub static DRIVERS: &[&Driver] = &[
     &crate::vmdk::DRIVER,
     &crate::vdi::DRIVER,
     &crate::vhd::DRIVER,
+    &crate::vhdx::DRIVER,
 ];
 
 impl Format {

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("vmdk", 2),
     ("vdi", 2),
     ("vhd", 2),
+    ("vhdx", 2),
     ("image", 3),
     ("chain", 3),
     ("probed_raw", 3),
