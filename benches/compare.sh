@@ -36,6 +36,10 @@ ROWS=(
     convert_raw_to_vmdk_sparse
     convert_raw_to_vmdk_stream
     convert_vmdk_to_raw
+    convert_raw_to_vpc
+    convert_vpc_to_raw
+    convert_raw_to_vhdx
+    convert_vhdx_to_raw
     snapshot_create
     snapshot_apply
     snapshot_delete
@@ -287,6 +291,26 @@ row_convert_vmdk_to_raw() {
     record "convert vmdk -> raw"
 }
 
+row_convert_raw_to_vpc() {
+    measure "$BENCH_DIR/vdisk.vhd" "$VDISK" convert -f raw -O vpc "$SRC" "$BENCH_DIR/vdisk.vhd"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.vhd" "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$BENCH_DIR/qemu.vhd"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.vhd"
+    record "convert raw -> vpc"
+}
+
+row_convert_vpc_to_raw() {
+    local in="$BENCH_DIR/qemu.vhd"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk-h.raw" "$VDISK" convert -f vpc -O raw "$in" "$BENCH_DIR/vdisk-h.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu-h.raw" "$QEMU_IMG" convert -f vpc -O raw "$in" "$BENCH_DIR/qemu-h.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk-h.raw"
+    record "convert vpc -> raw"
+}
+
 row_snapshot_create() {
     full4k
     local v="$BENCH_DIR/v-snap.qcow2" q="$BENCH_DIR/q-snap.qcow2"
@@ -443,6 +467,28 @@ row_serve_nbdcopy_read() {
     serve_time qemu-nbd -f qcow2
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     record "serve: nbdcopy qcow2 -> null:"
+}
+
+row_convert_raw_to_vhdx() {
+    measure "$BENCH_DIR/vdisk.vhdx" "$VDISK" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/vdisk.vhdx"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.vhdx" "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/qemu.vhdx"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.vhdx"
+    "$QEMU_IMG" check -q "$BENCH_DIR/vdisk.vhdx" || { VERIFIED="check failed"; FAILED=1; }
+    record "convert raw -> vhdx"
+}
+
+row_convert_vhdx_to_raw() {
+    # Both tools read the VHDX qemu-img made in the previous row.
+    local in="$BENCH_DIR/qemu.vhdx"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f vhdx -O raw "$in" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f vhdx -O raw "$in" "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    record "convert vhdx -> raw"
 }
 
 for row in "${ROWS[@]}"; do

@@ -28,6 +28,8 @@ pub static DRIVERS: &[&Driver] = &[
     &crate::qcow2::DRIVER,
     &crate::vmdk::DRIVER,
     &crate::vdi::DRIVER,
+    &crate::vhd::DRIVER,
+    &crate::vhdx::DRIVER,
 ];
 
 impl Format {

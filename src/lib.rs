@@ -54,6 +54,8 @@ pub mod size;
 pub mod storage;
 pub mod uuid;
 pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
 
 pub use device::{BlockDevice, Extent, ExtentKind};

@@ -28,6 +28,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("qcow2", 2),
     ("vmdk", 2),
     ("vdi", 2),
+    ("vhd", 2),
+    ("vhdx", 2),
     ("image", 3),
     ("chain", 3),
     ("probed_raw", 3),

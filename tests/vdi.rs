@@ -240,12 +240,30 @@ fn a_differencing_image_reads_through_its_parent_found_by_uuid() {
     let parent = dir.path().join("parent.vdi");
     let child = dir.path().join("child.vdi");
     let model = dir.path().join("model.raw");
-    qemu_img_ok(&["create", "-q", "-f", "vdi", s(&parent), "4M"]);
-    qemu_io_ok(&["-f", "vdi", "-c", "write -P 0xa1 0 4M", s(&parent)]);
-    qemu_img_ok(&["create", "-q", "-f", "raw", s(&model), "4M"]);
-    qemu_io_ok(&["-f", "raw", "-c", "write -P 0xa1 0 4M", s(&model)]);
+    // Block 4 of the parent is never written, block 5 is not touched in the child: reads
+    // there come from the parent (data) and from its hole (zeros).
+    qemu_img_ok(&["create", "-q", "-f", "vdi", s(&parent), "6M"]);
+    qemu_io_ok(&[
+        "-f",
+        "vdi",
+        "-c",
+        "write -P 0xa1 0 4M",
+        "-c",
+        "write -P 0xa5 5M 1M",
+        s(&parent),
+    ]);
+    qemu_img_ok(&["create", "-q", "-f", "raw", s(&model), "6M"]);
+    qemu_io_ok(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0xa1 0 4M",
+        "-c",
+        "write -P 0xa5 5M 1M",
+        s(&model),
+    ]);
     std::fs::write(dir.path().join("unrelated.txt"), b"not an image").unwrap();
-    make_differencing(&parent, &child, "4M");
+    make_differencing(&parent, &child, "6M");
     // qemu-img refuses it; vdisk names the parent and reads through it.
     let (_, err, code) = answer(qemu_img(["info", s(&child)]));
     assert_eq!(
@@ -279,9 +297,21 @@ fn a_differencing_image_reads_through_its_parent_found_by_uuid() {
     let mine = dir.path().join("merged.raw");
     vdisk_ok(&["convert", "-O", "raw", s(&child), s(&mine)]);
     assert_qemu_compare_identical(&model, &mine);
+    // The map goes through the parent where the child has nothing.
+    let map = vdisk_ok(&["map", "--output=json", s(&child)]);
+    assert!(
+        map.contains("\"start\": 5242880, \"length\": 1048576, \"depth\": 1"),
+        "{map}"
+    );
     // The parent is unchanged.
     let p = raw_of(&parent, "vdi", dir.path(), "parent");
-    assert!(p.iter().all(|&b| b == 0xa1));
+    assert!(p[..4 << 20].iter().all(|&b| b == 0xa1));
+    // dump shows every section when none is asked for.
+    let dump = vdisk_ok(&["dump", s(&child)]);
+    assert!(
+        dump.contains("block_map") && dump.contains("uuid_link"),
+        "{dump}"
+    );
     // Without the parent, opening fails with a clear error.
     std::fs::remove_file(&parent).unwrap();
     let (_, err, code) = answer(vdisk(["info", s(&child)]));

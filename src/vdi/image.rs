@@ -339,9 +339,21 @@ impl<S: Storage> BlockDevice for Vdi<S> {
             }
             pos += bs;
         }
+        let length = pos.min(end) - offset;
+        if kind == ExtentKind::Unallocated {
+            if let Some(p) = self.parent.as_mut() {
+                // Resolve through the parent; past its end the guest sees zeros.
+                let psize = p.virtual_size();
+                if offset < psize {
+                    let mut sub = p.block_status(offset, length.min(psize - offset))?;
+                    sub.depth += 1;
+                    return Ok(sub);
+                }
+            }
+        }
         Ok(Extent {
             start: offset,
-            length: pos.min(end) - offset,
+            length,
             kind,
             host_offset,
             compressed: false,

@@ -276,6 +276,7 @@ fn dump(
     opts: driver::DumpOptions,
     force_share: bool,
 ) -> Result<serde_json::Value> {
+    let opts = opts.or_all();
     let vdi = open_storage(ns, path, &read_only(force_share))?;
     let h = vdi.header();
     let mut doc = serde_json::Map::new();
