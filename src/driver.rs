@@ -383,6 +383,37 @@ impl std::fmt::Display for Format {
     }
 }
 
+impl OpenParams {
+    /// A read-only open (without locking out writers when `force_share`), as `info`,
+    /// `check` and `dump` make.
+    pub fn read_only(force_share: bool) -> Self {
+        OpenParams {
+            read_only: true,
+            force_share,
+            ..Default::default()
+        }
+    }
+}
+
+/// Open the one file of an image at `path` through `ns` with `p`'s cache and sharing,
+/// writable unless `read_only`, naming the file in the error.
+pub fn open_file(
+    ns: &dyn Namespace,
+    path: &Path,
+    read_only: bool,
+    p: &OpenParams,
+) -> Result<std::sync::Arc<dyn crate::storage::Storage>> {
+    ns.open(
+        path,
+        crate::storage::OpenOptions {
+            write: !read_only,
+            unsafe_cache: p.unsafe_cache,
+            force_share: p.force_share,
+        },
+    )
+    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
+}
+
 /// Open `path` read-only through `ns`, naming it in the error.
 pub fn open_read_only(
     ns: &dyn Namespace,

@@ -10,7 +10,7 @@ mod common;
 
 use common::crash::every_cut_one;
 use common::{
-    assert_bytes_eq, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk, vdisk_ok,
+    answer, assert_bytes_eq, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk, vdisk_ok,
     write_mixed_raw,
 };
 use std::path::Path;
@@ -34,20 +34,6 @@ fn vdisk_create(opts: &str, img: &Path, size: &str) {
     a.push(s(img));
     a.extend(size.split_whitespace());
     vdisk_ok(&a);
-}
-
-/// Stdout, stderr and exit code of a run, for comparing the two tools.
-fn answer(out: std::process::Output) -> (String, String, i32) {
-    let clean = |b: &[u8]| {
-        String::from_utf8_lossy(b)
-            .replace("qemu-img: ", "")
-            .replace("vdisk: ", "")
-    };
-    (
-        clean(&out.stdout),
-        clean(&out.stderr),
-        out.status.code().unwrap_or(-1),
-    )
 }
 
 /// The last reason of an error line (after the last ": ").

@@ -10,7 +10,7 @@ mod common;
 
 use common::crash::every_cut_one;
 use common::{
-    assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk,
+    answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk,
     vdisk_ok, write_mixed_raw,
 };
 use std::path::Path;
@@ -24,20 +24,6 @@ const MIB: u64 = 1 << 20;
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// Stdout, stderr and exit code of a run, for comparing the two tools.
-fn answer(out: std::process::Output) -> (String, String, i32) {
-    let clean = |b: &[u8]| {
-        String::from_utf8_lossy(b)
-            .replace("qemu-img: ", "")
-            .replace("vdisk: ", "")
-    };
-    (
-        clean(&out.stdout),
-        clean(&out.stderr),
-        out.status.code().unwrap_or(-1),
-    )
 }
 
 /// Writes through qemu-io: partial blocks, block-spanning runs, whole MiBs, the tail.

@@ -60,25 +60,8 @@ fn probe(first: &[u8]) -> u32 {
 }
 
 fn open_storage(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Vdi<Arc<dyn Storage>>> {
-    let storage = ns
-        .open(
-            path,
-            OpenOptions {
-                write: !p.read_only,
-                unsafe_cache: p.unsafe_cache,
-                force_share: p.force_share,
-            },
-        )
-        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let storage = driver::open_file(ns, path, p.read_only, p)?;
     Vdi::open(storage, p.read_only).map_err(|e| crate::error::with_path(path, e))
-}
-
-fn read_only(force_share: bool) -> OpenParams {
-    OpenParams {
-        read_only: true,
-        force_share,
-        ..Default::default()
-    }
 }
 
 fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
@@ -218,7 +201,7 @@ fn create(ns: &dyn Namespace, path: &Path, p: &CreateParams<'_>) -> Result<Box<d
 }
 
 fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo> {
-    let opened = open(ns, path, &read_only(force_share))?;
+    let opened = open(ns, path, &OpenParams::read_only(force_share))?;
     Ok(FormatInfo {
         virtual_size: opened.device.virtual_size(),
         cluster_size: opened.device.cluster_size(),
@@ -235,7 +218,7 @@ fn check(
     _repair: crate::check_report::Repair,
     force_share: bool,
 ) -> Result<CheckReport> {
-    let vdi = open_storage(ns, path, &read_only(force_share))?;
+    let vdi = open_storage(ns, path, &OpenParams::read_only(force_share))?;
     let h = vdi.header();
     let mut report = CheckReport::default();
     let mut owner = vec![UNALLOCATED; h.blocks_in_image as usize];
@@ -277,7 +260,7 @@ fn dump(
     force_share: bool,
 ) -> Result<serde_json::Value> {
     let opts = opts.or_all();
-    let vdi = open_storage(ns, path, &read_only(force_share))?;
+    let vdi = open_storage(ns, path, &OpenParams::read_only(force_share))?;
     let h = vdi.header();
     let mut doc = serde_json::Map::new();
     doc.insert("format".into(), "vdi".into());

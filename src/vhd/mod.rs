@@ -82,25 +82,8 @@ fn probe(first: &[u8]) -> u32 {
 }
 
 fn open_storage(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Vhd<Arc<dyn Storage>>> {
-    let storage = ns
-        .open(
-            path,
-            OpenOptions {
-                write: !p.read_only,
-                unsafe_cache: p.unsafe_cache,
-                force_share: p.force_share,
-            },
-        )
-        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let storage = driver::open_file(ns, path, p.read_only, p)?;
     Vhd::open(storage, p.read_only).map_err(|e| crate::error::with_path(path, e))
-}
-
-fn read_only(force_share: bool) -> OpenParams {
-    OpenParams {
-        read_only: true,
-        force_share,
-        ..Default::default()
-    }
 }
 
 fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
@@ -207,7 +190,7 @@ fn find_parent(ns: &dyn Namespace, path: &Path, vhd: &Vhd<Arc<dyn Storage>>) -> 
 }
 
 fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo> {
-    let opened = open(ns, path, &read_only(force_share))?;
+    let opened = open(ns, path, &OpenParams::read_only(force_share))?;
     Ok(FormatInfo {
         virtual_size: opened.device.virtual_size(),
         cluster_size: opened.device.cluster_size(),
@@ -322,7 +305,7 @@ fn dump(
     force_share: bool,
 ) -> Result<serde_json::Value> {
     let opts = opts.or_all();
-    let vhd = open_storage(ns, path, &read_only(force_share))?;
+    let vhd = open_storage(ns, path, &OpenParams::read_only(force_share))?;
     let mut doc = serde_json::Map::new();
     doc.insert("format".into(), "vpc".into());
     if opts.header {

@@ -96,16 +96,7 @@ fn open_storage(
     p: &OpenParams,
     for_check: bool,
 ) -> Result<Vhdx<Arc<dyn Storage>>> {
-    let storage = ns
-        .open(
-            path,
-            OpenOptions {
-                write: !read_only,
-                unsafe_cache: p.unsafe_cache,
-                force_share: p.force_share,
-            },
-        )
-        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+    let storage = driver::open_file(ns, path, read_only, p)?;
     let name = path.display().to_string();
     let mode = OpenMode {
         read_only,

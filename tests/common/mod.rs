@@ -222,6 +222,21 @@ fn join<A: AsRef<OsStr>>(args: &[A]) -> String {
         .join(" ")
 }
 
+/// Stdout, stderr and exit code of a run with the tool prefixes (`qemu-img: `, `vdisk: `)
+/// taken out, for comparing the two tools' answers.
+pub fn answer(out: Output) -> (String, String, i32) {
+    let clean = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .replace("qemu-img: ", "")
+            .replace("vdisk: ", "")
+    };
+    (
+        clean(&out.stdout),
+        clean(&out.stderr),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
 /// `qemu-img check` must report a clean image: exit 0, no leaks, no corruptions.
 #[track_caller]
 pub fn assert_qemu_check_clean(path: &Path) {
