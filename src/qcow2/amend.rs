@@ -133,6 +133,13 @@ impl<S: Storage> Qcow2<S> {
                     "Cannot downgrade an image with incompatible features {blocking:#x} set"
                 )));
             }
+            // Stricter than QEMU, which downgrades and leaves the bitmaps' clusters leaked:
+            // compat 0.10 cannot hold bitmaps, so they must be removed knowingly first.
+            if !self.bitmaps.list.is_empty() {
+                return Err(Error::unsupported(
+                    "Cannot downgrade an image with persistent dirty bitmaps; remove them first ('vdisk bitmap --remove')",
+                ));
+            }
         }
         // As QEMU: backing_file and backing_fmt may only restate the current values (an
         // omitted one counts as "none"); changing what the guest reads is rebase's job.

@@ -270,12 +270,14 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, buf.len() as u64)?;
+        self.track_guest_write(offset, buf.len() as u64)?;
         self.do_write(buf, offset)
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
+        self.track_guest_write(offset, len)?;
         let (a, b, end) = self.aligned_parts(offset, len);
         self.zero_partial(offset, a - offset)?;
         if b > a {
@@ -305,6 +307,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
+        // As QEMU: the whole requested range is dirty, even the parts left as they were.
+        self.track_guest_write(offset, len)?;
         let (a, b, _) = self.aligned_parts(offset, len);
         if b <= a {
             return Ok(());
@@ -322,6 +326,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 
     fn flush(&mut self) -> Result<()> {
         self.flush_metadata()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.flush_metadata()?;
+        self.store_bitmaps()
     }
 
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
@@ -377,6 +386,7 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     }
 
     fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.track_guest_write(offset, self.geo.cluster_size)?;
         self.store_compressed(offset, compressed)
     }
 
@@ -398,7 +408,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 impl<S: Storage> Drop for Qcow2<S> {
     fn drop(&mut self) {
         if !self.read_only {
-            let _ = self.flush_metadata();
+            // A close that was not asked for: errors cannot be reported, and bitmaps that
+            // could not be stored stay marked in use (inconsistent), as after a crash.
+            if self.flush_metadata().is_ok() {
+                let _ = self.store_bitmaps();
+            }
         }
     }
 }

@@ -198,6 +198,7 @@ impl<S: Storage> Qcow2<S> {
             ));
         }
         let snap_l1 = self.read_snapshot_l1(&snap)?;
+        self.bitmaps_before_revert(size)?;
         let mut txn = self.txn_begin()?;
         let old_active = self.l1.clone();
         self.txn_add_l1_refs(&mut txn, &snap_l1, 1)?;
