@@ -394,3 +394,149 @@ fn snapshots_repair_and_amend_keep_the_bitmaps_valid() {
     assert_eq!(out.status.code(), Some(1), "{}", describe("amend", &out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bitmaps"));
 }
+
+#[test]
+fn convert_bitmaps_copies_them_as_qemu_img_does() {
+    let t = Twins::new();
+    let src = t.work("src.qcow2");
+    image_with_bitmaps(&src);
+    t.put("src.qcow2", &src);
+    let (q, _) = t.same_outcome(&[
+        "convert",
+        "--bitmaps",
+        "-O",
+        "qcow2",
+        "@src.qcow2",
+        "@out.qcow2",
+    ]);
+    assert!(q.status.success());
+    let (qo, vo) = (
+        t.path(Tool::Qemu, "out.qcow2"),
+        t.path(Tool::Vdisk, "out.qcow2"),
+    );
+    assert_same_bitmaps("convert --bitmaps", &qo, &vo);
+    assert_eq!(qemu_bitmaps(&vo), qemu_bitmaps(&src));
+    for args in [
+        &["convert", "--bitmaps", "-O", "raw", "@src.qcow2", "@o.raw"][..],
+        &[
+            "convert",
+            "--bitmaps",
+            "-O",
+            "qcow2",
+            "@src.qcow2",
+            "@src.qcow2",
+            "@o2.qcow2",
+        ],
+        &[
+            "convert",
+            "--skip-broken-bitmaps",
+            "-O",
+            "qcow2",
+            "@src.qcow2",
+            "@o3.qcow2",
+        ],
+    ] {
+        let (q, _) = t.same_outcome(args);
+        assert!(!q.status.success());
+    }
+    // vdisk removes an output it could not finish; qemu-img leaves it behind.
+    let out = vdisk([
+        "convert",
+        "--bitmaps",
+        "-O",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        s(&src),
+        s(&t.path(Tool::Vdisk, "v2.qcow2")),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("convert to compat 0.10", &out)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not support bitmaps"));
+    assert!(!t.path(Tool::Vdisk, "v2.qcow2").exists());
+    // An inconsistent bitmap is refused, or skipped with a warning.
+    let _ = qemu_io([
+        "-f",
+        "qcow2",
+        "-c",
+        "write 0 512",
+        "-c",
+        "sigraise 9",
+        s(&src),
+    ]);
+    t.put("broken.qcow2", &src);
+    let (q, _) = t.same_outcome(&[
+        "convert",
+        "--bitmaps",
+        "-O",
+        "qcow2",
+        "@broken.qcow2",
+        "@b.qcow2",
+    ]);
+    assert!(!q.status.success());
+    assert!(!t.path(Tool::Vdisk, "b.qcow2").exists());
+    let args = [
+        "convert",
+        "--bitmaps",
+        "--skip-broken-bitmaps",
+        "-O",
+        "qcow2",
+        "@broken.qcow2",
+        "@b.qcow2",
+    ];
+    let (q, v) = t.same_outcome(&args);
+    assert_eq!(
+        t.error_text(Tool::Qemu, &q),
+        t.error_text(Tool::Vdisk, &v),
+        "warnings"
+    );
+    assert_eq!(
+        qemu_bitmaps(&t.path(Tool::Vdisk, "b.qcow2")),
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn measure_counts_the_bitmaps_as_qemu_img_does() {
+    let dir = tempdir();
+    let img = dir.path().join("m.qcow2");
+    image_with_bitmaps(&img);
+    for o in [
+        "cluster_size=64k",
+        "cluster_size=4k",
+        "cluster_size=2M",
+        "compat=0.10",
+    ] {
+        for out in ["human", "json"] {
+            let args = ["measure", "--output", out, "-O", "qcow2", "-o", o, s(&img)];
+            assert_text_eq(&args.join(" "), &vdisk_ok(&args), &qemu_img_ok(&args));
+        }
+    }
+}
+
+#[test]
+fn dump_shows_the_bitmap_directory_and_tables() {
+    let dir = tempdir();
+    let img = dir.path().join("d.qcow2");
+    image_with_bitmaps(&img);
+    let doc = parse_json("dump", &vdisk_ok(&["dump", "--json", "--bitmaps", s(&img)]));
+    let b = &doc["bitmaps"];
+    let names: Vec<&str> = b["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["b64k", "b4k", "off"]);
+    assert_eq!(b["entries"][1]["granularity"], 4096);
+    assert_eq!(b["entries"][2]["flags"], serde_json::json!([]));
+    // b64k has bits set (the write at 7M): one table entry pointing at a data cluster.
+    assert_eq!(b["entries"][0]["table"][0]["type"], "data");
+    assert_eq!(b["entries"][2]["table"][0]["type"], "clean");
+    let plain = parse_json("dump", &vdisk_ok(&["dump", "--json", "--header", s(&img)]));
+    assert!(plain.get("bitmaps").is_none());
+}

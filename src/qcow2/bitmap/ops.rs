@@ -122,6 +122,25 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
+    /// Add a bitmap called `name` holding `bits` (tracking writes when `enabled`), as
+    /// `convert --bitmaps` copies one; stored by the next close.
+    pub fn import_bitmap(&mut self, name: &str, enabled: bool, bits: &Bits) -> Result<()> {
+        self.check_writable()?;
+        self.bitmap_add(name, Some(1u64 << bits.granularity_bits()))?;
+        let b = self
+            .bitmaps
+            .list
+            .last_mut()
+            .ok_or_else(|| Error::invalid("no bitmap"))?;
+        if !enabled {
+            b.entry.flags &= !AUTO;
+        }
+        if let Some(mine) = b.bits.as_mut() {
+            mine.merge_from(bits);
+        }
+        Ok(())
+    }
+
     fn bitmap_add(&mut self, name: &str, granularity: Option<u64>) -> Result<()> {
         let g = granularity.unwrap_or_else(|| default_granularity(self.geo.cluster_size));
         if g < 512 || g > u64::from(u32::MAX) || !g.is_power_of_two() {
