@@ -116,10 +116,9 @@ pub fn convert_file(
     }
     // The bitmaps are added once the copy is done: until then the output is removed on a
     // failure (the copy's own guard has let go of it by then).
-    let files = match &carried {
-        Some(_) => Some(NewFiles::before_create(job.target, Format::QCOW2, 0, &[])),
-        None => None,
-    };
+    let files = carried
+        .as_ref()
+        .map(|_| NewFiles::before_create(job.target, Format::QCOW2, 0, &[]));
     if job.backing.is_some() {
         convert_onto_backing(job, src.as_mut(), unsafe_cache, progress)?;
     } else {
