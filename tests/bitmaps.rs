@@ -540,3 +540,53 @@ fn dump_shows_the_bitmap_directory_and_tables() {
     let plain = parse_json("dump", &vdisk_ok(&["dump", "--json", "--header", s(&img)]));
     assert!(plain.get("bitmaps").is_none());
 }
+
+#[test]
+fn a_hostile_bitmap_table_is_one_clear_error_and_nothing_is_written() {
+    let dir = tempdir();
+    let img = dir.path().join("h.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
+    qemu_img_ok(&["bitmap", "--add", s(&img), "b"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write 0 64k", s(&img)]);
+    let good = read(&img);
+    let doc = parse_json("dump", &vdisk_ok(&["dump", "--json", "--bitmaps", s(&img)]));
+    let table = u64::from_str_radix(
+        doc["bitmaps"]["entries"][0]["table_offset"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches("0x"),
+        16,
+    )
+    .expect("the table offset") as usize;
+    let data = u64::from_be_bytes(good[table..table + 8].try_into().expect("8 bytes"));
+    assert_ne!(data, 0, "the bitmap has a data cluster");
+    for (what, entry) in [
+        ("reserved bits", data | 0x2),
+        ("an unaligned data cluster", data + 0x200),
+        ("a data cluster past the end", 0x00ff_ffff_ffff_0000),
+        ("the all-ones flag with an offset", data | 1),
+    ] {
+        let mut bad = good.clone();
+        bad[table..table + 8].copy_from_slice(&entry.to_be_bytes());
+        std::fs::write(&img, &bad).expect("poke");
+        for args in [
+            vec!["bitmap", "--clear", s(&img), "b"],
+            vec!["resize", s(&img), "8M"],
+        ] {
+            let out = vdisk(&args);
+            let w = format!("{what}: vdisk {}", args.join(" "));
+            assert_eq!(out.status.code(), Some(1), "{}", describe(&w, &out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("bitmap table") && err.trim_end().lines().count() == 1,
+                "{}",
+                describe(&w, &out)
+            );
+            assert_bytes_eq(&w, &read(&img), &bad);
+        }
+        let e = image::open(&img, &ImageOptions::default())
+            .err()
+            .expect("a writable open fails");
+        assert!(e.to_string().contains("bitmap table"), "{what}: {e}");
+    }
+}
