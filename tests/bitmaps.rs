@@ -276,7 +276,10 @@ fn qemu_reads_merges_and_removes_the_bitmaps_vdisk_makes() {
     assert_qemu_check_clean(&img);
     let dirty = vec![(64 << 10, 16 << 10), (1 << 20, 112 << 10)];
     assert_eq!(qemu_dirty_ranges(&img, "mine"), dirty);
-    for args in [vec!["info", s(&img)], vec!["info", "--output=json", s(&img)]] {
+    for args in [
+        vec!["info", s(&img)],
+        vec!["info", "--output=json", s(&img)],
+    ] {
         assert_text_eq(&args.join(" "), &vdisk_ok(&args), &qemu_img_ok(&args));
     }
     qemu_img_ok(&["bitmap", "--add", s(&img), "theirs"]);

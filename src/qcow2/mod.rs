@@ -20,6 +20,7 @@
 //! | `cluster` | L2 lookup and validation, L2 allocation and copy-on-write of L2 tables |
 //! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
+//! | `data_file` | external data files: guest data at host offset = guest offset in another file |
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
@@ -49,6 +50,7 @@ pub mod check;
 mod cluster;
 pub mod compress;
 pub mod create;
+mod data_file;
 pub mod driver;
 pub mod dump;
 pub mod entry;
@@ -191,6 +193,10 @@ pub struct Qcow2<S: Storage> {
     metadata_preallocation: Option<bool>,
     /// The persistent dirty bitmaps.
     bitmaps: bitmap::State,
+    /// The external data file, once attached (see `data_file`).
+    data_file: Option<std::sync::Arc<dyn Storage>>,
+    /// The path the data file was opened by.
+    data_file_name: Option<String>,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -255,6 +261,17 @@ impl<S: Storage> Qcow2<S> {
         let read_only = opts.read_only;
         let (mut header, mut file_len) = read_header(&storage)?;
         bitmap::read_directory(&storage, &header, file_len)?;
+        if header.incompatible_features & incompat::EXTERNAL_DATA != 0
+            && header.data_file().is_none_or(|n| n.is_empty())
+        {
+            // QEMU would need the data file named on its command line; vdisk opens only
+            // the file the image names.
+            return Err(Error::corrupt(
+                "qcow2 header",
+                header::field::INCOMPATIBLE_FEATURES.file_offset(),
+                "the external data file bit is set but the image names no data file",
+            ));
+        }
         if !read_only {
             refuse_writable(&header)?;
             if header.incompatible_features & incompat::DIRTY != 0 {
@@ -302,6 +319,8 @@ impl<S: Storage> Qcow2<S> {
             compressed_cursor: 0,
             metadata_preallocation: None,
             bitmaps: bitmap::State::default(),
+            data_file: None,
+            data_file_name: None,
             read_only,
             header,
             geo,
@@ -320,11 +339,15 @@ impl<S: Storage> Qcow2<S> {
     /// structures they guard may be stale. The bitmaps bit stays while the image has
     /// bitmaps (vdisk keeps them valid); without the extension it guards nothing.
     fn clear_unknown_autoclear(&mut self) -> Result<()> {
-        let keep = if bitmap::has_persistent_bitmaps(&self.header) {
+        let mut keep = if bitmap::has_persistent_bitmaps(&self.header) {
             header::autoclear::BITMAPS
         } else {
             0
         };
+        if self.header.data_file_raw() {
+            // vdisk keeps a raw data file raw.
+            keep |= header::autoclear::RAW_EXTERNAL;
+        }
         if self.header.autoclear_features & !keep != 0 {
             self.header.autoclear_features &= keep;
             self.write_header()?;

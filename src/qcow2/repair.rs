@@ -475,7 +475,7 @@ fn check_copied<S: Storage>(
         }
         let mut table = super::check::read_u64s(st, l2, (cs / 8) as usize, "an L2 table")?;
         let mut dirty = false;
-        for e in table.iter_mut() {
+        for e in table.iter_mut().filter(|_| !scan.external_data()) {
             let host = match L2Entry::decode(*e, cb) {
                 L2Entry::Normal { host, .. }
                 | L2Entry::Zero {

@@ -194,6 +194,16 @@ fn refuse_compression(job: &FileConversion<'_>, format: Format) -> Result<()> {
             "Compression not supported for this file format",
         ));
     }
+    let options = image::parse_option_lists(job.options)?;
+    if job.compress
+        && options
+            .iter()
+            .any(|(k, v)| k == "data_file" && !v.is_empty())
+    {
+        return Err(Error::invalid(
+            "Compression is not supported in an image with an external data file",
+        ));
+    }
     Ok(())
 }
 
