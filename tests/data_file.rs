@@ -410,3 +410,53 @@ fn what_qemu_refuses_with_a_data_file_is_refused() {
     );
     assert!(String::from_utf8_lossy(&v.stderr).contains("outside the image's directory"));
 }
+
+#[test]
+fn resize_and_amend_treat_the_data_file_as_qemu_img_does() {
+    let dir = tempdir();
+    let (q, v) = (dir.path().join("q"), dir.path().join("v"));
+    let steps: &[&[&str]] = &[
+        &["resize", "-q", "r.qcow2", "8M"],
+        &["resize", "-q", "n.qcow2", "8M"],
+        &["resize", "-q", "--shrink", "n.qcow2", "2M"],
+        &["amend", "-o", "data_file=renamed.data", "n.qcow2"],
+        &["amend", "-o", "data_file_raw=off", "r.qcow2"],
+        &["amend", "-o", "data_file=x.data", "plain.qcow2"],
+    ];
+    for d in [&q, &v] {
+        std::fs::create_dir(d).expect("mkdir");
+        create_in(d, "r.qcow2", "r.data", true, "64k");
+        create_in(d, "n.qcow2", "n.data", false, "64k");
+        let p = in_dir(d, "qemu-img", &["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"]);
+        assert!(p.status.success());
+        for f in ["r.qcow2", "n.qcow2"] {
+            let w = in_dir(d, "qemu-io", &["-f", "qcow2", "-c", "write -P 1 1M 1M", f]);
+            assert!(w.status.success());
+        }
+    }
+    for args in steps {
+        let qo = in_dir(&q, "qemu-img", args);
+        let vo = in_dir(&v, vdisk_bin(), args);
+        assert_eq!(qo.status.code(), vo.status.code(), "{}\n{}", describe("qemu-img", &qo), describe("vdisk", &vo));
+        if args[2].starts_with("data_file=") && qo.status.success() {
+            // Renamed: both point at a file that does not exist yet.
+            std::fs::rename(q.join("n.data"), q.join("renamed.data")).expect("rename");
+            std::fs::rename(v.join("n.data"), v.join("renamed.data")).expect("rename");
+        }
+    }
+    for f in ["r.qcow2", "n.qcow2"] {
+        let qi = in_dir(&q, "qemu-img", &["info", "--output=json", f]);
+        let vi = in_dir(&v, "qemu-img", &["info", "--output=json", f]);
+        // The guest's size and the format's fields (not the host file's).
+        let info = |o: &std::process::Output| {
+            let v = parse_json("info", &String::from_utf8_lossy(&o.stdout));
+            (v["virtual-size"].clone(), v["format-specific"].clone())
+        };
+        assert_eq!(info(&vi), info(&qi), "{f}");
+        let qm = in_dir(&q, "qemu-img", &["map", "--output=json", f]);
+        let vm = in_dir(&v, "qemu-img", &["map", "--output=json", f]);
+        assert_text_eq(f, &String::from_utf8_lossy(&vm.stdout), &String::from_utf8_lossy(&qm.stdout));
+        let c = in_dir(&v, "qemu-img", &["check", f]);
+        assert!(c.status.success(), "{}", describe("qemu-img check", &c));
+    }
+}

@@ -82,6 +82,50 @@ impl<S: Storage> Qcow2<S> {
             .map_err(ioerr("zeroing the data file"))
     }
 
+    /// After a resize to `new_size`: the data file follows the disk, and a raw one maps
+    /// the clusters a growth added (as QEMU does).
+    pub(crate) fn resize_data_file(&mut self, new_size: u64) -> Result<()> {
+        if !self.has_external_data() {
+            return Ok(());
+        }
+        self.data_file()?
+            .set_len(new_size)
+            .map_err(ioerr("resizing the data file"))?;
+        if self.header.data_file_raw() {
+            self.preallocate(crate::Preallocation::Metadata)?;
+        }
+        Ok(())
+    }
+
+    /// `amend -o data_file=NAME,data_file_raw=on|off`: record a new name for the data file
+    /// (a plain name beside the image), or stop keeping it raw. Making an existing data file
+    /// raw is refused: its clusters would all have to be mapped first.
+    pub(crate) fn amend_data_file(&mut self, name: Option<&str>, raw: Option<bool>) -> Result<()> {
+        if name.is_none() && raw.is_none() {
+            return Ok(());
+        }
+        if !self.has_external_data() {
+            return Err(Error::invalid(
+                "data-file can only be set for images that use an external data file",
+            ));
+        }
+        if raw == Some(true) && !self.header.data_file_raw() {
+            return Err(Error::unsupported(
+                "turning data_file_raw on for an existing image (its data file is not a raw image of the disk)",
+            ));
+        }
+        self.flush_metadata()?;
+        if let Some(n) = name {
+            crate::names::resolve_data_file(std::path::Path::new(""), n)?;
+            self.header
+                .set_extension(super::header::ext::DATA_FILE, Some(n.as_bytes().to_vec()));
+        }
+        if raw == Some(false) {
+            self.header.autoclear_features &= !super::header::autoclear::RAW_EXTERNAL;
+        }
+        self.write_header()
+    }
+
     /// Refuse what QEMU refuses on an image with an external data file: `what` names it.
     pub(crate) fn refuse_with_data_file(&self, what: &str) -> Result<()> {
         if self.has_external_data() {

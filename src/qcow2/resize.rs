@@ -71,6 +71,7 @@ impl<S: Storage> Qcow2<S> {
         } else {
             self.shrink(new_size, needed)?;
         }
+        self.resize_data_file(new_size)?;
         self.bitmaps_after_resize(new_size)
     }
 
