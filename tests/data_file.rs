@@ -427,7 +427,11 @@ fn resize_and_amend_treat_the_data_file_as_qemu_img_does() {
         std::fs::create_dir(d).expect("mkdir");
         create_in(d, "r.qcow2", "r.data", true, "64k");
         create_in(d, "n.qcow2", "n.data", false, "64k");
-        let p = in_dir(d, "qemu-img", &["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"]);
+        let p = in_dir(
+            d,
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"],
+        );
         assert!(p.status.success());
         for f in ["r.qcow2", "n.qcow2"] {
             let w = in_dir(d, "qemu-io", &["-f", "qcow2", "-c", "write -P 1 1M 1M", f]);
@@ -437,7 +441,13 @@ fn resize_and_amend_treat_the_data_file_as_qemu_img_does() {
     for args in steps {
         let qo = in_dir(&q, "qemu-img", args);
         let vo = in_dir(&v, vdisk_bin(), args);
-        assert_eq!(qo.status.code(), vo.status.code(), "{}\n{}", describe("qemu-img", &qo), describe("vdisk", &vo));
+        assert_eq!(
+            qo.status.code(),
+            vo.status.code(),
+            "{}\n{}",
+            describe("qemu-img", &qo),
+            describe("vdisk", &vo)
+        );
         if args[2].starts_with("data_file=") && qo.status.success() {
             // Renamed: both point at a file that does not exist yet.
             std::fs::rename(q.join("n.data"), q.join("renamed.data")).expect("rename");
@@ -455,8 +465,87 @@ fn resize_and_amend_treat_the_data_file_as_qemu_img_does() {
         assert_eq!(info(&vi), info(&qi), "{f}");
         let qm = in_dir(&q, "qemu-img", &["map", "--output=json", f]);
         let vm = in_dir(&v, "qemu-img", &["map", "--output=json", f]);
-        assert_text_eq(f, &String::from_utf8_lossy(&vm.stdout), &String::from_utf8_lossy(&qm.stdout));
+        assert_text_eq(
+            f,
+            &String::from_utf8_lossy(&vm.stdout),
+            &String::from_utf8_lossy(&qm.stdout),
+        );
         let c = in_dir(&v, "qemu-img", &["check", f]);
         assert!(c.status.success(), "{}", describe("qemu-img check", &c));
+    }
+}
+
+#[test]
+fn a_power_cut_at_any_write_keeps_every_flushed_write_of_a_data_file_image() {
+    use common::crash::every_cut;
+    use std::sync::Arc;
+    use vdisk::qcow2::{OpenOptions, Qcow2};
+    use vdisk::BlockDevice;
+    for raw in [false, true] {
+        let dir = tempdir();
+        create_in(dir.path(), "img.qcow2", "img.data", raw, "4k");
+        let initial = [
+            read(&dir.path().join("img.qcow2")),
+            read(&dir.path().join("img.data")),
+        ];
+        // Round k writes pattern k+1 into its own stripe of the disk, then flushes.
+        let rounds: Vec<(u64, usize)> = (0..6)
+            .map(|k| (k * 300_000, 200_000 + k as usize * 1000))
+            .collect();
+        let cuts = every_cut(
+            "data file writes",
+            &initial,
+            |st| -> usize {
+                let Ok(mut q) = Qcow2::open(st[0].clone(), OpenOptions::default()) else {
+                    return 0;
+                };
+                q.attach_data_file(st[1].clone(), "img.data".into());
+                for (k, &(off, len)) in rounds.iter().enumerate() {
+                    if q.write_at(&vec![k as u8 + 1; len], off).is_err() || q.flush().is_err() {
+                        return k;
+                    }
+                }
+                rounds.len()
+            },
+            |c, acked| {
+                let d = tempdir();
+                std::fs::write(d.path().join("img.qcow2"), c.durable(0)).expect("write");
+                std::fs::write(d.path().join("img.data"), c.durable(1)).expect("write");
+                let chk = in_dir(
+                    d.path(),
+                    "qemu-img",
+                    &["check", "--output=json", "img.qcow2"],
+                );
+                let code = chk.status.code();
+                assert!(
+                    matches!(code, Some(0) | Some(3)),
+                    "raw={raw} cut {}: {}",
+                    c.cut,
+                    describe("check", &chk)
+                );
+                let mut q = Qcow2::open(
+                    Arc::new(vdisk::storage::MemStorage::from_vec(c.durable(0))),
+                    OpenOptions {
+                        read_only: true,
+                        ..Default::default()
+                    },
+                )
+                .expect("reopen");
+                q.attach_data_file(
+                    Arc::new(vdisk::storage::MemStorage::from_vec(c.durable(1))),
+                    "img.data".into(),
+                );
+                for (k, &(off, len)) in rounds.iter().enumerate().take(acked) {
+                    let mut b = vec![0u8; len];
+                    q.read_at(&mut b, off).expect("read");
+                    assert!(
+                        b.iter().all(|&x| x == k as u8 + 1),
+                        "raw={raw} cut {}: round {k} lost",
+                        c.cut
+                    );
+                }
+            },
+        );
+        assert!(cuts > 10, "{cuts} cut points");
     }
 }
