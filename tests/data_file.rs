@@ -70,6 +70,17 @@ fn create_in(dir: &Path, name: &str, data: &str, raw: bool, cs: &str) {
     );
 }
 
+/// Run `ops` with qemu-io on `img.qcow2` in `dir`.
+fn qemu_io_in(dir: &Path, ops: &[&str]) {
+    let mut args = vec!["-f", "qcow2"];
+    for op in ops {
+        args.extend(["-c", op]);
+    }
+    args.push("img.qcow2");
+    let out = in_dir(dir, "qemu-io", &args);
+    assert!(out.status.success(), "{}", describe("qemu-io", &out));
+}
+
 fn in_dir(dir: &Path, program: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(program)
         .current_dir(dir)
@@ -84,17 +95,7 @@ fn images_qemu_makes_with_a_data_file_read_map_and_check_as_in_qemu_img() {
         let dir = tempdir();
         let d = dir.path();
         create_in(d, "img.qcow2", "img.data", raw, cs);
-        let out = in_dir(
-            d,
-            "qemu-io",
-            &[
-                &["-f", "qcow2"][..],
-                &OPS.iter().flat_map(|o| ["-c", o]).collect::<Vec<_>>()[..],
-                &["img.qcow2"],
-            ]
-            .concat(),
-        );
-        assert!(out.status.success(), "{}", describe("qemu-io", &out));
+        qemu_io_in(d, OPS);
         let what = format!("raw={raw} cluster_size={cs}");
         for args in [
             vec!["info", "img.qcow2"],
@@ -144,17 +145,7 @@ fn vdisk_writes_into_a_data_file_image_as_qemu_io_does() {
             std::fs::create_dir(d).expect("mkdir");
             create_in(d, "img.qcow2", "img.data", raw, cs);
         }
-        let out = in_dir(
-            &q,
-            "qemu-io",
-            &[
-                &["-f", "qcow2"][..],
-                &OPS.iter().flat_map(|o| ["-c", o]).collect::<Vec<_>>()[..],
-                &["img.qcow2"],
-            ]
-            .concat(),
-        );
-        assert!(out.status.success(), "{}", describe("qemu-io", &out));
+        qemu_io_in(&q, OPS);
         vdisk_apply(&v.join("img.qcow2"), OPS);
         let c = in_dir(&v, "qemu-img", &["check", "img.qcow2"]);
         assert!(
