@@ -70,7 +70,7 @@ mod resize;
 pub mod snapshot;
 pub mod snapshot_load;
 mod snapshot_ops;
-mod subcluster;
+pub(crate) mod subcluster;
 mod tables;
 mod txn;
 
