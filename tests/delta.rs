@@ -3,7 +3,9 @@
 //! The invariant, over seeded random histories of writes, zeroing, discards, compressed
 //! writes, resizes and snapshots made by vdisk (library and CLI) and by QEMU (qemu-io,
 //! qemu-img), on images with and without a backing file, compat 0.10 and 1.1: a copy of
-//! the image at `--from` (`qemu-img convert -l`), with the delta committed into it (by
+//! the image at `--from` (the snapshot applied to a copy with `qemu-img snapshot -a`, then
+//! flattened: `qemu-img convert -l` would read it at the image's current size, which a
+//! resize since the snapshot changed), with the delta committed into it (by
 //! `vdisk commit`, and by `qemu-img commit` as an independent judge), reads as the image
 //! at `--to`; and the delta holds only clusters that the history touched between the two
 //! states, and every cluster whose contents differ. `--list` names exactly what the delta
@@ -66,7 +68,12 @@ impl History {
 
     fn position(&self, snap: Option<&str>) -> usize {
         match snap {
-            Some(s) => self.snaps.iter().find(|(n, _)| n == s).map(|x| x.1).unwrap(),
+            Some(s) => self
+                .snaps
+                .iter()
+                .find(|(n, _)| n == s)
+                .map(|x| x.1)
+                .unwrap(),
             None => self.ops.len(),
         }
     }
@@ -79,7 +86,11 @@ fn random_history(r: &mut TestRng, img: &Path, cs: u64, size0: u64, v3: bool) ->
     let n = 14 + r.below(10) as usize;
     let first_snap = 1 + r.below(4) as usize;
     for i in 0..n {
-        let tool = if r.below(2) == 0 { Tool::Vdisk } else { Tool::Qemu };
+        let tool = if r.below(2) == 0 {
+            Tool::Vdisk
+        } else {
+            Tool::Qemu
+        };
         let roll = r.below(100);
         if i == first_snap || (i > first_snap && roll < 15) {
             let name = format!("s{}", snaps.len() + 1);
@@ -105,9 +116,10 @@ fn random_history(r: &mut TestRng, img: &Path, cs: u64, size0: u64, v3: bool) ->
         let op = match roll {
             0..=49 => Op::Write { off, len, pat },
             50..=59 => {
+                // Through vdisk: QEMU compresses only into unallocated clusters.
                 let off = off / cs * cs;
                 let len = cs * (1 + r.below(3)).min((size - off) / cs);
-                ops.push((Tool::Qemu, Op::Compressed { off, len, pat }));
+                ops.push((Tool::Vdisk, Op::Compressed { off, len, pat }));
                 continue;
             }
             60..=79 => Op::Zero { off, len },
@@ -144,7 +156,9 @@ fn apply(h: &History) {
                 let s = new.to_string();
                 match tool {
                     Tool::Vdisk => vdisk_ok(&["resize", "--shrink", img.as_str(), s.as_str()]),
-                    Tool::Qemu => qemu_img_ok(&["resize", "-q", "--shrink", img.as_str(), s.as_str()]),
+                    Tool::Qemu => {
+                        qemu_img_ok(&["resize", "-q", "--shrink", img.as_str(), s.as_str()])
+                    }
                 };
                 i += 1;
                 continue;
@@ -171,7 +185,6 @@ fn qemu_writes(img: &str, ops: &[(Tool, Op)]) {
     for (_, op) in ops {
         let c = match *op {
             Op::Write { off, len, pat } => format!("write -P {pat} {off} {len}"),
-            Op::Compressed { off, len, pat } => format!("write -c -P {pat} {off} {len}"),
             Op::Zero { off, len } => format!("write -z {off} {len}"),
             Op::Discard { off, len } => format!("discard {off} {len}"),
             _ => unreachable!(),
@@ -190,6 +203,14 @@ fn vdisk_writes(img: &Path, ops: &[(Tool, Op)]) {
             Op::Write { off, len, pat } => dev.write_at(&vec![pat; len as usize], off),
             Op::Zero { off, len } => dev.write_zeroes(off, len),
             Op::Discard { off, len } => dev.discard(off, len),
+            Op::Compressed { off, len, pat } => {
+                let codec = dev.cluster_codec().unwrap();
+                let cs = dev.cluster_size().unwrap();
+                let data = codec.compress(&vec![pat; cs as usize]).unwrap();
+                (off..off + len)
+                    .step_by(cs as usize)
+                    .try_for_each(|at| dev.write_compressed_cluster(at, &data))
+            }
             _ => unreachable!(),
         };
         r.unwrap();
@@ -199,7 +220,14 @@ fn vdisk_writes(img: &Path, ops: &[(Tool, Op)]) {
 
 /// A fresh image (and its backing file, `backing` of "raw" or "qcow2", random data with
 /// holes) in `dir`.
-fn make_image(dir: &Path, cs: u64, size: u64, compat: &str, backing: Option<&str>, seed: u64) -> PathBuf {
+fn make_image(
+    dir: &Path,
+    cs: u64,
+    size: u64,
+    compat: &str,
+    backing: Option<&str>,
+    seed: u64,
+) -> PathBuf {
     let img = dir.join("img.qcow2");
     let mut o = format!("cluster_size={cs},compat={compat}");
     if let Some(fmt) = backing {
@@ -212,28 +240,72 @@ fn make_image(dir: &Path, cs: u64, size: u64, compat: &str, backing: Option<&str
             }
         }
         std::fs::write(&raw, &data).unwrap();
-        qemu_img_ok(&["convert", "-q", "-f", "raw", "-O", fmt, raw.to_str().unwrap(), b.to_str().unwrap()]);
+        qemu_img_ok(&[
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            fmt,
+            raw.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ]);
         o += &format!(",backing_file=backing.{fmt},backing_fmt={fmt}");
     }
     let size = size.to_string();
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", o.as_str(), img.to_str().unwrap(), size.as_str()]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        o.as_str(),
+        img.to_str().unwrap(),
+        size.as_str(),
+    ]);
     img
 }
 
-/// The guest contents of `img` at snapshot `snap` (or its active disk).
-fn contents(img: &Path, snap: Option<&str>, out: &Path) -> Vec<u8> {
-    let mut args = vec!["convert".to_string()];
-    if let Some(s) = snap {
-        args.push("-l".into());
-        args.push(format!("snapshot.name={s}"));
-    }
-    args.extend(["-O".into(), "raw".into(), img.display().to_string(), out.display().to_string()]);
-    qemu_img_ok(&args);
-    read(out)
+/// A flattened qcow2 copy at `out` of `img` at snapshot `snap` (or its active disk), and
+/// its guest contents. A snapshot's state is what `snapshot -a` restores, its own disk
+/// size included (`qemu-img convert -l` reads a snapshot at the image's current size).
+fn state(img: &Path, snap: Option<&str>, out: &Path) -> Vec<u8> {
+    let src = match snap {
+        Some(s) => {
+            // Beside the image, so that its relative backing name still resolves.
+            let copy = img.with_extension("state.qcow2");
+            std::fs::copy(img, &copy).unwrap();
+            qemu_img_ok(&["snapshot", "-a", s, copy.to_str().unwrap()]);
+            copy
+        }
+        None => img.to_path_buf(),
+    };
+    qemu_img_ok(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    let raw = out.with_extension("raw");
+    qemu_img_ok(&[
+        "convert",
+        "-q",
+        "-O",
+        "raw",
+        out.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
+    read(&raw)
 }
 
 /// The clusters of `cluster` bytes, below `size`, that the extents `[(start, len)]` touch.
-fn clusters_of(extents: impl IntoIterator<Item = (u64, u64)>, cluster: u64, size: u64) -> BTreeSet<u64> {
+fn clusters_of(
+    extents: impl IntoIterator<Item = (u64, u64)>,
+    cluster: u64,
+    size: u64,
+) -> BTreeSet<u64> {
     let mut set = BTreeSet::new();
     let last = size.div_ceil(cluster);
     for (start, len) in extents {
@@ -261,27 +333,47 @@ fn json_extents(text: &str, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<(u
 }
 
 /// Check one delta of `h` from snapshot `from` to `to` (a snapshot, or the active disk),
-/// written with output cluster size `out_cs` and compat `out_compat`.
-fn check_delta(h: &History, dir: &Path, from: &str, to: Option<&str>, out_cs: u64, out_compat: &str) {
-    let what = format!("delta --from {from} --to {to:?} (-o cluster_size={out_cs},compat={out_compat})");
+/// written with output cluster size `out_cs` and compat `out_compat`; returns how many
+/// data and zero extents it listed.
+fn check_delta(
+    h: &History,
+    dir: &Path,
+    from: &str,
+    to: Option<&str>,
+    out_cs: u64,
+    out_compat: &str,
+) -> (usize, usize) {
+    let what =
+        format!("delta --from {from} --to {to:?} (-o cluster_size={out_cs},compat={out_compat})");
     let work = dir.join("work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     let base = work.join("base.qcow2");
     let delta = work.join("delta.qcow2");
     let img = h.img.to_str().unwrap();
-    let from_raw = contents(&h.img, Some(from), &work.join("from.raw"));
-    let to_raw = contents(&h.img, to, &work.join("to.raw"));
+    let from_raw = state(&h.img, Some(from), &base);
+    let to_raw = state(&h.img, to, &work.join("to.qcow2"));
     let to_size = to_raw.len() as u64;
-    let snap = format!("snapshot.name={from}");
-    qemu_img_ok(&["convert", "-q", "-l", snap.as_str(), "-O", "qcow2", img, base.to_str().unwrap()]);
     let mut args = vec!["delta", "--from", from];
     if let Some(t) = to {
         args.extend(["--to", t]);
     }
-    let list_args: Vec<&str> = args.iter().copied().chain(["--list", "--output=json", img]).collect();
+    let list_args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--list", "--output=json", img])
+        .collect();
     let opts = format!("cluster_size={out_cs},compat={out_compat}");
-    args.extend(["-b", "base.qcow2", "-F", "qcow2", "-o", opts.as_str(), img, delta.to_str().unwrap()]);
+    args.extend([
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "-o",
+        opts.as_str(),
+        img,
+        delta.to_str().unwrap(),
+    ]);
     vdisk_ok(&args);
     assert_qemu_check_clean(&delta);
 
@@ -291,31 +383,54 @@ fn check_delta(h: &History, dir: &Path, from: &str, to: Option<&str>, out_cs: u6
     let listed = json_extents(&vdisk_ok(&list_args), |_| true);
     let held_set = clusters_of(held.iter().map(|e| (e.0, e.1)), out_cs, to_size);
     let listed_set = clusters_of(listed.iter().map(|e| (e.0, e.1)), out_cs, to_size);
-    assert_eq!(held_set, listed_set, "{what}: the delta holds what --list names");
+    assert_eq!(
+        held_set, listed_set,
+        "{what}: the delta holds what --list names"
+    );
     for w in listed.windows(2) {
-        assert!(w[0].0 + w[0].1 <= w[1].0, "{what}: list out of order: {listed:?}");
-        assert!(w[0].0 + w[0].1 < w[1].0 || w[0].2 != w[1].2, "{what}: runs not merged: {listed:?}");
+        assert!(
+            w[0].0 + w[0].1 <= w[1].0,
+            "{what}: list out of order: {listed:?}"
+        );
+        assert!(
+            w[0].0 + w[0].1 < w[1].0 || w[0].2 != w[1].2,
+            "{what}: runs not merged: {listed:?}"
+        );
     }
     for &(start, len, zero) in &listed {
         assert_eq!(start % h.cs, 0, "{what}: extent not on a cluster");
         if zero {
             let r = &to_raw[start as usize..(start + len) as usize];
-            assert!(r.iter().all(|&b| b == 0), "{what}: zero extent at {start:#x} holds data");
+            assert!(
+                r.iter().all(|&b| b == 0),
+                "{what}: zero extent at {start:#x} holds data"
+            );
         }
     }
 
     // Every cluster whose contents differ is in the delta; every one in it was touched.
     let differs: BTreeSet<u64> = (0..to_size.div_ceil(out_cs))
         .filter(|&k| {
-            let (a, b) = ((k * out_cs) as usize, ((k + 1) * out_cs).min(to_size) as usize);
+            let (a, b) = (
+                (k * out_cs) as usize,
+                ((k + 1) * out_cs).min(to_size) as usize,
+            );
             let old = |i: usize| from_raw.get(i).copied().unwrap_or(0);
             (a..b).any(|i| to_raw[i] != old(i))
         })
         .collect();
     let touched = h.touched(h.position(Some(from)), h.position(to));
     let touched = clusters_of(touched.iter().map(|&c| (c * h.cs, h.cs)), out_cs, to_size);
-    assert!(differs.is_subset(&held_set), "{what}: changed clusters {:?} missing", differs.difference(&held_set).collect::<Vec<_>>());
-    assert!(held_set.is_subset(&touched), "{what}: untouched clusters {:?} in the delta", held_set.difference(&touched).collect::<Vec<_>>());
+    assert!(
+        differs.is_subset(&held_set),
+        "{what}: changed clusters {:?} missing",
+        differs.difference(&held_set).collect::<Vec<_>>()
+    );
+    assert!(
+        held_set.is_subset(&touched),
+        "{what}: untouched clusters {:?} in the delta",
+        held_set.difference(&touched).collect::<Vec<_>>()
+    );
 
     // Replayed onto the old state by each tool's commit, it gives the new state.
     let to_path = work.join("to.raw");
@@ -332,15 +447,34 @@ fn check_delta(h: &History, dir: &Path, from: &str, to: Option<&str>, out_cs: u6
         let b = d.join("base.qcow2");
         if (from_raw.len() as u64) > to_size {
             let size = to_size.to_string();
-            qemu_img_ok(&["resize", "-q", "--shrink", b.to_str().unwrap(), size.as_str()]);
+            qemu_img_ok(&[
+                "resize",
+                "-q",
+                "--shrink",
+                b.to_str().unwrap(),
+                size.as_str(),
+            ]);
         }
-        let out = qemu_img(["compare", "-F", "raw", b.to_str().unwrap(), to_path.to_str().unwrap()]);
-        assert!(out.status.success(), "{what}, {tool} commit: {}", describe("compare", &out));
+        let out = qemu_img([
+            "compare",
+            "-F",
+            "raw",
+            b.to_str().unwrap(),
+            to_path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{what}, {tool} commit: {}",
+            describe("compare", &out)
+        );
     }
+    let zeros = listed.iter().filter(|e| e.2).count();
+    (listed.len() - zeros, zeros)
 }
 
 /// Random histories on `iterations` images; two deltas checked on each.
 fn invariant(seed: u64, iterations: u64, backing: &[Option<&str>]) {
+    let (mut data, mut zeros, mut empty) = (0, 0, 0);
     for it in 0..iterations {
         let mut r = rng(seed * 1000 + it);
         let dir = tempdir();
@@ -362,19 +496,26 @@ fn invariant(seed: u64, iterations: u64, backing: &[Option<&str>]) {
             };
             let out_compat = if r.below(3) == 0 { "0.10" } else { "1.1" };
             eprintln!("iteration {it}: cs {cs}, compat {compat}, backing {bfmt:?}, {} ops; {from} -> {to:?}", h.ops.len());
-            check_delta(&h, dir.path(), &from, to.as_deref(), out_cs, out_compat);
+            let (d, z) = check_delta(&h, dir.path(), &from, to.as_deref(), out_cs, out_compat);
+            (data, zeros, empty) = (data + d, zeros + z, empty + usize::from(d + z == 0));
         }
     }
+    // The histories exercise both kinds of change (and a few empty deltas).
+    eprintln!("{data} data extents, {zeros} zero extents, {empty} empty deltas");
+    assert!(
+        data > iterations as usize && zeros > 0,
+        "{data} data, {zeros} zero extents"
+    );
 }
 
 #[test]
 fn replaying_a_delta_gives_the_new_state_and_it_holds_only_what_changed() {
-    invariant(1, 14, &[None]);
+    invariant(1, 15, &[None]);
 }
 
 #[test]
 fn deltas_of_overlays_hold_what_the_guest_reads_through_the_backing_file() {
-    invariant(2, 14, &[Some("raw"), Some("qcow2")]);
+    invariant(2, 15, &[Some("raw"), Some("qcow2")]);
 }
 
 /// An image of 16 clusters of 64 KiB with data in the first 10 and snapshot A, then a
@@ -387,12 +528,18 @@ fn known_history(dir: &Path, compat: &str) -> PathBuf {
     qemu_io_ok(&["-c", "write -P 1 0 640k", i]);
     qemu_img_ok(&["snapshot", "-c", "A", i]);
     qemu_io_ok(&[
-        "-c", "write -P 2 64k 100",   // cluster 1, partly
-        "-c", "write -P 3 128k 64k",  // cluster 2
-        "-c", "write -z 192k 128k",   // clusters 3-4 (data before: zeros now)
-        "-c", "discard 384k 64k",     // cluster 6
-        "-c", "write -z 768k 64k",    // zeros over nothing: no change
-        "-c", "write -P 4 900k 10",   // cluster 14, new
+        "-c",
+        "write -P 2 64k 100", // cluster 1, partly
+        "-c",
+        "write -P 3 128k 64k", // cluster 2
+        "-c",
+        "write -z 192k 128k", // clusters 3-4 (data before: zeros now)
+        "-c",
+        "discard 384k 64k", // cluster 6
+        "-c",
+        "write -z 768k 64k", // zeros over nothing: no change
+        "-c",
+        "write -P 4 900k 10", // cluster 14, new
         i,
     ]);
     vdisk_ok(&["snapshot", "-c", "B", i]);
@@ -405,7 +552,16 @@ fn the_list_of_a_known_history_is_exact() {
     let dir = tempdir();
     let img = known_history(dir.path(), "1.1");
     let i = img.to_str().unwrap();
-    let json = vdisk_ok(&["delta", "--list", "--output=json", "--from", "A", "--to", "B", i]);
+    let json = vdisk_ok(&[
+        "delta",
+        "--list",
+        "--output=json",
+        "--from",
+        "A",
+        "--to",
+        "B",
+        i,
+    ]);
     assert_eq!(
         json.trim_end(),
         "[{ \"start\": 65536, \"length\": 131072, \"zero\": false, \"data\": true},\n\
@@ -424,13 +580,35 @@ fn the_list_of_a_known_history_is_exact() {
          0xe0000         0x20000         data\n"
     );
     // Backwards: what B changed comes back as A had it.
-    let back = vdisk_ok(&["delta", "--list", "--output=json", "--from", "B", "--to", "A", i]);
+    let back = vdisk_ok(&[
+        "delta",
+        "--list",
+        "--output=json",
+        "--from",
+        "B",
+        "--to",
+        "A",
+        i,
+    ]);
     let back = json_extents(&back, |_| true);
     assert_eq!(
         back,
-        vec![(0x10000, 0x40000, false), (0x60000, 0x10000, false), (0xe0000, 0x10000, true)]
+        vec![
+            (0x10000, 0x40000, false),
+            (0x60000, 0x10000, false),
+            (0xe0000, 0x10000, true)
+        ]
     );
-    let none = vdisk_ok(&["delta", "--list", "--output=json", "--from", "B", "--to", "B", i]);
+    let none = vdisk_ok(&[
+        "delta",
+        "--list",
+        "--output=json",
+        "--from",
+        "B",
+        "--to",
+        "B",
+        i,
+    ]);
     assert_eq!(none.trim_end(), "[]");
 }
 
@@ -440,16 +618,51 @@ fn a_v2_delta_stores_zeros_as_data_and_still_replays_deletions() {
     let img = known_history(dir.path(), "0.10");
     let i = img.to_str().unwrap();
     let d = dir.path();
-    qemu_img_ok(&["convert", "-q", "-l", "snapshot.name=A", "-O", "qcow2", i, d.join("a.qcow2").to_str().unwrap()]);
+    qemu_img_ok(&[
+        "convert",
+        "-q",
+        "-l",
+        "snapshot.name=A",
+        "-O",
+        "qcow2",
+        i,
+        d.join("a.qcow2").to_str().unwrap(),
+    ]);
     let delta = d.join("d.qcow2");
-    vdisk_ok(&["delta", "--from", "A", "--to", "B", "-b", "a.qcow2", "-F", "qcow2", "-o", "compat=0.10", i, delta.to_str().unwrap()]);
+    vdisk_ok(&[
+        "delta",
+        "--from",
+        "A",
+        "--to",
+        "B",
+        "-b",
+        "a.qcow2",
+        "-F",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        i,
+        delta.to_str().unwrap(),
+    ]);
     assert_qemu_check_clean(&delta);
-    let info = parse_json("info", &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]));
+    let info = parse_json(
+        "info",
+        &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]),
+    );
     assert_eq!(info["format-specific"]["data"]["compat"], "0.10");
     assert_eq!(info["backing-filename"], "a.qcow2");
     assert_eq!(info["backing-filename-format"], "qcow2");
     let b = d.join("b.qcow2");
-    qemu_img_ok(&["convert", "-q", "-l", "snapshot.name=B", "-O", "qcow2", i, b.to_str().unwrap()]);
+    qemu_img_ok(&[
+        "convert",
+        "-q",
+        "-l",
+        "snapshot.name=B",
+        "-O",
+        "qcow2",
+        i,
+        b.to_str().unwrap(),
+    ]);
     assert_qemu_compare_identical(&delta, &b);
 }
 
@@ -463,17 +676,50 @@ fn compressed_clusters_are_copied_compressed() {
         qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", o.as_str(), i, "2M"]);
         qemu_io_ok(&["-c", "write -P 1 0 1M", i]);
         qemu_img_ok(&["snapshot", "-c", "A", i]);
-        qemu_io_ok(&["-c", "write -c -P 7 128k 192k", "-c", "write -P 8 1M 64k", i]);
+        // QEMU compresses only into unallocated clusters.
+        qemu_io_ok(&[
+            "-c",
+            "write -c -P 7 1280k 192k",
+            "-c",
+            "write -P 8 1M 64k",
+            i,
+        ]);
         let base = dir.path().join("a.qcow2");
-        qemu_img_ok(&["convert", "-q", "-l", "snapshot.name=A", "-O", "qcow2", i, base.to_str().unwrap()]);
+        qemu_img_ok(&[
+            "convert",
+            "-q",
+            "-l",
+            "snapshot.name=A",
+            "-O",
+            "qcow2",
+            i,
+            base.to_str().unwrap(),
+        ]);
         let delta = dir.path().join("d.qcow2");
-        vdisk_ok(&["delta", "--from", "A", "-b", "a.qcow2", "-F", "qcow2", i, delta.to_str().unwrap()]);
+        vdisk_ok(&[
+            "delta",
+            "--from",
+            "A",
+            "-b",
+            "a.qcow2",
+            "-F",
+            "qcow2",
+            i,
+            delta.to_str().unwrap(),
+        ]);
         assert_qemu_check_clean(&delta);
-        let info = parse_json("info", &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]));
+        let info = parse_json(
+            "info",
+            &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]),
+        );
         assert_eq!(info["format-specific"]["data"]["compression-type"], codec);
         let map = qemu_img_ok(&["map", "--output=json", delta.to_str().unwrap()]);
         let compressed = json_extents(&map, |e| e["depth"] == 0 && e["compressed"] == true);
-        assert_eq!(compressed.iter().map(|e| e.1).sum::<u64>(), 192 << 10, "{codec}: {map}");
+        assert_eq!(
+            compressed.iter().map(|e| e.1).sum::<u64>(),
+            192 << 10,
+            "{codec}: {map}"
+        );
         let plain = json_extents(&map, |e| e["depth"] == 0 && e["compressed"] == false);
         assert_eq!(plain, vec![(1 << 20, 64 << 10, false)], "{codec}: {map}");
         assert_qemu_compare_identical(&delta, &img);
@@ -494,7 +740,9 @@ fn a_full_copy_and_a_chain_of_deltas_restore_every_state() {
         let args: Vec<String> = args
             .iter()
             .map(|a| match *a {
-                "full.qcow2" | "tue.qcow2" | "wed.qcow2" | "wed-full.qcow2" => at(a).display().to_string(),
+                "full.qcow2" | "tue.qcow2" | "wed.qcow2" | "wed-full.qcow2" => {
+                    at(a).display().to_string()
+                }
                 _ => a.to_string(),
             })
             .collect();
@@ -507,21 +755,66 @@ fn a_full_copy_and_a_chain_of_deltas_restore_every_state() {
     run("qemu-img", &["create", "-q", "-f", "qcow2", i, "4M"]);
     run("qemu-io", &["-c", "write -P 1 0 3M", i]);
     run("vdisk", &["snapshot", "-c", "mon", i]);
-    run("qemu-img", &["convert", "-q", "-l", "mon", "-O", "qcow2", i, full]);
-    run("qemu-io", &["-c", "write -P 2 1M 512k", "-c", "discard 2M 256k", i]);
+    run(
+        "qemu-img",
+        &["convert", "-q", "-l", "mon", "-O", "qcow2", i, full],
+    );
+    run(
+        "qemu-io",
+        &["-c", "write -P 2 1M 512k", "-c", "discard 2M 256k", i],
+    );
     run("vdisk", &["snapshot", "-c", "tue", i]);
     // The backing names (-b) stay relative ("./"): they are names the deltas record.
-    run("vdisk", &["delta", "--from", "mon", "--to", "tue", "-b", "./full.qcow2", "-F", "qcow2", i, tue]);
+    run(
+        "vdisk",
+        &[
+            "delta",
+            "--from",
+            "mon",
+            "--to",
+            "tue",
+            "-b",
+            "./full.qcow2",
+            "-F",
+            "qcow2",
+            i,
+            tue,
+        ],
+    );
     run("vdisk", &["snapshot", "--prune", "--keep-last", "1", i]);
-    run("qemu-io", &["-c", "write -z 0 64k", "-c", "write -P 3 3M 1M", i]);
+    run(
+        "qemu-io",
+        &["-c", "write -z 0 64k", "-c", "write -P 3 3M 1M", i],
+    );
     run("vdisk", &["snapshot", "-c", "wed", i]);
-    run("vdisk", &["delta", "--from", "tue", "--to", "wed", "-b", "./tue.qcow2", "-F", "qcow2", i, wed]);
-    run("qemu-img", &["convert", "-q", "-l", "wed", "-O", "qcow2", i, wed_full]);
+    run(
+        "vdisk",
+        &[
+            "delta",
+            "--from",
+            "tue",
+            "--to",
+            "wed",
+            "-b",
+            "./tue.qcow2",
+            "-F",
+            "qcow2",
+            i,
+            wed,
+        ],
+    );
+    run(
+        "qemu-img",
+        &["convert", "-q", "-l", "wed", "-O", "qcow2", i, wed_full],
+    );
     // Kept as a chain: the top reads as the last snapshot.
     assert_qemu_compare_identical(&at(wed), &at(wed_full));
     // Committed one by one into the full copy: the copy becomes the last snapshot.
     run("vdisk", &["commit", tue]);
-    run("vdisk", &["rebase", "-u", "-b", "./full.qcow2", "-F", "qcow2", wed]);
+    run(
+        "vdisk",
+        &["rebase", "-u", "-b", "./full.qcow2", "-F", "qcow2", wed],
+    );
     run("vdisk", &["commit", wed]);
     assert_qemu_compare_identical(&at(full), &at(wed_full));
     assert_qemu_check_clean(&d.join("full.qcow2"));
@@ -533,10 +826,30 @@ fn an_existing_output_is_replaced_as_qemu_img_convert_replaces_it() {
     let img = known_history(dir.path(), "1.1");
     let out = dir.path().join("d.qcow2");
     std::fs::write(&out, vec![0xaa; 1 << 20]).unwrap();
-    vdisk_ok(&["delta", "--from", "A", "--to", "B", img.to_str().unwrap(), out.to_str().unwrap()]);
+    vdisk_ok(&[
+        "delta",
+        "--from",
+        "A",
+        "--to",
+        "B",
+        img.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert_qemu_check_clean(&out);
-    let list = vdisk_ok(&["delta", "--list", "--output=json", "--from", "A", "--to", "B", img.to_str().unwrap()]);
-    let held = json_extents(&qemu_img_ok(&["map", "--output=json", out.to_str().unwrap()]), |e| e["present"] == true);
+    let list = vdisk_ok(&[
+        "delta",
+        "--list",
+        "--output=json",
+        "--from",
+        "A",
+        "--to",
+        "B",
+        img.to_str().unwrap(),
+    ]);
+    let held = json_extents(
+        &qemu_img_ok(&["map", "--output=json", out.to_str().unwrap()]),
+        |e| e["present"] == true,
+    );
     let listed = json_extents(&list, |_| true);
     assert_eq!(
         clusters_of(held.iter().map(|e| (e.0, e.1)), 65536, 1 << 20),
@@ -562,22 +875,50 @@ fn errors_are_one_line_and_match_qemu_img() {
         assert_eq!(code, 1, "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
-        assert!(!out.exists() || args.contains(&"--list"), "{args:?} left {o}");
+        assert!(
+            !out.exists() || args.contains(&"--list"),
+            "{args:?} left {o}"
+        );
     };
     let qemu = |args: &[&str]| answer(qemu_img(args)).1;
     // Unknown snapshots, by --from and --to.
     let q = qemu(&["convert", "-l", "snapshot.name=X", "-O", "qcow2", i, o]);
-    assert!(q.contains("Failed to load snapshot: Can't find snapshot"), "{q}");
-    fails(&["delta", "--from", "X", i, o], "Failed to load snapshot 'X': Can't find snapshot");
-    fails(&["delta", "--from", "A", "--to", "X", i, o], "Failed to load snapshot 'X': Can't find snapshot");
-    fails(&["delta", "--list", "--from", "X", i], "Can't find snapshot");
+    assert!(
+        q.contains("Failed to load snapshot: Can't find snapshot"),
+        "{q}"
+    );
+    fails(
+        &["delta", "--from", "X", i, o],
+        "Failed to load snapshot 'X': Can't find snapshot",
+    );
+    fails(
+        &["delta", "--from", "A", "--to", "X", i, o],
+        "Failed to load snapshot 'X': Can't find snapshot",
+    );
+    fails(
+        &["delta", "--list", "--from", "X", i],
+        "Can't find snapshot",
+    );
     // Not a qcow2 image: qemu-img's words exactly.
     let q = qemu(&["convert", "-l", "snapshot.name=A", "-O", "qcow2", r, o]);
     fails(&["delta", "--from", "A", r, o], q.trim_end());
     fails(&["delta", "-f", "raw", "--from", "A", i, o], q.trim_end());
     // A backing file without its format.
-    let q = qemu(&["convert", "-l", "snapshot.name=A", "-B", "x.qcow2", "-O", "qcow2", i, o]);
-    fails(&["delta", "--from", "A", "-b", "x.qcow2", i, o], q.trim_end());
+    let q = qemu(&[
+        "convert",
+        "-l",
+        "snapshot.name=A",
+        "-B",
+        "x.qcow2",
+        "-O",
+        "qcow2",
+        i,
+        o,
+    ]);
+    fails(
+        &["delta", "--from", "A", "-b", "x.qcow2", i, o],
+        q.trim_end(),
+    );
     // A missing image; the image itself as the output; arguments missing or extra.
     let nope = format!("{}/nope", d.display());
     fails(&["delta", "--from", "A", nope.as_str(), o], "nope");
@@ -588,5 +929,8 @@ fn errors_are_one_line_and_match_qemu_img() {
     fails(&["delta", i, o], "--from");
     fails(&["delta", "--from", "A", i], "Expecting");
     fails(&["delta", "--list", "--from", "A", i, o], "--list");
-    fails(&["delta", "--list", "--output=yaml", "--from", "A", i], "--output");
+    fails(
+        &["delta", "--list", "--output=yaml", "--from", "A", i],
+        "--output",
+    );
 }

@@ -118,11 +118,10 @@ pub fn write_delta(
     let options = image::check_create_options(output, Format::QCOW2, &options)?;
     let files = image::NewFiles::before_create(output, Format::QCOW2, size, &options);
     let mut dst = image::create(output, Format::QCOW2, Some(size), &options)?;
-    if options.iter().any(|(k, _)| k == "backing_file") {
-        // Unallocated clusters of the delta show its backing file, which is not opened:
-        // zeros must be stored as zeros, and nothing may be read from it.
-        dst.attach_backing(Box::new(UnopenedBacking { size }))?;
-    }
+    // Unallocated clusters of a delta show its backing file (named now or by a later
+    // `rebase -u`), which is not opened: zeros must be stored as zeros, so that the delta
+    // replays deletions, and nothing may be read from it.
+    dst.attach_backing(Box::new(UnopenedBacking { size }))?;
     let stats = copy_extents(source, extents, dst.as_mut(), copy_compressed)?;
     dst.close()?;
     files.keep();
@@ -228,9 +227,10 @@ fn c_hex(n: u64) -> String {
     }
 }
 
-/// The backing file of a delta being written: recorded in its header but not opened. It
-/// makes the delta store zeros explicitly (an unallocated cluster would show the backing
-/// file), and fails any read (the delta is written in whole clusters, so none is made).
+/// The backing file of a delta being written: recorded in its header (or not yet) but not
+/// opened. It makes the delta store zeros explicitly (an unallocated cluster would show
+/// the backing file), and fails any read (the delta is written in whole clusters, so none
+/// is made).
 struct UnopenedBacking {
     size: u64,
 }
@@ -248,13 +248,19 @@ impl BlockDevice for UnopenedBacking {
         )))
     }
     fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<()> {
-        Err(Error::ReadOnly("the delta's backing file is not open".into()))
+        Err(Error::ReadOnly(
+            "the delta's backing file is not open".into(),
+        ))
     }
     fn write_zeroes(&mut self, _offset: u64, _len: u64) -> Result<()> {
-        Err(Error::ReadOnly("the delta's backing file is not open".into()))
+        Err(Error::ReadOnly(
+            "the delta's backing file is not open".into(),
+        ))
     }
     fn discard(&mut self, _offset: u64, _len: u64) -> Result<()> {
-        Err(Error::ReadOnly("the delta's backing file is not open".into()))
+        Err(Error::ReadOnly(
+            "the delta's backing file is not open".into(),
+        ))
     }
     fn flush(&mut self) -> Result<()> {
         Ok(())
@@ -304,9 +310,68 @@ mod tests {
     }
 
     #[test]
+    fn copied_extents_are_whole_clusters_and_zeros_are_stored_over_a_backing_file() {
+        use crate::device::ExtentKind;
+        use crate::qcow2::{create, CreateOptions};
+        use crate::storage::MemStorage;
+        const CS: u64 = 4096;
+        let image = |version: u32| {
+            let o = CreateOptions {
+                size: 16 * CS,
+                cluster_size: CS,
+                version,
+                ..Default::default()
+            };
+            create(MemStorage::new(), &o).unwrap()
+        };
+        let mut src = image(3);
+        let data: Vec<u8> = (0..8 * CS).map(|i| (i % 251) as u8 + 1).collect();
+        src.write_at(&data, 0).unwrap();
+        let extents = [
+            ext(0, 2 * CS, false),
+            ext(2 * CS, 2 * CS, true),
+            ext(4 * CS + 100, 200, true), // inside cluster 4: copied whole
+        ];
+        for version in [2, 3] {
+            let mut dst = image(version);
+            dst.attach_backing(Box::new(UnopenedBacking { size: 16 * CS }))
+                .unwrap();
+            let stats = copy_extents(&mut src, &extents, &mut dst, false).unwrap();
+            assert_eq!(stats.data_clusters, 3, "v{version}");
+            let mut got = vec![0u8; 5 * CS as usize];
+            dst.read_at(&mut got, 0).unwrap();
+            assert_eq!(&got[..2 * CS as usize], &data[..2 * CS as usize]);
+            assert!(got[2 * CS as usize..4 * CS as usize]
+                .iter()
+                .all(|&b| b == 0));
+            assert_eq!(
+                &got[4 * CS as usize..],
+                &data[4 * CS as usize..5 * CS as usize]
+            );
+            let zeros = dst.block_status(2 * CS, 2 * CS).unwrap();
+            let want = if version == 3 {
+                ExtentKind::Zero
+            } else {
+                ExtentKind::Data
+            };
+            assert_eq!(zeros.kind, want, "v{version}");
+            let rest = dst.block_status(5 * CS, 11 * CS).unwrap();
+            assert_eq!(
+                (rest.kind, rest.length),
+                (ExtentKind::Unallocated, 11 * CS),
+                "v{version}"
+            );
+            // Reading what the delta does not hold asks the unopened backing file.
+            assert!(dst.read_at(&mut got[..10], 6 * CS).is_err());
+        }
+    }
+
+    #[test]
     fn the_output_takes_the_sources_codec_when_it_can() {
         let o = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
-            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let zstd = Some(CompressionType::Zstd);
         let zlib = Some(CompressionType::Zlib);
@@ -319,7 +384,11 @@ mod tests {
             output_options(&o(&[("compat", "0.10")]), zstd).unwrap(),
             (o(&[("compat", "0.10")]), false)
         );
-        assert!(!output_options(&o(&[("compression_type", "zlib")]), zstd).unwrap().1);
+        assert!(
+            !output_options(&o(&[("compression_type", "zlib")]), zstd)
+                .unwrap()
+                .1
+        );
         assert!(!output_options(&[], None).unwrap().1);
         assert!(output_options(&o(&[("backing_file", "b")]), None).is_err());
     }

@@ -132,7 +132,14 @@ impl<S: Storage> Qcow2<S> {
                     let start = gc << cb;
                     let length = cs.min(to_size - start);
                     let zero = t == Reads::Zero;
-                    push_merged(&mut out, ChangedExtent { start, length, zero });
+                    push_merged(
+                        &mut out,
+                        ChangedExtent {
+                            start,
+                            length,
+                            zero,
+                        },
+                    );
                     if out.len() > MAX_CHANGED_EXTENTS {
                         return Err(Error::unsupported(format!(
                             "a delta of more than {MAX_CHANGED_EXTENTS} separate changed ranges"
@@ -228,7 +235,9 @@ mod tests {
         q.write_zeroes(20 * CS, CS).unwrap(); // zeros over zeros: no change
         q.write_at(&[4; 10], 30 * CS).unwrap(); // a new cluster
         let a = q.find_snapshot("A").unwrap();
-        let got = q.changed_extents(State::Snapshot(a), State::Active).unwrap();
+        let got = q
+            .changed_extents(State::Snapshot(a), State::Active)
+            .unwrap();
         assert_eq!(
             got,
             vec![
@@ -239,7 +248,9 @@ mod tests {
             ]
         );
         // The other way round: what was there in A comes back as data.
-        let back = q.changed_extents(State::Active, State::Snapshot(a)).unwrap();
+        let back = q
+            .changed_extents(State::Active, State::Snapshot(a))
+            .unwrap();
         assert_eq!(
             back,
             vec![
@@ -262,7 +273,9 @@ mod tests {
         q.snapshot_create("A", SnapshotTime::default()).unwrap();
         q.resize(40 * CS).unwrap();
         q.write_at(&[5; 10], 33 * CS).unwrap();
-        let got = q.changed_extents(State::Snapshot(0), State::Active).unwrap();
+        let got = q
+            .changed_extents(State::Snapshot(0), State::Active)
+            .unwrap();
         assert_eq!(got, vec![ext(33 * CS, CS, false)]);
     }
 

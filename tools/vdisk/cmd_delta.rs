@@ -44,9 +44,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let json = a.output.wants_json()?;
     let Some(from) = a.from.clone() else {
-        return Err(Error::invalid("delta needs --from SNAPSHOT (the old state)"));
+        return Err(Error::invalid(
+            "delta needs --from SNAPSHOT (the old state)",
+        ));
     };
-    let changes = Changes::Snapshots { from, to: a.to.clone() };
+    let changes = Changes::Snapshots {
+        from,
+        to: a.to.clone(),
+    };
     let source = Source {
         path: &a.image,
         format: a.format.get()?,
@@ -54,7 +59,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     if a.list {
         if a.delta.is_some() {
-            return Err(Error::invalid("--list writes no delta file: give only IMAGE"));
+            return Err(Error::invalid(
+                "--list writes no delta file: give only IMAGE",
+            ));
         }
         let extents = delta::list(&source, &changes)?;
         match json {
@@ -64,7 +71,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let Some(output) = &a.delta else {
-        return Err(Error::invalid("Expecting image file name and delta file name"));
+        return Err(Error::invalid("Expecting two image file names"));
     };
     let mut options = a.options.pairs()?;
     // -b and -F are qemu-img's spellings of the backing_file and backing_fmt options.

@@ -69,7 +69,11 @@ pub(super) fn cluster_runs(extents: &[ChangedExtent], cluster: u64, size: u64) -
         }
         // Clusters only partly inside a zero extent need the data around it.
         let head_end = if e.start > a { (a + cluster).min(b) } else { a };
-        let tail_start = if e.end() < b { (b - cluster).max(head_end) } else { b };
+        let tail_start = if e.end() < b {
+            (b - cluster).max(head_end)
+        } else {
+            b
+        };
         push_run(&mut runs, a, head_end, false);
         push_run(&mut runs, head_end, tail_start, true);
         push_run(&mut runs, tail_start, b, false);
@@ -152,7 +156,8 @@ fn copy_chunk(
         let at = pos + off;
         let kind = if n == 0 {
             Stored::End
-        } else if copy_compressed && n == cluster && copy_one_compressed(source, dst, at, cluster)? {
+        } else if copy_compressed && n == cluster && copy_one_compressed(source, dst, at, cluster)?
+        {
             Stored::Compressed
         } else if data.iter().all(|&b| b == 0) {
             Stored::Zero
