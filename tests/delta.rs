@@ -934,3 +934,50 @@ fn errors_are_one_line_and_match_qemu_img() {
         "--output",
     );
 }
+
+/// Deltas of 512-byte-cluster images name a backing file, which with the feature name
+/// table does not fit in the first cluster: the header leaves the table out, as QEMU's.
+#[test]
+fn an_overlay_with_512_byte_clusters_has_its_header_in_one_cluster_as_qemus() {
+    let dir = tempdir();
+    let d = dir.path();
+    let base = d.join("base.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "1M"]);
+    let (v, q) = (d.join("v.qcow2"), d.join("q.qcow2"));
+    for (tool, path) in [("vdisk", &v), ("qemu-img", &q)] {
+        let args = [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            path.to_str().unwrap(),
+        ];
+        match tool {
+            "vdisk" => vdisk_ok(&args),
+            _ => qemu_img_ok(&args),
+        };
+    }
+    assert_qemu_check_clean(&v);
+    let info = |p: &Path| {
+        let mut j = parse_json(
+            "info",
+            &qemu_img_ok(&["info", "--output=json", p.to_str().unwrap()]),
+        );
+        j.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !["filename", "actual-size", "children"].contains(&k.as_str()));
+        j
+    };
+    assert_eq!(info(&v), info(&q));
+    assert_eq!(
+        read(&v)[..512],
+        read(&q)[..512],
+        "the header clusters differ"
+    );
+}
