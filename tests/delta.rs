@@ -981,3 +981,43 @@ fn an_overlay_with_512_byte_clusters_has_its_header_in_one_cluster_as_qemus() {
         "the header clusters differ"
     );
 }
+
+/// A snapshot whose L1 table points past the end of the file, or whose L2 table holds a
+/// zero flag in a version 2 image: one clear error naming the structure, never a panic.
+#[test]
+fn broken_snapshot_tables_are_one_clear_error() {
+    use std::os::unix::fs::FileExt;
+    for (compat, poke_l2) in [("1.1", false), ("0.10", true)] {
+        let dir = tempdir();
+        let img = known_history(dir.path(), compat);
+        let i = img.to_str().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let be = |at: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            f.read_exact_at(&mut b, at).unwrap();
+            b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x))
+        };
+        // Snapshot A is the first entry of the snapshot table (header offset 64).
+        let l1 = be(be(64, 8), 8);
+        if poke_l2 {
+            let l2 = be(l1, 8) & 0x00ff_ffff_ffff_fe00;
+            f.write_all_at(&1u64.to_be_bytes(), l2 + 8 * 12).unwrap(); // cluster 12
+        } else {
+            f.write_all_at(&0x8000_0000_7fff_0000u64.to_be_bytes(), l1)
+                .unwrap();
+        }
+        drop(f);
+        let (_, err, code) = answer(vdisk(["delta", "--list", "--from", "A", i]));
+        assert_eq!((code, err.lines().count()), (1, 1), "{compat}: {err}");
+        let want = if poke_l2 {
+            "L2 table at 0x"
+        } else {
+            "snapshot L1 table at 0x"
+        };
+        assert!(err.contains(want), "{compat}: {err}");
+    }
+}
