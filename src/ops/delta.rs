@@ -129,7 +129,8 @@ pub fn write_delta(
 }
 
 /// `options` checked for a backing file without a format (refused as qemu-img refuses
-/// it), with the source's compression type added when none is chosen and the output can
+/// it) and for preallocation (which would hide the backing file), with the source's
+/// compression type added when none is chosen and the output can
 /// use it; and whether compressed clusters can be copied as they are.
 fn output_options(
     options: &[(String, String)],
@@ -146,6 +147,11 @@ fn output_options(
         return Err(Error::invalid(
             "Use of backing file requires explicit backing format",
         ));
+    }
+    if let Some(p) = last("preallocation").filter(|&p| p != "off") {
+        return Err(Error::invalid(format!(
+            "a delta holds only what changed: preallocation={p} would allocate every cluster and hide its backing file"
+        )));
     }
     let mut options = options.to_vec();
     let Some(codec) = source_codec else {
@@ -391,5 +397,7 @@ mod tests {
         );
         assert!(!output_options(&[], None).unwrap().1);
         assert!(output_options(&o(&[("backing_file", "b")]), None).is_err());
+        assert!(output_options(&o(&[("preallocation", "metadata")]), None).is_err());
+        assert!(output_options(&o(&[("preallocation", "off")]), None).is_ok());
     }
 }
