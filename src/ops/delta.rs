@@ -166,7 +166,9 @@ fn output_options(
             true
         }
     };
-    Ok((options, same))
+    // An external data file holds no compressed clusters.
+    let external = last("data_file").is_some();
+    Ok((options, same && !external))
 }
 
 /// Open the image of `source` as qcow2 with its backing chain, read-only; another format
@@ -399,5 +401,6 @@ mod tests {
         assert!(output_options(&o(&[("backing_file", "b")]), None).is_err());
         assert!(output_options(&o(&[("preallocation", "metadata")]), None).is_err());
         assert!(output_options(&o(&[("preallocation", "off")]), None).is_ok());
+        assert!(!output_options(&o(&[("data_file", "d")]), zlib).unwrap().1);
     }
 }
