@@ -521,20 +521,38 @@ impl Scan {
         let table = read_u64s(st, l2, (self.cs / 8) as usize, "an L2 table")?;
         // QEMU tracks contiguity per L2 table.
         *next_contiguous = 0;
-        for (index, &raw) in table.iter().enumerate() {
+        // Extended entries are pairs: the entry, then its subcluster bitmap.
+        let ext = self.extended_l2();
+        let stride = if ext { 2 } else { 1 };
+        for index in 0..table.len() / stride {
+            let raw = table[index * stride];
             let slot = L2Slot {
                 table: l2,
                 index,
                 raw,
                 active,
-                repairable: fate == TableFate::Repairable,
+                // (vdisk does not rewrite extended entries.)
+                repairable: fate == TableFate::Repairable && !ext,
                 // What a table that `-r all` drops points at says nothing about who owns
                 // a cluster.
                 claims: fate != TableFate::Lost,
             };
-            let e = match self.external_data() {
-                true => L2Entry::decode_external(raw, self.cb),
-                false => L2Entry::decode(raw, self.cb),
+            let e = if ext {
+                let bitmap = table[index * stride + 1];
+                let e = super::subcluster::decode(raw, bitmap, self.cb);
+                let compressed = matches!(e, L2Entry::Compressed { .. });
+                let host = e.host_cluster(self.cs);
+                if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
+                    r.msg(format!(
+                        "ERROR invalid subcluster bitmap {bitmap:#x} of L2 entry {raw:#x}: {why}"
+                    ));
+                    r.corruptions += 1;
+                }
+                e
+            } else if self.external_data() {
+                L2Entry::decode_external(raw, self.cb)
+            } else {
+                L2Entry::decode(raw, self.cb)
             };
             if raw & COMPRESSED == 0 && raw & entry::L2_RESERVED_MASK != 0 {
                 r.msg(format!(
@@ -550,6 +568,9 @@ impl Scan {
                     self.check_compressed_entry(r, slot, host, len)
                 }
                 L2Entry::Normal { host, .. }
+                | L2Entry::Sub {
+                    host: Some(host), ..
+                }
                 | L2Entry::Zero {
                     host: Some(host), ..
                 } if self.external_data() => {
@@ -562,16 +583,24 @@ impl Scan {
                         *next_contiguous = host + self.cs;
                     }
                 }
-                L2Entry::Normal { host, .. } => {
-                    self.check_allocated_entry(r, slot, host, true, next_contiguous)
-                }
+                L2Entry::Normal { host, .. }
+                | L2Entry::Sub {
+                    host: Some(host), ..
+                } => self.check_allocated_entry(r, slot, host, true, next_contiguous),
                 L2Entry::Zero {
                     host: Some(host), ..
                 } => self.check_allocated_entry(r, slot, host, false, next_contiguous),
-                L2Entry::Zero { host: None, .. } | L2Entry::Unallocated => {}
+                L2Entry::Zero { host: None, .. }
+                | L2Entry::Sub { host: None, .. }
+                | L2Entry::Unallocated => {}
             }
         }
         Ok(())
+    }
+
+    /// Whether L2 entries are extended (16 bytes with a subcluster bitmap).
+    pub(crate) fn extended_l2(&self) -> bool {
+        self.header.incompatible_features & super::header::incompat::EXTENDED_L2 != 0
     }
 
     /// Whether guest data lives in an external data file (and so is not refcounted here).

@@ -76,6 +76,9 @@ enum Reads {
     /// Stored in the image: the entry without its COPIED flag (a host offset, or a
     /// compressed descriptor).
     Stored(u64),
+    /// Subclusters of different kinds (extended L2 entries): the entry without its COPIED
+    /// flag, and its subcluster bitmap.
+    Subclusters(u64, u64),
     /// A cluster only partly inside the `from` state: never the same as anything.
     Partial,
 }
@@ -151,25 +154,34 @@ impl<S: Storage> Qcow2<S> {
         Ok(out)
     }
 
-    /// The entries of the L2 table at `offset` (all unallocated for offset 0).
-    fn l2_table_copy(&mut self, offset: u64) -> Result<Vec<u64>> {
+    /// The entries of the L2 table at `offset` (all unallocated for offset 0), each with
+    /// its subcluster bitmap (0 without extended L2 entries).
+    fn l2_table_copy(&mut self, offset: u64) -> Result<Vec<(u64, u64)>> {
         let n = self.geo.l2_entries() as usize;
-        let mut entries = vec![0u64; n];
+        let width = self.geo.l2_entry_bytes();
+        let mut entries = vec![(0u64, 0u64); n];
         if offset != 0 {
             self.load_table(Table::L2, offset)?;
             let table = self.l2_cache.peek(offset).unwrap_or(&[]);
-            if table.len() >= n * 8 {
-                BigEndian::read_u64_into(&table[..n * 8], &mut entries);
+            for (e, bytes) in entries.iter_mut().zip(table.chunks_exact(width)) {
+                e.0 = BigEndian::read_u64(bytes);
+                if width == 16 {
+                    e.1 = BigEndian::read_u64(&bytes[8..]);
+                }
             }
         }
         Ok(entries)
     }
 
-    /// What the guest reads at cluster `gc` through the L2 entry `raw` (of the table at
-    /// `table`, named in errors).
-    fn reads(&self, raw: u64, gc: u64, table: u64) -> Result<Reads> {
+    /// What the guest reads at cluster `gc` through the L2 entry `raw` with subcluster
+    /// bitmap `bitmap` (of the table at `table`, named in errors).
+    fn reads(&self, (raw, bitmap): (u64, u64), gc: u64, table: u64) -> Result<Reads> {
         let cb = self.geo.cluster_bits;
-        Ok(match L2Entry::decode(raw, cb) {
+        let e = match self.geo.extended_l2 {
+            true => super::subcluster::decode(raw, bitmap, cb),
+            false => L2Entry::decode(raw, cb),
+        };
+        Ok(match e {
             L2Entry::Zero { .. } if self.header.version < 3 => {
                 let idx = gc & (self.geo.l2_entries() - 1);
                 return Err(Error::corrupt(
@@ -183,6 +195,9 @@ impl<S: Storage> Qcow2<S> {
             L2Entry::Unallocated => Reads::Zero,
             L2Entry::Normal { host, .. } => Reads::Stored(host),
             L2Entry::Compressed { .. } => Reads::Stored(raw & !COPIED),
+            // Without a host cluster no subcluster is allocated: zeros or unallocated.
+            L2Entry::Sub { host: None, .. } if gc << cb >= self.backing_end() => Reads::Zero,
+            L2Entry::Sub { .. } => Reads::Subclusters(raw & !COPIED, bitmap),
         })
     }
 
