@@ -7,7 +7,8 @@
 //! and a range whose L1 entries name the same L2 table is unchanged as a whole (that table
 //! is not even read). Entries are compared by what a guest reads ([`Reads`]): every way of
 //! reading zeros is one kind, so a zero cluster where the other state has an unallocated
-//! one (and no backing file shows through) is no change.
+//! one (and no backing file shows through) is no change. Extended L2 entries are compared
+//! with their subcluster bitmaps.
 //!
 //! The result is a list of [`ChangedExtent`]s: guest ranges of the `to` state that differ,
 //! each marked as reading zeros there or not. Guest bytes past the `from` state's size
