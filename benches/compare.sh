@@ -495,7 +495,8 @@ row_convert_vhdx_to_raw() {
 # A 16 GiB qcow2 (64 KiB clusters) with 8 GiB allocated (the first half of every 2 GiB),
 # snapshot A, then 1% of its clusters rewritten (one in every 100, allocated or not) and
 # snapshot B; and the image at A (the full copy a delta applies to). Built once, with
-# large qemu-io writes.
+# large qemu-io writes; they take about 17 GiB in $BENCH_DIR, and the row 8 GiB more while
+# it runs (qemu-img's output, removed after the row).
 delta_files() {
     DIMG="$BENCH_DIR/delta-16g.qcow2"
     DBASE="$BENCH_DIR/delta-base.qcow2"
