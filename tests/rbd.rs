@@ -277,6 +277,34 @@ mod cluster {
     }
 
     #[test]
+    fn vmdk_images_sparse_and_stream_optimized_can_live_inside_rbd_images() {
+        let dir = tempdir();
+        let src = sparse_source(dir.path());
+        for subformat in ["monolithicSparse", "streamOptimized"] {
+            let img = TestImage::new(&format!("vmdk-{subformat}"));
+            let opt = format!("subformat={subformat}");
+            vdisk_ok(&[
+                "convert",
+                "-O",
+                "vmdk",
+                "-o",
+                &opt,
+                src.to_str().unwrap(),
+                &img.name(),
+            ]);
+            let check = qemu_img(["check", &img.name()]);
+            assert!(
+                check.status.success(),
+                "{}",
+                describe("qemu-img check", &check)
+            );
+            qemu_img_ok(&["compare", src.to_str().unwrap(), &img.name()]);
+            let info = parse_json("info", &vdisk_ok(&["info", "--output=json", &img.name()]));
+            assert_eq!(info["format"], "vmdk", "{subformat}");
+        }
+    }
+
+    #[test]
     fn create_resize_and_measure_work_on_rbd_names() {
         let img = TestImage::new("create");
         vdisk_ok(&["create", "-f", "raw", &img.name(), "32M"]);
