@@ -50,6 +50,7 @@ ROWS=(
     bench_read_4k_d16
     serve_nbdcopy_read
     convert_raw_to_rbd
+    convert_rbd_to_raw
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -522,6 +523,25 @@ row_convert_raw_to_rbd() {
     rbd rm --no-progress "$v" >/dev/null 2>&1 || true
     rbd rm --no-progress "$q" >/dev/null 2>&1 || true
     record "convert raw -> rbd:"
+}
+
+# rbd: -> raw: both tools read one RBD image (written by qemu-img, untimed) into a file.
+row_convert_rbd_to_raw() {
+    local pool=${CEPH_RBD_POOL:-rbd}
+    if [[ -z ${CEPH_CONF:-} ]] || ! timeout 20 rbd ls "$pool" >/dev/null 2>&1 || ((${#FEATURES[@]} == 0)); then
+        echo "   skipped: no Ceph cluster or no rbd feature (see convert_raw_to_rbd)"
+        return
+    fi
+    local img=$pool/vdisk-bench-src
+    rbd rm --no-progress "$img" >/dev/null 2>&1 || true
+    "$QEMU_IMG" convert -f raw -O raw "$SRC" "rbd:$img"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f raw -O raw "rbd:$img" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f raw -O raw "rbd:$img" "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    rbd rm --no-progress "$img" >/dev/null 2>&1 || true
+    record "convert rbd: -> raw"
 }
 
 for row in "${ROWS[@]}"; do
