@@ -16,6 +16,7 @@
 use super::cluster::{self, rbd_error, Cluster, ImageHandle, Pool};
 use super::ffi;
 use super::name::RbdName;
+use super::readahead::ReadAhead;
 use crate::storage::Storage;
 use std::collections::VecDeque;
 use std::io;
@@ -103,12 +104,14 @@ impl Window {
     }
 }
 
-/// An open RBD image. Fields drop in order: image, pool, cluster.
+/// An open RBD image. Fields drop in order: image, pool, cluster (`Drop` first waits for
+/// every request in flight). Locks are taken read-ahead first, then the write window.
 pub struct RbdStorage {
     image: ImageHandle,
     _pool: Pool,
     _cluster: Cluster,
     window: Mutex<Window>,
+    readahead: Mutex<ReadAhead>,
     size: AtomicU64,
     /// Bytes per RADOS object (4 MiB by default): qemu-img's cluster size for RBD.
     object_size: u64,
@@ -164,6 +167,7 @@ impl RbdStorage {
             _pool: pool,
             _cluster: cluster,
             window: Mutex::new(Window::default()),
+            readahead: Mutex::new(ReadAhead::default()),
             size: AtomicU64::new(stat.size),
             object_size: stat.obj_size,
             writable,
@@ -173,6 +177,32 @@ impl RbdStorage {
 
     fn window(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn readahead(&self) -> MutexGuard<'_, ReadAhead> {
+        self.readahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read `buf` at `offset` (within the image) with synchronous requests.
+    fn read_sync(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(MAX_REQUEST as usize);
+            let at = offset + done as u64;
+            let chunk = &mut buf[done..done + n];
+            // SAFETY: open image handle; `chunk` is valid for `n` bytes of writes.
+            let r = unsafe { ffi::rbd_read(self.image.0, at, n, chunk.as_mut_ptr().cast()) };
+            if r < 0 {
+                return Err(rbd_error(r as i64, &format!("error reading at {at:#x}")));
+            }
+            if r == 0 {
+                // The image shrank under us: the rest reads as zeros.
+                buf[done..].fill(0);
+                break;
+            }
+            done += r as usize;
+        }
+        Ok(())
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -252,37 +282,15 @@ extern "C" fn diff_callback(offset: u64, len: usize, exists: c_int, arg: *mut c_
 
 impl Storage for RbdStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut readahead = self.readahead();
         self.window().drain_overlapping(offset, buf.len() as u64)?;
         let size = self.size.load(Ordering::SeqCst);
         let avail = size.saturating_sub(offset).min(buf.len() as u64) as usize;
         let (head, tail) = buf.split_at_mut(avail);
         tail.fill(0);
-        let mut done = 0usize;
-        while done < head.len() {
-            let n = (head.len() - done).min(MAX_REQUEST as usize);
-            let chunk = &mut head[done..done + n];
-            // SAFETY: open image handle; `chunk` is valid for `n` bytes of writes.
-            let r = unsafe {
-                ffi::rbd_read(
-                    self.image.0,
-                    offset + done as u64,
-                    n,
-                    chunk.as_mut_ptr().cast(),
-                )
-            };
-            if r < 0 {
-                return Err(rbd_error(
-                    r as i64,
-                    &format!("error reading at {:#x}", offset + done as u64),
-                ));
-            }
-            if r == 0 {
-                // The image shrank under us: the rest reads as zeros.
-                head[done..].fill(0);
-                break;
-            }
-            done += r as usize;
-        }
+        let served = readahead.serve(head, offset)?;
+        self.read_sync(&mut head[served..], offset + served as u64)?;
+        readahead.advance(self.image.0, offset, head.len() as u64, size);
         Ok(())
     }
 
@@ -294,6 +302,8 @@ impl Storage for RbdStorage {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past 2^64"))?;
+        let mut readahead = self.readahead();
+        readahead.clear();
         let mut window = self.window();
         if end > self.size.load(Ordering::SeqCst) {
             self.resize_locked(&mut window, end)?;
@@ -360,12 +370,16 @@ impl Storage for RbdStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut readahead = self.readahead();
+        readahead.clear();
         let mut window = self.window();
         self.resize_locked(&mut window, len)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         self.check_writable()?;
+        let mut readahead = self.readahead();
+        readahead.clear();
         let mut window = self.window();
         window.drain()?;
         let end = offset
@@ -442,6 +456,7 @@ impl Drop for RbdStorage {
     fn drop(&mut self) {
         // Every buffer must outlive its request; errors were the caller's to collect with
         // flush, so they are dropped here.
+        self.readahead().clear();
         let _ = self.window().drain();
     }
 }

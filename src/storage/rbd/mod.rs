@@ -16,6 +16,8 @@ mod cluster;
 mod ffi;
 #[cfg(feature = "rbd")]
 mod image;
+#[cfg(feature = "rbd")]
+mod readahead;
 
 #[cfg(feature = "rbd")]
 pub use image::{RbdStorage, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
