@@ -50,6 +50,8 @@ ROWS=(
     bench_read_4k_d16
     serve_nbdcopy_read
     delta_snapshots
+    convert_raw_to_rbd
+    convert_rbd_to_raw
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -64,8 +66,11 @@ if [[ ! -x /usr/bin/time ]]; then
     fi
 fi
 
-echo "== building vdisk (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+# RBD (the convert_raw_to_rbd row) when librbd can be linked (Debian: librbd-dev).
+FEATURES=()
+[[ -f /usr/include/rbd/librbd.h ]] && FEATURES=(--features rbd)
+echo "== building vdisk (release${FEATURES[*]:+, ${FEATURES[*]}})"
+(cd "$ROOT" && cargo build --release --quiet "${FEATURES[@]}")
 
 mkdir -p "$BENCH_DIR"
 SRC="$BENCH_DIR/src.raw"
@@ -537,6 +542,54 @@ row_delta_snapshots() {
     VERIFIED="$VERIFIED; output $((vb >> 20)) MiB vs $((qb >> 20)) MiB, size ratio $(awk -v a="$vb" -v b="$qb" 'BEGIN { printf "%.4f", a / b }')"
     rm -f "$q" # 8 GiB
     record "delta A->B (16G, 1% changed)"
+}
+
+# raw -> rbd: on a running cluster (eval "$(.ci/ceph-dev.sh start)"); skipped without one.
+# Each run writes a new image (the previous one removed untimed), as convert creates it.
+row_convert_raw_to_rbd() {
+    local pool=${CEPH_RBD_POOL:-rbd}
+    if [[ -z ${CEPH_CONF:-} ]] || ! timeout 20 rbd ls "$pool" >/dev/null 2>&1; then
+        echo "   skipped: no Ceph cluster (eval \"\$(.ci/ceph-dev.sh start)\" first)"
+        return
+    fi
+    if ((${#FEATURES[@]} == 0)); then
+        echo "   skipped: vdisk built without the rbd feature (install librbd-dev)"
+        return
+    fi
+    local v=$pool/vdisk-bench-vdisk q=$pool/vdisk-bench-qemu
+    time_runs "rbd rm --no-progress $v >/dev/null 2>&1 || true" \
+        "$VDISK" convert -f raw -O raw "$SRC" "rbd:$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    time_runs "rbd rm --no-progress $q >/dev/null 2>&1 || true" \
+        "$QEMU_IMG" convert -f raw -O raw "$SRC" "rbd:$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "rbd:$v"
+    local vu qu
+    vu=$(rbd du --format json "$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["used_size"])')
+    qu=$(rbd du --format json "$q" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["used_size"])')
+    [[ $vu == "$qu" ]] || VERIFIED="$VERIFIED, rbd du $vu vs $qu"
+    rbd rm --no-progress "$v" >/dev/null 2>&1 || true
+    rbd rm --no-progress "$q" >/dev/null 2>&1 || true
+    record "convert raw -> rbd:"
+}
+
+# rbd: -> raw: both tools read one RBD image (written by qemu-img, untimed) into a file.
+row_convert_rbd_to_raw() {
+    local pool=${CEPH_RBD_POOL:-rbd}
+    if [[ -z ${CEPH_CONF:-} ]] || ! timeout 20 rbd ls "$pool" >/dev/null 2>&1 || ((${#FEATURES[@]} == 0)); then
+        echo "   skipped: no Ceph cluster or no rbd feature (see convert_raw_to_rbd)"
+        return
+    fi
+    local img=$pool/vdisk-bench-src
+    rbd rm --no-progress "$img" >/dev/null 2>&1 || true
+    "$QEMU_IMG" convert -f raw -O raw "$SRC" "rbd:$img"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f raw -O raw "rbd:$img" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f raw -O raw "rbd:$img" "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    rbd rm --no-progress "$img" >/dev/null 2>&1 || true
+    record "convert rbd: -> raw"
 }
 
 for row in "${ROWS[@]}"; do
