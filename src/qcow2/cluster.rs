@@ -24,13 +24,47 @@ impl<S: Storage> Qcow2<S> {
         self.load_table(Table::L2, l2_off)?;
         let idx = (gc & (self.geo.l2_entries() - 1)) as usize;
         let table = self.l2_cache.get(l2_off).unwrap_or(&[]);
-        Ok(BigEndian::read_u64(&table[idx * 8..]))
+        Ok(BigEndian::read_u64(
+            &table[idx * self.geo.l2_entry_bytes()..],
+        ))
+    }
+
+    /// The subcluster bitmap of guest cluster `gc` (0 without extended L2 entries).
+    fn l2_bitmap(&mut self, gc: u64) -> Result<u64> {
+        if !self.geo.extended_l2 {
+            return Ok(0);
+        }
+        let Some(l2_off) = self.l2_offset(gc >> self.geo.l2_bits) else {
+            return Ok(0);
+        };
+        self.load_table(Table::L2, l2_off)?;
+        let idx = (gc & (self.geo.l2_entries() - 1)) as usize;
+        let table = self.l2_cache.get(l2_off).unwrap_or(&[]);
+        Ok(BigEndian::read_u64(&table[idx * 16 + 8..]))
     }
 
     /// The decoded, validated L2 entry for guest cluster `gc`.
     pub(crate) fn l2_entry(&mut self, gc: u64) -> Result<L2Entry> {
         let raw = self.l2_raw(gc)?;
-        let e = L2Entry::decode(raw, self.geo.cluster_bits);
+        let e = if self.geo.extended_l2 {
+            let bitmap = self.l2_bitmap(gc)?;
+            let e = super::subcluster::decode(raw, bitmap, self.geo.cluster_bits);
+            let compressed = matches!(e, L2Entry::Compressed { .. });
+            let host = e.host_cluster(self.geo.cluster_size);
+            if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
+                let l2 = self.l2_offset(gc >> self.geo.l2_bits).unwrap_or(0);
+                return Err(Error::corrupt(
+                    "L2 table",
+                    l2,
+                    format!("entry of guest cluster {gc}: {why}"),
+                ));
+            }
+            e
+        } else if self.has_external_data() {
+            L2Entry::decode_external(raw, self.geo.cluster_bits)
+        } else {
+            L2Entry::decode(raw, self.geo.cluster_bits)
+        };
         self.validate_l2_entry(gc, raw, e)?;
         Ok(e)
     }
@@ -49,6 +83,9 @@ impl<S: Storage> Qcow2<S> {
         let file_end = self.file_len.div_ceil(cs) * cs;
         match e {
             L2Entry::Normal { host, .. }
+            | L2Entry::Sub {
+                host: Some(host), ..
+            }
             | L2Entry::Zero {
                 host: Some(host), ..
             } => {
@@ -58,12 +95,19 @@ impl<S: Storage> Qcow2<S> {
                 if self.header.version == 2 && matches!(e, L2Entry::Zero { .. }) {
                     return bad("zero flag in a version 2 image".into());
                 }
+                if self.has_external_data() {
+                    // The data file's clusters: any aligned offset (the file grows as needed).
+                    return Ok(());
+                }
                 if host >= file_end {
                     return bad(format!("host offset {host:#x} is past the end of the file"));
                 }
                 if host == 0 {
                     return bad("points at the image header".into());
                 }
+            }
+            L2Entry::Compressed { .. } if self.has_external_data() => {
+                return bad("compressed cluster in an image with an external data file".into());
             }
             L2Entry::Compressed { host, len }
                 if host.saturating_add(len) > file_end.saturating_add(512) || host < cs =>
@@ -131,6 +175,10 @@ impl<S: Storage> Qcow2<S> {
     /// Drop this image's reference(s) held by an L2 entry that is being replaced.
     pub(crate) fn release_entry(&mut self, e: L2Entry) {
         let cs = self.geo.cluster_size;
+        if self.has_external_data() {
+            // Data clusters belong to the data file, which has no refcounts.
+            return;
+        }
         match e {
             L2Entry::Normal { host, .. }
             | L2Entry::Zero {

@@ -4,7 +4,8 @@
 
 use super::entry::{L2Entry, COPIED};
 use super::mapping::Join;
-use super::{ioerr, Qcow2};
+use super::subcluster;
+use super::Qcow2;
 use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind};
 use crate::error::Result;
 use crate::storage::Storage;
@@ -20,10 +21,7 @@ impl<S: Storage> Qcow2<S> {
     /// starts `in_off` bytes into the run (a compressed run is one cluster).
     fn read_run_part(&mut self, gc: u64, e: L2Entry, in_off: u64, out: &mut [u8]) -> Result<()> {
         match e {
-            L2Entry::Normal { host, .. } => self
-                .storage
-                .read_at(out, host + in_off)
-                .map_err(ioerr("reading guest data")),
+            L2Entry::Normal { host, .. } => self.read_data(out, host + in_off),
             L2Entry::Zero { .. } => {
                 out.fill(0);
                 Ok(())
@@ -34,7 +32,38 @@ impl<S: Storage> Qcow2<S> {
                 out.copy_from_slice(&cluster[in_off as usize..in_off as usize + out.len()]);
                 Ok(())
             }
+            L2Entry::Sub { host, bitmap, .. } => {
+                self.read_subclusters(gc, host, bitmap, in_off, out)
+            }
         }
+    }
+
+    /// Read `out` from byte `in_off` of guest cluster `gc`, whose extended entry has `host`
+    /// and subcluster `bitmap`: run by run of subclusters alike.
+    fn read_subclusters(
+        &mut self,
+        gc: u64,
+        host: Option<u64>,
+        bitmap: u64,
+        in_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let end = in_off + out.len() as u64;
+        let mut pos = in_off;
+        while pos < end {
+            let (state, len) = subcluster::run(host, bitmap, pos, end, cs);
+            let part = &mut out[(pos - in_off) as usize..(pos - in_off + len) as usize];
+            match state {
+                subcluster::State::Data(at) => self.read_data(part, at)?,
+                subcluster::State::Zero(_) => part.fill(0),
+                subcluster::State::Unallocated(_) => {
+                    self.read_backing(part, (gc << self.geo.cluster_bits) + pos)?
+                }
+            }
+            pos += len;
+        }
+        Ok(())
     }
 
     /// Read from the backing image; past its end (or with none) the guest sees zeros.
@@ -75,11 +104,11 @@ impl<S: Storage> Qcow2<S> {
             let run = self.extend_run(gc, first, end.div_ceil(cs), Join::Entries)?;
             let run_end = (run.end() << cb).min(end);
             let at = host + (pos & (cs - 1));
-            self.check_data_write(at, run_end - pos)?;
+            if !self.has_external_data() {
+                self.check_data_write(at, run_end - pos)?;
+            }
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.storage
-                .write_at(src, at)
-                .map_err(ioerr("writing guest data"))?;
+            self.write_data(src, at)?;
             pos = run_end;
         }
         Ok(())
@@ -128,14 +157,16 @@ impl<S: Storage> Qcow2<S> {
         let run_start = gc0 << cb;
         let run_end = ((gc0 + n) << cb).min(end);
         let l2_off = self.l2_for_write(l1_index)?;
-        let host = self.alloc_clusters(n)?;
+        // An external data file holds each cluster at its guest offset.
+        let host = match self.has_external_data() {
+            true => run_start,
+            false => self.alloc_clusters(n)?,
+        };
         let head = pos - run_start;
         let tail = ((gc0 + n) << cb) - run_end;
         if head == 0 && tail == 0 {
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.storage
-                .write_at(src, host)
-                .map_err(ioerr("writing guest data"))?;
+            self.write_data(src, host)?;
         } else {
             let mut data = vec![0u8; (n * cs) as usize];
             if head > 0 {
@@ -148,9 +179,7 @@ impl<S: Storage> Qcow2<S> {
             }
             data[head as usize..(run_end - run_start) as usize]
                 .copy_from_slice(&buf[(pos - offset) as usize..(run_end - offset) as usize]);
-            self.storage
-                .write_at(&data, host)
-                .map_err(ioerr("writing guest data"))?;
+            self.write_data(&data, host)?;
         }
         for (k, old) in olds.into_iter().enumerate() {
             let k = k as u64;
@@ -232,6 +261,44 @@ impl<S: Storage> Qcow2<S> {
         (a, b, end)
     }
 
+    /// Block status at guest `offset` (before `end`) inside a cluster of subclusters not all
+    /// alike: the run of subclusters alike, resolved through the backing file when
+    /// unallocated.
+    fn subcluster_status(
+        &mut self,
+        offset: u64,
+        end: u64,
+        host: Option<u64>,
+        bitmap: u64,
+    ) -> Result<Extent> {
+        let cs = self.geo.cluster_size;
+        let base = offset & !(cs - 1);
+        let (state, len) = subcluster::run(host, bitmap, offset - base, (end - base).min(cs), cs);
+        let (kind, host_offset) = match state {
+            subcluster::State::Data(h) => (ExtentKind::Data, Some(h)),
+            subcluster::State::Zero(h) => (ExtentKind::Zero, h),
+            subcluster::State::Unallocated(h) => {
+                if let Some(b) = self.backing.as_mut() {
+                    let bsize = b.virtual_size();
+                    if offset < bsize {
+                        let mut sub = b.block_status(offset, len.min(bsize - offset))?;
+                        sub.depth += 1;
+                        return Ok(sub);
+                    }
+                }
+                (ExtentKind::Unallocated, h)
+            }
+        };
+        Ok(Extent {
+            start: offset,
+            length: len,
+            kind,
+            host_offset,
+            compressed: false,
+            depth: 0,
+        })
+    }
+
     fn virtual_size_raw(&self) -> u64 {
         self.header.size
     }
@@ -270,12 +337,14 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, buf.len() as u64)?;
+        self.track_guest_write(offset, buf.len() as u64)?;
         self.do_write(buf, offset)
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
+        self.track_guest_write(offset, len)?;
         let (a, b, end) = self.aligned_parts(offset, len);
         self.zero_partial(offset, a - offset)?;
         if b > a {
@@ -283,6 +352,7 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
             let n = (b - a).div_ceil(self.geo.cluster_size);
             if self.header.version >= 3 {
                 self.set_clusters(a >> cb, n, true)?;
+                self.zero_raw_data(a, b - a)?;
             } else if self.unallocated_is_zero() {
                 self.set_clusters(a >> cb, n, false)?;
             } else {
@@ -305,6 +375,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
+        // As QEMU: the whole requested range is dirty, even the parts left as they were.
+        self.track_guest_write(offset, len)?;
         let (a, b, _) = self.aligned_parts(offset, len);
         if b <= a {
             return Ok(());
@@ -312,7 +384,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         let cb = self.geo.cluster_bits;
         let n = (b - a).div_ceil(self.geo.cluster_size);
         if self.unallocated_is_zero() {
-            self.set_clusters(a >> cb, n, false)
+            self.set_clusters(a >> cb, n, false)?;
+            self.zero_raw_data(a, b - a)
         } else if self.header.version >= 3 {
             self.set_clusters(a >> cb, n, true)
         } else {
@@ -324,6 +397,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         self.flush_metadata()
     }
 
+    fn close(&mut self) -> Result<()> {
+        self.flush_metadata()?;
+        self.store_bitmaps()
+    }
+
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
         check_range(self.header.size, offset, max_len.min(1))?;
         let cb = self.geo.cluster_bits;
@@ -331,13 +409,16 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         let end = offset.saturating_add(max_len.max(1)).min(self.header.size);
         let run = self.map_run(offset >> cb, end.div_ceil(cs), Join::Reads)?;
         let run_end = (run.end() << cb).min(end);
+        if let L2Entry::Sub { host, bitmap, .. } = run.first {
+            return self.subcluster_status(offset, end, host, bitmap);
+        }
         let (kind, host_offset, compressed) = match run.first {
             L2Entry::Normal { host, .. } => {
                 (ExtentKind::Data, Some(host + (offset & (cs - 1))), false)
             }
             L2Entry::Compressed { host, .. } => (ExtentKind::Data, Some(host), true),
             L2Entry::Zero { .. } => (ExtentKind::Zero, None, false),
-            L2Entry::Unallocated => (ExtentKind::Unallocated, None, false),
+            L2Entry::Unallocated | L2Entry::Sub { .. } => (ExtentKind::Unallocated, None, false),
         };
         if kind == ExtentKind::Unallocated {
             if let Some(b) = self.backing.as_mut() {
@@ -377,6 +458,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     }
 
     fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.refuse_with_data_file("compressed clusters")?;
+        self.track_guest_write(offset, self.geo.cluster_size)?;
         self.store_compressed(offset, compressed)
     }
 
@@ -398,7 +481,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 impl<S: Storage> Drop for Qcow2<S> {
     fn drop(&mut self) {
         if !self.read_only {
-            let _ = self.flush_metadata();
+            // A close that was not asked for: errors cannot be reported, and bitmaps that
+            // could not be stored stay marked in use (inconsistent), as after a crash.
+            if self.flush_metadata().is_ok() {
+                let _ = self.store_bitmaps();
+            }
         }
     }
 }
