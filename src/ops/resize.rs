@@ -59,7 +59,9 @@ fn refuse(
     let size = new_size(spec, current)?;
     check_direction(shrink, current, size, prealloc)?;
     // qemu-img's words.
-    Err(Error::invalid("Image format driver does not support resize"))
+    Err(Error::invalid(
+        "Image format driver does not support resize",
+    ))
 }
 
 /// What the format's policy refuses: a size that is not whole sectors, a preallocation
