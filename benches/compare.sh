@@ -11,7 +11,8 @@
 # between runs; outputs are overwritten.
 #
 # Adding a row: write a function row_NAME that calls `measure` twice (once per tool) and
-# `verify`, then add NAME to ROWS below. See row_convert_raw_to_qcow2 for the pattern.
+# `verify`, then add NAME to ROWS below. See row_convert_raw_to_qcow2 for the pattern, and
+# convert_row for a plain convert between two formats.
 
 set -euo pipefail
 
@@ -40,6 +41,9 @@ ROWS=(
     convert_vpc_to_raw
     convert_raw_to_vhdx
     convert_vhdx_to_raw
+    convert_raw_to_vdi
+    convert_vdi_to_raw
+    convert_qcow2_to_vhdx
     snapshot_create
     snapshot_apply
     snapshot_delete
@@ -297,25 +301,37 @@ row_convert_vmdk_to_raw() {
     record "convert vmdk -> raw"
 }
 
-row_convert_raw_to_vpc() {
-    measure "$BENCH_DIR/vdisk.vhd" "$VDISK" convert -f raw -O vpc "$SRC" "$BENCH_DIR/vdisk.vhd"
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu.vhd" "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$BENCH_DIR/qemu.vhd"
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk.vhd"
-    record "convert raw -> vpc"
+# qemu_made FMT: the source image as qemu-img converts it to FMT (made once, kept), for
+# the rows that read FMT.
+qemu_made() {
+    local out="$BENCH_DIR/qemu-src.$1"
+    [[ -f $out ]] || "$QEMU_IMG" convert -f raw -O "$1" "$SRC" "$out"
+    echo "$out"
 }
 
-row_convert_vpc_to_raw() {
-    local in="$BENCH_DIR/qemu.vhd"
-    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$in"
-    measure "$BENCH_DIR/vdisk-h.raw" "$VDISK" convert -f vpc -O raw "$in" "$BENCH_DIR/vdisk-h.raw"
+# convert_row FROM TO INPUT: time `convert -f FROM -O TO INPUT` for both tools, check that
+# vdisk's output holds the source's data (and passes qemu-img check where QEMU checks TO).
+convert_row() {
+    local from=$1 to=$2 in=$3
+    local v="$BENCH_DIR/vdisk-out.$to" q="$BENCH_DIR/qemu-out.$to"
+    measure "$v" "$VDISK" convert -f "$from" -O "$to" "$in" "$v"
     V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu-h.raw" "$QEMU_IMG" convert -f vpc -O raw "$in" "$BENCH_DIR/qemu-h.raw"
+    measure "$q" "$QEMU_IMG" convert -f "$from" -O "$to" "$in" "$q"
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk-h.raw"
-    record "convert vpc -> raw"
+    verify "$SRC" "$v"
+    case $to in
+    qcow2 | vdi | vhdx) "$QEMU_IMG" check -q -f "$to" "$v" || { VERIFIED="check failed"; FAILED=1; } ;;
+    esac
+    record "convert $from -> $to"
 }
+
+row_convert_raw_to_vpc() { convert_row raw vpc "$SRC"; }
+row_convert_vpc_to_raw() { convert_row vpc raw "$(qemu_made vpc)"; }
+row_convert_raw_to_vhdx() { convert_row raw vhdx "$SRC"; }
+row_convert_vhdx_to_raw() { convert_row vhdx raw "$(qemu_made vhdx)"; }
+row_convert_raw_to_vdi() { convert_row raw vdi "$SRC"; }
+row_convert_vdi_to_raw() { convert_row vdi raw "$(qemu_made vdi)"; }
+row_convert_qcow2_to_vhdx() { convert_row qcow2 vhdx "$(qemu_made qcow2)"; }
 
 row_snapshot_create() {
     full4k
@@ -473,28 +489,6 @@ row_serve_nbdcopy_read() {
     serve_time qemu-nbd -f qcow2
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     record "serve: nbdcopy qcow2 -> null:"
-}
-
-row_convert_raw_to_vhdx() {
-    measure "$BENCH_DIR/vdisk.vhdx" "$VDISK" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/vdisk.vhdx"
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu.vhdx" "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/qemu.vhdx"
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk.vhdx"
-    "$QEMU_IMG" check -q "$BENCH_DIR/vdisk.vhdx" || { VERIFIED="check failed"; FAILED=1; }
-    record "convert raw -> vhdx"
-}
-
-row_convert_vhdx_to_raw() {
-    # Both tools read the VHDX qemu-img made in the previous row.
-    local in="$BENCH_DIR/qemu.vhdx"
-    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$in"
-    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f vhdx -O raw "$in" "$BENCH_DIR/vdisk.raw"
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f vhdx -O raw "$in" "$BENCH_DIR/qemu.raw"
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk.raw"
-    record "convert vhdx -> raw"
 }
 
 # A 16 GiB qcow2 (64 KiB clusters) with 8 GiB allocated (the first half of every 2 GiB),
