@@ -1,5 +1,5 @@
 //! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-A] [-e N] [-t]
-//! [--discard MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
+//! [--discard MODE] [--detect-zeroes MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
 //! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
 //! their meaning is qemu-nbd's, not qemu-img's.
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vdisk::image::Format;
 use vdisk::nbd::open::{self, OpenExport, Source};
 use vdisk::nbd::server::{self, Listener, ServeOptions};
-use vdisk::nbd::{Export, ExportConfig};
+use vdisk::nbd::{DetectZeroes, Export, ExportConfig};
 use vdisk::{Error, Result};
 
 /// Arguments of `serve`.
@@ -52,6 +52,10 @@ pub struct Args {
     /// What TRIM does: ignore (default) or unmap.
     #[arg(long = "discard", default_value = "ignore")]
     discard: String,
+    /// What a write of all-zero data becomes: off (a write), on (zeroing that keeps the
+    /// storage) or unmap (zeroing that releases it; needs --discard=unmap).
+    #[arg(long = "detect-zeroes", default_value = "off")]
+    detect_zeroes: String,
     /// Host cache mode: unsafe skips fdatasync on FLUSH; none, writeback, writethrough
     /// and directsync keep every flush durable.
     #[arg(long = "cache", default_value = "writeback")]
@@ -90,16 +94,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
              does not have yet"
         )));
     }
-    let discard = match a.discard.as_str() {
-        "ignore" | "off" => false,
-        "unmap" | "on" => true,
-        d => return Err(Error::invalid(format!("invalid discard mode '{d}'"))),
-    };
-    let unsafe_cache = match a.cache.as_str() {
-        "unsafe" => true,
-        "none" | "writeback" | "writethrough" | "directsync" => false,
-        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
-    };
+    let (discard, detect_zeroes, unsafe_cache) = modes(&a)?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let source = match (&a.load_snapshot, a.snapshot) {
         (Some(_), true) => {
@@ -125,6 +120,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         read_only,
         allocation_depth: a.allocation_depth,
         discard,
+        detect_zeroes,
         shared: a.shared,
     };
     let export = Arc::new(Export::new(device, config));
@@ -149,6 +145,37 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--discard`, `--detect-zeroes` and `--cache` modes, refused as qemu-nbd refuses them.
+fn modes(a: &Args) -> Result<(bool, DetectZeroes, bool)> {
+    let discard = match a.discard.as_str() {
+        "ignore" | "off" => false,
+        "unmap" | "on" => true,
+        d => return Err(Error::invalid(format!("Invalid discard mode `{d}'"))),
+    };
+    let detect_zeroes = match a.detect_zeroes.as_str() {
+        "off" => DetectZeroes::Off,
+        "on" => DetectZeroes::On,
+        "unmap" if discard => DetectZeroes::Unmap,
+        "unmap" => {
+            return Err(Error::invalid(
+                "setting detect-zeroes to unmap is not allowed without setting discard \
+                 operation to unmap",
+            ))
+        }
+        d => {
+            return Err(Error::invalid(format!(
+                "Failed to parse detect_zeroes mode: invalid parameter value: {d}"
+            )))
+        }
+    };
+    let unsafe_cache = match a.cache.as_str() {
+        "unsafe" => true,
+        "none" | "writeback" | "writethrough" | "directsync" => false,
+        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
+    };
+    Ok((discard, detect_zeroes, unsafe_cache))
 }
 
 fn listen(a: &Args) -> Result<Listener> {
