@@ -574,10 +574,7 @@ mod tests {
 
     #[test]
     fn a_dirty_bitmap_is_listed_and_selected_by_its_name_or_namespace() {
-        let source = crate::nbd::dirty::fake::Ranges {
-            name: "b0".into(),
-            ranges: Vec::new(),
-        };
+        let source = crate::nbd::dirty::StaticRanges::new("b0", Vec::new());
         let e = export(ExportConfig::default()).with_dirty_bitmap(Box::new(source));
         let query = |q: &[&str]| {
             let mut d = vec![0, 0, 0, 0];

@@ -7,7 +7,7 @@ use super::proto::{self, Request};
 use super::transmission::{is_zero, serve_requests};
 use super::{DetectZeroes, Export};
 use crate::device::{BlockDevice, ExtentKind};
-use crate::nbd::dirty::fake::Ranges;
+use crate::nbd::dirty::StaticRanges;
 use crate::nbd::ExportConfig;
 use crate::qcow2::{self, CreateOptions};
 use crate::storage::MemStorage;
@@ -91,10 +91,7 @@ fn a_structured_read_sends_holes_as_hole_chunks_and_one_data_chunk_with_df() {
 
 #[test]
 fn the_dirty_bitmap_context_reports_the_sources_runs() {
-    let source = Ranges {
-        name: "b0".into(),
-        ranges: vec![(4096, 8192), (200 << 10, 4096)],
-    };
+    let source = StaticRanges::new("b0", vec![(4096, 8192), (200 << 10, 4096)]);
     let e = qcow2_export(ExportConfig::default()).with_dirty_bitmap(Box::new(source));
     let contexts = vec![MetaContext::BaseAllocation, MetaContext::DirtyBitmap];
     let mut out = Vec::new();
