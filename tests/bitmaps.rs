@@ -590,9 +590,47 @@ fn a_hostile_bitmap_table_is_one_clear_error_and_nothing_is_written() {
             );
             assert_bytes_eq(&w, &read(&img), &bad);
         }
+        // check reports the entry as a corruption (exit 2), and the cluster it still names
+        // as in use; qemu-img check cannot open the image at all (exit 1).
+        let v = vdisk(["check", s(&img)]);
+        assert_eq!(
+            v.status.code(),
+            Some(2),
+            "{what}: {}",
+            describe("vdisk check", &v)
+        );
+        let same_cluster = entry & 0x00ff_ffff_ffff_fe00 == data;
+        assert!(
+            !same_cluster || !String::from_utf8_lossy(&v.stdout).contains("leaked"),
+            "{what}: {}",
+            describe("vdisk check", &v)
+        );
         let e = image::open(&img, &ImageOptions::default())
             .err()
             .expect("a writable open fails");
         assert!(e.to_string().contains("bitmap table"), "{what}: {e}");
+    }
+}
+
+#[test]
+fn qemu_and_vdisk_taking_turns_on_one_image_keep_one_consistent_bitmap() {
+    let dir = tempdir();
+    let (turns, qemu_only) = (dir.path().join("t.qcow2"), dir.path().join("q.qcow2"));
+    image_with_bitmaps(&turns);
+    std::fs::copy(&turns, &qemu_only).expect("copy");
+    let sessions: [&[G]; 4] = [
+        &[G::Write(64 << 10, 4096, 1), G::Zero(5 << 20, 8192)],
+        &[G::Discard(1 << 20, 1 << 20), G::Write(3 << 20, 100, 2)],
+        &[G::Write(6 << 20, 65536, 3)],
+        &[G::Zero(0, 4096), G::Write((8 << 20) - 4096, 4096, 4)],
+    ];
+    for (i, ops) in sessions.iter().enumerate() {
+        if i % 2 == 0 {
+            vdisk_guest(&turns, ops);
+        } else {
+            qemu_guest(&turns, ops);
+        }
+        qemu_guest(&qemu_only, ops);
+        assert_same_bitmaps(&format!("after session {i}"), &qemu_only, &turns);
     }
 }
