@@ -1,6 +1,7 @@
 //! `vdisk serve` under writes, against qemu-nbd as the oracle: how zeroing requests and
 //! `--detect-zeroes` leave the image's clusters (per `qemu-img map`), and SIGTERM in the
-//! middle of a client's writes (every acknowledged write kept, the image clean).
+//! middle of a client's writes (every acknowledged write kept, the image clean), and
+//! enabled persistent bitmaps marked by writes and zeroing through the server.
 
 mod common;
 mod nbd_common;
@@ -164,4 +165,45 @@ fn writable_exports_advertise_what_qemu_nbd_advertises() {
         }
         assert_text_eq(&format!("nbdinfo with {flags:?}"), &answers[1], &answers[0]);
     }
+}
+
+#[test]
+fn writes_and_zeroing_through_the_server_mark_enabled_bitmaps_as_through_qemu_nbd() {
+    let t = Twins::new();
+    let img = t.work("m.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
+    qemu_io_ok(&["-c", "write -P 1 0 1M", s(&img)]);
+    qemu_img_ok(&["bitmap", "--add", s(&img), "b0"]);
+    let session = [
+        "write -P 7 64k 4k",
+        "write -P 0 512k 64k",
+        "write -z 2M 64k",
+        "write -z -u 3M 128k",
+        "discard 1536k 64k",
+    ];
+    let mut maps = Vec::new();
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let image = t.path(tool, "m.qcow2");
+        std::fs::copy(&img, &image).expect("a copy");
+        let flags = ["-f", "qcow2", "--discard=unmap", "--detect-zeroes=on"];
+        let server = Server::start(tool, &image, Via::Unix, &flags);
+        let mut args = vec!["-f".to_string(), "raw".to_string()];
+        for c in session {
+            args.extend(["-c".to_string(), c.to_string()]);
+        }
+        args.push(server.uri(""));
+        qemu_io_ok(&args);
+        server.stop();
+        assert_qemu_check_clean(&image);
+        // qemu-nbd reads the stored bitmap back for both images.
+        let reader = Server::start(Tool::Qemu, &image, Via::Unix, &["-r", "-B", "b0"]);
+        maps.push(sh(&[
+            "nbdinfo",
+            "--map=qemu:dirty-bitmap:b0",
+            &reader.uri(""),
+        ]));
+        reader.stop();
+    }
+    assert!(maps[1].contains("dirty"), "{}", maps[1]);
+    assert_text_eq("bitmap b0 after the session", &maps[1], &maps[0]);
 }
