@@ -53,6 +53,11 @@ ROWS=(
     bench_read_4k_d1
     bench_read_4k_d16
     serve_nbdcopy_read
+    serve_convert_read
+    serve_bench_read_4k_d1
+    serve_bench_read_4k_d16
+    serve_bench_write_4k_d1
+    serve_bench_write_4k_d16
     delta_snapshots
     convert_raw_to_rbd
     convert_rbd_to_raw
@@ -459,19 +464,22 @@ bench_row() {
 row_bench_read_4k_d1() { bench_row 1; }
 row_bench_read_4k_d16() { bench_row 16; }
 
-# serve_time PROGRAM ARGS...: start an NBD server on a Unix socket (read-only, 4 clients,
-# persistent), time `nbdcopy` of the whole export to null: ($RUNS runs), then stop it. Sets
-# BEST_S, and PEAK_MIB to the server's peak RSS (not nbdcopy's).
+# serve_time PROGRAM ARGS...: start an NBD server on a Unix socket (read-only unless
+# SERVE_RW=1; 4 clients; persistent) for $SERVE_IMG, time the client command CLIENT (an
+# array; the word NBD_URI in it becomes the export's URI; OUT, if set, is removed before
+# each run) $RUNS times, then stop the server. Sets BEST_S, and PEAK_MIB to the server's
+# peak RSS (not the client's). Both servers get the same flags and the same client.
 serve_time() {
-    local sock="$BENCH_DIR/nbd.sock" pidf="$BENCH_DIR/nbd.pid"
+    local sock="$BENCH_DIR/nbd.sock" pidf="$BENCH_DIR/nbd.pid" ro=(-r)
+    [[ ${SERVE_RW:-0} == 1 ]] && ro=()
     rm -f "$sock" "$pidf"
-    "$@" -r -e 4 -t --socket="$sock" --pid-file="$pidf" "$SERVE_IMG" &
-    local pid=$! i=0
+    "$@" "${ro[@]}" -e 4 -t --socket="$sock" --pid-file="$pidf" "$SERVE_IMG" &
+    local pid=$! i=0 uri="nbd+unix:///?socket=$sock"
     trap "kill -TERM $pid 2>/dev/null" EXIT
     while [[ ! -s $pidf ]] && ((i++ < 500)); do sleep 0.01; done
-    time_runs "" nbdcopy "nbd+unix:///?socket=$sock" null:
-    if [[ $1 == "$VDISK" ]]; then
-        verify "$SERVE_IMG" "nbd+unix:///?socket=$sock"
+    time_runs "rm -f '${OUT:-}'" "${CLIENT[@]/NBD_URI/$uri}"
+    if [[ $1 == "$VDISK" && ${SERVE_RW:-0} != 1 ]]; then
+        verify "$SERVE_IMG" "$uri"
     fi
     PEAK_MIB=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$pid/status")
     kill -TERM "$pid"
@@ -479,17 +487,67 @@ serve_time() {
     trap - EXIT
 }
 
-row_serve_nbdcopy_read() {
+# The 1 GiB qcow2 both servers export (made by qemu-img from the source image).
+serve_image() {
     command -v nbdcopy >/dev/null || die "nbdcopy not found: install libnbd-bin"
     command -v qemu-nbd >/dev/null || die "qemu-nbd not found: install qemu-utils"
     SERVE_IMG="$BENCH_DIR/serve.qcow2"
     [[ -f $SERVE_IMG ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$SERVE_IMG"
+}
+
+# serve_row NAME: time CLIENT against `vdisk serve`, then against `qemu-nbd`, and record.
+serve_row() {
     serve_time "$VDISK" serve -f qcow2
     V_S=$BEST_S V_MIB=$PEAK_MIB
     serve_time qemu-nbd -f qcow2
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    record "serve: nbdcopy qcow2 -> null:"
+    record "$1"
 }
+
+row_serve_nbdcopy_read() {
+    serve_image
+    CLIENT=(nbdcopy NBD_URI null:) OUT=""
+    serve_row "serve: nbdcopy qcow2 -> null:"
+}
+
+row_serve_convert_read() {
+    serve_image
+    OUT="$BENCH_DIR/nbd-out.raw"
+    CLIENT=("$QEMU_IMG" convert -f raw -O raw NBD_URI "$OUT")
+    serve_row "serve: qemu-img convert -O raw"
+    OUT=""
+}
+
+# serve_bench_row DEPTH [-w]: qemu-img bench over NBD, 100,000 requests of 4 KiB spread
+# over the disk as in bench_row, DEPTH in flight on one connection. Writes (-w) go to a
+# scratch copy of the image per server; the two copies must end up with the same data.
+serve_bench_row() {
+    serve_image
+    local depth=$1 w=${2:-} what=reads img=$SERVE_IMG
+    CLIENT=("$QEMU_IMG" bench -f raw -c 100000 -d "$depth" -s 4k -S 1052672 $w NBD_URI) OUT=""
+    if [[ -z $w ]]; then
+        serve_row "serve: bench 4K reads -d $depth"
+        return
+    fi
+    what=writes
+    SERVE_RW=1
+    SERVE_IMG="$BENCH_DIR/serve-v.qcow2"
+    cp --sparse=always "$img" "$SERVE_IMG"
+    serve_time "$VDISK" serve -f qcow2
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    SERVE_IMG="$BENCH_DIR/serve-q.qcow2"
+    cp --sparse=always "$img" "$SERVE_IMG"
+    serve_time qemu-nbd -f qcow2
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    SERVE_RW=0 SERVE_IMG=$img
+    verify_inplace "$BENCH_DIR/serve-v.qcow2" "$BENCH_DIR/serve-q.qcow2"
+    record "serve: bench 4K $what -d $depth"
+}
+
+row_serve_bench_read_4k_d1() { serve_bench_row 1; }
+row_serve_bench_read_4k_d16() { serve_bench_row 16; }
+row_serve_bench_write_4k_d1() { serve_bench_row 1 -w; }
+row_serve_bench_write_4k_d16() { serve_bench_row 16 -w; }
 
 # A 16 GiB qcow2 (64 KiB clusters) with 8 GiB allocated (the first half of every 2 GiB),
 # snapshot A, then 1% of its clusters rewritten (one in every 100, allocated or not) and

@@ -134,6 +134,16 @@ pub trait BlockDevice: Send {
     /// Make the guest range read as zeros, deallocating where the format allows.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
 
+    /// Make the guest range read as zeros the way qemu's write-zeroes request does: every
+    /// whole allocation unit becomes a zero unit, keeping the storage it held where this
+    /// image alone owns it unless `may_unmap` allows releasing it (qemu-nbd's WRITE_ZEROES
+    /// and `--detect-zeroes`). Partial units get zero bytes. The default is
+    /// [`write_zeroes`](Self::write_zeroes), for formats without zero units.
+    fn zero_range(&mut self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        let _ = may_unmap;
+        self.write_zeroes(offset, len)
+    }
+
     /// Tell the image the guest no longer needs the range. Afterwards the range reads as
     /// zeros where whole allocation units were released, and is unchanged elsewhere.
     fn discard(&mut self, offset: u64, len: u64) -> Result<()>;
@@ -237,6 +247,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         (**self).write_zeroes(offset, len)
+    }
+    fn zero_range(&mut self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        (**self).zero_range(offset, len, may_unmap)
     }
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         (**self).discard(offset, len)

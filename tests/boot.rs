@@ -7,13 +7,15 @@
 //! and the last sector of a 10 GiB disk. The matrix: raw, qcow2 v2 and v3 with 4 KiB,
 //! 64 KiB and 2 MiB clusters, a qcow2 overlay on a raw base, a qcow2 after a snapshot
 //! rollback, a base after `vdisk commit`, VMDK monolithicSparse and streamOptimized, and a
-//! compressed qcow2 (once `vdisk convert -c` exists).
+//! compressed qcow2 (once `vdisk convert -c` exists). QEMU also boots from `vdisk serve`
+//! exports (NBD over TCP and a Unix socket) of a qcow2 overlay and of a VMDK.
 //!
 //! qemu-system-x86_64 is required: a missing binary fails the tests with the install steps.
 
 #[path = "boot/bootsector.rs"]
 mod bootsector;
 mod common;
+mod nbd_common;
 
 use bootsector::{boot_sector, BANNER, EXIT_OK, PRINTED_BYTES};
 use common::{path_in, tempdir, vdisk_ok};
@@ -108,6 +110,11 @@ fn create(path: &Path, format: &str, opts: &str) {
 /// Boot `path` in QEMU and return (exit status, serial output).
 fn boot(path: &Path, format: &str) -> (i32, String) {
     let drive = format!("file={},format={format},if=ide,snapshot=on", path.display());
+    boot_drive(&drive, &path.display().to_string())
+}
+
+/// Boot from the QEMU `-drive` spec `drive` (`what` names it in messages).
+fn boot_drive(drive: &str, what: &str) -> (i32, String) {
     let mut child = match Command::new("qemu-system-x86_64")
         .args([
             "-nodefaults",
@@ -123,7 +130,7 @@ fn boot(path: &Path, format: &str) -> (i32, String) {
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-drive",
-            &drive,
+            drive,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -155,17 +162,14 @@ fn boot(path: &Path, format: &str) -> (i32, String) {
             let _ = child.kill();
             let _ = child.wait();
             let so = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
-            panic!(
-                "booting {} timed out after {BOOT_TIMEOUT:?}; serial output so far: {so:?}",
-                path.display()
-            );
+            panic!("booting {what} timed out after {BOOT_TIMEOUT:?}; serial output so far: {so:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let so = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
     let se = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
     if !se.trim().is_empty() {
-        eprintln!("qemu-system-x86_64 stderr for {}: {se}", path.display());
+        eprintln!("qemu-system-x86_64 stderr for {what}: {se}");
     }
     (status.code().unwrap_or(-1), so)
 }
@@ -389,4 +393,54 @@ fn boots_from_qcow2_after_amend_and_resize() {
     vdisk_ok(&["amend", "-o", "refcount_bits=16,compat=0.10", ps]);
     common::assert_qemu_check_clean(&p);
     assert_boots(&p, "qcow2", &['A'; 5]);
+}
+
+#[test]
+fn boots_from_nbd_exports_of_a_qcow2_overlay_and_of_a_vmdk() {
+    use nbd_common::{Server, Via};
+    let dir = tempdir();
+    let base = path_in(&dir, "base.raw");
+    let top = path_in(&dir, "top.qcow2");
+    create(&base, "raw", "");
+    write_markers(&base, Format::RAW, true, &PROBES, 'A');
+    vdisk_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        top.to_str().unwrap(),
+    ]);
+    write_markers(&top, Format::QCOW2, false, &[PROBES[1], PROBES[3]], 'B');
+    let vmdk = path_in(&dir, "disk.vmdk");
+    let src = raw_source(&dir);
+    vdisk_ok(&[
+        "convert",
+        "-O",
+        "vmdk",
+        src.to_str().unwrap(),
+        vmdk.to_str().unwrap(),
+    ]);
+    let cases = [
+        (&top, "qcow2", Via::Tcp, ['A', 'B', 'A', 'B', 'A']),
+        (&vmdk, "vmdk", Via::Unix, ['A'; 5]),
+    ];
+    for (image, format, via, gens) in cases {
+        // Without -t the server exits once QEMU, its one client, has gone.
+        let flags = ["-f", format, "-x", "boot"];
+        let server = Server::start(common::twins::Tool::Vdisk, image, via, &flags);
+        let uri = server.uri("boot");
+        let (code, out) = boot_drive(&format!("file={uri},format=raw,if=ide"), &uri);
+        assert_eq!(
+            out,
+            expected_output(&gens),
+            "serial output booting {uri} ({format})"
+        );
+        assert_eq!(code, EXIT_OK, "QEMU exit status for {uri}");
+        server.stop();
+        common::assert_qemu_check_clean(image);
+    }
 }

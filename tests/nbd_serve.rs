@@ -311,13 +311,61 @@ fn sigterm_stops_the_server_flushed_with_its_pid_file_removed() {
 }
 
 #[test]
-fn dash_b_is_refused_until_persistent_bitmaps_exist() {
-    let t = overlay_twins();
-    let top = t.path(Tool::Vdisk, "top.qcow2");
-    let out = vdisk(["serve", "-B", "b0", s(&top)]);
+fn dash_b_exports_a_bitmap_as_qemu_nbd_does() {
+    let t = Twins::new();
+    let img = t.work("b.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
+    qemu_img_ok(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_io_ok(&[
+        "-c",
+        "write -P 1 64k 64k",
+        "-c",
+        "write -P 2 1M 200k",
+        s(&img),
+    ]);
+    qemu_img_ok(&["bitmap", "--add", "-g", "4096", s(&img), "b1"]);
+    qemu_io_ok(&["-c", "write -P 3 3M 5k", s(&img)]);
+    qemu_img_ok(&["bitmap", "--disable", s(&img), "b1"]);
+    t.put("b.qcow2", &img);
+    // b0 (enabled) from a read-only export; b1 (disabled) from a writable one.
+    for (flags, bitmap) in [
+        (&["-r", "-t", "-B", "b0"][..], "b0"),
+        (&["-t", "-B", "b1"], "b1"),
+    ] {
+        let mut answers = Vec::new();
+        for tool in [Tool::Qemu, Tool::Vdisk] {
+            let server = Server::start(tool, &t.path(tool, "b.qcow2"), Via::Unix, flags);
+            let uri = server.uri("");
+            let map = sh(&[
+                "nbdinfo",
+                &format!("--map=qemu:dirty-bitmap:{bitmap}"),
+                &uri,
+            ]);
+            let contexts = sh(&["nbdinfo", "--list", "--json", &uri]);
+            let contexts: Vec<&str> = contexts.lines().filter(|l| l.contains(":")).collect();
+            answers.push((map, without_uri(contexts.join("\n"))));
+            server.stop();
+        }
+        assert!(answers[1].0.contains("dirty"), "{}", answers[1].0);
+        assert_text_eq(
+            &format!("dirty map of {bitmap}"),
+            &answers[1].0,
+            &answers[0].0,
+        );
+        assert_text_eq("nbdinfo --list", &answers[1].1, &answers[0].1);
+    }
+    let top = t.path(Tool::Vdisk, "b.qcow2");
+    let out = vdisk(["serve", "-B", "nope", "-r", s(&top)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("-B b0") && err.contains("bitmap"), "{err}");
+    assert!(err.contains("Bitmap 'nope' is not found"), "{err}");
+    // An enabled bitmap under a writable export would change as it is served: refused.
+    let out = vdisk(["serve", "-B", "b0", s(&top)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not supported yet"),
+        "{err}"
+    );
 }
 
 /// The answers to a series of malformed and out-of-range requests: (what, errno or None

@@ -1,4 +1,5 @@
-//! Crash test: a workload of allocating writes, zero writes and discards runs on the
+//! Crash test: a workload of allocating writes, zero writes (plain, and qemu-style
+//! `zero_range` keeping or releasing storage) and discards runs on the
 //! fault-injecting storage, cut after every possible write and flush. Each durable image
 //! must open, read back every byte acknowledged by a completed flush (bytes written after
 //! it may read old or new), and pass `qemu-img check` without corruption (leaks allowed).
@@ -15,6 +16,8 @@ use vdisk::BlockDevice;
 enum Op {
     Write(u64, Vec<u8>),
     Zero(u64, u64),
+    /// `zero_range` with `may_unmap`.
+    ZeroRange(u64, u64, bool),
     Discard(u64, u64),
 }
 
@@ -33,9 +36,11 @@ fn workload(size: u64, cs: u64, seed: u64) -> Vec<Vec<Op>> {
             let base = s * stripe;
             let off = base + rng.below(stripe / 2);
             let len = (1 + rng.below(cs * 3)).min(base + stripe - off);
-            ops.push(match rng.below(6) {
+            ops.push(match rng.below(8) {
                 0 => Op::Zero(off, len),
                 1 => Op::Discard(off, len),
+                2 => Op::ZeroRange(off, len, false),
+                3 => Op::ZeroRange(off, len, true),
                 _ => {
                     let mut d = vec![0u8; len as usize];
                     rng.fill(&mut d);
@@ -51,7 +56,9 @@ fn workload(size: u64, cs: u64, seed: u64) -> Vec<Vec<Op>> {
 fn apply_model(model: &mut [u8], op: &Op, cs: u64) {
     match op {
         Op::Write(off, d) => model[*off as usize..*off as usize + d.len()].copy_from_slice(d),
-        Op::Zero(off, len) => model[*off as usize..(*off + *len) as usize].fill(0),
+        Op::Zero(off, len) | Op::ZeroRange(off, len, _) => {
+            model[*off as usize..(*off + *len) as usize].fill(0)
+        }
         Op::Discard(off, len) => {
             let a = off.next_multiple_of(cs);
             let b = (off + len) / cs * cs;
@@ -72,6 +79,7 @@ fn run(storage: Arc<FaultStorage>, rounds: &[Vec<Op>]) -> usize {
             let r = match op {
                 Op::Write(off, d) => img.write_at(d, *off),
                 Op::Zero(off, len) => img.write_zeroes(*off, *len),
+                Op::ZeroRange(off, len, unmap) => img.zero_range(*off, *len, *unmap),
                 Op::Discard(off, len) => img.discard(*off, *len),
             };
             if r.is_err() {

@@ -4,14 +4,14 @@
 //! hang-ups are fine; panics, overflows, hangs and huge allocations are not.
 //!
 //! Input layout: one byte of export settings (bit 0 read-only, bit 1 allocation depth,
-//! bit 2 discard, bit 3 two clients), then the bytes the client sends.
+//! bit 2 discard, bit 3 two clients, bits 4-5 detect-zeroes off/on/unmap), then the bytes the client sends.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::io::{self, Read, Write};
 use vdisk::nbd::handshake::{handshake, Outcome};
 use vdisk::nbd::transmission::serve_requests;
-use vdisk::nbd::{Export, ExportConfig};
+use vdisk::nbd::{DetectZeroes, Export, ExportConfig};
 use vdisk::raw::Raw;
 use vdisk::storage::MemStorage;
 
@@ -49,6 +49,11 @@ fuzz_target!(|data: &[u8]| {
         allocation_depth: settings & 2 != 0,
         discard: settings & 4 != 0,
         shared: if settings & 8 != 0 { 2 } else { 1 },
+        detect_zeroes: match settings >> 4 & 3 {
+            1 => DetectZeroes::On,
+            2 => DetectZeroes::Unmap,
+            _ => DetectZeroes::Off,
+        },
     };
     let export = Export::new(Box::new(raw), config);
     let mut client = Client { input };

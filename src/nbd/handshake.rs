@@ -17,14 +17,17 @@ pub enum MetaContext {
     BaseAllocation,
     /// `qemu:allocation-depth`: which layer of the backing chain holds each range.
     AllocationDepth,
+    /// `qemu:dirty-bitmap:NAME`: which ranges the export's dirty bitmap marks changed.
+    DirtyBitmap,
 }
 
 impl MetaContext {
-    /// The context's name on the wire.
-    pub fn name(self) -> &'static str {
+    /// The context's name on the wire (`export` names its dirty bitmap).
+    pub fn name(self, export: &Export) -> String {
         match self {
-            MetaContext::BaseAllocation => "base:allocation",
-            MetaContext::AllocationDepth => "qemu:allocation-depth",
+            MetaContext::BaseAllocation => "base:allocation".into(),
+            MetaContext::AllocationDepth => "qemu:allocation-depth".into(),
+            MetaContext::DirtyBitmap => export.dirty_context_name().unwrap_or_default(),
         }
     }
 
@@ -33,6 +36,7 @@ impl MetaContext {
         match self {
             MetaContext::BaseAllocation => 1,
             MetaContext::AllocationDepth => 2,
+            MetaContext::DirtyBitmap => 3,
         }
     }
 }
@@ -297,9 +301,11 @@ impl Haggle<'_> {
             return reply_error(s, option, proto::REP_ERR_UNKNOWN, &msg);
         }
         let listing = option == proto::OPT_LIST_META_CONTEXT;
-        let chosen = select_contexts(&self.available(), &req.queries, listing);
+        let available = self.available();
+        let chosen = select_contexts(&available, &req.queries, listing);
         for c in &chosen {
-            let body = proto::rep_meta_context(c.id(), c.name());
+            let name = available.iter().find(|(a, _)| a == c).map(|(_, n)| n);
+            let body = proto::rep_meta_context(c.id(), name.map_or("", String::as_str));
             s.write_all(&proto::option_reply(option, proto::REP_META_CONTEXT, &body))?;
         }
         if !listing {
@@ -308,13 +314,16 @@ impl Haggle<'_> {
         send(s, &proto::option_reply(option, proto::REP_ACK, &[]))
     }
 
-    /// The contexts this export offers.
-    fn available(&self) -> Vec<MetaContext> {
+    /// The contexts this export offers, with their names.
+    fn available(&self) -> Vec<(MetaContext, String)> {
         let mut v = vec![MetaContext::BaseAllocation];
         if self.export.config.allocation_depth {
             v.push(MetaContext::AllocationDepth);
         }
-        v
+        if self.export.dirty_context_name().is_some() {
+            v.push(MetaContext::DirtyBitmap);
+        }
+        v.into_iter().map(|c| (c, c.name(self.export))).collect()
     }
 }
 
@@ -322,21 +331,21 @@ impl Haggle<'_> {
 /// namespace (`base:`, `qemu:`) every context in it. No query at all selects every context
 /// when listing, and none when setting. Each context is chosen at most once.
 pub fn select_contexts(
-    available: &[MetaContext],
+    available: &[(MetaContext, String)],
     queries: &[String],
     listing: bool,
 ) -> Vec<MetaContext> {
     if queries.is_empty() {
         return if listing {
-            available.to_vec()
+            available.iter().map(|(c, _)| *c).collect()
         } else {
             Vec::new()
         };
     }
     let mut chosen = Vec::new();
     for q in queries {
-        for &c in available {
-            let name = c.name();
+        for (c, name) in available {
+            let c = *c;
             let matches = name == q || (q.ends_with(':') && name.starts_with(q.as_str()));
             if matches && !chosen.contains(&c) {
                 chosen.push(c);
@@ -545,16 +554,52 @@ mod tests {
 
     #[test]
     fn namespace_queries_select_every_context_in_them_once() {
-        let all = [MetaContext::BaseAllocation, MetaContext::AllocationDepth];
+        let all = [
+            (MetaContext::BaseAllocation, "base:allocation".to_string()),
+            (MetaContext::AllocationDepth, "qemu:allocation-depth".into()),
+        ];
         let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             select_contexts(&all, &q(&["qemu:", "qemu:allocation-depth"]), false),
             [MetaContext::AllocationDepth]
         );
-        assert_eq!(select_contexts(&all, &[], true), all);
+        assert_eq!(
+            select_contexts(&all, &[], true),
+            [MetaContext::BaseAllocation, MetaContext::AllocationDepth]
+        );
         assert!(select_contexts(&all, &[], false).is_empty());
         assert!(select_contexts(&all, &q(&["base:allocationX"]), false).is_empty());
         assert!(select_contexts(&all[..1], &q(&["qemu:"]), false).is_empty());
+    }
+
+    #[test]
+    fn a_dirty_bitmap_is_listed_and_selected_by_its_name_or_namespace() {
+        let source = crate::nbd::dirty::StaticRanges::new("b0", Vec::new());
+        let e = export(ExportConfig::default()).with_dirty_bitmap(Box::new(source));
+        let query = |q: &[&str]| {
+            let mut d = vec![0, 0, 0, 0];
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            for s in q {
+                d.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                d.extend_from_slice(s.as_bytes());
+            }
+            d
+        };
+        let options = [
+            option(proto::OPT_STRUCTURED_REPLY, &[]),
+            option(proto::OPT_LIST_META_CONTEXT, &query(&[])),
+            option(proto::OPT_SET_META_CONTEXT, &query(&["qemu:dirty-bitmap:"])),
+            option(proto::OPT_GO, &[0, 0, 0, 0, 0, 0]),
+        ];
+        let (outcome, out) = run(&e, 1, &options);
+        let Outcome::Transmission(n) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(n.contexts, [MetaContext::DirtyBitmap]);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("qemu:dirty-bitmap:b0").count(), 2, "{text}");
+        let id3 = [0, 0, 0, 3, b'q', b'e', b'm', b'u'];
+        assert!(out.windows(8).any(|w| w == id3));
     }
 
     #[test]

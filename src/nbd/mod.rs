@@ -7,6 +7,8 @@
 //! * [`handshake`]: the fixed newstyle option haggling that picks the export, structured
 //!   replies and metadata contexts.
 //! * [`transmission`]: the request loop of one connection (READ, WRITE, BLOCK_STATUS, ...).
+//! * [`dirty`]: dirty bitmaps as the `qemu:dirty-bitmap:NAME` context, behind the
+//!   [`dirty::DirtySource`] trait.
 //! * [`tls`]: TLS credentials and sessions (`NBD_OPT_STARTTLS`).
 //! * [`server`]: listening, accepting up to `-e` clients, one thread per connection, and
 //!   stopping cleanly (finish the request in flight, flush, close the image).
@@ -15,6 +17,7 @@
 //! time, so a FLUSH on any connection covers the writes of every connection, which is what
 //! makes `NBD_FLAG_CAN_MULTI_CONN` safe to advertise.
 
+pub mod dirty;
 pub mod handshake;
 pub mod open;
 pub mod proto;
@@ -22,8 +25,12 @@ pub mod server;
 pub mod tls;
 pub mod transmission;
 
+#[cfg(test)]
+mod tests;
+
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
+use dirty::DirtySource;
 use std::sync::{Mutex, MutexGuard};
 
 /// How an export is offered (the qemu-nbd flags that shape it).
@@ -40,9 +47,23 @@ pub struct ExportConfig {
     /// Pass TRIM on to the image (`--discard=unmap`); otherwise TRIM succeeds doing nothing,
     /// as with qemu-nbd's default `--discard=ignore`.
     pub discard: bool,
+    /// Turn writes of all-zero data into zeroing requests (`--detect-zeroes`).
+    pub detect_zeroes: DetectZeroes,
     /// How many clients may be connected at once (`-e`); more than one advertises
     /// `NBD_FLAG_CAN_MULTI_CONN`.
     pub shared: usize,
+}
+
+/// qemu-nbd's `--detect-zeroes`: what happens to a WRITE whose payload is all zeros.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DetectZeroes {
+    /// Written as data.
+    #[default]
+    Off,
+    /// Zeroed instead, keeping the storage the range holds (zero clusters in qcow2).
+    On,
+    /// Zeroed instead, releasing the storage (needs `--discard=unmap`).
+    Unmap,
 }
 
 /// The one export of a server: its device and how it is offered.
@@ -50,6 +71,9 @@ pub struct Export {
     config: ExportConfig,
     size: u64,
     device: Mutex<Box<dyn BlockDevice>>,
+    /// The dirty bitmap offered as `qemu:dirty-bitmap:NAME`, if any (locked after
+    /// `device`, never before it).
+    dirty: Option<Mutex<Box<dyn DirtySource>>>,
 }
 
 impl Export {
@@ -61,8 +85,28 @@ impl Export {
         Export {
             size: device.virtual_size(),
             device: Mutex::new(device),
+            dirty: None,
             config,
         }
+    }
+
+    /// Offer `source` as the `qemu:dirty-bitmap:NAME` context too.
+    pub fn with_dirty_bitmap(mut self, source: Box<dyn DirtySource>) -> Export {
+        self.dirty = Some(Mutex::new(source));
+        self
+    }
+
+    /// The name of the exported dirty bitmap's context, if there is one.
+    pub fn dirty_context_name(&self) -> Option<String> {
+        let d = self.dirty.as_ref()?;
+        let guard = d.lock().unwrap_or_else(|p| p.into_inner());
+        Some(dirty::context_name(guard.name()))
+    }
+
+    /// The dirty bitmap's source, for one request (after [`device`](Self::device)).
+    pub fn dirty(&self) -> Option<MutexGuard<'_, Box<dyn DirtySource>>> {
+        let d = self.dirty.as_ref()?;
+        Some(d.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The export's configuration.

@@ -11,7 +11,7 @@ use super::tls::{Shared, TlsConfig};
 use super::transmission::serve_requests;
 use super::Export;
 use crate::error::{Error, Result};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -30,7 +30,7 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// How long a stopping server waits for connections to finish their request in flight.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Buffer sizes of a connection's reading and writing sides.
+/// Buffer size of a connection's writing side.
 const IO_BUFFER: usize = 256 << 10;
 
 /// Where the server listens.
@@ -261,9 +261,8 @@ fn plain_connection(stream: &mut Stream, export: &Export, flags: u32) -> io::Res
         Outcome::StartTls | Outcome::Closed => return Ok(()),
     };
     stream.set_read_timeout(None)?;
-    let reader = BufReader::with_capacity(IO_BUFFER, stream.try_clone()?);
     let writer = BufWriter::with_capacity(IO_BUFFER, stream.try_clone()?);
-    serve_requests(reader, writer, export, negotiated)
+    serve_requests(stream.try_clone()?, writer, export, negotiated)
 }
 
 /// Haggle in the clear until the client starts TLS, then haggle and serve inside it.
@@ -283,9 +282,8 @@ fn tls_connection(
         Outcome::StartTls | Outcome::Closed => return Ok(()),
     };
     stream.set_read_timeout(None)?;
-    let reader = BufReader::with_capacity(IO_BUFFER, tls.clone());
     let writer = BufWriter::with_capacity(IO_BUFFER, tls.clone());
-    let served = serve_requests(reader, writer, export, negotiated);
+    let served = serve_requests(tls.clone(), writer, export, negotiated);
     tls.with(|t| {
         t.conn.send_close_notify();
         // The client may be gone already.

@@ -11,15 +11,24 @@
 //! Requests are applied in the order they arrive, each under the export's device lock, and
 //! a reply is sent only once its request is complete: a FUA write is flushed first, and a
 //! FLUSH reply covers every write replied to before it, on any connection.
+//!
+//! Replies are buffered while further requests are already in hand (a client that keeps
+//! several requests in flight gets their replies in one write), and sent before the
+//! server waits for the client again.
 
+use super::dirty::{DirtySource, STATE_DIRTY};
 use super::handshake::{MetaContext, Negotiated};
 use super::proto::{self, Request};
-use super::{errno_of, Export};
+use super::{errno_of, DetectZeroes, Export};
 use crate::device::{BlockDevice, ExtentKind};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 /// The most extents one BLOCK_STATUS chunk describes; the client asks again for the rest.
 pub const MAX_EXTENTS: usize = 16 * 1024;
+
+/// How much of the client's byte stream is read ahead: several small requests arrive with
+/// one system call, and their replies leave together.
+pub const READ_AHEAD: usize = 256 << 10;
 
 /// Zeros written at a time for `WRITE_ZEROES` with `NO_HOLE`.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -59,7 +68,7 @@ enum Piece {
 pub struct Connection<'a, R, W> {
     export: &'a Export,
     negotiated: Negotiated,
-    reader: R,
+    reader: BufReader<R>,
     writer: W,
     /// The payload of the current WRITE or the data of the current READ.
     buf: Vec<u8>,
@@ -67,7 +76,8 @@ pub struct Connection<'a, R, W> {
     out: Vec<u8>,
 }
 
-/// Serve requests from `reader`, replying on `writer`, until the client leaves.
+/// Serve requests from `reader` (read ahead by [`READ_AHEAD`] bytes), replying on `writer`
+/// (best buffered by the caller), until the client leaves.
 pub fn serve_requests<R: Read, W: Write>(
     reader: R,
     writer: W,
@@ -77,27 +87,45 @@ pub fn serve_requests<R: Read, W: Write>(
     let mut c = Connection {
         export,
         negotiated,
-        reader,
+        reader: BufReader::with_capacity(READ_AHEAD, reader),
         writer,
         buf: Vec::new(),
         out: Vec::with_capacity(256),
     };
-    loop {
-        let mut header = [0u8; proto::REQUEST_LEN];
-        match c.reader.read_exact(&mut header) {
-            Ok(()) => {}
-            // The client left (between requests, or in the middle of one).
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let req = Request::parse(&header);
-        if req.magic != proto::REQUEST_MAGIC || !c.request(req)? {
-            return Ok(());
-        }
-    }
+    let served = c.requests();
+    // Replies still buffered go out (the client may be gone: nothing more to do then).
+    let flushed = c.writer.flush();
+    served.and(flushed.or(Ok(())))
 }
 
 impl<R: Read, W: Write> Connection<'_, R, W> {
+    /// The request loop.
+    fn requests(&mut self) -> io::Result<()> {
+        loop {
+            let mut header = [0u8; proto::REQUEST_LEN];
+            self.flush_unless_buffered(proto::REQUEST_LEN)?;
+            match self.reader.read_exact(&mut header) {
+                Ok(()) => {}
+                // The client left (between requests, or in the middle of one).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let req = Request::parse(&header);
+            if req.magic != proto::REQUEST_MAGIC || !self.request(req)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Send the buffered replies unless the next `need` bytes from the client are already
+    /// in hand: the server must never wait for the client with replies held back.
+    fn flush_unless_buffered(&mut self, need: usize) -> io::Result<()> {
+        if self.reader.buffer().len() < need {
+            self.writer.flush()?;
+        }
+        Ok(())
+    }
+
     /// Handle one request; `false` ends the connection.
     fn request(&mut self, r: Request) -> io::Result<bool> {
         if r.kind == proto::CMD_WRITE {
@@ -106,6 +134,7 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                 return Ok(false);
             }
             self.buf.resize(r.length as usize, 0);
+            self.flush_unless_buffered(self.buf.len())?;
             match self.reader.read_exact(&mut self.buf) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
@@ -174,8 +203,16 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
     }
 
     fn write(&mut self, r: Request) -> Result<(), Fail> {
+        let detect = self.export.config.detect_zeroes;
         let mut dev = self.export.device();
-        dev.write_at(&self.buf, r.offset)?;
+        if detect != DetectZeroes::Off && is_zero(&self.buf) {
+            // As qemu's detect-zeroes: the write becomes a zeroing request, which may
+            // release storage only in unmap mode (which --discard=unmap allows).
+            let unmap = detect == DetectZeroes::Unmap && self.export.config.discard;
+            dev.zero_range(r.offset, u64::from(r.length), unmap)?;
+        } else {
+            dev.write_at(&self.buf, r.offset)?;
+        }
         fua(&mut **dev, r.flags)
     }
 
@@ -189,10 +226,11 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
 
     fn write_zeroes(&mut self, r: Request) -> Result<(), Fail> {
         let len = u64::from(r.length);
+        let no_hole = r.flags & proto::CMD_FLAG_NO_HOLE != 0;
         let mut dev = self.export.device();
         // A format with allocation units (qcow2, VMDK) records zeros in its metadata, as
         // qemu does for NO_HOLE too; a raw file would punch a hole, so it gets real zeros.
-        let literal = r.flags & proto::CMD_FLAG_NO_HOLE != 0 && dev.cluster_size().is_none();
+        let literal = no_hole && dev.cluster_size().is_none();
         if literal {
             if r.flags & proto::CMD_FLAG_FAST_ZERO != 0 {
                 // Keeping the range allocated means writing every zero: not fast.
@@ -206,7 +244,10 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                 done += n as u64;
             }
         } else {
-            dev.write_zeroes(r.offset, len)?;
+            // Storage is released only when the client allows holes and the export
+            // passes discards on (qemu-nbd drops the permission under --discard=ignore).
+            let unmap = !no_hole && self.export.config.discard;
+            dev.zero_range(r.offset, len, unmap)?;
         }
         fua(&mut **dev, r.flags)
     }
@@ -230,7 +271,6 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
             proto::simple_reply(&mut self.out, 0, r.cookie);
             self.writer.write_all(&self.out)?;
             self.writer.write_all(&self.buf)?;
-            self.writer.flush()?;
             return Ok(true);
         }
         if pieces.is_empty() {
@@ -259,7 +299,6 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
                 }
             }
         }
-        self.writer.flush()?;
         Ok(true)
     }
 
@@ -271,15 +310,13 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
         self.out.clear();
         proto::error_chunk(&mut self.out, cookie, f.errno, &f.message);
         self.writer.write_all(&self.out)?;
-        self.writer.flush()?;
         Ok(true)
     }
 
     fn reply_simple(&mut self, cookie: u64, errno: u32) -> io::Result<()> {
         self.out.clear();
         proto::simple_reply(&mut self.out, errno, cookie);
-        self.writer.write_all(&self.out)?;
-        self.writer.flush()
+        self.writer.write_all(&self.out)
     }
 
     /// BLOCK_STATUS: one chunk per selected context, the last flagged done.
@@ -295,8 +332,12 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
         let mut all = Vec::with_capacity(contexts.len());
         {
             let mut dev = self.export.device();
+            let mut dirty = self.export.dirty();
             for &c in &contexts {
-                all.push(extents(&mut **dev, c, r.offset, r.length, one)?);
+                let source = dirty
+                    .as_deref_mut()
+                    .map(|d| &mut **d as &mut dyn DirtySource);
+                all.push(extents(&mut **dev, source, c, r.offset, r.length, one)?);
             }
         }
         self.out.clear();
@@ -308,12 +349,26 @@ impl<R: Read, W: Write> Connection<'_, R, W> {
             };
             proto::block_status_chunk(&mut self.out, done, r.cookie, c.id(), ext);
         }
-        let sent = self
-            .writer
-            .write_all(&self.out)
-            .and_then(|()| self.writer.flush());
+        let sent = self.writer.write_all(&self.out);
         sent.map_err(|e| Fail::new(proto::EIO, e.to_string()))
     }
+}
+
+/// The value of an extent `e` in the allocation context `c`.
+fn allocation_value(c: MetaContext, e: &crate::device::Extent) -> u32 {
+    match c {
+        MetaContext::BaseAllocation if e.kind == ExtentKind::Data => 0,
+        MetaContext::BaseAllocation => proto::STATE_HOLE | proto::STATE_ZERO,
+        MetaContext::AllocationDepth if e.kind == ExtentKind::Unallocated => 0,
+        MetaContext::AllocationDepth => e.depth + 1,
+        MetaContext::DirtyBitmap => 0,
+    }
+}
+
+/// Whether `buf` holds only zero bytes (by 4 KiB blocks, which the compiler vectorizes).
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Flush when the request asked for Force Unit Access.
@@ -363,9 +418,11 @@ fn read_pieces(
 }
 
 /// The extents of `context` from `offset`, covering at most `length` bytes (one extent
-/// with `one`), adjacent equal values merged, at most [`MAX_EXTENTS`] of them.
+/// with `one`), adjacent equal values merged, at most [`MAX_EXTENTS`] of them. `dirty` is
+/// the export's dirty bitmap, which the `qemu:dirty-bitmap:` context needs.
 pub fn extents(
     dev: &mut dyn BlockDevice,
+    mut dirty: Option<&mut dyn DirtySource>,
     context: MetaContext,
     offset: u64,
     length: u32,
@@ -376,14 +433,20 @@ pub fn extents(
     let mut out: Vec<(u32, u32)> = Vec::new();
     let mut pos = offset;
     while pos < end {
-        let e = dev.block_status(pos, end - pos)?;
-        let n = e.length.clamp(1, end - pos);
-        let value = match context {
-            MetaContext::BaseAllocation if e.kind == ExtentKind::Data => 0,
-            MetaContext::BaseAllocation => proto::STATE_HOLE | proto::STATE_ZERO,
-            MetaContext::AllocationDepth if e.kind == ExtentKind::Unallocated => 0,
-            MetaContext::AllocationDepth => e.depth + 1,
+        let (n, value) = match (context, dirty.as_deref_mut()) {
+            (MetaContext::DirtyBitmap, Some(d)) => {
+                let (n, is_dirty) = d.run(dev, pos, end - pos)?;
+                (n, if is_dirty { STATE_DIRTY } else { 0 })
+            }
+            (MetaContext::DirtyBitmap, None) => {
+                return Err(Fail::new(proto::EINVAL, "the export has no dirty bitmap"));
+            }
+            (c, _) => {
+                let e = dev.block_status(pos, end - pos)?;
+                (e.length, allocation_value(c, &e))
+            }
         };
+        let n = n.clamp(1, end - pos);
         let full = out.len() == limit;
         match out.last_mut() {
             Some((l, v)) if *v == value => *l += n as u32,

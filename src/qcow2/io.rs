@@ -231,6 +231,51 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
+    /// Give whole guest clusters `[gc, gc+n)` the zero flag, as qemu's write-zeroes does
+    /// (unallocated clusters too). With `keep`, an uncompressed cluster keeps its host
+    /// cluster (and reference) under the flag; otherwise what it held is released.
+    fn zero_clusters(&mut self, gc: u64, n: u64, keep: bool) -> Result<()> {
+        let cb = self.geo.cluster_bits;
+        let mut c = gc;
+        while c < gc + n {
+            let l1_index = c >> self.geo.l2_bits;
+            let table_end = ((l1_index + 1) << self.geo.l2_bits).min(gc + n);
+            let mut changes = Vec::new();
+            for g in c..table_end {
+                let old = self.l2_entry(g)?;
+                let new = match old {
+                    L2Entry::Normal { host, copied }
+                    | L2Entry::Zero {
+                        host: Some(host),
+                        copied,
+                    } if keep => L2Entry::Zero {
+                        host: Some(host),
+                        copied,
+                    },
+                    _ => L2Entry::Zero {
+                        host: None,
+                        copied: false,
+                    },
+                };
+                if new.encode(cb) != self.l2_raw(g)? {
+                    changes.push((g, old, new));
+                }
+            }
+            if !changes.is_empty() {
+                let l2_off = self.l2_for_write(l1_index)?;
+                for (g, old, new) in changes {
+                    let idx = g & (self.geo.l2_entries() - 1);
+                    self.set_l2_raw(l2_off, idx, new.encode(cb))?;
+                    if new.host_cluster(self.geo.cluster_size).is_none() {
+                        self.release_entry(old);
+                    }
+                }
+            }
+            c = table_end;
+        }
+        Ok(())
+    }
+
     /// Write explicit zero bytes to a partial-cluster range, skipping clusters that
     /// already read as zero.
     fn zero_partial(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -365,6 +410,28 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
                     p += l;
                 }
             }
+        }
+        if end > b {
+            self.zero_partial(b, end - b)?;
+        }
+        Ok(())
+    }
+
+    fn zero_range(&mut self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        if self.header.version < 3 || self.has_external_data() {
+            // No zero flag in version 2; an external data file has its own zeroing rules:
+            // the plain zeroing is what there is.
+            return self.write_zeroes(offset, len);
+        }
+        self.check_writable()?;
+        check_range(self.header.size, offset, len)?;
+        self.track_guest_write(offset, len)?;
+        let (a, b, end) = self.aligned_parts(offset, len);
+        self.zero_partial(offset, a - offset)?;
+        if b > a {
+            let cb = self.geo.cluster_bits;
+            let n = (b - a).div_ceil(self.geo.cluster_size);
+            self.zero_clusters(a >> cb, n, !may_unmap)?;
         }
         if end > b {
             self.zero_partial(b, end - b)?;

@@ -2,6 +2,8 @@
 //! (`vdisk serve` or `qemu-nbd`) on a TCP port or Unix socket, a bare protocol client for
 //! requests no real client sends, and TLS credentials made with openssl.
 
+#![allow(dead_code)]
+
 use crate::common::twins::Tool;
 use crate::common::*;
 use std::io::{Read, Write};

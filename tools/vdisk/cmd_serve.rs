@@ -1,5 +1,5 @@
-//! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-A] [-e N] [-t]
-//! [--discard MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
+//! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-B BITMAP] [-A] [-e N] [-t]
+//! [--discard MODE] [--detect-zeroes MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
 //! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
 //! their meaning is qemu-nbd's, not qemu-img's.
 
@@ -11,9 +11,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vdisk::image::Format;
+use vdisk::nbd::dirty::StaticRanges;
 use vdisk::nbd::open::{self, OpenExport, Source};
 use vdisk::nbd::server::{self, Listener, ServeOptions};
-use vdisk::nbd::{Export, ExportConfig};
+use vdisk::nbd::{DetectZeroes, Export, ExportConfig};
 use vdisk::{Error, Result};
 
 /// Arguments of `serve`.
@@ -40,7 +41,8 @@ pub struct Args {
     /// Offer the qemu:allocation-depth metadata context.
     #[arg(short = 'A', long = "allocation-depth")]
     allocation_depth: bool,
-    /// Export a dirty bitmap (not supported yet).
+    /// Export this persistent dirty bitmap as the qemu:dirty-bitmap:NAME context (a
+    /// read-only export, or a disabled bitmap).
     #[arg(short = 'B', long = "bitmap")]
     bitmap: Option<String>,
     /// Clients served at once.
@@ -52,6 +54,10 @@ pub struct Args {
     /// What TRIM does: ignore (default) or unmap.
     #[arg(long = "discard", default_value = "ignore")]
     discard: String,
+    /// What a write of all-zero data becomes: off (a write), on (zeroing that keeps the
+    /// storage) or unmap (zeroing that releases it; needs --discard=unmap).
+    #[arg(long = "detect-zeroes", default_value = "off")]
+    detect_zeroes: String,
     /// Host cache mode: unsafe skips fdatasync on FLUSH; none, writeback, writethrough
     /// and directsync keep every flush durable.
     #[arg(long = "cache", default_value = "writeback")]
@@ -84,22 +90,7 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    if let Some(b) = &a.bitmap {
-        return Err(Error::unsupported(format!(
-            "-B {b}: exporting dirty bitmaps needs persistent bitmap support, which vdisk \
-             does not have yet"
-        )));
-    }
-    let discard = match a.discard.as_str() {
-        "ignore" | "off" => false,
-        "unmap" | "on" => true,
-        d => return Err(Error::invalid(format!("invalid discard mode '{d}'"))),
-    };
-    let unsafe_cache = match a.cache.as_str() {
-        "unsafe" => true,
-        "none" | "writeback" | "writethrough" | "directsync" => false,
-        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
-    };
+    let (discard, detect_zeroes, unsafe_cache) = modes(&a)?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
     let source = match (&a.load_snapshot, a.snapshot) {
         (Some(_), true) => {
@@ -110,6 +101,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (None, false) => Source::Image,
     };
     let read_only = a.read_only || a.load_snapshot.is_some();
+    let dirty = match &a.bitmap {
+        Some(name) => Some(bitmap_source(&a, name, read_only)?),
+        None => None,
+    };
     let device = open::open_device(
         &a.file,
         &OpenExport {
@@ -125,9 +120,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         read_only,
         allocation_depth: a.allocation_depth,
         discard,
+        detect_zeroes,
         shared: a.shared,
     };
-    let export = Arc::new(Export::new(device, config));
+    let mut export = Export::new(device, config);
+    if let Some(source) = dirty {
+        export = export.with_dirty_bitmap(Box::new(source));
+    }
+    let export = Arc::new(export);
     let tls = match &a.tls_creds {
         Some(dir) => Some(vdisk::nbd::tls::load_server_config(dir)?),
         None => None,
@@ -149,6 +149,65 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--discard`, `--detect-zeroes` and `--cache` modes, refused as qemu-nbd refuses them.
+fn modes(a: &Args) -> Result<(bool, DetectZeroes, bool)> {
+    let discard = match a.discard.as_str() {
+        "ignore" | "off" => false,
+        "unmap" | "on" => true,
+        d => return Err(Error::invalid(format!("Invalid discard mode `{d}'"))),
+    };
+    let detect_zeroes = match a.detect_zeroes.as_str() {
+        "off" => DetectZeroes::Off,
+        "on" => DetectZeroes::On,
+        "unmap" if discard => DetectZeroes::Unmap,
+        "unmap" => {
+            return Err(Error::invalid(
+                "setting detect-zeroes to unmap is not allowed without setting discard \
+                 operation to unmap",
+            ))
+        }
+        d => {
+            return Err(Error::invalid(format!(
+                "Failed to parse detect_zeroes mode: invalid parameter value: {d}"
+            )))
+        }
+    };
+    let unsafe_cache = match a.cache.as_str() {
+        "unsafe" => true,
+        "none" | "writeback" | "writethrough" | "directsync" => false,
+        c => return Err(Error::invalid(format!("invalid cache mode '{c}'"))),
+    };
+    Ok((discard, detect_zeroes, unsafe_cache))
+}
+
+/// The dirty ranges of persistent bitmap `name` of the image, for `-B`: read now, since
+/// nothing changes them while they are served (a read-only export, or a disabled bitmap).
+fn bitmap_source(a: &Args, name: &str, read_only: bool) -> Result<StaticRanges> {
+    if a.load_snapshot.is_some() || a.snapshot {
+        return Err(Error::unsupported(format!(
+            "-B {name}: exporting a bitmap with -l or -s is not supported"
+        )));
+    }
+    let why = "-B exports a qcow2 persistent bitmap";
+    let q = vdisk::image::open_qcow2_alone(&a.file, true, false, why)?;
+    let Some(entry) = q.bitmap_entries().into_iter().find(|e| e.name == name) else {
+        return Err(Error::invalid(format!("Bitmap '{name}' is not found")));
+    };
+    if entry.in_use() {
+        return Err(Error::invalid(format!(
+            "Bitmap '{name}' is inconsistent (it was in use when its image was last closed)"
+        )));
+    }
+    if entry.enabled() && !read_only {
+        return Err(Error::unsupported(format!(
+            "-B {name}: serving an enabled bitmap from a writable export is not supported \
+             yet (serve it read-only with -r, or disable the bitmap first)"
+        )));
+    }
+    let ranges = q.bitmap_dirty_ranges(name)?;
+    Ok(StaticRanges::new(name, ranges))
 }
 
 fn listen(a: &Args) -> Result<Listener> {
