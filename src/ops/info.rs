@@ -61,6 +61,9 @@ pub struct ImageInfo {
     /// Backing file name as recorded.
     #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
     pub backing_filename: Option<String>,
+    /// Guest data is encrypted (shown only then, as qemu-img).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Dirty flag.
     #[serde(rename = "dirty-flag")]
     pub dirty_flag: bool,
@@ -85,6 +88,7 @@ impl ImageInfo {
                 kind: "file".into(),
                 data: serde_json::json!({}),
             }),
+            encrypted: false,
             dirty_flag: false,
         }
     }
@@ -102,6 +106,7 @@ impl ImageInfo {
             backing_format: None,
             snapshots: Vec::new(),
             format_specific: None,
+            encrypted: false,
             dirty_flag: false,
             children: vec![Child {
                 name: "file".into(),
@@ -120,6 +125,7 @@ impl ImageInfo {
         let mut info = ImageInfo::new(filename, format, f.virtual_size, file);
         info.cluster_size = f.cluster_size;
         info.dirty_flag = f.dirty;
+        info.encrypted = f.encrypted;
         if let Some(b) = f.backing {
             info.backing_filename = Some(b.name);
             info.backing_format = b.format;
@@ -149,6 +155,9 @@ impl ImageInfo {
             self.virtual_size
         );
         s += &format!("disk size: {}\n", human_size(self.actual_size));
+        if self.encrypted {
+            s += "encrypted: yes\n";
+        }
         if let Some(cs) = self.cluster_size {
             s += &format!("cluster_size: {cs}\n");
         }

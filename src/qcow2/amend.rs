@@ -23,6 +23,7 @@
 use super::entry::read_refcount;
 use super::entry::{self, L2Entry, COPIED};
 use super::header::{self, compat, ext, incompat};
+use super::luks_ops::KeySlotChange;
 use super::refcount_area::{self, TableSize, VecSpace};
 use super::snapshot::{self, Snapshot};
 use super::{ioerr, Geometry, Qcow2};
@@ -47,11 +48,16 @@ pub struct AmendOptions {
     pub backing_format: Option<String>,
     /// New virtual size in bytes.
     pub size: Option<u64>,
+    /// Key slot changes of a LUKS image (`encrypt.*`).
+    pub keyslots: KeySlotChange,
 }
 
 impl AmendOptions {
     /// Apply one `-o key=value` option, with qemu-img's messages for the ones it refuses.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if self.keyslots.set(key, value)? {
+            return Ok(());
+        }
         match key {
             "compat" => {
                 self.version = Some(match value {
@@ -101,7 +107,7 @@ impl AmendOptions {
                 return Err(Error::unsupported(format!("amending '{key}'")))
             }
             _ if key.starts_with("encrypt.") => {
-                return Err(Error::unsupported(format!("amending '{key}'")))
+                return Err(Error::invalid(format!("Invalid parameter '{key}'")))
             }
             _ => return Err(Error::invalid(format!("Invalid parameter '{key}'"))),
         }
@@ -175,6 +181,9 @@ impl<S: Storage> Qcow2<S> {
             }
         }
 
+        if o.keyslots.requested {
+            self.amend_keyslots(&o.keyslots)?;
+        }
         if new_version > old_version {
             self.upgrade_to_v3()?;
         }

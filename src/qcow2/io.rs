@@ -4,7 +4,7 @@
 
 use super::entry::{L2Entry, COPIED};
 use super::mapping::Join;
-use super::{ioerr, Qcow2};
+use super::Qcow2;
 use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind};
 use crate::error::Result;
 use crate::storage::Storage;
@@ -20,10 +20,9 @@ impl<S: Storage> Qcow2<S> {
     /// starts `in_off` bytes into the run (a compressed run is one cluster).
     fn read_run_part(&mut self, gc: u64, e: L2Entry, in_off: u64, out: &mut [u8]) -> Result<()> {
         match e {
-            L2Entry::Normal { host, .. } => self
-                .storage
-                .read_at(out, host + in_off)
-                .map_err(ioerr("reading guest data")),
+            L2Entry::Normal { host, .. } => {
+                self.read_data(out, host + in_off, (gc << self.geo.cluster_bits) + in_off)
+            }
             L2Entry::Zero { .. } => {
                 out.fill(0);
                 Ok(())
@@ -77,9 +76,7 @@ impl<S: Storage> Qcow2<S> {
             let at = host + (pos & (cs - 1));
             self.check_data_write(at, run_end - pos)?;
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.storage
-                .write_at(src, at)
-                .map_err(ioerr("writing guest data"))?;
+            self.write_data(src, at, pos)?;
             pos = run_end;
         }
         Ok(())
@@ -133,9 +130,7 @@ impl<S: Storage> Qcow2<S> {
         let tail = ((gc0 + n) << cb) - run_end;
         if head == 0 && tail == 0 {
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.storage
-                .write_at(src, host)
-                .map_err(ioerr("writing guest data"))?;
+            self.write_data(src, host, pos)?;
         } else {
             let mut data = vec![0u8; (n * cs) as usize];
             if head > 0 {
@@ -148,9 +143,7 @@ impl<S: Storage> Qcow2<S> {
             }
             data[head as usize..(run_end - run_start) as usize]
                 .copy_from_slice(&buf[(pos - offset) as usize..(run_end - offset) as usize]);
-            self.storage
-                .write_at(&data, host)
-                .map_err(ioerr("writing guest data"))?;
+            self.write_data(&data, host, run_start)?;
         }
         for (k, old) in olds.into_iter().enumerate() {
             let k = k as u64;
@@ -354,7 +347,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
             start: offset,
             length: run_end - offset,
             kind,
-            host_offset,
+            // As QEMU: where encrypted data lies on the host is no use to a reader.
+            host_offset: host_offset.filter(|_| !self.is_encrypted()),
             compressed,
             depth: 0,
         })
@@ -373,10 +367,14 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     }
 
     fn cluster_codec(&self) -> Option<Arc<dyn ClusterCodec>> {
+        if self.is_encrypted() {
+            return None;
+        }
         Some(Arc::new(self.codec()))
     }
 
     fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.refuse_compressed_if_encrypted()?;
         self.store_compressed(offset, compressed)
     }
 

@@ -21,7 +21,7 @@ impl<S: Storage> Qcow2<S> {
                 return Ok(status);
             }
         }
-        if extent.kind == ExtentKind::Zero {
+        if extent.kind == ExtentKind::Zero && !self.is_encrypted() {
             return self.zero_run(extent);
         }
         let status = MapStatus::from_extent(extent);

@@ -48,7 +48,9 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
     if matches!(o.preallocation, Preallocation::Full | Preallocation::Falloc) {
         required = virtual_size;
     }
-    let fully_allocated = qcow2_fully_allocated(virtual_size, cs, order);
+    // A LUKS header region takes whole clusters of its own.
+    let luks = o.encrypt.header_region_bytes()?.next_multiple_of(cs);
+    let fully_allocated = qcow2_fully_allocated(virtual_size, cs, order) + luks;
     Ok(Measurement {
         required: fully_allocated - virtual_size + required,
         fully_allocated,

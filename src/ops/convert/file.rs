@@ -158,6 +158,18 @@ fn refuse_compression(job: &FileConversion<'_>, format: Format) -> Result<()> {
             "Compression not supported for this file format",
         ));
     }
+    let encrypted = |(k, v): &(String, String)| {
+        (k == "encrypt.format" && !v.is_empty()) || (k == "encryption" && v == "on")
+    };
+    if job.compress
+        && image::parse_option_lists(job.options)?
+            .iter()
+            .any(encrypted)
+    {
+        return Err(Error::invalid(
+            "Compression and encryption not supported at the same time",
+        ));
+    }
     Ok(())
 }
 
