@@ -123,23 +123,7 @@ impl ImageSpec {
             None | Some("file") => {}
             Some(d) => return Err(format!("Unknown protocol driver '{d}'")),
         }
-        // Encryption keys belong to qcow2 (named, or probed); another driver refuses them
-        // below as an option it does not know.
-        let qcow2 = matches!(driver.as_deref(), None | Some("qcow2"));
-        let key_secret = match qcow2 {
-            true => keys.remove("encrypt.key-secret"),
-            false => None,
-        };
-        if qcow2 {
-            match keys.remove("encrypt.format").as_deref() {
-                None | Some("luks" | "aes") => {}
-                Some(f) => {
-                    return Err(format!(
-                        "Parameter 'encrypt.format' does not accept value '{f}'"
-                    ))
-                }
-            }
-        }
+        let key_secret = take_encryption_keys(&mut keys, driver.as_deref())?;
         let no_backing = match keys.remove("backing").as_deref() {
             None => false,
             Some("") => {
@@ -182,6 +166,27 @@ impl ImageSpec {
             key_secret,
         })
     }
+}
+
+/// Remove the encryption keys (`encrypt.key-secret`, `encrypt.format`) from `keys` and
+/// return the secret's ID. They belong to qcow2 (named, or probed); with another driver
+/// they stay, to be refused as options it does not know.
+fn take_encryption_keys(
+    keys: &mut BTreeMap<String, String>,
+    driver: Option<&str>,
+) -> std::result::Result<Option<String>, String> {
+    if !matches!(driver, None | Some("qcow2")) {
+        return Ok(None);
+    }
+    match keys.remove("encrypt.format").as_deref() {
+        None | Some("luks" | "aes") => {}
+        Some(f) => {
+            return Err(format!(
+                "Parameter 'encrypt.format' does not accept value '{f}'"
+            ))
+        }
+    }
+    Ok(keys.remove("encrypt.key-secret"))
 }
 
 impl ImageSpec {
