@@ -1,6 +1,8 @@
 //! Criterion benchmarks of 4 KiB guest I/O through the qcow2 driver on a 64 MiB image in a
 //! temporary directory: sequential and random reads, overwrites of allocated clusters, and
-//! allocating writes into a fresh image (which include the metadata flush).
+//! allocating writes into a fresh image (which include the metadata flush). The write
+//! benchmarks run twice: on a plain image, and (`..._bitmap`) on one with an enabled
+//! persistent dirty bitmap, whose cost is the difference.
 //!
 //! `cargo bench --bench io` runs them (about a minute); `cargo bench --bench io -- read`
 //! runs a subset. Files use `cache=unsafe` semantics (no fdatasync) so the numbers measure
@@ -12,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use vdisk::qcow2::bitmap::Op;
 use vdisk::qcow2::{self, CreateOptions, Qcow2};
 use vdisk::storage::FileStorage;
 use vdisk::BlockDevice;
@@ -75,12 +78,26 @@ fn reads(c: &mut Criterion) {
     g.finish();
 }
 
+/// Add an enabled persistent dirty bitmap (QEMU's default granularity) when `bitmap`.
+fn with_bitmap(mut img: Qcow2<FileStorage>, bitmap: bool) -> Qcow2<FileStorage> {
+    if bitmap {
+        img.bitmap_ops("b0", &[Op::Add { granularity: None }])
+            .expect("adding a bitmap");
+    }
+    img
+}
+
 fn overwrites(c: &mut Criterion) {
+    overwrites_with(c, "overwrite_4k", false);
+    overwrites_with(c, "overwrite_4k_bitmap", true);
+}
+
+fn overwrites_with(c: &mut Criterion, group: &str, bitmap: bool) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut img = full_image(&dir.path().join("overwrite.qcow2"));
+    let mut img = with_bitmap(full_image(&dir.path().join("overwrite.qcow2")), bitmap);
     let order = random_blocks(1 << 16);
     let data = vec![0x5au8; BLOCK];
-    let mut g = c.benchmark_group("overwrite_4k");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Bytes(BLOCK as u64));
     let mut next = 0u64;
     g.bench_function("sequential", |b| {
@@ -101,9 +118,9 @@ fn overwrites(c: &mut Criterion) {
 }
 
 /// Time `blocks` 4 KiB writes into a fresh image, in the given order, plus the final flush.
-fn allocating_run(path: &Path, blocks: &[u64]) -> Duration {
+fn allocating_run(path: &Path, blocks: &[u64], bitmap: bool) -> Duration {
     let data = vec![0xa5u8; BLOCK];
-    let mut img = new_image(path);
+    let mut img = with_bitmap(new_image(path), bitmap);
     let start = Instant::now();
     for &b in blocks {
         img.write_at(&data, b * BLOCK as u64).unwrap();
@@ -113,6 +130,11 @@ fn allocating_run(path: &Path, blocks: &[u64]) -> Duration {
 }
 
 fn allocating_writes(c: &mut Criterion) {
+    allocating_writes_with(c, "allocating_write_4k", false);
+    allocating_writes_with(c, "allocating_write_4k_bitmap", true);
+}
+
+fn allocating_writes_with(c: &mut Criterion, group: &str, bitmap: bool) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("alloc.qcow2");
     // Each sample writes 16 MiB into a fresh image, so every 16th 4 KiB write allocates a
@@ -120,12 +142,16 @@ fn allocating_writes(c: &mut Criterion) {
     let per_sample = 4096usize;
     let sequential: Vec<u64> = (0..per_sample as u64).collect();
     let random = random_blocks(per_sample);
-    let mut g = c.benchmark_group("allocating_write_4k");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Bytes((per_sample * BLOCK) as u64));
     g.sample_size(10);
     for (name, order) in [("sequential", &sequential), ("random", &random)] {
         g.bench_function(name, |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| allocating_run(&path, order)).sum())
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| allocating_run(&path, order, bitmap))
+                    .sum()
+            })
         });
     }
     g.finish();

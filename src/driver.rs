@@ -130,15 +130,24 @@ impl Measurement {
     }
 }
 
+/// What measuring needs of a persistent bitmap: its name's length and its granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitmapShape {
+    /// Bytes of the name.
+    pub name_len: usize,
+    /// Guest bytes per bit.
+    pub granularity: u64,
+}
+
 /// What to measure: an input image, or an empty one of a given size.
 pub enum Source<'a> {
     /// An open input image.
     Image {
         /// The guest device (with its backing chain).
         device: &'a mut dyn BlockDevice,
-        /// The input can carry persistent bitmaps (a qcow2 version 3 image); qemu-img
-        /// then reports a bitmaps size.
-        bitmaps_capable: bool,
+        /// The input's persistent bitmaps, when it can carry them (a qcow2 version 3
+        /// image); qemu-img then reports a bitmaps size.
+        bitmaps: Option<Vec<BitmapShape>>,
     },
     /// A virtual size in bytes.
     Size(u64),
@@ -151,9 +160,11 @@ pub fn allocated_bytes(input: &mut dyn BlockDevice, cluster_size: u64) -> Result
     let mut required = 0;
     let mut pos = 0;
     while pos < size {
-        let ext = input.block_status(pos, size - pos)?;
-        let mut len = ext.length;
-        if ext.kind == ExtentKind::Data {
+        // As qemu-img: data over a hole of the host file reads as zeros and is not counted.
+        let st = input.map_status(pos, size - pos)?;
+        let ext = st.extent;
+        let mut len = ext.length.max(1).min(size - pos);
+        if ext.kind == ExtentKind::Data && !st.zero {
             len = (pos + len).next_multiple_of(cluster_size) - pos;
             required += pos % cluster_size + len;
         }
@@ -179,6 +190,8 @@ pub struct DumpOptions {
     pub map: bool,
     /// What each host cluster holds.
     pub clusters: bool,
+    /// The persistent bitmaps: directory and tables (qcow2; shown when there are some).
+    pub bitmaps: bool,
 }
 
 impl DumpOptions {
@@ -192,6 +205,7 @@ impl DumpOptions {
             snapshots: true,
             map: true,
             clusters: true,
+            bitmaps: true,
         }
     }
 

@@ -410,6 +410,96 @@ fn cases() -> Vec<Case> {
             },
             expect: Error("bitmap"),
         },
+        Case {
+            name: "bitmaps extension claiming 65,536 bitmaps",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let e = ext_at(i, q::EXT_BITMAPS);
+                put_be32(i, e + 8, 65_536);
+            },
+            expect: Error("bitmap"),
+        },
+        Case {
+            name: "bitmap granularity bits 32",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                i[d + 17] = 32;
+            },
+            expect: Error("granularity"),
+        },
+        Case {
+            name: "bitmap granularity bits 8",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                i[d + 17] = 8;
+            },
+            expect: Error("granularity"),
+        },
+        Case {
+            name: "bitmap name length 0",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                put_be16(i, d + 18, 0);
+            },
+            expect: Error("name"),
+        },
+        Case {
+            name: "bitmap name length 65535 (past the directory)",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                put_be16(i, d + 18, 0xffff);
+            },
+            expect: Error("bitmap"),
+        },
+        Case {
+            name: "bitmap of type 2",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                i[d + 16] = 2;
+            },
+            expect: Error("type"),
+        },
+        Case {
+            name: "bitmap with extra data",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                put_be32(i, d + 20, 8);
+            },
+            expect: Error("bitmap"),
+        },
+        Case {
+            name: "bitmap with reserved flags",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                put_be32(i, d + 12, 0x8000_0002);
+            },
+            expect: Error("flags"),
+        },
+        Case {
+            name: "bitmap table offset into the header, unaligned",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                put_be64(i, d, 0x200);
+            },
+            expect: Error("bitmap"),
+        },
+        Case {
+            name: "bitmap table of 2^27+1 entries",
+            base: Qcow2Bitmap,
+            poke: |i| {
+                let d = bitmap_dir(i);
+                put_be32(i, d + 8, (1 << 27) + 1);
+            },
+            expect: Error("bitmap"),
+        },
         // ---- exabyte sizes ----
         Case {
             name: "qcow2 virtual size 2^60 with a matching tiny L1",
@@ -443,6 +533,12 @@ fn cases() -> Vec<Case> {
             expect: SameAsQemu,
         },
     ]
+}
+
+/// Where the bitmap directory of a `Qcow2Bitmap` image starts.
+fn bitmap_dir(img: &[u8]) -> usize {
+    let e = ext_at(img, q::EXT_BITMAPS);
+    be64(img, e + 24) as usize
 }
 
 /// Point the backing name at new text placed where the old name was.

@@ -1,6 +1,7 @@
 //! A qcow2 image plus a short list of operations: writes, zero writes, discards, flushes,
-//! snapshot create/apply/delete, resize, commit into a raw base, and `check -r all`
-//! followed by a reopen. Errors are fine; panics, overflows, hangs and huge allocations
+//! snapshot create/apply/delete, resize, commit into a raw base, `check -r all`
+//! followed by a reopen, and persistent-bitmap operations (add, clear, merge, disable,
+//! remove, reading the dirty ranges). Errors are fine; panics, overflows, hangs and huge allocations
 //! are not.
 //!
 //! Input layout: one byte `n` (number of operations, at most 32), then `n` operations of
@@ -9,6 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
+use vdisk::qcow2::bitmap::Op;
 use vdisk::qcow2::{check, OpenOptions, Qcow2, SnapshotTime};
 use vdisk::raw::Raw;
 use vdisk::storage::MemStorage;
@@ -40,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut time = SnapshotTime::default();
     for op in ops.chunks_exact(8) {
-        let kind = op[0] % 11;
+        let kind = op[0] % 14;
         let a = u64::from(op[1]) | u64::from(op[2]) << 8 | u64::from(op[3]) << 16;
         let b = u64::from(op[4]) | u64::from(op[5]) << 8;
         let c = op[6];
@@ -76,6 +78,26 @@ fuzz_target!(|data: &[u8]| {
                 match Qcow2::open(storage.clone(), opts()) {
                     Ok(i) => img = i,
                     Err(_) => return,
+                }
+                Ok(())
+            }
+            11 => {
+                let g = 1u64 << (9 + c % 20);
+                let name = format!("b{}", c % 3);
+                img.bitmap_ops(&name, &[Op::Add { granularity: Some(g) }])
+            }
+            12 => {
+                let ops = match c % 4 {
+                    0 => vec![Op::Clear],
+                    1 => vec![Op::MergeNamed(format!("b{}", (c / 4) % 3))],
+                    2 => vec![Op::Disable, Op::Enable],
+                    _ => vec![Op::Remove],
+                };
+                img.bitmap_ops(&format!("b{}", c % 3), &ops)
+            }
+            13 => {
+                for e in img.bitmap_entries() {
+                    let _ = img.bitmap_dirty_ranges(&e.name);
                 }
                 Ok(())
             }

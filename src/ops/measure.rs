@@ -8,7 +8,7 @@ use crate::image::{self, Format, ImageOptions, SnapshotRef};
 use crate::storage::HostFiles;
 use std::path::Path;
 
-pub use crate::driver::{allocated_bytes, Measurement, Source};
+pub use crate::driver::{allocated_bytes, BitmapShape, Measurement, Source};
 
 /// Measure `source` for a `target` image created with qemu-img style `options`.
 pub fn measure(
@@ -44,9 +44,25 @@ pub fn measure_file(
         None => image::open(file, &opts)?,
     };
     let info = (img.format.driver().info)(&HostFiles, file, force_share)?;
+    let bitmaps = match info.supports_persistent_bitmaps {
+        true => Some(bitmap_shapes(file, force_share)?),
+        false => None,
+    };
     let source = Source::Image {
         device: img.device.as_mut(),
-        bitmaps_capable: info.supports_persistent_bitmaps,
+        bitmaps,
     };
     measure(source, target, options)
+}
+
+/// The persistent bitmaps of the qcow2 image at `file`, as measuring needs them.
+fn bitmap_shapes(file: &Path, force_share: bool) -> Result<Vec<BitmapShape>> {
+    let q = image::open_qcow2_alone(file, true, force_share, "it has bitmaps")?;
+    Ok(q.bitmap_entries()
+        .iter()
+        .map(|e| BitmapShape {
+            name_len: e.name.len(),
+            granularity: 1 << e.granularity_bits,
+        })
+        .collect())
 }

@@ -2,6 +2,7 @@
 
 pub mod amend;
 pub mod bench;
+pub mod bitmap;
 pub mod chain_ops;
 pub mod check;
 pub mod commit;

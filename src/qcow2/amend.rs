@@ -50,6 +50,10 @@ pub struct AmendOptions {
     pub size: Option<u64>,
     /// Key slot changes of a LUKS image (`encrypt.*`).
     pub keyslots: KeySlotChange,
+    /// A new name for the external data file.
+    pub data_file: Option<String>,
+    /// Keep (on) or stop keeping (off) the data file a raw image.
+    pub data_file_raw: Option<bool>,
 }
 
 impl AmendOptions {
@@ -103,8 +107,17 @@ impl AmendOptions {
                     "Invalid parameter '{key}'\nThis option is only supported for image creation"
                 )))
             }
-            "data_file" | "data_file_raw" => {
-                return Err(Error::unsupported(format!("amending '{key}'")))
+            "data_file" => self.data_file = Some(value.to_string()),
+            "data_file_raw" => {
+                self.data_file_raw = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(Error::invalid(
+                            "Parameter 'data_file_raw' expects 'on' or 'off'",
+                        ))
+                    }
+                })
             }
             _ if key.starts_with("encrypt.") => {
                 return Err(Error::invalid(format!("Invalid parameter '{key}'")))
@@ -138,6 +151,13 @@ impl<S: Storage> Qcow2<S> {
                 return Err(Error::unsupported(format!(
                     "Cannot downgrade an image with incompatible features {blocking:#x} set"
                 )));
+            }
+            // Stricter than QEMU, which downgrades and leaves the bitmaps' clusters leaked:
+            // compat 0.10 cannot hold bitmaps, so they must be removed knowingly first.
+            if !self.bitmaps.list.is_empty() {
+                return Err(Error::unsupported(
+                    "Cannot downgrade an image with persistent dirty bitmaps; remove them first ('vdisk bitmap --remove')",
+                ));
             }
         }
         // As QEMU: backing_file and backing_fmt may only restate the current values (an
@@ -204,6 +224,7 @@ impl<S: Storage> Qcow2<S> {
                 }
             }
         }
+        self.amend_data_file(o.data_file.as_deref(), o.data_file_raw)?;
         if let Some(size) = o.size {
             self.resize_to(size)?;
         }

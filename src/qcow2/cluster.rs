@@ -30,7 +30,10 @@ impl<S: Storage> Qcow2<S> {
     /// The decoded, validated L2 entry for guest cluster `gc`.
     pub(crate) fn l2_entry(&mut self, gc: u64) -> Result<L2Entry> {
         let raw = self.l2_raw(gc)?;
-        let e = L2Entry::decode(raw, self.geo.cluster_bits);
+        let e = match self.has_external_data() {
+            true => L2Entry::decode_external(raw, self.geo.cluster_bits),
+            false => L2Entry::decode(raw, self.geo.cluster_bits),
+        };
         self.validate_l2_entry(gc, raw, e)?;
         Ok(e)
     }
@@ -58,12 +61,19 @@ impl<S: Storage> Qcow2<S> {
                 if self.header.version == 2 && matches!(e, L2Entry::Zero { .. }) {
                     return bad("zero flag in a version 2 image".into());
                 }
+                if self.has_external_data() {
+                    // The data file's clusters: any aligned offset (the file grows as needed).
+                    return Ok(());
+                }
                 if host >= file_end {
                     return bad(format!("host offset {host:#x} is past the end of the file"));
                 }
                 if host == 0 {
                     return bad("points at the image header".into());
                 }
+            }
+            L2Entry::Compressed { .. } if self.has_external_data() => {
+                return bad("compressed cluster in an image with an external data file".into());
             }
             L2Entry::Compressed { host, len }
                 if host.saturating_add(len) > file_end.saturating_add(512) || host < cs =>
@@ -131,6 +141,10 @@ impl<S: Storage> Qcow2<S> {
     /// Drop this image's reference(s) held by an L2 entry that is being replaced.
     pub(crate) fn release_entry(&mut self, e: L2Entry) {
         let cs = self.geo.cluster_size;
+        if self.has_external_data() {
+            // Data clusters belong to the data file, which has no refcounts.
+            return;
+        }
         match e {
             L2Entry::Normal { host, .. }
             | L2Entry::Zero {

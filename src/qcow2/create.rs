@@ -38,6 +38,10 @@ pub struct CreateOptions {
     pub compression_type: CompressionType,
     /// Encryption (`encrypt.*`); not encrypted unless a format is given.
     pub encrypt: EncryptOptions,
+    /// External data file name as stored in the header (the driver creates the file).
+    pub data_file: Option<String>,
+    /// Keep the data file a valid raw image (every cluster mapped at its guest offset).
+    pub data_file_raw: bool,
 }
 
 impl Default for CreateOptions {
@@ -53,6 +57,8 @@ impl Default for CreateOptions {
             backing_format: None,
             compression_type: CompressionType::Zlib,
             encrypt: EncryptOptions::default(),
+            data_file: None,
+            data_file_raw: false,
         }
     }
 }
@@ -107,7 +113,9 @@ impl CreateOptions {
                     }
                 }
             }
-            "data_file" | "data_file_raw" | "extended_l2" => {
+            "data_file" => self.data_file = Some(value.to_string()),
+            "data_file_raw" => self.data_file_raw = parse_bool(key, value)?,
+            "extended_l2" => {
                 if value == "off" || value == "false" {
                     return Ok(());
                 }
@@ -146,6 +154,17 @@ impl CreateOptions {
         if self.version == 2 && self.compression_type != CompressionType::Zlib {
             return Err(Error::invalid(
                 "compression_type requires compat=1.1 or greater",
+            ));
+        }
+        if self.data_file_raw && self.data_file.is_none() {
+            return Err(Error::invalid("data-file-raw requires data-file"));
+        }
+        if self.data_file.is_some() && self.version == 2 {
+            return Err(Error::invalid("External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
+        }
+        if self.data_file_raw && self.backing_file.is_some() {
+            return Err(Error::invalid(
+                "Backing file and data-file-raw cannot be used at the same time",
             ));
         }
         if self.backing_file.is_some() && self.preallocation != Preallocation::Off {
@@ -270,6 +289,16 @@ impl Layout {
         if opts.compression_type != CompressionType::Zlib {
             h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
         }
+        if let Some(name) = &opts.data_file {
+            h.incompatible_features |= header::incompat::EXTERNAL_DATA;
+            if opts.data_file_raw {
+                h.autoclear_features |= header::autoclear::RAW_EXTERNAL;
+            }
+            h.extensions.push(header::Extension {
+                kind: header::ext::DATA_FILE,
+                data: name.as_bytes().to_vec(),
+            });
+        }
         if let Some(fmt) = &opts.backing_format {
             h.extensions.push(header::Extension {
                 kind: header::ext::BACKING_FORMAT,
@@ -326,17 +355,37 @@ impl Layout {
 
 /// Create a qcow2 image in `storage` (whose old contents are discarded) and open it.
 pub fn create<S: Storage>(storage: S, opts: &CreateOptions) -> Result<Qcow2<S>> {
+    create_with_data_file(storage, opts, None)
+}
+
+/// [`create`], with the external data file `data` (storage and the name `map` shows) that
+/// `opts.data_file` names, already created empty.
+pub fn create_with_data_file<S: Storage>(
+    storage: S,
+    opts: &CreateOptions,
+    data: Option<(std::sync::Arc<dyn Storage>, String)>,
+) -> Result<Qcow2<S>> {
     opts.validate()?;
     opts.encrypt.check_secret()?;
     let layout = Layout::plan(opts);
     let header_bytes = layout.header(opts).write()?;
     layout.write(&storage, &header_bytes)?;
     let mut img = Qcow2::open(storage, OpenOptions::default())?;
+    if let Some((st, name)) = data {
+        st.set_len(layout.size)
+            .map_err(|e| Error::io("qcow2: sizing the data file", e))?;
+        img.attach_data_file(st, name);
+    }
     if opts.encrypt.format.is_some() {
         img.enable_encryption(&opts.encrypt)?;
     }
-    if opts.preallocation != Preallocation::Off {
-        img.preallocate(opts.preallocation)?;
+    let prealloc = match (opts.data_file_raw, opts.preallocation) {
+        // A raw data file maps every cluster from the start, as QEMU does.
+        (true, Preallocation::Off) => Preallocation::Metadata,
+        (_, p) => p,
+    };
+    if prealloc != Preallocation::Off {
+        img.preallocate(prealloc)?;
     }
     Ok(img)
 }
@@ -354,7 +403,10 @@ impl<S: Storage> Qcow2<S> {
             let l1_index = gc >> self.geo.l2_bits;
             let n = per_table.min(clusters - gc).min(self.max_alloc_run());
             let l2_off = self.l2_for_write(l1_index)?;
-            let host = self.alloc_clusters(n)?;
+            let host = match self.has_external_data() {
+                true => gc * cs,
+                false => self.alloc_clusters(n)?,
+            };
             for k in 0..n {
                 if self.l2_raw(gc + k)? == 0 {
                     self.set_l2_raw(
@@ -364,23 +416,32 @@ impl<S: Storage> Qcow2<S> {
                     )?;
                 }
             }
-            let io = |e| Error::io("qcow2: preallocating", e);
-            match mode {
-                Preallocation::Off => {}
-                Preallocation::Metadata => {
-                    let end = host + n * cs;
-                    if end > self.storage.len().map_err(io)? {
-                        self.storage.set_len(end).map_err(io)?;
-                    }
-                }
-                Preallocation::Falloc => self.storage.allocate(host, n * cs).map_err(io)?,
-                Preallocation::Full => {
-                    crate::storage::write_zero_bytes(&self.storage, host, n * cs).map_err(io)?
-                }
-            }
+            self.preallocate_data(mode, host, n * cs)?;
             gc += n;
         }
         self.flush_metadata()
+    }
+}
+
+impl<S: Storage> Qcow2<S> {
+    /// Give `[host, host + len)` of the file holding guest data the space `mode` asks for.
+    fn preallocate_data(&self, mode: Preallocation, host: u64, len: u64) -> Result<()> {
+        let io = |e| Error::io("qcow2: preallocating", e);
+        let file: &dyn Storage = match self.data_storage() {
+            Some(d) => d,
+            None => &self.storage,
+        };
+        match mode {
+            Preallocation::Off => {}
+            Preallocation::Metadata => {
+                if host + len > file.len().map_err(io)? {
+                    file.set_len(host + len).map_err(io)?;
+                }
+            }
+            Preallocation::Falloc => file.allocate(host, len).map_err(io)?,
+            Preallocation::Full => crate::storage::write_zero_bytes(file, host, len).map_err(io)?,
+        }
+        Ok(())
     }
 }
 

@@ -147,6 +147,15 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
             "extended-l2": false,
         })
     };
+    if let (Some(data), Some(name)) = (format_specific.as_object_mut(), h.data_file()) {
+        // After refcount-bits, as qemu-img lists them.
+        let at = data
+            .keys()
+            .position(|k| k == "refcount-bits")
+            .map_or(data.len(), |i| i + 1);
+        data.shift_insert(at, "data-file".into(), name.into());
+        data.shift_insert(at + 1, "data-file-raw".into(), h.data_file_raw().into());
+    }
     if let Some(data) = format_specific.as_object_mut() {
         // shift_remove keeps the order of the keys after it (remove would swap the last
         // key into its place).
@@ -237,6 +246,22 @@ pub fn open_image(
         true,
     )
     .map_err(|e| crate::error::with_path(path, e))?;
+    let mut q = q;
+    if let Some(name) = q.header().data_file() {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let dpath = crate::names::resolve_data_file(dir, &name)?;
+        let st = ns
+            .open(
+                &dpath,
+                FileOptions {
+                    write: !p.read_only,
+                    unsafe_cache: p.unsafe_cache,
+                    force_share: p.force_share,
+                },
+            )
+            .map_err(|e| Error::io(format!("could not open data file '{}'", dpath.display()), e))?;
+        q.attach_data_file(st, dpath.display().to_string());
+    }
     let backing = q.header().backing_file.clone().map(|name| BackingRef {
         name,
         format: q.header().backing_format(),
@@ -270,7 +295,23 @@ fn create(ns: &dyn Namespace, path: &Path, p: &CreateParams<'_>) -> Result<Box<d
     let storage = ns
         .create(path, p.unsafe_cache)
         .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
-    Ok(Box::new(super::create(storage, &o)?))
+    let data = match &o.data_file {
+        Some(name) => {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            let dpath = crate::names::resolve_data_file(dir, name)?;
+            let st = ns.create(&dpath, p.unsafe_cache).map_err(|e| {
+                Error::io(
+                    format!("could not create data file '{}'", dpath.display()),
+                    e,
+                )
+            })?;
+            Some((st, dpath.display().to_string()))
+        }
+        None => None,
+    };
+    Ok(Box::new(super::create::create_with_data_file(
+        storage, &o, data,
+    )?))
 }
 
 fn check_create_options(options: &[(String, String)]) -> Result<()> {

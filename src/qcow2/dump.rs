@@ -366,6 +366,65 @@ fn clusters_section<S: Storage>(st: &S, cs: u64) -> Result<Value> {
     Ok(Value::Array(out))
 }
 
+/// The bitmap directory and each bitmap's table (as runs of entries of one kind), or the
+/// error that makes them unreadable.
+fn bitmaps_section<S: Storage>(st: &S, scan: &Scan) -> Value {
+    let dir = match super::bitmap::read_directory(st, &scan.header, scan.file_len) {
+        Ok(d) => d,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    let x = super::bitmap::directory::read_ext(&scan.header)
+        .ok()
+        .flatten();
+    let entries: Vec<Value> = dir
+        .iter()
+        .map(|e| {
+            let table = read_u64s(st, e.table_offset, e.table_size as usize, "a bitmap table");
+            json!({
+                "name": e.name,
+                "flags": e.flag_names(),
+                "granularity": 1u64 << e.granularity_bits,
+                "table_offset": hex(e.table_offset),
+                "table_size": e.table_size,
+                "table": match table {
+                    Ok(t) => Value::Array(bitmap_table_runs(&t)),
+                    Err(err) => json!({ "error": err.to_string() }),
+                },
+            })
+        })
+        .collect();
+    json!({
+        "directory_offset": hex(x.map_or(0, |x| x.dir_offset)),
+        "directory_size": x.map_or(0, |x| x.dir_size),
+        "entries": entries,
+    })
+}
+
+/// A bitmap table as runs: clean (0), all dirty (1), or data clusters (one entry each).
+fn bitmap_table_runs(table: &[u64]) -> Vec<Value> {
+    let kind = |t: u64| match t {
+        0 => "clean",
+        1 => "dirty",
+        _ => "data",
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < table.len() {
+        let k = kind(table[i]);
+        let start = i;
+        i += 1;
+        if k == "data" {
+            out.push(json!({"index": start, "type": k, "host": hex(table[start] & !0x1ff)}));
+            continue;
+        }
+        while i < table.len() && kind(table[i]) == k {
+            i += 1;
+        }
+        out.push(json!({"index": format!("{start}..{}", i - 1), "type": k}));
+    }
+    out
+}
+
 /// Build the dump document of the qcow2 image in `st`.
 pub fn document<S: Storage>(st: &S, opts: DumpOptions) -> Result<Value> {
     let opts = opts.or_all();
@@ -403,6 +462,9 @@ pub fn document<S: Storage>(st: &S, opts: DumpOptions) -> Result<Value> {
     }
     if opts.clusters {
         doc.insert("clusters".into(), clusters_section(st, scan.cs)?);
+    }
+    if opts.bitmaps && super::bitmap::has_persistent_bitmaps(&scan.header) {
+        doc.insert("bitmaps".into(), bitmaps_section(st, &scan));
     }
     Ok(Value::Object(doc))
 }

@@ -8,8 +8,8 @@
 //!
 //! An image opened without its secret is *locked*: its header is parsed and validated (so
 //! `info` can show it), and every data read or write is refused. [`Crypt`] is the state;
-//! [`Qcow2::read_data`] and [`Qcow2::write_data`] are the only places guest data meets
-//! the host file.
+//! [`Qcow2::read_guest`] and [`Qcow2::write_guest`] are the only places guest data meets
+//! the host file (through `data_file`'s `read_data`/`write_data`).
 
 use super::header::{ext, Header};
 use super::{ioerr, Qcow2};
@@ -177,12 +177,9 @@ impl<S: Storage> Qcow2<S> {
 
     /// Read guest bytes stored at host offset `host` (guest offset `guest`) into `out`,
     /// decrypting them when the image is encrypted.
-    pub(crate) fn read_data(&self, out: &mut [u8], host: u64, guest: u64) -> Result<()> {
+    pub(crate) fn read_guest(&self, out: &mut [u8], host: u64, guest: u64) -> Result<()> {
         let Some(c) = &self.crypt else {
-            return self
-                .storage
-                .read_at(out, host)
-                .map_err(ioerr("reading guest data"));
+            return self.read_data(out, host);
         };
         let cipher = c.cipher()?;
         let head = host % SECTOR_SIZE;
@@ -190,15 +187,11 @@ impl<S: Storage> Qcow2<S> {
         let first = (iv_base - head) / SECTOR_SIZE;
         let len = (head + out.len() as u64).next_multiple_of(SECTOR_SIZE);
         if head == 0 && len == out.len() as u64 {
-            self.storage
-                .read_at(out, host)
-                .map_err(ioerr("reading guest data"))?;
+            self.read_data(out, host)?;
             return cipher.decrypt(first, out);
         }
         let mut tmp = vec![0u8; len as usize];
-        self.storage
-            .read_at(&mut tmp, host - head)
-            .map_err(ioerr("reading guest data"))?;
+        self.read_data(&mut tmp, host - head)?;
         cipher.decrypt(first, &mut tmp)?;
         out.copy_from_slice(&tmp[head as usize..head as usize + out.len()]);
         Ok(())
@@ -207,39 +200,27 @@ impl<S: Storage> Qcow2<S> {
     /// Write guest bytes `src` at host offset `host` (guest offset `guest`), encrypting
     /// them when the image is encrypted; sectors `src` covers only in part are read,
     /// decrypted and merged first.
-    pub(crate) fn write_data(&mut self, src: &[u8], host: u64, guest: u64) -> Result<()> {
+    pub(crate) fn write_guest(&mut self, src: &[u8], host: u64, guest: u64) -> Result<()> {
         let Some(c) = &self.crypt else {
-            return self
-                .storage
-                .write_at(src, host)
-                .map_err(ioerr("writing guest data"));
+            return self.write_data(src, host);
         };
-        let host_iv = c.host_iv;
-        c.cipher()?;
+        let cipher = c.cipher()?;
         let ss = SECTOR_SIZE as usize;
         let head = (host % SECTOR_SIZE) as usize;
         let len = (head + src.len()).next_multiple_of(ss);
+        let (host0, guest0) = (host - head as u64, guest - head as u64);
         let mut tmp = vec![0u8; len];
         if head != 0 {
-            self.read_data(&mut tmp[..ss], host - head as u64, guest - head as u64)?;
+            self.read_guest(&mut tmp[..ss], host0, guest0)?;
         }
         if (head + src.len()) % ss != 0 && (len > ss || head == 0) {
             let at = (len - ss) as u64;
-            self.read_data(
-                &mut tmp[len - ss..],
-                host - head as u64 + at,
-                guest - head as u64 + at,
-            )?;
+            self.read_guest(&mut tmp[len - ss..], host0 + at, guest0 + at)?;
         }
         tmp[head..head + src.len()].copy_from_slice(src);
-        let iv_base = if host_iv { host } else { guest };
-        let first = (iv_base - head as u64) / SECTOR_SIZE;
-        if let Some(c) = &self.crypt {
-            c.cipher()?.encrypt(first, &mut tmp)?;
-        }
-        self.storage
-            .write_at(&tmp, host - head as u64)
-            .map_err(ioerr("writing guest data"))
+        let iv_base = if c.host_iv { host0 } else { guest0 };
+        cipher.encrypt(iv_base / SECTOR_SIZE, &mut tmp)?;
+        self.write_data(&tmp, host0)
     }
 
     /// Refuse compressed clusters in an encrypted image, as QEMU does.

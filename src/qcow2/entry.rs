@@ -73,6 +73,26 @@ impl L2Entry {
         }
     }
 
+    /// [`decode`](Self::decode) for an image with an external data file, where host
+    /// offset 0 is a real cluster: an entry of offset 0 with the COPIED flag (which every
+    /// data file cluster carries) maps guest data to offset 0 of the data file.
+    pub fn decode_external(raw: u64, cluster_bits: u32) -> L2Entry {
+        match L2Entry::decode(raw, cluster_bits) {
+            L2Entry::Unallocated if raw & COPIED != 0 => L2Entry::Normal {
+                host: 0,
+                copied: true,
+            },
+            L2Entry::Zero {
+                host: None,
+                copied: true,
+            } => L2Entry::Zero {
+                host: Some(0),
+                copied: true,
+            },
+            e => e,
+        }
+    }
+
     /// Encode the entry again.
     pub fn encode(self, cluster_bits: u32) -> u64 {
         match self {

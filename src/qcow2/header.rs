@@ -32,7 +32,7 @@ pub mod incompat {
     /// L2 entries are 128 bits with subcluster bitmaps.
     pub const EXTENDED_L2: u64 = 1 << 4;
     /// The bits this implementation understands.
-    pub const SUPPORTED: u64 = DIRTY | CORRUPT | COMPRESSION_TYPE;
+    pub const SUPPORTED: u64 = DIRTY | CORRUPT | EXTERNAL_DATA | COMPRESSION_TYPE;
 }
 
 /// Compatible feature bits.
@@ -578,6 +578,25 @@ impl Header {
                 .trim_end_matches('\0')
                 .to_string()
         })
+    }
+
+    /// The external data file named by the data-file extension (when the external-data
+    /// feature bit is set).
+    pub fn data_file(&self) -> Option<String> {
+        if self.incompatible_features & incompat::EXTERNAL_DATA == 0 {
+            return None;
+        }
+        self.extension(ext::DATA_FILE).map(|e| {
+            String::from_utf8_lossy(&e.data)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+    }
+
+    /// Whether the external data file is kept a valid raw image (`data_file_raw`).
+    pub fn data_file_raw(&self) -> bool {
+        self.incompatible_features & incompat::EXTERNAL_DATA != 0
+            && self.autoclear_features & autoclear::RAW_EXTERNAL != 0
     }
 
     /// Decode the feature name table (malformed trailing bytes are ignored).

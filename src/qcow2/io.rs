@@ -21,7 +21,7 @@ impl<S: Storage> Qcow2<S> {
     fn read_run_part(&mut self, gc: u64, e: L2Entry, in_off: u64, out: &mut [u8]) -> Result<()> {
         match e {
             L2Entry::Normal { host, .. } => {
-                self.read_data(out, host + in_off, (gc << self.geo.cluster_bits) + in_off)
+                self.read_guest(out, host + in_off, (gc << self.geo.cluster_bits) + in_off)
             }
             L2Entry::Zero { .. } => {
                 out.fill(0);
@@ -74,9 +74,11 @@ impl<S: Storage> Qcow2<S> {
             let run = self.extend_run(gc, first, end.div_ceil(cs), Join::Entries)?;
             let run_end = (run.end() << cb).min(end);
             let at = host + (pos & (cs - 1));
-            self.check_data_write(at, run_end - pos)?;
+            if !self.has_external_data() {
+                self.check_data_write(at, run_end - pos)?;
+            }
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.write_data(src, at, pos)?;
+            self.write_guest(src, at, pos)?;
             pos = run_end;
         }
         Ok(())
@@ -125,12 +127,16 @@ impl<S: Storage> Qcow2<S> {
         let run_start = gc0 << cb;
         let run_end = ((gc0 + n) << cb).min(end);
         let l2_off = self.l2_for_write(l1_index)?;
-        let host = self.alloc_clusters(n)?;
+        // An external data file holds each cluster at its guest offset.
+        let host = match self.has_external_data() {
+            true => run_start,
+            false => self.alloc_clusters(n)?,
+        };
         let head = pos - run_start;
         let tail = ((gc0 + n) << cb) - run_end;
         if head == 0 && tail == 0 {
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.write_data(src, host, pos)?;
+            self.write_guest(src, host, pos)?;
         } else {
             let mut data = vec![0u8; (n * cs) as usize];
             if head > 0 {
@@ -143,7 +149,7 @@ impl<S: Storage> Qcow2<S> {
             }
             data[head as usize..(run_end - run_start) as usize]
                 .copy_from_slice(&buf[(pos - offset) as usize..(run_end - offset) as usize]);
-            self.write_data(&data, host, run_start)?;
+            self.write_guest(&data, host, run_start)?;
         }
         for (k, old) in olds.into_iter().enumerate() {
             let k = k as u64;
@@ -263,12 +269,14 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, buf.len() as u64)?;
+        self.track_guest_write(offset, buf.len() as u64)?;
         self.do_write(buf, offset)
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
+        self.track_guest_write(offset, len)?;
         let (a, b, end) = self.aligned_parts(offset, len);
         self.zero_partial(offset, a - offset)?;
         if b > a {
@@ -276,6 +284,7 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
             let n = (b - a).div_ceil(self.geo.cluster_size);
             if self.header.version >= 3 {
                 self.set_clusters(a >> cb, n, true)?;
+                self.zero_raw_data(a, b - a)?;
             } else if self.unallocated_is_zero() {
                 self.set_clusters(a >> cb, n, false)?;
             } else {
@@ -298,6 +307,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
+        // As QEMU: the whole requested range is dirty, even the parts left as they were.
+        self.track_guest_write(offset, len)?;
         let (a, b, _) = self.aligned_parts(offset, len);
         if b <= a {
             return Ok(());
@@ -305,7 +316,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         let cb = self.geo.cluster_bits;
         let n = (b - a).div_ceil(self.geo.cluster_size);
         if self.unallocated_is_zero() {
-            self.set_clusters(a >> cb, n, false)
+            self.set_clusters(a >> cb, n, false)?;
+            self.zero_raw_data(a, b - a)
         } else if self.header.version >= 3 {
             self.set_clusters(a >> cb, n, true)
         } else {
@@ -315,6 +327,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 
     fn flush(&mut self) -> Result<()> {
         self.flush_metadata()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.flush_metadata()?;
+        self.store_bitmaps()
     }
 
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
@@ -375,6 +392,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 
     fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
         self.refuse_compressed_if_encrypted()?;
+        self.refuse_with_data_file("compressed clusters")?;
+        self.track_guest_write(offset, self.geo.cluster_size)?;
         self.store_compressed(offset, compressed)
     }
 
@@ -396,7 +415,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 impl<S: Storage> Drop for Qcow2<S> {
     fn drop(&mut self) {
         if !self.read_only {
-            let _ = self.flush_metadata();
+            // A close that was not asked for: errors cannot be reported, and bitmaps that
+            // could not be stored stay marked in use (inconsistent), as after a crash.
+            if self.flush_metadata().is_ok() {
+                let _ = self.store_bitmaps();
+            }
         }
     }
 }

@@ -24,7 +24,13 @@ impl<S: Storage> Qcow2<S> {
         if extent.kind == ExtentKind::Zero && !self.is_encrypted() {
             return self.zero_run(extent);
         }
-        let status = MapStatus::from_extent(extent);
+        let mut status = MapStatus::from_extent(extent);
+        if self.has_external_data() {
+            if extent.kind == ExtentKind::Data {
+                status.file = self.data_file_name().map(str::to_string);
+            }
+            return Ok(status);
+        }
         match extent.host_offset {
             Some(host)
                 if extent.kind == ExtentKind::Data

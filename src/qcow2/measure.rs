@@ -2,7 +2,7 @@
 //! L1 and L2 tables, refcount table and blocks), and the data clusters an input uses.
 
 use super::CreateOptions;
-use crate::driver::{allocated_bytes, Measurement, Source};
+use crate::driver::{allocated_bytes, BitmapShape, Measurement, Source};
 use crate::error::{Error, Result};
 use crate::Preallocation;
 
@@ -24,20 +24,18 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
         ));
     }
     let order = o.refcount_bits.trailing_zeros();
-    let (virtual_size, mut required, from_qcow2) = match source {
-        Source::Image {
-            device,
-            bitmaps_capable,
-        } => {
+    let (virtual_size, mut required, bitmaps) = match source {
+        Source::Image { device, bitmaps } => {
             let vs = device.virtual_size().next_multiple_of(cs);
             let req = if o.backing_file.is_some() {
                 vs
             } else {
                 allocated_bytes(device, cs)?
             };
-            (vs, req, bitmaps_capable)
+            let bitmaps = bitmaps.map(|b| bitmaps_size(&b, device.virtual_size(), cs));
+            (vs, req, bitmaps)
         }
-        Source::Size(s) => (s.next_multiple_of(cs), 0, false),
+        Source::Size(s) => (s.next_multiple_of(cs), 0, None),
     };
     let l1 = super::header::l1_entries_for(virtual_size, cs.trailing_zeros());
     if l1.is_none_or(|n| n * 8 > super::limits::MAX_L1_BYTES) {
@@ -54,8 +52,23 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
     Ok(Measurement {
         required: fully_allocated - virtual_size + required,
         fully_allocated,
-        bitmaps: (o.version >= 3 && from_qcow2).then_some(0),
+        bitmaps: bitmaps.filter(|_| o.version >= 3),
     })
+}
+
+/// Bytes the bitmaps `b` of a disk of `size` bytes take in an image of `cs`-byte clusters,
+/// as qemu-img measure counts them: every data cluster allocated, the tables, and the
+/// directory.
+fn bitmaps_size(b: &[BitmapShape], size: u64, cs: u64) -> u64 {
+    let mut total = 0;
+    let mut dir = 0;
+    for s in b {
+        let bytes = size.div_ceil(s.granularity).div_ceil(8);
+        let clusters = bytes.div_ceil(cs);
+        total += clusters * cs + (clusters * 8).next_multiple_of(cs);
+        dir += (24 + s.name_len as u64).next_multiple_of(8);
+    }
+    total + dir.next_multiple_of(cs)
 }
 
 /// Refcount table and block bytes needed to count `clusters` clusters and themselves.

@@ -20,6 +20,7 @@
 //! | `cluster` | L2 lookup and validation, L2 allocation and copy-on-write of L2 tables |
 //! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
+//! | `data_file` | external data files: guest data at host offset = guest offset in another file |
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
@@ -31,7 +32,7 @@
 //! | `txn` | metadata transactions: new structures, then one header write to switch |
 //! | [`snapshot`] | the snapshot table: parsing, validating, writing its entries |
 //! | `snapshot_ops` | internal snapshots: create, apply, delete (each a transaction) |
-//! | `bitmap` | the persistent-bitmaps extension: validated on open, never written |
+//! | [`bitmap`] | persistent dirty bitmaps: directory, tables, tracking guest writes, `vdisk bitmap` |
 //! | `resize` | growing and shrinking the virtual size |
 //! | `amend` | changing compat, refcount width, lazy refcounts, size (qemu-img amend) |
 //! | [`measure`] | `qemu-img measure` for qcow2 targets |
@@ -45,12 +46,13 @@
 //! `format-spec/qcow2.md`, section 7.
 
 mod amend;
-mod bitmap;
+pub mod bitmap;
 pub mod cache;
 pub mod check;
 mod cluster;
 pub mod compress;
 pub mod create;
+mod data_file;
 pub mod driver;
 pub mod dump;
 pub mod encryption;
@@ -195,6 +197,12 @@ pub struct Qcow2<S: Storage> {
     metadata_preallocation: Option<bool>,
     /// The encryption of guest data (`None`: not encrypted).
     crypt: Option<encryption::Crypt>,
+    /// The persistent dirty bitmaps.
+    bitmaps: bitmap::State,
+    /// The external data file, once attached (see `data_file`).
+    data_file: Option<std::sync::Arc<dyn Storage>>,
+    /// The path the data file was opened by.
+    data_file_name: Option<String>,
 }
 
 fn ioerr(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -239,23 +247,22 @@ pub fn check_writable_open<S: Storage + ?Sized>(storage: &S) -> Result<()> {
     refuse_writable(&header)
 }
 
-/// Refuse to write an image whose header is `header`: one marked corrupt, or one with
-/// persistent bitmaps (see `bitmap::refuse_writable`).
+/// Refuse to write an image whose header is `header` when it is marked corrupt.
 pub(crate) fn refuse_writable(header: &Header) -> Result<()> {
     if header.incompatible_features & incompat::CORRUPT != 0 {
         return Err(Error::ReadOnly(
             "qcow2 image is marked corrupt; it can be opened read-only, or repaired with 'vdisk check -r all'".into(),
         ));
     }
-    bitmap::refuse_writable(header)
+    Ok(())
 }
 
 impl<S: Storage> Qcow2<S> {
     /// Open the qcow2 image in `storage`.
     ///
-    /// A writable open is refused for an image marked corrupt and for one with persistent
-    /// bitmaps (see `bitmap::refuse_writable`), before anything is written; then a dirty
-    /// image (lazy refcounts) is repaired.
+    /// A writable open is refused for an image marked corrupt, before anything is written;
+    /// then a dirty image (lazy refcounts) is repaired, and the enabled persistent bitmaps
+    /// are loaded to track writes.
     pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
         Self::open_with_key(storage, opts, None, false)
     }
@@ -272,7 +279,18 @@ impl<S: Storage> Qcow2<S> {
     ) -> Result<Self> {
         let read_only = opts.read_only;
         let (mut header, mut file_len) = read_header(&storage)?;
-        bitmap::validate(&storage, &header, file_len)?;
+        bitmap::read_directory(&storage, &header, file_len)?;
+        if header.incompatible_features & incompat::EXTERNAL_DATA != 0
+            && header.data_file().is_none_or(|n| n.is_empty())
+        {
+            // QEMU would need the data file named on its command line; vdisk opens only
+            // the file the image names.
+            return Err(Error::corrupt(
+                "qcow2 header",
+                header::field::INCOMPATIBLE_FEATURES.file_offset(),
+                "the external data file bit is set but the image names no data file",
+            ));
+        }
         let crypt = encryption::load(&storage, &header, file_len, key)?;
         if key_required && crypt.as_ref().is_some_and(|c| !c.is_unlocked()) {
             return Err(Error::invalid(encryption::KEY_REQUIRED));
@@ -324,19 +342,41 @@ impl<S: Storage> Qcow2<S> {
             compressed_cursor: 0,
             metadata_preallocation: None,
             crypt,
+            bitmaps: bitmap::State::default(),
+            data_file: None,
+            data_file_name: None,
             read_only,
             header,
             geo,
         };
         img.validate_tables()?;
-        if !read_only && img.header.autoclear_features != 0 {
-            // vdisk maintains no autoclear feature: clearing the bits tells QEMU that the
-            // structures they guard may be stale. (Valid persistent bitmaps were refused
-            // above; a bitmaps bit without the extension guards nothing.)
-            img.header.autoclear_features = 0;
-            img.write_header()?;
+        let dir = bitmap::read_directory(&img.storage, &img.header, img.file_len)?;
+        img.set_bitmap_state(bitmap::State::from_directory(dir));
+        if !read_only {
+            img.load_tracking_bitmaps()?;
+            img.clear_unknown_autoclear()?;
         }
         Ok(img)
+    }
+
+    /// Clear the autoclear bits of features vdisk does not maintain: that tells QEMU the
+    /// structures they guard may be stale. The bitmaps bit stays while the image has
+    /// bitmaps (vdisk keeps them valid); without the extension it guards nothing.
+    fn clear_unknown_autoclear(&mut self) -> Result<()> {
+        let mut keep = if bitmap::has_persistent_bitmaps(&self.header) {
+            header::autoclear::BITMAPS
+        } else {
+            0
+        };
+        if self.header.data_file_raw() {
+            // vdisk keeps a raw data file raw.
+            keep |= header::autoclear::RAW_EXTERNAL;
+        }
+        if self.header.autoclear_features & !keep != 0 {
+            self.header.autoclear_features &= keep;
+            self.write_header()?;
+        }
+        Ok(())
     }
 
     /// Check every L1 and refcount table entry for alignment and range.

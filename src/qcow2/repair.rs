@@ -475,7 +475,7 @@ fn check_copied<S: Storage>(
         }
         let mut table = super::check::read_u64s(st, l2, (cs / 8) as usize, "an L2 table")?;
         let mut dirty = false;
-        for e in table.iter_mut() {
+        for e in table.iter_mut().filter(|_| !scan.external_data()) {
             let host = match L2Entry::decode(*e, cb) {
                 L2Entry::Normal { host, .. }
                 | L2Entry::Zero {
@@ -573,13 +573,6 @@ pub(crate) fn repair_if_dirty<S: Storage>(st: &S) -> Result<()> {
 /// repaired the image is checked again and the report holds the second check's findings
 /// with the first one's repair counts, as qemu-img reports it.
 pub fn check<S: Storage>(st: &S, repair: Repair) -> Result<CheckReport> {
-    if repair != Repair::None {
-        // Repairs write the image, which is refused when it has persistent bitmaps (as
-        // any writable open). A header that does not parse is left to the check to report.
-        if let Ok((header, _)) = super::read_header(st) {
-            super::bitmap::refuse_writable(&header)?;
-        }
-    }
     let first = check_pass(st, repair)?;
     if repair == Repair::None || first.failed.is_some() {
         return Ok(first);

@@ -59,15 +59,20 @@ impl<S: Storage> Qcow2<S> {
         let needed = l1_entries_for(new_size, self.geo.cluster_bits)
             .filter(|&n| n * 8 <= super::limits::MAX_L1_BYTES)
             .ok_or_else(|| Error::invalid("new size needs an L1 table larger than 32 MiB"))?;
-        if new_size > old_size {
-            self.grow(new_size, needed, prealloc)
-        } else if prealloc != Preallocation::Off {
-            Err(Error::invalid(
+        if new_size < old_size && prealloc != Preallocation::Off {
+            return Err(Error::invalid(
                 "Preallocation can only be used for growing images",
-            ))
-        } else {
-            self.shrink(new_size, needed)
+            ));
         }
+        // Bitmaps follow the size, as in QEMU; they are marked in use across the change.
+        self.bitmaps_before_resize()?;
+        if new_size > old_size {
+            self.grow(new_size, needed, prealloc)?;
+        } else {
+            self.shrink(new_size, needed)?;
+        }
+        self.resize_data_file(new_size)?;
+        self.bitmaps_after_resize(new_size)
     }
 
     /// Free everything past the new end (whole clusters), then drop the L2 tables that map

@@ -123,6 +123,8 @@ impl<S: Storage> Qcow2<S> {
     /// 1 to 65535 bytes long and unique, so that `-a NAME` and `-d NAME` always mean one
     /// snapshot. (Images QEMU made with such names still open and work.)
     pub fn snapshot_create(&mut self, name: &str, time: SnapshotTime) -> Result<()> {
+        // As QEMU: the data file has one copy of each cluster, so nothing can be shared.
+        self.refuse_with_data_file("internal snapshots")?;
         self.check_writable()?;
         if name.is_empty() || name.len() > u16::MAX as usize {
             return Err(Error::invalid(
@@ -198,6 +200,7 @@ impl<S: Storage> Qcow2<S> {
             ));
         }
         let snap_l1 = self.read_snapshot_l1(&snap)?;
+        self.bitmaps_before_revert(size)?;
         let mut txn = self.txn_begin()?;
         let old_active = self.l1.clone();
         self.txn_add_l1_refs(&mut txn, &snap_l1, 1)?;

@@ -81,8 +81,10 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// Make every write so far durable.
+    /// Make every write so far durable (an external data file's first: metadata written
+    /// after a sync may point at its clusters).
     pub(crate) fn sync(&self) -> Result<()> {
+        self.flush_data_file()?;
         self.storage.flush().map_err(ioerr("flushing"))
     }
 

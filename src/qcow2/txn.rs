@@ -25,6 +25,9 @@ pub(crate) struct Txn {
     hint: u64,
     min_freed: u64,
     freed: u64,
+    /// Switch with a write of the whole header (extensions and backing name included)
+    /// instead of the fixed fields of [`field::SWITCH`]: for a change to an extension.
+    whole_header: bool,
 }
 
 impl Txn {
@@ -35,7 +38,13 @@ impl Txn {
             hint,
             min_freed: u64::MAX,
             freed: 0,
+            whole_header: false,
         }
+    }
+
+    /// Make the commit rewrite the whole header (see the field).
+    pub(crate) fn switch_whole_header(&mut self) {
+        self.whole_header = true;
     }
 
     /// Clusters whose refcount this transaction dropped to zero.
@@ -342,7 +351,13 @@ impl<S: Storage> Qcow2<S> {
         h.refcount_table_offset = plan.table << geo.cluster_bits;
         h.refcount_table_clusters = plan.table_clusters as u32;
         update(&mut h);
-        refcount_area::switch_header(&self.storage, &h.write()?, field::SWITCH)?;
+        let bytes = h.write()?;
+        let span = if txn.whole_header {
+            0..bytes.len()
+        } else {
+            field::SWITCH
+        };
+        refcount_area::switch_header(&self.storage, &bytes, span)?;
 
         self.header = h;
         self.refcount_table = new_table;

@@ -7,6 +7,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod bitmaps;
 pub mod crash;
 pub mod hold;
 pub mod hostile;

@@ -1,5 +1,5 @@
 //! `vdisk convert [-f FMT|--image-opts] [-l SNAPSHOT] -O FMT [-o OPTS|-n [--target-is-zero]
-//! [--target-image-opts]] [-c] [-S SIZE] [-C] [-r RATE] [--salvage] [-m N] [-W] [-p]
+//! [--target-image-opts]] [-c] [-S SIZE] [-C] [-r RATE] [--salvage] [--bitmaps [--skip-broken-bitmaps]] [-m N] [-W] [-p]
 //! [-t CACHE] [--object DEF] SRC... DST`
 
 use crate::flags::{ForceShareFlag, ObjectFlag, ProgressFlag, QuietFlag};
@@ -78,6 +78,12 @@ pub struct Args {
     /// Write zeros where the source cannot be read, warning for each sector.
     #[arg(long = "salvage")]
     salvage: bool,
+    /// Copy the source's persistent dirty bitmaps (qcow2 to qcow2).
+    #[arg(long = "bitmaps")]
+    bitmaps: bool,
+    /// With --bitmaps: skip inconsistent bitmaps, with a warning, instead of failing.
+    #[arg(long = "skip-broken-bitmaps")]
+    skip_broken_bitmaps: bool,
     /// The source arguments are option strings (driver=...,file.filename=...).
     #[arg(long = "image-opts", visible_alias = "source-image-opts")]
     image_opts: bool,
@@ -133,6 +139,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         copy_range: a.copy_range,
         rate_limit,
         salvage: a.salvage,
+        bitmaps: a.bitmaps,
+        skip_broken_bitmaps: a.skip_broken_bitmaps,
     };
     if let Some(help) = option_help(&job)? {
         crate::output::out!("{help}")?;

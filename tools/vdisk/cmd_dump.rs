@@ -1,4 +1,4 @@
-//! `vdisk dump [--json] [--header] [--l1] [--l2] [--refcounts] [--snapshots] [--map]
+//! `vdisk dump [--json] [--header] [--l1] [--l2] [--refcounts] [--snapshots] [--bitmaps] [--map]
 //! [--clusters] FILE`: every on-disk structure with its host offset and decoded values.
 
 use crate::flags::{ForceShareFlag, FormatFlag};
@@ -34,6 +34,9 @@ pub struct Args {
     /// What each host cluster holds.
     #[arg(long)]
     clusters: bool,
+    /// The persistent bitmaps: directory entries and bitmap tables (qcow2).
+    #[arg(long)]
+    bitmaps: bool,
     #[command(flatten)]
     format: FormatFlag,
     #[command(flatten)]
@@ -51,6 +54,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         snapshots: a.snapshots,
         map: a.map,
         clusters: a.clusters,
+        bitmaps: a.bitmaps,
     };
     let doc = dump::document(&a.file, a.format.get()?, opts, a.force_share.on())?;
     let mut out = std::io::stdout().lock();

@@ -7,6 +7,7 @@
 
 mod cmd_amend;
 mod cmd_bench;
+mod cmd_bitmap;
 mod cmd_check;
 mod cmd_commit;
 mod cmd_compare;
@@ -66,6 +67,8 @@ enum Command {
     Amend(cmd_amend::Args),
     /// Run a simple I/O benchmark on an image (as qemu-img bench).
     Bench(cmd_bench::Args),
+    /// Add, remove, clear, enable, disable or merge persistent dirty bitmaps (qcow2).
+    Bitmap(cmd_bitmap::Args),
     /// Copy an image into a new one in blocks (as qemu-img dd: if=, of=, bs=, count=, skip=).
     Dd(cmd_dd::Args),
     /// Serve an image over NBD (as qemu-nbd).
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Measure(a) => cmd_measure::run(a),
         Command::Resize(a) => cmd_resize::run(a),
         Command::Amend(a) => cmd_amend::run(a),
+        Command::Bitmap(a) => cmd_bitmap::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Dd(a) => cmd_dd::run(a),
         Command::Serve(a) => cmd_serve::run(a),

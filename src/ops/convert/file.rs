@@ -5,6 +5,7 @@
 //! from it.
 
 use super::args::is_unsafe_cache;
+use super::bitmaps;
 use super::source::{open_snapshot, parse_snapshot_param, Concat};
 use super::{convert_salvaging, ConvertOptions, Progress};
 use crate::device::BlockDevice;
@@ -60,6 +61,11 @@ pub struct FileConversion<'a> {
     pub rate_limit: Option<u64>,
     /// Write zeros where a source cannot be read, with a warning for each (`--salvage`).
     pub salvage: bool,
+    /// Copy the source's persistent bitmaps (`--bitmaps`).
+    pub bitmaps: bool,
+    /// With `bitmaps`: leave out inconsistent ones with a warning instead of failing
+    /// (`--skip-broken-bitmaps`).
+    pub skip_broken_bitmaps: bool,
 }
 
 /// Run the conversion `job`. `progress` is called with `(0, size)` once the sources are
@@ -73,6 +79,18 @@ pub fn convert_file(
     refuse_combinations(job)?;
     let unsafe_cache = is_unsafe_cache(job.cache)?;
     let src_format: Option<Format> = job.src_format.map(str::parse).transpose()?;
+    let carried = match job.bitmaps {
+        true => Some(bitmaps::collect(
+            job.sources,
+            src_format,
+            job.skip_broken_bitmaps,
+            warn,
+        )?),
+        false => None,
+    };
+    if carried.is_some() && !job.no_create {
+        bitmaps::refuse_target(target_format(job)?, 3)?;
+    }
     let mut src = open_sources(job, src_format, warn)?;
     progress(0, src.virtual_size());
     let copts = ConvertOptions {
@@ -90,12 +108,27 @@ pub fn convert_file(
         rate_limit: job.rate_limit.unwrap_or(0),
     };
     if job.no_create {
-        convert_into_existing(job, src.as_mut(), copts, unsafe_cache, progress, warn)
-    } else if job.backing.is_some() {
-        convert_onto_backing(job, src.as_mut(), unsafe_cache, progress)
-    } else {
-        convert_into_new(job, src.as_mut(), copts, unsafe_cache, progress, warn)
+        convert_into_existing(job, src.as_mut(), copts, unsafe_cache, progress, warn)?;
+        return match &carried {
+            Some(c) => bitmaps::add_to(job.target, c),
+            None => Ok(()),
+        };
     }
+    // The bitmaps are added once the copy is done: until then the output is removed on a
+    // failure (the copy's own guard has let go of it by then).
+    let files = carried
+        .as_ref()
+        .map(|_| NewFiles::before_create(job.target, Format::QCOW2, 0, &[]));
+    if job.backing.is_some() {
+        convert_onto_backing(job, src.as_mut(), unsafe_cache, progress)?;
+    } else {
+        convert_into_new(job, src.as_mut(), copts, unsafe_cache, progress, warn)?;
+    }
+    if let (Some(c), Some(files)) = (&carried, files) {
+        bitmaps::add_to(job.target, c)?;
+        files.keep();
+    }
+    Ok(())
 }
 
 /// What `convert -o help` (or `?`) prints, when the job's `-o` lists ask for it: as
@@ -114,6 +147,9 @@ pub fn option_help(job: &FileConversion<'_>) -> Result<Option<String>> {
 /// The flags refused together, checked before anything is opened, in qemu-img's order.
 fn refuse_combinations(job: &FileConversion<'_>) -> Result<()> {
     let refuse = |m: &str| Err(Error::invalid(m));
+    if job.skip_broken_bitmaps && !job.bitmaps {
+        return refuse("Use of --skip-broken-bitmaps requires --bitmaps");
+    }
     if job.compress && job.copy_range {
         return refuse("Cannot enable copy offloading when -c is used");
     }
@@ -158,14 +194,20 @@ fn refuse_compression(job: &FileConversion<'_>, format: Format) -> Result<()> {
             "Compression not supported for this file format",
         ));
     }
+    let options = image::parse_option_lists(job.options)?;
+    if job.compress
+        && options
+            .iter()
+            .any(|(k, v)| k == "data_file" && !v.is_empty())
+    {
+        return Err(Error::invalid(
+            "Compression is not supported in an image with an external data file",
+        ));
+    }
     let encrypted = |(k, v): &(String, String)| {
         (k == "encrypt.format" && !v.is_empty()) || (k == "encryption" && v == "on")
     };
-    if job.compress
-        && image::parse_option_lists(job.options)?
-            .iter()
-            .any(encrypted)
-    {
+    if job.compress && options.iter().any(encrypted) {
         return Err(Error::invalid(
             "Compression and encryption not supported at the same time",
         ));

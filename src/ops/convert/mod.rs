@@ -29,6 +29,7 @@
 //! [`convert_file`] runs a whole `convert` as its flags say, which [`args`] reads and checks.
 
 pub mod args;
+mod bitmaps;
 mod engine;
 mod file;
 pub mod source;
