@@ -84,7 +84,10 @@ fn vdisk_read(img: &Path, dir: &Path) -> Vec<u8> {
 #[track_caller]
 fn qemu_check_clean(img: &Path) {
     let text = qemu_img_ok(&["check", "--object", OBJECT, "--image-opts", &opts(img)]);
-    assert!(text.contains("No errors were found on the image."), "{text}");
+    assert!(
+        text.contains("No errors were found on the image."),
+        "{text}"
+    );
     assert!(!text.contains("leaked"), "{text}");
 }
 
@@ -481,7 +484,10 @@ fn amend_adds_and_erases_key_slots_that_qemu_io_then_honours() {
     ]);
     let by_new = format!("driver=qcow2,file.filename={p},encrypt.key-secret=sec1");
     let text = qemu_img_ok(&["check", "--object", new, "--image-opts", &by_new]);
-    assert!(text.contains("No errors were found on the image."), "{text}");
+    assert!(
+        text.contains("No errors were found on the image."),
+        "{text}"
+    );
     qemu_io_ok(&[
         "--object",
         new,

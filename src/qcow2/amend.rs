@@ -210,19 +210,8 @@ impl<S: Storage> Qcow2<S> {
         if new_bits != 1 << self.header.refcount_order {
             self.change_refcount_width(new_bits)?;
         }
-        if let Some(lazy) = o.lazy_refcounts {
-            if new_version >= 3 {
-                let want = if lazy {
-                    self.header.compatible_features | compat::LAZY_REFCOUNTS
-                } else {
-                    self.header.compatible_features & !compat::LAZY_REFCOUNTS
-                };
-                if want != self.header.compatible_features {
-                    self.flush_metadata()?;
-                    self.header.compatible_features = want;
-                    self.write_header()?;
-                }
-            }
+        if let (Some(lazy), true) = (o.lazy_refcounts, new_version >= 3) {
+            self.set_lazy_refcounts(lazy)?;
         }
         self.amend_data_file(o.data_file.as_deref(), o.data_file_raw)?;
         if let Some(size) = o.size {
@@ -232,6 +221,21 @@ impl<S: Storage> Qcow2<S> {
             self.downgrade_to_v2()?;
         }
         self.flush_metadata()
+    }
+
+    /// Set or clear the lazy-refcounts compatible feature (a header rewrite).
+    fn set_lazy_refcounts(&mut self, lazy: bool) -> Result<()> {
+        let want = if lazy {
+            self.header.compatible_features | compat::LAZY_REFCOUNTS
+        } else {
+            self.header.compatible_features & !compat::LAZY_REFCOUNTS
+        };
+        if want != self.header.compatible_features {
+            self.flush_metadata()?;
+            self.header.compatible_features = want;
+            self.write_header()?;
+        }
+        Ok(())
     }
 
     /// compat 0.10 → 1.1.
