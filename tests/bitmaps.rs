@@ -590,6 +590,21 @@ fn a_hostile_bitmap_table_is_one_clear_error_and_nothing_is_written() {
             );
             assert_bytes_eq(&w, &read(&img), &bad);
         }
+        // check reports the entry as a corruption (exit 2), and the cluster it still names
+        // as in use; qemu-img check cannot open the image at all (exit 1).
+        let v = vdisk(["check", s(&img)]);
+        assert_eq!(
+            v.status.code(),
+            Some(2),
+            "{what}: {}",
+            describe("vdisk check", &v)
+        );
+        let same_cluster = entry & 0x00ff_ffff_ffff_fe00 == data;
+        assert!(
+            !same_cluster || !String::from_utf8_lossy(&v.stdout).contains("leaked"),
+            "{what}: {}",
+            describe("vdisk check", &v)
+        );
         let e = image::open(&img, &ImageOptions::default())
             .err()
             .expect("a writable open fails");

@@ -24,7 +24,7 @@
 
 use super::entry::read_refcount;
 use super::entry::{self, L2Entry, COMPRESSED, COPIED, ZERO_FLAG};
-use super::header::{autoclear, ext, field, Header};
+use super::header::{field, Header};
 use super::limits::*;
 use super::snapshot::{self, Snapshot};
 use crate::error::{Error, Result};
@@ -140,63 +140,26 @@ pub fn read_header<S: Storage>(st: &S) -> Result<(Header, u64)> {
     Ok((Header::parse(&first, u64::MAX)?, file_len))
 }
 
-/// Host ranges used by persistent bitmaps, when the bitmaps extension is valid.
+/// Host ranges used by persistent bitmaps, when the bitmaps extension is valid; what is
+/// wrong with them is reported.
 pub(crate) fn bitmap_ranges<S: Storage>(
     st: &S,
     h: &Header,
     report: &mut CheckReport,
 ) -> Result<Vec<(u64, u64)>> {
-    let mut out = Vec::new();
-    if h.autoclear_features & autoclear::BITMAPS == 0 {
-        return Ok(out);
-    }
-    let Some(e) = h.extension(ext::BITMAPS) else {
-        return Ok(out);
-    };
-    if e.data.len() < 24 {
-        return Ok(out);
-    }
-    let nb = BigEndian::read_u32(&e.data[0..]);
-    let dir_size = BigEndian::read_u64(&e.data[8..]);
-    let dir_off = BigEndian::read_u64(&e.data[16..]);
-    if nb == 0 || dir_size > 64 << 20 {
-        return Ok(out);
-    }
-    out.push((dir_off, dir_size));
-    // Bitmap tables are read one at a time; a hostile directory could name the same big
-    // table thousands of times, so stop after reading as much as the largest L1 table.
     let file_len = st
         .len()
         .map_err(|e| Error::io("qcow2: reading the file length", e))?;
-    let mut table_budget = MAX_L1_BYTES;
-    let mut dir = vec![0u8; dir_size as usize];
-    read(st, &mut dir, dir_off, "the bitmap directory")?;
-    let mut p = 0usize;
-    for _ in 0..nb {
-        if p + 24 > dir.len() {
-            report.check_errors += 1;
-            report.msg("ERROR bitmap directory is truncated".into());
-            break;
-        }
-        let table_off = BigEndian::read_u64(&dir[p..]);
-        let table_size = BigEndian::read_u32(&dir[p + 8..]);
-        let name_size = BigEndian::read_u16(&dir[p + 18..]) as usize;
-        let extra = BigEndian::read_u32(&dir[p + 20..]) as usize;
-        out.push((table_off, u64::from(table_size) * 8));
-        let table_bytes = u64::from(table_size) * 8;
-        if table_bytes <= table_budget && table_off.saturating_add(table_bytes) <= file_len {
-            table_budget -= table_bytes;
-            let table = read_u64s(st, table_off, table_size as usize, "a bitmap table")?;
-            for t in table {
-                let off = t & 0x00ff_ffff_ffff_fe00;
-                if off != 0 {
-                    out.push((off, h.cluster_size()));
-                }
-            }
-        }
-        p += (24 + extra + name_size).next_multiple_of(8);
+    let u = super::bitmap::usage::host_ranges(st, h, file_len);
+    for e in u.errors {
+        report.check_errors += 1;
+        report.msg(format!("ERROR {e}"));
     }
-    Ok(out)
+    for c in u.corruptions {
+        report.corruptions += 1;
+        report.msg(format!("ERROR {c}"));
+    }
+    Ok(u.ranges)
 }
 
 impl Scan {
@@ -535,20 +498,38 @@ impl Scan {
         let table = read_u64s(st, l2, (self.cs / 8) as usize, "an L2 table")?;
         // QEMU tracks contiguity per L2 table.
         *next_contiguous = 0;
-        for (index, &raw) in table.iter().enumerate() {
+        // Extended entries are pairs: the entry, then its subcluster bitmap.
+        let ext = self.extended_l2();
+        let stride = if ext { 2 } else { 1 };
+        for index in 0..table.len() / stride {
+            let raw = table[index * stride];
             let slot = L2Slot {
                 table: l2,
                 index,
                 raw,
                 active,
-                repairable: fate == TableFate::Repairable,
+                // (vdisk does not rewrite extended entries.)
+                repairable: fate == TableFate::Repairable && !ext,
                 // What a table that `-r all` drops points at says nothing about who owns
                 // a cluster.
                 claims: fate != TableFate::Lost,
             };
-            let e = match self.external_data() {
-                true => L2Entry::decode_external(raw, self.cb),
-                false => L2Entry::decode(raw, self.cb),
+            let e = if ext {
+                let bitmap = table[index * stride + 1];
+                let e = super::subcluster::decode(raw, bitmap, self.cb);
+                let compressed = matches!(e, L2Entry::Compressed { .. });
+                let host = e.host_cluster(self.cs);
+                if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
+                    r.msg(format!(
+                        "ERROR invalid subcluster bitmap {bitmap:#x} of L2 entry {raw:#x}: {why}"
+                    ));
+                    r.corruptions += 1;
+                }
+                e
+            } else if self.external_data() {
+                L2Entry::decode_external(raw, self.cb)
+            } else {
+                L2Entry::decode(raw, self.cb)
             };
             if raw & COMPRESSED == 0 && raw & entry::L2_RESERVED_MASK != 0 {
                 r.msg(format!(
@@ -564,6 +545,9 @@ impl Scan {
                     self.check_compressed_entry(r, slot, host, len)
                 }
                 L2Entry::Normal { host, .. }
+                | L2Entry::Sub {
+                    host: Some(host), ..
+                }
                 | L2Entry::Zero {
                     host: Some(host), ..
                 } if self.external_data() => {
@@ -576,16 +560,24 @@ impl Scan {
                         *next_contiguous = host + self.cs;
                     }
                 }
-                L2Entry::Normal { host, .. } => {
-                    self.check_allocated_entry(r, slot, host, true, next_contiguous)
-                }
+                L2Entry::Normal { host, .. }
+                | L2Entry::Sub {
+                    host: Some(host), ..
+                } => self.check_allocated_entry(r, slot, host, true, next_contiguous),
                 L2Entry::Zero {
                     host: Some(host), ..
                 } => self.check_allocated_entry(r, slot, host, false, next_contiguous),
-                L2Entry::Zero { host: None, .. } | L2Entry::Unallocated => {}
+                L2Entry::Zero { host: None, .. }
+                | L2Entry::Sub { host: None, .. }
+                | L2Entry::Unallocated => {}
             }
         }
         Ok(())
+    }
+
+    /// Whether L2 entries are extended (16 bytes with a subcluster bitmap).
+    pub(crate) fn extended_l2(&self) -> bool {
+        self.header.incompatible_features & super::header::incompat::EXTENDED_L2 != 0
     }
 
     /// Whether guest data lives in an external data file (and so is not refcounted here).

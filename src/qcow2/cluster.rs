@@ -24,15 +24,46 @@ impl<S: Storage> Qcow2<S> {
         self.load_table(Table::L2, l2_off)?;
         let idx = (gc & (self.geo.l2_entries() - 1)) as usize;
         let table = self.l2_cache.get(l2_off).unwrap_or(&[]);
-        Ok(BigEndian::read_u64(&table[idx * 8..]))
+        Ok(BigEndian::read_u64(
+            &table[idx * self.geo.l2_entry_bytes()..],
+        ))
+    }
+
+    /// The subcluster bitmap of guest cluster `gc` (0 without extended L2 entries).
+    fn l2_bitmap(&mut self, gc: u64) -> Result<u64> {
+        if !self.geo.extended_l2 {
+            return Ok(0);
+        }
+        let Some(l2_off) = self.l2_offset(gc >> self.geo.l2_bits) else {
+            return Ok(0);
+        };
+        self.load_table(Table::L2, l2_off)?;
+        let idx = (gc & (self.geo.l2_entries() - 1)) as usize;
+        let table = self.l2_cache.get(l2_off).unwrap_or(&[]);
+        Ok(BigEndian::read_u64(&table[idx * 16 + 8..]))
     }
 
     /// The decoded, validated L2 entry for guest cluster `gc`.
     pub(crate) fn l2_entry(&mut self, gc: u64) -> Result<L2Entry> {
         let raw = self.l2_raw(gc)?;
-        let e = match self.has_external_data() {
-            true => L2Entry::decode_external(raw, self.geo.cluster_bits),
-            false => L2Entry::decode(raw, self.geo.cluster_bits),
+        let e = if self.geo.extended_l2 {
+            let bitmap = self.l2_bitmap(gc)?;
+            let e = super::subcluster::decode(raw, bitmap, self.geo.cluster_bits);
+            let compressed = matches!(e, L2Entry::Compressed { .. });
+            let host = e.host_cluster(self.geo.cluster_size);
+            if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
+                let l2 = self.l2_offset(gc >> self.geo.l2_bits).unwrap_or(0);
+                return Err(Error::corrupt(
+                    "L2 table",
+                    l2,
+                    format!("entry of guest cluster {gc}: {why}"),
+                ));
+            }
+            e
+        } else if self.has_external_data() {
+            L2Entry::decode_external(raw, self.geo.cluster_bits)
+        } else {
+            L2Entry::decode(raw, self.geo.cluster_bits)
         };
         self.validate_l2_entry(gc, raw, e)?;
         Ok(e)
@@ -52,6 +83,9 @@ impl<S: Storage> Qcow2<S> {
         let file_end = self.file_len.div_ceil(cs) * cs;
         match e {
             L2Entry::Normal { host, .. }
+            | L2Entry::Sub {
+                host: Some(host), ..
+            }
             | L2Entry::Zero {
                 host: Some(host), ..
             } => {

@@ -144,7 +144,7 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
             "refcount-bits": 1u32 << h.refcount_order,
             "encrypt": q.encrypt_info(),
             "corrupt": h.incompatible_features & super::header::incompat::CORRUPT != 0,
-            "extended-l2": false,
+            "extended-l2": h.incompatible_features & super::header::incompat::EXTENDED_L2 != 0,
         })
     };
     if let (Some(data), Some(name)) = (format_specific.as_object_mut(), h.data_file()) {

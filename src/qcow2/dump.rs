@@ -128,11 +128,29 @@ fn l1_entries(l1: &[u64]) -> Vec<Value> {
         .collect()
 }
 
-fn l2_entry_json(index: String, raw: u64, cb: u32) -> Value {
+/// Decode entry `raw` (with its subcluster `bitmap` in an extended-L2 image).
+fn decode_entry(raw: u64, bitmap: Option<u64>, cb: u32) -> L2Entry {
+    match bitmap {
+        Some(b) => super::subcluster::decode(raw, b, cb),
+        None => L2Entry::decode(raw, cb),
+    }
+}
+
+fn l2_entry_json(index: String, raw: u64, bitmap: Option<u64>, cb: u32) -> Value {
     let mut m = Map::new();
     m.insert("index".into(), index.into());
     m.insert("raw".into(), hex(raw));
-    match L2Entry::decode(raw, cb) {
+    if let Some(b) = bitmap {
+        m.insert("bitmap".into(), hex(b));
+    }
+    match decode_entry(raw, bitmap, cb) {
+        L2Entry::Sub { host, copied, .. } => {
+            m.insert("type".into(), "subclusters".into());
+            if let Some(h) = host {
+                m.insert("host".into(), hex(h));
+            }
+            m.insert("copied".into(), copied.into());
+        }
         L2Entry::Unallocated => {
             m.insert("type".into(), "unallocated".into());
         }
@@ -157,14 +175,18 @@ fn l2_entry_json(index: String, raw: u64, cb: u32) -> Value {
     Value::Object(m)
 }
 
-/// The entries of one L2 table, with runs of unallocated entries collapsed.
-fn l2_entries(table: &[u64], cb: u32) -> Vec<Value> {
+/// The entries of one L2 table (the table's u64 words; pairs of entry and subcluster
+/// bitmap when `extended`), with runs of unallocated entries collapsed.
+fn l2_entries(words: &[u64], cb: u32, extended: bool) -> Vec<Value> {
+    let stride = if extended { 2 } else { 1 };
+    let n = words.len() / stride;
+    let at = |i: usize| (words[i * stride], extended.then(|| words[i * stride + 1]));
     let mut out = Vec::new();
     let mut i = 0;
-    while i < table.len() {
-        if table[i] == 0 {
+    while i < n {
+        if at(i) == (0, extended.then_some(0)) {
             let start = i;
-            while i < table.len() && table[i] == 0 {
+            while i < n && at(i) == (0, extended.then_some(0)) {
                 i += 1;
             }
             let idx = if i - start == 1 {
@@ -172,29 +194,36 @@ fn l2_entries(table: &[u64], cb: u32) -> Vec<Value> {
             } else {
                 format!("{start}..{}", i - 1)
             };
-            out.push(l2_entry_json(idx, 0, cb));
+            out.push(l2_entry_json(idx, 0, extended.then_some(0), cb));
             continue;
         }
-        out.push(l2_entry_json(i.to_string(), table[i], cb));
+        let (raw, bitmap) = at(i);
+        out.push(l2_entry_json(i.to_string(), raw, bitmap, cb));
         i += 1;
     }
     out
 }
 
+/// Whether the image of `scan` has extended L2 entries.
+fn extended(scan: &Scan) -> bool {
+    scan.header.incompatible_features & super::header::incompat::EXTENDED_L2 != 0
+}
+
 fn l2_tables<S: Storage>(st: &S, scan: &Scan, l1: &[u64]) -> Result<Vec<Value>> {
     let mut out = Vec::new();
-    let per_l2 = scan.cs / 8;
+    let ext = extended(scan);
+    let per_l2 = scan.cs / if ext { 16 } else { 8 };
     for (i, &raw) in l1.iter().enumerate() {
         let t = entry::l1_l2_offset(raw);
         if t == 0 {
             continue;
         }
-        let table = read_u64s(st, t, per_l2 as usize, "an L2 table")?;
+        let table = read_u64s(st, t, (scan.cs / 8) as usize, "an L2 table")?;
         out.push(json!({
             "offset": hex(t),
             "l1_index": i,
             "guest_offset": hex(i as u64 * per_l2 * scan.cs),
-            "entries": l2_entries(&table, scan.cb),
+            "entries": l2_entries(&table, scan.cb, ext),
         }));
     }
     Ok(out)
@@ -288,7 +317,8 @@ fn snapshots_section<S: Storage>(st: &S, scan: &Scan) -> Result<Value> {
 /// The guest-to-host map of the active L1, as runs.
 fn map_section<S: Storage>(st: &S, scan: &Scan) -> Result<Value> {
     let cs = scan.cs;
-    let per_l2 = cs / 8;
+    let ext = extended(scan);
+    let per_l2 = cs / if ext { 16 } else { 8 };
     let size = scan.header.size;
     let clusters = size.div_ceil(cs);
     let mut runs: Vec<(u64, u64, &'static str, Option<u64>)> = Vec::new();
@@ -319,9 +349,15 @@ fn map_section<S: Storage>(st: &S, scan: &Scan) -> Result<Value> {
             gc = end;
             continue;
         }
-        let table = read_u64s(st, t, per_l2 as usize, "an L2 table")?;
+        let table = read_u64s(st, t, (cs / 8) as usize, "an L2 table")?;
         for g in gc..end {
-            match L2Entry::decode(table[(g % per_l2) as usize], scan.cb) {
+            let k = (g % per_l2) as usize;
+            let e = match ext {
+                true => decode_entry(table[2 * k], Some(table[2 * k + 1]), scan.cb),
+                false => L2Entry::decode(table[k], scan.cb),
+            };
+            match e {
+                L2Entry::Sub { host, .. } => push(g, "subclusters", host),
                 L2Entry::Unallocated => push(g, "unallocated", None),
                 L2Entry::Zero { host, .. } => push(g, "zero", host),
                 L2Entry::Normal { host, .. } => push(g, "data", Some(host)),

@@ -49,6 +49,17 @@ pub enum L2Entry {
         /// Upper bound of the compressed length, in bytes.
         len: u64,
     },
+    /// An extended L2 entry whose 32 subclusters are not all alike: `bitmap` says, for
+    /// each, whether it is data at its place in `host`'s cluster (bits 0..31), reads as
+    /// zeros (bits 32..63), or neither (unallocated). See `subcluster`.
+    Sub {
+        /// The host cluster, if the entry names one.
+        host: Option<u64>,
+        /// The COPIED flag.
+        copied: bool,
+        /// The subcluster allocation (low half) and zero (high half) bits.
+        bitmap: u64,
+    },
 }
 
 impl L2Entry {
@@ -102,6 +113,9 @@ impl L2Entry {
             }
             L2Entry::Normal { host, copied } => host | if copied { COPIED } else { 0 },
             L2Entry::Compressed { host, len } => encode_compressed(host, len, cluster_bits),
+            L2Entry::Sub { host, copied, .. } => {
+                host.unwrap_or(0) | if copied { COPIED } else { 0 }
+            }
         }
     }
 
@@ -112,6 +126,7 @@ impl L2Entry {
             L2Entry::Normal { host, .. } => Some(host),
             L2Entry::Zero { host, .. } => host,
             L2Entry::Compressed { host, .. } => Some(host & !(cluster_size - 1)),
+            L2Entry::Sub { host, .. } => host,
             L2Entry::Unallocated => None,
         }
     }

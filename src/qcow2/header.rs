@@ -32,7 +32,7 @@ pub mod incompat {
     /// L2 entries are 128 bits with subcluster bitmaps.
     pub const EXTENDED_L2: u64 = 1 << 4;
     /// The bits this implementation understands.
-    pub const SUPPORTED: u64 = DIRTY | CORRUPT | EXTERNAL_DATA | COMPRESSION_TYPE;
+    pub const SUPPORTED: u64 = DIRTY | CORRUPT | EXTERNAL_DATA | COMPRESSION_TYPE | EXTENDED_L2;
 }
 
 /// Compatible feature bits.

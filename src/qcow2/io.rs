@@ -4,6 +4,7 @@
 
 use super::entry::{L2Entry, COPIED};
 use super::mapping::Join;
+use super::subcluster;
 use super::Qcow2;
 use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind};
 use crate::error::Result;
@@ -33,7 +34,40 @@ impl<S: Storage> Qcow2<S> {
                 out.copy_from_slice(&cluster[in_off as usize..in_off as usize + out.len()]);
                 Ok(())
             }
+            L2Entry::Sub { host, bitmap, .. } => {
+                self.read_subclusters(gc, host, bitmap, in_off, out)
+            }
         }
+    }
+
+    /// Read `out` from byte `in_off` of guest cluster `gc`, whose extended entry has `host`
+    /// and subcluster `bitmap`: run by run of subclusters alike.
+    fn read_subclusters(
+        &mut self,
+        gc: u64,
+        host: Option<u64>,
+        bitmap: u64,
+        in_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let end = in_off + out.len() as u64;
+        let mut pos = in_off;
+        while pos < end {
+            let (state, len) = subcluster::run(host, bitmap, pos, end, cs);
+            let part = &mut out[(pos - in_off) as usize..(pos - in_off + len) as usize];
+            match state {
+                subcluster::State::Data(at) => {
+                    self.read_guest(part, at, (gc << self.geo.cluster_bits) + pos)?
+                }
+                subcluster::State::Zero(_) => part.fill(0),
+                subcluster::State::Unallocated(_) => {
+                    self.read_backing(part, (gc << self.geo.cluster_bits) + pos)?
+                }
+            }
+            pos += len;
+        }
+        Ok(())
     }
 
     /// Read from the backing image; past its end (or with none) the guest sees zeros.
@@ -231,6 +265,44 @@ impl<S: Storage> Qcow2<S> {
         (a, b, end)
     }
 
+    /// Block status at guest `offset` (before `end`) inside a cluster of subclusters not all
+    /// alike: the run of subclusters alike, resolved through the backing file when
+    /// unallocated.
+    fn subcluster_status(
+        &mut self,
+        offset: u64,
+        end: u64,
+        host: Option<u64>,
+        bitmap: u64,
+    ) -> Result<Extent> {
+        let cs = self.geo.cluster_size;
+        let base = offset & !(cs - 1);
+        let (state, len) = subcluster::run(host, bitmap, offset - base, (end - base).min(cs), cs);
+        let (kind, host_offset) = match state {
+            subcluster::State::Data(h) => (ExtentKind::Data, Some(h)),
+            subcluster::State::Zero(h) => (ExtentKind::Zero, h),
+            subcluster::State::Unallocated(h) => {
+                if let Some(b) = self.backing.as_mut() {
+                    let bsize = b.virtual_size();
+                    if offset < bsize {
+                        let mut sub = b.block_status(offset, len.min(bsize - offset))?;
+                        sub.depth += 1;
+                        return Ok(sub);
+                    }
+                }
+                (ExtentKind::Unallocated, h)
+            }
+        };
+        Ok(Extent {
+            start: offset,
+            length: len,
+            kind,
+            host_offset,
+            compressed: false,
+            depth: 0,
+        })
+    }
+
     fn virtual_size_raw(&self) -> u64 {
         self.header.size
     }
@@ -341,13 +413,18 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         let end = offset.saturating_add(max_len.max(1)).min(self.header.size);
         let run = self.map_run(offset >> cb, end.div_ceil(cs), Join::Reads)?;
         let run_end = (run.end() << cb).min(end);
+        if let L2Entry::Sub { host, bitmap, .. } = run.first {
+            let mut e = self.subcluster_status(offset, end, host, bitmap)?;
+            e.host_offset = e.host_offset.filter(|_| !self.is_encrypted());
+            return Ok(e);
+        }
         let (kind, host_offset, compressed) = match run.first {
             L2Entry::Normal { host, .. } => {
                 (ExtentKind::Data, Some(host + (offset & (cs - 1))), false)
             }
             L2Entry::Compressed { host, .. } => (ExtentKind::Data, Some(host), true),
             L2Entry::Zero { .. } => (ExtentKind::Zero, None, false),
-            L2Entry::Unallocated => (ExtentKind::Unallocated, None, false),
+            L2Entry::Unallocated | L2Entry::Sub { .. } => (ExtentKind::Unallocated, None, false),
         };
         if kind == ExtentKind::Unallocated {
             if let Some(b) = self.backing.as_mut() {

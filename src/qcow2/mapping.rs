@@ -209,6 +209,7 @@ mod tests {
                 L2Entry::Zero { .. } => "zero",
                 L2Entry::Unallocated => "unallocated",
                 L2Entry::Compressed { .. } => "compressed",
+                L2Entry::Sub { .. } => "subclusters",
             };
             kinds.push((run.gc, run.n, kind));
             gc = run.end();

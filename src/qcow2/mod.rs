@@ -21,6 +21,7 @@
 //! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | `data_file` | external data files: guest data at host offset = guest offset in another file |
+//! | `subcluster` | extended L2 entries: the subcluster bitmap, decoded and walked (read-only) |
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
@@ -73,6 +74,7 @@ mod resize;
 pub mod snapshot;
 pub mod snapshot_load;
 mod snapshot_ops;
+mod subcluster;
 mod tables;
 mod txn;
 
@@ -111,6 +113,8 @@ pub struct Geometry {
     pub refcount_order: u32,
     /// log2 of the entries per refcount block.
     pub rb_bits: u32,
+    /// L2 entries are 16 bytes with subcluster bitmaps (`subcluster`).
+    pub extended_l2: bool,
 }
 
 impl Geometry {
@@ -121,6 +125,23 @@ impl Geometry {
             l2_bits: cluster_bits - 3,
             refcount_order,
             rb_bits: cluster_bits + 3 - refcount_order,
+            extended_l2: false,
+        }
+    }
+
+    /// The same geometry with extended (16-byte) L2 entries.
+    fn with_extended_l2(mut self, extended: bool) -> Self {
+        self.extended_l2 = extended;
+        self.l2_bits = self.cluster_bits - if extended { 4 } else { 3 };
+        self
+    }
+
+    /// Bytes of one L2 entry.
+    pub fn l2_entry_bytes(&self) -> usize {
+        if self.extended_l2 {
+            16
+        } else {
+            8
         }
     }
 
@@ -303,7 +324,12 @@ impl<S: Storage> Qcow2<S> {
                 (header, file_len) = read_header(&storage)?;
             }
         }
-        let geo = Geometry::new(header.cluster_bits, header.refcount_order);
+        let extended = header.incompatible_features & incompat::EXTENDED_L2 != 0;
+        if extended {
+            subcluster::check_openable(&header, read_only)?;
+        }
+        let geo =
+            Geometry::new(header.cluster_bits, header.refcount_order).with_extended_l2(extended);
 
         let mut l1 = vec![0u64; header.l1_size as usize];
         read_u64_table(&storage, header.l1_table_offset, &mut l1, "L1 table")?;

@@ -475,12 +475,25 @@ fn check_copied<S: Storage>(
         }
         let mut table = super::check::read_u64s(st, l2, (cs / 8) as usize, "an L2 table")?;
         let mut dirty = false;
-        for e in table.iter_mut().filter(|_| !scan.external_data()) {
+        // Extended entries are pairs (entry, subcluster bitmap), and are not rewritten.
+        let ext = scan.extended_l2();
+        let writable = writable && !ext;
+        let entries = table
+            .iter_mut()
+            .enumerate()
+            .filter(|(k, _)| !scan.external_data() && (!ext || k % 2 == 0));
+        for (_, e) in entries {
             let host = match L2Entry::decode(*e, cb) {
                 L2Entry::Normal { host, .. }
                 | L2Entry::Zero {
                     host: Some(host), ..
                 } => host,
+                // An extended entry's zero flag is unused: any host cluster counts.
+                L2Entry::Zero { host: None, .. } | L2Entry::Unallocated
+                    if ext && *e & entry::OFFSET_MASK != 0 =>
+                {
+                    *e & entry::OFFSET_MASK
+                }
                 _ => continue,
             };
             let Some(rc) = stored.get(st, scan, host >> cb)? else {

@@ -7,6 +7,7 @@
 //! | `store` | loading a bitmap's table and data, and writing a new bitmap set (one transaction) |
 //! | `track` | the life of a writable open: in-use marking before the first guest write, dirty bits on every write, storing on close |
 //! | `ops` | what `vdisk bitmap` does: add, remove, clear, enable, disable, merge |
+//! | `usage` | the host ranges the bitmaps use, read tolerantly for `check` |
 //!
 //! # Life of the bitmaps of a writable open
 //!
@@ -23,6 +24,7 @@ pub mod directory;
 mod ops;
 mod store;
 mod track;
+pub(crate) mod usage;
 
 pub use bits::Bits;
 pub use directory::{read_directory, DirEntry, AUTO, IN_USE};
