@@ -51,6 +51,7 @@ ROWS=(
     bench_read_4k_d1
     bench_read_4k_d16
     serve_nbdcopy_read
+    delta_snapshots
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -531,6 +532,53 @@ row_convert_luks_to_raw() {
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
     verify "$SRC" "$BENCH_DIR/vdisk.raw"
     record "convert luks qcow2 -> raw"
+}
+
+# A 16 GiB qcow2 (64 KiB clusters) with 8 GiB allocated (the first half of every 2 GiB),
+# snapshot A, then 1% of its clusters rewritten (one in every 100, allocated or not) and
+# snapshot B; and the image at A (the full copy a delta applies to). Built once, with
+# large qemu-io writes; they take about 17 GiB in $BENCH_DIR, and the row 8 GiB more while
+# it runs (qemu-img's output, removed after the row).
+delta_files() {
+    DIMG="$BENCH_DIR/delta-16g.qcow2"
+    DBASE="$BENCH_DIR/delta-base.qcow2"
+    if [[ ! -f $DBASE ]]; then
+        echo "== generating $DIMG and $DBASE (16 GiB, 8 GiB allocated)"
+        rm -f "$DIMG"
+        "$QEMU_IMG" create -q -f qcow2 "$DIMG" 16G
+        local args=() i
+        for ((i = 0; i < 8; i++)); do
+            args+=(-c "write -P $((i + 1)) $((i * 2))G 1G")
+        done
+        qemu-io "${args[@]}" "$DIMG" >/dev/null
+        "$QEMU_IMG" snapshot -c A "$DIMG"
+        args=()
+        for ((i = 0; i < 262144; i += 100)); do
+            args+=(-c "write -P 0x6b $((i * 65536)) 64k")
+        done
+        qemu-io "${args[@]}" "$DIMG" >/dev/null
+        "$QEMU_IMG" snapshot -c B "$DIMG"
+        "$QEMU_IMG" convert -l snapshot.name=A -O qcow2 "$DIMG" "$DBASE.tmp"
+        mv "$DBASE.tmp" "$DBASE"
+    fi
+}
+
+row_delta_snapshots() {
+    delta_files
+    local v="$BENCH_DIR/v-delta.qcow2" q="$BENCH_DIR/q-delta.qcow2" base
+    base=$(basename "$DBASE")
+    measure "$v" "$VDISK" delta --from A --to B -b "$base" -F qcow2 "$DIMG" "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$q" "$QEMU_IMG" convert -l snapshot.name=B -B "$base" -F qcow2 -O qcow2 "$DIMG" "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$v" "$q"
+    "$QEMU_IMG" check -q "$v" || { VERIFIED="check failed"; FAILED=1; }
+    local vb qb
+    vb=$(stat -c %s "$v")
+    qb=$(stat -c %s "$q")
+    VERIFIED="$VERIFIED; output $((vb >> 20)) MiB vs $((qb >> 20)) MiB, size ratio $(awk -v a="$vb" -v b="$qb" 'BEGIN { printf "%.4f", a / b }')"
+    rm -f "$q" # 8 GiB
+    record "delta A->B (16G, 1% changed)"
 }
 
 for row in "${ROWS[@]}"; do

@@ -20,7 +20,7 @@
 //!    with its backing chain ([`chain`]), creating images; [`probed_raw`] guards raw
 //!    images whose format was probed.
 //! 4. [`ops`] (create, convert, commit, rebase, compare, map, measure, info, check,
-//!    resize, amend, snapshot, bench, dd), [`dump`] and [`nbd`] (an NBD server for any
+//!    resize, amend, snapshot, bench, dd, delta), [`dump`] and [`nbd`] (an NBD server for any
 //!    device): written once against [`BlockDevice`] and the driver table; each takes an
 //!    image by path, so a command is one call.
 //!

@@ -611,3 +611,26 @@ fn a_hostile_bitmap_table_is_one_clear_error_and_nothing_is_written() {
         assert!(e.to_string().contains("bitmap table"), "{what}: {e}");
     }
 }
+
+#[test]
+fn qemu_and_vdisk_taking_turns_on_one_image_keep_one_consistent_bitmap() {
+    let dir = tempdir();
+    let (turns, qemu_only) = (dir.path().join("t.qcow2"), dir.path().join("q.qcow2"));
+    image_with_bitmaps(&turns);
+    std::fs::copy(&turns, &qemu_only).expect("copy");
+    let sessions: [&[G]; 4] = [
+        &[G::Write(64 << 10, 4096, 1), G::Zero(5 << 20, 8192)],
+        &[G::Discard(1 << 20, 1 << 20), G::Write(3 << 20, 100, 2)],
+        &[G::Write(6 << 20, 65536, 3)],
+        &[G::Zero(0, 4096), G::Write((8 << 20) - 4096, 4096, 4)],
+    ];
+    for (i, ops) in sessions.iter().enumerate() {
+        if i % 2 == 0 {
+            vdisk_guest(&turns, ops);
+        } else {
+            qemu_guest(&turns, ops);
+        }
+        qemu_guest(&qemu_only, ops);
+        assert_same_bitmaps(&format!("after session {i}"), &qemu_only, &turns);
+    }
+}

@@ -208,3 +208,46 @@ fn an_invalid_subcluster_bitmap_is_one_clear_error() {
     let c = vdisk(["check", s(&img)]);
     assert_eq!(c.status.code(), Some(2), "{}", describe("check", &c));
 }
+
+#[test]
+fn measure_counts_extended_l2_tables_as_qemu_img_does_and_create_refuses_them() {
+    for o in [
+        "extended_l2=on",
+        "extended_l2=on,cluster_size=16k",
+        "extended_l2=on,cluster_size=2M",
+    ] {
+        for size in ["10G", "1M", "3T"] {
+            let args = ["measure", "-O", "qcow2", "-o", o, "--size", size];
+            assert_text_eq(&args.join(" "), &vdisk_ok(&args), &qemu_img_ok(&args));
+        }
+    }
+    let args = [
+        "measure",
+        "-O",
+        "qcow2",
+        "-o",
+        "extended_l2=on,cluster_size=8k",
+        "--size",
+        "1G",
+    ];
+    let (q, v) = (qemu_img(args), vdisk(args));
+    assert_eq!((q.status.code(), v.status.code()), (Some(1), Some(1)));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("at least 16384 bytes"));
+    let dir = tempdir();
+    let img = dir.path().join("n.qcow2");
+    let out = vdisk([
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        s(&img),
+        "1M",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("create", &out));
+    assert!(
+        out.stdout.is_empty() && !img.exists(),
+        "{}",
+        describe("create", &out)
+    );
+}

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod dd;
+pub mod delta;
 pub mod info;
 pub mod map;
 pub mod measure;

@@ -42,6 +42,8 @@ pub struct CreateOptions {
     pub data_file: Option<String>,
     /// Keep the data file a valid raw image (every cluster mapped at its guest offset).
     pub data_file_raw: bool,
+    /// Extended L2 entries (subclusters): measured; creating such an image is refused.
+    pub extended_l2: bool,
 }
 
 impl Default for CreateOptions {
@@ -59,6 +61,7 @@ impl Default for CreateOptions {
             encrypt: EncryptOptions::default(),
             data_file: None,
             data_file_raw: false,
+            extended_l2: false,
         }
     }
 }
@@ -115,7 +118,8 @@ impl CreateOptions {
             }
             "data_file" => self.data_file = Some(value.to_string()),
             "data_file_raw" => self.data_file_raw = parse_bool(key, value)?,
-            "extended_l2" => {
+            "extended_l2" => self.extended_l2 = parse_bool(key, value)?,
+            "encryption" | "encrypt.format" => {
                 if value == "off" || value == "false" {
                     return Ok(());
                 }
@@ -154,6 +158,16 @@ impl CreateOptions {
         if self.version == 2 && self.compression_type != CompressionType::Zlib {
             return Err(Error::invalid(
                 "compression_type requires compat=1.1 or greater",
+            ));
+        }
+        if self.extended_l2 && cs < 1 << super::subcluster::MIN_CLUSTER_BITS {
+            return Err(Error::invalid(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+            ));
+        }
+        if self.extended_l2 {
+            return Err(Error::unsupported(
+                "creating qcow2 images with extended L2 entries (subclusters); vdisk reads them",
             ));
         }
         if self.data_file_raw && self.data_file.is_none() {

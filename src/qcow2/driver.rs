@@ -330,5 +330,9 @@ fn check_create_options(options: &[(String, String)]) -> Result<()> {
     {
         o.set(k, v)?;
     }
+    if o.extended_l2 {
+        // Refused before the "Formatting" line (measure takes the option).
+        o.validate()?;
+    }
     Ok(())
 }

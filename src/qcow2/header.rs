@@ -632,12 +632,16 @@ impl Header {
                 fixed_len as u32
             };
         }
-        let mut len = fixed_len;
-        for e in &self.extensions {
-            len += 8 + e.data.len().div_ceil(8) * 8;
-        }
-        len += 8; // end marker
         let backing = self.backing_file.clone().unwrap_or_default();
+        let ext_len = |exts: &[Extension]| -> usize {
+            exts.iter().map(|e| 8 + e.data.len().div_ceil(8) * 8).sum()
+        };
+        if fixed_len + ext_len(&self.extensions) + 8 + backing.len() > cs {
+            // The feature name table only helps people read the header: as QEMU does, it
+            // is left out when it would not fit (512-byte clusters with a backing file).
+            self.set_extension(ext::FEATURE_TABLE, None);
+        }
+        let mut len = fixed_len + ext_len(&self.extensions) + 8; // 8: the end marker
         if backing.len() > MAX_BACKING_NAME as usize {
             return Err(Error::invalid(format!(
                 "backing file name is longer than {MAX_BACKING_NAME} bytes"

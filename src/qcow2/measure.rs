@@ -18,6 +18,11 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
             "cluster size must be a power of two between 512 and 2048k, not {cs}"
         )));
     }
+    if o.extended_l2 && cs < 1 << super::subcluster::MIN_CLUSTER_BITS {
+        return Err(Error::invalid(
+            "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+        ));
+    }
     if o.backing_file.is_some() && o.preallocation != Preallocation::Off {
         return Err(Error::invalid(
             "backing file and preallocation can only be used at the same time if extended_l2 is on",
@@ -48,7 +53,7 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
     }
     // A LUKS header region takes whole clusters of its own.
     let luks = o.encrypt.header_region_bytes()?.next_multiple_of(cs);
-    let fully_allocated = qcow2_fully_allocated(virtual_size, cs, order) + luks;
+    let fully_allocated = qcow2_fully_allocated(virtual_size, cs, order, o.extended_l2) + luks;
     Ok(Measurement {
         required: fully_allocated - virtual_size + required,
         fully_allocated,
@@ -90,12 +95,18 @@ pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: 
 }
 
 /// Host bytes of a fully allocated qcow2 image of `size` guest bytes.
-pub fn qcow2_fully_allocated(size: u64, cluster_size: u64, refcount_order: u32) -> u64 {
+pub fn qcow2_fully_allocated(
+    size: u64,
+    cluster_size: u64,
+    refcount_order: u32,
+    extended_l2: bool,
+) -> u64 {
     let aligned = size.next_multiple_of(cluster_size);
     let mut meta = cluster_size; // header
-    let l2_entries = (aligned / cluster_size).next_multiple_of(cluster_size / 8);
-    meta += l2_entries * 8;
-    let l1_entries = (l2_entries * 8 / cluster_size).next_multiple_of(cluster_size / 8);
+    let entry = if extended_l2 { 16 } else { 8 };
+    let l2_entries = (aligned / cluster_size).next_multiple_of(cluster_size / entry);
+    meta += l2_entries * entry;
+    let l1_entries = (l2_entries * entry / cluster_size).next_multiple_of(cluster_size / 8);
     meta += l1_entries * 8;
     meta += refcount_metadata_size(
         (meta + aligned) / cluster_size,

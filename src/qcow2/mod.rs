@@ -33,6 +33,7 @@
 //! | `txn` | metadata transactions: new structures, then one header write to switch |
 //! | [`snapshot`] | the snapshot table: parsing, validating, writing its entries |
 //! | `snapshot_ops` | internal snapshots: create, apply, delete (each a transaction) |
+//! | [`state_diff`] | the guest ranges that differ between two states (snapshots, active disk), from their tables |
 //! | [`bitmap`] | persistent dirty bitmaps: directory, tables, tracking guest writes, `vdisk bitmap` |
 //! | `resize` | growing and shrinking the virtual size |
 //! | `amend` | changing compat, refcount width, lazy refcounts, size (qemu-img amend) |
@@ -74,7 +75,8 @@ mod resize;
 pub mod snapshot;
 pub mod snapshot_load;
 mod snapshot_ops;
-mod subcluster;
+pub mod state_diff;
+pub(crate) mod subcluster;
 mod tables;
 mod txn;
 

@@ -57,10 +57,23 @@ impl<S: Storage> Qcow2<S> {
                 "a snapshot can only be loaded into an image opened read-only",
             ));
         }
+        let (l1, size) = self.snapshot_l1_and_size(index, snapshot_size)?;
+        self.replace_l1(l1);
+        self.header.size = size;
+        Ok(())
+    }
+
+    /// Snapshot `index`'s L1 table and the virtual size it is read with: its own disk size
+    /// with `snapshot_size` (when recorded; its L1 table must then cover it), else the
+    /// image's.
+    pub(crate) fn snapshot_l1_and_size(
+        &self,
+        index: usize,
+        snapshot_size: bool,
+    ) -> Result<(Vec<u64>, u64)> {
         let snap = self
             .snapshots
             .get(index)
-            .cloned()
             .ok_or_else(|| Error::invalid("Can't find snapshot"))?;
         let size = if snapshot_size {
             snap.disk_size().unwrap_or(self.header.size)
@@ -78,9 +91,6 @@ impl<S: Storage> Qcow2<S> {
                 ));
             }
         }
-        let l1 = self.read_snapshot_l1(&snap)?;
-        self.replace_l1(l1);
-        self.header.size = size;
-        Ok(())
+        Ok((self.read_snapshot_l1(snap)?, size))
     }
 }

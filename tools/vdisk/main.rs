@@ -14,6 +14,7 @@ mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_dd;
+mod cmd_delta;
 mod cmd_dump;
 mod cmd_info;
 mod cmd_map;
@@ -73,6 +74,8 @@ enum Command {
     Dd(cmd_dd::Args),
     /// Serve an image over NBD (as qemu-nbd).
     Serve(cmd_serve::Args),
+    /// Write (or list) what changed between two states of a qcow2 image, as an overlay.
+    Delta(cmd_delta::Args),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Dd(a) => cmd_dd::run(a),
         Command::Serve(a) => cmd_serve::run(a),
+        Command::Delta(a) => cmd_delta::run(a),
     };
     match result {
         Ok(code) => code,
