@@ -11,7 +11,8 @@
 # between runs; outputs are overwritten.
 #
 # Adding a row: write a function row_NAME that calls `measure` twice (once per tool) and
-# `verify`, then add NAME to ROWS below. See row_convert_raw_to_qcow2 for the pattern.
+# `verify`, then add NAME to ROWS below. See row_convert_raw_to_qcow2 for the pattern, and
+# convert_row for a plain convert between two formats.
 
 set -euo pipefail
 
@@ -40,6 +41,9 @@ ROWS=(
     convert_vpc_to_raw
     convert_raw_to_vhdx
     convert_vhdx_to_raw
+    convert_raw_to_vdi
+    convert_vdi_to_raw
+    convert_qcow2_to_vhdx
     convert_raw_to_luks
     convert_luks_to_raw
     snapshot_create
@@ -52,6 +56,8 @@ ROWS=(
     bench_read_4k_d16
     serve_nbdcopy_read
     delta_snapshots
+    convert_raw_to_rbd
+    convert_rbd_to_raw
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -66,8 +72,11 @@ if [[ ! -x /usr/bin/time ]]; then
     fi
 fi
 
-echo "== building vdisk (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+# RBD (the convert_raw_to_rbd row) when librbd can be linked (Debian: librbd-dev).
+FEATURES=()
+[[ -f /usr/include/rbd/librbd.h ]] && FEATURES=(--features rbd)
+echo "== building vdisk (release${FEATURES[*]:+, ${FEATURES[*]}})"
+(cd "$ROOT" && cargo build --release --quiet "${FEATURES[@]}")
 
 mkdir -p "$BENCH_DIR"
 SRC="$BENCH_DIR/src.raw"
@@ -294,25 +303,37 @@ row_convert_vmdk_to_raw() {
     record "convert vmdk -> raw"
 }
 
-row_convert_raw_to_vpc() {
-    measure "$BENCH_DIR/vdisk.vhd" "$VDISK" convert -f raw -O vpc "$SRC" "$BENCH_DIR/vdisk.vhd"
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu.vhd" "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$BENCH_DIR/qemu.vhd"
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk.vhd"
-    record "convert raw -> vpc"
+# qemu_made FMT: the source image as qemu-img converts it to FMT (made once, kept), for
+# the rows that read FMT.
+qemu_made() {
+    local out="$BENCH_DIR/qemu-src.$1"
+    [[ -f $out ]] || "$QEMU_IMG" convert -f raw -O "$1" "$SRC" "$out"
+    echo "$out"
 }
 
-row_convert_vpc_to_raw() {
-    local in="$BENCH_DIR/qemu.vhd"
-    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vpc "$SRC" "$in"
-    measure "$BENCH_DIR/vdisk-h.raw" "$VDISK" convert -f vpc -O raw "$in" "$BENCH_DIR/vdisk-h.raw"
+# convert_row FROM TO INPUT: time `convert -f FROM -O TO INPUT` for both tools, check that
+# vdisk's output holds the source's data (and passes qemu-img check where QEMU checks TO).
+convert_row() {
+    local from=$1 to=$2 in=$3
+    local v="$BENCH_DIR/vdisk-out.$to" q="$BENCH_DIR/qemu-out.$to"
+    measure "$v" "$VDISK" convert -f "$from" -O "$to" "$in" "$v"
     V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu-h.raw" "$QEMU_IMG" convert -f vpc -O raw "$in" "$BENCH_DIR/qemu-h.raw"
+    measure "$q" "$QEMU_IMG" convert -f "$from" -O "$to" "$in" "$q"
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk-h.raw"
-    record "convert vpc -> raw"
+    verify "$SRC" "$v"
+    case $to in
+    qcow2 | vdi | vhdx) "$QEMU_IMG" check -q -f "$to" "$v" || { VERIFIED="check failed"; FAILED=1; } ;;
+    esac
+    record "convert $from -> $to"
 }
+
+row_convert_raw_to_vpc() { convert_row raw vpc "$SRC"; }
+row_convert_vpc_to_raw() { convert_row vpc raw "$(qemu_made vpc)"; }
+row_convert_raw_to_vhdx() { convert_row raw vhdx "$SRC"; }
+row_convert_vhdx_to_raw() { convert_row vhdx raw "$(qemu_made vhdx)"; }
+row_convert_raw_to_vdi() { convert_row raw vdi "$SRC"; }
+row_convert_vdi_to_raw() { convert_row vdi raw "$(qemu_made vdi)"; }
+row_convert_qcow2_to_vhdx() { convert_row qcow2 vhdx "$(qemu_made qcow2)"; }
 
 row_snapshot_create() {
     full4k
@@ -472,28 +493,6 @@ row_serve_nbdcopy_read() {
     record "serve: nbdcopy qcow2 -> null:"
 }
 
-row_convert_raw_to_vhdx() {
-    measure "$BENCH_DIR/vdisk.vhdx" "$VDISK" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/vdisk.vhdx"
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu.vhdx" "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$BENCH_DIR/qemu.vhdx"
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk.vhdx"
-    "$QEMU_IMG" check -q "$BENCH_DIR/vdisk.vhdx" || { VERIFIED="check failed"; FAILED=1; }
-    record "convert raw -> vhdx"
-}
-
-row_convert_vhdx_to_raw() {
-    # Both tools read the VHDX qemu-img made in the previous row.
-    local in="$BENCH_DIR/qemu.vhdx"
-    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O vhdx "$SRC" "$in"
-    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f vhdx -O raw "$in" "$BENCH_DIR/vdisk.raw"
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f vhdx -O raw "$in" "$BENCH_DIR/qemu.raw"
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify "$SRC" "$BENCH_DIR/vdisk.raw"
-    record "convert vhdx -> raw"
-}
-
 # LUKS-encrypted qcow2 (aes-256-xts, qemu-img's default cipher); PBKDF2 is tuned to 10 ms
 # so that the rows time the data encryption, not the key derivation.
 LUKS_SECRET="secret,id=sec0,data=bench-passphrase"
@@ -579,6 +578,54 @@ row_delta_snapshots() {
     VERIFIED="$VERIFIED; output $((vb >> 20)) MiB vs $((qb >> 20)) MiB, size ratio $(awk -v a="$vb" -v b="$qb" 'BEGIN { printf "%.4f", a / b }')"
     rm -f "$q" # 8 GiB
     record "delta A->B (16G, 1% changed)"
+}
+
+# raw -> rbd: on a running cluster (eval "$(.ci/ceph-dev.sh start)"); skipped without one.
+# Each run writes a new image (the previous one removed untimed), as convert creates it.
+row_convert_raw_to_rbd() {
+    local pool=${CEPH_RBD_POOL:-rbd}
+    if [[ -z ${CEPH_CONF:-} ]] || ! timeout 20 rbd ls "$pool" >/dev/null 2>&1; then
+        echo "   skipped: no Ceph cluster (eval \"\$(.ci/ceph-dev.sh start)\" first)"
+        return
+    fi
+    if ((${#FEATURES[@]} == 0)); then
+        echo "   skipped: vdisk built without the rbd feature (install librbd-dev)"
+        return
+    fi
+    local v=$pool/vdisk-bench-vdisk q=$pool/vdisk-bench-qemu
+    time_runs "rbd rm --no-progress $v >/dev/null 2>&1 || true" \
+        "$VDISK" convert -f raw -O raw "$SRC" "rbd:$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    time_runs "rbd rm --no-progress $q >/dev/null 2>&1 || true" \
+        "$QEMU_IMG" convert -f raw -O raw "$SRC" "rbd:$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "rbd:$v"
+    local vu qu
+    vu=$(rbd du --format json "$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["used_size"])')
+    qu=$(rbd du --format json "$q" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["used_size"])')
+    [[ $vu == "$qu" ]] || VERIFIED="$VERIFIED, rbd du $vu vs $qu"
+    rbd rm --no-progress "$v" >/dev/null 2>&1 || true
+    rbd rm --no-progress "$q" >/dev/null 2>&1 || true
+    record "convert raw -> rbd:"
+}
+
+# rbd: -> raw: both tools read one RBD image (written by qemu-img, untimed) into a file.
+row_convert_rbd_to_raw() {
+    local pool=${CEPH_RBD_POOL:-rbd}
+    if [[ -z ${CEPH_CONF:-} ]] || ! timeout 20 rbd ls "$pool" >/dev/null 2>&1 || ((${#FEATURES[@]} == 0)); then
+        echo "   skipped: no Ceph cluster or no rbd feature (see convert_raw_to_rbd)"
+        return
+    fi
+    local img=$pool/vdisk-bench-src
+    rbd rm --no-progress "$img" >/dev/null 2>&1 || true
+    "$QEMU_IMG" convert -f raw -O raw "$SRC" "rbd:$img"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f raw -O raw "rbd:$img" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert -f raw -O raw "rbd:$img" "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    rbd rm --no-progress "$img" >/dev/null 2>&1 || true
+    record "convert rbd: -> raw"
 }
 
 for row in "${ROWS[@]}"; do

@@ -64,7 +64,7 @@ pub struct Visited {
 impl Visited {
     /// Record `path`; errors if it was seen before or the chain is too deep.
     pub fn enter(&mut self, path: &Path) -> Result<()> {
-        let canon = std::fs::canonicalize(path)
+        let canon = crate::storage::canonical_name(path)
             .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
         if self.seen.contains(&canon) {
             return Err(Error::invalid(format!(

@@ -87,6 +87,22 @@ impl MapStatus {
         }
     }
 
+    /// The status of `extent` as QEMU reports a run of a format over one host file: a
+    /// run of this layer (depth 0) at a host offset is refined by what `storage` says of
+    /// that offset ([`with_host_extent`](Self::with_host_extent)); others are as they are.
+    pub fn over_file<S: crate::storage::Storage + ?Sized>(
+        extent: Extent,
+        storage: &S,
+    ) -> std::io::Result<MapStatus> {
+        let status = MapStatus::from_extent(extent);
+        match extent.host_offset {
+            Some(host) if extent.depth == 0 => {
+                Ok(status.with_host_extent(storage.data_extent(host)?))
+            }
+            _ => Ok(status),
+        }
+    }
+
     /// Refine a data run at `host` with the host file's answer `(data, n)` for that
     /// offset ([`crate::storage::Storage::data_extent`]): a hole makes it zero and ends the
     /// run where the hole ends; `n == 0` means past the end of the file, which reads zeros.

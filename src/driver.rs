@@ -335,6 +335,9 @@ pub struct Driver {
     /// Check the image at `path` for consistency, repairing what `repair` allows (opened
     /// writable then); `None` for formats without checks (qemu-img's exit 63).
     pub check: Option<CheckFn>,
+    /// Whether [`check`](Self::check) can repair: QEMU's VDI and VMDK checks only report,
+    /// and `check -r` on them is "not supported" (exit 63), as for a format without checks.
+    pub check_repairs: bool,
     /// Every on-disk structure of the image at `path`, as one `dump` document; `None` for
     /// formats without metadata.
     pub dump: Option<DumpFn>,

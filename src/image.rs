@@ -386,7 +386,7 @@ fn open_backing(
         Some(f) => Some(chain::parse_backing_format(f, path)?),
         None => None,
     };
-    if !bpath.exists() {
+    if !storage::is_remote(&bpath) && !bpath.exists() {
         return Err(Error::invalid(format!(
             "could not open backing file '{}' of '{}': no such file",
             bpath.display(),
@@ -471,6 +471,10 @@ pub fn normalise_create_options(
 /// Set the host file options (`nocow`, `extent_size_hint`, already normalised) on the
 /// image file at `path`, as qemu-img's file protocol does when it creates one.
 fn set_file_attributes(path: &Path, file_opts: &[(String, String)]) -> Result<()> {
+    if storage::is_remote(path) {
+        // An RBD image is no host file: it has none of these attributes.
+        return Ok(());
+    }
     let last = |key: &str| {
         file_opts
             .iter()
@@ -522,7 +526,10 @@ impl NewFiles {
         options: &[(String, String)],
     ) -> NewFiles {
         let all = (format.driver().create_files)(path, size, options);
+        // An RBD image is left as qemu-img leaves it: creating one that exists fails, and
+        // telling whether it existed would take a round trip to the cluster.
         let absent = |p: &PathBuf| match std::fs::symlink_metadata(p) {
+            _ if storage::is_remote(p) => false,
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             Ok(_) => false,
         };

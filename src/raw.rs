@@ -39,6 +39,7 @@ pub static DRIVER: Driver = Driver {
     },
     measure: Some(measure),
     check: None,
+    check_repairs: false,
     dump: None,
     // Metadata preallocation needs metadata; raw has none.
     resize: Some(driver::ResizePolicy {

@@ -6,15 +6,13 @@
 
 mod common;
 
-use common::crash::every_cut_one;
+use common::crash::{cut_rounds, Rounds};
 use common::{
     answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk,
     vdisk_ok, write_mixed_raw,
 };
 use std::path::Path;
-use std::sync::Arc;
 use vdisk::image::{self, Format, ImageOptions};
-use vdisk::storage::Storage;
 use vdisk::vdi::Vdi;
 use vdisk::BlockDevice;
 
@@ -62,10 +60,8 @@ fn qemu_made_images_read_identically_with_the_same_info_map_and_check() {
             a.push(s(&img));
             assert_eq!(answer(vdisk(&a)), answer(qemu_img(&a)), "{a:?}");
         }
-        if opts == "static=off" {
-            let a = ["map", "-f", "vdi", "--output=json", s(&img)];
-            assert_eq!(answer(vdisk(a)), answer(qemu_img(a)), "{img:?}");
-        }
+        let a = ["map", "-f", "vdi", "--output=json", s(&img)];
+        assert_eq!(answer(vdisk(a)), answer(qemu_img(a)), "{img:?}");
         let mine = dir.path().join("mine.raw");
         vdisk_ok(&["convert", "-f", "vdi", "-O", "raw", s(&img), s(&mine)]);
         let theirs = raw_of(&img, "vdi", dir.path(), "theirs");
@@ -135,7 +131,7 @@ fn vdisk_and_qemu_take_turns_writing_one_image() {
 }
 
 #[test]
-fn check_reports_a_broken_block_map_as_qemu_does() {
+fn check_reports_a_broken_block_map_as_qemu_does_and_refuses_repairs_as_qemu_does() {
     let dir = tempdir();
     let base = dir.path().join("base.vdi");
     qemu_img_ok(&["create", "-q", "-f", "vdi", s(&base), "5M"]);
@@ -160,12 +156,28 @@ fn check_reports_a_broken_block_map_as_qemu_does() {
             b[*at..*at + bytes.len()].copy_from_slice(bytes);
         }
         std::fs::write(&img, b).unwrap();
-        for out in ["human", "json"] {
-            let a = ["check", "-f", "vdi", "--output", out, s(&img)];
-            let (mine, theirs) = (answer(vdisk(a)), answer(qemu_img(a)));
-            assert_eq!(mine, theirs, "case {i} {out}");
+        // QEMU's VDI check only reports: `-r` is refused as unsupported (exit 63).
+        for repair in [&[][..], &["-r", "leaks"], &["-r", "all"]] {
+            for out in ["human", "json"] {
+                let a = [
+                    &["check", "-f", "vdi", "--output", out][..],
+                    repair,
+                    &[s(&img)],
+                ]
+                .concat();
+                let (mine, theirs) = (answer(vdisk(&a)), answer(qemu_img(&a)));
+                assert_eq!(mine, theirs, "case {i} {a:?}");
+            }
         }
     }
+    // An image that does not open fails the same way with `-r`.
+    let img = dir.path().join("bad-header.vdi");
+    let mut b = std::fs::read(&base).unwrap();
+    b[0x40] ^= 1;
+    std::fs::write(&img, b).unwrap();
+    let a = ["check", "-r", "all", "-f", "vdi", s(&img)];
+    let (mine, theirs) = (answer(vdisk(a)), answer(qemu_img(a)));
+    assert_eq!((mine.2, theirs.2), (1, 1), "{mine:?} {theirs:?}");
 }
 
 #[test]
@@ -221,6 +233,41 @@ fn make_differencing(parent: &Path, child: &Path, size: &str) {
 }
 
 #[test]
+fn a_parent_loop_and_a_missing_parent_are_refused_with_one_clear_error() {
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a.vdi"), dir.path().join("b.vdi"));
+    qemu_img_ok(&["create", "-q", "-f", "vdi", s(&b), "4M"]);
+    // a's parent is b, then b's parent is a (b made differencing with a's UUID).
+    make_differencing(&b, &a, "4M");
+    let other = dir.path().join("other.vdi");
+    std::fs::rename(&b, &other).unwrap();
+    make_differencing(&a, &b, "4M");
+    let mut bb = std::fs::read(&b).unwrap();
+    bb[0x188..0x198].copy_from_slice(&std::fs::read(&other).unwrap()[0x188..0x198]);
+    std::fs::write(&b, bb).unwrap();
+    std::fs::remove_file(&other).unwrap();
+    let out = dir.path().join("out.raw");
+    for args in [
+        vec!["info", "--backing-chain", s(&a)],
+        vec!["convert", "-O", "raw", s(&a), s(&out)],
+    ] {
+        let (_, err, code) = answer(vdisk(&args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("loops back"), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // An image linked to its own UUID has no parent in its directory.
+    let mut aa = std::fs::read(&a).unwrap();
+    let own = aa[0x188..0x198].to_vec();
+    aa[0x1a8..0x1b8].copy_from_slice(&own);
+    std::fs::write(&a, aa).unwrap();
+    std::fs::remove_file(&b).unwrap();
+    let (_, err, code) = answer(vdisk(["info", s(&a)]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("could not find the parent"), "{err}");
+}
+
+#[test]
 fn a_differencing_image_reads_through_its_parent_found_by_uuid() {
     let dir = tempdir();
     let parent = dir.path().join("parent.vdi");
@@ -261,28 +308,7 @@ fn a_differencing_image_reads_through_its_parent_found_by_uuid() {
         info.contains("\"backing-filename\": \"parent.vdi\""),
         "{info}"
     );
-    let mut im = image::open(&child, &ImageOptions::default()).expect("open child");
-    im.device
-        .write_at(&[0xc2; 5000], MIB - 1000)
-        .expect("write");
-    im.device
-        .write_zeroes(2 * MIB, MIB)
-        .expect("zero a whole block");
-    im.device
-        .write_zeroes(3 * MIB + 10, 100)
-        .expect("zero part of a block");
-    im.device.close().expect("close");
-    drop(im);
-    for w in [
-        "write -P 0xc2 1047576 5000",
-        "write -z 2M 1M",
-        "write -z 3145738 100",
-    ] {
-        qemu_io_ok(&["-f", "raw", "-c", w, s(&model)]);
-    }
-    let mine = dir.path().join("merged.raw");
-    vdisk_ok(&["convert", "-O", "raw", s(&child), s(&mine)]);
-    assert_qemu_compare_identical(&model, &mine);
+    common::write_child_like_model(&child, &model, dir.path());
     // The map goes through the parent where the child has nothing.
     let map = vdisk_ok(&["map", "--output=json", s(&child)]);
     assert!(
@@ -310,70 +336,18 @@ fn a_power_cut_at_any_write_of_allocating_writes_loses_no_flushed_data() {
     let dir = tempdir();
     let empty = dir.path().join("empty.vdi");
     qemu_img_ok(&["create", "-q", "-f", "vdi", s(&empty), "6M"]);
-    let initial = std::fs::read(&empty).unwrap();
-    // Rounds of writes, each followed by a flush: (offset, length, byte).
-    let rounds: Vec<Vec<(u64, usize, u8)>> = vec![
+    let rounds: Rounds = vec![
         vec![(100, 3000, 1), (2 * MIB - 10, 20, 2)],
         vec![(0, 512, 3), (5 * MIB, MIB as usize, 4)],
         vec![(MIB + 7, 70_000, 5), (3 * MIB, 1, 6)],
     ];
-    let model_after = |n: usize| {
-        let mut m = vec![0u8; 6 * MIB as usize];
-        for round in &rounds[..n] {
-            for &(off, len, b) in round {
-                m[off as usize..off as usize + len].fill(b);
-            }
-        }
-        m
-    };
-    // The op count after each round's flush, from an uncut run: a cut at or past it finds
-    // that round durable.
-    let flushed_at = std::sync::Mutex::new(Vec::new());
-    let run = |st: Arc<vdisk::storage::FaultStorage>| -> vdisk::Result<u64> {
-        let mut v = Vdi::open(st.clone() as Arc<dyn Storage>, false)?;
-        let mut marks = Vec::new();
-        for round in &rounds {
-            for &(off, len, b) in round {
-                v.write_at(&vec![b; len], off)?;
-            }
-            v.flush()?;
-            marks.push(st.ops());
-        }
-        *flushed_at.lock().unwrap() = marks;
-        Ok(st.ops())
-    };
-    let cuts = every_cut_one(
+    let cuts = cut_rounds(
         "vdi allocating writes",
-        &initial,
-        run,
-        |cut, bytes, done| {
-            let st: Arc<dyn Storage> =
-                Arc::new(vdisk::storage::MemStorage::from_vec(bytes.to_vec()));
-            let mut v = Vdi::open(st, true).unwrap_or_else(|e| panic!("cut {cut}: open: {e}"));
-            let mut got = vec![0u8; 6 * MIB as usize];
-            v.read_at(&mut got, 0).expect("read");
-            let durable = if done {
-                rounds.len()
-            } else {
-                flushed_at
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|&&o| o <= cut)
-                    .count()
-            };
-            let (old, new) = (
-                model_after(durable),
-                model_after((durable + 1).min(rounds.len())),
-            );
-            if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
-                panic!(
-                "cut {cut}: byte {i} is {:#x}; round {durable} was flushed (old {:#x}, new {:#x})",
-                got[i], old[i], new[i]
-            );
-            }
-            judge_after_cut(cut, bytes);
-        },
+        &std::fs::read(&empty).unwrap(),
+        &vec![0u8; 6 * MIB as usize],
+        &rounds,
+        |st, writing| Vdi::open(st, !writing),
+        |cut, bytes, _| judge_after_cut(cut, bytes),
     );
     assert!(cuts >= 9, "{cuts} cut points");
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::crash::every_cut_one;
+use common::crash::{cut_rounds, Rounds};
 use common::{
     answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk,
     vdisk_ok, write_mixed_raw,
@@ -34,6 +34,20 @@ const QEMU_WRITES: &[&str] = &[
     "write -P 0x44 4605k 3k",
     "write -z 3M 64k",
 ];
+
+/// A new VHDX with 1 MiB blocks, made by qemu-img.
+fn qemu_create_1m(img: &Path, size: &str) {
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        s(img),
+        size,
+    ]);
+}
 
 fn assert_same_answers(img: &Path) {
     for args in [
@@ -242,89 +256,27 @@ fn a_log_qemu_left_dirty_is_refused_read_only_and_replayed_on_a_writable_open() 
     qemu_io_ok(&["-f", "vhdx", "-c", "read -P 5 0 1M", s(&img)]);
 }
 
-/// Rounds of writes (offset, length, byte), each followed by a flush.
-type Rounds = Vec<Vec<(u64, usize, u8)>>;
-
-/// The guest bytes after the first `n` rounds over a disk of `size` bytes of `fill`.
-fn model_after(rounds: &Rounds, n: usize, size: u64, fill: u8) -> Vec<u8> {
-    let mut m = vec![fill; size as usize];
-    for round in &rounds[..n] {
-        for &(off, len, b) in round {
-            m[off as usize..off as usize + len].fill(b);
-        }
-    }
-    m
-}
-
-/// After cut `cut` (which found `durable` rounds flushed), every byte is as after those
-/// rounds or after the next one.
-fn assert_old_or_new(cut: u64, got: &[u8], rounds: &Rounds, durable: usize, fill: u8) {
-    let size = got.len() as u64;
-    let old = model_after(rounds, durable, size, fill);
-    let new = model_after(rounds, (durable + 1).min(rounds.len()), size, fill);
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
-        panic!(
-            "cut {cut}: byte {i} is {:#x}; {durable} rounds were flushed",
-            got[i]
-        );
-    }
+/// Opens through a writable open, which replays a log a cut left (as a reboot would).
+fn open_on(st: Arc<dyn Storage>, _writing: bool) -> vdisk::Result<Vhdx<Arc<dyn Storage>>> {
+    Vhdx::open(st, OpenMode::default())
 }
 
 #[test]
 fn a_power_cut_at_any_write_loses_no_flushed_data_and_qemu_replays_what_is_left() {
     let dir = tempdir();
     let empty = dir.path().join("empty.vhdx");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&empty),
-        "6M",
-    ]);
-    let initial = std::fs::read(&empty).unwrap();
+    qemu_create_1m(&empty, "6M");
     let rounds: Rounds = vec![
         vec![(100, 3000, 1), (2 * MIB - 10, 20, 2)],
         vec![(0, 512, 3), (5 * MIB, MIB as usize, 4)],
     ];
-    let flushed_at = std::sync::Mutex::new(Vec::new());
-    let run = |st: Arc<vdisk::storage::FaultStorage>| -> vdisk::Result<u64> {
-        let mode = OpenMode::default();
-        let mut v = Vhdx::open(st.clone() as Arc<dyn Storage>, mode)?;
-        let mut marks = Vec::new();
-        for round in &rounds {
-            for &(off, len, b) in round {
-                v.write_at(&vec![b; len], off)?;
-            }
-            v.flush()?;
-            marks.push(st.ops());
-        }
-        *flushed_at.lock().unwrap() = marks;
-        Ok(st.ops())
-    };
-    let cuts = every_cut_one(
+    let cuts = cut_rounds(
         "vhdx allocating writes",
-        &initial,
-        run,
-        |cut, bytes, done| {
-            let st: Arc<dyn Storage> =
-                Arc::new(vdisk::storage::MemStorage::from_vec(bytes.to_vec()));
-            let mut v = Vhdx::open(st.clone(), OpenMode::default())
-                .unwrap_or_else(|e| panic!("cut {cut}: open: {e}"));
-            let mut got = vec![0u8; 6 * MIB as usize];
-            v.read_at(&mut got, 0).expect("read");
-            drop(v);
-            let durable = if done {
-                rounds.len()
-            } else {
-                let marks = flushed_at.lock().unwrap();
-                marks.iter().filter(|&&o| o <= cut).count()
-            };
-            assert_old_or_new(cut, &got, &rounds, durable, 0);
-            qemu_agrees_after_cut(cut, bytes, &got);
-        },
+        &std::fs::read(&empty).unwrap(),
+        &vec![0u8; 6 * MIB as usize],
+        &rounds,
+        open_on,
+        qemu_agrees_after_cut,
     );
     assert!(cuts >= 20, "{cuts} cut points");
 }
@@ -364,16 +316,7 @@ fn poked(base: &[u8], pokes: &[(usize, &[u8])], sum_of: Option<(usize, usize)>) 
 fn hostile_images_get_one_clear_error_and_never_a_panic() {
     let dir = tempdir();
     let base = dir.path().join("base.vhdx");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&base),
-        "5M",
-    ]);
+    qemu_create_1m(&base, "5M");
     qemu_io_ok(&["-f", "vhdx", "-c", "write -P 1 1M 4k", s(&base)]);
     let b = std::fs::read(&base).unwrap();
     let (h1, h2, rt) = (0x10000, 0x20000, 0x30000);
@@ -441,16 +384,7 @@ fn hostile_images_get_one_clear_error_and_never_a_panic() {
 fn check_reports_bad_bat_entries_as_qemu_does() {
     let dir = tempdir();
     let base = dir.path().join("base.vhdx");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&base),
-        "5M",
-    ]);
+    qemu_create_1m(&base, "5M");
     qemu_io_ok(&[
         "-f",
         "vhdx",
@@ -525,16 +459,7 @@ fn with_log_entry(b: &[u8], target: u64, corrupt: bool) -> Vec<u8> {
 fn hostile_logs_are_refused_or_ignored_as_the_format_says() {
     let dir = tempdir();
     let base = dir.path().join("base.vhdx");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&base),
-        "5M",
-    ]);
+    qemu_create_1m(&base, "5M");
     qemu_io_ok(&["-f", "vhdx", "-c", "write -P 1 1M 4k", s(&base)]);
     let b = std::fs::read(&base).unwrap();
     let img = dir.path().join("log.vhdx");
@@ -567,16 +492,7 @@ fn a_differencing_image_reads_and_writes_through_its_parent() {
     let parent = dir.path().join("parent.vhdx");
     let child = dir.path().join("child.vhdx");
     let model = dir.path().join("model.raw");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&parent),
-        "4M",
-    ]);
+    qemu_create_1m(&parent, "4M");
     qemu_io_ok(&["-f", "vhdx", "-c", "write -P 0xa1 0 4M", s(&parent)]);
     qemu_img_ok(&["create", "-q", "-f", "raw", s(&model), "4M"]);
     qemu_io_ok(&["-f", "raw", "-c", "write -P 0xa1 0 4M", s(&model)]);
@@ -624,28 +540,7 @@ fn a_differencing_image_reads_and_writes_through_its_parent() {
         info.contains("\"backing-filename\": \"parent.vhdx\""),
         "{info}"
     );
-    let mut im = image::open(&child, &ImageOptions::default()).expect("open child");
-    im.device
-        .write_at(&[0xc2; 5000], MIB - 1000)
-        .expect("write");
-    im.device
-        .write_zeroes(2 * MIB, MIB)
-        .expect("zero a whole block");
-    im.device
-        .write_zeroes(3 * MIB + 10, 100)
-        .expect("zero part of a block");
-    im.device.close().expect("close");
-    drop(im);
-    for w in [
-        "write -P 0xc2 1047576 5000",
-        "write -z 2M 1M",
-        "write -z 3145738 100",
-    ] {
-        qemu_io_ok(&["-f", "raw", "-c", w, s(&model)]);
-    }
-    let mine = dir.path().join("merged.raw");
-    vdisk_ok(&["convert", "-O", "raw", s(&child), s(&mine)]);
-    assert_qemu_compare_identical(&model, &mine);
+    common::write_child_like_model(&child, &model, dir.path());
     let p = common::qemu_raw_contents(&parent, dir.path());
     assert!(p.iter().all(|&b| b == 0xa1), "the parent changed");
     std::fs::remove_file(&parent).unwrap();
@@ -716,27 +611,17 @@ fn a_power_cut_at_any_write_to_a_differencing_image_loses_no_flushed_data() {
     let dir = tempdir();
     let parent = dir.path().join("parent.vhdx");
     let child = dir.path().join("child.vhdx");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&parent),
-        "4M",
-    ]);
+    qemu_create_1m(&parent, "4M");
     qemu_io_ok(&["-f", "vhdx", "-c", "write -P 0xa1 0 4M", s(&parent)]);
     let child_opts = ["create", "-q", "-f", "vhdx", "-o", "block_size=1M", "-b"];
     vdisk_ok(&[&child_opts[..], &["parent.vhdx", "-F", "vhdx", s(&child)]].concat());
     let parent_bytes = std::fs::read(&parent).unwrap();
-    let initial = std::fs::read(&child).unwrap();
     let rounds: Rounds = vec![
         vec![(100, 3000, 1), (2 * MIB - 10, 20, 2)],
         vec![(3 * MIB + 512, 512, 3)],
     ];
-    let open_chain = |st: Arc<dyn Storage>| -> vdisk::Result<Vhdx<Arc<dyn Storage>>> {
-        let mut c = Vhdx::open(st, OpenMode::default())?;
+    let open_chain = |st: Arc<dyn Storage>, writing| -> vdisk::Result<Vhdx<Arc<dyn Storage>>> {
+        let mut c = open_on(st, writing)?;
         let p: Arc<dyn Storage> =
             Arc::new(vdisk::storage::MemStorage::from_vec(parent_bytes.clone()));
         let ro = OpenMode {
@@ -746,38 +631,13 @@ fn a_power_cut_at_any_write_to_a_differencing_image_loses_no_flushed_data() {
         c.attach_backing(Box::new(Vhdx::open(p, ro)?))?;
         Ok(c)
     };
-    let flushed_at = std::sync::Mutex::new(Vec::new());
-    let run = |st: Arc<vdisk::storage::FaultStorage>| -> vdisk::Result<u64> {
-        let mut v = open_chain(st.clone() as Arc<dyn Storage>)?;
-        let mut marks = Vec::new();
-        for round in &rounds {
-            for &(off, len, b) in round {
-                v.write_at(&vec![b; len], off)?;
-            }
-            v.flush()?;
-            marks.push(st.ops());
-        }
-        *flushed_at.lock().unwrap() = marks;
-        Ok(st.ops())
-    };
-    let cuts = every_cut_one(
+    let cuts = cut_rounds(
         "vhdx differencing writes",
-        &initial,
-        run,
-        |cut, bytes, done| {
-            let st: Arc<dyn Storage> =
-                Arc::new(vdisk::storage::MemStorage::from_vec(bytes.to_vec()));
-            let mut v = open_chain(st).unwrap_or_else(|e| panic!("cut {cut}: open: {e}"));
-            let mut got = vec![0u8; 4 * MIB as usize];
-            v.read_at(&mut got, 0).expect("read");
-            let durable = if done {
-                rounds.len()
-            } else {
-                let marks = flushed_at.lock().unwrap();
-                marks.iter().filter(|&&o| o <= cut).count()
-            };
-            assert_old_or_new(cut, &got, &rounds, durable, 0xa1);
-        },
+        &std::fs::read(&child).unwrap(),
+        &vec![0xa1u8; 4 * MIB as usize],
+        &rounds,
+        open_chain,
+        |_, _, _| {},
     );
     assert!(cuts >= 15, "{cuts} cut points");
 }

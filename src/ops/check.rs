@@ -2,6 +2,7 @@
 //! [`crate::driver::Driver::check`]), and the report as qemu-img prints it.
 
 use crate::check_report::{CheckReport, Repair};
+use crate::driver::OpenParams;
 use crate::error::{Error, Result};
 use crate::image::{self, Format};
 use crate::ops::info::to_qemu_json;
@@ -55,9 +56,15 @@ pub fn check(
         None if repair != Repair::None => image::probe_for_writing(file)?,
         None => image::probe_path(file, force_share)?,
     };
-    let Some(check) = format.driver().check else {
+    let driver = format.driver();
+    let Some(check) = driver.check else {
         return Ok(None);
     };
+    if repair != Repair::None && !driver.check_repairs {
+        // As qemu-img: the image must open, then the repair is refused as unsupported.
+        (driver.open)(&HostFiles, file, &OpenParams::read_only(false))?;
+        return Ok(None);
+    }
     let report = check(&HostFiles, file, repair, force_share)?;
     Ok(Some(Checked { report, format }))
 }

@@ -166,14 +166,26 @@ pub fn compare_with_progress(
     let mut buf_b = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < size {
-        let ea = a.block_status(pos, size - pos)?;
-        let eb = b.block_status(pos, size - pos)?;
+        // qemu-img compares the whole block status in strict mode, as `map` shows it (a
+        // format's data over a hole of its host file reads as zeros there), and its status
+        // of a run that reaches the end of the device carries an end-of-file flag: an
+        // unallocated run up to the end differs from one that stops short of it.
+        let (ea, eb, zeros) = if strict {
+            let (sa, sb) = (
+                a.map_status(pos, size - pos)?,
+                b.map_status(pos, size - pos)?,
+            );
+            (sa.extent, sb.extent, (sa.zero, sb.zero))
+        } else {
+            let (ea, eb) = (
+                a.block_status(pos, size - pos)?,
+                b.block_status(pos, size - pos)?,
+            );
+            (ea, eb, (false, false))
+        };
         let run_end = pos + ea.length.min(eb.length).min(size - pos);
-        // qemu-img compares the whole block status, and its status of a run that reaches
-        // the end of the device carries an end-of-file flag: an unallocated run up to the
-        // end differs from one that stops short of it.
         let at_end = |e: &crate::device::Extent| pos + e.length >= size;
-        if strict && (ea.kind != eb.kind || at_end(&ea) != at_end(&eb)) {
+        if strict && (ea.kind != eb.kind || zeros.0 != zeros.1 || at_end(&ea) != at_end(&eb)) {
             return Ok(Comparison::StrictStatusMismatch(pos));
         }
         let (za, zb) = (ea.kind != ExtentKind::Data, eb.kind != ExtentKind::Data);

@@ -7,8 +7,8 @@
 //!
 //! The changed set is an explicit list of [`ChangedExtent`]s, so sources are pluggable:
 //! [`Changes::Snapshots`] compares two states' L1/L2 tables
-//! ([`crate::qcow2::Qcow2::changed_extents`]); any other source (a dirty bitmap) produces
-//! its own list and hands it, with the image opened at its new state, to [`write_delta`].
+//! ([`crate::qcow2::Qcow2::changed_extents`]); [`Changes::Bitmap`] takes the dirty ranges
+//! of a persistent bitmap, widened to whole clusters, with the image at its active state.
 //! Ranges that read as zeros become zero clusters, so replaying a delta also replays
 //! deletions.
 
@@ -35,6 +35,12 @@ pub enum Changes {
         from: String,
         /// The new state (`None`: the active disk).
         to: Option<String>,
+    },
+    /// What the persistent dirty bitmap `name` marks as written since it was added or
+    /// cleared, to the active disk (whole clusters of the image).
+    Bitmap {
+        /// The bitmap.
+        name: String,
     },
 }
 
@@ -73,7 +79,46 @@ pub fn changed(source: &Source<'_>, changes: &Changes) -> Result<Changed> {
             }
             Ok(Changed { image: q, extents })
         }
+        Changes::Bitmap { name } => {
+            let dirty = q.bitmap_dirty_ranges(name)?;
+            let extents = bitmap_extents(&mut q, &dirty)?;
+            Ok(Changed { image: q, extents })
+        }
     }
+}
+
+/// The changed extents of the dirty ranges `dirty` of the image `q` (at its active state):
+/// each range widened to whole clusters (a granule may be smaller than a cluster, and the
+/// delta stores whole clusters), then split into what reads as data and what reads as
+/// zeros now.
+fn bitmap_extents(q: &mut SharedQcow2, dirty: &[(u64, u64)]) -> Result<Vec<ChangedExtent>> {
+    let cs = q.geometry().cluster_size;
+    let size = q.virtual_size();
+    let mut out = Vec::new();
+    for &(off, len) in dirty {
+        let mut pos = off / cs * cs;
+        let end = (off + len).next_multiple_of(cs).min(size);
+        // A range widened into one already listed starts after it.
+        if let Some(last) = out.last() {
+            let last: &ChangedExtent = last;
+            pos = pos.max(last.end());
+        }
+        while pos < end {
+            let ext = q.block_status(pos, end - pos)?;
+            let length = ext.length.clamp(1, end - pos);
+            let zero = ext.kind != crate::device::ExtentKind::Data;
+            push_merged(
+                &mut out,
+                ChangedExtent {
+                    start: pos,
+                    length,
+                    zero,
+                },
+            );
+            pos += length;
+        }
+    }
+    Ok(out)
 }
 
 /// The changed ranges of `changes` in the image of `source` (`delta --list`).

@@ -46,9 +46,10 @@ pub struct ImageInfo {
     pub cluster_size: Option<u64>,
     /// Format name.
     pub format: String,
-    /// Host bytes used.
-    #[serde(rename = "actual-size")]
-    pub actual_size: u64,
+    /// Host bytes used; `None` where the storage cannot tell (RBD), as qemu-img's
+    /// "disk size: unavailable".
+    #[serde(rename = "actual-size", skip_serializing_if = "Option::is_none")]
+    pub actual_size: Option<u64>,
     /// Format-specific data.
     #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
     pub format_specific: Option<FormatSpecific>,
@@ -70,22 +71,23 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
-    /// Info for the protocol ("file") layer of an image file.
-    pub fn file_node(filename: &str, len: u64, actual: u64) -> ImageInfo {
+    /// Info for the protocol layer of an image: `protocol` is `file` for a host file,
+    /// `rbd` for an RBD image ([`crate::storage::Storage::protocol`]).
+    pub fn file_node(filename: &str, len: u64, actual: Option<u64>, protocol: &str) -> ImageInfo {
         ImageInfo {
             children: Vec::new(),
             // QEMU reports file lengths in whole 512-byte sectors.
             virtual_size: len.next_multiple_of(512),
             filename: filename.to_string(),
             cluster_size: None,
-            format: "file".into(),
+            format: protocol.into(),
             actual_size: actual,
             backing_filename: None,
             full_backing_filename: None,
             backing_format: None,
             snapshots: Vec::new(),
             format_specific: Some(FormatSpecific {
-                kind: "file".into(),
+                kind: protocol.into(),
                 data: serde_json::json!({}),
             }),
             encrypted: false,
@@ -154,7 +156,7 @@ impl ImageInfo {
             human_size(self.virtual_size),
             self.virtual_size
         );
-        s += &format!("disk size: {}\n", human_size(self.actual_size));
+        s += &format!("disk size: {}\n", disk_size_text(self.actual_size));
         if self.encrypted {
             s += "encrypted: yes\n";
         }
@@ -193,15 +195,35 @@ impl ImageInfo {
         for c in &self.children {
             s += &format!("Child node '/{}':\n", c.name);
             s += &format!("    filename: {}\n", c.info.filename);
-            s += "    protocol type: file\n";
+            s += &format!("    protocol type: {}\n", c.info.format);
             s += &format!(
                 "    file length: {} ({} bytes)\n",
                 human_size(c.info.virtual_size),
                 c.info.virtual_size
             );
-            s += &format!("    disk size: {}\n", human_size(c.info.actual_size));
+            s += &format!("    disk size: {}\n", disk_size_text(c.info.actual_size));
+            if let Some(cs) = c.info.cluster_size {
+                s += &format!("    cluster_size: {cs}\n");
+            }
         }
         s
+    }
+}
+
+/// `disk size:` as qemu-img prints it: a size, or `unavailable` when unknown.
+fn disk_size_text(actual: Option<u64>) -> String {
+    match actual {
+        Some(n) => crate::size::human_size(n),
+        None => "unavailable".into(),
+    }
+}
+
+/// The host bytes `storage` uses; `None` when it cannot say (an RBD image).
+fn host_usage(storage: &dyn crate::storage::Storage) -> std::io::Result<Option<u64>> {
+    match storage.allocated_bytes() {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -321,14 +343,20 @@ pub fn image_info_shared(
         None => crate::image::probe(&*storage)?,
     };
     let io = |e| Error::io("reading the file size", e);
-    let file = ImageInfo::file_node(
+    let mut file = ImageInfo::file_node(
         &name,
         storage.len().map_err(io)?,
-        storage.allocated_bytes().map_err(io)?,
+        host_usage(&*storage).map_err(io)?,
+        storage.protocol(),
     );
+    file.cluster_size = storage.cluster_size();
     drop(storage);
     let f = (format.driver().info)(&ns, path, force_share)?;
-    let mut info = ImageInfo::from_format(&name, format, f, file);
+    let mut info = ImageInfo::from_format(&name, format, f, file.clone());
+    if format == Format::RAW {
+        // As QEMU's raw format: the protocol's cluster size (an RBD object) shows through.
+        info.cluster_size = info.cluster_size.or(file.cluster_size);
+    }
     add_extent_children(&ns, path, &mut info, force_share)?;
     if let Some(b) = &info.backing_filename {
         info.full_backing_filename = Some(crate::chain::resolve(path, b)?.display().to_string());
@@ -391,9 +419,10 @@ fn add_extent_children(
         let node = ImageInfo::file_node(
             filename,
             storage.len().map_err(io)?,
-            storage.allocated_bytes().map_err(io)?,
+            host_usage(&*storage).map_err(io)?,
+            storage.protocol(),
         );
-        info.actual_size += node.actual_size;
+        info.actual_size = info.actual_size.zip(node.actual_size).map(|(a, b)| a + b);
         children.push(Child {
             name: format!("extents.{i}"),
             info: Box::new(node),

@@ -18,7 +18,10 @@ pub fn measure(
 ) -> Result<Measurement> {
     match target.driver().measure {
         Some(measure) => measure(source, options),
-        None => Err(Error::unsupported(format!("measure for {target} targets"))),
+        // qemu-img's words.
+        None => Err(Error::invalid(format!(
+            "Block driver '{target}' does not support size measurement"
+        ))),
     }
 }
 

@@ -58,7 +58,10 @@ fn refuse(
     let current = img.device.virtual_size();
     let size = new_size(spec, current)?;
     check_direction(shrink, current, size, prealloc)?;
-    Err(Error::unsupported(format!("resizing {format} images")))
+    // qemu-img's words.
+    Err(Error::invalid(
+        "Image format driver does not support resize",
+    ))
 }
 
 /// What the format's policy refuses: a size that is not whole sectors, a preallocation

@@ -29,6 +29,7 @@ pub static DRIVER: Driver = Driver {
     info,
     measure: Some(super::measure::measure),
     check: Some(check),
+    check_repairs: true,
     dump: Some(|ns, path, opts, force_share| {
         let storage = driver::open_read_only(ns, path, force_share)?;
         super::dump::document(&storage, opts).map_err(|e| crate::error::with_path(path, e))

@@ -10,8 +10,9 @@
 //!   reached "stable storage" (the state at the last completed flush) and can be told to stop
 //!   after the Nth write or flush, so tests can replay every cut point of an operation.
 //!
-//! A [`Namespace`] opens and creates storages by name: [`HostFiles`] for the host's files,
-//! [`MemFiles`] for in-memory ones.
+//! A [`Namespace`] opens and creates storages by name: [`HostFiles`] for the host's files
+//! (and, through [`rbd`], images on Ceph RBD named `rbd:...`), [`MemFiles`] for in-memory
+//! ones.
 //!
 //! Reads past the end of the storage return zeros, as QEMU's file driver does; format
 //! drivers that care about the file length check it themselves before reading.
@@ -22,6 +23,7 @@ mod file;
 pub mod lock;
 mod memory;
 mod namespace;
+pub mod rbd;
 
 pub use fault::{FaultState, FaultStorage, PowerSupply};
 pub use file::{FileStorage, OpenOptions};
@@ -29,6 +31,22 @@ pub use memory::MemStorage;
 pub use namespace::{HostFiles, MemFiles, Namespace};
 
 use std::io;
+use std::path::{Path, PathBuf};
+
+/// The name that identifies the file or image `path` points at: the canonical host path,
+/// or for an RBD name its pool, image and snapshot (see [`rbd::identity`]).
+pub fn canonical_name(path: &Path) -> io::Result<PathBuf> {
+    match rbd::identity(path) {
+        Some(id) => Ok(PathBuf::from(id)),
+        None => std::fs::canonicalize(path),
+    }
+}
+
+/// Whether `path` names something other than a host file (an `rbd:` image): host-file
+/// steps (attributes, existence checks, removal on failure) do not apply to it.
+pub fn is_remote(path: &Path) -> bool {
+    rbd::is_rbd_name(path)
+}
 
 /// Positioned byte storage. Methods take `&self` so one storage can be shared between
 /// threads (the parallel convert engine writes from a pool of workers).
@@ -75,9 +93,21 @@ pub trait Storage: Send + Sync {
         Ok((true, len.saturating_sub(offset)))
     }
 
-    /// Bytes of host storage actually used (for `info`'s actual-size).
+    /// Bytes of host storage actually used (for `info`'s actual-size); an error of kind
+    /// `Unsupported` when the storage cannot tell (info then says "unavailable").
     fn allocated_bytes(&self) -> io::Result<u64> {
         self.len()
+    }
+
+    /// The protocol name qemu-img's info gives this kind of storage (`file`, `rbd`).
+    fn protocol(&self) -> &'static str {
+        "file"
+    }
+
+    /// The storage's own allocation unit where qemu-img's info reports one as the
+    /// protocol's cluster size (an RBD image's object size); `None` for host files.
+    fn cluster_size(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -121,6 +151,12 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     fn allocated_bytes(&self) -> io::Result<u64> {
         (**self).allocated_bytes()
+    }
+    fn protocol(&self) -> &'static str {
+        (**self).protocol()
+    }
+    fn cluster_size(&self) -> Option<u64> {
+        (**self).cluster_size()
     }
 }
 

@@ -27,23 +27,30 @@ pub trait Namespace: Send + Sync {
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
 }
 
-/// The host's file system, with image locks ([`FileStorage`]).
+/// The host's file system, with image locks ([`FileStorage`]); names starting with `rbd:`
+/// are images on Ceph RBD instead (see [`super::rbd`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostFiles;
 
 impl Namespace for HostFiles {
     fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Arc<dyn Storage>> {
+        if super::rbd::is_rbd_name(path) {
+            return super::rbd::open(path, opts.write, opts.unsafe_cache);
+        }
         Ok(Arc::new(FileStorage::open(path, opts)?))
     }
 
     fn create(&self, path: &Path, unsafe_cache: bool) -> io::Result<Arc<dyn Storage>> {
+        if super::rbd::is_rbd_name(path) {
+            return super::rbd::create(path, unsafe_cache);
+        }
         let mut file = FileStorage::create(path)?;
         file.set_unsafe_cache(unsafe_cache);
         Ok(Arc::new(file))
     }
 
     fn same_file(&self, a: &Path, b: &Path) -> bool {
-        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        match (super::canonical_name(a), super::canonical_name(b)) {
             (Ok(x), Ok(y)) => x == y,
             _ => false,
         }

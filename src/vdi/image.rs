@@ -15,8 +15,8 @@
 //! twice, because the next free index is taken as the larger of the count and the block
 //! map's highest index plus one; the next writable open corrects the count).
 
-use super::header::{Header, DISCARDED, HEADER_LEN, SECTOR, UNALLOCATED};
-use crate::device::{check_range, BlockDevice, Extent, ExtentKind};
+use super::header::{Header, ImageType, DISCARDED, HEADER_LEN, SECTOR, UNALLOCATED};
+use crate::device::{check_range, BlockDevice, Extent, ExtentKind, MapStatus};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -359,6 +359,16 @@ impl<S: Storage> BlockDevice for Vdi<S> {
             compressed: false,
             depth: 0,
         })
+    }
+
+    /// As QEMU: the data of a static image is refined by the host file (a hole in it
+    /// reads zeros, and the run keeps its offset); a dynamic image's blocks are not.
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<MapStatus> {
+        let extent = self.block_status(offset, max_len)?;
+        if self.header.image_type != ImageType::Static {
+            return Ok(MapStatus::from_extent(extent));
+        }
+        MapStatus::over_file(extent, &self.storage).map_err(ioerr("querying holes"))
     }
 
     fn is_read_only(&self) -> bool {

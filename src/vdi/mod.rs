@@ -39,6 +39,7 @@ pub static DRIVER: Driver = Driver {
     info,
     measure: None,
     check: Some(check),
+    check_repairs: false,
     dump: Some(dump),
     // As qemu-img: VDI images keep their size.
     resize: None,

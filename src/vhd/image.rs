@@ -19,7 +19,7 @@
 
 use super::dynamic::{validate_blocks, DynamicHeader, Region, HEADER_LEN, UNALLOCATED};
 use super::footer::{DiskType, Footer, FOOTER_LEN, SECTOR};
-use crate::device::{check_range, BlockDevice, Extent, ExtentKind};
+use crate::device::{check_range, BlockDevice, Extent, ExtentKind, MapStatus};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian as BE, ByteOrder};
@@ -678,6 +678,17 @@ impl<S: Storage> BlockDevice for Vhd<S> {
             }
         }
         Ok(ext)
+    }
+
+    /// As QEMU: a fixed disk is data throughout, refined by the host file (whose holes
+    /// read zeros and keep their offset); the blocks of a dynamic disk are not refined.
+    fn map_status(&mut self, offset: u64, max_len: u64) -> Result<MapStatus> {
+        let mut extent = self.block_status(offset, max_len)?;
+        if self.dynamic.is_some() {
+            return Ok(MapStatus::from_extent(extent));
+        }
+        extent.kind = ExtentKind::Data;
+        MapStatus::over_file(extent, &self.storage).map_err(ioerr("querying holes"))
     }
 
     fn is_read_only(&self) -> bool {

@@ -45,6 +45,7 @@ pub static DRIVER: Driver = Driver {
     // As qemu-img: no measure, no check (exit 63), no resize for vpc.
     measure: None,
     check: None,
+    check_repairs: false,
     dump: Some(dump),
     resize: None,
     amend: None,

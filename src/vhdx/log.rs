@@ -154,7 +154,7 @@ fn sequence_at(log: &[u8], at: u64, guid: &Guid, budget: &mut u64) -> Vec<(u64, 
     while let Some(e) = parse_entry(log, pos, guid, budget) {
         if run
             .last()
-            .is_some_and(|(_, last)| e.sequence != last.sequence + 1)
+            .is_some_and(|(_, last)| last.sequence.checked_add(1) != Some(e.sequence))
             || used + e.length > n
         {
             break;
@@ -253,7 +253,11 @@ pub fn replay(storage: &dyn Storage, entries: &[Entry]) -> Result<()> {
             match a {
                 Action::Page(p) => storage.write_at(p, *off).map_err(io)?,
                 Action::Zero(n) => {
-                    crate::storage::write_zero_bytes(storage, *off, *n).map_err(io)?
+                    // Past the end of the file the bytes read as zeros already (the file
+                    // is extended below), so a huge claimed length costs nothing.
+                    let len = storage.len().map_err(io)?;
+                    let n = (*n).min(len.saturating_sub(*off));
+                    crate::storage::write_zero_bytes(storage, *off, n).map_err(io)?
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! differencing images the parent locator (UTF-16LE key/value pairs).
 
 use super::header::{new_guid, Guid, MIB, SLOT};
-use super::region::{guid, Region};
+use super::region::{guid_from_text, Region};
 use crate::error::{Error, Result};
 use byteorder::{ByteOrder, LittleEndian as LE};
 
@@ -22,49 +22,43 @@ const SIGNATURE: &[u8; 8] = b"metadata";
 const IS_VIRTUAL_DISK: u32 = 2;
 const IS_REQUIRED: u32 = 4;
 
-const FILE_PARAMETERS: Guid = guid(
-    0xcaa1_6737,
-    0xfa36,
-    0x4d43,
-    [0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b],
-);
-const VIRTUAL_DISK_SIZE: Guid = guid(
-    0x2fa5_4224,
-    0xcd1b,
-    0x4876,
-    [0xb2, 0x11, 0x5d, 0xbe, 0xd8, 0x3b, 0xf4, 0xb8],
-);
-const PAGE_83: Guid = guid(
-    0xbeca_12ab,
-    0xb2e6,
-    0x4523,
-    [0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46],
-);
-const LOGICAL_SECTOR_SIZE: Guid = guid(
-    0x8141_bf1d,
-    0xa96f,
-    0x4709,
-    [0xba, 0x47, 0xf2, 0x33, 0xa8, 0xfa, 0xab, 0x5f],
-);
-const PHYSICAL_SECTOR_SIZE: Guid = guid(
-    0xcda3_48c7,
-    0x445d,
-    0x4471,
-    [0x9c, 0xc9, 0xe9, 0x88, 0x52, 0x51, 0xc5, 0x56],
-);
-const PARENT_LOCATOR: Guid = guid(
-    0xa8d3_5f2d,
-    0xb30b,
-    0x454d,
-    [0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c],
-);
+/// One kind of metadata item vdisk reads and writes.
+struct ItemKind {
+    id: Guid,
+    /// The fewest bytes its value has.
+    min_len: u32,
+    /// The flags a new image gives it.
+    flags: u32,
+}
+
+const fn item(text: &str, min_len: u32, flags: u32) -> ItemKind {
+    ItemKind {
+        id: guid_from_text(text),
+        min_len,
+        flags,
+    }
+}
+
+/// The flags of an item that describes the virtual disk.
+const DISK_ITEM: u32 = IS_REQUIRED | IS_VIRTUAL_DISK;
+
+/// The items, in the order QEMU writes them; the indexes below name them.
+const ITEMS: [ItemKind; 6] = [
+    item("caa16737-fa36-4d43-b3b6-33f0aa44e76b", 8, IS_REQUIRED),
+    item("2fa54224-cd1b-4876-b211-5dbed83bf4b8", 8, DISK_ITEM),
+    item("beca12ab-b2e6-4523-93ef-c309e000c746", 16, DISK_ITEM),
+    item("8141bf1d-a96f-4709-ba47-f233a8faab5f", 4, DISK_ITEM),
+    item("cda348c7-445d-4471-9cc9-e9885251c556", 4, DISK_ITEM),
+    item("a8d35f2d-b30b-454d-abf7-d3d84834ab0c", 20, DISK_ITEM),
+];
+const FILE_PARAMETERS: usize = 0;
+const VIRTUAL_DISK_SIZE: usize = 1;
+const PAGE_83: usize = 2;
+const LOGICAL_SECTOR_SIZE: usize = 3;
+const PHYSICAL_SECTOR_SIZE: usize = 4;
+const PARENT_LOCATOR: usize = 5;
 /// The locator type of a VHDX parent.
-const VHDX_LOCATOR_TYPE: Guid = guid(
-    0xb04a_efb7,
-    0xd19e,
-    0x4a81,
-    [0xb7, 0x89, 0x25, 0xb8, 0xe9, 0x44, 0x59, 0x13],
-);
+const VHDX_LOCATOR_TYPE: Guid = guid_from_text("b04aefb7-d19e-4a81-b789-25b8e9445913");
 
 const LEAVE_BLOCKS_ALLOCATED: u32 = 1;
 const HAS_PARENT: u32 = 2;
@@ -102,7 +96,7 @@ struct Item {
 }
 
 /// Find the known items of the table in `buf` (the whole metadata region).
-fn read_table(buf: &[u8], region: &Region) -> Result<[Option<Item>; 6]> {
+fn read_table(buf: &[u8], region: &Region) -> Result<[Option<Item>; ITEMS.len()]> {
     if buf.len() < SLOT as usize || &buf[..8] != SIGNATURE {
         return Err(bad(region, "bad signature"));
     }
@@ -113,22 +107,14 @@ fn read_table(buf: &[u8], region: &Region) -> Result<[Option<Item>; 6]> {
             format!("{count} entries, more than {MAX_ENTRIES}"),
         ));
     }
-    let ids = [
-        FILE_PARAMETERS,
-        VIRTUAL_DISK_SIZE,
-        PAGE_83,
-        LOGICAL_SECTOR_SIZE,
-        PHYSICAL_SECTOR_SIZE,
-        PARENT_LOCATOR,
-    ];
-    let mut found = [None; 6];
+    let mut found = [None; ITEMS.len()];
     for i in 0..count {
         let e = &buf[32 + 32 * i..64 + 32 * i];
         let item = Item {
             offset: LE::read_u32(&e[16..]),
             length: LE::read_u32(&e[20..]),
         };
-        let Some(k) = ids.iter().position(|id| e[..16] == *id) else {
+        let Some(k) = ITEMS.iter().position(|it| e[..16] == it.id) else {
             if LE::read_u32(&e[24..]) & IS_REQUIRED != 0 {
                 return Err(Error::unsupported(
                     "VHDX metadata: a required item of an unknown kind",
@@ -154,9 +140,9 @@ impl Metadata {
     /// Parse the metadata region `buf` (read from `region`).
     pub fn parse(buf: &[u8], region: &Region) -> Result<Metadata> {
         let found = read_table(buf, region)?;
-        let get = |k: usize, min: u32| -> Result<&[u8]> {
+        let get = |k: usize| -> Result<&[u8]> {
             match found[k] {
-                Some(it) if it.length >= min => {
+                Some(it) if it.length >= ITEMS[k].min_len => {
                     Ok(&buf[it.offset as usize..(it.offset + it.length) as usize])
                 }
                 Some(_) => Err(bad(region, format!("item {k} is too short"))),
@@ -165,20 +151,20 @@ impl Metadata {
                 )),
             }
         };
-        let params = get(0, 8)?;
+        let params = get(FILE_PARAMETERS)?;
         let bits = LE::read_u32(&params[4..]);
         let mut md = Metadata {
             block_size: LE::read_u32(params),
             leave_blocks_allocated: bits & LEAVE_BLOCKS_ALLOCATED != 0,
             has_parent: bits & HAS_PARENT != 0,
-            virtual_size: LE::read_u64(get(1, 8)?),
-            page_83: get(2, 16)?[..16].try_into().unwrap_or_default(),
-            logical_sector_size: LE::read_u32(get(3, 4)?),
-            physical_sector_size: LE::read_u32(get(4, 4)?),
+            virtual_size: LE::read_u64(get(VIRTUAL_DISK_SIZE)?),
+            page_83: get(PAGE_83)?[..16].try_into().unwrap_or_default(),
+            logical_sector_size: LE::read_u32(get(LOGICAL_SECTOR_SIZE)?),
+            physical_sector_size: LE::read_u32(get(PHYSICAL_SECTOR_SIZE)?),
             parent_locator: Vec::new(),
         };
         if md.has_parent {
-            md.parent_locator = parse_locator(get(5, 20)?, region)?;
+            md.parent_locator = parse_locator(get(PARENT_LOCATOR)?, region)?;
         }
         md.validate(region)?;
         Ok(md)
@@ -208,6 +194,10 @@ impl Metadata {
                     self.virtual_size
                 ),
             ));
+        }
+        if self.virtual_size == 0 {
+            // QEMU refuses it too.
+            return Err(bad(region, "virtual disk size is 0"));
         }
         if self.virtual_size % u64::from(self.logical_sector_size) != 0 {
             return Err(bad(
@@ -248,7 +238,6 @@ impl Metadata {
     /// The region's bytes as QEMU lays them out: table, then the items from 64 KiB in
     /// table order.
     pub fn write(&self) -> Vec<u8> {
-        let mut items: Vec<(Guid, u32, Vec<u8>)> = Vec::new();
         let mut params = vec![0u8; 8];
         LE::write_u32(&mut params, self.block_size);
         let bits = if self.leave_blocks_allocated {
@@ -257,47 +246,30 @@ impl Metadata {
             0
         } | if self.has_parent { HAS_PARENT } else { 0 };
         LE::write_u32(&mut params[4..], bits);
-        items.push((FILE_PARAMETERS, IS_REQUIRED, params));
-        items.push((
-            VIRTUAL_DISK_SIZE,
-            IS_REQUIRED | IS_VIRTUAL_DISK,
+        let mut values = vec![
+            params,
             self.virtual_size.to_le_bytes().to_vec(),
-        ));
-        items.push((
-            PAGE_83,
-            IS_REQUIRED | IS_VIRTUAL_DISK,
             self.page_83.to_vec(),
-        ));
-        items.push((
-            LOGICAL_SECTOR_SIZE,
-            IS_REQUIRED | IS_VIRTUAL_DISK,
             self.logical_sector_size.to_le_bytes().to_vec(),
-        ));
-        items.push((
-            PHYSICAL_SECTOR_SIZE,
-            IS_REQUIRED | IS_VIRTUAL_DISK,
             self.physical_sector_size.to_le_bytes().to_vec(),
-        ));
+        ];
         if self.has_parent {
-            items.push((
-                PARENT_LOCATOR,
-                IS_REQUIRED | IS_VIRTUAL_DISK,
-                write_locator(&self.parent_locator),
-            ));
+            values.push(write_locator(&self.parent_locator));
         }
+        let items: Vec<(&ItemKind, Vec<u8>)> = ITEMS.iter().zip(values).collect();
         let mut b = vec![0u8; SLOT as usize];
         b[..8].copy_from_slice(SIGNATURE);
         LE::write_u16(&mut b[10..], items.len() as u16);
         let mut at = SLOT as u32;
-        for (i, (id, flags, data)) in items.iter().enumerate() {
+        for (i, (kind, data)) in items.iter().enumerate() {
             let e = &mut b[32 + 32 * i..64 + 32 * i];
-            e[..16].copy_from_slice(id);
+            e[..16].copy_from_slice(&kind.id);
             LE::write_u32(&mut e[16..], at);
             LE::write_u32(&mut e[20..], data.len() as u32);
-            LE::write_u32(&mut e[24..], *flags);
+            LE::write_u32(&mut e[24..], kind.flags);
             at += data.len() as u32;
         }
-        for (_, _, data) in items {
+        for (_, data) in items {
             b.extend_from_slice(&data);
         }
         b

@@ -49,6 +49,7 @@ pub static DRIVER: Driver = Driver {
     info,
     measure: None,
     check: Some(check),
+    check_repairs: true,
     dump: Some(dump),
     // As qemu-img: VHDX images keep their size.
     resize: None,
@@ -189,11 +190,7 @@ fn parent_link(ns: &dyn Namespace, path: &Path, name: &str) -> Result<create::Pa
 }
 
 fn info(ns: &dyn Namespace, path: &Path, force_share: bool) -> Result<FormatInfo> {
-    let p = OpenParams {
-        read_only: true,
-        force_share,
-        ..Default::default()
-    };
+    let p = OpenParams::read_only(force_share);
     let image = open_storage(ns, path, true, &p, false)?;
     let md = image.metadata();
     Ok(FormatInfo {
@@ -239,20 +236,7 @@ fn check(
         )
         .and_then(|s| s.len())
         .map_err(|e| Error::io("vhdx: reading the file length", e))?;
-    let mut fs = region::Regions::default();
-    fs.add(
-        image.header().log_offset,
-        u64::from(image.header().log_length),
-    );
-    fs.add(
-        image.regions().bat.offset,
-        u64::from(image.regions().bat.length),
-    );
-    fs.add(
-        image.regions().metadata.offset,
-        u64::from(image.regions().metadata.length),
-    );
-    for m in image.bat_problems(&fs, file_len) {
+    for m in image.bat_problems(&image.file_regions(), file_len) {
         // QEMU reports these through error_report, which names the program.
         report.msg(format!("vdisk: {m}"));
         report.corruptions += 1;
@@ -325,11 +309,7 @@ fn dump(
     opts: driver::DumpOptions,
     force_share: bool,
 ) -> Result<serde_json::Value> {
-    let p = OpenParams {
-        read_only: true,
-        force_share,
-        ..Default::default()
-    };
+    let p = OpenParams::read_only(force_share);
     let image = open_storage(ns, path, true, &p, true)?;
     let opts = opts.or_all();
     let mut doc = serde_json::Map::new();

@@ -29,20 +29,44 @@ pub const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> Guid {
     ]
 }
 
+/// A GUID from its text form (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`), laid out as on
+/// disk. For constants: a text without 32 hex digits fails the build.
+pub const fn guid_from_text(text: &str) -> Guid {
+    let t = text.as_bytes();
+    let mut nibbles = [0u8; 32];
+    let (mut i, mut n) = (0, 0);
+    while i < t.len() {
+        let c = t[i];
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => 16,
+        };
+        if v < 16 {
+            nibbles[n] = v;
+            n += 1;
+        }
+        i += 1;
+    }
+    let mut b = [0u8; 16];
+    let mut k = 0;
+    while k < 16 {
+        b[k] = nibbles[2 * k] << 4 | nibbles[2 * k + 1];
+        k += 1;
+    }
+    guid(
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]),
+        [b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]],
+    )
+}
+
 /// The BAT region.
-pub const BAT_GUID: Guid = guid(
-    0x2dc2_7766,
-    0xf623,
-    0x4200,
-    [0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08],
-);
+pub const BAT_GUID: Guid = guid_from_text("2dc27766-f623-4200-9d64-115e9bfd4a08");
 /// The metadata region.
-pub const METADATA_GUID: Guid = guid(
-    0x8b7c_a206,
-    0x4790,
-    0x4b9a,
-    [0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e],
-);
+pub const METADATA_GUID: Guid = guid_from_text("8b7ca206-4790-4b9a-b8fe-575f050f886e");
 
 /// One region: a range of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +210,13 @@ mod tests {
             [
                 0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd,
                 0x4a, 0x08
+            ]
+        );
+        assert_eq!(
+            METADATA_GUID,
+            [
+                0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f,
+                0x88, 0x6e
             ]
         );
     }

@@ -26,6 +26,7 @@ pub static DRIVER: Driver = Driver {
         let mut v = open_read_only(ns, path, force_share)?;
         Ok(v.check()?.into_check_report())
     }),
+    check_repairs: false,
     dump: Some(|ns, path, opts, force_share| {
         super::dump::document(&open_read_only(ns, path, force_share)?, opts)
     }),

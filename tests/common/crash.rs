@@ -1,10 +1,11 @@
 //! Power-cut testing shared by every crash test: the one cut-at-every-write loop over
-//! [`FaultStorage`], and `qemu-img check` as the judge of the images it leaves.
+//! [`FaultStorage`], `qemu-img check` as the judge of the images it leaves, and
+//! [`cut_rounds`], the rounds-of-flushed-writes test of the VDI, VHD and VHDX drivers.
 
 use super::{qemu_img, tempdir};
 use std::path::Path;
 use std::sync::Arc;
-use vdisk::storage::{FaultStorage, PowerSupply};
+use vdisk::storage::{FaultStorage, MemStorage, PowerSupply, Storage};
 use vdisk::Result;
 
 /// The result of `qemu-img check --output=json`.
@@ -146,4 +147,72 @@ pub fn every_cut_one(
             verify(c.cut, &c.durable(0), result.is_ok())
         },
     )
+}
+
+/// Rounds of guest writes `(offset, length, byte)`, each round followed by a flush.
+pub type Rounds = Vec<Vec<(u64, usize, u8)>>;
+
+/// The guest bytes after the first `n` of `rounds`, over a disk that read `base` before.
+pub fn model_after(rounds: &Rounds, n: usize, base: &[u8]) -> Vec<u8> {
+    let mut m = base.to_vec();
+    for round in &rounds[..n] {
+        for &(off, len, b) in round {
+            m[off as usize..off as usize + len].fill(b);
+        }
+    }
+    m
+}
+
+/// Power cuts at every write of `rounds` written to the image `initial` (whose disk reads
+/// `base`) through the device `open(storage, writing)` makes; the device is opened with
+/// `writing` false to read what a cut left. Every byte must read as after the rounds
+/// flushed before the cut or as after the next one; `judge(cut, bytes, read)` then checks
+/// what else the test wants of the durable `bytes` (qemu-img's view, say). Returns the
+/// number of cut points.
+pub fn cut_rounds<D: vdisk::BlockDevice>(
+    what: &str,
+    initial: &[u8],
+    base: &[u8],
+    rounds: &Rounds,
+    open: impl Fn(Arc<dyn Storage>, bool) -> Result<D>,
+    judge: impl Fn(u64, &[u8], &[u8]),
+) -> u64 {
+    // The op count after each round's flush, from an uncut run: a cut at or past it finds
+    // that round durable.
+    let flushed_at = std::sync::Mutex::new(Vec::new());
+    let run = |st: Arc<FaultStorage>| -> Result<u64> {
+        let mut dev = open(st.clone() as Arc<dyn Storage>, true)?;
+        let mut marks = Vec::new();
+        for round in rounds {
+            for &(off, len, b) in round {
+                dev.write_at(&vec![b; len], off)?;
+            }
+            dev.flush()?;
+            marks.push(st.ops());
+        }
+        *flushed_at.lock().unwrap_or_else(|e| e.into_inner()) = marks;
+        Ok(st.ops())
+    };
+    every_cut_one(what, initial, run, |cut, bytes, done| {
+        let st: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(bytes.to_vec()));
+        let mut dev = open(st, false).unwrap_or_else(|e| panic!("{what}: cut {cut}: open: {e}"));
+        let mut got = vec![0u8; base.len()];
+        dev.read_at(&mut got, 0).expect("read");
+        drop(dev);
+        let durable = if done {
+            rounds.len()
+        } else {
+            let marks = flushed_at.lock().unwrap_or_else(|e| e.into_inner());
+            marks.iter().filter(|&&o| o <= cut).count()
+        };
+        let old = model_after(rounds, durable, base);
+        let new = model_after(rounds, (durable + 1).min(rounds.len()), base);
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != old[i] && got[i] != new[i]) {
+            panic!(
+                "{what}: cut {cut}: byte {i} is {:#x}; {durable} rounds flushed (old {:#x}, new {:#x})",
+                got[i], old[i], new[i]
+            );
+        }
+        judge(cut, bytes, &got);
+    })
 }

@@ -1,5 +1,6 @@
 //! The harness of the hostile-image suites (`tests/hostile_suite.rs` for qcow2,
-//! `tests/hostile_suite_vmdk.rs` for VMDK): base images made by qemu-img, a [`Case`] that
+//! `tests/hostile_suite_vmdk.rs` for VMDK, `tests/hostile_suite_formats.rs` for VDI, VHD
+//! and VHDX): base images made by qemu-img, a [`Case`] that
 //! pokes one field of a base, and [`run_suite`], which runs every case through the `vdisk`
 //! binary with its address space capped at 256 MiB (`prlimit --as`) and a time limit, so a
 //! huge allocation or a hang fails the case:
@@ -40,12 +41,21 @@ pub enum Base {
     VmdkStream,
     /// monolithicFlat VMDK: a descriptor file and `img-flat.vmdk`.
     VmdkFlat,
+    /// dynamic VDI, 4 MiB, data in the first and last MiB.
+    Vdi,
+    /// dynamic VHD (`vpc`), 4 MiB, data in the first and last MiB.
+    Vhd,
+    /// dynamic VHDX with 1 MiB blocks, 4 MiB, data in the first and last MiB.
+    Vhdx,
 }
 
 impl Base {
     fn format(self) -> &'static str {
         match self {
             Base::VmdkSparse | Base::VmdkStream | Base::VmdkFlat => "vmdk",
+            Base::Vdi => "vdi",
+            Base::Vhd => "vpc",
+            Base::Vhdx => "vhdx",
             _ => "qcow2",
         }
     }
@@ -139,6 +149,23 @@ fn make_base(dir: &Path, base: Base) -> Vec<u8> {
             };
             qemu_img_ok(&["convert", "-f", "raw", "-O", "vmdk", "-o", sub, &raw, &img]);
             std::fs::remove_file(&raw).unwrap();
+        }
+        Vdi | Vhd | Vhdx => {
+            let fmt = base.format();
+            let opts: &[&str] = if base == Vhdx {
+                &["-o", "block_size=1M"]
+            } else {
+                &[]
+            };
+            qemu_img_ok(
+                &[
+                    &["create", "-q", "-f", fmt][..],
+                    opts,
+                    &[img.as_str(), "4M"],
+                ]
+                .concat(),
+            );
+            data(fmt);
         }
         VmdkFlat => {
             qemu_img_ok(&[

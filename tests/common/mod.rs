@@ -543,3 +543,41 @@ pub fn assert_text_eq(what: &str, ours: &str, theirs: &str) {
         b.get(at).copied().unwrap_or("<end>")
     );
 }
+
+/// Write (through vdisk's library, so that a differencing image's parent is used) a run of
+/// data, a whole-block zero write and a partial zero write into the image at `child`, do
+/// the same to the raw file `model` with qemu-io, and check that the child then converts
+/// to what the model holds.
+pub fn write_child_like_model(child: &Path, model: &Path, dir: &Path) {
+    let mut im =
+        vdisk::image::open(child, &vdisk::image::ImageOptions::default()).expect("open child");
+    let mib = 1u64 << 20;
+    im.device
+        .write_at(&[0xc2; 5000], mib - 1000)
+        .expect("write");
+    im.device
+        .write_zeroes(2 * mib, mib)
+        .expect("zero a whole block");
+    im.device
+        .write_zeroes(3 * mib + 10, 100)
+        .expect("zero part of a block");
+    im.device.close().expect("close");
+    drop(im);
+    let model_arg = model.to_str().expect("utf-8 path");
+    for w in [
+        "write -P 0xc2 1047576 5000",
+        "write -z 2M 1M",
+        "write -z 3145738 100",
+    ] {
+        qemu_io_ok(&["-f", "raw", "-c", w, model_arg]);
+    }
+    let mine = dir.join("merged.raw");
+    vdisk_ok(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        child.as_os_str(),
+        mine.as_os_str(),
+    ]);
+    assert_qemu_compare_identical(model, &mine);
+}

@@ -1,5 +1,5 @@
-//! `vdisk delta [-f FMT] [-U] --from SNAPSHOT [--to SNAPSHOT] [-b BACKING -F FMT] [-o OPTS]
-//! IMAGE OUTPUT`, and `vdisk delta --list [--output human|json] ... IMAGE`: a changed-block
+//! `vdisk delta [-f FMT] [-U] (--from SNAPSHOT [--to SNAPSHOT] | --bitmap NAME) [-b BACKING
+//! -F FMT] [-o OPTS] IMAGE OUTPUT`, and `vdisk delta --list [--output human|json] ... IMAGE`: a changed-block
 //! delta between two states of a qcow2 image, as an overlay or as a list of ranges.
 
 use crate::flags::{ForceShareFlag, FormatFlag, OptionsFlag, OutputFlag};
@@ -22,6 +22,10 @@ pub struct Args {
     /// The new state: a snapshot ID or name (default: the active disk).
     #[arg(long = "to", value_name = "SNAPSHOT")]
     to: Option<String>,
+    /// The changes a persistent dirty bitmap records (to the active disk), instead of
+    /// --from/--to.
+    #[arg(long = "bitmap", value_name = "NAME", conflicts_with_all = ["from", "to"])]
+    bitmap: Option<String>,
     /// Backing file the delta records (not opened): a copy of the old state.
     #[arg(short = 'b', long = "backing")]
     backing: Option<String>,
@@ -43,14 +47,17 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let json = a.output.wants_json()?;
-    let Some(from) = a.from.clone() else {
-        return Err(Error::invalid(
-            "delta needs --from SNAPSHOT (the old state)",
-        ));
-    };
-    let changes = Changes::Snapshots {
-        from,
-        to: a.to.clone(),
+    let changes = match (&a.bitmap, a.from.clone()) {
+        (Some(name), _) => Changes::Bitmap { name: name.clone() },
+        (None, Some(from)) => Changes::Snapshots {
+            from,
+            to: a.to.clone(),
+        },
+        (None, None) => {
+            return Err(Error::invalid(
+                "delta needs --from SNAPSHOT (the old state) or --bitmap NAME",
+            ))
+        }
     };
     let source = Source {
         path: &a.image,
