@@ -44,6 +44,8 @@ ROWS=(
     convert_raw_to_vdi
     convert_vdi_to_raw
     convert_qcow2_to_vhdx
+    convert_raw_to_luks
+    convert_luks_to_raw
     snapshot_create
     snapshot_apply
     snapshot_delete
@@ -548,6 +550,46 @@ row_serve_bench_read_4k_d1() { serve_bench_row 1; }
 row_serve_bench_read_4k_d16() { serve_bench_row 16; }
 row_serve_bench_write_4k_d1() { serve_bench_row 1 -w; }
 row_serve_bench_write_4k_d16() { serve_bench_row 16 -w; }
+
+# LUKS-encrypted qcow2 (aes-256-xts, qemu-img's default cipher); PBKDF2 is tuned to 10 ms
+# so that the rows time the data encryption, not the key derivation.
+LUKS_SECRET="secret,id=sec0,data=bench-passphrase"
+LUKS_OPTS="encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10"
+luks_spec() { echo "driver=qcow2,file.filename=$1,encrypt.key-secret=sec0"; }
+
+# verify_luks RAW IMG: the encrypted image holds RAW's guest data, and checks clean.
+verify_luks() {
+    VERIFIED=identical
+    "$QEMU_IMG" compare -q --object "$LUKS_SECRET" --image-opts "driver=raw,file.filename=$1" \
+        "$(luks_spec "$2")" || { VERIFIED=DIFFERENT; FAILED=1; }
+    "$QEMU_IMG" check -q --object "$LUKS_SECRET" --image-opts "$(luks_spec "$2")" ||
+        { VERIFIED="check failed"; FAILED=1; }
+}
+
+row_convert_raw_to_luks() {
+    measure "$BENCH_DIR/vdisk-luks.qcow2" "$VDISK" convert --object "$LUKS_SECRET" -f raw -O qcow2 \
+        -o "$LUKS_OPTS" "$SRC" "$BENCH_DIR/vdisk-luks.qcow2"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu-luks.qcow2" "$QEMU_IMG" convert --object "$LUKS_SECRET" -f raw -O qcow2 \
+        -o "$LUKS_OPTS" "$SRC" "$BENCH_DIR/qemu-luks.qcow2"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_luks "$SRC" "$BENCH_DIR/vdisk-luks.qcow2"
+    record "convert raw -> luks qcow2"
+}
+
+row_convert_luks_to_raw() {
+    # Both tools read the encrypted qcow2 qemu-img made in the previous row.
+    local in="$BENCH_DIR/qemu-luks.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert --object "$LUKS_SECRET" -f raw -O qcow2 -o "$LUKS_OPTS" "$SRC" "$in"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert --object "$LUKS_SECRET" --image-opts "$(luks_spec "$in")" \
+        -O raw "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$BENCH_DIR/qemu.raw" "$QEMU_IMG" convert --object "$LUKS_SECRET" --image-opts "$(luks_spec "$in")" \
+        -O raw "$BENCH_DIR/qemu.raw"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    record "convert luks qcow2 -> raw"
+}
 
 # A 16 GiB qcow2 (64 KiB clusters) with 8 GiB allocated (the first half of every 2 GiB),
 # snapshot A, then 1% of its clusters rewritten (one in every 100, allocated or not) and

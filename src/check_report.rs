@@ -203,6 +203,8 @@ pub enum ClusterUse {
     Compressed,
     /// Nothing uses it but its stored refcount is not 0.
     Leaked,
+    /// The encryption header (a LUKS header and its key slots).
+    CryptoHeader,
 }
 
 impl ClusterUse {
@@ -221,6 +223,7 @@ impl ClusterUse {
             ClusterUse::Data => "data",
             ClusterUse::Compressed => "compressed data",
             ClusterUse::Leaked => "leaked",
+            ClusterUse::CryptoHeader => "encryption header",
         }
     }
 
@@ -246,6 +249,7 @@ impl ClusterUse {
             Data,
             Compressed,
             Leaked,
+            CryptoHeader,
         ]
         .get(v as usize)
         .copied()

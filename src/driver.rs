@@ -89,6 +89,8 @@ pub struct FormatInfo {
     /// Whether the image can carry persistent dirty bitmaps (qemu's
     /// `bdrv_supports_persistent_dirty_bitmap`; `measure` then reports a bitmaps size).
     pub supports_persistent_bitmaps: bool,
+    /// Whether guest data is encrypted (qemu-img's `encrypted`).
+    pub encrypted: bool,
 }
 
 /// The result of a measurement.

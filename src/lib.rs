@@ -10,7 +10,8 @@
 //!    buffer, and [`storage::Namespace`]: opening and creating the files of an image by
 //!    name ([`storage::HostFiles`], or [`storage::MemFiles`] in tests).
 //! 1. Shared vocabulary: [`error`], [`device`] (the [`BlockDevice`] trait), [`size`],
-//!    [`codec`], [`names`] (rules for recorded file names), [`check_report`], and
+//!    [`codec`], [`names`] (rules for recorded file names), [`check_report`], [`crypto`]
+//!    (LUKS1 and legacy AES encryption, and the process's secrets), and
 //!    [`driver`]: the row type of the driver table ([`driver::Driver`]) and [`Format`],
 //!    a handle on one row.
 //! 2. Format drivers, each a module exposing one `DRIVER` row: [`raw`], [`qcow2`],
@@ -39,6 +40,7 @@ pub mod chain;
 pub mod check_report;
 pub mod codec;
 pub mod create_opts;
+pub mod crypto;
 pub mod device;
 pub mod driver;
 pub mod dump;

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("driver", 1),
     ("names", 1),
     ("uuid", 1),
+    ("crypto", 1),
     ("raw", 2),
     ("qcow2", 2),
     ("vmdk", 2),

@@ -395,12 +395,12 @@ fn cases() -> Vec<Case> {
             error_contains: "extension",
         },
         Case {
-            name: "encrypted (crypt_method 1, AES)",
-            poke: |img| put_u32(img, field::CRYPT_METHOD.offset, 1),
+            name: "unknown encryption method (crypt_method 3)",
+            poke: |img| put_u32(img, field::CRYPT_METHOD.offset, 3),
             error_contains: "encrypt",
         },
         Case {
-            name: "encrypted (crypt_method 2, LUKS)",
+            name: "LUKS-encrypted (crypt_method 2) without its header extension",
             poke: |img| put_u32(img, field::CRYPT_METHOD.offset, 2),
             error_contains: "encrypt",
         },

@@ -62,6 +62,9 @@ pub struct ImageInfo {
     /// Backing file name as recorded.
     #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
     pub backing_filename: Option<String>,
+    /// Guest data is encrypted (shown only then, as qemu-img).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Dirty flag.
     #[serde(rename = "dirty-flag")]
     pub dirty_flag: bool,
@@ -87,6 +90,7 @@ impl ImageInfo {
                 kind: protocol.into(),
                 data: serde_json::json!({}),
             }),
+            encrypted: false,
             dirty_flag: false,
         }
     }
@@ -104,6 +108,7 @@ impl ImageInfo {
             backing_format: None,
             snapshots: Vec::new(),
             format_specific: None,
+            encrypted: false,
             dirty_flag: false,
             children: vec![Child {
                 name: "file".into(),
@@ -122,6 +127,7 @@ impl ImageInfo {
         let mut info = ImageInfo::new(filename, format, f.virtual_size, file);
         info.cluster_size = f.cluster_size;
         info.dirty_flag = f.dirty;
+        info.encrypted = f.encrypted;
         if let Some(b) = f.backing {
             info.backing_filename = Some(b.name);
             info.backing_format = b.format;
@@ -151,6 +157,9 @@ impl ImageInfo {
             self.virtual_size
         );
         s += &format!("disk size: {}\n", disk_size_text(self.actual_size));
+        if self.encrypted {
+            s += "encrypted: yes\n";
+        }
         if let Some(cs) = self.cluster_size {
             s += &format!("cluster_size: {cs}\n");
         }

@@ -23,6 +23,7 @@
 use super::entry::read_refcount;
 use super::entry::{self, L2Entry, COPIED};
 use super::header::{self, compat, ext, incompat};
+use super::luks_ops::KeySlotChange;
 use super::refcount_area::{self, TableSize, VecSpace};
 use super::snapshot::{self, Snapshot};
 use super::{ioerr, Geometry, Qcow2};
@@ -47,6 +48,8 @@ pub struct AmendOptions {
     pub backing_format: Option<String>,
     /// New virtual size in bytes.
     pub size: Option<u64>,
+    /// Key slot changes of a LUKS image (`encrypt.*`).
+    pub keyslots: KeySlotChange,
     /// A new name for the external data file.
     pub data_file: Option<String>,
     /// Keep (on) or stop keeping (off) the data file a raw image.
@@ -56,6 +59,9 @@ pub struct AmendOptions {
 impl AmendOptions {
     /// Apply one `-o key=value` option, with qemu-img's messages for the ones it refuses.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if self.keyslots.set(key, value)? {
+            return Ok(());
+        }
         match key {
             "compat" => {
                 self.version = Some(match value {
@@ -114,7 +120,7 @@ impl AmendOptions {
                 })
             }
             _ if key.starts_with("encrypt.") => {
-                return Err(Error::unsupported(format!("amending '{key}'")))
+                return Err(Error::invalid(format!("Invalid parameter '{key}'")))
             }
             _ => return Err(Error::invalid(format!("Invalid parameter '{key}'"))),
         }
@@ -195,25 +201,17 @@ impl<S: Storage> Qcow2<S> {
             }
         }
 
+        if o.keyslots.requested {
+            self.amend_keyslots(&o.keyslots)?;
+        }
         if new_version > old_version {
             self.upgrade_to_v3()?;
         }
         if new_bits != 1 << self.header.refcount_order {
             self.change_refcount_width(new_bits)?;
         }
-        if let Some(lazy) = o.lazy_refcounts {
-            if new_version >= 3 {
-                let want = if lazy {
-                    self.header.compatible_features | compat::LAZY_REFCOUNTS
-                } else {
-                    self.header.compatible_features & !compat::LAZY_REFCOUNTS
-                };
-                if want != self.header.compatible_features {
-                    self.flush_metadata()?;
-                    self.header.compatible_features = want;
-                    self.write_header()?;
-                }
-            }
+        if let (Some(lazy), true) = (o.lazy_refcounts, new_version >= 3) {
+            self.set_lazy_refcounts(lazy)?;
         }
         self.amend_data_file(o.data_file.as_deref(), o.data_file_raw)?;
         if let Some(size) = o.size {
@@ -223,6 +221,21 @@ impl<S: Storage> Qcow2<S> {
             self.downgrade_to_v2()?;
         }
         self.flush_metadata()
+    }
+
+    /// Set or clear the lazy-refcounts compatible feature (a header rewrite).
+    fn set_lazy_refcounts(&mut self, lazy: bool) -> Result<()> {
+        let want = if lazy {
+            self.header.compatible_features | compat::LAZY_REFCOUNTS
+        } else {
+            self.header.compatible_features & !compat::LAZY_REFCOUNTS
+        };
+        if want != self.header.compatible_features {
+            self.flush_metadata()?;
+            self.header.compatible_features = want;
+            self.write_header()?;
+        }
+        Ok(())
     }
 
     /// compat 0.10 → 1.1.

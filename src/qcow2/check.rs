@@ -269,6 +269,14 @@ impl Scan {
         clash
     }
 
+    /// The LUKS header region, when the encryption header extension names a valid one.
+    fn crypto_region(&self) -> Option<(u64, u64)> {
+        if self.header.crypt_method != super::encryption::CRYPT_LUKS {
+            return None;
+        }
+        super::encryption::luks_region(&self.header, self.file_len).ok()
+    }
+
     /// Mark the fixed metadata (everything not reached through an L1 table) in `owner`.
     fn claim_fixed(&mut self, r: &mut CheckReport, bitmaps: &[(u64, u64)]) {
         let h = self.header.clone();
@@ -307,6 +315,9 @@ impl Scan {
         }
         for &(off, len) in bitmaps {
             areas.push((off, len, ClusterUse::Bitmap));
+        }
+        if let Some((off, len)) = self.crypto_region() {
+            areas.push((off, len, ClusterUse::CryptoHeader));
         }
         for (off, len, kind) in areas {
             if off >= self.file_len {
@@ -407,6 +418,9 @@ impl Scan {
         self.inc(r, h.snapshots_offset, self.snapshots_size);
         self.inc(r, h.refcount_table_offset, self.reftable.len() as u64 * 8);
         for (off, len) in bitmaps {
+            self.inc(r, off, len);
+        }
+        if let Some((off, len)) = self.crypto_region() {
             self.inc(r, off, len);
         }
         self.walk_refblocks(r);

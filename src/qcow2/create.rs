@@ -7,6 +7,7 @@
 use super::entry::write_refcount;
 use super::header::{self, CompressionType, Header};
 use super::limits::*;
+pub use super::luks_ops::EncryptOptions;
 use super::{OpenOptions, Qcow2};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
@@ -35,6 +36,8 @@ pub struct CreateOptions {
     pub backing_format: Option<String>,
     /// Compression method for compressed clusters.
     pub compression_type: CompressionType,
+    /// Encryption (`encrypt.*`); not encrypted unless a format is given.
+    pub encrypt: EncryptOptions,
     /// External data file name as stored in the header (the driver creates the file).
     pub data_file: Option<String>,
     /// Keep the data file a valid raw image (every cluster mapped at its guest offset).
@@ -55,6 +58,7 @@ impl Default for CreateOptions {
             backing_file: None,
             backing_format: None,
             compression_type: CompressionType::Zlib,
+            encrypt: EncryptOptions::default(),
             data_file: None,
             data_file_raw: false,
             extended_l2: false,
@@ -75,6 +79,9 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
 impl CreateOptions {
     /// Apply one qemu-img `-o key=value` option.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if self.encrypt.set(key, value)? {
+            return Ok(());
+        }
         match key {
             "size" => self.size = crate::size::parse_size(value)?,
             "cluster_size" => self.cluster_size = crate::size::parse_size(value)?,
@@ -179,6 +186,12 @@ impl CreateOptions {
         }
         if self.size > MAX_VIRTUAL_SIZE {
             return Err(Error::invalid("image size is too large"));
+        }
+        self.encrypt.validate()?;
+        if self.encrypt.format.is_some() && self.preallocation != Preallocation::Off {
+            return Err(Error::unsupported(
+                "preallocation of an encrypted image (its clusters would read as noise)",
+            ));
         }
         let l1 = header::l1_entries_for(self.size.next_multiple_of(512), cs.trailing_zeros())
             .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
@@ -367,6 +380,7 @@ pub fn create_with_data_file<S: Storage>(
     data: Option<(std::sync::Arc<dyn Storage>, String)>,
 ) -> Result<Qcow2<S>> {
     opts.validate()?;
+    opts.encrypt.check_secret()?;
     let layout = Layout::plan(opts);
     let header_bytes = layout.header(opts).write()?;
     layout.write(&storage, &header_bytes)?;
@@ -375,6 +389,9 @@ pub fn create_with_data_file<S: Storage>(
         st.set_len(layout.size)
             .map_err(|e| Error::io("qcow2: sizing the data file", e))?;
         img.attach_data_file(st, name);
+    }
+    if opts.encrypt.format.is_some() {
+        img.enable_encryption(&opts.encrypt)?;
     }
     let prealloc = match (opts.data_file_raw, opts.preallocation) {
         // A raw data file maps every cluster from the start, as QEMU does.
@@ -460,6 +477,16 @@ const DATA_FILE_RAW: OptionDesc = OptionDesc::new(
     Kind::Bool,
     "The external data file must stay valid as a raw image",
 );
+const KEY_SECRET: OptionDesc = OptionDesc::new(
+    "encrypt.key-secret",
+    Kind::Str,
+    "ID of secret providing qcow AES key or LUKS passphrase",
+);
+const ITER_TIME: OptionDesc = OptionDesc::new(
+    "encrypt.iter-time",
+    Kind::Number,
+    "Time to spend in PBKDF in milliseconds",
+);
 const LAZY_REFCOUNTS: OptionDesc =
     OptionDesc::new("lazy_refcounts", Kind::Bool, "Postpone refcount updates");
 const REFCOUNT_BITS: OptionDesc = OptionDesc::new(
@@ -468,8 +495,7 @@ const REFCOUNT_BITS: OptionDesc = OptionDesc::new(
     "Width of a reference count entry in bits",
 );
 
-/// qcow2's creation options in qemu-img's order (of encryption, only the switches: vdisk
-/// creates no encrypted image).
+/// qcow2's creation options in qemu-img's order.
 pub const CREATE_OPTIONS: &[OptionDesc] = &[
     OptionDesc::new(
         "encryption",
@@ -481,6 +507,33 @@ pub const CREATE_OPTIONS: &[OptionDesc] = &[
         Kind::Str,
         "Encrypt the image, format choices: 'aes', 'luks'",
     ),
+    KEY_SECRET,
+    OptionDesc::new(
+        "encrypt.cipher-alg",
+        Kind::Str,
+        "Name of encryption cipher algorithm",
+    ),
+    OptionDesc::new(
+        "encrypt.cipher-mode",
+        Kind::Str,
+        "Name of encryption cipher mode",
+    ),
+    OptionDesc::new(
+        "encrypt.ivgen-alg",
+        Kind::Str,
+        "Name of IV generator algorithm",
+    ),
+    OptionDesc::new(
+        "encrypt.ivgen-hash-alg",
+        Kind::Str,
+        "Name of IV generator hash algorithm",
+    ),
+    OptionDesc::new(
+        "encrypt.hash-alg",
+        Kind::Str,
+        "Name of encryption hash algorithm",
+    ),
+    ITER_TIME,
     OptionDesc::new("cluster_size", Kind::Size, "qcow2 cluster size").with_default("65536"),
     OptionDesc::new("extended_l2", Kind::Bool, "Extended L2 tables").with_default("off"),
     OptionDesc::new(
@@ -504,13 +557,34 @@ pub const CREATE_OPTIONS: &[OptionDesc] = &[
     REFCOUNT_BITS.with_default("16"),
 ];
 
-/// The options `amend` takes, as qemu-img lists them (without the encryption key ones).
+/// The options `amend` takes, as qemu-img lists them.
 pub const AMEND_OPTIONS: &[OptionDesc] = &[
     BACKING_FILE,
     BACKING_FMT,
     COMPAT,
     DATA_FILE,
     DATA_FILE_RAW,
+    ITER_TIME,
+    OptionDesc::new(
+        "encrypt.keyslot",
+        Kind::Number,
+        "Select a single keyslot to modify explicitly",
+    ),
+    OptionDesc::new(
+        "encrypt.new-secret",
+        Kind::Str,
+        "New secret to set in the matching keyslots. Empty string to erase",
+    ),
+    OptionDesc::new(
+        "encrypt.old-secret",
+        Kind::Str,
+        "Select all keyslots that match this password",
+    ),
+    OptionDesc::new(
+        "encrypt.state",
+        Kind::Str,
+        "Select new state of affected keyslots (active/inactive)",
+    ),
     LAZY_REFCOUNTS,
     REFCOUNT_BITS,
     SIZE,

@@ -143,6 +143,7 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
             "lazy-refcounts": h.compatible_features & super::header::compat::LAZY_REFCOUNTS != 0,
             "bitmaps": bitmaps_info(q),
             "refcount-bits": 1u32 << h.refcount_order,
+            "encrypt": q.encrypt_info(),
             "corrupt": h.incompatible_features & super::header::incompat::CORRUPT != 0,
             "extended-l2": h.incompatible_features & super::header::incompat::EXTENDED_L2 != 0,
         })
@@ -157,10 +158,12 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
         data.shift_insert(at + 1, "data-file-raw".into(), h.data_file_raw().into());
     }
     if let Some(data) = format_specific.as_object_mut() {
-        if data.get("bitmaps").is_some_and(serde_json::Value::is_null) {
-            // shift_remove keeps the order of the keys after it (remove would swap the last
-            // key into its place).
-            data.shift_remove("bitmaps");
+        // shift_remove keeps the order of the keys after it (remove would swap the last
+        // key into its place).
+        for key in ["bitmaps", "encrypt"] {
+            if data.get(key).is_some_and(serde_json::Value::is_null) {
+                data.shift_remove(key);
+            }
         }
     }
     FormatInfo {
@@ -174,6 +177,7 @@ pub fn image_info<S: Storage>(q: &Qcow2<S>) -> FormatInfo {
         snapshots: q.snapshots().iter().map(|s| s.to_json()).collect(),
         format_specific: Some(format_specific),
         supports_persistent_bitmaps: h.version >= 3,
+        encrypted: q.is_encrypted(),
     }
 }
 
@@ -231,12 +235,16 @@ pub fn open_image(
             },
         )
         .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
-    let q = Qcow2::open(
+    // An encrypted image needs its secret (`encrypt.key-secret`, bound to the file).
+    let key = crate::crypto::keyring::image_secret(path)?;
+    let q = Qcow2::open_with_key(
         storage,
         OpenOptions {
             read_only: p.read_only,
             ..Default::default()
         },
+        key.as_ref(),
+        true,
     )
     .map_err(|e| crate::error::with_path(path, e))?;
     let mut q = q;

@@ -293,7 +293,7 @@ impl Header {
         self.validate_feature_bits()
     }
 
-    /// Refcount order (at most 6; 4 in version 2), no encryption, a virtual size within
+    /// Refcount order (at most 6; 4 in version 2), a known encryption method, a virtual size within
     /// [`MAX_VIRTUAL_SIZE`].
     fn validate_refcount_order_crypt_and_size(&self) -> Result<()> {
         if self.refcount_order > MAX_REFCOUNT_ORDER {
@@ -310,9 +310,9 @@ impl Header {
                 "version 2 images must use 16-bit refcounts",
             ));
         }
-        if self.crypt_method != 0 {
+        if self.crypt_method > 2 {
             return Err(Error::unsupported(format!(
-                "encrypted qcow2 images (crypt_method {})",
+                "qcow2 encryption method {} (known: 1, AES; 2, LUKS)",
                 self.crypt_method
             )));
         }

@@ -21,7 +21,9 @@ impl<S: Storage> Qcow2<S> {
     /// starts `in_off` bytes into the run (a compressed run is one cluster).
     fn read_run_part(&mut self, gc: u64, e: L2Entry, in_off: u64, out: &mut [u8]) -> Result<()> {
         match e {
-            L2Entry::Normal { host, .. } => self.read_data(out, host + in_off),
+            L2Entry::Normal { host, .. } => {
+                self.read_guest(out, host + in_off, (gc << self.geo.cluster_bits) + in_off)
+            }
             L2Entry::Zero { .. } => {
                 out.fill(0);
                 Ok(())
@@ -55,7 +57,9 @@ impl<S: Storage> Qcow2<S> {
             let (state, len) = subcluster::run(host, bitmap, pos, end, cs);
             let part = &mut out[(pos - in_off) as usize..(pos - in_off + len) as usize];
             match state {
-                subcluster::State::Data(at) => self.read_data(part, at)?,
+                subcluster::State::Data(at) => {
+                    self.read_guest(part, at, (gc << self.geo.cluster_bits) + pos)?
+                }
                 subcluster::State::Zero(_) => part.fill(0),
                 subcluster::State::Unallocated(_) => {
                     self.read_backing(part, (gc << self.geo.cluster_bits) + pos)?
@@ -108,7 +112,7 @@ impl<S: Storage> Qcow2<S> {
                 self.check_data_write(at, run_end - pos)?;
             }
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.write_data(src, at)?;
+            self.write_guest(src, at, pos)?;
             pos = run_end;
         }
         Ok(())
@@ -166,7 +170,7 @@ impl<S: Storage> Qcow2<S> {
         let tail = ((gc0 + n) << cb) - run_end;
         if head == 0 && tail == 0 {
             let src = &buf[(pos - offset) as usize..(run_end - offset) as usize];
-            self.write_data(src, host)?;
+            self.write_guest(src, host, pos)?;
         } else {
             let mut data = vec![0u8; (n * cs) as usize];
             if head > 0 {
@@ -179,7 +183,7 @@ impl<S: Storage> Qcow2<S> {
             }
             data[head as usize..(run_end - run_start) as usize]
                 .copy_from_slice(&buf[(pos - offset) as usize..(run_end - offset) as usize]);
-            self.write_data(&data, host)?;
+            self.write_guest(&data, host, run_start)?;
         }
         for (k, old) in olds.into_iter().enumerate() {
             let k = k as u64;
@@ -477,7 +481,9 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         let run = self.map_run(offset >> cb, end.div_ceil(cs), Join::Reads)?;
         let run_end = (run.end() << cb).min(end);
         if let L2Entry::Sub { host, bitmap, .. } = run.first {
-            return self.subcluster_status(offset, end, host, bitmap);
+            let mut e = self.subcluster_status(offset, end, host, bitmap)?;
+            e.host_offset = e.host_offset.filter(|_| !self.is_encrypted());
+            return Ok(e);
         }
         let (kind, host_offset, compressed) = match run.first {
             L2Entry::Normal { host, .. } => {
@@ -502,7 +508,8 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
             start: offset,
             length: run_end - offset,
             kind,
-            host_offset,
+            // As QEMU: where encrypted data lies on the host is no use to a reader.
+            host_offset: host_offset.filter(|_| !self.is_encrypted()),
             compressed,
             depth: 0,
         })
@@ -521,10 +528,14 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     }
 
     fn cluster_codec(&self) -> Option<Arc<dyn ClusterCodec>> {
+        if self.is_encrypted() {
+            return None;
+        }
         Some(Arc::new(self.codec()))
     }
 
     fn write_compressed_cluster(&mut self, offset: u64, compressed: &[u8]) -> Result<()> {
+        self.refuse_compressed_if_encrypted()?;
         self.refuse_with_data_file("compressed clusters")?;
         self.track_guest_write(offset, self.geo.cluster_size)?;
         self.store_compressed(offset, compressed)

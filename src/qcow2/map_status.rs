@@ -21,7 +21,7 @@ impl<S: Storage> Qcow2<S> {
                 return Ok(status);
             }
         }
-        if extent.kind == ExtentKind::Zero {
+        if extent.kind == ExtentKind::Zero && !self.is_encrypted() {
             if let L2Entry::Sub { .. } = self.l2_entry(offset >> self.geo.cluster_bits)? {
                 // Zero subclusters: block status has the run and its host offset.
                 return Ok(MapStatus::from_extent(extent));

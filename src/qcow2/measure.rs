@@ -51,7 +51,9 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
     if matches!(o.preallocation, Preallocation::Full | Preallocation::Falloc) {
         required = virtual_size;
     }
-    let fully_allocated = qcow2_fully_allocated(virtual_size, cs, order, o.extended_l2);
+    // A LUKS header region takes whole clusters of its own.
+    let luks = o.encrypt.header_region_bytes()?.next_multiple_of(cs);
+    let fully_allocated = qcow2_fully_allocated(virtual_size, cs, order, o.extended_l2) + luks;
     Ok(Measurement {
         required: fully_allocated - virtual_size + required,
         fully_allocated,

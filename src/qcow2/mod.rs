@@ -25,6 +25,8 @@
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
+//! | [`encryption`] | encrypted images: loading and unlocking LUKS or legacy AES, and the only path guest data takes to and from the host file |
+//! | `luks_ops` | creating the LUKS header of a new image, and amending its key slots |
 //! | [`driver`] | the qcow2 row of the driver table (probe, open, create) |
 //! | [`check`] | the consistency check (`vdisk check`) and the host-cluster usage map |
 //! | `repair` | check's repairs, and repairing a dirty image on a writable open |
@@ -55,11 +57,13 @@ pub mod create;
 mod data_file;
 pub mod driver;
 pub mod dump;
+pub mod encryption;
 pub mod entry;
 pub mod header;
 pub mod header_fields;
 mod io;
 pub mod limits;
+mod luks_ops;
 mod map_status;
 mod mapping;
 pub mod measure;
@@ -214,6 +218,8 @@ pub struct Qcow2<S: Storage> {
     compressed_cursor: u64,
     /// Whether the image looks metadata-preallocated (found on `map`'s first question).
     metadata_preallocation: Option<bool>,
+    /// The encryption of guest data (`None`: not encrypted).
+    crypt: Option<encryption::Crypt>,
     /// The persistent dirty bitmaps.
     bitmaps: bitmap::State,
     /// The external data file, once attached (see `data_file`).
@@ -281,6 +287,19 @@ impl<S: Storage> Qcow2<S> {
     /// then a dirty image (lazy refcounts) is repaired, and the enabled persistent bitmaps
     /// are loaded to track writes.
     pub fn open(storage: S, opts: OpenOptions) -> Result<Self> {
+        Self::open_with_key(storage, opts, None, false)
+    }
+
+    /// [`open`](Self::open) an image that may be encrypted: unlocked with `key` when one is
+    /// given; without one, refused when `key_required`, else opened locked (its header
+    /// can be shown, its data cannot be read). The key is tried before anything is
+    /// written, so a wrong passphrase leaves the file untouched.
+    pub fn open_with_key(
+        storage: S,
+        opts: OpenOptions,
+        key: Option<&crate::crypto::Passphrase>,
+        key_required: bool,
+    ) -> Result<Self> {
         let read_only = opts.read_only;
         let (mut header, mut file_len) = read_header(&storage)?;
         bitmap::read_directory(&storage, &header, file_len)?;
@@ -294,6 +313,10 @@ impl<S: Storage> Qcow2<S> {
                 header::field::INCOMPATIBLE_FEATURES.file_offset(),
                 "the external data file bit is set but the image names no data file",
             ));
+        }
+        let crypt = encryption::load(&storage, &header, file_len, key)?;
+        if key_required && crypt.as_ref().is_some_and(|c| !c.is_unlocked()) {
+            return Err(Error::invalid(encryption::KEY_REQUIRED));
         }
         if !read_only {
             refuse_writable(&header)?;
@@ -346,6 +369,7 @@ impl<S: Storage> Qcow2<S> {
             backing: None,
             compressed_cursor: 0,
             metadata_preallocation: None,
+            crypt,
             bitmaps: bitmap::State::default(),
             data_file: None,
             data_file_name: None,
@@ -473,6 +497,9 @@ impl<S: Storage> Qcow2<S> {
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("qcow2 image is open read-only".into()));
+        }
+        if self.crypt.as_ref().is_some_and(|c| !c.is_unlocked()) {
+            return Err(Error::invalid(encryption::KEY_REQUIRED));
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
-//! `vdisk dd [-f FMT] [-O OUTPUT_FMT] [-U] [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS]
+//! `vdisk dd [-f FMT|--image-opts] [--object OBJ] [-O OUTPUT_FMT] [-U] [bs=BLOCK_SIZE]
+//! [count=BLOCKS] [skip=BLOCKS]
 //! if=INPUT of=OUTPUT`
 
-use crate::flags::{ForceShareFlag, FormatFlag};
+use crate::flags::{ForceShareFlag, FormatFlag, ImageSpecFlags};
 use std::process::ExitCode;
 use vdisk::ops::dd::{dd, DdFormats, DdOperands};
 use vdisk::Result;
@@ -21,6 +22,9 @@ pub struct Args {
         value_name = "FMT"
     )]
     output_format: String,
+    // `--object` and `--image-opts` (the `if=` operand is then an option string).
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     // Read the input without locking out other users of it.
     #[command(flatten)]
     force_share: ForceShareFlag,
@@ -30,9 +34,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let ops = DdOperands::parse(&a.operands)?;
+    let mut ops = DdOperands::parse(&a.operands)?;
+    let mut input_format = a.format.name().map(str::to_string);
+    a.spec.object.registry()?;
+    if let (Some(input), true) = (ops.input.clone(), a.spec.image_opts.on()) {
+        let r = a
+            .spec
+            .resolve(std::path::Path::new(&input), a.format.get()?)?;
+        ops.input = Some(r.path.to_string_lossy().into_owned());
+        input_format = r.format.map(|f| f.name().to_string());
+    }
     let how = DdFormats {
-        input: a.format.name(),
+        input: input_format.as_deref(),
         output: &a.output_format,
         force_share: a.force_share.on(),
     };

@@ -47,6 +47,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
             "--image-opts, -f, and -l require a filename argument.",
         ));
     }
+    a.spec.object.registry()?;
     if let Some(f) = a.file.as_mut() {
         a.spec.resolve_in_place(f, &mut a.format)?;
     }

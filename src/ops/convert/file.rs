@@ -204,6 +204,14 @@ fn refuse_compression(job: &FileConversion<'_>, format: Format) -> Result<()> {
             "Compression is not supported in an image with an external data file",
         ));
     }
+    let encrypted = |(k, v): &(String, String)| {
+        (k == "encrypt.format" && !v.is_empty()) || (k == "encryption" && v == "on")
+    };
+    if job.compress && options.iter().any(encrypted) {
+        return Err(Error::invalid(
+            "Compression and encryption not supported at the same time",
+        ));
+    }
     Ok(())
 }
 
