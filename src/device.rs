@@ -220,6 +220,15 @@ pub trait BlockDevice: Send {
             self.format_name()
         )))
     }
+
+    /// The run of equal dirtiness of the persistent dirty bitmap `name` starting at guest
+    /// `offset`, as the bitmap stands in memory now (writes already made through this
+    /// device included): its length (1 to `max_len` bytes) and whether it is dirty. `None`
+    /// when the device keeps no such bitmap in memory (default).
+    fn dirty_run(&mut self, name: &str, offset: u64, max_len: u64) -> Option<(u64, bool)> {
+        let _ = (name, offset, max_len);
+        None
+    }
 }
 
 /// Check that `[offset, offset+len)` lies inside a device of `size` bytes.
@@ -289,5 +298,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn resize(&mut self, new_size: u64) -> Result<()> {
         (**self).resize(new_size)
+    }
+    fn dirty_run(&mut self, name: &str, offset: u64, max_len: u64) -> Option<(u64, bool)> {
+        (**self).dirty_run(name, offset, max_len)
     }
 }

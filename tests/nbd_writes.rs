@@ -207,3 +207,38 @@ fn writes_and_zeroing_through_the_server_mark_enabled_bitmaps_as_through_qemu_nb
     assert!(maps[1].contains("dirty"), "{}", maps[1]);
     assert_text_eq("bitmap b0 after the session", &maps[1], &maps[0]);
 }
+
+#[test]
+fn an_enabled_bitmap_served_with_a_writable_export_shows_writes_at_once_as_qemu_nbd() {
+    // -B on a writable export: the dirty map read over the export while it is served
+    // includes the writes just made through it, as qemu-nbd's does.
+    let t = Twins::new();
+    let img = t.work("l.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
+    qemu_img_ok(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_io_ok(&["-f", "qcow2", "-c", "write -P 1 1M 64k", s(&img)]);
+    let mut maps = Vec::new();
+    for tool in [Tool::Qemu, Tool::Vdisk] {
+        let image = t.path(tool, "l.qcow2");
+        std::fs::copy(&img, &image).expect("a copy");
+        let server = Server::start(tool, &image, Via::Unix, &["-f", "qcow2", "-B", "b0", "-t"]);
+        qemu_io_ok(&[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 2 64k 4k",
+            "-c",
+            "write -z 3M 64k",
+            &server.uri(""),
+        ]);
+        maps.push(sh(&[
+            "nbdinfo",
+            "--map=qemu:dirty-bitmap:b0",
+            &server.uri(""),
+        ]));
+        server.stop();
+        assert_qemu_check_clean(&image);
+    }
+    assert!(maps[1].contains("dirty"), "{}", maps[1]);
+    assert_text_eq("bitmap b0 served live", &maps[1], &maps[0]);
+}

@@ -5,8 +5,8 @@
 //! The server does not know where dirty bits are kept: a [`DirtySource`] answers for one
 //! run at a time, with the export's device at hand (a qcow2 persistent bitmap is part of
 //! the image). [`StaticRanges`] is the source of a bitmap that cannot change while served
-//! (`vdisk serve -B` on a read-only export, or of a disabled bitmap); a live source for an
-//! enabled bitmap under a writable export would read the device's own bits.
+//! (`vdisk serve -B` on a read-only export, or of a disabled bitmap); [`LiveBitmap`] reads
+//! the device's own bits, for an enabled bitmap under a writable export.
 
 use crate::device::BlockDevice;
 use crate::error::Result;
@@ -71,6 +71,35 @@ impl DirtySource for StaticRanges {
             Some(&(s, l)) if s <= offset => ((s + l - offset).min(max_len), true),
             Some(&(s, _)) => ((s - offset).min(max_len), false),
             None => (max_len, false),
+        })
+    }
+}
+
+/// An enabled bitmap under a writable export: each answer comes from the bits the served
+/// image keeps in memory, so that writes made through the export show at once (as
+/// qemu-nbd serves them).
+pub struct LiveBitmap {
+    name: String,
+}
+
+impl LiveBitmap {
+    /// The bitmap `name` of the exported device.
+    pub fn new(name: impl Into<String>) -> LiveBitmap {
+        LiveBitmap { name: name.into() }
+    }
+}
+
+impl DirtySource for LiveBitmap {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(&mut self, dev: &mut dyn BlockDevice, offset: u64, max_len: u64) -> Result<(u64, bool)> {
+        dev.dirty_run(&self.name, offset, max_len).ok_or_else(|| {
+            crate::error::Error::invalid(format!(
+                "bitmap '{}' is not kept by the exported image",
+                self.name
+            ))
         })
     }
 }

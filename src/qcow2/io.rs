@@ -554,6 +554,10 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     fn resize(&mut self, new_size: u64) -> Result<()> {
         self.resize_to(new_size)
     }
+
+    fn dirty_run(&mut self, name: &str, offset: u64, max_len: u64) -> Option<(u64, bool)> {
+        self.bitmap_dirty_run(name, offset, max_len)
+    }
 }
 
 impl<S: Storage> Drop for Qcow2<S> {

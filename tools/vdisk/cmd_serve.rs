@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vdisk::image::Format;
-use vdisk::nbd::dirty::StaticRanges;
+use vdisk::nbd::dirty::{DirtySource, LiveBitmap, StaticRanges};
 use vdisk::nbd::open::{self, OpenExport, Source};
 use vdisk::nbd::server::{self, Listener, ServeOptions};
 use vdisk::nbd::{DetectZeroes, Export, ExportConfig};
@@ -125,7 +125,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let mut export = Export::new(device, config);
     if let Some(source) = dirty {
-        export = export.with_dirty_bitmap(Box::new(source));
+        export = export.with_dirty_bitmap(source);
     }
     let export = Arc::new(export);
     let tls = match &a.tls_creds {
@@ -182,9 +182,10 @@ fn modes(a: &Args) -> Result<(bool, DetectZeroes, bool)> {
     Ok((discard, detect_zeroes, unsafe_cache))
 }
 
-/// The dirty ranges of persistent bitmap `name` of the image, for `-B`: read now, since
-/// nothing changes them while they are served (a read-only export, or a disabled bitmap).
-fn bitmap_source(a: &Args, name: &str, read_only: bool) -> Result<StaticRanges> {
+/// The source of persistent bitmap `name` of the image, for `-B`: its dirty ranges read
+/// now when nothing changes them while they are served (a read-only export, or a disabled
+/// bitmap), or the served image's own bits for an enabled bitmap under a writable export.
+fn bitmap_source(a: &Args, name: &str, read_only: bool) -> Result<Box<dyn DirtySource>> {
     if a.load_snapshot.is_some() || a.snapshot {
         return Err(Error::unsupported(format!(
             "-B {name}: exporting a bitmap with -l or -s is not supported"
@@ -201,13 +202,11 @@ fn bitmap_source(a: &Args, name: &str, read_only: bool) -> Result<StaticRanges> 
         )));
     }
     if entry.enabled() && !read_only {
-        return Err(Error::unsupported(format!(
-            "-B {name}: serving an enabled bitmap from a writable export is not supported \
-             yet (serve it read-only with -r, or disable the bitmap first)"
-        )));
+        // Writes through the export change it: answered from the served image's bits.
+        return Ok(Box::new(LiveBitmap::new(name)));
     }
     let ranges = q.bitmap_dirty_ranges(name)?;
-    Ok(StaticRanges::new(name, ranges))
+    Ok(Box::new(StaticRanges::new(name, ranges)))
 }
 
 fn listen(a: &Args) -> Result<Listener> {

@@ -196,6 +196,19 @@ impl Bits {
         }
     }
 
+    /// The run of granules alike starting at guest `offset` (inside the disk), at most
+    /// `max_len` bytes (at least 1): its length in bytes and whether it is dirty.
+    pub fn run_at(&self, offset: u64, max_len: u64) -> (u64, bool) {
+        let g = self.granularity_bits;
+        let end = offset.saturating_add(max_len.max(1)).min(self.size);
+        let dirty = self.is_dirty(offset);
+        let mut i = (offset >> g) + 1;
+        while (i << g) < end && self.bit(i) == dirty {
+            i += 1;
+        }
+        (((i << g).min(end)).saturating_sub(offset).max(1), dirty)
+    }
+
     /// Whether the granule holding guest offset `offset` is dirty.
     pub fn is_dirty(&self, offset: u64) -> bool {
         offset < self.size && self.bit(offset >> self.granularity_bits)
@@ -265,6 +278,17 @@ mod tests {
         let mut back = Bits::new(1 << 20, 12);
         back.merge_from(&coarse);
         assert_eq!(back.dirty_ranges(), vec![(65_536, 65_536)]);
+    }
+
+    #[test]
+    fn a_run_at_an_offset_covers_the_granules_alike() {
+        let mut b = Bits::new(1 << 20, 16);
+        b.set_range(2 << 16, 3 << 16);
+        assert_eq!(b.run_at(0, 1 << 20), (2 << 16, false));
+        assert_eq!(b.run_at(100, 1 << 20), ((2 << 16) - 100, false));
+        assert_eq!(b.run_at(2 << 16, 1 << 20), (3 << 16, true));
+        assert_eq!(b.run_at(3 << 16, 100), (100, true));
+        assert_eq!(b.run_at(5 << 16, 1 << 20), ((1 << 20) - (5 << 16), false));
     }
 
     #[test]

@@ -75,6 +75,19 @@ impl<S: Storage> Qcow2<S> {
         self.bitmaps.list.iter().map(|b| b.entry.clone()).collect()
     }
 
+    /// [`crate::device::BlockDevice::dirty_run`] for qcow2: answered from the bitmaps
+    /// loaded in memory (the enabled ones a writable open tracks).
+    pub(crate) fn bitmap_dirty_run(
+        &self,
+        name: &str,
+        offset: u64,
+        max_len: u64,
+    ) -> Option<(u64, bool)> {
+        let b = &self.bitmaps.list[self.bitmaps.find(name)?];
+        let bits = b.bits.as_ref()?;
+        (offset < bits.size()).then(|| bits.run_at(offset, max_len))
+    }
+
     /// The bits of the consistent bitmap `name` as they are now.
     pub fn bitmap_bits(&self, name: &str) -> Result<super::Bits> {
         let i = self.bitmaps.get(name)?;
