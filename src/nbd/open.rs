@@ -1,6 +1,7 @@
 //! Opening the device an export serves: the image as it is, one of its internal snapshots
 //! (read-only, `-l`), or a throwaway overlay over it that takes the writes (`-s`).
 
+use super::dirty::{DirtySource, LiveBitmap, StaticRanges};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::image::{self, Format, ImageOptions};
@@ -125,4 +126,27 @@ fn path_text(p: &Path) -> Result<String> {
     p.to_str()
         .map(str::to_string)
         .ok_or_else(|| Error::invalid(format!("'{}' is not a UTF-8 path", p.display())))
+}
+
+/// The source of the persistent bitmap `name` of the qcow2 image at `path`, for `serve
+/// -B`: its dirty ranges read now when nothing changes them while they are served (a
+/// read-only export, or a disabled bitmap), or the served image's own bits for an enabled
+/// bitmap under a writable export.
+pub fn bitmap_source(path: &Path, name: &str, read_only: bool) -> Result<Box<dyn DirtySource>> {
+    let why = "-B exports a qcow2 persistent bitmap";
+    let q = image::open_qcow2_alone(path, true, false, why)?;
+    let Some(entry) = q.bitmap_entries().into_iter().find(|e| e.name == name) else {
+        return Err(Error::invalid(format!("Bitmap '{name}' is not found")));
+    };
+    if entry.in_use() {
+        return Err(Error::invalid(format!(
+            "Bitmap '{name}' is inconsistent (it was in use when its image was last closed)"
+        )));
+    }
+    if entry.enabled() && !read_only {
+        // Writes through the export change it: answered from the served image's bits.
+        return Ok(Box::new(LiveBitmap::new(name)));
+    }
+    let ranges = q.bitmap_dirty_ranges(name)?;
+    Ok(Box::new(StaticRanges::new(name, ranges)))
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vdisk::image::Format;
-use vdisk::nbd::dirty::{DirtySource, LiveBitmap, StaticRanges};
+use vdisk::nbd::dirty::DirtySource;
 use vdisk::nbd::open::{self, OpenExport, Source};
 use vdisk::nbd::server::{self, Listener, ServeOptions};
 use vdisk::nbd::{DetectZeroes, Export, ExportConfig};
@@ -182,31 +182,15 @@ fn modes(a: &Args) -> Result<(bool, DetectZeroes, bool)> {
     Ok((discard, detect_zeroes, unsafe_cache))
 }
 
-/// The source of persistent bitmap `name` of the image, for `-B`: its dirty ranges read
-/// now when nothing changes them while they are served (a read-only export, or a disabled
-/// bitmap), or the served image's own bits for an enabled bitmap under a writable export.
+/// The source of persistent bitmap `name` for `-B` (see
+/// [`vdisk::nbd::open::bitmap_source`]); not with `-l` or `-s`.
 fn bitmap_source(a: &Args, name: &str, read_only: bool) -> Result<Box<dyn DirtySource>> {
     if a.load_snapshot.is_some() || a.snapshot {
         return Err(Error::unsupported(format!(
             "-B {name}: exporting a bitmap with -l or -s is not supported"
         )));
     }
-    let why = "-B exports a qcow2 persistent bitmap";
-    let q = vdisk::image::open_qcow2_alone(&a.file, true, false, why)?;
-    let Some(entry) = q.bitmap_entries().into_iter().find(|e| e.name == name) else {
-        return Err(Error::invalid(format!("Bitmap '{name}' is not found")));
-    };
-    if entry.in_use() {
-        return Err(Error::invalid(format!(
-            "Bitmap '{name}' is inconsistent (it was in use when its image was last closed)"
-        )));
-    }
-    if entry.enabled() && !read_only {
-        // Writes through the export change it: answered from the served image's bits.
-        return Ok(Box::new(LiveBitmap::new(name)));
-    }
-    let ranges = q.bitmap_dirty_ranges(name)?;
-    Ok(Box::new(StaticRanges::new(name, ranges)))
+    vdisk::nbd::open::bitmap_source(&a.file, name, read_only)
 }
 
 fn listen(a: &Args) -> Result<Listener> {
