@@ -70,6 +70,15 @@ impl Error {
         Error::InvalidArgument(message.into())
     }
 
+    /// The message without the prefix some kinds add ("unsupported: "), for wrapping into
+    /// another message.
+    pub fn bare_message(&self) -> String {
+        match self {
+            Error::Unsupported(m) | Error::InvalidArgument(m) | Error::ReadOnly(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// An unsupported-feature error.
     pub fn unsupported(message: impl Into<String>) -> Self {
         Error::Unsupported(message.into())

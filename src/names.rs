@@ -47,21 +47,26 @@ pub fn check_backing_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The path of the external data file `name` that an image in `dir` records: a plain
-/// file name (no protocol, no JSON) inside the image's directory. A name leading outside
-/// it (absolute, or through `..`) is refused: whoever wrote the image chose it.
-pub fn resolve_data_file(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
-    check_backing_name(name)?;
-    let rel = std::path::Path::new(name);
-    let escapes = rel.components().any(|c| {
+/// Whether the recorded name `rel` can lead outside the directory it is read from:
+/// absolute, or climbing with `..`.
+pub fn leaves_directory(rel: &std::path::Path) -> bool {
+    rel.components().any(|c| {
         matches!(
             c,
             std::path::Component::ParentDir
                 | std::path::Component::RootDir
                 | std::path::Component::Prefix(_)
         )
-    });
-    if escapes {
+    })
+}
+
+/// The path of the external data file `name` that an image in `dir` records: a plain
+/// file name (no protocol, no JSON) inside the image's directory. A name leading outside
+/// it (absolute, or through `..`) is refused: whoever wrote the image chose it.
+pub fn resolve_data_file(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
+    check_backing_name(name)?;
+    let rel = std::path::Path::new(name);
+    if leaves_directory(rel) {
         return Err(Error::unsupported(format!(
             "external data file '{name}' lies outside the image's directory; vdisk opens data files beside the image only"
         )));

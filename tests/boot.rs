@@ -235,11 +235,11 @@ fn boots_from_qcow2_v2_and_v3_with_4k_64k_and_2m_clusters() {
     });
 }
 
-#[test]
-fn boots_from_a_qcow2_overlay_on_a_raw_base() {
-    let dir = tempdir();
-    let base = path_in(&dir, "base.raw");
-    let top = path_in(&dir, "top.qcow2");
+/// `top.qcow2` over `base.raw` in `dir`: the base has marker 'A' at every probe, and the
+/// overlay changes probes 1 and 3 to 'B' (the others read through to the base).
+fn overlay_on_raw_base(dir: &common::TempDir) -> std::path::PathBuf {
+    let base = path_in(dir, "base.raw");
+    let top = path_in(dir, "top.qcow2");
     create(&base, "raw", "");
     write_markers(&base, Format::RAW, true, &PROBES, 'A');
     vdisk_ok(&[
@@ -253,8 +253,14 @@ fn boots_from_a_qcow2_overlay_on_a_raw_base() {
         "raw",
         top.to_str().unwrap(),
     ]);
-    // The overlay changes probes 1 and 3; the others read through to the base.
     write_markers(&top, Format::QCOW2, false, &[PROBES[1], PROBES[3]], 'B');
+    top
+}
+
+#[test]
+fn boots_from_a_qcow2_overlay_on_a_raw_base() {
+    let dir = tempdir();
+    let top = overlay_on_raw_base(&dir);
     assert_boots(&top, "qcow2", &['A', 'B', 'A', 'B', 'A']);
 }
 
@@ -399,22 +405,7 @@ fn boots_from_qcow2_after_amend_and_resize() {
 fn boots_from_nbd_exports_of_a_qcow2_overlay_and_of_a_vmdk() {
     use nbd_common::{Server, Via};
     let dir = tempdir();
-    let base = path_in(&dir, "base.raw");
-    let top = path_in(&dir, "top.qcow2");
-    create(&base, "raw", "");
-    write_markers(&base, Format::RAW, true, &PROBES, 'A');
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        top.to_str().unwrap(),
-    ]);
-    write_markers(&top, Format::QCOW2, false, &[PROBES[1], PROBES[3]], 'B');
+    let top = overlay_on_raw_base(&dir);
     let vmdk = path_in(&dir, "disk.vmdk");
     let src = raw_source(&dir);
     vdisk_ok(&[

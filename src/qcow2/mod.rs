@@ -302,7 +302,9 @@ impl<S: Storage> Qcow2<S> {
     ) -> Result<Self> {
         let read_only = opts.read_only;
         let (mut header, mut file_len) = read_header(&storage)?;
-        bitmap::read_directory(&storage, &header, file_len)?;
+        // Checked before anything is written; kept for the open image (a dirty image's
+        // repair below changes refcounts only).
+        let dir = bitmap::read_directory(&storage, &header, file_len)?;
         if header.incompatible_features & incompat::EXTERNAL_DATA != 0
             && header.data_file().is_none_or(|n| n.is_empty())
         {
@@ -378,7 +380,6 @@ impl<S: Storage> Qcow2<S> {
             geo,
         };
         img.validate_tables()?;
-        let dir = bitmap::read_directory(&img.storage, &img.header, img.file_len)?;
         img.set_bitmap_state(bitmap::State::from_directory(dir));
         if !read_only {
             img.load_tracking_bitmaps()?;

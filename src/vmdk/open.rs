@@ -10,7 +10,7 @@ use super::sparse::{has_sparse_magic, SparseExtent, SparseKind};
 use super::{DescriptorPlace, Extent, ExtentBody, Vmdk, VmdkOpenOptions};
 use crate::error::{Error, Result};
 use crate::storage::{HostFiles, Namespace, OpenOptions, Storage};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Subformats accepted in a descriptor's `createType`.
@@ -345,13 +345,7 @@ fn read_embedded_descriptor(
 /// the name must be relative and must not climb out of the descriptor's directory.
 pub(crate) fn resolve_extent_path(dir: &Path, name: &str, allow_outside: bool) -> Result<PathBuf> {
     let rel = Path::new(name);
-    let escapes = rel.components().any(|c| {
-        matches!(
-            c,
-            Component::ParentDir | Component::RootDir | Component::Prefix(_)
-        )
-    });
-    if escapes && !allow_outside {
+    if crate::names::leaves_directory(rel) && !allow_outside {
         return Err(Error::invalid(format!(
             "VMDK descriptor names extent file '{name}', which lies outside the descriptor's \
              directory; refusing to open it (allow extents outside the directory explicitly \

@@ -71,16 +71,9 @@ pub(super) fn add_to(target: &Path, carried: &Carried) -> Result<()> {
             Error::invalid(format!(
                 "Failed to create bitmap {}: {}",
                 e.name,
-                plain(&err)
+                err.bare_message()
             ))
         })?;
     }
     crate::device::BlockDevice::close(&mut q)
-}
-
-fn plain(e: &Error) -> String {
-    match e {
-        Error::InvalidArgument(m) | Error::Unsupported(m) => m.clone(),
-        other => other.to_string(),
-    }
 }

@@ -48,14 +48,6 @@ impl Op {
     }
 }
 
-/// An error's message without the kind prefix ("unsupported: ") some kinds add.
-fn plain(e: &Error) -> String {
-    match e {
-        Error::Unsupported(m) | Error::InvalidArgument(m) | Error::ReadOnly(m) => m.clone(),
-        other => other.to_string(),
-    }
-}
-
 impl<S: Storage> Qcow2<S> {
     /// Apply `ops` in order to the bitmap `name`, then store the result.
     pub fn bitmap_ops(&mut self, name: &str, ops: &[Op]) -> Result<()> {
@@ -66,7 +58,7 @@ impl<S: Storage> Qcow2<S> {
                 Error::invalid(format!(
                     "Operation {} on bitmap {name} failed: {}",
                     op.name(),
-                    plain(&e)
+                    e.bare_message()
                 ))
             });
             if result.is_err() {
