@@ -109,6 +109,15 @@ pub trait Storage: Send + Sync {
     fn cluster_size(&self) -> Option<u64> {
         None
     }
+
+    /// Whether this storage takes writes only in order: each `write_at` must start at or
+    /// past the end of every earlier write (bytes skipped over read as zeros), and nothing
+    /// written can be read back or rewritten. An upload stream (an S3 multipart upload) is
+    /// such a storage. A format writer that sees `true` lays its output out sequentially
+    /// (all metadata computed before the data it describes is written), or refuses.
+    fn sequential(&self) -> bool {
+        false
+    }
 }
 
 /// Write `len` zero bytes at `offset` in bounded chunks.
@@ -157,6 +166,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     fn cluster_size(&self) -> Option<u64> {
         (**self).cluster_size()
+    }
+    fn sequential(&self) -> bool {
+        (**self).sequential()
     }
 }
 
