@@ -261,6 +261,16 @@ impl<S: Storage> BlockDevice for Raw<S> {
             .map_err(|e| Error::io("raw image: flushing", e))
     }
 
+    /// Flush and end writing: an upload storage completes its object here.
+    fn close(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.storage
+            .finish()
+            .map_err(|e| Error::io("raw image: finishing", e))
+    }
+
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
         check_range(self.size, offset, max_len.min(1))?;
         let (data, len) = self
