@@ -152,9 +152,12 @@ fn create_driver(
     let size = p
         .size
         .ok_or_else(|| Error::invalid("image size must be specified"))?;
-    let storage: Arc<dyn Storage> = ns
-        .create(path, p.unsafe_cache)
-        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    let storage: Arc<dyn Storage> = ns.create(path, p.unsafe_cache).map_err(|e| {
+        Error::io(
+            format!("could not create '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })?;
     Ok(Box::new(Raw::create(storage, size, prealloc)?))
 }
 

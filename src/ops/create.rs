@@ -101,7 +101,7 @@ impl CreatePlan {
     /// every option of the format in qemu-img's order, those not given at their default.
     pub fn summary(&self) -> String {
         create_opts::formatting_line(
-            &self.file.display().to_string(),
+            &crate::storage::display_name(&self.file),
             self.format.name(),
             &image::create_option_table(self.format),
             &self.options,

@@ -44,6 +44,12 @@ pub fn canonical_name(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// `path` as messages show it: an RBD name with any `key=` value redacted (see
+/// [`rbd::name::redacted`]), any other name as it is.
+pub fn display_name(path: &Path) -> String {
+    rbd::name::redacted(&path.to_string_lossy())
+}
+
 /// Whether `path` names something other than a host file (an `rbd:` image, an `s3://`
 /// object): host-file steps (attributes, existence checks, removal on failure) do not
 /// apply to it.

@@ -45,7 +45,6 @@ struct Failure {
 }
 
 enum Method {
-    Head,
     Get(u64, u64),
     Put,
     Post,
@@ -279,7 +278,6 @@ impl Client {
     ) -> Result<Response<ureq::Body>, Failure> {
         let u = url.as_str();
         let sent = match method {
-            Method::Head => self.agent.head(u).call(),
             Method::Get(offset, len) => {
                 let last = offset + len.max(1) - 1;
                 self.agent
@@ -361,7 +359,6 @@ impl Client {
 impl Method {
     fn name(&self) -> &'static str {
         match self {
-            Method::Head => "HEAD",
             Method::Get(..) => "GET",
             Method::Put => "PUT",
             Method::Post => "POST",
