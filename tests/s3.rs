@@ -479,3 +479,38 @@ fn an_upload_cut_in_the_middle_is_aborted_and_transient_failures_are_retried() {
     assert_bytes_eq("retried upload", &read(&raw), &read(&back));
     assert_eq!(s3.uploads(), 0);
 }
+
+#[test]
+fn serve_exports_an_image_in_a_bucket_that_qemu_img_reads_over_nbd() {
+    let Some(s3) = s3("serve") else { return };
+    let dir = tempdir();
+    let src = sample_qcow2(dir.path(), 24);
+    s3.upload(&src, "s.qcow2");
+    let socket = dir.path().join("nbd.sock");
+    let pid_file = dir.path().join("nbd.pid");
+    let mut child = std::process::Command::new(vdisk_bin())
+        .args(["serve", "-r"])
+        .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--pid-file={}", pid_file.display()))
+        .arg(s3.name("s.qcow2"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting vdisk serve");
+    let start = std::time::Instant::now();
+    while !pid_file.exists() && start.elapsed() < std::time::Duration::from_secs(30) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("vdisk serve exited early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    let out = qemu_img(["compare", src.to_str().unwrap(), &uri]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("qemu-img compare over nbd", &out)
+    );
+}

@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(c.endpoint.as_str(), "http://127.0.0.1:7480/");
         assert!(matches!(c.style, UrlStyle::Path));
         assert_eq!(c.region, "eu-west-1");
-        let creds = c.credentials.unwrap();
+        let creds = c.credentials.clone().unwrap();
         assert_eq!(
             (creds.key(), creds.secret(), creds.token()),
             ("AKID", "SECRET", None)

@@ -31,13 +31,13 @@ pub const PARTS_IN_FLIGHT: usize = 4;
 /// S3's limit on the parts of one upload.
 pub const MAX_PARTS: u16 = 10_000;
 /// Parts of one size before the size doubles (see [`part_size`]).
-const PARTS_PER_SIZE: u16 = 2_000;
+const PARTS_PER_SIZE: u16 = 1_000;
 
 /// The size of part `number` (from 1): [`PART_SIZE`], doubled after every
-/// [`PARTS_PER_SIZE`] parts, so the 10,000 parts S3 allows reach past 1 TiB while small
-/// objects keep small parts.
+/// [`PARTS_PER_SIZE`] parts up to 64 times as large, so the 10,000 parts S3 allows hold
+/// nearly 5 TiB (S3's largest object) while small objects keep small parts.
 pub fn part_size(number: u16) -> usize {
-    PART_SIZE << ((number.saturating_sub(1) / PARTS_PER_SIZE).min(4) as usize)
+    PART_SIZE << ((number.saturating_sub(1) / PARTS_PER_SIZE).min(6) as usize)
 }
 
 /// A multipart upload in progress.
@@ -381,13 +381,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_start_at_the_part_size_and_double_every_two_thousand() {
+    fn parts_start_at_the_part_size_and_double_every_thousand() {
         assert_eq!(part_size(1), PART_SIZE);
-        assert_eq!(part_size(2000), PART_SIZE);
-        assert_eq!(part_size(2001), 2 * PART_SIZE);
-        assert_eq!(part_size(10_000), 16 * PART_SIZE);
+        assert_eq!(part_size(1000), PART_SIZE);
+        assert_eq!(part_size(1001), 2 * PART_SIZE);
+        assert_eq!(part_size(7000), 64 * PART_SIZE);
+        assert_eq!(part_size(10_000), 64 * PART_SIZE);
         let total: u64 = (1..=MAX_PARTS).map(|n| part_size(n) as u64).sum();
-        assert!(total > 1 << 40, "{total}");
-        assert!(PART_SIZE >= 5 << 20);
+        assert!(total > 4 << 40, "{total}");
+        const { assert!(PART_SIZE >= 5 << 20) };
     }
 }
