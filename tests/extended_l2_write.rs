@@ -247,16 +247,7 @@ fn create_resize_and_amend_behave_as_qemu_img() {
         );
     }
     let img = dir.path().join("a.qcow2");
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        s(&img),
-        "1M",
-    ]);
+    create("vdisk", &img, 1 << 20, 65536, false);
     for o in ["extended_l2=off", "compat=0.10"] {
         let args = ["amend", "-o", o, s(&img)];
         let before = read(&img);
