@@ -143,6 +143,10 @@ impl S3Upload {
     fn append(&self, st: &mut State, data: &[u8], zeros: u64) -> io::Result<()> {
         let (mut data, mut zeros) = (data, zeros);
         while !data.is_empty() || zeros > 0 {
+            if st.part.capacity() == 0 {
+                // One allocation per part, made when its first byte arrives.
+                st.part.reserve_exact(part_size(st.next_part));
+            }
             let room = part_size(st.next_part) - st.part.len();
             if zeros > 0 {
                 let n = zeros.min(room as u64) as usize;
