@@ -461,6 +461,37 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_signed_path_style_with_the_key_id_and_never_carry_the_secret() {
+        let config = S3Config {
+            endpoint: Url::parse("http://127.0.0.1:7480").unwrap(),
+            style: rusty_s3::UrlStyle::Path,
+            region: "us-east-1".into(),
+            credentials: Some(Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG")),
+        };
+        let name = S3Name::parse("s3://vdisk-test/dir/a b+c.qcow2").unwrap();
+        let c = Client::new(&name, config).unwrap();
+        let url = c
+            .bucket
+            .get_object(c.credentials.as_ref(), &c.key)
+            .sign(SIGNATURE_LIFETIME);
+        assert_eq!(url.host_str(), Some("127.0.0.1"));
+        assert_eq!(url.path(), "/vdisk-test/dir/a%20b%2Bc.qcow2");
+        let query = url.query().unwrap_or_default();
+        assert!(
+            query.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"),
+            "{query}"
+        );
+        assert!(query.contains("X-Amz-Credential=AKIDEXAMPLE%2F"), "{query}");
+        assert!(
+            query.contains("%2Fus-east-1%2Fs3%2Faws4_request"),
+            "{query}"
+        );
+        assert!(query.contains("X-Amz-Signature="), "{query}");
+        assert!(!url.as_str().contains("wJalr"), "{url}");
+        assert_eq!(c.name(), "s3://vdisk-test/dir/a b+c.qcow2");
+    }
+
+    #[test]
     fn backoff_doubles_from_the_first_wait_up_to_the_cap() {
         for (tries, base) in [
             (1u32, 100u64),
