@@ -32,6 +32,7 @@ pub mod args;
 mod bitmaps;
 mod engine;
 mod file;
+pub mod sequential;
 pub mod source;
 
 pub use file::{convert_file, option_help, FileConversion};
