@@ -319,11 +319,11 @@ impl Layout {
 /// format extension if one is given and, in version 3, the feature name table. Shared by
 /// [`create`] and the sequential layout.
 pub(super) fn new_header(
-opts: &CreateOptions,
-l1_size: u64,
-l1_offset: u64,
-rt_offset: u64,
-rt_clusters: u64,
+    opts: &CreateOptions,
+    l1_size: u64,
+    l1_offset: u64,
+    rt_offset: u64,
+    rt_clusters: u64,
 ) -> Header {
     let mut h = Header {
         version: opts.version,

@@ -200,7 +200,9 @@ impl SequentialLayout {
         }
         let total_clusters = fixed + rt_clusters + blocks;
         if rt_clusters * cs > MAX_REFTABLE_BYTES
-            || total_clusters.checked_mul(cs).is_none_or(|e| e > MAX_HOST_OFFSET)
+            || total_clusters
+                .checked_mul(cs)
+                .is_none_or(|e| e > MAX_HOST_OFFSET)
         {
             return Err(Error::invalid(
                 "sequential qcow2: the image would be too large for its refcount table",

@@ -78,7 +78,30 @@ pub fn convert_sequential(
             plan_differences(src, b, cs)?
         }
     };
-    let mut img = SequentialImage::start(target.storage, &opts, &plan)?;
+    copy_planned(
+        src,
+        target.storage,
+        &opts,
+        plan,
+        copts,
+        progress,
+        unreadable,
+    )
+}
+
+/// Lay out a new qcow2 image with `opts` mapping `plan` in `storage`, then copy the
+/// planned data clusters of `src` into it with the convert engine, and close it.
+pub fn copy_planned(
+    src: &mut dyn BlockDevice,
+    storage: Arc<dyn Storage>,
+    opts: &CreateOptions,
+    plan: ClusterPlan,
+    copts: ConvertOptions,
+    progress: Progress<'_>,
+    unreadable: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let mut img = SequentialImage::start(storage, opts, &plan)?;
+    let cs = opts.cluster_size;
     let mut planned = PlannedSource {
         inner: src,
         plan,
@@ -234,7 +257,10 @@ fn reads_zero(dev: &mut dyn BlockDevice, pos: u64, len: u64) -> Result<bool> {
 
 /// Read `buf` at `pos` from the backing device, zeros past its end.
 fn read_backing(backing: &mut dyn BlockDevice, buf: &mut [u8], pos: u64) -> Result<()> {
-    let have = backing.virtual_size().saturating_sub(pos).min(buf.len() as u64) as usize;
+    let have = backing
+        .virtual_size()
+        .saturating_sub(pos)
+        .min(buf.len() as u64) as usize;
     buf[have..].fill(0);
     if have > 0 {
         backing.read_at(&mut buf[..have], pos)?;
