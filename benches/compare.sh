@@ -5,6 +5,7 @@
 #   benches/compare.sh              # build, generate the image once, run every row
 #   RUNS=5 BENCH_DIR=/big/disk benches/compare.sh
 #   benches/compare.sh convert      # only rows whose name contains "convert"
+#   benches/compare.sh "convert_raw_to_qcow2 delta_snapshots"   # exactly these rows
 #
 # Files go to $BENCH_DIR (default /tmp/vdisk-bench): the source image src.raw (made by
 # benches/mkimage.py: ~1/3 holes, ~1/5 random data, the rest compressible text) is kept
@@ -29,6 +30,9 @@ ROWS=(
     convert_raw_to_qcow2
     convert_qcow2_to_raw
     convert_realfs_to_qcow2
+    convert_raw_to_qcow2_sequential
+    convert_qcow2_to_qcow2
+    convert_qcow2_to_qcow2_sequential
     convert_raw_to_qcow2_zlib
     convert_raw_to_qcow2_zlib_vs_W
     convert_raw_to_qcow2_zstd
@@ -78,7 +82,8 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 
 echo "== building vdisk (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example sequential_convert)
+SEQ_CONVERT="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/sequential_convert"
 # The RBD rows use a second build with librbd linked, when it can be (Debian: librbd-dev):
 # linking librados adds about 19 MiB to every command's peak RSS, which the other rows
 # must not carry.
@@ -195,6 +200,37 @@ row_convert_raw_to_qcow2() {
     verify "$SRC" "$BENCH_DIR/vdisk.qcow2"
     "$QEMU_IMG" check -q "$BENCH_DIR/vdisk.qcow2" || { VERIFIED="check failed"; FAILED=1; }
     record "convert raw -> qcow2"
+}
+
+# The sequential qcow2 layout (header, all metadata, then the data in guest order, as
+# convert writes into an upload stream), through examples/sequential_convert into a local
+# file, against qemu-img's ordinary convert.
+seq_row() {
+    local in=$1 name=$2
+    local v="$BENCH_DIR/vdisk-seq.qcow2" q="$BENCH_DIR/qemu-seq.qcow2"
+    measure "$v" "$SEQ_CONVERT" "$in" "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$q" "$QEMU_IMG" convert -O qcow2 "$in" "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$v"
+    "$QEMU_IMG" check -q "$v" || { VERIFIED="check failed"; FAILED=1; }
+    record "$name"
+}
+
+row_convert_raw_to_qcow2_sequential() {
+    seq_row "$SRC" "convert raw -> qcow2 (seq.)"
+}
+
+row_convert_qcow2_to_qcow2() {
+    local in="$BENCH_DIR/qemu.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
+    convert_row qcow2 qcow2 "$in"
+}
+
+row_convert_qcow2_to_qcow2_sequential() {
+    local in="$BENCH_DIR/qemu.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
+    seq_row "$in" "convert qcow2 -> qcow2 (seq.)"
 }
 
 row_convert_qcow2_to_raw() {
@@ -693,7 +729,8 @@ row_convert_rbd_to_raw() {
 }
 
 for row in "${ROWS[@]}"; do
-    if [[ -n $FILTER && $row != *"$FILTER"* ]]; then continue; fi
+    # FILTER: a substring of the rows to run, or a space-separated list of exact row names.
+    if [[ -n $FILTER && $row != *"$FILTER"* && " $FILTER " != *" $row "* ]]; then continue; fi
     echo "== $row"
     "row_$row"
 done

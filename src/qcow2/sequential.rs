@@ -491,25 +491,27 @@ impl BlockDevice for SequentialImage {
             let gc = pos / cs;
             let in_cluster = pos % cs;
             let (host, len) = match self.locate(gc)? {
-                Some((host, clusters)) => (host + in_cluster, clusters * cs - in_cluster),
-                None => (0, cs - in_cluster),
+                Some((host, clusters)) => (Some(host + in_cluster), clusters * cs - in_cluster),
+                None => (None, cs - in_cluster),
             };
             let n = (len.min((buf.len() - done) as u64)) as usize;
             let part = &buf[done..done + n];
-            if host == 0 {
-                if part.iter().any(|&b| b != 0) {
+            match host {
+                None if part.iter().any(|&b| b != 0) => {
                     return Err(Error::invalid(format!(
-                        "sequential qcow2: data at guest offset {pos:#x} is in a cluster the layout did not plan (or was written out of order)"
+                        "sequential qcow2: data at guest offset {pos:#x} is in a cluster the layout did not plan, or came after later data"
                     )));
                 }
-            } else {
-                if host < self.written_to {
+                None => {}
+                Some(host) if host < self.written_to => {
                     return Err(Error::invalid(format!(
                         "sequential qcow2: guest offset {pos:#x} written out of order"
                     )));
                 }
-                self.storage.write_at(part, host).map_err(|e| self.io(e))?;
-                self.written_to = host + n as u64;
+                Some(host) => {
+                    self.storage.write_at(part, host).map_err(|e| self.io(e))?;
+                    self.written_to = host + n as u64;
+                }
             }
             done += n;
         }
