@@ -113,6 +113,16 @@ fn raw_sources_at_every_cluster_size_compat_and_refcount_width() {
         seq_convert(&src, &out, options, None);
         assert_good(&out, &src);
     }
+    // -S 0: every cluster allocated, holes included.
+    let out = path_in(&dir, "full.qcow2");
+    let full = ConvertOptions {
+        fully_allocate: true,
+        ..copts()
+    };
+    seq_convert_with(&src, &out, &[], None, checked_file(&out), full).unwrap();
+    assert_good(&out, &src);
+    let map = qemu_img_ok(&["map", "--output=json", s(&out)]);
+    assert!(!map.contains("\"data\": false"), "{map}");
 }
 
 #[test]

@@ -552,3 +552,105 @@ impl BlockDevice for SequentialImage {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn opts(size: u64, cluster_size: u64, refcount_bits: u32) -> CreateOptions {
+        CreateOptions {
+            size,
+            cluster_size,
+            refcount_bits,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_merges_neighbours_and_plans_a_cluster_once() {
+        let mut p = ClusterPlan::new();
+        p.push(0, 2, PlannedKind::Data);
+        p.push(2, 3, PlannedKind::Data);
+        p.push(4, 2, PlannedKind::Zero); // cluster 4 is data already
+        p.push(9, 0, PlannedKind::Data);
+        assert_eq!(
+            p.runs(),
+            &[
+                PlannedRun {
+                    first: 0,
+                    count: 5,
+                    kind: PlannedKind::Data
+                },
+                PlannedRun {
+                    first: 5,
+                    count: 1,
+                    kind: PlannedKind::Zero
+                }
+            ]
+        );
+        assert_eq!(
+            (p.count(PlannedKind::Data), p.count(PlannedKind::Zero)),
+            (5, 1)
+        );
+    }
+
+    #[test]
+    fn the_layout_places_header_refcounts_l1_l2_then_data() {
+        const CS: u64 = 65536;
+        let mut p = ClusterPlan::new();
+        p.push(0, 3, PlannedKind::Data);
+        p.push(8192, 1, PlannedKind::Data); // the second L2 table
+        let l = SequentialLayout::plan(&opts(1 << 30, CS, 16), &p).unwrap();
+        assert_eq!((l.rt_offset, l.rt_clusters), (CS, 1));
+        assert_eq!((l.blocks_offset, l.blocks), (2 * CS, 1));
+        assert_eq!((l.l1_offset, l.l1_size), (3 * CS, 2));
+        assert_eq!((l.l2_offset, l.l2_tables), (4 * CS, 2));
+        assert_eq!((l.data_offset, l.data_clusters), (6 * CS, 4));
+        assert_eq!(l.total_clusters, 10);
+    }
+
+    #[test]
+    fn the_refcount_blocks_cover_the_whole_file_themselves_included() {
+        // 512-byte clusters with 64-bit refcounts: 64 entries a block, many blocks.
+        let mut p = ClusterPlan::new();
+        p.push(0, 20_000, PlannedKind::Data);
+        let l = SequentialLayout::plan(&opts(20 << 20, 512, 64), &p).unwrap();
+        assert!(l.blocks * 64 >= l.total_clusters);
+        assert!(l.rt_clusters * 64 >= l.blocks);
+        assert!((l.blocks - 1) * 64 < l.total_clusters, "no spare block");
+        assert_eq!(
+            l.total_clusters,
+            1 + l.rt_clusters + l.blocks + l.l1_size.div_ceil(64) + l.l2_tables + 20_000
+        );
+    }
+
+    #[test]
+    fn a_plan_past_the_end_of_the_disk_is_refused() {
+        let mut p = ClusterPlan::new();
+        p.push(15, 2, PlannedKind::Data);
+        assert!(SequentialLayout::plan(&opts(1 << 20, 65536, 16), &p).is_err());
+    }
+
+    #[test]
+    fn data_goes_only_into_planned_clusters_in_order() {
+        const CS: u64 = 4096;
+        let mut p = ClusterPlan::new();
+        p.push(2, 2, PlannedKind::Data);
+        let mem = Arc::new(MemStorage::new());
+        let mut img = SequentialImage::start(mem.clone(), &opts(16 * CS, CS, 16), &p).unwrap();
+        let data_offset = img.layout().data_offset;
+        // Zeros outside the plan are accepted and dropped; data there is refused.
+        img.write_at(&[0u8; 4096], 0).unwrap();
+        assert!(img.write_at(&[1u8; 10], CS).is_err());
+        img.write_at(&[7u8; 100], 3 * CS).unwrap();
+        assert!(img.write_at(&[8u8; 100], 2 * CS).is_err(), "out of order");
+        assert!(img.read_at(&mut [0u8; 4], 0).is_err());
+        img.close().unwrap();
+        let bytes = mem.to_vec();
+        assert_eq!(bytes.len() as u64, data_offset + 2 * CS);
+        let at = (data_offset + CS) as usize;
+        assert!(bytes[at..at + 100].iter().all(|&b| b == 7));
+        assert!(bytes[data_offset as usize..at].iter().all(|&b| b == 0));
+    }
+}
