@@ -21,7 +21,8 @@
 //! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | `data_file` | external data files: guest data at host offset = guest offset in another file |
-//! | `subcluster` | extended L2 entries: the subcluster bitmap, decoded and walked (read-only) |
+//! | `subcluster` | extended L2 entries: the subcluster bitmap, decoded, encoded and walked |
+//! | `subcluster_write` | extended L2 entries: writes and zeroing of single subclusters |
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
@@ -79,6 +80,7 @@ pub mod snapshot_load;
 mod snapshot_ops;
 pub mod state_diff;
 pub(crate) mod subcluster;
+mod subcluster_write;
 mod tables;
 mod txn;
 
@@ -147,6 +149,11 @@ impl Geometry {
         } else {
             8
         }
+    }
+
+    /// 64-bit words per L2 entry: the standard entry first, then (extended) its bitmap.
+    pub fn l2_stride(&self) -> usize {
+        self.l2_entry_bytes() / 8
     }
 
     /// Entries per L2 table.
@@ -332,7 +339,7 @@ impl<S: Storage> Qcow2<S> {
         }
         let extended = header.incompatible_features & incompat::EXTENDED_L2 != 0;
         if extended {
-            subcluster::check_openable(&header, read_only)?;
+            subcluster::check_openable(&header)?;
         }
         let geo =
             Geometry::new(header.cluster_bits, header.refcount_order).with_extended_l2(extended);

@@ -154,7 +154,10 @@ fn refuse_options(opts: &CreateOptions) -> Result<()> {
         );
     }
     if opts.extended_l2 {
-        return refuse("extended L2 entries", "vdisk does not create them");
+        return refuse(
+            "extended L2 entries",
+            "this layout writes standard 8-byte L2 entries only",
+        );
     }
     Ok(())
 }
@@ -165,7 +168,7 @@ impl SequentialLayout {
         let cs = opts.cluster_size;
         let cluster_bits = cs.trailing_zeros();
         let l2_bits = cluster_bits - 3;
-        let l1_size = header::l1_entries_for(opts.size.next_multiple_of(512), cluster_bits)
+        let l1_size = header::l1_entries_for(opts.size.next_multiple_of(512), cluster_bits, false)
             .filter(|&n| n * 8 <= MAX_L1_BYTES)
             .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
         let guest_clusters = opts.size.div_ceil(cs);
