@@ -277,6 +277,22 @@ fn big_sparse_disks() {
     let out = path_in(&dir, "big-out.qcow2");
     seq_convert(&src, &out, &[], None);
     assert_good(&out, &src);
+    // An overlay of a 4 TiB disk over its old state: only the differences are read.
+    let old = path_in(&dir, "big-old.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&old), "4T"]);
+    qemu_io_ok(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 1 0 64k",
+        "-c",
+        "write -P 9 2T 64k",
+        s(&old),
+    ]);
+    let out = path_in(&dir, "big-overlay.qcow2");
+    let options = [("backing_file", s(&old)), ("backing_fmt", "qcow2")];
+    seq_convert(&src, &out, &options, Some(&old));
+    assert_good(&out, &src);
     let raw = path_in(&dir, "sparse.raw");
     let f = std::fs::File::create(&raw).unwrap();
     f.set_len(16 << 30).unwrap();

@@ -214,11 +214,13 @@ pub fn plan_differences(
     let (mut a, mut b) = (vec![0u8; chunk as usize], vec![0u8; chunk as usize]);
     let mut pos = 0;
     while pos < size {
-        let n = chunk.min(size - pos);
-        if reads_zero(src, pos, n)? && reads_zero(backing, pos, n)? {
-            pos += n;
+        // Skip, in one step, what both read as zeros by their allocation alone.
+        let zeros_to = zeros_until(src, pos, size)?.min(zeros_until(backing, pos, size)?);
+        if zeros_to / cs * cs > pos {
+            pos = zeros_to / cs * cs;
             continue;
         }
+        let n = chunk.min(size - pos);
         let (sa, sb) = (&mut a[..n as usize], &mut b[..n as usize]);
         src.read_at(sa, pos)?;
         read_backing(backing, sb, pos)?;
@@ -240,19 +242,20 @@ pub fn plan_differences(
     Ok(plan)
 }
 
-/// Whether all of `[pos, pos+len)` of `dev` reads as zeros by its allocation status alone
-/// (a backing device shorter than the disk reads zeros past its end).
-fn reads_zero(dev: &mut dyn BlockDevice, pos: u64, len: u64) -> Result<bool> {
-    let end = (pos + len).min(dev.virtual_size());
+/// Where the run of `dev` from `pos` that reads as zeros by its allocation status alone
+/// ends (at most `limit`; `pos` when data starts there). A device shorter than the disk
+/// (a backing file) reads zeros past its end.
+fn zeros_until(dev: &mut dyn BlockDevice, pos: u64, limit: u64) -> Result<u64> {
+    let end = limit.min(dev.virtual_size());
     let mut p = pos;
     while p < end {
-        let ext = dev.block_status(p, end - p)?;
+        let ext = dev.block_status(p, (end - p).min(PROBE))?;
         if ext.kind == ExtentKind::Data {
-            return Ok(false);
+            return Ok(p);
         }
-        p += ext.length.max(1);
+        p = p.saturating_add(ext.length.max(1));
     }
-    Ok(true)
+    Ok(limit)
 }
 
 /// Read `buf` at `pos` from the backing device, zeros past its end.
