@@ -350,3 +350,30 @@ impl BlockDevice for PlannedSource<'_> {
         self.inner.read_compressed_cluster(offset)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_files_and_rbd_images_are_created_by_their_driver() {
+        let dir = std::env::temp_dir().join("vdisk-sequential-unit-never-created.qcow2");
+        for (path, format) in [
+            (dir.as_path(), Format::QCOW2),
+            (Path::new("rbd:pool/image"), Format::QCOW2),
+            (Path::new("rbd:pool/image"), Format::RAW),
+        ] {
+            assert!(remote_qcow2_storage(path, format, false).unwrap().is_none());
+        }
+        assert!(!dir.exists(), "nothing is created for a host file");
+    }
+
+    #[test]
+    fn a_plan_from_allocation_covers_every_cluster_data_touches() {
+        use crate::storage::MemStorage;
+        let raw = crate::raw::Raw::open(MemStorage::from_vec(vec![1u8; 10_000]), true).unwrap();
+        let mut dev: Box<dyn BlockDevice> = Box::new(raw);
+        let plan = plan_from_allocation(dev.as_mut(), 4096, &ConvertOptions::default()).unwrap();
+        assert_eq!(plan.count(PlannedKind::Data), 3);
+    }
+}
