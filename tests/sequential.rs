@@ -113,6 +113,16 @@ fn raw_sources_at_every_cluster_size_compat_and_refcount_width() {
         seq_convert(&src, &out, options, None);
         assert_good(&out, &src);
     }
+    // -W and -m 4: the writer still gets the windows in guest order.
+    let out = path_in(&dir, "w.qcow2");
+    let parallel = ConvertOptions {
+        out_of_order: true,
+        workers: 4,
+        ..copts()
+    };
+    let options = [("cluster_size", "4096")];
+    seq_convert_with(&src, &out, &options, None, checked_file(&out), parallel).unwrap();
+    assert_good(&out, &src);
     // -S 0: every cluster allocated, holes included.
     let out = path_in(&dir, "full.qcow2");
     let full = ConvertOptions {
