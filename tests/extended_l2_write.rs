@@ -301,3 +301,126 @@ fn check_repairs_copied_flags_and_leaks_in_an_image_with_subclusters() {
     assert_bytes_eq("repaired image", &read(&ours), &read(&qemus));
     assert_eq!(qemu_img(["check", s(&ours)]).status.code(), Some(0));
 }
+
+#[test]
+fn subclusters_with_an_external_data_file_and_compressed_clusters_behave_as_in_qemu() {
+    let size = 4u64 << 20;
+    // An external data file: guest offset = data file offset, cluster 0 included.
+    let (dv, dq) = (tempdir(), tempdir());
+    let (ours, qemus) = (dv.path().join("v.qcow2"), dq.path().join("q.qcow2"));
+    let o = "extended_l2=on,data_file=d.raw";
+    vdisk_ok(&["create", "-q", "-f", "qcow2", "-o", o, s(&ours), "4M"]);
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", o, s(&qemus), "4M"]);
+    let mut ops = vec!["write -P 9 512 1024".to_string()];
+    ops.extend(random_ops(41, size, 65536));
+    qemu_io_ok(&qemu_io_args(&ops, s(&qemus)));
+    vdisk_apply(&ours, &ops);
+    assert_same_images("data file", &ours, &qemus);
+
+    // Compressed clusters (no subclusters) written into at subcluster granularity.
+    let dir = tempdir();
+    let src = dir.path().join("src.raw");
+    std::fs::write(&src, base_bytes(8, size)).expect("source");
+    let (ours, qemus) = (dir.path().join("v.qcow2"), dir.path().join("q.qcow2"));
+    let convert = |tool: &str, out: &Path| {
+        let args = [
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            s(&src),
+            s(out),
+        ];
+        match tool {
+            "vdisk" => drop(vdisk_ok(&args)),
+            _ => drop(qemu_img_ok(&args)),
+        }
+    };
+    convert("vdisk", &ours);
+    convert("qemu-img", &qemus);
+    assert_same_images("compressed by both", &ours, &qemus);
+    let ops = random_ops(42, size, 65536);
+    qemu_io_ok(&qemu_io_args(&ops, s(&qemus)));
+    vdisk_apply(&ours, &ops);
+    assert_same_images("compressed, then written", &ours, &qemus);
+}
+
+#[test]
+fn commit_and_amend_over_a_three_level_chain_with_subclusters_match_qemu_img() {
+    let size = 4u64 << 20;
+    let (dv, dq) = (tempdir(), tempdir());
+    for (dir, tool) in [(&dv, "vdisk"), (&dq, "qemu-img")] {
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("base.raw"), base_bytes(9, size)).expect("base");
+        for (img, back, fmt) in [
+            ("mid.qcow2", "base.raw", "raw"),
+            ("top.qcow2", "mid.qcow2", "qcow2"),
+        ] {
+            let o = "extended_l2=on";
+            qemu_img_ok(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                o,
+                "-b",
+                back,
+                "-F",
+                fmt,
+                s(&p(img)),
+                "4M",
+            ]);
+        }
+        // Zeros and discards in the top layer hide data of both layers below.
+        qemu_io_ok(&qemu_io_args(
+            &random_ops(51, size, 65536),
+            s(&p("mid.qcow2")),
+        ));
+        let top_ops = random_ops(52, size, 65536);
+        match tool {
+            "vdisk" => vdisk_apply(&p("top.qcow2"), &top_ops),
+            _ => drop(qemu_io_ok(&qemu_io_args(&top_ops, s(&p("top.qcow2"))))),
+        }
+    }
+    let (v, q) = (|n: &str| dv.path().join(n), |n: &str| dq.path().join(n));
+    assert_same_images("top before commit", &v("top.qcow2"), &q("top.qcow2"));
+    let guest_before = dv.path().join("before.raw");
+    qemu_img_ok(&["convert", "-O", "raw", s(&v("top.qcow2")), s(&guest_before)]);
+    vdisk_ok(&["commit", "-q", s(&v("top.qcow2"))]);
+    qemu_img_ok(&["commit", "-q", s(&q("top.qcow2"))]);
+    // qemu-img's commit job copies whole clusters of the base; vdisk copies what the top
+    // holds, subcluster by subcluster: the same guest data, a different map of `mid`.
+    let same_data_and_clean = |what: &str| {
+        let c = qemu_img(["compare", s(&v("mid.qcow2")), s(&q("mid.qcow2"))]);
+        assert_eq!(
+            c.status.code(),
+            Some(0),
+            "{what}: {}",
+            describe("compare", &c)
+        );
+        let c = qemu_img(["check", s(&v("mid.qcow2"))]);
+        assert_eq!(
+            c.status.code(),
+            Some(0),
+            "{what}: {}",
+            describe("check", &c)
+        );
+        let c = qemu_img(["compare", s(&v("top.qcow2")), s(&guest_before)]);
+        assert_eq!(
+            c.status.code(),
+            Some(0),
+            "{what}: {}",
+            describe("guest data", &c)
+        );
+    };
+    same_data_and_clean("commit");
+    let map = map_without_offsets(&v("mid.qcow2"));
+    for o in ["lazy_refcounts=on", "refcount_bits=8", "refcount_bits=64"] {
+        vdisk_ok(&["amend", "-o", o, s(&v("mid.qcow2"))]);
+        same_data_and_clean(&format!("amend {o}"));
+        assert_eq!(map_without_offsets(&v("mid.qcow2")), map, "amend {o}");
+    }
+}

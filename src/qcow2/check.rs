@@ -518,16 +518,13 @@ impl Scan {
             };
             let e = if ext {
                 let bitmap = table[index * stride + 1];
-                let e = super::subcluster::decode(raw, bitmap, self.cb);
+                let e = super::subcluster::decode_in(raw, bitmap, self.cb, self.external_data());
                 let compressed = matches!(e, L2Entry::Compressed { .. });
                 let host = e.host_cluster(self.cs);
                 if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
-                    r.msg(match (compressed, host) {
-                        // QEMU's words where QEMU checks the same thing.
-                        (true, _) => format!("ERROR compressed cluster {index} with non-zero subcluster allocation bitmap, entry={raw:#x}"),
-                        (false, Some(h)) => format!("ERROR offset={h:x}: Allocated cluster has corrupted subcluster allocation bitmap"),
-                        (false, None) => format!("ERROR invalid subcluster bitmap {bitmap:#x} of L2 entry {raw:#x}: {why}"),
-                    });
+                    r.msg(super::subcluster::check_message(
+                        index, raw, host, bitmap, why,
+                    ));
                     r.corruptions += 1;
                 }
                 e

@@ -48,7 +48,8 @@ impl<S: Storage> Qcow2<S> {
         let raw = self.l2_raw(gc)?;
         let e = if self.geo.extended_l2 {
             let bitmap = self.l2_bitmap(gc)?;
-            let e = super::subcluster::decode(raw, bitmap, self.geo.cluster_bits);
+            let external = self.has_external_data();
+            let e = super::subcluster::decode_in(raw, bitmap, self.geo.cluster_bits, external);
             let compressed = matches!(e, L2Entry::Compressed { .. });
             let host = e.host_cluster(self.geo.cluster_size);
             if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {

@@ -333,6 +333,21 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
+    /// Make the whole clusters of guest `[offset, offset + len)` unallocated, releasing
+    /// what they held, whatever lies below (QEMU's full discard: emptying an overlay after
+    /// a commit, dropping what a shrink cuts off). The range counts as written for dirty
+    /// bitmaps.
+    pub(crate) fn full_discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.track_guest_write(offset, len)?;
+        let (a, b, _) = self.aligned_parts(offset, len);
+        if b > a {
+            let cb = self.geo.cluster_bits;
+            self.set_clusters(a >> cb, (b - a).div_ceil(self.geo.cluster_size), false)?;
+        }
+        Ok(())
+    }
+
     /// Zero whole guest clusters `[a, b)` of a version 3 image with the zero flag,
     /// releasing what they held.
     fn zero_whole_clusters(&mut self, a: u64, b: u64) -> Result<()> {
@@ -493,7 +508,7 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     }
 
     fn zero_range(&mut self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        if self.header.version < 3 || self.has_external_data() {
+        if self.header.version < 3 || (self.has_external_data() && !self.geo.extended_l2) {
             // No zero flag in version 2; an external data file has its own zeroing rules:
             // the plain zeroing is what there is.
             return self.write_zeroes(offset, len);

@@ -490,12 +490,7 @@ impl<S: Storage> Qcow2<S> {
     /// Remove every cluster mapping of the active disk so all reads fall through to the
     /// backing image (qemu-img commit's "empty the overlay").
     pub fn make_empty(&mut self) -> Result<()> {
-        let size = self.header.size;
-        // Discard with no backing attached makes clusters unallocated on both versions.
-        let b = self.backing.take();
-        let r = BlockDevice::discard(self, 0, size);
-        self.backing = b;
-        r?;
+        self.full_discard(0, self.header.size)?;
         self.flush_metadata()
     }
 

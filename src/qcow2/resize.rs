@@ -81,10 +81,7 @@ impl<S: Storage> Qcow2<S> {
         let old_size = self.header.size;
         let from = new_size.next_multiple_of(self.geo.cluster_size);
         if from < old_size {
-            let b = self.backing.take();
-            let r = BlockDevice::discard(self, from, old_size - from);
-            self.backing = b;
-            r?;
+            self.full_discard(from, old_size - from)?;
         }
         let old_l1 = self.l1.clone();
         let keep = (needed as usize).min(old_l1.len());

@@ -94,13 +94,21 @@ pub enum State {
 
 /// Decode the extended entry (`raw`, `bitmap`) of an image with `cluster_bits`.
 pub fn decode(raw: u64, bitmap: u64, cluster_bits: u32) -> L2Entry {
+    decode_in(raw, bitmap, cluster_bits, false)
+}
+
+/// [`decode`] for an image with an external data file (`external`), where an entry of
+/// offset 0 with the COPIED flag names cluster 0 of the data file (every data-file
+/// cluster carries the flag), as in [`L2Entry::decode_external`].
+pub fn decode_in(raw: u64, bitmap: u64, cluster_bits: u32, external: bool) -> L2Entry {
     if raw & COMPRESSED != 0 {
         return L2Entry::decode(raw, cluster_bits);
     }
     let host = raw & OFFSET_MASK;
     let copied = raw & COPIED != 0;
+    let has_host = host != 0 || (external && copied);
     let (alloc, zero) = (bitmap as u32, (bitmap >> 32) as u32);
-    match (host != 0, alloc, zero) {
+    match (has_host, alloc, zero) {
         (false, 0, 0) => L2Entry::Unallocated,
         (false, 0, u32::MAX) => L2Entry::Zero {
             host: None,
@@ -112,7 +120,7 @@ pub fn decode(raw: u64, bitmap: u64, cluster_bits: u32) -> L2Entry {
             copied,
         },
         _ => L2Entry::Sub {
-            host: (host != 0).then_some(host),
+            host: has_host.then_some(host),
             copied,
             bitmap,
         },
@@ -132,6 +140,22 @@ pub fn invalid(host: Option<u64>, bitmap: u64, compressed: bool) -> Option<&'sta
         return Some("allocated subclusters without a host cluster");
     }
     None
+}
+
+/// What `check` says of entry `index` (`raw`, naming `host`) whose `bitmap` is invalid
+/// for reason `why`: QEMU's words where QEMU checks the same thing.
+pub fn check_message(index: usize, raw: u64, host: Option<u64>, bitmap: u64, why: &str) -> String {
+    match (raw & COMPRESSED != 0, host) {
+        (true, _) => format!(
+            "ERROR compressed cluster {index} with non-zero subcluster allocation bitmap, entry={raw:#x}"
+        ),
+        (false, Some(h)) => format!(
+            "ERROR offset={h:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+        ),
+        (false, None) => {
+            format!("ERROR invalid subcluster bitmap {bitmap:#x} of L2 entry {raw:#x}: {why}")
+        }
+    }
 }
 
 /// The state of subcluster `i` of a `Sub` entry with `host` and `bitmap`, in clusters of

@@ -102,7 +102,8 @@ impl<S: Storage> Qcow2<S> {
         let mask = alloc_mask(span.first, span.end);
         let old_bits = bitmap_of(old);
         let bitmap = (old_bits | mask) & !(mask << 32);
-        let new = subcluster::decode(host | COPIED, bitmap, cb);
+        let external = self.has_external_data();
+        let new = subcluster::decode_in(host | COPIED, bitmap, cb, external);
         if in_place.is_none() || new != old {
             let idx = gc & (self.geo.l2_entries() - 1);
             self.set_l2_entry(l2_off, idx, new)?;
@@ -152,7 +153,7 @@ impl<S: Storage> Qcow2<S> {
         };
         let bitmap = (bitmap_of(old) | zero_mask(first, end)) & !alloc_mask(first, end);
         let raw = host.map_or(0, |h| h | if copied { COPIED } else { 0 });
-        let new = subcluster::decode(raw, bitmap, cb);
+        let new = subcluster::decode_in(raw, bitmap, cb, self.has_external_data());
         if new != old {
             let l2_off = self.l2_for_write(gc >> self.geo.l2_bits)?;
             let idx = gc & (self.geo.l2_entries() - 1);
@@ -203,7 +204,7 @@ impl<S: Storage> Qcow2<S> {
     /// own and the rest of it reads as zeros (through the backing chain). Returns whether
     /// it did. Version 2 images have no zero flag, and data-file images keep their own rules.
     pub(super) fn zero_whole_unit(&mut self, offset: u64, len: u64) -> Result<bool> {
-        if self.header.version < 3 || self.has_external_data() {
+        if self.header.version < 3 || (self.has_external_data() && !self.geo.extended_l2) {
             return Ok(false);
         }
         let cb = self.geo.cluster_bits;
