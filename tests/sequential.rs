@@ -3,9 +3,10 @@
 //! high-water mark, any read-back and any shrink. What it captured must pass
 //! `qemu-img check` (no errors, no leaks) and read as the source (`qemu-img compare`), for
 //! raw, qcow2 (compressed clusters, zero clusters) and VMDK sources, cluster sizes from
-//! 512 bytes to 2 MiB, compat 0.10 and 1.1, refcount widths, `-B` overlays, big sparse
-//! disks and deltas; vdisk must then write to such an image and leave it clean. Raw and
-//! streamOptimized VMDK outputs of the ordinary convert pass the same check.
+//! 512 bytes to 2 MiB, compat 0.10 and 1.1, refcount widths, extended L2 entries, `-B`
+//! overlays, big sparse disks and deltas; vdisk must then write to such an image and leave
+//! it clean. Raw and streamOptimized VMDK outputs of the ordinary convert pass the same
+//! check.
 
 mod common;
 
@@ -108,6 +109,9 @@ fn raw_sources_at_every_cluster_size_compat_and_refcount_width() {
         cases.push(vec![("cluster_size", "4096"), ("refcount_bits", bits)]);
     }
     cases.push(vec![("lazy_refcounts", "on"), ("compression_type", "zstd")]);
+    for cs in ["16384", "65536", "2097152"] {
+        cases.push(vec![("cluster_size", cs), ("extended_l2", "on")]);
+    }
     for (i, options) in cases.iter().enumerate() {
         let out = path_in(&dir, &format!("out{i}.qcow2"));
         seq_convert(&src, &out, options, None);
@@ -248,14 +252,22 @@ fn base_and_changed(dir: &TempDir) -> (PathBuf, PathBuf) {
 fn overlays_onto_a_backing_file_hold_only_the_differences() {
     let dir = tempdir();
     let (base, src) = base_and_changed(&dir);
-    for compat in ["1.1", "0.10"] {
-        for cs in ["512", "65536"] {
-            let out = path_in(&dir, &format!("overlay-{compat}-{cs}.qcow2"));
+    let cases = [
+        ("1.1", "512", "off"),
+        ("1.1", "65536", "off"),
+        ("0.10", "512", "off"),
+        ("0.10", "65536", "off"),
+        ("1.1", "32768", "on"),
+    ];
+    for (compat, cs, extended_l2) in cases {
+        {
+            let out = path_in(&dir, &format!("overlay-{compat}-{cs}-{extended_l2}.qcow2"));
             let options = [
                 ("backing_file", s(&base)),
                 ("backing_fmt", "raw"),
                 ("compat", compat),
                 ("cluster_size", cs),
+                ("extended_l2", extended_l2),
             ];
             seq_convert(&src, &out, &options, Some(&base));
             assert_good(&out, &src);
@@ -319,7 +331,11 @@ fn vdisk_writes_to_a_sequential_image_afterwards_and_it_stays_clean() {
     let dir = tempdir();
     let src = path_in(&dir, "src.raw");
     let mut data = write_mixed_raw(&src, 2 << 20, 128 << 10, 19);
-    for (options, name) in [(vec![], "v3.qcow2"), (vec![("compat", "0.10")], "v2.qcow2")] {
+    for (options, name) in [
+        (vec![], "v3.qcow2"),
+        (vec![("compat", "0.10")], "v2.qcow2"),
+        (vec![("extended_l2", "on")], "ext.qcow2"),
+    ] {
         let out = path_in(&dir, name);
         seq_convert(&src, &out, &options, None);
         let mut img = image::open(&out, &ImageOptions::default()).unwrap();
@@ -360,7 +376,6 @@ fn what_cannot_be_laid_out_in_advance_is_refused_clearly() {
     refused(&[], compress, "compressed clusters");
     refused(&[("preallocation", "metadata")], copts(), "preallocation");
     refused(&[("data_file", "d.raw")], copts(), "external data file");
-    refused(&[("extended_l2", "on")], copts(), "extended L2");
     let luks = [("encrypt.format", "luks"), ("encrypt.key-secret", "s")];
     let err = seq_convert_with(&src, &out, &luks, None, checked_file(&out), copts());
     assert!(err.is_err(), "encryption is refused");

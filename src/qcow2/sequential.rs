@@ -18,13 +18,16 @@
 //! which reads as zeros. Writing zeros into a cluster that is not planned is accepted and
 //! ignored; writing data there is an error.
 //!
-//! Zero clusters of the plan become zero-flag entries in version 3 images; version 2 has
-//! no zero flag, so there they are data clusters left as gaps.
+//! Zero clusters of the plan become zero-flag entries in version 3 images (with extended
+//! L2 entries: all subclusters marked as reading zeros); version 2 has no zero flag, so
+//! there they are data clusters left as gaps. A data cluster with extended L2 entries has
+//! all its subclusters allocated.
 
 use super::create::{new_header, CreateOptions};
 use super::entry::{write_refcount, COPIED, ZERO_FLAG};
 use super::header;
 use super::limits::{MAX_HOST_OFFSET, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
+use super::subcluster::{ALL_ALLOC, ALL_ZERO};
 use crate::device::{BlockDevice, Extent};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -153,12 +156,6 @@ fn refuse_options(opts: &CreateOptions) -> Result<()> {
             "the LUKS header and key slots are set up by rewriting the image",
         );
     }
-    if opts.extended_l2 {
-        return refuse(
-            "extended L2 entries",
-            "this layout writes standard 8-byte L2 entries only",
-        );
-    }
     Ok(())
 }
 
@@ -167,10 +164,14 @@ impl SequentialLayout {
     pub fn plan(opts: &CreateOptions, plan: &ClusterPlan) -> Result<SequentialLayout> {
         let cs = opts.cluster_size;
         let cluster_bits = cs.trailing_zeros();
-        let l2_bits = cluster_bits - 3;
-        let l1_size = header::l1_entries_for(opts.size.next_multiple_of(512), cluster_bits, false)
-            .filter(|&n| n * 8 <= MAX_L1_BYTES)
-            .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
+        let l2_bits = cluster_bits - entry_bits(opts.extended_l2);
+        let l1_size = header::l1_entries_for(
+            opts.size.next_multiple_of(512),
+            cluster_bits,
+            opts.extended_l2,
+        )
+        .filter(|&n| n * 8 <= MAX_L1_BYTES)
+        .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
         let guest_clusters = opts.size.div_ceil(cs);
         let mut l2_tables = 0u64;
         let mut last_l1 = None;
@@ -237,6 +238,15 @@ impl SequentialLayout {
     }
 }
 
+/// log2 of the bytes of one L2 entry: 8, or 16 with extended L2 entries.
+fn entry_bits(extended_l2: bool) -> u32 {
+    if extended_l2 {
+        4
+    } else {
+        3
+    }
+}
+
 /// Data clusters the image holds: the data runs, and in version 2 (no zero flag) the zero
 /// runs as well.
 fn data_clusters(opts: &CreateOptions, plan: &ClusterPlan) -> u64 {
@@ -285,6 +295,7 @@ impl SequentialImage {
             layout: &layout,
             refcount_order: opts.refcount_bits.trailing_zeros(),
             v2: opts.version == 2,
+            extended_l2: opts.extended_l2,
         };
         emit.at(&header_bytes, 0)?;
         emit.refcounts()?;
@@ -332,6 +343,8 @@ struct Emitter<'a> {
     layout: &'a SequentialLayout,
     refcount_order: u32,
     v2: bool,
+    /// 16-byte L2 entries: the entry word, then the subcluster bitmap.
+    extended_l2: bool,
 }
 
 impl Emitter<'_> {
@@ -373,7 +386,7 @@ impl Emitter<'_> {
     /// The L1 table: one L2 table, in order, for each L1 index a planned run touches.
     fn l1(&self, plan: &ClusterPlan) -> Result<()> {
         let l = self.layout;
-        let l2_bits = l.cluster_size.trailing_zeros() - 3;
+        let l2_bits = l.cluster_size.trailing_zeros() - entry_bits(self.extended_l2);
         let mut l1 = vec![0u8; (l.l1_size * 8).next_multiple_of(l.cluster_size) as usize];
         let mut next = l.l2_offset;
         let mut last = None;
@@ -397,7 +410,7 @@ impl Emitter<'_> {
     fn l2(&self, plan: &ClusterPlan) -> Result<Vec<(PlannedRun, u64)>> {
         let l = self.layout;
         let cs = l.cluster_size;
-        let per_table = cs / 8;
+        let per_table = cs >> entry_bits(self.extended_l2);
         let mut tables = L2Writer::new(self, l.l2_offset);
         let mut host = l.data_offset;
         let mut data_runs = Vec::new();
@@ -407,14 +420,18 @@ impl Emitter<'_> {
                 data_runs.push((*r, host));
             }
             for gc in r.first..r.first + r.count {
-                let entry = match data {
-                    true => {
-                        host += cs;
-                        COPIED | (host - cs)
-                    }
-                    false => ZERO_FLAG,
+                // With extended L2 entries the subcluster bitmap says "all data" or "all
+                // zeros"; the entry word has no zero flag then.
+                let words = match (data, self.extended_l2) {
+                    (true, false) => [COPIED | host, 0],
+                    (true, true) => [COPIED | host, ALL_ALLOC],
+                    (false, false) => [ZERO_FLAG, 0],
+                    (false, true) => [0, ALL_ZERO],
                 };
-                tables.set(gc / per_table, (gc % per_table) as usize, entry)?;
+                if data {
+                    host += cs;
+                }
+                tables.set(gc / per_table, (gc % per_table) as usize, words)?;
             }
         }
         tables.finish()?;
@@ -442,8 +459,9 @@ impl<'a, 'b> L2Writer<'a, 'b> {
         }
     }
 
-    /// Set entry `index` of the table for L1 index `l1` (at or after the current one).
-    fn set(&mut self, l1: u64, index: usize, entry: u64) -> Result<()> {
+    /// Set entry `index` of the table for L1 index `l1` (at or after the current one): its
+    /// word, and with extended L2 entries its subcluster bitmap.
+    fn set(&mut self, l1: u64, index: usize, words: [u64; 2]) -> Result<()> {
         let cs = self.emit.layout.cluster_size as usize;
         if self.current != Some(l1) {
             if self.buf.len() + cs > EMIT_BYTES.max(cs) {
@@ -453,7 +471,13 @@ impl<'a, 'b> L2Writer<'a, 'b> {
             self.current = Some(l1);
         }
         let table = self.buf.len() - cs;
-        BigEndian::write_u64(&mut self.buf[table + index * 8..], entry);
+        if self.emit.extended_l2 {
+            let at = table + index * 16;
+            BigEndian::write_u64(&mut self.buf[at..], words[0]);
+            BigEndian::write_u64(&mut self.buf[at + 8..], words[1]);
+        } else {
+            BigEndian::write_u64(&mut self.buf[table + index * 8..], words[0]);
+        }
         Ok(())
     }
 
