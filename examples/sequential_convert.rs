@@ -26,6 +26,8 @@ fn main() -> vdisk::Result<()> {
         ..Default::default()
     };
     let mut source = image::open(&PathBuf::from(src), &ro)?.device;
+    // A new file: an old one's tail would outlive the image.
+    let _ = std::fs::remove_file(out);
     let mut file = FileStorage::create(&PathBuf::from(out))
         .map_err(|e| vdisk::Error::io(format!("could not create '{out}'"), e))?;
     // As `vdisk convert` (and qemu-img convert) by default: `-t unsafe`, no fdatasync.

@@ -558,8 +558,9 @@ impl BlockDevice for SequentialImage {
     /// Extend the file over the data clusters never written (they read as zeros), then
     /// flush.
     fn close(&mut self) -> Result<()> {
+        // What was written is known here: an upload stream need not report its length.
         let end = self.layout.file_len();
-        if self.storage.len().map_err(|e| self.io(e))? < end {
+        if self.written_to < end {
             self.storage.set_len(end).map_err(|e| self.io(e))?;
         }
         self.flush()
