@@ -51,11 +51,10 @@ fn copts() -> ConvertOptions {
     }
 }
 
-/// Convert `src` (any format, probed) into `out` through a [`SequentialCheck`] over the
-/// host file, with `-o` `options` and, for an overlay, the backing image `backing`.
+/// Convert `src` (any format, probed) into `storage`, with `-o` `options` and, for an
+/// overlay, the backing image `backing`.
 fn seq_convert_with(
     src: &Path,
-    out: &Path,
     options: &[(&str, &str)],
     backing: Option<&Path>,
     storage: Arc<dyn Storage>,
@@ -69,7 +68,6 @@ fn seq_convert_with(
         options: &options,
         backing: b.as_mut().map(|d| d.as_mut() as &mut dyn BlockDevice),
     };
-    let _ = out;
     convert_sequential(source.as_mut(), target, copts, &mut |_, _| {}, &mut |_| {})
 }
 
@@ -79,7 +77,7 @@ fn checked_file(out: &Path) -> Arc<dyn Storage> {
 }
 
 fn seq_convert(src: &Path, out: &Path, options: &[(&str, &str)], backing: Option<&Path>) {
-    seq_convert_with(src, out, options, backing, checked_file(out), copts()).unwrap_or_else(|e| {
+    seq_convert_with(src, options, backing, checked_file(out), copts()).unwrap_or_else(|e| {
         panic!(
             "sequential convert of {} with {options:?}: {e}",
             src.display()
@@ -125,7 +123,7 @@ fn raw_sources_at_every_cluster_size_compat_and_refcount_width() {
         ..copts()
     };
     let options = [("cluster_size", "4096")];
-    seq_convert_with(&src, &out, &options, None, checked_file(&out), parallel).unwrap();
+    seq_convert_with(&src, &options, None, checked_file(&out), parallel).unwrap();
     assert_good(&out, &src);
     // -S 0: every cluster allocated, holes included.
     let out = path_in(&dir, "full.qcow2");
@@ -133,7 +131,7 @@ fn raw_sources_at_every_cluster_size_compat_and_refcount_width() {
         fully_allocate: true,
         ..copts()
     };
-    seq_convert_with(&src, &out, &[], None, checked_file(&out), full).unwrap();
+    seq_convert_with(&src, &[], None, checked_file(&out), full).unwrap();
     assert_good(&out, &src);
     let map = qemu_img_ok(&["map", "--output=json", s(&out)]);
     assert!(!map.contains("\"data\": false"), "{map}");
@@ -364,8 +362,8 @@ fn what_cannot_be_laid_out_in_advance_is_refused_clearly() {
     write_mixed_raw(&src, 1 << 20, 64 << 10, 23);
     let out = path_in(&dir, "out.qcow2");
     let refused = |options: &[(&str, &str)], copts: ConvertOptions, word: &str| {
-        let err = seq_convert_with(&src, &out, options, None, checked_file(&out), copts)
-            .expect_err("refused");
+        let err =
+            seq_convert_with(&src, options, None, checked_file(&out), copts).expect_err("refused");
         let text = err.to_string();
         assert!(text.contains(word), "{options:?}: {text}");
     };
@@ -377,7 +375,7 @@ fn what_cannot_be_laid_out_in_advance_is_refused_clearly() {
     refused(&[("preallocation", "metadata")], copts(), "preallocation");
     refused(&[("data_file", "d.raw")], copts(), "external data file");
     let luks = [("encrypt.format", "luks"), ("encrypt.key-secret", "s")];
-    let err = seq_convert_with(&src, &out, &luks, None, checked_file(&out), copts());
+    let err = seq_convert_with(&src, &luks, None, checked_file(&out), copts());
     assert!(err.is_err(), "encryption is refused");
 }
 
@@ -417,7 +415,6 @@ fn a_storage_failing_at_any_write_fails_the_convert_cleanly() {
     let dir = tempdir();
     let src = path_in(&dir, "src.raw");
     write_mixed_raw(&src, 2 << 20, 64 << 10, 29);
-    let out = path_in(&dir, "out.qcow2");
     let options = [("cluster_size", "65536")];
     let mut n = 0;
     loop {
@@ -425,7 +422,7 @@ fn a_storage_failing_at_any_write_fails_the_convert_cleanly() {
             inner: SequentialCheck::new(Arc::new(vdisk::storage::MemStorage::new())),
             left: AtomicUsize::new(n),
         });
-        match seq_convert_with(&src, &out, &options, None, storage, copts()) {
+        match seq_convert_with(&src, &options, None, storage, copts()) {
             Err(e) => assert!(e.to_string().contains("upload failed"), "write {n}: {e}"),
             Ok(()) => break,
         }

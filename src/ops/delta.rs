@@ -10,7 +10,8 @@
 //! ([`crate::qcow2::Qcow2::changed_extents`]); [`Changes::Bitmap`] takes the dirty ranges
 //! of a persistent bitmap, widened to whole clusters, with the image at its active state.
 //! Ranges that read as zeros become zero clusters, so replaying a delta also replays
-//! deletions.
+//! deletions. Into a storage that takes writes only in order the delta is laid out
+//! sequentially ([`write_sequential`]): the changed set fixes every offset in advance.
 
 mod write;
 
