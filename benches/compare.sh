@@ -543,33 +543,25 @@ verify_sub() {
     "$QEMU_IMG" compare -q "$1" "$2" || { VERIFIED=DIFFERENT; FAILED=1; }
 }
 
-row_bench_write_4k_subclusters() {
-    local v="$BENCH_DIR/v-sub.qcow2" q="$BENCH_DIR/q-sub.qcow2"
-    sub_time "$VDISK" "$v" on
+# sub_pair NAME TOOL1 EXT1 TOOL2 EXT2: the first column TOOL1 writing into an overlay with
+# extended_l2=EXT1, the second TOOL2 with EXT2; the two overlays must hold the same data.
+sub_pair() {
+    local name=$1 a="$BENCH_DIR/sub-a.qcow2" b="$BENCH_DIR/sub-b.qcow2"
+    sub_time "$2" "$a" "$3"
     V_S=$BEST_S V_MIB=$PEAK_MIB
-    local vh=$HOST_PER
-    sub_time "$QEMU_IMG" "$q" on
+    local ah=$HOST_PER
+    sub_time "$4" "$b" "$5"
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify_sub "$v" "$q"
-    VERIFIED="$VERIFIED; host bytes per guest byte $vh vs $HOST_PER"
-    record "bench 4K writes, subclusters"
+    verify_sub "$a" "$b"
+    VERIFIED="$VERIFIED; host bytes per guest byte $ah vs $HOST_PER"
+    record "$name"
 }
 
-# ext_l2_on_vs_off TOOL NAME: the same tool with extended_l2=on (first column) and off
-# (second): the ratio is on/off, and at most 0.25 is the 4x the subclusters promise.
-ext_l2_on_vs_off() {
-    local on="$BENCH_DIR/sub-on.qcow2" off="$BENCH_DIR/sub-off.qcow2"
-    sub_time "$1" "$on" on
-    V_S=$BEST_S V_MIB=$PEAK_MIB
-    local oh=$HOST_PER
-    sub_time "$1" "$off" off
-    Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    verify_sub "$on" "$off"
-    VERIFIED="$VERIFIED; host bytes per guest byte $oh (on) vs $HOST_PER (off)"
-    record "$2"
-}
-row_bench_write_4k_ext_l2_on_vs_off() { ext_l2_on_vs_off "$VDISK" "4K writes ext_l2 on/off (vdisk)"; }
-row_bench_write_4k_ext_l2_on_vs_off_qemu() { ext_l2_on_vs_off "$QEMU_IMG" "4K writes ext_l2 on/off (qemu)"; }
+row_bench_write_4k_subclusters() { sub_pair "bench 4K writes, subclusters" "$VDISK" on "$QEMU_IMG" on; }
+# The same tool with extended_l2=on (first column) and off (second): the ratio is on/off,
+# and at most 0.25 is the 4x the subclusters promise.
+row_bench_write_4k_ext_l2_on_vs_off() { sub_pair "4K writes ext_l2 on/off (vdisk)" "$VDISK" on "$VDISK" off; }
+row_bench_write_4k_ext_l2_on_vs_off_qemu() { sub_pair "4K writes ext_l2 on/off (qemu)" "$QEMU_IMG" on "$QEMU_IMG" off; }
 
 # serve_time PROGRAM ARGS...: start an NBD server on a Unix socket (read-only unless
 # SERVE_RW=1; 4 clients; persistent) for $SERVE_IMG, time the client command CLIENT (an

@@ -55,6 +55,12 @@ fn vdisk_apply(img: &Path, ops: &[String]) {
 /// An empty extended-L2 image at `img` of `size` bytes with `cs`-byte clusters, over a
 /// patterned raw backing file when `backing`, created by `tool` (qemu-img or vdisk).
 fn create(tool: &str, img: &Path, size: u64, cs: u64, backing: bool) {
+    let o = format!("extended_l2=on,cluster_size={cs}");
+    create_with(tool, img, size, &o, backing);
+}
+
+/// [`create`] with the `-o` options `o`.
+fn create_with(tool: &str, img: &Path, size: u64, o: &str, backing: bool) {
     let dir = img.parent().expect("a directory");
     let mut args = vec![
         "create".to_string(),
@@ -62,7 +68,7 @@ fn create(tool: &str, img: &Path, size: u64, cs: u64, backing: bool) {
         "-f".into(),
         "qcow2".into(),
         "-o".into(),
-        format!("extended_l2=on,cluster_size={cs}"),
+        o.to_string(),
     ];
     if backing {
         std::fs::write(dir.join("base.raw"), base_bytes(5, size)).expect("base");
@@ -117,6 +123,29 @@ fn vdisk_writes_leave_the_subclusters_qemu_io_leaves() {
         vdisk_apply(&ours, &ops);
         let what = format!("seed {seed} cluster_size {cs} backing {backing} created by {creator}");
         assert_same_images(&what, &ours, &qemus);
+    }
+}
+
+#[test]
+fn images_without_subclusters_take_the_same_history_as_in_qemu_too() {
+    // The zeroing and discard rules are shared: plain images must match QEMU as well.
+    for (seed, o, backing) in [
+        (61, "cluster_size=65536", true),
+        (62, "cluster_size=65536", false),
+        (63, "cluster_size=4096", false),
+        (64, "cluster_size=4096,compat=0.10", false),
+        (65, "cluster_size=16384,compat=0.10", true),
+    ] {
+        let dir = tempdir();
+        let size = 4u64 << 20;
+        let (ours, qemus) = (dir.path().join("v.qcow2"), dir.path().join("q.qcow2"));
+        create_with("vdisk", &ours, size, o, backing);
+        create_with("qemu-img", &qemus, size, o, backing);
+        let cs = if o.contains("4096") { 4096 } else { 65536 };
+        let ops = random_ops(seed, size, cs);
+        qemu_io_ok(&qemu_io_args(&ops, s(&qemus)));
+        vdisk_apply(&ours, &ops);
+        assert_same_images(&format!("seed {seed} {o} backing {backing}"), &ours, &qemus);
     }
 }
 
@@ -247,16 +276,7 @@ fn create_resize_and_amend_behave_as_qemu_img() {
         );
     }
     let img = dir.path().join("a.qcow2");
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        s(&img),
-        "1M",
-    ]);
+    create("vdisk", &img, 1 << 20, 65536, false);
     for o in ["extended_l2=off", "compat=0.10"] {
         let args = ["amend", "-o", o, s(&img)];
         let before = read(&img);
