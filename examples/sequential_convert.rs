@@ -37,6 +37,9 @@ fn main() -> vdisk::Result<()> {
         storage: Arc::new(SequentialCheck::new(Arc::new(file))),
         options: &options,
         backing: None,
+        // As convert into an upload stream: a raw source is read once more to leave out
+        // the clusters it holds only zeros in.
+        scan_zeros: source.cluster_size().is_none(),
     };
     let copts = ConvertOptions {
         unallocated_is_zero: true,

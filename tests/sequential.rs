@@ -67,6 +67,7 @@ fn seq_convert_with(
         storage,
         options: &options,
         backing: b.as_mut().map(|d| d.as_mut() as &mut dyn BlockDevice),
+        scan_zeros: false,
     };
     convert_sequential(source.as_mut(), target, copts, &mut |_, _| {}, &mut |_| {})
 }
@@ -552,4 +553,54 @@ fn a_delta_written_into_a_sequential_storage_replays_onto_the_old_state() {
         drop(c);
         assert_good(&out, &img);
     }
+}
+
+#[test]
+fn the_zero_scan_leaves_out_the_zeros_a_raw_source_holds() {
+    let dir = tempdir();
+    let src = path_in(&dir, "zeros.raw");
+    // 8 MiB written: data, then zeros the host file holds as allocated, then data.
+    let mut data = vec![0u8; 8 << 20];
+    data[..1 << 20].copy_from_slice(&random_bytes(37, 1 << 20));
+    data[(7 << 20) + 5] = 1;
+    std::fs::write(&src, &data).unwrap();
+    for scan_zeros in [false, true] {
+        let out = path_in(&dir, &format!("scan-{scan_zeros}.qcow2"));
+        let mut source = open_ro(&src);
+        let target = SequentialTarget {
+            storage: checked_file(&out),
+            options: &[],
+            backing: None,
+            scan_zeros,
+        };
+        convert_sequential(
+            source.as_mut(),
+            target,
+            copts(),
+            &mut |_, _| {},
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_good(&out, &src);
+        let len = std::fs::metadata(&out).unwrap().len();
+        // 17 data clusters of 64 KiB when scanned, all 128 otherwise.
+        match scan_zeros {
+            true => assert!(len < 2 << 20, "{len}"),
+            false => assert!(len > 8 << 20, "{len}"),
+        }
+    }
+    // The scanned output maps what an ordinary convert maps.
+    let ordinary = path_in(&dir, "ordinary.qcow2");
+    vdisk_ok(&["convert", "-O", "qcow2", s(&src), s(&ordinary)]);
+    let data_runs = |p: &Path| {
+        let map = qemu_img_ok(&["map", "--output=json", s(p)]);
+        map.lines()
+            .filter(|l| l.contains("\"data\": true"))
+            .map(|l| l.split("\"offset\"").next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        data_runs(&path_in(&dir, "scan-true.qcow2")),
+        data_runs(&ordinary)
+    );
 }

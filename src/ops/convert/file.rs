@@ -255,10 +255,13 @@ fn convert_into_new(
         if job.bitmaps {
             return Err(refuse_bitmaps());
         }
+        // A raw source's allocation includes the zeros written to it: read it once more
+        // rather than upload them.
         let target = SequentialTarget {
             storage,
             options: &opts,
             backing: None,
+            scan_zeros: src.cluster_size().is_none(),
         };
         sequential::convert_remote(src, target, dst, copts, progress, &mut |o| {
             unreadable(warn, o)
@@ -349,6 +352,7 @@ fn convert_onto_backing(
             storage,
             options: &opts,
             backing: Some(backing.as_mut()),
+            scan_zeros: false,
         };
         sequential::convert_remote(src, target, dst, copts, progress, &mut |_| {})?;
         files.keep();

@@ -16,6 +16,9 @@
 //!
 //! A cluster the source reports allocated but which holds only zeros keeps the place the
 //! plan gave it and is never written: a gap that reads as zeros (a hole in a local file).
+//! With [`SequentialTarget::scan_zeros`] the engine first reads the planned clusters once
+//! more to leave such clusters out ([`scan_zeros`]), for sources whose allocation includes
+//! the zeros written to them (raw files).
 //!
 //! What cannot be laid out before the data is seen is refused: compressed output (the
 //! size of a compressed cluster is known only once it is compressed, and the metadata
@@ -44,6 +47,10 @@ pub struct SequentialTarget<'a, 'o> {
     /// The image the output's backing file names, open, with its chain: the output holds
     /// only the clusters where the source differs from it.
     pub backing: Option<&'a mut dyn BlockDevice>,
+    /// Read the planned data once before the copy to leave out the clusters that hold
+    /// only zeros (see [`scan_zeros`]): worth it when the source's allocation includes
+    /// written zeros (a raw disk) and the output goes over a network.
+    pub scan_zeros: bool,
 }
 
 /// Copy `src` into a new qcow2 image laid out sequentially in `target` (see the module
@@ -68,6 +75,10 @@ pub fn convert_sequential(
     let opts = create_options(target.options, src.virtual_size())?;
     let cs = opts.cluster_size;
     let plan = match target.backing {
+        None if target.scan_zeros && !copts.fully_allocate => {
+            let plan = plan_from_allocation(src, cs, &copts)?;
+            scan_zeros(src, plan, cs, &copts)?
+        }
         None => plan_from_allocation(src, cs, &copts)?,
         Some(b) => {
             if opts.backing_file.is_none() {
@@ -154,6 +165,7 @@ pub fn convert_remote(
         storage: target.storage,
         options: &options,
         backing: target.backing,
+        scan_zeros: target.scan_zeros,
     };
     convert_sequential(src, target, copts, progress, unreadable)
 }
@@ -240,6 +252,96 @@ pub fn plan_differences(
         pos += n;
     }
     Ok(plan)
+}
+
+/// `plan` (data clusters only) less the clusters that hold only zeros: the convert engine
+/// reads and zero-checks the planned clusters in parallel, as for the copy itself, into a
+/// device that only records which clusters it is given.
+pub fn scan_zeros(
+    src: &mut dyn BlockDevice,
+    plan: ClusterPlan,
+    cs: u64,
+    copts: &ConvertOptions,
+) -> Result<ClusterPlan> {
+    let size = src.virtual_size();
+    let mut planned = PlannedSource {
+        inner: src,
+        plan,
+        cs,
+    };
+    let mut recorder = Recorder {
+        size,
+        cs,
+        plan: ClusterPlan::new(),
+    };
+    let scan = ConvertOptions {
+        zero_granularity: 0,
+        compress: false,
+        fully_allocate: false,
+        target_dirty: false,
+        rate_limit: 0,
+        ..*copts
+    };
+    engine::run(
+        &mut planned,
+        &mut recorder,
+        scan,
+        &mut |_, _| {},
+        &mut |_| {},
+    )?;
+    Ok(recorder.plan)
+}
+
+/// The destination of [`scan_zeros`]: records the clusters written to it, in order.
+struct Recorder {
+    size: u64,
+    cs: u64,
+    plan: ClusterPlan,
+}
+
+impl BlockDevice for Recorder {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&mut self, _buf: &mut [u8], offset: u64) -> Result<()> {
+        Err(Error::unsupported(format!(
+            "sequential qcow2: the zero scan reads nothing back (read at {offset:#x})"
+        )))
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if !buf.is_empty() {
+            let first = offset / self.cs;
+            let end = (offset + buf.len() as u64).div_ceil(self.cs);
+            self.plan.push(first, end - first, PlannedKind::Data);
+        }
+        Ok(())
+    }
+    fn write_zeroes(&mut self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    fn discard(&mut self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn block_status(&mut self, offset: u64, _max_len: u64) -> Result<Extent> {
+        Err(Error::unsupported(format!(
+            "sequential qcow2: the zero scan has no allocation (at {offset:#x})"
+        )))
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn cluster_size(&self) -> Option<u64> {
+        Some(self.cs)
+    }
+    fn requires_sequential_writes(&self) -> bool {
+        true
+    }
 }
 
 /// Where the run of `dev` from `pos` that reads as zeros by its allocation status alone
