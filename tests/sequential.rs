@@ -157,7 +157,15 @@ fn the_file_is_laid_out_header_metadata_then_data_in_guest_order() {
             .unwrap();
     }
     let out = path_in(&dir, "out.qcow2");
-    seq_convert(&src, &out, &[], None);
+    let check = Arc::new(SequentialCheck::new(Arc::new(
+        FileStorage::create(&out).unwrap(),
+    )));
+    seq_convert_with(&src, &[], None, check.clone(), copts()).unwrap();
+    assert!(
+        check.is_finished(),
+        "closing the image finishes the storage"
+    );
+    drop(check);
     assert_good(&out, &src);
     let bytes = read(&out);
     // header, refcount table, one refcount block, L1, one L2, then clusters 0, 2, 5.

@@ -556,14 +556,16 @@ impl BlockDevice for SequentialImage {
         self.storage.flush().map_err(|e| self.io(e))
     }
     /// Extend the file over the data clusters never written (they read as zeros), then
-    /// flush.
+    /// finish the storage (an upload completes its object there).
     fn close(&mut self) -> Result<()> {
         // What was written is known here: an upload stream need not report its length.
         let end = self.layout.file_len();
         if self.written_to < end {
             self.storage.set_len(end).map_err(|e| self.io(e))?;
         }
-        self.flush()
+        self.storage
+            .finish()
+            .map_err(|e| Error::io("sequential qcow2: finishing the image", e))
     }
     fn block_status(&mut self, offset: u64, _max_len: u64) -> Result<Extent> {
         Err(Error::unsupported(format!(

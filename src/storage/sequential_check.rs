@@ -4,7 +4,8 @@
 //! It reports `sequential() == true` and refuses, with an error naming the offsets, every
 //! operation an upload stream could not perform: a write that starts below the end of an
 //! earlier write (the high-water mark), a read of any byte below that mark, shrinking the
-//! storage, punching a hole, or asking where its data is. Growing it with `set_len` is
+//! storage, punching a hole, asking where its data is, or writing after
+//! [`Storage::finish`]. Growing it with `set_len` is
 //! allowed: it sets the final length (the bytes not written read as zeros, as a gap
 //! between two writes does) and later writes may still go anywhere past the mark. What passes is written through to the inner storage, where a test reads it.
 
@@ -15,8 +16,10 @@ use std::sync::{Arc, Mutex};
 /// A storage that takes writes only in order and never gives written bytes back.
 pub struct SequentialCheck {
     inner: Arc<dyn Storage>,
-    /// End of the furthest write or extension so far.
+    /// End of the furthest write so far.
     high: Mutex<u64>,
+    /// [`Storage::finish`] was called: nothing more may be written.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl SequentialCheck {
@@ -25,7 +28,13 @@ impl SequentialCheck {
         SequentialCheck {
             inner,
             high: Mutex::new(0),
+            finished: Default::default(),
         }
+    }
+
+    /// Whether [`Storage::finish`] was called.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The storage the accepted writes went to.
@@ -63,6 +72,9 @@ impl Storage for SequentialCheck {
         if buf.is_empty() {
             return Ok(());
         }
+        if self.is_finished() {
+            return Err(refused(format!("write at {offset:#x} after finish")));
+        }
         if offset < *high {
             return Err(refused(format!(
                 "write of {} bytes at {offset:#x}, below the {:#x} bytes already written",
@@ -77,6 +89,12 @@ impl Storage for SequentialCheck {
 
     fn flush(&self) -> io::Result<()> {
         self.inner.flush()
+    }
+
+    fn finish(&self) -> io::Result<()> {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.finish()
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -138,6 +156,9 @@ mod tests {
         s.write_at(b"y", 16).unwrap();
         assert!(s.punch_hole(0, 4).is_err());
         assert!(s.data_extent(0).is_err());
+        s.finish().unwrap();
+        assert!(s.is_finished());
+        assert!(s.write_at(b"z", 100).is_err(), "after finish");
         let mut got = vec![0u8; 17];
         mem.read_at(&mut got, 0).unwrap();
         assert_eq!(&got, b"abcd\0\0\0\0ef\0\0\0\0\0\0y");
