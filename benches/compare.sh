@@ -71,6 +71,7 @@ ROWS=(
     convert_raw_to_rbd
     convert_rbd_to_raw
     convert_qcow2_to_s3
+    convert_qcow2_to_s3_qcow2
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -743,7 +744,10 @@ row_delta_snapshots() {
 # (eval "$(.ci/ceph-dev.sh start)" exports AWS_ENDPOINT_URL, the keys and S3_BUCKET).
 # Until the sequential qcow2 layout lands the output is raw on both sides (qcow2 in, raw
 # object out). The last column adds each side's local disk use (vdisk: none).
-row_convert_qcow2_to_s3() {
+# s3_upload_row FMT: qcow2 -> s3:// with output format FMT, against qemu-img convert to a
+# local file then curl -T.
+s3_upload_row() {
+    local fmt=$1
     if [[ -z ${AWS_ENDPOINT_URL:-} || -z ${S3_BUCKET:-} ]] \
         || ! curl -fsS -o /dev/null "$AWS_ENDPOINT_URL/" 2>/dev/null; then
         echo "   skipped: no S3 gateway (AWS_ENDPOINT_URL, S3_BUCKET; see .ci/ceph-dev.sh)"
@@ -759,18 +763,30 @@ row_convert_qcow2_to_s3() {
     }
     local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
     S3_DELETE="curl -fsS -X DELETE --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: $empty'"
-    time_runs "$S3_DELETE '$url-v.raw' >/dev/null 2>&1 || true" \
-        "$VDISK" convert -f qcow2 -O raw "$in" "s3://$S3_BUCKET/$key-v.raw"
+    time_runs "$S3_DELETE '$url-v.$fmt' >/dev/null 2>&1 || true" \
+        "$VDISK" convert -f qcow2 -O "$fmt" "$in" "s3://$S3_BUCKET/$key-v.$fmt"
     V_S=$BEST_S V_MIB=$PEAK_MIB
-    export BENCH_S3_UPLOAD="$QEMU_IMG convert -f qcow2 -O raw '$in' '$tmp' && curl -fsS -T '$tmp' --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' '$url-q.raw' && du -k '$tmp' | cut -f1 > '$tmp.du' && rm -f '$tmp'"
+    export BENCH_S3_UPLOAD="$QEMU_IMG convert -f qcow2 -O $fmt '$in' '$tmp' && curl -fsS -T '$tmp' --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' '$url-q.$fmt' && du -k '$tmp' | cut -f1 > '$tmp.du' && rm -f '$tmp'"
     time_runs "rm -f '$tmp'" bash -c "$BENCH_S3_UPLOAD"
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    s3curl -H "x-amz-content-sha256: $empty" -o "$BENCH_DIR/s3-down.raw" "$url-v.raw"
-    verify "$SRC" "$BENCH_DIR/s3-down.raw"
-    VERIFIED="$VERIFIED; local disk: vdisk 0 MiB, qemu-img+curl $(($(cat "$tmp.du") / 1024)) MiB (raw out)"
-    for k in v q; do s3curl -X DELETE -H "x-amz-content-sha256: $empty" "$url-$k.raw" >/dev/null || true; done
-    rm -f "$BENCH_DIR/s3-down.raw" "$tmp.du"
-    record "convert qcow2 -> s3:// (raw)"
+    s3curl -H "x-amz-content-sha256: $empty" -o "$BENCH_DIR/s3-down.$fmt" "$url-v.$fmt"
+    verify "$SRC" "$BENCH_DIR/s3-down.$fmt"
+    if [[ $fmt == qcow2 ]]; then
+        "$QEMU_IMG" check -q "$BENCH_DIR/s3-down.$fmt" || { VERIFIED="check failed"; FAILED=1; }
+    fi
+    VERIFIED="$VERIFIED; local disk: vdisk 0 MiB, qemu-img+curl $(($(cat "$tmp.du") / 1024)) MiB ($fmt out)"
+    for k in v q; do s3curl -X DELETE -H "x-amz-content-sha256: $empty" "$url-$k.$fmt" >/dev/null || true; done
+    rm -f "$BENCH_DIR/s3-down.$fmt" "$tmp.du"
+    record "convert qcow2 -> s3:// ($fmt)"
+}
+
+row_convert_qcow2_to_s3() {
+    s3_upload_row raw
+}
+
+# The same with qcow2 output: vdisk lays it out sequentially into the upload.
+row_convert_qcow2_to_s3_qcow2() {
+    s3_upload_row qcow2
 }
 
 # raw -> rbd: on a running cluster (eval "$(.ci/ceph-dev.sh start)"); skipped without one.
