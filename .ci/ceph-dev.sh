@@ -16,7 +16,7 @@
 #   .ci/ceph-dev.sh purge     stop and delete $CEPH_DEV_DIR
 #
 # Knobs: CEPH_DEV_DIR, CEPH_DEV_MON_PORT (3300; msgr1 on +1), CEPH_DEV_RGW_PORT (7480),
-# CEPH_DEV_OSD_SIZE (4G, sparse), CEPH_DEV_TIMEOUT (seconds per step, 120).
+# CEPH_DEV_OSD_SIZE (16G, sparse: the S3 benchmark rows upload several 1 GiB objects), CEPH_DEV_TIMEOUT (seconds per step, 120).
 # A pid is signalled only while its command line names this cluster's ceph.conf.
 set -euo pipefail
 
@@ -28,7 +28,7 @@ KEYRING=$DIR/keyring
 READY=$DIR/ready
 MON_PORT=${CEPH_DEV_MON_PORT:-3300}
 RGW_PORT=${CEPH_DEV_RGW_PORT:-7480}
-OSD_SIZE=${CEPH_DEV_OSD_SIZE:-4G}
+OSD_SIZE=${CEPH_DEV_OSD_SIZE:-16G}
 TIMEOUT=${CEPH_DEV_TIMEOUT:-120}
 POOL=rbd
 BUCKET=vdisk-test
