@@ -284,10 +284,13 @@ pub struct ResizePolicy {
 }
 
 /// [`Driver::amend`].
+/// `force` is `amend --force`: allow the unsafe changes (for qcow2, LUKS key slot
+/// changes that can lose the data).
 pub type AmendFn = fn(
     ns: &dyn Namespace,
     path: &Path,
     options: &Options,
+    force: bool,
     open_backing: OpenBacking<'_>,
 ) -> Result<()>;
 

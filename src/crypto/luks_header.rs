@@ -404,7 +404,7 @@ mod tests {
         assert!(e(&|h| h.key_bytes = 1 << 30).contains("key size"));
         assert!(e(&|h| h.key_bytes = 40).contains("40-byte"));
         assert!(e(&|h| h.hash_spec = "whirlpool".into()).contains("whirlpool"));
-        assert!(e(&|h| h.cipher_name = "twofish".into()).contains("twofish"));
+        assert!(e(&|h| h.cipher_name = "blowfish".into()).contains("blowfish"));
         let mut b = sample().write();
         b[7] = 2;
         assert!(LuksHeader::parse(&b, 0)

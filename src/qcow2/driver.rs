@@ -81,12 +81,14 @@ fn amend(
     ns: &dyn Namespace,
     path: &Path,
     options: &[(String, String)],
+    force: bool,
     open_backing: OpenBacking<'_>,
 ) -> Result<()> {
     let mut o = AmendOptions::default();
     for (k, v) in options {
         o.set(k, v)?;
     }
+    o.keyslots.force = force;
     // With its backing chain when the size changes, as qemu-img: growing an overlay must
     // hide what a longer backing image holds in the new area.
     let mut q = if o.size.is_some() {
