@@ -237,7 +237,8 @@ pub fn open_image(
             },
         )
         .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
-    // An encrypted image needs its secret (`encrypt.key-secret`, bound to the file).
+    // An encrypted image needs its secret (`encrypt.key-secret`, bound to the file),
+    // unless only its metadata is wanted.
     let key = crate::crypto::keyring::image_secret(path)?;
     let q = Qcow2::open_with_key(
         storage,
@@ -246,7 +247,7 @@ pub fn open_image(
             ..Default::default()
         },
         key.as_ref(),
-        true,
+        !p.metadata_only,
     )
     .map_err(|e| crate::error::with_path(path, e))?;
     let mut q = q;
