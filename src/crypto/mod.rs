@@ -40,6 +40,11 @@ pub const SECTOR_SIZE: u64 = 512;
 /// digest (about a minute of CPU time on a current core; larger counts could keep an
 /// open busy for hours).
 pub const MAX_PBKDF2_ITERATIONS: u32 = 64_000_000;
+/// Most PBKDF2 iterations one unlock may need in all: each active key slot's count plus
+/// the master-key digest's once per slot (a wrong passphrase tries every slot). Eight slots
+/// at the per-slot limit could keep an open busy for over ten minutes; this keeps the
+/// worst case to a few minutes while leaving room for images made with long iter-times.
+pub const MAX_UNLOCK_ITERATIONS: u64 = 256_000_000;
 /// Largest master key in bytes (AES-256 in XTS mode).
 pub const MAX_KEY_BYTES: u32 = 64;
 /// Anti-forensic stripes of a LUKS1 key slot: the format's fixed value, which QEMU and
