@@ -54,6 +54,9 @@ ROWS=(
     rebase_safe
     bench_read_4k_d1
     bench_read_4k_d16
+    bench_write_4k_subclusters
+    bench_write_4k_ext_l2_on_vs_off
+    bench_write_4k_ext_l2_on_vs_off_qemu
     serve_nbdcopy_read
     serve_convert_read
     serve_bench_read_4k_d1
@@ -471,6 +474,58 @@ bench_row() {
 
 row_bench_read_4k_d1() { bench_row 1; }
 row_bench_read_4k_d16() { bench_row 16; }
+
+# Subclusters (extended L2 entries): 15,000 writes of 4 KiB, -d 1, into an overlay with
+# 64 KiB clusters over the full 1 GiB source (raw). Each write lands 68 KiB past the last,
+# so each fills a fresh cluster, at a different place in it. Without subclusters every
+# write copies the other 60 KiB of its cluster up from the backing file; with them, only
+# the 4 KiB is written. The overlay is made new (untimed) before each run.
+SUB_FLAGS=(bench -w -f qcow2 -c 15000 -d 1 -s 4k -S 69632 --pattern 7)
+sub_overlay() { echo "rm -f '$1'; '$QEMU_IMG' create -q -f qcow2 -o cluster_size=65536,extended_l2=$2 -b '$SRC' -F raw '$1'"; }
+
+# host_bytes_per_guest_byte TOOL IMG EXT: one more (untimed) run under strace, the bytes
+# its write system calls wrote per guest byte the benchmark wrote.
+host_bytes_per_guest_byte() {
+    local trace="$BENCH_DIR/strace.out"
+    eval "$(sub_overlay "$2" "$3")"
+    strace -f -qq -e trace=pwrite64,pwritev,pwritev2,write -o "$trace" "$1" "${SUB_FLAGS[@]}" "$2" >/dev/null
+    awk '/= [0-9]+$/ { n += $NF } END { printf "%.2f", n / (15000 * 4096) }' "$trace"
+}
+
+# sub_time TOOL IMG EXT: time the benchmark; sets BEST_S and PEAK_MIB, and HOST_PER to the
+# host bytes written per guest byte (when strace is installed).
+sub_time() {
+    time_runs "$(sub_overlay "$2" "$3")" "$1" "${SUB_FLAGS[@]}" "$2"
+    HOST_PER="?"
+    if command -v strace >/dev/null; then HOST_PER=$(host_bytes_per_guest_byte "$@"); fi
+}
+
+# The guest data both overlays hold must be the same, and check clean.
+verify_sub() {
+    VERIFIED=identical
+    "$QEMU_IMG" check -q "$1" || { VERIFIED="check failed"; FAILED=1; return; }
+    "$QEMU_IMG" compare -q "$1" "$2" || { VERIFIED=DIFFERENT; FAILED=1; }
+}
+
+# sub_pair NAME TOOL1 EXT1 TOOL2 EXT2: the first column TOOL1 writing into an overlay with
+# extended_l2=EXT1, the second TOOL2 with EXT2; the two overlays must hold the same data.
+sub_pair() {
+    local name=$1 a="$BENCH_DIR/sub-a.qcow2" b="$BENCH_DIR/sub-b.qcow2"
+    sub_time "$2" "$a" "$3"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    local ah=$HOST_PER
+    sub_time "$4" "$b" "$5"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify_sub "$a" "$b"
+    VERIFIED="$VERIFIED; host bytes per guest byte $ah vs $HOST_PER"
+    record "$name"
+}
+
+row_bench_write_4k_subclusters() { sub_pair "bench 4K writes, subclusters" "$VDISK" on "$QEMU_IMG" on; }
+# The same tool with extended_l2=on (first column) and off (second): the ratio is on/off,
+# and at most 0.25 is the 4x the subclusters promise.
+row_bench_write_4k_ext_l2_on_vs_off() { sub_pair "4K writes ext_l2 on/off (vdisk)" "$VDISK" on "$VDISK" off; }
+row_bench_write_4k_ext_l2_on_vs_off_qemu() { sub_pair "4K writes ext_l2 on/off (qemu)" "$QEMU_IMG" on "$QEMU_IMG" off; }
 
 # serve_time PROGRAM ARGS...: start an NBD server on a Unix socket (read-only unless
 # SERVE_RW=1; 4 clients; persistent) for $SERVE_IMG, time the client command CLIENT (an

@@ -238,6 +238,11 @@ fn boots_from_qcow2_v2_and_v3_with_4k_64k_and_2m_clusters() {
 /// `top.qcow2` over `base.raw` in `dir`: the base has marker 'A' at every probe, and the
 /// overlay changes probes 1 and 3 to 'B' (the others read through to the base).
 fn overlay_on_raw_base(dir: &common::TempDir) -> std::path::PathBuf {
+    overlay_with(dir, "cluster_size=65536")
+}
+
+/// [`overlay_on_raw_base`] with the overlay created with `-o opts`.
+fn overlay_with(dir: &common::TempDir, opts: &str) -> std::path::PathBuf {
     let base = path_in(dir, "base.raw");
     let top = path_in(dir, "top.qcow2");
     create(&base, "raw", "");
@@ -247,6 +252,8 @@ fn overlay_on_raw_base(dir: &common::TempDir) -> std::path::PathBuf {
         "-q",
         "-f",
         "qcow2",
+        "-o",
+        opts,
         "-b",
         "base.raw",
         "-F",
@@ -261,6 +268,16 @@ fn overlay_on_raw_base(dir: &common::TempDir) -> std::path::PathBuf {
 fn boots_from_a_qcow2_overlay_on_a_raw_base() {
     let dir = tempdir();
     let top = overlay_on_raw_base(&dir);
+    assert_boots(&top, "qcow2", &['A', 'B', 'A', 'B', 'A']);
+}
+
+#[test]
+fn boots_from_an_overlay_with_subclusters_on_a_raw_base() {
+    // extended_l2=on: each 512-byte marker fills one subcluster, the rest of its cluster
+    // still reads the base (and the boot sector comes from the base).
+    let dir = tempdir();
+    let top = overlay_with(&dir, "extended_l2=on,cluster_size=16384");
+    common::assert_qemu_check_clean(&top);
     assert_boots(&top, "qcow2", &['A', 'B', 'A', 'B', 'A']);
 }
 

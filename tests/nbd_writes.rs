@@ -31,9 +31,18 @@ fn map_without_offsets(image: &Path) -> String {
 
 #[test]
 fn detect_zeroes_and_write_zeroes_leave_the_clusters_qemu_nbd_leaves() {
+    // Plain clusters, and subclusters (extended L2 entries: zeroing by subcluster).
+    for o in ["cluster_size=65536", "extended_l2=on"] {
+        served_zeroing_matches_qemu_nbd(o);
+    }
+}
+
+/// Zero data and zeroing requests through each server on copies of one image made with
+/// `-o o`: the same `qemu-img map` and data afterwards.
+fn served_zeroing_matches_qemu_nbd(o: &str) {
     let t = Twins::new();
     let img = t.work("z.qcow2");
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", o, s(&img), "4M"]);
     qemu_io_ok(&["-c", "write -P 1 0 1M", s(&img)]);
     // Zero data over allocated, unallocated and partial clusters; zeroing requests with
     // NO_HOLE (-z) and without (-z -u); one real write.
@@ -44,6 +53,7 @@ fn detect_zeroes_and_write_zeroes_leave_the_clusters_qemu_nbd_leaves() {
         "write -z 256k 64k",
         "write -z -u 512k 64k",
         "write -z -u 3M 64k",
+        "write -z 1100k 6k",
         "write -P 5 3200k 64k",
     ];
     let modes: [&[&str]; 4] = [
@@ -70,13 +80,23 @@ fn detect_zeroes_and_write_zeroes_leave_the_clusters_qemu_nbd_leaves() {
             assert_qemu_check_clean(&image);
             maps.push(map_without_offsets(&image));
         }
-        assert_text_eq(&format!("qemu-img map after {flags:?}"), &maps[1], &maps[0]);
+        assert_text_eq(
+            &format!("{o}: qemu-img map after {flags:?}"),
+            &maps[1],
+            &maps[0],
+        );
         assert_qemu_compare_identical(
             &t.path(Tool::Vdisk, "z.qcow2"),
             &t.path(Tool::Qemu, "z.qcow2"),
         );
     }
-    // The same refusals as qemu-nbd's for modes that make no sense.
+}
+
+#[test]
+fn serve_refuses_the_zeroing_modes_qemu_nbd_refuses() {
+    let t = Twins::new();
+    let img = t.work("z.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "4M"]);
     for bad in [
         &["--detect-zeroes=unmap"][..],
         &["--detect-zeroes=bogus"][..],

@@ -172,6 +172,21 @@ fn a_power_cut_while_refcount_structures_grow_loses_no_flushed_data() {
 }
 
 #[test]
+fn a_power_cut_at_any_write_into_subclusters_loses_no_flushed_data() {
+    // Extended L2 entries with 16 KiB clusters: most writes and zeroings cover parts of a
+    // cluster, filling or zeroing single 512-byte subclusters in place or in new clusters.
+    let opts = CreateOptions {
+        size: 2 << 20,
+        cluster_size: 16384,
+        extended_l2: true,
+        ..Default::default()
+    };
+    let cuts = crash_at_every_cut(opts, 14);
+    assert!(cuts > 50, "workload too small: {cuts} cut points");
+    eprintln!("subcluster writes: {cuts} cut points");
+}
+
+#[test]
 fn a_power_cut_in_a_version_2_image_loses_no_flushed_data() {
     let opts = CreateOptions {
         size: 1 << 20,

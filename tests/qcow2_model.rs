@@ -17,6 +17,7 @@ struct Case {
     refcount_bits: u32,
     size: u64,
     ops: usize,
+    extended_l2: bool,
 }
 
 fn open(s: &Arc<MemStorage>) -> Qcow2<Arc<MemStorage>> {
@@ -35,6 +36,7 @@ fn run(case: &Case, seed: u64) {
         cluster_size: case.cluster_size,
         version: case.version,
         refcount_bits: case.refcount_bits,
+        extended_l2: case.extended_l2,
         ..Default::default()
     };
     drop(qcow2::create(storage.clone(), &opts).expect("create"));
@@ -96,6 +98,23 @@ fn run(case: &Case, seed: u64) {
 }
 
 #[test]
+fn random_io_matches_the_model_with_subclusters() {
+    for (cluster_size, seed) in [(16384, 7), (65536, 8), (2 << 20, 9)] {
+        run(
+            &Case {
+                cluster_size,
+                version: 3,
+                refcount_bits: 16,
+                size: 8 << 20,
+                ops: 2000,
+                extended_l2: true,
+            },
+            seed,
+        );
+    }
+}
+
+#[test]
 fn random_io_matches_the_model_with_64k_clusters_v3() {
     run(
         &Case {
@@ -104,6 +123,7 @@ fn random_io_matches_the_model_with_64k_clusters_v3() {
             refcount_bits: 16,
             size: 8 << 20,
             ops: 3000,
+            extended_l2: false,
         },
         1,
     );
@@ -118,6 +138,7 @@ fn random_io_matches_the_model_with_4k_clusters_v2() {
             refcount_bits: 16,
             size: 4 << 20,
             ops: 3000,
+            extended_l2: false,
         },
         2,
     );
@@ -132,6 +153,7 @@ fn random_io_matches_the_model_with_512_byte_clusters_and_64_bit_refcounts() {
             refcount_bits: 64,
             size: 1 << 20,
             ops: 3000,
+            extended_l2: false,
         },
         3,
     );
@@ -146,6 +168,7 @@ fn random_io_matches_the_model_with_1_bit_refcounts() {
             refcount_bits: 1,
             size: 4 << 20,
             ops: 2000,
+            extended_l2: false,
         },
         4,
     );
@@ -160,6 +183,7 @@ fn random_io_matches_the_model_with_2m_clusters() {
             refcount_bits: 8,
             size: 16 << 20,
             ops: 300,
+            extended_l2: false,
         },
         5,
     );

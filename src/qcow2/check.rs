@@ -62,12 +62,14 @@ struct L2Slot {
     repairable: bool,
     /// The entry claims the clusters it points at (the table is not [`TableFate::Lost`]).
     claims: bool,
+    /// Entries are extended: 16 bytes, the second word the subcluster bitmap.
+    extended: bool,
 }
 
 impl L2Slot {
     /// File offset of the entry.
     fn at(self) -> u64 {
-        self.table + self.index as u64 * 8
+        self.table + self.index as u64 * if self.extended { 16 } else { 8 }
     }
 }
 
@@ -508,20 +510,20 @@ impl Scan {
                 index,
                 raw,
                 active,
-                // (vdisk does not rewrite extended entries.)
-                repairable: fate == TableFate::Repairable && !ext,
+                repairable: fate == TableFate::Repairable,
                 // What a table that `-r all` drops points at says nothing about who owns
                 // a cluster.
                 claims: fate != TableFate::Lost,
+                extended: ext,
             };
             let e = if ext {
                 let bitmap = table[index * stride + 1];
-                let e = super::subcluster::decode(raw, bitmap, self.cb);
+                let e = super::subcluster::decode_in(raw, bitmap, self.cb, self.external_data());
                 let compressed = matches!(e, L2Entry::Compressed { .. });
                 let host = e.host_cluster(self.cs);
                 if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
-                    r.msg(format!(
-                        "ERROR invalid subcluster bitmap {bitmap:#x} of L2 entry {raw:#x}: {why}"
+                    r.msg(super::subcluster::check_message(
+                        index, raw, host, bitmap, why,
                     ));
                     r.corruptions += 1;
                 }
@@ -617,6 +619,9 @@ impl Scan {
         let broken = r.corruptions > before || host < self.cs;
         if broken && slot.repairable {
             self.bad.insert(at, 0);
+            if slot.extended {
+                self.bad.insert(at + 8, 0);
+            }
         }
         if slot.active {
             r.allocated_clusters += 1;
@@ -680,7 +685,13 @@ impl Scan {
             } else {
                 0
             };
-            self.bad.insert(slot.at(), replacement);
+            if slot.extended {
+                // No host cluster, every subcluster zero (the bitmap is the next word).
+                self.bad.insert(slot.at(), 0);
+                self.bad.insert(slot.at() + 8, super::subcluster::ALL_ZERO);
+            } else {
+                self.bad.insert(slot.at(), replacement);
+            }
         }
     }
 

@@ -48,7 +48,8 @@ impl<S: Storage> Qcow2<S> {
         let raw = self.l2_raw(gc)?;
         let e = if self.geo.extended_l2 {
             let bitmap = self.l2_bitmap(gc)?;
-            let e = super::subcluster::decode(raw, bitmap, self.geo.cluster_bits);
+            let external = self.has_external_data();
+            let e = super::subcluster::decode_in(raw, bitmap, self.geo.cluster_bits, external);
             let compressed = matches!(e, L2Entry::Compressed { .. });
             let host = e.host_cluster(self.geo.cluster_size);
             if let Some(why) = super::subcluster::invalid(host, bitmap, compressed) {
@@ -163,11 +164,34 @@ impl<S: Storage> Qcow2<S> {
         Ok(new)
     }
 
-    /// Set entry `idx` of the (writable, cached) L2 table at `l2_off`.
-    pub(crate) fn set_l2_raw(&mut self, l2_off: u64, idx: u64, raw: u64) -> Result<()> {
+    /// The words that store `e` in this image's L2 tables: the entry, and its subcluster
+    /// bitmap (0 without extended L2 entries).
+    pub(crate) fn entry_words(&self, e: L2Entry) -> (u64, u64) {
+        if self.geo.extended_l2 {
+            super::subcluster::encode(e, self.geo.cluster_bits)
+        } else {
+            (e.encode(self.geo.cluster_bits), 0)
+        }
+    }
+
+    /// The stored words of guest cluster `gc` (see [`Self::entry_words`]).
+    pub(crate) fn l2_words(&mut self, gc: u64) -> Result<(u64, u64)> {
+        Ok((self.l2_raw(gc)?, self.l2_bitmap(gc)?))
+    }
+
+    /// Set entry `idx` of the (writable, cached) L2 table at `l2_off` to `e` (both words
+    /// of an extended entry).
+    pub(crate) fn set_l2_entry(&mut self, l2_off: u64, idx: u64, e: L2Entry) -> Result<()> {
+        let (raw, bitmap) = self.entry_words(e);
+        let width = self.geo.l2_entry_bytes();
+        let extended = self.geo.extended_l2;
         self.load_table(Table::L2, l2_off)?;
         if let Some(t) = self.l2_cache.get_mut(l2_off) {
-            BigEndian::write_u64(&mut t[idx as usize * 8..], raw);
+            let at = idx as usize * width;
+            BigEndian::write_u64(&mut t[at..], raw);
+            if extended {
+                BigEndian::write_u64(&mut t[at + 8..], bitmap);
+            }
         }
         Ok(())
     }
@@ -182,6 +206,9 @@ impl<S: Storage> Qcow2<S> {
         match e {
             L2Entry::Normal { host, .. }
             | L2Entry::Zero {
+                host: Some(host), ..
+            }
+            | L2Entry::Sub {
                 host: Some(host), ..
             } => self.queue_free(host),
             L2Entry::Compressed { host, len } => {

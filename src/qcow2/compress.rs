@@ -22,7 +22,7 @@
 //! a fresh host cluster and the tail of the old one stays unused. Every host cluster a
 //! compressed cluster touches gets one more reference.
 
-use super::entry::{encode_compressed, L2Entry};
+use super::entry::L2Entry;
 use super::header::CompressionType;
 use super::{ioerr, Qcow2};
 use crate::codec::looks_random;
@@ -243,8 +243,7 @@ impl<S: Storage> Qcow2<S> {
             .write_at(compressed, host)
             .map_err(ioerr("writing compressed data"))?;
         let idx = gc & (self.geo.l2_entries() - 1);
-        let raw = encode_compressed(host, len, self.geo.cluster_bits);
-        self.set_l2_raw(l2_off, idx, raw)?;
+        self.set_l2_entry(l2_off, idx, L2Entry::Compressed { host, len })?;
         if old != L2Entry::Unallocated {
             self.release_entry(old);
         }

@@ -4,7 +4,7 @@
 //! refcount blocks that describe all of this metadata, then the L1 table: the same order
 //! qemu-img uses. Preallocation then goes through the ordinary allocator.
 
-use super::entry::write_refcount;
+use super::entry::{write_refcount, L2Entry};
 use super::header::{self, CompressionType, Header};
 use super::limits::*;
 pub use super::luks_ops::EncryptOptions;
@@ -42,7 +42,7 @@ pub struct CreateOptions {
     pub data_file: Option<String>,
     /// Keep the data file a valid raw image (every cluster mapped at its guest offset).
     pub data_file_raw: bool,
-    /// Extended L2 entries (subclusters): measured; creating such an image is refused.
+    /// Extended L2 entries (subclusters, 16-byte L2 entries).
     pub extended_l2: bool,
 }
 
@@ -165,10 +165,8 @@ impl CreateOptions {
                 "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
             ));
         }
-        if self.extended_l2 {
-            return Err(Error::unsupported(
-                "creating qcow2 images with extended L2 entries (subclusters); vdisk reads them",
-            ));
+        if self.extended_l2 && self.version == 2 {
+            return Err(Error::invalid("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
         }
         if self.data_file_raw && self.data_file.is_none() {
             return Err(Error::invalid("data-file-raw requires data-file"));
@@ -181,15 +179,22 @@ impl CreateOptions {
                 "Backing file and data-file-raw cannot be used at the same time",
             ));
         }
-        if self.backing_file.is_some() && self.preallocation != Preallocation::Off {
+        if self.backing_file.is_some()
+            && self.preallocation != Preallocation::Off
+            && !self.extended_l2
+        {
             return Err(Error::invalid("backing file and preallocation can only be used at the same time if extended_l2 is on"));
         }
         if self.size > MAX_VIRTUAL_SIZE {
             return Err(Error::invalid("image size is too large"));
         }
         self.encrypt.validate()?;
-        let l1 = header::l1_entries_for(self.size.next_multiple_of(512), cs.trailing_zeros())
-            .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
+        let l1 = header::l1_entries_for(
+            self.size.next_multiple_of(512),
+            cs.trailing_zeros(),
+            self.extended_l2,
+        )
+        .ok_or_else(|| Error::invalid("image size is too large for this cluster size"))?;
         if l1 * 8 > MAX_L1_BYTES {
             return Err(Error::invalid(
                 "image size is too large for this cluster size",
@@ -228,7 +233,7 @@ impl Layout {
         let cs = opts.cluster_size;
         let cluster_bits = cs.trailing_zeros();
         let size = opts.size.next_multiple_of(512);
-        let l1_size = header::l1_entries_for(size, cluster_bits).unwrap_or(0);
+        let l1_size = header::l1_entries_for(size, cluster_bits, opts.extended_l2).unwrap_or(0);
         let l1_clusters = (l1_size * 8).div_ceil(cs);
         let rb_entries = cs * 8 / u64::from(opts.refcount_bits);
         // Fixed point: header + refcount table + refcount blocks + L1, all described by the
@@ -297,6 +302,9 @@ impl Layout {
         };
         if opts.compression_type != CompressionType::Zlib {
             h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
+        }
+        if opts.extended_l2 {
+            h.incompatible_features |= header::incompat::EXTENDED_L2;
         }
         if let Some(name) = &opts.data_file {
             h.incompatible_features |= header::incompat::EXTERNAL_DATA;
@@ -417,12 +425,9 @@ impl<S: Storage> Qcow2<S> {
                 false => self.alloc_clusters(n)?,
             };
             for k in 0..n {
-                if self.l2_raw(gc + k)? == 0 {
-                    self.set_l2_raw(
-                        l2_off,
-                        (gc + k) & (per_table - 1),
-                        (host + k * cs) | super::entry::COPIED,
-                    )?;
+                if self.l2_words(gc + k)? == (0, 0) {
+                    let e = self.preallocated_entry(host + k * cs, false);
+                    self.set_l2_entry(l2_off, (gc + k) & (per_table - 1), e)?;
                 }
             }
             self.preallocate_data(mode, host, n * cs)?;
@@ -433,6 +438,25 @@ impl<S: Storage> Qcow2<S> {
 }
 
 impl<S: Storage> Qcow2<S> {
+    /// The entry of a guest cluster preallocated at `host` (reading as zeros with `zero`).
+    /// With extended L2 entries its subclusters stay unallocated, as QEMU leaves them: the
+    /// backing file, if any, still shows through until a write.
+    pub(crate) fn preallocated_entry(&self, host: u64, zero: bool) -> L2Entry {
+        let copied = true;
+        match (zero, self.geo.extended_l2) {
+            (true, _) => L2Entry::Zero {
+                host: Some(host),
+                copied,
+            },
+            (false, false) => L2Entry::Normal { host, copied },
+            (false, true) => L2Entry::Sub {
+                host: Some(host),
+                copied,
+                bitmap: 0,
+            },
+        }
+    }
+
     /// Give `[host, host + len)` of the file holding guest data the space `mode` asks for.
     fn preallocate_data(&self, mode: Preallocation, host: u64, len: u64) -> Result<()> {
         let io = |e| Error::io("qcow2: preallocating", e);

@@ -470,7 +470,8 @@ impl Header {
 
     /// L1 entries needed to map the virtual size (None if it would overflow).
     pub fn l1_entries_needed(&self) -> Option<u64> {
-        l1_entries_for(self.size, self.cluster_bits)
+        let extended = self.incompatible_features & incompat::EXTENDED_L2 != 0;
+        l1_entries_for(self.size, self.cluster_bits, extended)
     }
 
     fn parse_extensions(&mut self, buf: &[u8]) -> Result<()> {
@@ -703,8 +704,8 @@ impl Header {
 }
 
 /// L1 entries needed to map `size` bytes with `cluster_bits` clusters.
-pub fn l1_entries_for(size: u64, cluster_bits: u32) -> Option<u64> {
-    let l2_bits = cluster_bits - 3;
+pub fn l1_entries_for(size: u64, cluster_bits: u32, extended_l2: bool) -> Option<u64> {
+    let l2_bits = cluster_bits - if extended_l2 { 4 } else { 3 };
     let shift = cluster_bits + l2_bits;
     let per_l1 = 1u64.checked_shl(shift)?;
     Some(size.div_ceil(per_l1))

@@ -2,7 +2,7 @@
 //! allocation status, walking the guest range run by run (`mapping`) and allocating
 //! through `refcount`.
 
-use super::entry::{L2Entry, COPIED};
+use super::entry::L2Entry;
 use super::mapping::Join;
 use super::subcluster;
 use super::Qcow2;
@@ -19,7 +19,13 @@ fn writes_in_place(e: L2Entry) -> bool {
 impl<S: Storage> Qcow2<S> {
     /// Read guest bytes of the run whose first cluster `gc` has entry `e` into `out`, which
     /// starts `in_off` bytes into the run (a compressed run is one cluster).
-    fn read_run_part(&mut self, gc: u64, e: L2Entry, in_off: u64, out: &mut [u8]) -> Result<()> {
+    pub(super) fn read_run_part(
+        &mut self,
+        gc: u64,
+        e: L2Entry,
+        in_off: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
         match e {
             L2Entry::Normal { host, .. } => {
                 self.read_guest(out, host + in_off, (gc << self.geo.cluster_bits) + in_off)
@@ -100,6 +106,10 @@ impl<S: Storage> Qcow2<S> {
         while pos < end {
             let gc = pos >> cb;
             let first = self.l2_entry(gc)?;
+            if self.geo.extended_l2 && self.takes_subcluster_write(pos, end, first) {
+                pos = self.write_subclusters(buf, offset, pos, first)?;
+                continue;
+            }
             let L2Entry::Normal { host, copied: true } = first else {
                 pos = self.write_allocating(buf, offset, pos, first)?;
                 continue;
@@ -153,9 +163,12 @@ impl<S: Storage> Qcow2<S> {
         let gc0 = pos >> cb;
         let l1_index = gc0 >> self.geo.l2_bits;
         let table_end = (l1_index + 1) << self.geo.l2_bits;
-        let limit = table_end
-            .min(end.div_ceil(cs))
-            .min(gc0 + self.max_alloc_run());
+        // With subclusters, only clusters the write covers whole come here.
+        let last = match self.geo.extended_l2 {
+            true => end >> cb,
+            false => end.div_ceil(cs),
+        };
+        let limit = table_end.min(last).min(gc0 + self.max_alloc_run());
         let olds = self.allocation_run(gc0, first, limit)?;
         let n = olds.len() as u64;
         let run_start = gc0 << cb;
@@ -188,7 +201,11 @@ impl<S: Storage> Qcow2<S> {
         for (k, old) in olds.into_iter().enumerate() {
             let k = k as u64;
             let idx = (gc0 + k) & (self.geo.l2_entries() - 1);
-            self.set_l2_raw(l2_off, idx, (host + k * cs) | COPIED)?;
+            let new = L2Entry::Normal {
+                host: host + k * cs,
+                copied: true,
+            };
+            self.set_l2_entry(l2_off, idx, new)?;
             self.release_entry(old);
         }
         Ok(run_end)
@@ -197,36 +214,68 @@ impl<S: Storage> Qcow2<S> {
     /// Set whole guest clusters `[gc, gc+n)` to `new` (unallocated or zero), releasing
     /// what they held.
     pub(crate) fn set_clusters(&mut self, gc: u64, n: u64, zero: bool) -> Result<()> {
+        let want = match zero {
+            true => L2Entry::Zero {
+                host: None,
+                copied: false,
+            },
+            false => L2Entry::Unallocated,
+        };
+        // Unallocated clusters already read as zeros without a backing file.
+        let keep_unallocated = self.unallocated_is_zero();
+        self.replace_entries(gc, n, want, &|e| {
+            !(keep_unallocated && e == L2Entry::Unallocated)
+        })
+    }
+
+    /// Discard whole guest clusters `[gc, gc+n)` as QEMU's guest discard does: a cluster
+    /// with a host cluster, or any cluster over a backing file, becomes a zero cluster
+    /// (version 3) or unallocated (version 2); clusters without one that already read as
+    /// zeros stay as they are.
+    fn discard_clusters(&mut self, gc: u64, n: u64) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let want = match self.header.version >= 3 {
+            true => L2Entry::Zero {
+                host: None,
+                copied: false,
+            },
+            false => L2Entry::Unallocated,
+        };
+        let backing = !self.unallocated_is_zero();
+        self.replace_entries(gc, n, want, &|e| backing || e.host_cluster(cs).is_some())
+    }
+
+    /// Set the entries of guest clusters `[gc, gc+n)` that `applies` picks to `new`,
+    /// releasing what they held.
+    fn replace_entries(
+        &mut self,
+        gc: u64,
+        n: u64,
+        new: L2Entry,
+        applies: &dyn Fn(L2Entry) -> bool,
+    ) -> Result<()> {
+        let want = self.entry_words(new);
         let mut c = gc;
         while c < gc + n {
             let l1_index = c >> self.geo.l2_bits;
             let table_end = ((l1_index + 1) << self.geo.l2_bits).min(gc + n);
-            let want_raw = if zero {
-                L2Entry::Zero {
-                    host: None,
-                    copied: false,
-                }
-                .encode(self.geo.cluster_bits)
-            } else {
-                0
-            };
-            if self.l2_offset(l1_index).is_none() && (!zero || self.unallocated_is_zero()) {
+            if self.l2_offset(l1_index).is_none() && !applies(L2Entry::Unallocated) {
                 // Nothing allocated here and unallocated already reads as wanted.
                 c = table_end;
                 continue;
             }
             let mut changes = Vec::new();
             for g in c..table_end {
-                let raw = self.l2_raw(g)?;
-                if raw != want_raw && !(raw == 0 && self.unallocated_is_zero()) {
-                    changes.push((g, self.l2_entry(g)?));
+                let old = self.l2_entry(g)?;
+                if applies(old) && self.l2_words(g)? != want {
+                    changes.push((g, old));
                 }
             }
             if !changes.is_empty() {
                 let l2_off = self.l2_for_write(l1_index)?;
                 for (g, old) in changes {
                     let idx = g & (self.geo.l2_entries() - 1);
-                    self.set_l2_raw(l2_off, idx, want_raw)?;
+                    self.set_l2_entry(l2_off, idx, new)?;
                     self.release_entry(old);
                 }
             }
@@ -238,8 +287,7 @@ impl<S: Storage> Qcow2<S> {
     /// Give whole guest clusters `[gc, gc+n)` the zero flag, as qemu's write-zeroes does
     /// (unallocated clusters too). With `keep`, an uncompressed cluster keeps its host
     /// cluster (and reference) under the flag; otherwise what it held is released.
-    fn zero_clusters(&mut self, gc: u64, n: u64, keep: bool) -> Result<()> {
-        let cb = self.geo.cluster_bits;
+    pub(super) fn zero_clusters(&mut self, gc: u64, n: u64, keep: bool) -> Result<()> {
         let mut c = gc;
         while c < gc + n {
             let l1_index = c >> self.geo.l2_bits;
@@ -252,6 +300,11 @@ impl<S: Storage> Qcow2<S> {
                     | L2Entry::Zero {
                         host: Some(host),
                         copied,
+                    }
+                    | L2Entry::Sub {
+                        host: Some(host),
+                        copied,
+                        ..
                     } if keep => L2Entry::Zero {
                         host: Some(host),
                         copied,
@@ -261,7 +314,7 @@ impl<S: Storage> Qcow2<S> {
                         copied: false,
                     },
                 };
-                if new.encode(cb) != self.l2_raw(g)? {
+                if self.entry_words(new) != self.l2_words(g)? {
                     changes.push((g, old, new));
                 }
             }
@@ -269,7 +322,7 @@ impl<S: Storage> Qcow2<S> {
                 let l2_off = self.l2_for_write(l1_index)?;
                 for (g, old, new) in changes {
                     let idx = g & (self.geo.l2_entries() - 1);
-                    self.set_l2_raw(l2_off, idx, new.encode(cb))?;
+                    self.set_l2_entry(l2_off, idx, new)?;
                     if new.host_cluster(self.geo.cluster_size).is_none() {
                         self.release_entry(old);
                     }
@@ -280,32 +333,61 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// Write explicit zero bytes to a partial-cluster range, skipping clusters that
-    /// already read as zero.
-    fn zero_partial(&mut self, offset: u64, len: u64) -> Result<()> {
+    /// Make the whole clusters of guest `[offset, offset + len)` unallocated, releasing
+    /// what they held, whatever lies below (QEMU's full discard: emptying an overlay after
+    /// a commit, dropping what a shrink cuts off). The range counts as written for dirty
+    /// bitmaps.
+    pub(crate) fn full_discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.track_guest_write(offset, len)?;
+        let (a, b, _) = self.aligned_parts(offset, len);
+        if b > a {
+            let cb = self.geo.cluster_bits;
+            self.set_clusters(a >> cb, (b - a).div_ceil(self.geo.cluster_size), false)?;
+        }
+        Ok(())
+    }
+
+    /// Zero whole guest clusters `[a, b)` of a version 3 image with the zero flag,
+    /// releasing what they held.
+    fn zero_whole_clusters(&mut self, a: u64, b: u64) -> Result<()> {
+        let cb = self.geo.cluster_bits;
+        self.set_clusters(a >> cb, (b - a).div_ceil(self.geo.cluster_size), true)?;
+        self.zero_raw_data(a, b - a)
+    }
+
+    /// Zero a range that covers part of one zeroing unit (a cluster, or a subcluster with
+    /// extended L2 entries). As QEMU: when the unit holds no data of its own and the rest
+    /// of it reads as zeros, the whole unit is zeroed in the metadata; otherwise explicit
+    /// zero bytes are written, unless the range reads as zeros already.
+    pub(super) fn zero_partial(&mut self, offset: u64, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
+        if self.zero_whole_unit(offset, len)? {
+            return Ok(());
+        }
         let e = self.l2_entry(offset >> self.geo.cluster_bits)?;
-        let already = match e {
-            L2Entry::Zero { .. } => true,
-            L2Entry::Unallocated => self.unallocated_is_zero(),
-            _ => false,
-        };
-        if !already {
+        if !self.reads_as_zero(e, offset, len) {
             self.do_write(&vec![0u8; len as usize], offset)?;
         }
         Ok(())
     }
 
     fn aligned_parts(&self, offset: u64, len: u64) -> (u64, u64, u64) {
-        let cs = self.geo.cluster_size;
+        self.aligned_to(offset, len, self.geo.cluster_size)
+    }
+
+    /// Split guest `[offset, offset + len)` at multiples of `unit`: returns `(a, b, end)`
+    /// where `[a, b)` is the whole units inside (a last unit cut short by the end of the
+    /// disk counts as whole).
+    pub(super) fn aligned_to(&self, offset: u64, len: u64, unit: u64) -> (u64, u64, u64) {
         let end = offset + len;
-        let a = offset.next_multiple_of(cs).min(end);
+        let a = offset.next_multiple_of(unit).min(end);
         let b = if end == self.virtual_size_raw() {
             end.max(a)
         } else {
-            (end / cs * cs).max(a)
+            (end / unit * unit).max(a)
         };
         (a, b, end)
     }
@@ -398,14 +480,18 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
         self.track_guest_write(offset, len)?;
+        if self.geo.extended_l2 {
+            return self.zero_with_subclusters(offset, len, &mut |img, a, b| {
+                img.zero_whole_clusters(a, b)
+            });
+        }
         let (a, b, end) = self.aligned_parts(offset, len);
         self.zero_partial(offset, a - offset)?;
         if b > a {
             let cb = self.geo.cluster_bits;
             let n = (b - a).div_ceil(self.geo.cluster_size);
             if self.header.version >= 3 {
-                self.set_clusters(a >> cb, n, true)?;
-                self.zero_raw_data(a, b - a)?;
+                self.zero_whole_clusters(a, b)?;
             } else if self.unallocated_is_zero() {
                 self.set_clusters(a >> cb, n, false)?;
             } else {
@@ -426,7 +512,7 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
     }
 
     fn zero_range(&mut self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        if self.header.version < 3 || self.has_external_data() {
+        if self.header.version < 3 || (self.has_external_data() && !self.geo.extended_l2) {
             // No zero flag in version 2; an external data file has its own zeroing rules:
             // the plain zeroing is what there is.
             return self.write_zeroes(offset, len);
@@ -434,12 +520,17 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         self.check_writable()?;
         check_range(self.header.size, offset, len)?;
         self.track_guest_write(offset, len)?;
+        let cb = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        if self.geo.extended_l2 {
+            return self.zero_with_subclusters(offset, len, &mut |img, a, b| {
+                img.zero_clusters(a >> cb, (b - a).div_ceil(cs), !may_unmap)
+            });
+        }
         let (a, b, end) = self.aligned_parts(offset, len);
         self.zero_partial(offset, a - offset)?;
         if b > a {
-            let cb = self.geo.cluster_bits;
-            let n = (b - a).div_ceil(self.geo.cluster_size);
-            self.zero_clusters(a >> cb, n, !may_unmap)?;
+            self.zero_clusters(a >> cb, (b - a).div_ceil(cs), !may_unmap)?;
         }
         if end > b {
             self.zero_partial(b, end - b)?;
@@ -458,14 +549,11 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
         }
         let cb = self.geo.cluster_bits;
         let n = (b - a).div_ceil(self.geo.cluster_size);
-        if self.unallocated_is_zero() {
-            self.set_clusters(a >> cb, n, false)?;
-            self.zero_raw_data(a, b - a)
-        } else if self.header.version >= 3 {
-            self.set_clusters(a >> cb, n, true)
-        } else {
-            Ok(()) // v2 over a backing image cannot hide backing data: discard is advisory
+        if self.header.version < 3 && !self.unallocated_is_zero() {
+            return Ok(()); // v2 over a backing image cannot hide backing data: advisory
         }
+        self.discard_clusters(a >> cb, n)?;
+        self.zero_raw_data(a, b - a)
     }
 
     fn flush(&mut self) -> Result<()> {

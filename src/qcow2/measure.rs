@@ -42,7 +42,7 @@ pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measu
         }
         Source::Size(s) => (s.next_multiple_of(cs), 0, None),
     };
-    let l1 = super::header::l1_entries_for(virtual_size, cs.trailing_zeros());
+    let l1 = super::header::l1_entries_for(virtual_size, cs.trailing_zeros(), o.extended_l2);
     if l1.is_none_or(|n| n * 8 > super::limits::MAX_L1_BYTES) {
         return Err(Error::invalid(
             "The image size is too large (try using a larger cluster size)",

@@ -21,7 +21,8 @@
 //! | `mapping` | a guest range as runs of clusters of one kind at contiguous host offsets |
 //! | `io` | the [`BlockDevice`] implementation: read, write, zero, discard, status |
 //! | `data_file` | external data files: guest data at host offset = guest offset in another file |
-//! | `subcluster` | extended L2 entries: the subcluster bitmap, decoded and walked (read-only) |
+//! | `subcluster` | extended L2 entries: the subcluster bitmap, decoded, encoded and walked |
+//! | `subcluster_write` | extended L2 entries: writes and zeroing of single subclusters |
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
@@ -77,6 +78,7 @@ pub mod snapshot_load;
 mod snapshot_ops;
 pub mod state_diff;
 pub(crate) mod subcluster;
+mod subcluster_write;
 mod tables;
 mod txn;
 
@@ -145,6 +147,11 @@ impl Geometry {
         } else {
             8
         }
+    }
+
+    /// 64-bit words per L2 entry: the standard entry first, then (extended) its bitmap.
+    pub fn l2_stride(&self) -> usize {
+        self.l2_entry_bytes() / 8
     }
 
     /// Entries per L2 table.
@@ -330,7 +337,7 @@ impl<S: Storage> Qcow2<S> {
         }
         let extended = header.incompatible_features & incompat::EXTENDED_L2 != 0;
         if extended {
-            subcluster::check_openable(&header, read_only)?;
+            subcluster::check_openable(&header)?;
         }
         let geo =
             Geometry::new(header.cluster_bits, header.refcount_order).with_extended_l2(extended);
@@ -481,12 +488,7 @@ impl<S: Storage> Qcow2<S> {
     /// Remove every cluster mapping of the active disk so all reads fall through to the
     /// backing image (qemu-img commit's "empty the overlay").
     pub fn make_empty(&mut self) -> Result<()> {
-        let size = self.header.size;
-        // Discard with no backing attached makes clusters unallocated on both versions.
-        let b = self.backing.take();
-        let r = BlockDevice::discard(self, 0, size);
-        self.backing = b;
-        r?;
+        self.full_discard(0, self.header.size)?;
         self.flush_metadata()
     }
 

@@ -475,9 +475,8 @@ fn check_copied<S: Storage>(
         }
         let mut table = super::check::read_u64s(st, l2, (cs / 8) as usize, "an L2 table")?;
         let mut dirty = false;
-        // Extended entries are pairs (entry, subcluster bitmap), and are not rewritten.
+        // Extended entries are pairs (entry, subcluster bitmap): only entries change.
         let ext = scan.extended_l2();
-        let writable = writable && !ext;
         let entries = table
             .iter_mut()
             .enumerate()

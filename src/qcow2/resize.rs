@@ -24,7 +24,7 @@
 //! * Otherwise the new area stays unallocated. The tail of a partial old last cluster keeps
 //!   whatever it held, as it does in QEMU.
 
-use super::entry::{self, L2Entry, COPIED, ZERO_FLAG};
+use super::entry::{self, L2Entry};
 use super::header::{field, l1_entries_for};
 use super::{ioerr, Qcow2};
 use crate::device::BlockDevice;
@@ -56,7 +56,7 @@ impl<S: Storage> Qcow2<S> {
                 "Can't resize a v2 image which has snapshots",
             ));
         }
-        let needed = l1_entries_for(new_size, self.geo.cluster_bits)
+        let needed = l1_entries_for(new_size, self.geo.cluster_bits, self.geo.extended_l2)
             .filter(|&n| n * 8 <= super::limits::MAX_L1_BYTES)
             .ok_or_else(|| Error::invalid("new size needs an L1 table larger than 32 MiB"))?;
         if new_size < old_size && prealloc != Preallocation::Off {
@@ -81,10 +81,7 @@ impl<S: Storage> Qcow2<S> {
         let old_size = self.header.size;
         let from = new_size.next_multiple_of(self.geo.cluster_size);
         if from < old_size {
-            let b = self.backing.take();
-            let r = BlockDevice::discard(self, from, old_size - from);
-            self.backing = b;
-            r?;
+            self.full_discard(from, old_size - from)?;
         }
         let old_l1 = self.l1.clone();
         let keep = (needed as usize).min(old_l1.len());
@@ -239,12 +236,12 @@ impl<S: Storage> Qcow2<S> {
         }
         let cs = self.geo.cluster_size;
         let per_table = self.geo.l2_entries();
-        let unallocated = |raw: u64| raw == 0 || raw == ZERO_FLAG;
-        let flags = COPIED | if zero_flag { ZERO_FLAG } else { 0 };
+        let unallocated =
+            |e: L2Entry| matches!(e, L2Entry::Unallocated | L2Entry::Zero { host: None, .. });
         let mut gc = from / cs;
         let end = to.div_ceil(cs);
         while gc < end {
-            if !unallocated(self.l2_raw(gc)?) {
+            if !unallocated(self.l2_entry(gc)?) {
                 gc += 1;
                 continue;
             }
@@ -252,7 +249,7 @@ impl<S: Storage> Qcow2<S> {
             let mut n = 1;
             while gc + n < end.min(table_end)
                 && n < self.max_alloc_run()
-                && unallocated(self.l2_raw(gc + n)?)
+                && unallocated(self.l2_entry(gc + n)?)
             {
                 n += 1;
             }
@@ -279,7 +276,8 @@ impl<S: Storage> Qcow2<S> {
                 }
             }
             for k in 0..n {
-                self.set_l2_raw(l2_off, (gc + k) % per_table, (host + k * cs) | flags)?;
+                let e = self.preallocated_entry(host + k * cs, zero_flag);
+                self.set_l2_entry(l2_off, (gc + k) % per_table, e)?;
             }
             gc += n;
         }

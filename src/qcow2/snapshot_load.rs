@@ -82,7 +82,8 @@ impl<S: Storage> Qcow2<S> {
         };
         if snapshot_size {
             let needed =
-                super::header::l1_entries_for(size, self.geo.cluster_bits).unwrap_or(u64::MAX);
+                super::header::l1_entries_for(size, self.geo.cluster_bits, self.geo.extended_l2)
+                    .unwrap_or(u64::MAX);
             if u64::from(snap.l1_size) < needed {
                 return Err(Error::corrupt(
                     "snapshot L1 table",

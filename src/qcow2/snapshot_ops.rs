@@ -191,7 +191,9 @@ impl<S: Storage> Qcow2<S> {
         let snap = self.snapshots[idx].clone();
         snap.validate_l1(self.geo.cluster_size, self.file_len)?;
         let size = snap.disk_size().unwrap_or(self.header.size);
-        let needed = super::header::l1_entries_for(size, self.geo.cluster_bits).unwrap_or(u64::MAX);
+        let needed =
+            super::header::l1_entries_for(size, self.geo.cluster_bits, self.geo.extended_l2)
+                .unwrap_or(u64::MAX);
         if u64::from(snap.l1_size) < needed {
             return Err(Error::corrupt(
                 "snapshot L1 table",

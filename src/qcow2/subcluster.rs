@@ -7,8 +7,8 @@
 //!
 //! Entries whose subclusters are all alike decode to the plain [`L2Entry`] kinds, so that
 //! runs of them map like any other clusters; the rest decode to [`L2Entry::Sub`], which
-//! the read path walks subcluster by subcluster. vdisk reads such images; writing them is
-//! refused at open.
+//! the read path walks subcluster by subcluster. [`encode`] is the way back to the two
+//! words. What writes do to the bitmap lives in `subcluster_write`.
 
 use super::entry::{L2Entry, COMPRESSED, COPIED, OFFSET_MASK};
 use super::header::Header;
@@ -19,9 +19,14 @@ pub const SUBCLUSTERS: u64 = 32;
 /// Smallest cluster size with extended L2 entries (QEMU's rule).
 pub const MIN_CLUSTER_BITS: u32 = 14;
 
-/// Refuse what vdisk cannot do with an extended-L2 image whose header is `h`: clusters
-/// smaller than 16 KiB (QEMU's rule), and any writable open.
-pub fn check_openable(h: &Header, read_only: bool) -> Result<()> {
+/// The allocation bits of every subcluster.
+pub const ALL_ALLOC: u64 = 0xffff_ffff;
+/// The zero bits of every subcluster.
+pub const ALL_ZERO: u64 = 0xffff_ffff << 32;
+
+/// Refuse an extended-L2 image whose header is `h` when its clusters are smaller than
+/// 16 KiB (QEMU's rule).
+pub fn check_openable(h: &Header) -> Result<()> {
     if h.cluster_bits < MIN_CLUSTER_BITS {
         return Err(Error::corrupt(
             "qcow2 header",
@@ -29,12 +34,50 @@ pub fn check_openable(h: &Header, read_only: bool) -> Result<()> {
             "extended L2 entries need clusters of at least 16 KiB",
         ));
     }
-    if !read_only {
-        return Err(Error::ReadOnly(
-            "writing qcow2 images with extended L2 entries (subclusters) is not supported yet; they can be read (info, map, check, convert from them)".into(),
-        ));
-    }
     Ok(())
+}
+
+/// The allocation bits of subclusters `[a, b)` (`b` at most 32).
+pub fn alloc_mask(a: u64, b: u64) -> u64 {
+    if b <= a {
+        return 0;
+    }
+    ((1u64 << (b - a)) - 1) << a
+}
+
+/// The zero bits of subclusters `[a, b)`.
+pub fn zero_mask(a: u64, b: u64) -> u64 {
+    alloc_mask(a, b) << 32
+}
+
+/// The two words (standard entry, subcluster bitmap) that store `e` in an extended L2
+/// table: the inverse of [`decode`]. The standard entry's zero flag stays clear.
+pub fn encode(e: L2Entry, cluster_bits: u32) -> (u64, u64) {
+    let word = |host: Option<u64>, copied: bool| match host {
+        Some(h) => h | if copied { COPIED } else { 0 },
+        None => 0,
+    };
+    match e {
+        L2Entry::Unallocated => (0, 0),
+        L2Entry::Zero { host, copied } => (word(host, copied), ALL_ZERO),
+        L2Entry::Normal { host, copied } => (word(Some(host), copied), ALL_ALLOC),
+        L2Entry::Compressed { .. } => (e.encode(cluster_bits), 0),
+        L2Entry::Sub {
+            host,
+            copied,
+            bitmap,
+        } => (word(host, copied), bitmap),
+    }
+}
+
+/// The subcluster bitmap an entry stands for (compressed clusters have none).
+pub fn bitmap_of(e: L2Entry) -> u64 {
+    match e {
+        L2Entry::Normal { .. } => ALL_ALLOC,
+        L2Entry::Zero { .. } => ALL_ZERO,
+        L2Entry::Sub { bitmap, .. } => bitmap,
+        L2Entry::Unallocated | L2Entry::Compressed { .. } => 0,
+    }
 }
 
 /// What one subcluster holds.
@@ -51,13 +94,21 @@ pub enum State {
 
 /// Decode the extended entry (`raw`, `bitmap`) of an image with `cluster_bits`.
 pub fn decode(raw: u64, bitmap: u64, cluster_bits: u32) -> L2Entry {
+    decode_in(raw, bitmap, cluster_bits, false)
+}
+
+/// [`decode`] for an image with an external data file (`external`), where an entry of
+/// offset 0 with the COPIED flag names cluster 0 of the data file (every data-file
+/// cluster carries the flag), as in [`L2Entry::decode_external`].
+pub fn decode_in(raw: u64, bitmap: u64, cluster_bits: u32, external: bool) -> L2Entry {
     if raw & COMPRESSED != 0 {
         return L2Entry::decode(raw, cluster_bits);
     }
     let host = raw & OFFSET_MASK;
     let copied = raw & COPIED != 0;
+    let has_host = host != 0 || (external && copied);
     let (alloc, zero) = (bitmap as u32, (bitmap >> 32) as u32);
-    match (host != 0, alloc, zero) {
+    match (has_host, alloc, zero) {
         (false, 0, 0) => L2Entry::Unallocated,
         (false, 0, u32::MAX) => L2Entry::Zero {
             host: None,
@@ -69,7 +120,7 @@ pub fn decode(raw: u64, bitmap: u64, cluster_bits: u32) -> L2Entry {
             copied,
         },
         _ => L2Entry::Sub {
-            host: (host != 0).then_some(host),
+            host: has_host.then_some(host),
             copied,
             bitmap,
         },
@@ -89,6 +140,22 @@ pub fn invalid(host: Option<u64>, bitmap: u64, compressed: bool) -> Option<&'sta
         return Some("allocated subclusters without a host cluster");
     }
     None
+}
+
+/// What `check` says of entry `index` (`raw`, naming `host`) whose `bitmap` is invalid
+/// for reason `why`: QEMU's words where QEMU checks the same thing.
+pub fn check_message(index: usize, raw: u64, host: Option<u64>, bitmap: u64, why: &str) -> String {
+    match (raw & COMPRESSED != 0, host) {
+        (true, _) => format!(
+            "ERROR compressed cluster {index} with non-zero subcluster allocation bitmap, entry={raw:#x}"
+        ),
+        (false, Some(h)) => format!(
+            "ERROR offset={h:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+        ),
+        (false, None) => {
+            format!("ERROR invalid subcluster bitmap {bitmap:#x} of L2 entry {raw:#x}: {why}")
+        }
+    }
 }
 
 /// The state of subcluster `i` of a `Sub` entry with `host` and `bitmap`, in clusters of
@@ -157,6 +224,41 @@ mod tests {
             }
         );
         assert!(matches!(decode(0x50000, 0b1, 16), L2Entry::Sub { .. }));
+    }
+
+    #[test]
+    fn encoding_gives_back_the_words_decoding_read() {
+        let words = [
+            (0, 0),
+            (0, ALL_ZERO),
+            (0x50000 | COPIED, ALL_ALLOC),
+            (0x50000, ALL_ALLOC),
+            (0x50000 | COPIED, ALL_ZERO),
+            (0x50000 | COPIED, 0),
+            (0x50000 | COPIED, 0b101 | 1 << 33),
+            (0, 1 << 40),
+            (
+                super::super::entry::encode_compressed(0x50000 + 100, 1024, 16),
+                0,
+            ),
+        ];
+        for (raw, bitmap) in words {
+            assert_eq!(
+                encode(decode(raw, bitmap, 16), 16),
+                (raw, bitmap),
+                "{raw:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn masks_cover_exactly_the_subclusters_asked_for() {
+        assert_eq!(alloc_mask(0, 32), ALL_ALLOC);
+        assert_eq!(zero_mask(0, 32), ALL_ZERO);
+        assert_eq!(alloc_mask(3, 5), 0b11000);
+        assert_eq!(alloc_mask(31, 32), 1 << 31);
+        assert_eq!(zero_mask(1, 2), 1 << 33);
+        assert_eq!(alloc_mask(4, 4), 0);
     }
 
     #[test]

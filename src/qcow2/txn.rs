@@ -166,7 +166,8 @@ impl<S: Storage> Qcow2<S> {
                 continue;
             }
             self.txn_add(txn, t, delta)?;
-            for e in self.read_l2_entries(t)? {
+            let stride = self.geo.l2_stride();
+            for &e in self.read_l2_entries(t)?.iter().step_by(stride) {
                 match L2Entry::decode(e, self.geo.cluster_bits) {
                     L2Entry::Normal { host, .. }
                     | L2Entry::Zero {
@@ -186,7 +187,9 @@ impl<S: Storage> Qcow2<S> {
         Ok(())
     }
 
-    /// The entries of the L2 table at `t`, validated for alignment and range.
+    /// The words of the L2 table at `t` (with extended L2 entries, each entry is followed
+    /// by its subcluster bitmap: see [`super::Geometry::l2_stride`]), the entries validated
+    /// for alignment and range.
     pub(crate) fn read_l2_entries(&mut self, t: u64) -> Result<Vec<u64>> {
         self.load_table(Table::L2, t)?;
         let data = self.l2_cache.peek(t).unwrap_or(&[]);
@@ -194,7 +197,7 @@ impl<S: Storage> Qcow2<S> {
         BigEndian::read_u64_into(data, &mut v);
         let cs = self.geo.cluster_size;
         let file_end = self.file_len.div_ceil(cs) * cs;
-        for (i, &e) in v.iter().enumerate() {
+        for (i, &e) in v.iter().step_by(self.geo.l2_stride()).enumerate() {
             if let Some(h) = L2Entry::decode(e, self.geo.cluster_bits).host_cluster(cs) {
                 if e & entry::COMPRESSED == 0 && (h % cs != 0 || h >= file_end || h == 0) {
                     return Err(Error::corrupt(
@@ -223,7 +226,8 @@ impl<S: Storage> Qcow2<S> {
             }
             let entries = self.read_l2_entries(t)?;
             let mut fixed = entries.clone();
-            for e in fixed.iter_mut() {
+            // (The bitmap words of extended entries stay as they are.)
+            for e in fixed.iter_mut().step_by(self.geo.l2_stride()) {
                 *e = match L2Entry::decode(*e, cb) {
                     L2Entry::Normal { host, .. } => {
                         let copied = self.txn_refcount(txn, host >> cb)? == 1;

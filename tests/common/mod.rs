@@ -9,6 +9,7 @@
 
 pub mod bitmaps;
 pub mod crash;
+pub mod guest_ops;
 pub mod hold;
 pub mod hostile;
 
