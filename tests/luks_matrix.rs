@@ -293,8 +293,8 @@ fn combinations_qemu_img_refuses_are_refused_by_vdisk_with_its_message() {
                 "1M".into(),
             ]))
         };
-        let (_, theirs, their_code) = create(|a| qemu_img(a));
-        let (_, ours, our_code) = create(|a| vdisk(a));
+        let (_, theirs, their_code) = create(qemu_img);
+        let (_, ours, our_code) = create(vdisk);
         assert!(theirs.contains(message), "qemu-img: {theirs}");
         assert!(ours.contains(message), "{c:?}: {ours}");
         assert_eq!((our_code, their_code), (1, 1), "{c:?}");

@@ -106,8 +106,8 @@ fn amend_force_does_what_qemu_img_force_does_with_its_messages_and_exit_codes() 
             }
             answer(tool(args))
         };
-        let want = run(|a| qemu_img(a), &theirs);
-        let got = run(|a| vdisk(a), &ours);
+        let want = run(qemu_img, &theirs);
+        let got = run(vdisk, &ours);
         assert_eq!(got, want, "step {n}: amend --force={force} -o {o}");
         for (object, id) in [(OBJECT, "sec0"), (OBJECT1, "sec1")] {
             assert_eq!(
