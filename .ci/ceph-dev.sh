@@ -218,6 +218,10 @@ rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw_thread_pool_size = 16
 rgw_dynamic_resharding = false
 rgw_enable_usage_log = false
+# deleted objects' data is reclaimed within seconds, not hours: the S3 tests and benchmark
+# rows write and delete GiBs on a small OSD
+rgw_gc_obj_min_wait = 5
+rgw_gc_processor_period = 5
 EOF
 }
 

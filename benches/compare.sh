@@ -66,6 +66,7 @@ ROWS=(
     delta_snapshots
     convert_raw_to_rbd
     convert_rbd_to_raw
+    convert_qcow2_to_s3
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -86,7 +87,8 @@ echo "== building vdisk (release)"
 # linking librados adds about 19 MiB to every command's peak RSS, which the other rows
 # must not carry.
 VDISK_RBD=""
-if [[ -f /usr/include/rbd/librbd.h ]]; then
+# (only when an rbd row is selected).
+if [[ -f /usr/include/rbd/librbd.h && ( -z $FILTER || "convert_raw_to_rbd convert_rbd_to_raw" == *"$FILTER"* ) ]]; then
     echo "== building vdisk (release, --features rbd) for the rbd rows"
     (cd "$ROOT" && CARGO_TARGET_DIR="$ROOT/target/bench-rbd" cargo build --release --quiet --features rbd)
     VDISK_RBD="$ROOT/target/bench-rbd/release/vdisk"
@@ -697,6 +699,42 @@ row_delta_snapshots() {
     VERIFIED="$VERIFIED; output $((vb >> 20)) MiB vs $((qb >> 20)) MiB, size ratio $(awk -v a="$vb" -v b="$qb" 'BEGIN { printf "%.4f", a / b }')"
     rm -f "$q" # 8 GiB
     record "delta A->B (16G, 1% changed)"
+}
+
+# qcow2 -> s3://: vdisk streams the conversion into a multipart upload; the "qemu-img"
+# column is the usual way without vdisk: qemu-img convert to a local file, then upload it
+# with a standard client (curl --aws-sigv4, one PUT). Needs a gateway
+# (eval "$(.ci/ceph-dev.sh start)" exports AWS_ENDPOINT_URL, the keys and S3_BUCKET).
+# Until the sequential qcow2 layout lands the output is raw on both sides (qcow2 in, raw
+# object out). The last column adds each side's local disk use (vdisk: none).
+row_convert_qcow2_to_s3() {
+    if [[ -z ${AWS_ENDPOINT_URL:-} || -z ${S3_BUCKET:-} ]] \
+        || ! curl -fsS -o /dev/null "$AWS_ENDPOINT_URL/" 2>/dev/null; then
+        echo "   skipped: no S3 gateway (AWS_ENDPOINT_URL, S3_BUCKET; see .ci/ceph-dev.sh)"
+        return
+    fi
+    local in="$BENCH_DIR/qemu.qcow2" tmp="$BENCH_DIR/s3-upload.raw" key
+    key="vdisk-bench/$$"
+    local url="${AWS_ENDPOINT_URL%/}/$S3_BUCKET/$key"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
+    s3curl() {
+        curl -fsS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
+            --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"
+    }
+    local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+    S3_DELETE="curl -fsS -X DELETE --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: $empty'"
+    time_runs "$S3_DELETE '$url-v.raw' >/dev/null 2>&1 || true" \
+        "$VDISK" convert -f qcow2 -O raw "$in" "s3://$S3_BUCKET/$key-v.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    export BENCH_S3_UPLOAD="$QEMU_IMG convert -f qcow2 -O raw '$in' '$tmp' && curl -fsS -T '$tmp' --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' '$url-q.raw' && du -k '$tmp' | cut -f1 > '$tmp.du' && rm -f '$tmp'"
+    time_runs "rm -f '$tmp'" bash -c "$BENCH_S3_UPLOAD"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    s3curl -H "x-amz-content-sha256: $empty" -o "$BENCH_DIR/s3-down.raw" "$url-v.raw"
+    verify "$SRC" "$BENCH_DIR/s3-down.raw"
+    VERIFIED="$VERIFIED; local disk: vdisk 0 MiB, qemu-img+curl $(($(cat "$tmp.du") / 1024)) MiB (raw out)"
+    for k in v q; do s3curl -X DELETE -H "x-amz-content-sha256: $empty" "$url-$k.raw" >/dev/null || true; done
+    rm -f "$BENCH_DIR/s3-down.raw" "$tmp.du"
+    record "convert qcow2 -> s3:// (raw)"
 }
 
 # raw -> rbd: on a running cluster (eval "$(.ci/ceph-dev.sh start)"); skipped without one.

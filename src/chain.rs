@@ -64,8 +64,12 @@ pub struct Visited {
 impl Visited {
     /// Record `path`; errors if it was seen before or the chain is too deep.
     pub fn enter(&mut self, path: &Path) -> Result<()> {
-        let canon = crate::storage::canonical_name(path)
-            .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+        let canon = crate::storage::canonical_name(path).map_err(|e| {
+            Error::io(
+                format!("could not open '{}'", crate::storage::display_name(path)),
+                e,
+            )
+        })?;
         if self.seen.contains(&canon) {
             return Err(Error::invalid(format!(
                 "backing chain loops back to '{}'",

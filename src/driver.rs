@@ -436,7 +436,12 @@ pub fn open_file(
             force_share: p.force_share,
         },
     )
-    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
+    .map_err(|e| {
+        Error::io(
+            format!("could not open '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })
 }
 
 /// Open `path` read-only through `ns`, naming it in the error.
@@ -452,7 +457,12 @@ pub fn open_read_only(
             ..Default::default()
         },
     )
-    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
+    .map_err(|e| {
+        Error::io(
+            format!("could not open '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })
 }
 
 /// For [`Driver::create_files`] of a format whose image is one file.

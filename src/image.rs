@@ -114,7 +114,12 @@ pub fn format_for_writing(path: &Path, format: Option<Format>) -> Result<Format>
                 ..Default::default()
             },
         )
-        .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
+        .map_err(|e| {
+            Error::io(
+                format!("could not open '{}'", crate::storage::display_name(path)),
+                e,
+            )
+        })?;
     match format {
         Some(f) => Ok(f),
         None => {
@@ -442,6 +447,7 @@ pub fn create_with_cache(
     unsafe_cache: bool,
 ) -> Result<Box<dyn BlockDevice>> {
     let options = normalise_create_options(path, format, options)?;
+    refuse_bad_remote_name(path)?;
     let files = NewFiles::before_create(path, format, size.unwrap_or(0), &options);
     let (file_opts, options): (Vec<_>, Vec<_>) = options
         .into_iter()
@@ -455,6 +461,22 @@ pub fn create_with_cache(
     let device = (format.driver().create)(&HostFiles, path, &params)?;
     files.keep();
     Ok(device)
+}
+
+/// A malformed `rbd:` name is refused before any format driver quotes it (its message
+/// shows the name with any typed-in key redacted).
+fn refuse_bad_remote_name(path: &Path) -> Result<()> {
+    if !storage::rbd::is_rbd_name(path) {
+        return Ok(());
+    }
+    let text = path.to_string_lossy();
+    match storage::rbd::RbdName::parse(&text) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("could not create '{}'", storage::display_name(path)),
+            e,
+        )),
+    }
 }
 
 /// Every `-o` option `format` takes on create (its own, then the host file's), in the order
@@ -507,7 +529,7 @@ fn set_file_attributes(path: &Path, file_opts: &[(String, String)]) -> Result<()
             Err(Error::invalid(format!("{}: {e}", path.display())))
         }
         Err(e) => Err(Error::io(
-            format!("could not create '{}'", path.display()),
+            format!("could not create '{}'", crate::storage::display_name(path)),
             e,
         )),
     }

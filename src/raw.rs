@@ -152,9 +152,12 @@ fn create_driver(
     let size = p
         .size
         .ok_or_else(|| Error::invalid("image size must be specified"))?;
-    let storage: Arc<dyn Storage> = ns
-        .create(path, p.unsafe_cache)
-        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    let storage: Arc<dyn Storage> = ns.create(path, p.unsafe_cache).map_err(|e| {
+        Error::io(
+            format!("could not create '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })?;
     Ok(Box::new(Raw::create(storage, size, prealloc)?))
 }
 
@@ -259,6 +262,16 @@ impl<S: Storage> BlockDevice for Raw<S> {
         self.storage
             .flush()
             .map_err(|e| Error::io("raw image: flushing", e))
+    }
+
+    /// Flush and end writing: an upload storage completes its object here.
+    fn close(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.storage
+            .finish()
+            .map_err(|e| Error::io("raw image: finishing", e))
     }
 
     fn block_status(&mut self, offset: u64, max_len: u64) -> Result<Extent> {

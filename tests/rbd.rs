@@ -8,8 +8,37 @@
 
 mod common;
 
-#[cfg(not(feature = "rbd"))]
 use common::*;
+
+/// A key typed into an `rbd:` name is refused, and never echoed: every message quoting
+/// the name shows `key=<redacted>` (no cluster is reached: the name is refused first).
+#[test]
+fn a_key_typed_into_an_rbd_name_never_shows_in_messages() {
+    let dir = tempdir();
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, vec![1u8; 65536]).unwrap();
+    let (raw, out) = (raw.to_str().unwrap(), dir.path().join("out.raw"));
+    let name = "rbd:rbd/disk:id=admin:key=AQDtopSECRETvalue==";
+    for args in [
+        vec!["info", name],
+        vec!["map", name],
+        vec!["compare", name, raw],
+        vec!["convert", "-O", "raw", name, out.to_str().unwrap()],
+        vec!["convert", "-O", "qcow2", raw, name],
+        vec!["create", "-f", "qcow2", name, "1M"],
+        vec!["create", "-f", "raw", name, "1M"],
+    ] {
+        let o = vdisk(&args);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.status.success(), "{args:?}: {all}");
+        assert!(!all.contains("topSECRET"), "{args:?}: {all}");
+        assert!(all.contains("key=<redacted>"), "{args:?}: {all}");
+    }
+}
 
 #[cfg(not(feature = "rbd"))]
 #[test]

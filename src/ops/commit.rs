@@ -111,8 +111,12 @@ fn base_depth(
     let Some(b) = base_path else {
         return Ok(1);
     };
-    let want = std::fs::canonicalize(b)
-        .map_err(|e| Error::io(format!("could not open '{}'", b.display()), e))?;
+    let want = std::fs::canonicalize(b).map_err(|e| {
+        Error::io(
+            format!("could not open '{}'", crate::storage::display_name(b)),
+            e,
+        )
+    })?;
     layers
         .iter()
         .position(|l| std::fs::canonicalize(&l.path).ok().as_ref() == Some(&want))

@@ -34,6 +34,12 @@ pub fn plan(
     size_arg: Option<u64>,
     unsafe_backing: bool,
 ) -> Result<CreatePlan> {
+    if crate::storage::s3::is_s3_name(file) {
+        return Err(Error::invalid(format!(
+            "{}: an S3 object is written whole, in order, by convert (or delta); create cannot make an empty one to fill later",
+            file.display()
+        )));
+    }
     let mut size = image::create_size(file, size_arg, &options)?;
     let find = |key: &str| {
         options
@@ -96,7 +102,7 @@ impl CreatePlan {
     /// every option of the format in qemu-img's order, those not given at their default.
     pub fn summary(&self) -> String {
         create_opts::formatting_line(
-            &self.file.display().to_string(),
+            &crate::storage::display_name(&self.file),
             self.format.name(),
             &image::create_option_table(self.format),
             &self.options,

@@ -11,8 +11,8 @@
 //!   after the Nth write or flush, so tests can replay every cut point of an operation.
 //!
 //! A [`Namespace`] opens and creates storages by name: [`HostFiles`] for the host's files
-//! (and, through [`rbd`], images on Ceph RBD named `rbd:...`), [`MemFiles`] for in-memory
-//! ones.
+//! (and, through [`rbd`], images on Ceph RBD named `rbd:...`; through [`s3`], objects in
+//! S3-compatible storage named `s3://BUCKET/KEY`), [`MemFiles`] for in-memory ones.
 //!
 //! Reads past the end of the storage return zeros, as QEMU's file driver does; format
 //! drivers that care about the file length check it themselves before reading.
@@ -24,6 +24,7 @@ pub mod lock;
 mod memory;
 mod namespace;
 pub mod rbd;
+pub mod s3;
 
 pub use fault::{FaultState, FaultStorage, PowerSupply};
 pub use file::{FileStorage, OpenOptions};
@@ -34,18 +35,26 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// The name that identifies the file or image `path` points at: the canonical host path,
-/// or for an RBD name its pool, image and snapshot (see [`rbd::identity`]).
+/// for an RBD name its pool, image and snapshot (see [`rbd::identity`]), for an S3 name
+/// its bucket and key.
 pub fn canonical_name(path: &Path) -> io::Result<PathBuf> {
-    match rbd::identity(path) {
+    match rbd::identity(path).or_else(|| s3::identity(path)) {
         Some(id) => Ok(PathBuf::from(id)),
         None => std::fs::canonicalize(path),
     }
 }
 
-/// Whether `path` names something other than a host file (an `rbd:` image): host-file
-/// steps (attributes, existence checks, removal on failure) do not apply to it.
+/// `path` as messages show it: an RBD name with any `key=` value redacted (see
+/// [`rbd::name::redacted`]), any other name as it is.
+pub fn display_name(path: &Path) -> String {
+    rbd::name::redacted(&path.to_string_lossy())
+}
+
+/// Whether `path` names something other than a host file (an `rbd:` image, an `s3://`
+/// object): host-file steps (attributes, existence checks, removal on failure) do not
+/// apply to it.
 pub fn is_remote(path: &Path) -> bool {
-    rbd::is_rbd_name(path)
+    rbd::is_rbd_name(path) || s3::is_s3_name(path)
 }
 
 /// Positioned byte storage. Methods take `&self` so one storage can be shared between
@@ -59,6 +68,13 @@ pub trait Storage: Send + Sync {
 
     /// Make every completed write durable.
     fn flush(&self) -> io::Result<()>;
+
+    /// The end of writing: nothing is written after it. The default flushes; a
+    /// [`sequential`](Self::sequential) storage completes its upload here (before, the
+    /// result does not exist), so a format writer's `close` calls it last.
+    fn finish(&self) -> io::Result<()> {
+        self.flush()
+    }
 
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -142,6 +158,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     fn flush(&self) -> io::Result<()> {
         (**self).flush()
+    }
+    fn finish(&self) -> io::Result<()> {
+        (**self).finish()
     }
     fn len(&self) -> io::Result<u64> {
         (**self).len()

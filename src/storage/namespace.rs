@@ -28,7 +28,8 @@ pub trait Namespace: Send + Sync {
 }
 
 /// The host's file system, with image locks ([`FileStorage`]); names starting with `rbd:`
-/// are images on Ceph RBD instead (see [`super::rbd`]).
+/// are images on Ceph RBD instead (see [`super::rbd`]), names starting with `s3://`
+/// objects in S3-compatible storage (see [`super::s3`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostFiles;
 
@@ -37,12 +38,18 @@ impl Namespace for HostFiles {
         if super::rbd::is_rbd_name(path) {
             return super::rbd::open(path, opts.write, opts.unsafe_cache);
         }
+        if super::s3::is_s3_name(path) {
+            return super::s3::open(path, opts.write);
+        }
         Ok(Arc::new(FileStorage::open(path, opts)?))
     }
 
     fn create(&self, path: &Path, unsafe_cache: bool) -> io::Result<Arc<dyn Storage>> {
         if super::rbd::is_rbd_name(path) {
             return super::rbd::create(path, unsafe_cache);
+        }
+        if super::s3::is_s3_name(path) {
+            return super::s3::create(path);
         }
         let mut file = FileStorage::create(path)?;
         file.set_unsafe_cache(unsafe_cache);

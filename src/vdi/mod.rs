@@ -168,9 +168,12 @@ fn create(ns: &dyn Namespace, path: &Path, p: &CreateParams<'_>) -> Result<Box<d
             header::MAX_DISK_SIZE
         )));
     }
-    let storage = ns
-        .create(path, p.unsafe_cache)
-        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    let storage = ns.create(path, p.unsafe_cache).map_err(|e| {
+        Error::io(
+            format!("could not create '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })?;
     let h = Header::new(
         size,
         kind,

@@ -136,9 +136,12 @@ pub fn create(
         *footer::APP_CURRENT_SIZE
     };
     let f = Footer::new(size, geometry, kind, crate::uuid::random_uuid(), app);
-    let storage = ns
-        .create(path, p.unsafe_cache)
-        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    let storage = ns.create(path, p.unsafe_cache).map_err(|e| {
+        Error::io(
+            format!("could not create '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })?;
     let io = |e| Error::io("vhd: creating", e);
     if kind == DiskType::Fixed {
         storage.set_len(size).map_err(io)?;

@@ -150,9 +150,12 @@ fn create_image(
         Some(name) => Some(parent_link(ns, path, name)?),
         None => None,
     };
-    let storage = ns
-        .create(path, p.unsafe_cache)
-        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))?;
+    let storage = ns.create(path, p.unsafe_cache).map_err(|e| {
+        Error::io(
+            format!("could not create '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })?;
     create::create(storage.as_ref(), size, &o, parent.as_ref())?;
     let name = path.display().to_string();
     Ok(Box::new(Vhdx::open(

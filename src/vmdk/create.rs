@@ -564,8 +564,12 @@ fn file_name(path: &Path) -> String {
 }
 
 fn create_file(ns: &dyn Namespace, path: &Path) -> Result<Arc<dyn Storage>> {
-    ns.create(path, false)
-        .map_err(|e| Error::io(format!("could not create '{}'", path.display()), e))
+    ns.create(path, false).map_err(|e| {
+        Error::io(
+            format!("could not create '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })
 }
 
 fn flush(storage: &Arc<dyn Storage>) -> Result<()> {

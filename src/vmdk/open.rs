@@ -374,7 +374,12 @@ fn open_file(
             force_share,
         },
     )
-    .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))
+    .map_err(|e| {
+        Error::io(
+            format!("could not open '{}'", crate::storage::display_name(path)),
+            e,
+        )
+    })
 }
 
 #[cfg(test)]

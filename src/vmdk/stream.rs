@@ -409,8 +409,8 @@ impl StreamWriter {
         self.append(&footer)?;
         self.append(&metadata_marker(0, MARKER_END_OF_STREAM))?;
         self.storage
-            .flush()
-            .map_err(|e| Error::io("streamOptimized VMDK: flushing", e))?;
+            .finish()
+            .map_err(|e| Error::io("streamOptimized VMDK: finishing", e))?;
         self.finished = true;
         Ok(())
     }

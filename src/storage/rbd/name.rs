@@ -126,6 +126,24 @@ fn nonempty(s: String, what: &str) -> io::Result<String> {
     }
 }
 
+/// `name` fit to show in a message: for an `rbd:` name, the value of every `key=` setting
+/// replaced by `<redacted>` (such a name is refused, but the refusal quotes the name it
+/// was given); any other name as it is.
+pub fn redacted(name: &str) -> String {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return name.to_string();
+    };
+    let fields: Vec<String> = split_unescaped(rest, ':')
+        .into_iter()
+        .enumerate()
+        .map(|(i, field)| match split_once_unescaped(&field, '=') {
+            Some((k, _)) if i > 0 && unescape(&k) == "key" => format!("{k}=<redacted>"),
+            _ => field,
+        })
+        .collect();
+    format!("{PREFIX}{}", fields.join(":"))
+}
+
 /// Split at every `sep` that no backslash escapes; the pieces keep their escapes.
 fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     let mut out = Vec::new();
@@ -231,6 +249,20 @@ mod tests {
         let e = RbdName::parse("rbd:p/i:key=AQBsecretsecret==").unwrap_err();
         assert!(!e.to_string().contains("AQBsecret"));
         assert!(e.to_string().contains("keyring"));
+    }
+
+    #[test]
+    fn a_key_typed_into_a_name_is_redacted_for_messages() {
+        assert_eq!(
+            redacted("rbd:pool/img:id=admin:key=AQBsecret==:mon_host=a\\:1"),
+            "rbd:pool/img:id=admin:key=<redacted>:mon_host=a\\:1"
+        );
+        assert_eq!(
+            redacted("rbd:pool/img:k\\ey=S"),
+            "rbd:pool/img:k\\ey=<redacted>"
+        );
+        assert_eq!(redacted("rbd:pool/key=img"), "rbd:pool/key=img");
+        assert_eq!(redacted("disk.qcow2:key=x"), "disk.qcow2:key=x");
     }
 
     #[test]
