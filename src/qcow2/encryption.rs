@@ -180,6 +180,12 @@ impl Crypt {
             .ok_or_else(|| Error::invalid(KEY_REQUIRED))
     }
 
+    /// Start (`Some`) or end (`None`) a deferring read; returns what was deferred.
+    fn set_deferred(&self, d: Option<Deferred>) -> Option<Deferred> {
+        let mut guard = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, d)
+    }
+
     /// Record `out` (whole sectors of ciphertext whose IVs start at byte `iv_base`) as left
     /// encrypted, if it lies in the buffer of a [`Qcow2::read_leaving_encrypted`] call.
     fn defer(&self, out: &[u8], iv_base: u64) -> bool {
@@ -256,23 +262,15 @@ impl<S: Storage> Qcow2<S> {
             Some(c) => Arc::clone(c.cipher()?),
             None => return self.read_at(buf, offset).map(|()| None),
         };
-        let slot = |c: &Crypt, d| *c.deferred.lock().unwrap_or_else(|p| p.into_inner()) = d;
         if let Some(c) = &self.crypt {
-            let base = buf.as_ptr() as usize;
-            slot(
-                c,
-                Some(Deferred {
-                    base,
-                    len: buf.len(),
-                    runs: Vec::new(),
-                }),
-            );
+            c.set_deferred(Some(Deferred {
+                base: buf.as_ptr() as usize,
+                len: buf.len(),
+                runs: Vec::new(),
+            }));
         }
         let read = self.read_at(buf, offset);
-        let deferred = self.crypt.as_ref().and_then(|c| {
-            let d = c.deferred.lock().unwrap_or_else(|p| p.into_inner()).take();
-            d
-        });
+        let deferred = self.crypt.as_ref().and_then(|c| c.set_deferred(None));
         read?;
         let runs = deferred.map(|d| d.runs).unwrap_or_default();
         Ok(Some(StoredRead {
