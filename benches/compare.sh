@@ -5,6 +5,7 @@
 #   benches/compare.sh              # build, generate the image once, run every row
 #   RUNS=5 BENCH_DIR=/big/disk benches/compare.sh
 #   benches/compare.sh convert      # only rows whose name contains "convert"
+#   benches/compare.sh "convert_raw_to_qcow2 delta_snapshots"   # exactly these rows
 #
 # Files go to $BENCH_DIR (default /tmp/vdisk-bench): the source image src.raw (made by
 # benches/mkimage.py: ~1/3 holes, ~1/5 random data, the rest compressible text) is kept
@@ -29,6 +30,9 @@ ROWS=(
     convert_raw_to_qcow2
     convert_qcow2_to_raw
     convert_realfs_to_qcow2
+    convert_raw_to_qcow2_sequential
+    convert_qcow2_to_qcow2
+    convert_qcow2_to_qcow2_sequential
     convert_raw_to_qcow2_zlib
     convert_raw_to_qcow2_zlib_vs_W
     convert_raw_to_qcow2_zstd
@@ -67,6 +71,7 @@ ROWS=(
     convert_raw_to_rbd
     convert_rbd_to_raw
     convert_qcow2_to_s3
+    convert_qcow2_to_s3_qcow2
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -82,7 +87,8 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 
 echo "== building vdisk (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example sequential_convert)
+SEQ_CONVERT="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/sequential_convert"
 # The RBD rows use a second build with librbd linked, when it can be (Debian: librbd-dev):
 # linking librados adds about 19 MiB to every command's peak RSS, which the other rows
 # must not carry.
@@ -200,6 +206,37 @@ row_convert_raw_to_qcow2() {
     verify "$SRC" "$BENCH_DIR/vdisk.qcow2"
     "$QEMU_IMG" check -q "$BENCH_DIR/vdisk.qcow2" || { VERIFIED="check failed"; FAILED=1; }
     record "convert raw -> qcow2"
+}
+
+# The sequential qcow2 layout (header, all metadata, then the data in guest order, as
+# convert writes into an upload stream), through examples/sequential_convert into a local
+# file, against qemu-img's ordinary convert.
+seq_row() {
+    local in=$1 name=$2
+    local v="$BENCH_DIR/vdisk-seq.qcow2" q="$BENCH_DIR/qemu-seq.qcow2"
+    measure "$v" "$SEQ_CONVERT" "$in" "$v"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    measure "$q" "$QEMU_IMG" convert -O qcow2 "$in" "$q"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$v"
+    "$QEMU_IMG" check -q "$v" || { VERIFIED="check failed"; FAILED=1; }
+    record "$name"
+}
+
+row_convert_raw_to_qcow2_sequential() {
+    seq_row "$SRC" "convert raw -> qcow2 (seq.)"
+}
+
+row_convert_qcow2_to_qcow2() {
+    local in="$BENCH_DIR/qemu.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
+    convert_row qcow2 qcow2 "$in"
+}
+
+row_convert_qcow2_to_qcow2_sequential() {
+    local in="$BENCH_DIR/qemu.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
+    seq_row "$in" "convert qcow2 -> qcow2 (seq.)"
 }
 
 row_convert_qcow2_to_raw() {
@@ -707,7 +744,10 @@ row_delta_snapshots() {
 # (eval "$(.ci/ceph-dev.sh start)" exports AWS_ENDPOINT_URL, the keys and S3_BUCKET).
 # Until the sequential qcow2 layout lands the output is raw on both sides (qcow2 in, raw
 # object out). The last column adds each side's local disk use (vdisk: none).
-row_convert_qcow2_to_s3() {
+# s3_upload_row FMT: qcow2 -> s3:// with output format FMT, against qemu-img convert to a
+# local file then curl -T.
+s3_upload_row() {
+    local fmt=$1
     if [[ -z ${AWS_ENDPOINT_URL:-} || -z ${S3_BUCKET:-} ]] \
         || ! curl -fsS -o /dev/null "$AWS_ENDPOINT_URL/" 2>/dev/null; then
         echo "   skipped: no S3 gateway (AWS_ENDPOINT_URL, S3_BUCKET; see .ci/ceph-dev.sh)"
@@ -723,18 +763,30 @@ row_convert_qcow2_to_s3() {
     }
     local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
     S3_DELETE="curl -fsS -X DELETE --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: $empty'"
-    time_runs "$S3_DELETE '$url-v.raw' >/dev/null 2>&1 || true" \
-        "$VDISK" convert -f qcow2 -O raw "$in" "s3://$S3_BUCKET/$key-v.raw"
+    time_runs "$S3_DELETE '$url-v.$fmt' >/dev/null 2>&1 || true" \
+        "$VDISK" convert -f qcow2 -O "$fmt" "$in" "s3://$S3_BUCKET/$key-v.$fmt"
     V_S=$BEST_S V_MIB=$PEAK_MIB
-    export BENCH_S3_UPLOAD="$QEMU_IMG convert -f qcow2 -O raw '$in' '$tmp' && curl -fsS -T '$tmp' --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' '$url-q.raw' && du -k '$tmp' | cut -f1 > '$tmp.du' && rm -f '$tmp'"
+    export BENCH_S3_UPLOAD="$QEMU_IMG convert -f qcow2 -O $fmt '$in' '$tmp' && curl -fsS -T '$tmp' --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' '$url-q.$fmt' && du -k '$tmp' | cut -f1 > '$tmp.du' && rm -f '$tmp'"
     time_runs "rm -f '$tmp'" bash -c "$BENCH_S3_UPLOAD"
     Q_S=$BEST_S Q_MIB=$PEAK_MIB
-    s3curl -H "x-amz-content-sha256: $empty" -o "$BENCH_DIR/s3-down.raw" "$url-v.raw"
-    verify "$SRC" "$BENCH_DIR/s3-down.raw"
-    VERIFIED="$VERIFIED; local disk: vdisk 0 MiB, qemu-img+curl $(($(cat "$tmp.du") / 1024)) MiB (raw out)"
-    for k in v q; do s3curl -X DELETE -H "x-amz-content-sha256: $empty" "$url-$k.raw" >/dev/null || true; done
-    rm -f "$BENCH_DIR/s3-down.raw" "$tmp.du"
-    record "convert qcow2 -> s3:// (raw)"
+    s3curl -H "x-amz-content-sha256: $empty" -o "$BENCH_DIR/s3-down.$fmt" "$url-v.$fmt"
+    verify "$SRC" "$BENCH_DIR/s3-down.$fmt"
+    if [[ $fmt == qcow2 ]]; then
+        "$QEMU_IMG" check -q "$BENCH_DIR/s3-down.$fmt" || { VERIFIED="check failed"; FAILED=1; }
+    fi
+    VERIFIED="$VERIFIED; local disk: vdisk 0 MiB, qemu-img+curl $(($(cat "$tmp.du") / 1024)) MiB ($fmt out)"
+    for k in v q; do s3curl -X DELETE -H "x-amz-content-sha256: $empty" "$url-$k.$fmt" >/dev/null || true; done
+    rm -f "$BENCH_DIR/s3-down.$fmt" "$tmp.du"
+    record "convert qcow2 -> s3:// ($fmt)"
+}
+
+row_convert_qcow2_to_s3() {
+    s3_upload_row raw
+}
+
+# The same with qcow2 output: vdisk lays it out sequentially into the upload.
+row_convert_qcow2_to_s3_qcow2() {
+    s3_upload_row qcow2
 }
 
 # raw -> rbd: on a running cluster (eval "$(.ci/ceph-dev.sh start)"); skipped without one.
@@ -786,7 +838,8 @@ row_convert_rbd_to_raw() {
 }
 
 for row in "${ROWS[@]}"; do
-    if [[ -n $FILTER && $row != *"$FILTER"* ]]; then continue; fi
+    # FILTER: a substring of the rows to run, or a space-separated list of exact row names.
+    if [[ -n $FILTER && $row != *"$FILTER"* && " $FILTER " != *" $row "* ]]; then continue; fi
     echo "== $row"
     "row_$row"
 done

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::guest_ops::{apply, base_bytes, qemu_io_args, random_ops};
+use common::guest_ops::{apply, base_bytes, map_kinds, qemu_io_args, random_ops};
 use common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -17,30 +17,9 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// `qemu-img map --output=json` of `img` without the host offsets, one line per extent
-/// (`start+length depth present zero data compressed`), neighbours alike merged (qemu-img
-/// splits extents where host offsets jump, and the two tools place clusters apart).
+/// `qemu-img map --output=json` of `img` without the host offsets ([`map_kinds`]).
 fn map_without_offsets(img: &Path) -> Vec<String> {
-    let out = qemu_img_ok(&["map", "--output=json", s(img)]);
-    let v: Vec<Value> = serde_json::from_str(&out).expect("map JSON");
-    let mut merged: Vec<(u64, u64, String)> = Vec::new();
-    for e in &v {
-        let kind = ["depth", "present", "zero", "data", "compressed"]
-            .map(|k| e[k].to_string())
-            .join(" ");
-        let (start, len) = (
-            e["start"].as_u64().unwrap_or(0),
-            e["length"].as_u64().unwrap_or(0),
-        );
-        match merged.last_mut() {
-            Some(last) if last.2 == kind && last.0 + last.1 == start => last.1 += len,
-            _ => merged.push((start, len, kind)),
-        }
-    }
-    merged
-        .into_iter()
-        .map(|(a, l, k)| format!("{a}+{l} {k}"))
-        .collect()
+    map_kinds(&qemu_img_ok(&["map", "--output=json", s(img)]))
 }
 
 /// Run `ops` through vdisk's library on the image at `img` (its backing chain attached).
@@ -323,20 +302,8 @@ fn check_repairs_copied_flags_and_leaks_in_an_image_with_subclusters() {
 }
 
 #[test]
-fn subclusters_with_an_external_data_file_and_compressed_clusters_behave_as_in_qemu() {
+fn compressed_clusters_written_at_subcluster_granularity_behave_as_in_qemu() {
     let size = 4u64 << 20;
-    // An external data file: guest offset = data file offset, cluster 0 included.
-    let (dv, dq) = (tempdir(), tempdir());
-    let (ours, qemus) = (dv.path().join("v.qcow2"), dq.path().join("q.qcow2"));
-    let o = "extended_l2=on,data_file=d.raw";
-    vdisk_ok(&["create", "-q", "-f", "qcow2", "-o", o, s(&ours), "4M"]);
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", o, s(&qemus), "4M"]);
-    let mut ops = vec!["write -P 9 512 1024".to_string()];
-    ops.extend(random_ops(41, size, 65536));
-    qemu_io_ok(&qemu_io_args(&ops, s(&qemus)));
-    vdisk_apply(&ours, &ops);
-    assert_same_images("data file", &ours, &qemus);
-
     // Compressed clusters (no subclusters) written into at subcluster granularity.
     let dir = tempdir();
     let src = dir.path().join("src.raw");

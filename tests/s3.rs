@@ -254,6 +254,70 @@ fn convert_writes_raw_and_stream_optimized_vmdk_into_a_bucket() {
 }
 
 #[test]
+fn qcow2_output_and_deltas_are_laid_out_sequentially_into_a_bucket() {
+    let Some(s3) = s3("seqqcow2") else { return };
+    let dir = tempdir();
+    let src = sample_qcow2(dir.path(), 40);
+    let p = src.to_str().unwrap();
+    // convert -O qcow2, then -c refused with a clear message and nothing left.
+    s3.vdisk_ok(&["convert", "-O", "qcow2", p, &s3.name("q.qcow2")]);
+    let local = dir.path().join("q.qcow2");
+    s3.download("q.qcow2", &local);
+    assert_qemu_check_clean(&local);
+    assert_qemu_compare_identical(&src, &local);
+    let err = s3.vdisk_fails(
+        &[],
+        &["convert", "-c", "-O", "qcow2", p, &s3.name("c.qcow2")],
+    );
+    assert!(err.contains("sequentially"), "{err}");
+    assert_eq!(s3.head("c.qcow2"), "404");
+    // convert -B: an overlay over the old state holding only what changed.
+    let old = dir.path().join("old.qcow2");
+    qemu_img_ok(&["convert", "-O", "qcow2", p, old.to_str().unwrap()]);
+    qemu_io_ok(&["-c", "write -P 0x77 5M 1M", "-c", "write -z 0 1M", p]);
+    let o = old.to_str().unwrap();
+    s3.vdisk_ok(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-B",
+        o,
+        "-F",
+        "qcow2",
+        p,
+        &s3.name("b.qcow2"),
+    ]);
+    let overlay = dir.path().join("b.qcow2");
+    s3.download("b.qcow2", &overlay);
+    assert_qemu_check_clean(&overlay);
+    assert_qemu_compare_identical(&src, &overlay);
+    assert!(std::fs::metadata(&overlay).unwrap().len() < 4 << 20);
+    // A delta from a snapshot to the active disk, uploaded, replays onto a copy of the
+    // snapshot's state.
+    qemu_img_ok(&["snapshot", "-c", "s1", p]);
+    let s1 = dir.path().join("s1.qcow2");
+    qemu_img_ok(&[
+        "convert",
+        "-l",
+        "s1",
+        "-O",
+        "qcow2",
+        p,
+        s1.to_str().unwrap(),
+    ]);
+    qemu_io_ok(&["-c", "write -P 0x99 20M 2M", "-c", "write -z 0 64k", p]);
+    let remote = s3.name("d.qcow2");
+    s3.vdisk_ok(&[
+        "delta", "--from", "s1", "-b", "s1.qcow2", "-F", "qcow2", p, &remote,
+    ]);
+    let delta = dir.path().join("d.qcow2");
+    s3.download("d.qcow2", &delta);
+    assert_qemu_check_clean(&delta);
+    assert_qemu_compare_identical(&src, &delta);
+    assert_eq!(s3.uploads(), 0);
+}
+
+#[test]
 fn a_format_written_out_of_order_fails_clearly_and_leaves_no_object() {
     let Some(s3) = s3("order") else { return };
     let dir = tempdir();
@@ -263,9 +327,9 @@ fn a_format_written_out_of_order_fails_clearly_and_leaves_no_object() {
         &[
             "convert",
             "-O",
-            "qcow2",
+            "vhdx",
             src.to_str().unwrap(),
-            &s3.name("q.qcow2"),
+            &s3.name("q.vhdx"),
         ],
     );
     assert!(
@@ -273,7 +337,7 @@ fn a_format_written_out_of_order_fails_clearly_and_leaves_no_object() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert_eq!(s3.head("q.qcow2"), "404");
+    assert_eq!(s3.head("q.vhdx"), "404");
     assert_eq!(s3.uploads(), 0);
     let err = s3.vdisk_fails(&[], &["create", "-f", "raw", &s3.name("c.raw"), "1M"]);
     assert!(err.contains("s3://") && err.contains("convert"), "{err}");

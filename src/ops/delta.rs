@@ -10,7 +10,8 @@
 //! ([`crate::qcow2::Qcow2::changed_extents`]); [`Changes::Bitmap`] takes the dirty ranges
 //! of a persistent bitmap, widened to whole clusters, with the image at its active state.
 //! Ranges that read as zeros become zero clusters, so replaying a delta also replays
-//! deletions.
+//! deletions. Into a storage that takes writes only in order the delta is laid out
+//! sequentially ([`write_sequential`]): the changed set fixes every offset in advance.
 
 mod write;
 
@@ -20,7 +21,10 @@ pub use write::{copy_extents, DeltaStats};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::image::{self, Format, ImageOptions};
+use crate::ops::convert::sequential;
+use crate::ops::convert::ConvertOptions;
 use crate::qcow2::driver::SharedQcow2;
+use crate::qcow2::sequential::{ClusterPlan, PlannedKind};
 use crate::qcow2::CompressionType;
 use crate::storage::{HostFiles, Namespace};
 use std::path::Path;
@@ -162,6 +166,15 @@ pub fn write_delta(
     let size = source.virtual_size();
     let options = image::check_create_options(output, Format::QCOW2, &options)?;
     let files = image::NewFiles::before_create(output, Format::QCOW2, size, &options);
+    if let Some(storage) = sequential::remote_qcow2_storage(output, Format::QCOW2, false)? {
+        let options: Vec<_> = options
+            .into_iter()
+            .filter(|(k, _)| !crate::create_opts::is_file_only(k))
+            .collect();
+        let stats = write_sequential(source, extents, storage, &options)?;
+        files.keep();
+        return Ok(stats);
+    }
     let mut dst = image::create(output, Format::QCOW2, Some(size), &options)?;
     // Unallocated clusters of a delta show its backing file (named now or by a later
     // `rebase -u`), which is not opened: zeros must be stored as zeros, so that the delta
@@ -170,6 +183,48 @@ pub fn write_delta(
     let stats = copy_extents(source, extents, dst.as_mut(), copy_compressed)?;
     dst.close()?;
     files.keep();
+    Ok(stats)
+}
+
+/// Write a delta holding `extents` of `source` as a new qcow2 image laid out sequentially
+/// in `storage` (see [`crate::qcow2::sequential`]), created with `options` (checked). The
+/// changed clusters are known before anything is written, so the whole layout is too:
+/// clusters wholly inside zero extents are zero clusters, the others data clusters copied
+/// by the convert engine (a data cluster that reads all zeros stays a gap, reading zeros).
+/// Compressed source clusters are stored uncompressed.
+pub fn write_sequential(
+    source: &mut dyn BlockDevice,
+    extents: &[ChangedExtent],
+    storage: std::sync::Arc<dyn crate::storage::Storage>,
+    options: &[(String, String)],
+) -> Result<DeltaStats> {
+    let size = source.virtual_size();
+    let opts = sequential::create_options(options, size)?;
+    write::check_extents(extents, size)?;
+    let mut plan = ClusterPlan::new();
+    let cs = opts.cluster_size;
+    for run in write::cluster_runs(extents, cs, size) {
+        let kind = match run.zero {
+            true => PlannedKind::Zero,
+            false => PlannedKind::Data,
+        };
+        plan.push(run.start / cs, run.end.div_ceil(cs) - run.start / cs, kind);
+    }
+    let stats = DeltaStats {
+        data_clusters: plan.count(PlannedKind::Data),
+        zero_clusters: plan.count(PlannedKind::Zero),
+        compressed_clusters: 0,
+    };
+    let copts = ConvertOptions::default();
+    sequential::copy_planned(
+        source,
+        storage,
+        &opts,
+        plan,
+        copts,
+        &mut |_, _| {},
+        &mut |_| {},
+    )?;
     Ok(stats)
 }
 

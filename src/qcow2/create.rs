@@ -208,7 +208,6 @@ impl CreateOptions {
 /// the refcount blocks and the L1 table.
 struct Layout {
     cluster_size: u64,
-    cluster_bits: u32,
     refcount_order: u32,
     /// Virtual size, rounded up to whole sectors.
     size: u64,
@@ -252,7 +251,6 @@ impl Layout {
         let blocks_offset = rt_offset + rt_clusters * cs;
         Layout {
             cluster_size: cs,
-            cluster_bits,
             refcount_order: opts.refcount_bits.trailing_zeros(),
             size,
             l1_size,
@@ -266,69 +264,15 @@ impl Layout {
         }
     }
 
-    /// The header of the new image: the layout's tables, the options' features, a backing
-    /// format extension if one is given and, in version 3, the feature name table.
+    /// The header of the new image (see [`new_header`]).
     fn header(&self, opts: &CreateOptions) -> Header {
-        let mut h = Header {
-            version: opts.version,
-            backing_file_offset: 0,
-            backing_file_size: 0,
-            cluster_bits: self.cluster_bits,
-            size: self.size,
-            crypt_method: 0,
-            l1_size: self.l1_size as u32,
-            l1_table_offset: self.l1_offset,
-            refcount_table_offset: self.rt_offset,
-            refcount_table_clusters: self.rt_clusters as u32,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-            incompatible_features: 0,
-            compatible_features: if opts.lazy_refcounts {
-                header::compat::LAZY_REFCOUNTS
-            } else {
-                0
-            },
-            autoclear_features: 0,
-            refcount_order: self.refcount_order,
-            header_length: if opts.version == 2 {
-                V2_HEADER_LEN
-            } else {
-                header::V3_WITH_COMPRESSION_LEN
-            },
-            compression_type: opts.compression_type,
-            unknown_header_tail: Vec::new(),
-            extensions: Vec::new(),
-            backing_file: opts.backing_file.clone(),
-        };
-        if opts.compression_type != CompressionType::Zlib {
-            h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
-        }
-        if opts.extended_l2 {
-            h.incompatible_features |= header::incompat::EXTENDED_L2;
-        }
-        if let Some(name) = &opts.data_file {
-            h.incompatible_features |= header::incompat::EXTERNAL_DATA;
-            if opts.data_file_raw {
-                h.autoclear_features |= header::autoclear::RAW_EXTERNAL;
-            }
-            h.extensions.push(header::Extension {
-                kind: header::ext::DATA_FILE,
-                data: name.as_bytes().to_vec(),
-            });
-        }
-        if let Some(fmt) = &opts.backing_format {
-            h.extensions.push(header::Extension {
-                kind: header::ext::BACKING_FORMAT,
-                data: fmt.as_bytes().to_vec(),
-            });
-        }
-        if opts.version >= 3 {
-            h.extensions.push(header::Extension {
-                kind: header::ext::FEATURE_TABLE,
-                data: header::default_feature_table(),
-            });
-        }
-        h
+        new_header(
+            opts,
+            self.l1_size,
+            self.l1_offset,
+            self.rt_offset,
+            self.rt_clusters,
+        )
     }
 
     /// Empty `storage`, then write the refcount table and blocks, size the file to the end
@@ -368,6 +312,79 @@ impl Layout {
         storage.write_at(header_bytes, 0).map_err(io)?;
         storage.flush().map_err(io)
     }
+}
+
+/// The header of a new image whose L1 table (`l1_size` entries) is at `l1_offset` and
+/// refcount table (`rt_clusters` clusters) at `rt_offset`: the options' features, a backing
+/// format extension if one is given and, in version 3, the feature name table. Shared by
+/// [`create`] and the sequential layout.
+pub(super) fn new_header(
+    opts: &CreateOptions,
+    l1_size: u64,
+    l1_offset: u64,
+    rt_offset: u64,
+    rt_clusters: u64,
+) -> Header {
+    let mut h = Header {
+        version: opts.version,
+        backing_file_offset: 0,
+        backing_file_size: 0,
+        cluster_bits: opts.cluster_size.trailing_zeros(),
+        size: opts.size.next_multiple_of(512),
+        crypt_method: 0,
+        l1_size: l1_size as u32,
+        l1_table_offset: l1_offset,
+        refcount_table_offset: rt_offset,
+        refcount_table_clusters: rt_clusters as u32,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible_features: 0,
+        compatible_features: if opts.lazy_refcounts {
+            header::compat::LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        autoclear_features: 0,
+        refcount_order: opts.refcount_bits.trailing_zeros(),
+        header_length: if opts.version == 2 {
+            V2_HEADER_LEN
+        } else {
+            header::V3_WITH_COMPRESSION_LEN
+        },
+        compression_type: opts.compression_type,
+        unknown_header_tail: Vec::new(),
+        extensions: Vec::new(),
+        backing_file: opts.backing_file.clone(),
+    };
+    if opts.compression_type != CompressionType::Zlib {
+        h.incompatible_features |= header::incompat::COMPRESSION_TYPE;
+    }
+    if opts.extended_l2 {
+        h.incompatible_features |= header::incompat::EXTENDED_L2;
+    }
+    if let Some(name) = &opts.data_file {
+        h.incompatible_features |= header::incompat::EXTERNAL_DATA;
+        if opts.data_file_raw {
+            h.autoclear_features |= header::autoclear::RAW_EXTERNAL;
+        }
+        h.extensions.push(header::Extension {
+            kind: header::ext::DATA_FILE,
+            data: name.as_bytes().to_vec(),
+        });
+    }
+    if let Some(fmt) = &opts.backing_format {
+        h.extensions.push(header::Extension {
+            kind: header::ext::BACKING_FORMAT,
+            data: fmt.as_bytes().to_vec(),
+        });
+    }
+    if opts.version >= 3 {
+        h.extensions.push(header::Extension {
+            kind: header::ext::FEATURE_TABLE,
+            data: header::default_feature_table(),
+        });
+    }
+    h
 }
 
 /// Create a qcow2 image in `storage` (whose old contents are discarded) and open it.

@@ -26,6 +26,7 @@
 //! | `map_status` | what `map` reports for a run: the mapping refined by the file's holes |
 //! | [`compress`] | compressed clusters: the zlib and zstd codecs, packing, compressed writes |
 //! | [`create`] | laying out a new image |
+//! | [`sequential`] | a new image laid out front to back from a plan of its clusters, written once in order |
 //! | [`encryption`] | encrypted images: loading and unlocking LUKS or legacy AES, and the only path guest data takes to and from the host file |
 //! | `luks_ops` | creating the LUKS header of a new image, and amending its key slots |
 //! | [`driver`] | the qcow2 row of the driver table (probe, open, create) |
@@ -73,6 +74,7 @@ mod refcount;
 mod refcount_area;
 mod repair;
 mod resize;
+pub mod sequential;
 pub mod snapshot;
 pub mod snapshot_load;
 mod snapshot_ops;

@@ -1,14 +1,16 @@
 //! Positioned I/O: the bottom layer every format driver sits on.
 //!
 //! A [`Storage`] is a byte array with a length that can be read and written at any offset,
-//! flushed to stable storage, and resized. Three implementations live here:
+//! flushed to stable storage, and resized. These implementations live here:
 //!
 //! * [`FileStorage`]: a host file, using `pread`/`pwrite`, `fdatasync`, `fallocate` and
 //!   `SEEK_DATA`/`SEEK_HOLE` where the platform has them;
 //! * [`MemStorage`]: a growable in-memory buffer, for tests and scratch images;
 //! * [`FaultStorage`]: an in-memory buffer that models power loss. It remembers which bytes
 //!   reached "stable storage" (the state at the last completed flush) and can be told to stop
-//!   after the Nth write or flush, so tests can replay every cut point of an operation.
+//!   after the Nth write or flush, so tests can replay every cut point of an operation;
+//! * [`SequentialCheck`]: a wrapper that refuses whatever an upload stream could not do
+//!   (see [`Storage::sequential`]), to test writers of sequential output.
 //!
 //! A [`Namespace`] opens and creates storages by name: [`HostFiles`] for the host's files
 //! (and, through [`rbd`], images on Ceph RBD named `rbd:...`; through [`s3`], objects in
@@ -25,11 +27,13 @@ mod memory;
 mod namespace;
 pub mod rbd;
 pub mod s3;
+mod sequential_check;
 
 pub use fault::{FaultState, FaultStorage, PowerSupply};
 pub use file::{FileStorage, OpenOptions};
 pub use memory::MemStorage;
 pub use namespace::{HostFiles, MemFiles, Namespace};
+pub use sequential_check::SequentialCheck;
 
 use std::io;
 use std::path::{Path, PathBuf};

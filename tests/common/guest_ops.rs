@@ -4,6 +4,7 @@
 //! vdisk on another.
 
 use super::{pattern, rng};
+use serde_json::Value;
 use vdisk::BlockDevice;
 
 /// Random qemu-io commands over a disk of `size` bytes with `cs`-byte clusters: writes,
@@ -60,4 +61,27 @@ pub fn qemu_io_args(ops: &[String], img: &str) -> Vec<String> {
 /// A backing file's bytes: a pattern with no zero runs.
 pub fn base_bytes(seed: u32, size: u64) -> Vec<u8> {
     pattern(seed, 0, size as usize)
+}
+
+/// The extents of a `qemu-img map --output=json` without host offsets, one line each
+/// (`start+length depth present zero data compressed`), neighbours alike merged: qemu-img
+/// splits extents where host offsets jump, and two tools place clusters apart.
+pub fn map_kinds(json: &str) -> Vec<String> {
+    let v: Vec<Value> = serde_json::from_str(json).expect("map JSON");
+    let mut merged: Vec<(u64, u64, String)> = Vec::new();
+    for e in &v {
+        let kind = ["depth", "present", "zero", "data", "compressed"]
+            .map(|k| e[k].to_string())
+            .join(" ");
+        let start = e["start"].as_u64().unwrap_or(0);
+        let len = e["length"].as_u64().unwrap_or(0);
+        match merged.last_mut() {
+            Some(last) if last.2 == kind && last.0 + last.1 == start => last.1 += len,
+            _ => merged.push((start, len, kind)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(a, l, k)| format!("{a}+{l} {k}"))
+        .collect()
 }

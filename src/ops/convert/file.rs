@@ -6,6 +6,7 @@
 
 use super::args::is_unsafe_cache;
 use super::bitmaps;
+use super::sequential::{self, SequentialTarget};
 use super::source::{open_snapshot, parse_snapshot_param, Concat};
 use super::{convert_salvaging, ConvertOptions, Progress};
 use crate::device::BlockDevice;
@@ -120,7 +121,7 @@ pub fn convert_file(
         .as_ref()
         .map(|_| NewFiles::before_create(job.target, Format::QCOW2, 0, &[]));
     if job.backing.is_some() {
-        convert_onto_backing(job, src.as_mut(), unsafe_cache, progress)?;
+        convert_onto_backing(job, src.as_mut(), copts, unsafe_cache, progress)?;
     } else {
         convert_into_new(job, src.as_mut(), copts, unsafe_cache, progress, warn)?;
     }
@@ -215,6 +216,14 @@ fn refuse_compression(job: &FileConversion<'_>, format: Format) -> Result<()> {
     Ok(())
 }
 
+/// `--bitmaps` into an image written sequentially: the bitmaps are added to an image
+/// after its data, by rewriting its header.
+fn refuse_bitmaps() -> Error {
+    Error::unsupported(
+        "--bitmaps into a qcow2 image written sequentially (to an upload stream): bitmaps are added by rewriting the finished image; convert to a local file, then upload it",
+    )
+}
+
 /// The warning `--salvage` gives for the unreadable sector at `offset`.
 fn unreadable(warn: &mut dyn FnMut(&str), offset: u64) {
     warn(&format!(
@@ -242,6 +251,24 @@ fn convert_into_new(
     let opts = image::parse_option_lists(job.options)?;
     let (dst, size) = (job.target, src.virtual_size());
     let files = NewFiles::before_create(dst, dst_format, size, &opts);
+    if let Some(storage) = sequential::remote_qcow2_storage(dst, dst_format, unsafe_cache)? {
+        if job.bitmaps {
+            return Err(refuse_bitmaps());
+        }
+        // A raw source's allocation includes the zeros written to it: read it once more
+        // rather than upload them.
+        let target = SequentialTarget {
+            storage,
+            options: &opts,
+            backing: None,
+            scan_zeros: src.cluster_size().is_none(),
+        };
+        sequential::convert_remote(src, target, dst, copts, progress, &mut |o| {
+            unreadable(warn, o)
+        })?;
+        files.keep();
+        return Ok(());
+    }
     let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?;
     convert_salvaging(src, out.as_mut(), copts, progress, &mut |o| {
         unreadable(warn, o)
@@ -291,6 +318,7 @@ fn convert_into_existing(
 fn convert_onto_backing(
     job: &FileConversion<'_>,
     src: &mut dyn BlockDevice,
+    copts: ConvertOptions,
     unsafe_cache: bool,
     progress: Progress<'_>,
 ) -> Result<()> {
@@ -308,6 +336,28 @@ fn convert_onto_backing(
     let size = src.virtual_size();
     // Until the copy succeeds, a failure removes the files the output is made of.
     let files = NewFiles::before_create(dst, dst_format, size, &opts);
+    if let Some(storage) = sequential::remote_qcow2_storage(dst, dst_format, unsafe_cache)? {
+        if job.bitmaps {
+            return Err(refuse_bitmaps());
+        }
+        let mut backing = image::open_backing_of(
+            dst,
+            dst_format,
+            &crate::driver::BackingRef {
+                name: b.to_string(),
+                format: Some(f.to_string()),
+            },
+        )?;
+        let target = SequentialTarget {
+            storage,
+            options: &opts,
+            backing: Some(backing.as_mut()),
+            scan_zeros: false,
+        };
+        sequential::convert_remote(src, target, dst, copts, progress, &mut |_| {})?;
+        files.keep();
+        return Ok(());
+    }
     image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
     let mut out = image::open(
         dst,

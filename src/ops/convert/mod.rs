@@ -26,12 +26,15 @@
 //! writes every byte, zeros included; `salvage` (`--salvage`) turns unreadable source
 //! sectors into zeros and reports each; `rate_limit` (`-r`) paces the writer.
 //! [`source`] builds the device convert reads from (several images, or a snapshot);
-//! [`convert_file`] runs a whole `convert` as its flags say, which [`args`] reads and checks.
+//! [`convert_file`] runs a whole `convert` as its flags say, which [`args`] reads and checks;
+//! [`sequential`] plans a qcow2 output before the engine copies into it, for a storage that
+//! takes writes only in order.
 
 pub mod args;
 mod bitmaps;
 mod engine;
 mod file;
+pub mod sequential;
 pub mod source;
 
 pub use file::{convert_file, option_help, FileConversion};
