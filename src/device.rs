@@ -26,6 +26,34 @@ pub trait ClusterCodec: Send + Sync {
     }
 }
 
+/// A format's decoder of guest data as it is stored (an encrypted image's sector cipher),
+/// shared by the convert engine's workers so that decrypting runs on every core while one
+/// thread reads. One hook for every cipher: the format picks the cipher, the engine only
+/// hands runs to [`decode`](Self::decode).
+pub trait StoredCodec: Send + Sync {
+    /// Decode `data` in place; `at` is the run's [`StoredRun::at`].
+    fn decode(&self, at: u64, data: &mut [u8]) -> Result<()>;
+}
+
+/// A run of a buffer filled by [`BlockDevice::read_stored`] that still needs decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRun {
+    /// Where the run starts in the buffer.
+    pub start: usize,
+    /// Its length in bytes.
+    pub len: usize,
+    /// What the codec derives the run's key stream from (for qcow2 LUKS: the host offset).
+    pub at: u64,
+}
+
+/// The runs [`BlockDevice::read_stored`] left encoded, with their codec.
+pub struct StoredRead {
+    /// The decoder.
+    pub codec: Arc<dyn StoredCodec>,
+    /// The runs to pass through it.
+    pub runs: Vec<StoredRun>,
+}
+
 /// What a guest range is backed by, as reported by [`BlockDevice::block_status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtentKind {
@@ -197,6 +225,13 @@ pub trait BlockDevice: Send {
         Ok(None)
     }
 
+    /// Read like [`read_at`](Self::read_at), but the format may leave runs of `buf` as
+    /// stored (encrypted) and return them with their decoder, for the caller to decode on
+    /// another thread; `None`: `buf` holds guest data (the default).
+    fn read_stored(&mut self, buf: &mut [u8], offset: u64) -> Result<Option<StoredRead>> {
+        self.read_at(buf, offset).map(|()| None)
+    }
+
     /// Whether writes must arrive in increasing guest offset order (a streamOptimized
     /// VMDK being written); the convert engine then ignores out-of-order mode.
     fn requires_sequential_writes(&self) -> bool {
@@ -289,6 +324,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
     }
     fn read_compressed_cluster(&mut self, offset: u64) -> Result<Option<(u64, Vec<u8>)>> {
         (**self).read_compressed_cluster(offset)
+    }
+    fn read_stored(&mut self, buf: &mut [u8], offset: u64) -> Result<Option<StoredRead>> {
+        (**self).read_stored(buf, offset)
     }
     fn requires_sequential_writes(&self) -> bool {
         (**self).requires_sequential_writes()

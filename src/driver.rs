@@ -37,6 +37,9 @@ pub struct OpenParams {
     /// do; a raw image otherwise lets others write, as QEMU's raw driver does for
     /// `qemu-img info`, `compare`, `map` and `measure`.
     pub stable_source: bool,
+    /// Only the image's metadata will be used (its size, its backing chain), as QEMU's
+    /// no-I/O opens: an encrypted image opens without its secret, locked.
+    pub metadata_only: bool,
     /// The image was probed as the backing file of another one (no format recorded there):
     /// refuse anything that would make vdisk open further files chosen by the image's
     /// first bytes.
@@ -284,10 +287,13 @@ pub struct ResizePolicy {
 }
 
 /// [`Driver::amend`].
+/// `force` is `amend --force`: allow the unsafe changes (for qcow2, LUKS key slot
+/// changes that can lose the data).
 pub type AmendFn = fn(
     ns: &dyn Namespace,
     path: &Path,
     options: &Options,
+    force: bool,
     open_backing: OpenBacking<'_>,
 ) -> Result<()>;
 

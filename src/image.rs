@@ -149,6 +149,8 @@ pub struct ImageOptions {
     /// Read-only opens only: keep others from writing a raw image while it is read (the
     /// source of a convert); see [`OpenParams::stable_source`].
     pub stable_source: bool,
+    /// Only the metadata of the chain will be used; see [`OpenParams::metadata_only`].
+    pub metadata_only: bool,
 }
 
 /// An open image of any format.
@@ -196,6 +198,7 @@ fn open_layer(
         unsafe_cache: opts.unsafe_cache,
         force_share: opts.force_share,
         stable_source: opts.stable_source,
+        metadata_only: opts.metadata_only,
         probed_backing,
     };
     let opened = (format.driver().open)(&HostFiles, path, &params)?;
@@ -231,6 +234,7 @@ pub fn open_qcow2(path: &Path, opts: &ImageOptions) -> Result<(SharedQcow2, Vec<
         unsafe_cache: opts.unsafe_cache,
         force_share: opts.force_share,
         stable_source: opts.stable_source,
+        metadata_only: opts.metadata_only,
         probed_backing: false,
     };
     let (mut q, backing) = crate::qcow2::driver::open_image(&HostFiles, path, &params)?;
@@ -387,6 +391,7 @@ fn open_backing(
         return Ok(None);
     };
     let bpath = chain::resolve(path, name)?;
+    crate::crypto::keyring::pass_to_backing(path, &bpath);
     let bfmt = match &layer.backing_format {
         Some(f) => Some(chain::parse_backing_format(f, path)?),
         None => None,
@@ -405,6 +410,7 @@ fn open_backing(
         no_backing: false,
         force_share: opts.force_share,
         stable_source: opts.stable_source,
+        metadata_only: opts.metadata_only,
     };
     let backing = open_layer(&bpath, bfmt, &bopts, visited, layers, bfmt.is_none())?;
     if bfmt.is_none() {

@@ -1,7 +1,8 @@
 //! Power cuts while the key slots of a LUKS image change (amend adds a slot, then erases
 //! the first) and encrypted guest data is written in place at unaligned offsets: at every
 //! cut point the image passes `qemu-img check` (opened with whichever passphrase still
-//! unlocks it) and at least one of the two passphrases unlocks it.
+//! unlocks it) and at least one of the two passphrases unlocks it. An `amend --force`
+//! overwrite of one active slot never disturbs another.
 
 mod common;
 
@@ -136,4 +137,77 @@ fn a_power_cut_during_key_slot_changes_and_encrypted_writes_leaves_an_openable_i
         },
     );
     assert!(cuts > 5, "{cuts} cut points");
+}
+
+/// `amend --force` overwriting an active slot (1) while slot 0 stays: at every cut the
+/// image opens with slot 0's passphrase and reads its data; once done, the third
+/// passphrase opens it too.
+#[test]
+fn a_power_cut_while_force_overwriting_an_active_slot_never_touches_the_other_slot() {
+    let third = "third passphrase";
+    keyring::add_secret("crash-new", pass(NEW));
+    keyring::add_secret("crash-third", pass(third));
+    let mut q = Qcow2::open_with_key(
+        MemStorage::from_vec(initial()),
+        OpenOptions::default(),
+        Some(&pass(OLD)),
+        true,
+    )
+    .unwrap();
+    let mut add = AmendOptions::default();
+    for (k, v) in [
+        ("encrypt.state", "active"),
+        ("encrypt.new-secret", "crash-new"),
+        ("encrypt.keyslot", "1"),
+        ("encrypt.iter-time", "1"),
+    ] {
+        add.set(k, v).unwrap();
+    }
+    q.amend(&add).unwrap();
+    q.flush().unwrap();
+    let start = q.storage().to_vec();
+    let apply = |s: Arc<FaultStorage>| -> vdisk::Result<u64> {
+        let mut q =
+            Qcow2::open_with_key(s.clone(), OpenOptions::default(), Some(&pass(OLD)), true)?;
+        let mut over = AmendOptions::default();
+        for (k, v) in [
+            ("encrypt.state", "active"),
+            ("encrypt.new-secret", "crash-third"),
+            ("encrypt.keyslot", "1"),
+            ("encrypt.iter-time", "1"),
+        ] {
+            over.set(k, v)?;
+        }
+        over.keyslots.force = true;
+        q.amend(&over)?;
+        q.close()?;
+        Ok(s.ops())
+    };
+    let open = |bytes: &[u8], phrase: &str| {
+        Qcow2::open_with_key(
+            MemStorage::from_vec(bytes.to_vec()),
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+            Some(&pass(phrase)),
+            true,
+        )
+    };
+    let cuts = every_cut_one(
+        "forced key slot overwrite",
+        &start,
+        apply,
+        |cut, bytes, completed| {
+            let mut q = open(bytes, OLD).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            let mut got = vec![0u8; 65536];
+            q.read_at(&mut got, 0).unwrap();
+            assert!(got.iter().all(|&b| b == 0x5a), "cut {cut}: data changed");
+            if completed {
+                assert!(open(bytes, third).is_ok(), "cut {cut}");
+                assert!(open(bytes, NEW).is_err(), "cut {cut}");
+            }
+        },
+    );
+    assert!(cuts > 2, "{cuts} cut points");
 }

@@ -194,6 +194,16 @@ impl Luks {
     ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
         spec.validate()?;
         let kb = spec.key_len();
+        let material = kb as u64 * u64::from(LUKS_STRIPES);
+        if material % SECTOR_SIZE != 0 {
+            // qemu-img 10 aborts on such a key slot (it encrypts whole sectors only), so an
+            // image made with one could never be opened by QEMU.
+            return Err(Error::unsupported(format!(
+                "{} in {} mode: a key slot's material ({material} bytes) is not a whole number of {SECTOR_SIZE}-byte sectors, which QEMU cannot open",
+                spec.alg.name(),
+                spec.mode.name()
+            )));
+        }
         let mut key = Zeroizing::new(vec![0u8; kb]);
         random_bytes(&mut key)?;
         let region_len = Self::region_len(&spec);
@@ -215,7 +225,7 @@ impl Luks {
         let mut mk_digest = [0u8; DIGEST_LEN];
         hash.pbkdf2(&key, &mk_digest_salt, mk_digest_iter, &mut mk_digest);
         let header = LuksHeader {
-            cipher_name: "aes".into(),
+            cipher_name: spec.alg.luks_name().into(),
             cipher_mode: spec.luks_mode(),
             hash_spec: hash.name().into(),
             payload_offset: (region_len / SECTOR_SIZE) as u32,

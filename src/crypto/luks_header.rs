@@ -8,7 +8,10 @@
 //! before anything is derived from them, so a hostile header costs one error.
 
 use super::sector::CipherSpec;
-use super::{corrupt, Hash, LUKS_STRIPES, MAX_KEY_BYTES, MAX_PBKDF2_ITERATIONS, SECTOR_SIZE};
+use super::{
+    corrupt, Hash, LUKS_STRIPES, MAX_KEY_BYTES, MAX_PBKDF2_ITERATIONS, MAX_UNLOCK_ITERATIONS,
+    SECTOR_SIZE,
+};
 use crate::error::Result;
 use byteorder::{BigEndian, ByteOrder};
 use nom::bytes::complete::take;
@@ -279,6 +282,18 @@ impl LuksHeader {
             }
             spans.push((start, end));
         }
+        let unlock_work: u64 = self
+            .slots
+            .iter()
+            .filter(|s| s.active)
+            .map(|s| u64::from(s.iterations) + u64::from(self.mk_digest_iter))
+            .sum();
+        if unlock_work > MAX_UNLOCK_ITERATIONS {
+            return Err(corrupt(
+                base + SLOTS_OFFSET as u64,
+                format!("unlocking would take {unlock_work} PBKDF2 iterations over the active key slots (vdisk accepts at most {MAX_UNLOCK_ITERATIONS})"),
+            ));
+        }
         for (i, a) in spans.iter().enumerate() {
             for (j, b) in spans.iter().enumerate().skip(i + 1) {
                 if a.0 < b.1 && b.0 < a.1 {
@@ -397,6 +412,15 @@ mod tests {
         };
         assert!(e(&|h| h.slots[0].iterations = u32::MAX).contains("PBKDF2 iterations"));
         assert!(e(&|h| h.mk_digest_iter = 0).contains("master key digest"));
+        // Each count within its own limit, but eight of them together too many.
+        let every_slot_slow = |h: &mut LuksHeader| {
+            h.mk_digest_iter = MAX_PBKDF2_ITERATIONS;
+            for s in &mut h.slots {
+                s.active = true;
+                s.iterations = MAX_PBKDF2_ITERATIONS;
+            }
+        };
+        assert!(e(&every_slot_slow).contains("unlocking would take"));
         assert!(e(&|h| h.slots[3].key_offset = 4000).contains("past the end"));
         assert!(e(&|h| h.slots[2].key_offset = 8).contains("overlap"));
         assert!(e(&|h| h.slots[1].key_offset = 0).contains("overlaps the LUKS header"));
@@ -404,7 +428,7 @@ mod tests {
         assert!(e(&|h| h.key_bytes = 1 << 30).contains("key size"));
         assert!(e(&|h| h.key_bytes = 40).contains("40-byte"));
         assert!(e(&|h| h.hash_spec = "whirlpool".into()).contains("whirlpool"));
-        assert!(e(&|h| h.cipher_name = "twofish".into()).contains("twofish"));
+        assert!(e(&|h| h.cipher_name = "blowfish".into()).contains("blowfish"));
         let mut b = sample().write();
         b[7] = 2;
         assert!(LuksHeader::parse(&b, 0)

@@ -8,17 +8,20 @@
 //! | --- | --- |
 //! | this file | hash algorithms ([`Hash`]), [`Passphrase`], random bytes, the hard limits |
 //! | [`keyring`] | the process-wide secrets (`--object secret`) and which image uses which |
-//! | [`sector`] | [`sector::SectorCipher`]: AES in XTS, CBC or ECB mode with the plain, plain64 or ESSIV IV, per 512-byte sector |
+//! | [`cipher_spec`] | what a sector cipher is: algorithm and key size, mode, IV generator, and which combinations exist |
+//! | [`sector`] | [`sector::SectorCipher`]: AES, Twofish, Serpent or CAST5 in XTS, CBC, ECB or CTR mode with the plain, plain64 or ESSIV IV, per 512-byte sector |
 //! | [`afsplit`] | the anti-forensic splitter: merging (unlock) and splitting (new key slots) |
 //! | [`luks_header`] | the LUKS1 header: parsing, validation against the limits, writing |
 //! | [`luks`] | unlocking a key slot, creating a header, adding and erasing key slots, `info` |
 //! | [`qcow_aes`] | the legacy qcow AES-CBC scheme (`encrypt.format=aes`) |
 //!
-//! Every primitive (AES, XTS, CBC, PBKDF2, HMAC, SHA-1/2) comes from the RustCrypto crates;
+//! Every primitive (AES, Twofish, Serpent, CAST5, XTS, CBC, CTR, PBKDF2, HMAC, MD5, SHA-1/2,
+//! RIPEMD-160, SM3) comes from the RustCrypto crates;
 //! nothing here implements a cipher. Key material lives in [`zeroize::Zeroizing`] buffers
 //! and is wiped when dropped; master-key digests are compared in constant time.
 
 pub mod afsplit;
+pub mod cipher_spec;
 pub mod keyring;
 pub mod luks;
 pub mod luks_header;
@@ -37,6 +40,11 @@ pub const SECTOR_SIZE: u64 = 512;
 /// digest (about a minute of CPU time on a current core; larger counts could keep an
 /// open busy for hours).
 pub const MAX_PBKDF2_ITERATIONS: u32 = 64_000_000;
+/// Most PBKDF2 iterations one unlock may need in all: each active key slot's count plus
+/// the master-key digest's once per slot (a wrong passphrase tries every slot). Eight slots
+/// at the per-slot limit could keep an open busy for over ten minutes; this keeps the
+/// worst case to a few minutes while leaving room for images made with long iter-times.
+pub const MAX_UNLOCK_ITERATIONS: u64 = 256_000_000;
 /// Largest master key in bytes (AES-256 in XTS mode).
 pub const MAX_KEY_BYTES: u32 = 64;
 /// Anti-forensic stripes of a LUKS1 key slot: the format's fixed value, which QEMU and
@@ -68,9 +76,12 @@ impl std::fmt::Debug for Passphrase {
     }
 }
 
-/// The hash algorithms LUKS1 names (`hash_spec`, `essiv:HASH`).
+/// The hash algorithms LUKS1 names (`hash_spec`, `essiv:HASH`): the ones qemu-img 10
+/// accepts for `hash-alg` and `ivgen-hash-alg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hash {
+    /// MD5.
+    Md5,
     /// SHA-1.
     Sha1,
     /// SHA-224.
@@ -81,26 +92,36 @@ pub enum Hash {
     Sha384,
     /// SHA-512.
     Sha512,
+    /// RIPEMD-160.
+    Ripemd160,
+    /// SM3.
+    Sm3,
 }
 
 impl Hash {
     /// Every hash, in qemu-img's order.
-    pub const ALL: [Hash; 5] = [
+    pub const ALL: [Hash; 8] = [
+        Hash::Md5,
         Hash::Sha1,
         Hash::Sha224,
         Hash::Sha256,
         Hash::Sha384,
         Hash::Sha512,
+        Hash::Ripemd160,
+        Hash::Sm3,
     ];
 
     /// The name as LUKS and qemu-img spell it.
     pub fn name(self) -> &'static str {
         match self {
+            Hash::Md5 => "md5",
             Hash::Sha1 => "sha1",
             Hash::Sha224 => "sha224",
             Hash::Sha256 => "sha256",
             Hash::Sha384 => "sha384",
             Hash::Sha512 => "sha512",
+            Hash::Ripemd160 => "ripemd160",
+            Hash::Sm3 => "sm3",
         }
     }
 
@@ -115,11 +136,13 @@ impl Hash {
     /// Bytes of a digest.
     pub fn digest_len(self) -> usize {
         match self {
-            Hash::Sha1 => 20,
+            Hash::Md5 => 16,
+            Hash::Sha1 | Hash::Ripemd160 => 20,
             Hash::Sha224 => 28,
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
             Hash::Sha512 => 64,
+            Hash::Sm3 => 32,
         }
     }
 
@@ -133,11 +156,14 @@ impl Hash {
             Zeroizing::new(h.finalize().to_vec())
         }
         match self {
+            Hash::Md5 => run::<md5::Md5>(parts),
             Hash::Sha1 => run::<sha1::Sha1>(parts),
             Hash::Sha224 => run::<sha2::Sha224>(parts),
             Hash::Sha256 => run::<sha2::Sha256>(parts),
             Hash::Sha384 => run::<sha2::Sha384>(parts),
             Hash::Sha512 => run::<sha2::Sha512>(parts),
+            Hash::Ripemd160 => run::<ripemd::Ripemd160>(parts),
+            Hash::Sm3 => run::<sm3::Sm3>(parts),
         }
     }
 
@@ -146,11 +172,14 @@ impl Hash {
     pub fn pbkdf2(self, password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) {
         use pbkdf2::pbkdf2_hmac;
         match self {
+            Hash::Md5 => pbkdf2_hmac::<md5::Md5>(password, salt, iterations, out),
             Hash::Sha1 => pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, out),
             Hash::Sha224 => pbkdf2_hmac::<sha2::Sha224>(password, salt, iterations, out),
             Hash::Sha256 => pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, out),
             Hash::Sha384 => pbkdf2_hmac::<sha2::Sha384>(password, salt, iterations, out),
             Hash::Sha512 => pbkdf2_hmac::<sha2::Sha512>(password, salt, iterations, out),
+            Hash::Ripemd160 => pbkdf2_hmac::<ripemd::Ripemd160>(password, salt, iterations, out),
+            Hash::Sm3 => pbkdf2_hmac::<sm3::Sm3>(password, salt, iterations, out),
         }
     }
 
@@ -201,7 +230,10 @@ mod tests {
             assert_eq!(Hash::parse(h.name()).unwrap(), h);
             assert_eq!(h.digest(&[b"x"]).len(), h.digest_len());
         }
-        assert!(Hash::parse("md5").unwrap_err().to_string().contains("md5"));
+        assert!(Hash::parse("whirlpool")
+            .unwrap_err()
+            .to_string()
+            .contains("whirlpool"));
     }
 
     #[test]

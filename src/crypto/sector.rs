@@ -1,288 +1,115 @@
-//! Sector ciphers: AES (128, 192 or 256-bit keys) in XTS, CBC or ECB mode, with the IV of
-//! each 512-byte sector made by the plain, plain64 or ESSIV generator, as LUKS1 names
-//! them (`aes` + `xts-plain64`, `cbc-essiv:sha256`, ...).
+//! Sector ciphers: a block cipher (AES, Twofish, Serpent, CAST5) in XTS, CBC, ECB or CTR
+//! mode, with the IV of each 512-byte sector made by the plain, plain64 or ESSIV
+//! generator, as LUKS1 names them (`aes` + `xts-plain64`, `serpent` + `cbc-essiv:sha256`).
 //!
-//! The block cipher and the modes come from the `aes`, `xts-mode` and `cbc` crates; this
-//! file only picks them, derives the IV of each sector and walks a buffer sector by
-//! sector (a last piece shorter than a sector, as the end of a key slot's material can
-//! be, is processed with that sector's IV).
+//! The block ciphers and the modes come from RustCrypto crates (`aes`, `twofish`,
+//! `serpent`, `cast5`, `xts-mode`, `cbc`, `ctr`); ECB is the block cipher applied to each
+//! block in turn. This file only picks them, derives the IV of each sector and walks a
+//! buffer sector by sector (a last piece shorter than a sector, as the end of a key
+//! slot's material can be, is processed with that sector's IV).
 
-use super::{Hash, SECTOR_SIZE};
+pub use super::cipher_spec::{CipherAlg, CipherSpec, IvGenAlg, Mode};
+use super::SECTOR_SIZE;
 use crate::error::{Error, Result};
-use aes::cipher::consts::U16;
+use aes::cipher::consts::{U16, U8};
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{
     BlockCipher, BlockDecrypt, BlockDecryptMut, BlockEncrypt, BlockEncryptMut, BlockSizeUser,
-    InnerIvInit, KeyInit,
+    InnerIvInit, KeyInit, StreamCipher,
 };
 
-/// The block cipher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CipherAlg {
-    /// AES with a 128-bit key.
-    Aes128,
-    /// AES with a 192-bit key.
-    Aes192,
-    /// AES with a 256-bit key.
-    Aes256,
-}
-
-impl CipherAlg {
-    /// Every algorithm, for option parsing.
-    pub const ALL: [CipherAlg; 3] = [CipherAlg::Aes128, CipherAlg::Aes192, CipherAlg::Aes256];
-
-    /// qemu-img's name (`cipher-alg`).
-    pub fn name(self) -> &'static str {
-        match self {
-            CipherAlg::Aes128 => "aes-128",
-            CipherAlg::Aes192 => "aes-192",
-            CipherAlg::Aes256 => "aes-256",
-        }
-    }
-
-    /// Bytes of one key of this algorithm.
-    pub fn key_len(self) -> usize {
-        match self {
-            CipherAlg::Aes128 => 16,
-            CipherAlg::Aes192 => 24,
-            CipherAlg::Aes256 => 32,
-        }
-    }
-
-    /// The AES algorithm whose key is `len` bytes.
-    pub fn aes_of_key_len(len: usize) -> Option<CipherAlg> {
-        CipherAlg::ALL.into_iter().find(|a| a.key_len() == len)
-    }
-
-    /// The algorithm qemu-img names `name` (`aes-256`; `aes` alone is not a name there).
-    pub fn parse(name: &str) -> Result<CipherAlg> {
-        CipherAlg::ALL
-            .into_iter()
-            .find(|a| a.name() == name)
-            .ok_or_else(|| Error::unsupported(format!("cipher algorithm '{name}'")))
-    }
-}
-
-/// The block cipher mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Electronic codebook (no IV).
-    Ecb,
-    /// Cipher block chaining, restarted at each sector with its IV.
-    Cbc,
-    /// XEX with ciphertext stealing; the IV is the tweak; the key holds two AES keys.
-    Xts,
-}
-
-impl Mode {
-    /// The name in LUKS and qemu-img (`cipher-mode`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Ecb => "ecb",
-            Mode::Cbc => "cbc",
-            Mode::Xts => "xts",
-        }
-    }
-
-    /// The mode named `name`.
-    pub fn parse(name: &str) -> Result<Mode> {
-        [Mode::Ecb, Mode::Cbc, Mode::Xts]
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| Error::unsupported(format!("cipher mode '{name}'")))
-    }
-
-    /// Key bytes of `alg` in this mode.
-    pub fn key_len(self, alg: CipherAlg) -> usize {
-        match self {
-            Mode::Xts => 2 * alg.key_len(),
-            _ => alg.key_len(),
-        }
-    }
-}
-
-/// How the IV of a sector is made from its number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IvGenAlg {
-    /// The low 32 bits of the sector number, little-endian, zero-padded.
-    Plain,
-    /// The sector number as 64 bits little-endian, zero-padded.
-    Plain64,
-    /// The plain64 IV encrypted with AES keyed by the hash of the key.
-    Essiv,
-}
-
-impl IvGenAlg {
-    /// The name in LUKS and qemu-img (`ivgen-alg`).
-    pub fn name(self) -> &'static str {
-        match self {
-            IvGenAlg::Plain => "plain",
-            IvGenAlg::Plain64 => "plain64",
-            IvGenAlg::Essiv => "essiv",
-        }
-    }
-
-    /// The generator named `name`.
-    pub fn parse(name: &str) -> Result<IvGenAlg> {
-        [IvGenAlg::Plain, IvGenAlg::Plain64, IvGenAlg::Essiv]
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| Error::unsupported(format!("IV generator '{name}'")))
-    }
-}
-
-/// A complete description of a sector cipher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CipherSpec {
-    /// The block cipher.
-    pub alg: CipherAlg,
-    /// Its mode.
-    pub mode: Mode,
-    /// The IV generator.
-    pub ivgen: IvGenAlg,
-    /// The hash keying the ESSIV cipher (only with [`IvGenAlg::Essiv`]).
-    pub ivgen_hash: Option<Hash>,
-}
-
-impl CipherSpec {
-    /// qemu-img's default: AES-256 in XTS mode with the plain64 IV.
-    pub const DEFAULT: CipherSpec = CipherSpec {
-        alg: CipherAlg::Aes256,
-        mode: Mode::Xts,
-        ivgen: IvGenAlg::Plain64,
-        ivgen_hash: None,
-    };
-
-    /// Bytes of the key.
-    pub fn key_len(&self) -> usize {
-        self.mode.key_len(self.alg)
-    }
-
-    /// The spec a LUKS1 header describes: cipher name `name` (`aes`), mode string `mode`
-    /// (`xts-plain64`, `cbc-essiv:sha256`, `ecb`) and key size `key_bytes`.
-    pub fn from_luks(name: &str, mode: &str, key_bytes: usize) -> Result<CipherSpec> {
-        if name != "aes" {
-            return Err(Error::unsupported(format!(
-                "LUKS cipher '{name}' (vdisk supports aes)"
-            )));
-        }
-        let (mode_name, ivgen_text) = mode.split_once('-').unwrap_or((mode, "plain64"));
-        let mode_kind = Mode::parse(mode_name)?;
-        let (ivgen_name, hash) = match ivgen_text.split_once(':') {
-            Some((g, h)) => (g, Some(Hash::parse(h)?)),
-            None => (ivgen_text, None),
-        };
-        let ivgen = IvGenAlg::parse(ivgen_name)?;
-        let per_key = if mode_kind == Mode::Xts {
-            key_bytes / 2
-        } else {
-            key_bytes
-        };
-        let alg = CipherAlg::aes_of_key_len(per_key)
-            .filter(|_| mode_kind != Mode::Xts || key_bytes % 2 == 0)
-            .ok_or_else(|| {
-                Error::unsupported(format!("aes-{mode_name} with a {key_bytes}-byte key"))
-            })?;
-        let spec = CipherSpec {
-            alg,
-            mode: mode_kind,
-            ivgen,
-            ivgen_hash: hash,
-        };
-        spec.validate()?;
-        Ok(spec)
-    }
-
-    /// The LUKS1 mode string (`xts-plain64`, `cbc-essiv:sha256`).
-    pub fn luks_mode(&self) -> String {
-        match self.ivgen_hash {
-            Some(h) => format!("{}-{}:{}", self.mode.name(), self.ivgen.name(), h.name()),
-            None => format!("{}-{}", self.mode.name(), self.ivgen.name()),
-        }
-    }
-
-    /// Refuse combinations no cipher can be built for: ESSIV without a hash or with a hash
-    /// whose digest is no AES key size; a hash given to another generator.
-    pub fn validate(&self) -> Result<()> {
-        match (self.ivgen, self.ivgen_hash) {
-            (IvGenAlg::Essiv, None) => Err(Error::invalid(
-                "the essiv IV generator needs a hash (ivgen-hash-alg)",
-            )),
-            (IvGenAlg::Essiv, Some(h)) if CipherAlg::aes_of_key_len(h.digest_len()).is_none() => {
-                Err(Error::unsupported(format!(
-                    "essiv with {}: no AES cipher takes a {}-byte key",
-                    h.name(),
-                    h.digest_len()
-                )))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// One mode of one block cipher, keyed.
+/// One mode of one block cipher, keyed. `iv` is one block long (empty for ECB).
 trait Engine: Send + Sync {
-    fn encrypt(&self, data: &mut [u8], iv: &[u8; 16]);
-    fn decrypt(&self, data: &mut [u8], iv: &[u8; 16]);
+    fn encrypt(&self, data: &mut [u8], iv: &[u8]);
+    fn decrypt(&self, data: &mut [u8], iv: &[u8]);
 }
 
 /// What a block cipher must offer to be used here.
-trait Block16:
-    BlockSizeUser<BlockSize = U16>
-    + BlockCipher
-    + BlockEncrypt
-    + BlockDecrypt
-    + KeyInit
-    + Clone
-    + Send
-    + Sync
-    + 'static
+trait BlockAlg:
+    BlockCipher + BlockEncrypt + BlockDecrypt + KeyInit + Clone + Send + Sync + 'static
 {
 }
-impl Block16 for aes::Aes128 {}
-impl Block16 for aes::Aes192 {}
-impl Block16 for aes::Aes256 {}
+impl<T> BlockAlg for T where
+    T: BlockCipher + BlockEncrypt + BlockDecrypt + KeyInit + Clone + Send + Sync + 'static
+{
+}
 
 struct Ecb<C>(C);
 struct Cbc<C>(C);
-struct Xts<C: Block16>(xts_mode::Xts128<C>);
+struct Ctr128<C>(C);
+struct Ctr64<C>(C);
+struct Xts<C: BlockAlg + BlockSizeUser<BlockSize = U16>>(xts_mode::Xts128<C>);
 
-impl<C: Block16> Engine for Ecb<C> {
-    fn encrypt(&self, data: &mut [u8], _iv: &[u8; 16]) {
-        for b in data.chunks_exact_mut(16) {
+impl<C: BlockAlg> Engine for Ecb<C> {
+    fn encrypt(&self, data: &mut [u8], _iv: &[u8]) {
+        for b in data.chunks_exact_mut(C::block_size()) {
             self.0.encrypt_block(GenericArray::from_mut_slice(b));
         }
     }
-    fn decrypt(&self, data: &mut [u8], _iv: &[u8; 16]) {
-        for b in data.chunks_exact_mut(16) {
+    fn decrypt(&self, data: &mut [u8], _iv: &[u8]) {
+        for b in data.chunks_exact_mut(C::block_size()) {
             self.0.decrypt_block(GenericArray::from_mut_slice(b));
         }
     }
 }
 
-impl<C: Block16> Engine for Cbc<C> {
-    fn encrypt(&self, data: &mut [u8], iv: &[u8; 16]) {
+impl<C: BlockAlg> Engine for Cbc<C> {
+    fn encrypt(&self, data: &mut [u8], iv: &[u8]) {
         let mut e =
             cbc::Encryptor::<C>::inner_iv_init(self.0.clone(), GenericArray::from_slice(iv));
-        for b in data.chunks_exact_mut(16) {
+        for b in data.chunks_exact_mut(C::block_size()) {
             e.encrypt_block_mut(GenericArray::from_mut_slice(b));
         }
     }
-    fn decrypt(&self, data: &mut [u8], iv: &[u8; 16]) {
+    fn decrypt(&self, data: &mut [u8], iv: &[u8]) {
         let mut d =
             cbc::Decryptor::<C>::inner_iv_init(self.0.clone(), GenericArray::from_slice(iv));
-        for b in data.chunks_exact_mut(16) {
+        for b in data.chunks_exact_mut(C::block_size()) {
             d.decrypt_block_mut(GenericArray::from_mut_slice(b));
         }
     }
 }
 
-impl<C: Block16> Engine for Xts<C> {
-    fn encrypt(&self, data: &mut [u8], iv: &[u8; 16]) {
-        self.0.encrypt_sector(data, *iv);
+// A counter of a whole block never runs out within one sector, so the keystream errors
+// of `try_apply_keystream` cannot happen; they would leave the data unchanged.
+impl<C: BlockAlg + BlockSizeUser<BlockSize = U16>> Engine for Ctr128<C> {
+    fn encrypt(&self, data: &mut [u8], iv: &[u8]) {
+        let core = ctr::CtrCore::<C, ctr::flavors::Ctr128BE>::inner_iv_init(
+            self.0.clone(),
+            GenericArray::from_slice(iv),
+        );
+        let mut c = ctr::Ctr128BE::<C>::from_core(core);
+        let _ = c.try_apply_keystream(data);
     }
-    fn decrypt(&self, data: &mut [u8], iv: &[u8; 16]) {
-        self.0.decrypt_sector(data, *iv);
+    fn decrypt(&self, data: &mut [u8], iv: &[u8]) {
+        self.encrypt(data, iv)
+    }
+}
+
+impl<C: BlockAlg + BlockSizeUser<BlockSize = U8>> Engine for Ctr64<C> {
+    fn encrypt(&self, data: &mut [u8], iv: &[u8]) {
+        let core = ctr::CtrCore::<C, ctr::flavors::Ctr64BE>::inner_iv_init(
+            self.0.clone(),
+            GenericArray::from_slice(iv),
+        );
+        let mut c = ctr::Ctr64BE::<C>::from_core(core);
+        let _ = c.try_apply_keystream(data);
+    }
+    fn decrypt(&self, data: &mut [u8], iv: &[u8]) {
+        self.encrypt(data, iv)
+    }
+}
+
+impl<C: BlockAlg + BlockSizeUser<BlockSize = U16>> Engine for Xts<C> {
+    fn encrypt(&self, data: &mut [u8], iv: &[u8]) {
+        let mut tweak = [0u8; 16];
+        tweak.copy_from_slice(iv);
+        self.0.encrypt_sector(data, tweak);
+    }
+    fn decrypt(&self, data: &mut [u8], iv: &[u8]) {
+        let mut tweak = [0u8; 16];
+        tweak.copy_from_slice(iv);
+        self.0.decrypt_sector(data, tweak);
     }
 }
 
@@ -290,15 +117,39 @@ fn bad_key() -> Error {
     Error::invalid("encryption key of the wrong length for its cipher")
 }
 
-fn engine<C: Block16>(mode: Mode, key: &[u8]) -> Result<Box<dyn Engine>> {
-    let new = |k: &[u8]| C::new_from_slice(k).map_err(|_| bad_key());
+fn new_key<C: BlockAlg>(k: &[u8]) -> Result<C> {
+    C::new_from_slice(k).map_err(|_| bad_key())
+}
+
+/// The engines of a cipher with 16-byte blocks: every mode.
+fn engine16<C: BlockAlg + BlockSizeUser<BlockSize = U16>>(
+    mode: Mode,
+    key: &[u8],
+) -> Result<Box<dyn Engine>> {
     Ok(match mode {
-        Mode::Ecb => Box::new(Ecb(new(key)?)),
-        Mode::Cbc => Box::new(Cbc(new(key)?)),
+        Mode::Ecb => Box::new(Ecb(new_key::<C>(key)?)),
+        Mode::Cbc => Box::new(Cbc(new_key::<C>(key)?)),
+        Mode::Ctr => Box::new(Ctr128(new_key::<C>(key)?)),
         Mode::Xts => {
             let (k1, k2) = key.split_at(key.len() / 2);
-            Box::new(Xts(xts_mode::Xts128::new(new(k1)?, new(k2)?)))
+            Box::new(Xts(xts_mode::Xts128::new(
+                new_key::<C>(k1)?,
+                new_key::<C>(k2)?,
+            )))
         }
+    })
+}
+
+/// The engines of a cipher with 8-byte blocks: every mode but XTS.
+fn engine8<C: BlockAlg + BlockSizeUser<BlockSize = U8>>(
+    mode: Mode,
+    key: &[u8],
+) -> Result<Box<dyn Engine>> {
+    Ok(match mode {
+        Mode::Ecb => Box::new(Ecb(new_key::<C>(key)?)),
+        Mode::Cbc => Box::new(Cbc(new_key::<C>(key)?)),
+        Mode::Ctr => Box::new(Ctr64(new_key::<C>(key)?)),
+        Mode::Xts => return Err(Error::unsupported("Unsupported cipher mode xts")),
     })
 }
 
@@ -307,18 +158,25 @@ fn engine_for(alg: CipherAlg, mode: Mode, key: &[u8]) -> Result<Box<dyn Engine>>
         return Err(bad_key());
     }
     match alg {
-        CipherAlg::Aes128 => engine::<aes::Aes128>(mode, key),
-        CipherAlg::Aes192 => engine::<aes::Aes192>(mode, key),
-        CipherAlg::Aes256 => engine::<aes::Aes256>(mode, key),
+        CipherAlg::Aes128 => engine16::<aes::Aes128>(mode, key),
+        CipherAlg::Aes192 => engine16::<aes::Aes192>(mode, key),
+        CipherAlg::Aes256 => engine16::<aes::Aes256>(mode, key),
+        CipherAlg::Twofish128 | CipherAlg::Twofish192 | CipherAlg::Twofish256 => {
+            engine16::<twofish::Twofish>(mode, key)
+        }
+        CipherAlg::Serpent128 | CipherAlg::Serpent192 | CipherAlg::Serpent256 => {
+            engine16::<serpent::Serpent>(mode, key)
+        }
+        CipherAlg::Cast5_128 => engine8::<cast5::Cast5>(mode, key),
     }
 }
 
-/// A keyed sector cipher. It holds the expanded key (wiped on drop by the `aes` crate's
-/// `zeroize` feature) but not the key bytes themselves.
+/// A keyed sector cipher. It holds the expanded key (wiped on drop through the cipher
+/// crates' `zeroize` feature) but not the key bytes themselves.
 pub struct SectorCipher {
     spec: CipherSpec,
     engine: Box<dyn Engine>,
-    /// The ESSIV cipher (AES in ECB mode keyed by the hash of the key).
+    /// The ESSIV cipher (the same family in ECB mode, keyed by the hash of the key).
     essiv: Option<Box<dyn Engine>>,
 }
 
@@ -333,7 +191,7 @@ impl SectorCipher {
         let essiv = match (spec.ivgen, spec.ivgen_hash) {
             (IvGenAlg::Essiv, Some(h)) => {
                 let salt = h.digest(&[key]);
-                let alg = CipherAlg::aes_of_key_len(salt.len()).ok_or_else(bad_key)?;
+                let alg = spec.alg.essiv_alg(h)?;
                 Some(engine_for(alg, Mode::Ecb, &salt)?)
             }
             _ => None,
@@ -350,6 +208,7 @@ impl SectorCipher {
         self.spec
     }
 
+    /// The IV of `sector` (the first block-length bytes count; none in ECB mode).
     fn iv(&self, sector: u64) -> [u8; 16] {
         let mut iv = [0u8; 16];
         match self.spec.ivgen {
@@ -357,13 +216,20 @@ impl SectorCipher {
             IvGenAlg::Plain64 | IvGenAlg::Essiv => iv[..8].copy_from_slice(&sector.to_le_bytes()),
         }
         if let Some(e) = &self.essiv {
-            e.encrypt(&mut iv, &[0; 16]);
+            e.encrypt(&mut iv[..self.spec.alg.block_len()], &[]);
         }
         iv
     }
 
-    fn check_len(data: &[u8]) -> Result<()> {
-        if data.len() % 16 != 0 {
+    fn iv_len(&self) -> usize {
+        match self.spec.mode {
+            Mode::Ecb => 0,
+            _ => self.spec.alg.block_len(),
+        }
+    }
+
+    fn check_len(&self, data: &[u8]) -> Result<()> {
+        if data.len() % self.spec.alg.block_len() != 0 {
             return Err(Error::invalid(format!(
                 "encrypted data of {} bytes is not a whole number of cipher blocks",
                 data.len()
@@ -375,14 +241,14 @@ impl SectorCipher {
     /// Encrypt `data` in place: sector `first_sector` and those after it (the last piece
     /// may be shorter than a sector, but must be whole 16-byte blocks).
     pub fn encrypt(&self, first_sector: u64, data: &mut [u8]) -> Result<()> {
-        Self::check_len(data)?;
+        self.check_len(data)?;
         self.run(first_sector, data, true);
         Ok(())
     }
 
     /// Decrypt `data` in place, as [`encrypt`](Self::encrypt) encrypted it.
     pub fn decrypt(&self, first_sector: u64, data: &mut [u8]) -> Result<()> {
-        Self::check_len(data)?;
+        self.check_len(data)?;
         self.run(first_sector, data, false);
         Ok(())
     }
@@ -410,10 +276,11 @@ impl SectorCipher {
     fn run_serial(&self, first_sector: u64, data: &mut [u8], encrypt: bool) {
         for (i, sector) in data.chunks_mut(SECTOR_SIZE as usize).enumerate() {
             let iv = self.iv(first_sector.wrapping_add(i as u64));
+            let iv = &iv[..self.iv_len()];
             if encrypt {
-                self.engine.encrypt(sector, &iv);
+                self.engine.encrypt(sector, iv);
             } else {
-                self.engine.decrypt(sector, &iv);
+                self.engine.decrypt(sector, iv);
             }
         }
     }
@@ -491,13 +358,58 @@ mod tests {
         assert_eq!(big, serial);
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ctr_counts_the_whole_block_big_endian_as_nist_sp800_38a_f51() {
+        // AES-128 CTR, the first two blocks of NIST SP 800-38A F.5.1: the counter's last
+        // byte goes from 0xff to 0x00 with a carry into the byte before it.
+        let e = engine_for(
+            CipherAlg::Aes128,
+            Mode::Ctr,
+            &hex("2b7e151628aed2a6abf7158809cf4f3c"),
+        )
+        .unwrap();
+        let mut data = hex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51");
+        e.encrypt(&mut data, &hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"));
+        assert_eq!(
+            data,
+            hex("874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff")
+        );
+    }
+
+    #[test]
+    fn twofish_ecb_matches_the_published_zero_key_vector() {
+        let e = engine_for(CipherAlg::Twofish128, Mode::Ecb, &[0; 16]).unwrap();
+        let mut block = [0u8; 16];
+        e.encrypt(&mut block, &[]);
+        assert_eq!(block.to_vec(), hex("9f589f5cf6122c32b6bfec2f2ae8c35a"));
+    }
+
+    #[test]
+    fn cast5_uses_eight_byte_blocks_and_ivs() {
+        let spec = CipherSpec::from_luks("cast5", "cbc-plain64", 16).unwrap();
+        let c = SectorCipher::new(spec, &[7; 16]).unwrap();
+        assert_eq!(c.iv_len(), 8);
+        let mut a = vec![3u8; 520];
+        c.encrypt(1, &mut a).unwrap();
+        c.decrypt(1, &mut a).unwrap();
+        assert_eq!(a, vec![3u8; 520]);
+        assert!(c.encrypt(1, &mut [0u8; 12]).is_err());
+    }
+
     #[test]
     fn unusable_specs_are_refused_with_a_reason() {
         let e = |n: &str, m: &str, k| CipherSpec::from_luks(n, m, k).unwrap_err().to_string();
-        assert!(e("serpent", "xts-plain64", 64).contains("serpent"));
+        assert!(e("blowfish", "xts-plain64", 64).contains("blowfish"));
         assert!(e("aes", "xts-plain64", 40).contains("40-byte"));
-        assert!(e("aes", "cbc-essiv:sha1", 16).contains("essiv"));
-        assert!(e("aes", "ctr-plain64", 16).contains("ctr"));
+        assert!(e("aes", "cbc-essiv:sha1", 16).contains("key size 20"));
+        assert!(e("aes", "gcm-plain64", 16).contains("gcm"));
         assert!(e("aes", "cbc-bogus", 16).contains("bogus"));
         let c = SectorCipher::new(CipherSpec::DEFAULT, &[0; 64]).unwrap();
         assert!(c.encrypt(0, &mut [0u8; 20]).is_err());

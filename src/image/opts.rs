@@ -69,6 +69,9 @@ pub struct ImageSpec {
     pub warnings: Vec<String>,
     /// `encrypt.key-secret`: the ID of the secret that unlocks an encrypted image.
     pub key_secret: Option<String>,
+    /// `backing.encrypt.key-secret`, `backing.backing.encrypt.key-secret`, ...: the
+    /// secrets of the backing files, nearest first (`None` for a level given none).
+    pub backing_key_secrets: Vec<Option<String>>,
 }
 
 impl ImageSpec {
@@ -124,6 +127,7 @@ impl ImageSpec {
             Some(d) => return Err(format!("Unknown protocol driver '{d}'")),
         }
         let key_secret = take_encryption_keys(&mut keys, driver.as_deref())?;
+        let backing_key_secrets = take_backing_secrets(&mut keys);
         let no_backing = match keys.remove("backing").as_deref() {
             None => false,
             Some("") => {
@@ -164,8 +168,24 @@ impl ImageSpec {
             no_backing,
             warnings,
             key_secret,
+            backing_key_secrets,
         })
     }
+}
+
+/// Most backing levels whose secret an option string may name.
+const MAX_BACKING_SECRET_DEPTH: usize = 16;
+
+/// Remove `backing.encrypt.key-secret` and its deeper forms (`backing.backing.`...) from
+/// `keys`: the secret of each backing level, nearest first.
+fn take_backing_secrets(keys: &mut BTreeMap<String, String>) -> Vec<Option<String>> {
+    let mut secrets: Vec<Option<String>> = (1..=MAX_BACKING_SECRET_DEPTH)
+        .map(|depth| keys.remove(&format!("{}encrypt.key-secret", "backing.".repeat(depth))))
+        .collect();
+    while secrets.last().is_some_and(Option::is_none) {
+        secrets.pop();
+    }
+    secrets
 }
 
 /// Remove the encryption keys (`encrypt.key-secret`, `encrypt.format`) from `keys` and
@@ -201,6 +221,7 @@ impl ImageSpec {
                 no_backing: false,
                 warnings: Vec::new(),
                 key_secret: None,
+                backing_key_secrets: Vec::new(),
             });
         }
         if format.is_some() {
@@ -209,12 +230,22 @@ impl ImageSpec {
             ));
         }
         let spec = ImageSpec::parse(&name.to_string_lossy())?;
-        if let Some(id) = &spec.key_secret {
-            // The driver opening the file asks the keyring for its passphrase.
+        for id in spec
+            .key_secret
+            .iter()
+            .chain(spec.backing_key_secrets.iter().flatten())
+        {
             crate::crypto::keyring::secret(id).map_err(|e| {
                 Error::invalid(format!("Could not open '{}': {e}", name.to_string_lossy()))
             })?;
+        }
+        // The driver opening a file asks the keyring for its passphrase; a backing file's
+        // is passed down when the chain is opened.
+        if let Some(id) = &spec.key_secret {
             crate::crypto::keyring::bind_image(&spec.path, id);
+        }
+        if !spec.backing_key_secrets.is_empty() {
+            crate::crypto::keyring::bind_backing_chain(&spec.path, &spec.backing_key_secrets);
         }
         Ok(spec)
     }

@@ -41,10 +41,13 @@ fn unsupported(format: Format) -> Error {
 /// Apply the qemu-img style `options` (key, value) to the image at `file` (format
 /// `format`, probed when `None`). With `progress`, it is given the percentages qemu-img's
 /// `amend -p` reports: a qcow2 upgrade in two halves then done, a downgrade as one step.
+/// `force` (`--force`) allows the changes qemu-img calls unsafe: for qcow2, overwriting an
+/// active LUKS key slot, erasing the last one, erasing a free one.
 pub fn amend(
     file: &Path,
     format: Option<Format>,
     options: &[(String, String)],
+    force: bool,
     progress: Option<&mut dyn FnMut(f64)>,
 ) -> Result<()> {
     if options.is_empty() {
@@ -62,7 +65,7 @@ pub fn amend(
         false => 0,
     };
     let mut open_backing = |b: &_| image::open_backing_of(file, format, b);
-    amend(&HostFiles, file, options, &mut open_backing)?;
+    amend(&HostFiles, file, options, force, &mut open_backing)?;
     if let Some(step) = progress {
         let after = qcow2_version(file, format);
         if before == 2 && after == 3 {

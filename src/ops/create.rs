@@ -90,6 +90,7 @@ fn check_backing(
         &image::ImageOptions {
             format: Some(format.parse()?),
             read_only: true,
+            metadata_only: true,
             ..Default::default()
         },
     )?;

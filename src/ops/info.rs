@@ -377,6 +377,8 @@ pub fn chain_info(
             format,
             read_only: true,
             force_share,
+            // As qemu-img: encrypted layers show their header without their secrets.
+            metadata_only: true,
             ..Default::default()
         },
     )?;

@@ -189,11 +189,6 @@ impl CreateOptions {
             return Err(Error::invalid("image size is too large"));
         }
         self.encrypt.validate()?;
-        if self.encrypt.format.is_some() && self.preallocation != Preallocation::Off {
-            return Err(Error::unsupported(
-                "preallocation of an encrypted image (its clusters would read as noise)",
-            ));
-        }
         let l1 = header::l1_entries_for(
             self.size.next_multiple_of(512),
             cs.trailing_zeros(),

@@ -81,12 +81,14 @@ fn amend(
     ns: &dyn Namespace,
     path: &Path,
     options: &[(String, String)],
+    force: bool,
     open_backing: OpenBacking<'_>,
 ) -> Result<()> {
     let mut o = AmendOptions::default();
     for (k, v) in options {
         o.set(k, v)?;
     }
+    o.keyslots.force = force;
     // With its backing chain when the size changes, as qemu-img: growing an overlay must
     // hide what a longer backing image holds in the new area.
     let mut q = if o.size.is_some() {
@@ -235,7 +237,8 @@ pub fn open_image(
             },
         )
         .map_err(|e| Error::io(format!("could not open '{}'", path.display()), e))?;
-    // An encrypted image needs its secret (`encrypt.key-secret`, bound to the file).
+    // An encrypted image needs its secret (`encrypt.key-secret`, bound to the file),
+    // unless only its metadata is wanted.
     let key = crate::crypto::keyring::image_secret(path)?;
     let q = Qcow2::open_with_key(
         storage,
@@ -244,7 +247,7 @@ pub fn open_image(
             ..Default::default()
         },
         key.as_ref(),
-        true,
+        !p.metadata_only,
     )
     .map_err(|e| crate::error::with_path(path, e))?;
     let mut q = q;

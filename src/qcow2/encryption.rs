@@ -16,9 +16,11 @@ use super::{ioerr, Qcow2};
 use crate::crypto::luks::Luks;
 use crate::crypto::sector::SectorCipher;
 use crate::crypto::{qcow_aes, Passphrase, MAX_LUKS_REGION_BYTES, SECTOR_SIZE};
+use crate::device::{BlockDevice, StoredCodec, StoredRead, StoredRun};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use byteorder::{BigEndian, ByteOrder};
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 /// qcow2's value for the legacy AES scheme in the header's crypt method.
@@ -34,13 +36,34 @@ pub const KEY_REQUIRED: &str = "Parameter 'encrypt.key-secret' is required for c
 /// The encryption of an open image.
 pub(crate) struct Crypt {
     /// The data cipher; `None` while locked.
-    cipher: Option<SectorCipher>,
+    cipher: Option<Arc<SectorCipher>>,
+    /// During [`Qcow2::read_leaving_encrypted`]: the caller's buffer, and the runs of it
+    /// read but not yet decrypted.
+    deferred: Mutex<Option<Deferred>>,
     /// IVs from host offsets (LUKS) or guest offsets (legacy AES).
     host_iv: bool,
     /// The LUKS header and where its region is (offset, length), for `info` and `amend`.
     pub(crate) luks: Option<(Luks, u64, u64)>,
     /// The LUKS master key, kept (wiped on drop) for adding key slots.
     pub(crate) master_key: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// The buffer of a [`Qcow2::read_leaving_encrypted`] call: its address and length, and the
+/// runs of it left encrypted.
+struct Deferred {
+    base: usize,
+    len: usize,
+    runs: Vec<StoredRun>,
+}
+
+/// The data cipher as the convert engine's workers use it: a run's `at` is the byte offset
+/// its first sector's IV derives from.
+struct Decrypter(Arc<SectorCipher>);
+
+impl StoredCodec for Decrypter {
+    fn decode(&self, at: u64, data: &mut [u8]) -> Result<()> {
+        self.0.decrypt(at / SECTOR_SIZE, data)
+    }
 }
 
 /// Where the LUKS region of `header` is: the extension's offset and length, checked
@@ -108,7 +131,8 @@ pub(crate) fn load<S: Storage>(
             Ok(None)
         }
         CRYPT_AES => Ok(Some(Crypt {
-            cipher: key.map(qcow_aes::cipher).transpose()?,
+            cipher: key.map(qcow_aes::cipher).transpose()?.map(Arc::new),
+            deferred: Mutex::new(None),
             host_iv: false,
             luks: None,
             master_key: None,
@@ -120,12 +144,13 @@ pub(crate) fn load<S: Storage>(
             let (cipher, master_key) = match key {
                 Some(k) => {
                     let mk = luks.unlock(&region, k)?.1;
-                    (Some(luks.cipher(&mk)?), Some(mk))
+                    (Some(Arc::new(luks.cipher(&mk)?)), Some(mk))
                 }
                 None => (None, None),
             };
             Ok(Some(Crypt {
                 cipher,
+                deferred: Mutex::new(None),
                 host_iv: true,
                 luks: Some((luks, off, len)),
                 master_key,
@@ -149,10 +174,35 @@ pub(crate) fn read_region<S: Storage>(
 }
 
 impl Crypt {
-    fn cipher(&self) -> Result<&SectorCipher> {
+    fn cipher(&self) -> Result<&Arc<SectorCipher>> {
         self.cipher
             .as_ref()
             .ok_or_else(|| Error::invalid(KEY_REQUIRED))
+    }
+
+    /// Start (`Some`) or end (`None`) a deferring read; returns what was deferred.
+    fn set_deferred(&self, d: Option<Deferred>) -> Option<Deferred> {
+        let mut guard = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, d)
+    }
+
+    /// Record `out` (whole sectors of ciphertext whose IVs start at byte `iv_base`) as left
+    /// encrypted, if it lies in the buffer of a [`Qcow2::read_leaving_encrypted`] call.
+    fn defer(&self, out: &[u8], iv_base: u64) -> bool {
+        let mut guard = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = guard.as_mut() else {
+            return false;
+        };
+        let start = (out.as_ptr() as usize).wrapping_sub(d.base);
+        if start >= d.len || d.len - start < out.len() {
+            return false; // a buffer of its own (a backing file's read, a merge)
+        }
+        d.runs.push(StoredRun {
+            start,
+            len: out.len(),
+            at: iv_base,
+        });
+        true
     }
 
     /// Whether the key is in hand.
@@ -188,6 +238,9 @@ impl<S: Storage> Qcow2<S> {
         let len = (head + out.len() as u64).next_multiple_of(SECTOR_SIZE);
         if head == 0 && len == out.len() as u64 {
             self.read_data(out, host)?;
+            if c.defer(out, iv_base) {
+                return Ok(());
+            }
             return cipher.decrypt(first, out);
         }
         let mut tmp = vec![0u8; len as usize];
@@ -195,6 +248,35 @@ impl<S: Storage> Qcow2<S> {
         cipher.decrypt(first, &mut tmp)?;
         out.copy_from_slice(&tmp[head as usize..head as usize + out.len()]);
         Ok(())
+    }
+
+    /// [`BlockDevice::read_stored`]: read `buf` as `read_at` does, but leave the whole
+    /// sectors this image stores encrypted as they are, returned with the cipher for the
+    /// caller's threads to decrypt.
+    pub(crate) fn read_leaving_encrypted(
+        &mut self,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<Option<StoredRead>> {
+        let cipher = match &self.crypt {
+            Some(c) => Arc::clone(c.cipher()?),
+            None => return self.read_at(buf, offset).map(|()| None),
+        };
+        if let Some(c) = &self.crypt {
+            c.set_deferred(Some(Deferred {
+                base: buf.as_ptr() as usize,
+                len: buf.len(),
+                runs: Vec::new(),
+            }));
+        }
+        let read = self.read_at(buf, offset);
+        let deferred = self.crypt.as_ref().and_then(|c| c.set_deferred(None));
+        read?;
+        let runs = deferred.map(|d| d.runs).unwrap_or_default();
+        Ok(Some(StoredRead {
+            codec: Arc::new(Decrypter(cipher)),
+            runs,
+        }))
     }
 
     /// Write guest bytes `src` at host offset `host` (guest offset `guest`), encrypting
@@ -248,7 +330,8 @@ impl Crypt {
         len: u64,
     ) -> Result<Crypt> {
         Ok(Crypt {
-            cipher: Some(luks.cipher(&key)?),
+            cipher: Some(Arc::new(luks.cipher(&key)?)),
+            deferred: Mutex::new(None),
             host_iv: true,
             luks: Some((luks, off, len)),
             master_key: Some(key),
@@ -258,10 +341,61 @@ impl Crypt {
     /// The state of a legacy AES image keyed by `pass`.
     pub(crate) fn unlocked_aes(pass: &Passphrase) -> Result<Crypt> {
         Ok(Crypt {
-            cipher: Some(qcow_aes::cipher(pass)?),
+            cipher: Some(Arc::new(qcow_aes::cipher(pass)?)),
+            deferred: Mutex::new(None),
             host_iv: false,
             luks: None,
             master_key: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::crypto::{keyring, Passphrase};
+    use crate::device::BlockDevice;
+    use crate::qcow2::{create, CreateOptions};
+    use crate::storage::MemStorage;
+
+    #[test]
+    fn read_stored_leaves_whole_sectors_encrypted_for_the_caller_to_decode() {
+        keyring::add_secret("enc-unit", Passphrase::new(b"pw".to_vec()));
+        let mut o = CreateOptions {
+            size: 1 << 20,
+            cluster_size: 4096,
+            ..Default::default()
+        };
+        for (k, v) in [
+            ("encrypt.format", "luks"),
+            ("encrypt.key-secret", "enc-unit"),
+            ("encrypt.iter-time", "1"),
+            ("encrypt.cipher-alg", "twofish-128"),
+        ] {
+            o.set(k, v).unwrap();
+        }
+        let mut img = create(MemStorage::new(), &o).unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8 | 1).collect();
+        img.write_at(&data, 8192).unwrap();
+        let mut buf = vec![0u8; 40_960];
+        let stored = img.read_stored(&mut buf, 4096).unwrap().unwrap();
+        assert!(!stored.runs.is_empty());
+        // Unallocated clusters read as zeros; the data is still ciphertext.
+        assert_eq!(&buf[..4096], &[0u8; 4096][..]);
+        assert_ne!(&buf[4096..4096 + 20_000], &data[..]);
+        for r in &stored.runs {
+            stored
+                .codec
+                .decode(r.at, &mut buf[r.start..r.start + r.len])
+                .unwrap();
+        }
+        assert_eq!(&buf[4096..4096 + 20_000], &data[..]);
+        let mut plain = vec![0u8; 40_960];
+        img.read_at(&mut plain, 4096).unwrap();
+        assert_eq!(buf, plain);
+        // An unaligned read decrypts what it merges itself.
+        let mut odd = vec![0u8; 1000];
+        let stored = img.read_stored(&mut odd, 8192 + 100).unwrap().unwrap();
+        assert!(stored.runs.is_empty());
+        assert_eq!(&odd[..], &data[100..1100]);
     }
 }

@@ -6,7 +6,7 @@ use super::entry::L2Entry;
 use super::mapping::Join;
 use super::subcluster;
 use super::Qcow2;
-use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind};
+use crate::device::{check_range, BlockDevice, ClusterCodec, Extent, ExtentKind, StoredRead};
 use crate::error::Result;
 use crate::storage::Storage;
 use std::sync::Arc;
@@ -447,6 +447,10 @@ impl<S: Storage> BlockDevice for Qcow2<S> {
 
     fn virtual_size(&self) -> u64 {
         self.header.size
+    }
+
+    fn read_stored(&mut self, buf: &mut [u8], offset: u64) -> Result<Option<StoredRead>> {
+        self.read_leaving_encrypted(buf, offset)
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {

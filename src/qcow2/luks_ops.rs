@@ -212,6 +212,9 @@ pub struct KeySlotChange {
     pub iter_time: Option<u64>,
     /// Some `encrypt.` option was given.
     pub requested: bool,
+    /// `amend --force`: allow overwriting an active slot, erasing the last active one
+    /// (the data is lost for good) and erasing a slot that is already free, as qemu-img.
+    pub force: bool,
 }
 
 impl KeySlotChange {
@@ -283,7 +286,7 @@ impl<S: Storage> Qcow2<S> {
                 .ok_or_else(|| Error::invalid("'new-secret' is required to activate a keyslot"))?;
             let pass = keyring::secret(id)?;
             let n = match slot {
-                Some(n) if active.contains(&n) => {
+                Some(n) if active.contains(&n) && !c.force => {
                     return Err(Error::invalid(format!(
                         "Refusing to overwrite active keyslot {n} - please erase it first"
                     )))
@@ -311,7 +314,7 @@ impl<S: Storage> Qcow2<S> {
     }
 
     /// The slots an erase (`state=inactive`) removes; never every active one (the data
-    /// would be lost), as qemu-img refuses without `--force`.
+    /// would be lost) nor a free one, as qemu-img refuses without `--force`.
     fn slots_to_erase(
         &self,
         luks: &Luks,
@@ -321,13 +324,13 @@ impl<S: Storage> Qcow2<S> {
         active: &[usize],
     ) -> Result<Vec<usize>> {
         let erase = match (slot, c.old_secret.as_deref()) {
-            (Some(n), _) if !active.contains(&n) => {
+            (Some(n), _) if !active.contains(&n) && !c.force => {
                 return Err(Error::invalid(format!(
-                    "Given keyslot {n} is already erased (inactive)"
+                    "Given keyslot {n} is already erased (inactive) "
                 )))
             }
             (Some(n), _) => {
-                if active.len() == 1 {
+                if active == [n] && !c.force {
                     return Err(Error::invalid(format!("Attempt to erase the only active keyslot {n} which will erase all the data in the image irreversibly - refusing operation")));
                 }
                 vec![n]
@@ -339,14 +342,14 @@ impl<S: Storage> Qcow2<S> {
                         "No keyslots match given (old) password for erase operation",
                     ));
                 }
-                if found.len() == active.len() {
+                if found.len() == active.len() && !c.force {
                     return Err(Error::invalid("All the active keyslots match the (old) password that was given and erasing them will erase all the data in the image irreversibly - refusing operation"));
                 }
                 found
             }
             (None, None) => {
                 return Err(Error::invalid(
-                    "'keyslot' or 'old-secret' is required to erase keyslots",
+                    "To erase keyslot(s), either explicit keyslot index or the password currently contained in them must be given",
                 ))
             }
         };

@@ -1,5 +1,5 @@
 //! `vdisk amend [-f FMT] [--force] [-p] [-q] -o OPTS FILE`: change compat, lazy_refcounts,
-//! refcount_bits or the size of a qcow2 image in place. `-o help` lists the options.
+//! refcount_bits, the size or the LUKS key slots of a qcow2 image in place. `-o help` lists the options.
 
 use crate::flags::{FormatFlag, ImageSpecFlags, OptionsFlag, ProgressFlag, QuietFlag};
 use crate::output::out;
@@ -20,8 +20,8 @@ pub struct Args {
     // and backing_fmt only as they are); `help` or `?` lists them.
     #[command(flatten)]
     options: OptionsFlag,
-    /// Allow unsafe operations (accepted: qemu-img needs it only for encryption key slots,
-    /// which vdisk does not amend).
+    /// Allow unsafe operations: overwrite an active LUKS key slot, erase the last active
+    /// one (the data is then lost) or a free one, as qemu-img.
     #[arg(long = "force")]
     force: bool,
     // Silences -p (amend prints nothing else on success).
@@ -34,7 +34,6 @@ pub struct Args {
 }
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
-    let _ = a.force;
     if let Some(f) = a.file.as_mut() {
         a.spec.resolve_in_place(f, &mut a.format)?;
     }
@@ -54,7 +53,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
         true => Some(&mut step),
         false => None,
     };
-    let result = amend::amend(file, format, &options, progress);
+    let result = amend::amend(file, format, &options, a.force, progress);
     // qemu-img ends its progress line after the steps, and before an error.
     bar.finish();
     result?;

@@ -1,8 +1,10 @@
-//! `vdisk serve [-f FMT] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-B BITMAP] [-A] [-e N] [-t]
+//! `vdisk serve [-f FMT] [--object DEF] [--image-opts] [-r] [-x NAME] [-D TEXT] [-l SNAPSHOT] [-s] [-B BITMAP] [-A] [-e N] [-t]
 //! [--discard MODE] [--detect-zeroes MODE] [--cache MODE] [-b ADDR] [-p PORT] [-k PATH] [--tls-creds DIR] [--pid-file F] FILE`: serve an image
 //! over NBD, as qemu-nbd does. The flags are defined here (not shared with other subcommands) because
-//! their meaning is qemu-nbd's, not qemu-img's.
+//! their meaning is qemu-nbd's, not qemu-img's; `--object` and `--image-opts` (an encrypted image
+//! with its `encrypt.key-secret`) mean the same in both.
 
+use crate::flags::ImageSpecFlags;
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
@@ -78,6 +80,9 @@ pub struct Args {
     /// Write the server's process id to this file once it listens.
     #[arg(long = "pid-file")]
     pid_file: Option<PathBuf>,
+    // `--object secret,...` and `--image-opts` (`encrypt.key-secret`, `backing.encrypt.key-secret`).
+    #[command(flatten)]
+    spec: ImageSpecFlags,
     /// Image file.
     file: PathBuf,
 }
@@ -89,9 +94,12 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args) -> Result<ExitCode> {
     let (discard, detect_zeroes, unsafe_cache) = modes(&a)?;
     let format: Option<Format> = a.format.as_deref().map(str::parse).transpose()?;
+    let resolved = a.spec.resolve(&a.file, format)?;
+    a.file = resolved.path;
+    let format = resolved.format;
     let source = match (&a.load_snapshot, a.snapshot) {
         (Some(_), true) => {
             return Err(Error::invalid("-l and -s cannot be used together"));

@@ -2,7 +2,7 @@
 //! thread). See the parent module for the design.
 
 use super::{is_zero, nonzero_runs, ConvertOptions, Progress, CHUNK, SECTOR};
-use crate::device::{BlockDevice, ClusterCodec, ExtentKind};
+use crate::device::{BlockDevice, ClusterCodec, ExtentKind, StoredCodec, StoredRun};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -51,6 +51,8 @@ struct Window {
     base: u64,
     buf: Vec<u8>,
     inflate: Vec<Inflate>,
+    /// Runs of `buf` the source left as stored (encrypted), for a worker to decode.
+    decode: Vec<(Arc<dyn StoredCodec>, StoredRun)>,
     /// Guest offsets of sectors that could not be read (salvaged as zeros).
     unreadable: Vec<u64>,
 }
@@ -234,6 +236,7 @@ fn new_window(pool: &Receiver<Vec<u8>>, seq: u64, a: u64, b: u64, pos: u64) -> O
         base: a,
         buf,
         inflate: Vec::new(),
+        decode: Vec::new(),
         unreadable: Vec::new(),
     })
 }
@@ -256,8 +259,19 @@ fn read_or_salvage(
 ) -> Result<()> {
     let at = |p: u64| (p - w.base) as usize;
     let (i, j) = (at(pos), at(end));
-    let failed = match src.read_at(&mut w.buf[i..j], pos) {
-        Ok(()) => return Ok(()),
+    // Decryption is left to the workers: the reader only does I/O.
+    let failed = match src.read_stored(&mut w.buf[i..j], pos) {
+        Ok(None) => return Ok(()),
+        Ok(Some(stored)) => {
+            for run in stored.runs {
+                let run = StoredRun {
+                    start: run.start + i,
+                    ..run
+                };
+                w.decode.push((Arc::clone(&stored.codec), run));
+            }
+            return Ok(());
+        }
         Err(e) => e,
     };
     if !plan.salvage {
@@ -324,9 +338,16 @@ fn work(tasks: &Mutex<Receiver<Window>>, done: &Sender<Result<Done>>, plan: &Pla
     }
 }
 
-/// Inflate a window's compressed source clusters, then decide what to write: nothing for
-/// all-zero clusters, compressed clusters when compressing, plain runs otherwise.
+/// Decode (decrypt) a window's stored runs and inflate its compressed source clusters,
+/// then decide what to write: nothing for all-zero clusters, compressed clusters when
+/// compressing, plain runs otherwise.
 fn process(mut w: Window, plan: &Plan) -> Result<Done> {
+    for (codec, run) in std::mem::take(&mut w.decode) {
+        let data = &mut w.buf[run.start..run.start + run.len];
+        codec
+            .decode(run.at, data)
+            .map_err(|e| read_error(w.base + run.start as u64, e))?;
+    }
     if let Some(codec) = &plan.src_codec {
         let cs = plan.src_cluster as usize;
         let mut scratch = Vec::new();
