@@ -314,6 +314,10 @@ fn qcow2_output_and_deltas_are_laid_out_sequentially_into_a_bucket() {
     s3.download("d.qcow2", &delta);
     assert_qemu_check_clean(&delta);
     assert_qemu_compare_identical(&src, &delta);
+    // Applied on the other side: committed into the copy of the old state, which then
+    // equals the source.
+    qemu_img_ok(&["commit", "-q", delta.to_str().unwrap()]);
+    assert_qemu_compare_identical(&src, &s1);
     assert_eq!(s3.uploads(), 0);
 }
 
