@@ -417,6 +417,8 @@ enum Fault {
     StopAfter(usize),
     /// Drop the first try of every part upload (the retry goes through).
     FirstTryOfEach,
+    /// Pass half the body of a whole-object PUT to the gateway, then cut both connections.
+    CutPut,
 }
 
 /// A proxy between vdisk and the gateway that cuts part uploads (`PUT ...partNumber=`) as
@@ -474,9 +476,22 @@ fn serve_one(
             .next()
             .unwrap_or_default()
             .to_string();
+        if matches!(fault, Fault::CutPut)
+            && first.starts_with("PUT ")
+            && !first.contains("partNumber=")
+        {
+            puts.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut up) = TcpStream::connect(upstream) {
+                let _ = up.write_all(&head).and(up.write_all(&body[..len / 2]));
+                let _ = up.shutdown(Shutdown::Both);
+            }
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
         if first.starts_with("PUT ") && first.contains("partNumber=") {
             let n = puts.fetch_add(1, Ordering::SeqCst);
             let cut = match fault {
+                Fault::CutPut => false,
                 Fault::StopAfter(k) => n >= k,
                 Fault::FirstTryOfEach => {
                     let part = first.split("partNumber=").nth(1).unwrap_or_default();
@@ -518,12 +533,25 @@ fn an_upload_cut_in_the_middle_is_aborted_and_transient_failures_are_retried() {
     let raw = dir.path().join("big.raw");
     std::fs::write(&raw, random_bytes(7, 40 << 20)).unwrap();
     let r = raw.to_str().unwrap();
-    // The gateway goes away after two parts: the upload is aborted, nothing is left.
-    let (proxy, puts) = fault_proxy(&s3.endpoint, Fault::StopAfter(2));
+    // Raw output has a length known up front: it goes as one PUT. Cut in the middle, it is
+    // a clear error, and the gateway keeps nothing.
+    let (proxy, puts) = fault_proxy(&s3.endpoint, Fault::CutPut);
     let err = s3.vdisk_fails(
         &[("AWS_ENDPOINT_URL", &proxy)],
-        &["convert", "-O", "raw", r, &s3.name("cut.raw")],
+        &["convert", "-O", "raw", r, &s3.name("cut-put.raw")],
     );
+    assert!(err.contains("PUT"), "{err}");
+    assert_eq!(puts.load(Ordering::SeqCst), 1);
+    assert_eq!(s3.head("cut-put.raw"), "404");
+    // A streamOptimized VMDK's length is not known before it is written: a multipart
+    // upload. The gateway goes away after two parts: the upload is aborted, nothing is left.
+    let stream = ["-O", "vmdk", "-o", "subformat=streamOptimized"];
+    let (proxy, puts) = fault_proxy(&s3.endpoint, Fault::StopAfter(2));
+    let cut = s3.name("cut.vmdk");
+    let mut args = vec!["convert"];
+    args.extend(stream);
+    args.extend([r, cut.as_str()]);
+    let err = s3.vdisk_fails(&[("AWS_ENDPOINT_URL", &proxy)], &args);
     assert!(
         err.contains("UploadPart") && err.contains("gave up after 5 tries"),
         "{err}"
@@ -533,18 +561,21 @@ fn an_upload_cut_in_the_middle_is_aborted_and_transient_failures_are_retried() {
         "{} part uploads",
         puts.load(Ordering::SeqCst)
     );
-    assert_eq!(s3.head("cut.raw"), "404");
+    assert_eq!(s3.head("cut.vmdk"), "404");
     assert_eq!(s3.uploads(), 0);
     // A dropped connection on a part's first try is retried, and the copy is whole.
     let (proxy, _) = fault_proxy(&s3.endpoint, Fault::FirstTryOfEach);
-    let out = s3.vdisk(
-        &[("AWS_ENDPOINT_URL", &proxy)],
-        &["convert", "-O", "raw", r, &s3.name("retried.raw")],
+    let retried = s3.name("retried.vmdk");
+    let mut args = vec!["convert"];
+    args.extend(stream);
+    args.extend([r, retried.as_str()]);
+    ok(
+        "convert through a flaky proxy",
+        s3.vdisk(&[("AWS_ENDPOINT_URL", &proxy)], &args),
     );
-    ok("convert through a flaky proxy", out);
-    let back = dir.path().join("back.raw");
-    s3.download("retried.raw", &back);
-    assert_bytes_eq("retried upload", &read(&raw), &read(&back));
+    let back = dir.path().join("back.vmdk");
+    s3.download("retried.vmdk", &back);
+    assert_qemu_compare_identical(&raw, &back);
     assert_eq!(s3.uploads(), 0);
 }
 

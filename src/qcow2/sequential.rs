@@ -297,6 +297,11 @@ impl SequentialImage {
             v2: opts.version == 2,
             extended_l2: opts.extended_l2,
         };
+        // The file's whole length is known before its first byte: an upload stream sends
+        // such an object as one PUT (see storage::s3).
+        storage
+            .set_len(layout.file_len())
+            .map_err(|e| Error::io("qcow2: sizing the sequential output", e))?;
         emit.at(&header_bytes, 0)?;
         emit.refcounts()?;
         emit.l1(plan)?;

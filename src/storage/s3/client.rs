@@ -75,6 +75,8 @@ impl Client {
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
             .timeout_recv_body(Some(Duration::from_secs(120)))
+            // Bodies go to the socket in 1 MiB writes (parts and whole-object PUTs).
+            .output_buffer_size(1 << 20)
             .user_agent(concat!("vdisk/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -171,6 +173,26 @@ impl Client {
             })?;
             Ok(parsed.upload_id().to_string())
         })
+    }
+
+    /// Put the whole object in one request of `len` bytes whose body `body` yields as
+    /// they are produced. Not retried: the bytes are not kept. A body that fails or ends
+    /// early fails the request, and S3 keeps nothing of an incomplete PUT.
+    pub fn put_stream(&self, len: u64, body: &mut dyn std::io::Read) -> io::Result<()> {
+        let creds = self.credentials.as_ref();
+        let url = self
+            .bucket
+            .put_object(creds, &self.key)
+            .sign(SIGNATURE_LIFETIME);
+        let sent = self
+            .agent
+            .put(url.as_str())
+            .header("Content-Length", len.to_string())
+            .send(ureq::SendBody::from_reader(body));
+        let resp = sent.map_err(|e| transport("PUT", e))?;
+        self.expect(resp, "PUT", &[200])
+            .map(drop)
+            .map_err(|f| f.error)
     }
 
     /// Upload part `number` (from 1) of upload `id`; returns its ETag.

@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod name;
 mod object;
+mod single;
 mod upload;
 
 pub use name::{is_s3_name, S3Name};

@@ -15,8 +15,14 @@
 //! object appears only then. Any failure (a part that could not be uploaded after the
 //! client's retries, a write out of order, completion refused), and dropping the storage
 //! before `finish`, aborts the upload, so no partial object is ever left.
+//!
+//! When the writer sets the object's length before its first byte (raw output, the
+//! sequential qcow2 layout) and it is at most [`SINGLE_PUT_MAX`], the multipart upload is
+//! dropped and the object goes as one streamed PUT instead ([`super::single`]); the length
+//! is then fixed.
 
 use super::client::Client;
+use super::single::{SinglePut, CHUNK, SINGLE_PUT_MAX};
 use crate::storage::Storage;
 use std::collections::BTreeMap;
 use std::io;
@@ -59,6 +65,8 @@ struct State {
     sender: Option<SyncSender<(u16, Vec<u8>)>>,
     workers: Vec<JoinHandle<()>>,
     results: Arc<Mutex<Results>>,
+    /// The object goes as one PUT of a length fixed before the first byte.
+    single: Option<SinglePut>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +110,7 @@ impl S3Upload {
             sender: Some(sender),
             workers,
             results,
+            single: None,
         };
         Ok(S3Upload {
             client,
@@ -118,8 +127,7 @@ impl S3Upload {
     fn fail(&self, st: &mut State, error: io::Error) -> io::Error {
         if st.phase == Phase::Open {
             st.phase = Phase::Failed(error.to_string());
-            stop_workers(st);
-            let _ = self.client.abort_upload(&self.id);
+            abort(&self.client, &self.id, st);
         }
         error
     }
@@ -143,11 +151,15 @@ impl S3Upload {
     fn append(&self, st: &mut State, data: &[u8], zeros: u64) -> io::Result<()> {
         let (mut data, mut zeros) = (data, zeros);
         while !data.is_empty() || zeros > 0 {
+            let size = match st.single {
+                Some(_) => CHUNK,
+                None => part_size(st.next_part),
+            };
             if st.part.capacity() == 0 {
                 // One allocation per part, made when its first byte arrives.
-                st.part.reserve_exact(part_size(st.next_part));
+                st.part.reserve_exact(size);
             }
-            let room = part_size(st.next_part) - st.part.len();
+            let room = size - st.part.len();
             if zeros > 0 {
                 let n = zeros.min(room as u64) as usize;
                 st.part.resize(st.part.len() + n, 0);
@@ -157,15 +169,20 @@ impl S3Upload {
                 st.part.extend_from_slice(&data[..n]);
                 data = &data[n..];
             }
-            if st.part.len() == part_size(st.next_part) {
+            if st.part.len() == size {
                 self.hand_over(st)?;
             }
         }
         Ok(())
     }
 
-    /// Send the part buffer to the uploaders as the next part.
+    /// Send the part buffer to the uploaders as the next part (or the PUT's next chunk).
     fn hand_over(&self, st: &mut State) -> io::Result<()> {
+        if let Some(put) = st.single.as_mut() {
+            let chunk = std::mem::take(&mut st.part);
+            st.part_start += chunk.len() as u64;
+            return put.send(chunk);
+        }
         if let Some(e) = take_error(&st.results) {
             return Err(e);
         }
@@ -194,6 +211,12 @@ impl S3Upload {
     fn complete(&self, st: &mut State) -> io::Result<()> {
         let end = st.part_start + st.part.len() as u64;
         self.append(st, &[], st.len - end)?;
+        if st.single.is_some() {
+            if !st.part.is_empty() {
+                self.hand_over(st)?;
+            }
+            return st.single.as_mut().map_or(Ok(()), SinglePut::finish);
+        }
         if !st.part.is_empty() || st.next_part == 1 {
             self.hand_over(st)?;
         }
@@ -258,6 +281,16 @@ fn take_error(results: &Mutex<Results>) -> Option<io::Error> {
         .map(|e| io::Error::new(e.kind(), e.to_string()))
 }
 
+/// Abort what is in flight: the PUT, or the uploaders and the multipart upload `id`.
+fn abort(client: &Client, id: &str, st: &mut State) {
+    if let Some(mut put) = st.single.take() {
+        put.abort();
+        return;
+    }
+    stop_workers(st);
+    let _ = client.abort_upload(id);
+}
+
 /// Hang up on the uploaders and wait for the parts they hold.
 fn stop_workers(st: &mut State) {
     st.sender = None;
@@ -286,6 +319,15 @@ impl Storage for S3Upload {
                 io::ErrorKind::Unsupported,
                 format!("{}: write at offset {offset:#x} is before the end of the upload ({end:#x}): an S3 object is written in order, and this output format wrote out of order", self.client.name()),
             );
+            return Err(self.fail(&mut st, e));
+        }
+        let past = offset + buf.len() as u64;
+        if st.single.is_some() && past > st.len {
+            let e = io::Error::other(format!(
+                "{}: write up to {past:#x} past the length set before the first write ({:#x})",
+                self.client.name(),
+                st.len
+            ));
             return Err(self.fail(&mut st, e));
         }
         let wrote = self
@@ -344,6 +386,21 @@ impl Storage for S3Upload {
             );
             return Err(self.fail(&mut st, e));
         }
+        if st.single.is_some() && len != st.len {
+            let e = io::Error::other(format!(
+                "{}: the length was set to {:#x} before the first write and cannot change to {len:#x}",
+                self.client.name(),
+                st.len
+            ));
+            return Err(self.fail(&mut st, e));
+        }
+        let untouched = end == 0 && st.len == 0 && st.next_part == 1;
+        if untouched && len > 0 && len <= SINGLE_PUT_MAX {
+            // The whole object is known to be `len` bytes: one streamed PUT.
+            stop_workers(&mut st);
+            let _ = self.client.abort_upload(&self.id);
+            st.single = Some(SinglePut::start(self.client.clone(), len));
+        }
         st.len = len;
         Ok(())
     }
@@ -374,8 +431,7 @@ impl Drop for S3Upload {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         if st.phase == Phase::Open {
-            stop_workers(st);
-            let _ = self.client.abort_upload(&self.id);
+            abort(&self.client, &self.id, st);
         }
     }
 }
