@@ -223,8 +223,9 @@ impl<S: Storage> Qcow2<S> {
         };
         // Unallocated clusters already read as zeros without a backing file.
         let keep_unallocated = self.unallocated_is_zero();
-        self.replace_entries(gc, n, want, &|e| {
-            !(keep_unallocated && e == L2Entry::Unallocated)
+        let skip_empty_tables = keep_unallocated || !zero;
+        self.replace_entries(gc, n, skip_empty_tables, &|e| {
+            (!(keep_unallocated && e == L2Entry::Unallocated)).then_some(want)
         })
     }
 
@@ -242,80 +243,66 @@ impl<S: Storage> Qcow2<S> {
             false => L2Entry::Unallocated,
         };
         let backing = !self.unallocated_is_zero();
-        self.replace_entries(gc, n, want, &|e| backing || e.host_cluster(cs).is_some())
-    }
-
-    /// Set the entries of guest clusters `[gc, gc+n)` that `applies` picks to `new`,
-    /// releasing what they held.
-    fn replace_entries(
-        &mut self,
-        gc: u64,
-        n: u64,
-        new: L2Entry,
-        applies: &dyn Fn(L2Entry) -> bool,
-    ) -> Result<()> {
-        let want = self.entry_words(new);
-        let mut c = gc;
-        while c < gc + n {
-            let l1_index = c >> self.geo.l2_bits;
-            let table_end = ((l1_index + 1) << self.geo.l2_bits).min(gc + n);
-            if self.l2_offset(l1_index).is_none() && !applies(L2Entry::Unallocated) {
-                // Nothing allocated here and unallocated already reads as wanted.
-                c = table_end;
-                continue;
-            }
-            let mut changes = Vec::new();
-            for g in c..table_end {
-                let old = self.l2_entry(g)?;
-                if applies(old) && self.l2_words(g)? != want {
-                    changes.push((g, old));
-                }
-            }
-            if !changes.is_empty() {
-                let l2_off = self.l2_for_write(l1_index)?;
-                for (g, old) in changes {
-                    let idx = g & (self.geo.l2_entries() - 1);
-                    self.set_l2_entry(l2_off, idx, new)?;
-                    self.release_entry(old);
-                }
-            }
-            c = table_end;
-        }
-        Ok(())
+        self.replace_entries(gc, n, !backing, &|e| {
+            (backing || e.host_cluster(cs).is_some()).then_some(want)
+        })
     }
 
     /// Give whole guest clusters `[gc, gc+n)` the zero flag, as qemu's write-zeroes does
     /// (unallocated clusters too). With `keep`, an uncompressed cluster keeps its host
     /// cluster (and reference) under the flag; otherwise what it held is released.
     pub(super) fn zero_clusters(&mut self, gc: u64, n: u64, keep: bool) -> Result<()> {
+        self.replace_entries(gc, n, false, &|old| {
+            Some(match old {
+                L2Entry::Normal { host, copied }
+                | L2Entry::Zero {
+                    host: Some(host),
+                    copied,
+                }
+                | L2Entry::Sub {
+                    host: Some(host),
+                    copied,
+                    ..
+                } if keep => L2Entry::Zero {
+                    host: Some(host),
+                    copied,
+                },
+                _ => L2Entry::Zero {
+                    host: None,
+                    copied: false,
+                },
+            })
+        })
+    }
+
+    /// Give each guest cluster of `[gc, gc+n)` the entry `new_for` picks from its current
+    /// one (`None`: leave it), releasing what the old entry held when the new one holds no
+    /// host cluster. With `skip_empty_tables`, clusters whose L2 table is unallocated are
+    /// left as they are without being looked at.
+    fn replace_entries(
+        &mut self,
+        gc: u64,
+        n: u64,
+        skip_empty_tables: bool,
+        new_for: &dyn Fn(L2Entry) -> Option<L2Entry>,
+    ) -> Result<()> {
+        let cs = self.geo.cluster_size;
         let mut c = gc;
         while c < gc + n {
             let l1_index = c >> self.geo.l2_bits;
             let table_end = ((l1_index + 1) << self.geo.l2_bits).min(gc + n);
+            if skip_empty_tables && self.l2_offset(l1_index).is_none() {
+                c = table_end;
+                continue;
+            }
             let mut changes = Vec::new();
             for g in c..table_end {
                 let old = self.l2_entry(g)?;
-                let new = match old {
-                    L2Entry::Normal { host, copied }
-                    | L2Entry::Zero {
-                        host: Some(host),
-                        copied,
+                match new_for(old) {
+                    Some(new) if self.entry_words(new) != self.l2_words(g)? => {
+                        changes.push((g, old, new))
                     }
-                    | L2Entry::Sub {
-                        host: Some(host),
-                        copied,
-                        ..
-                    } if keep => L2Entry::Zero {
-                        host: Some(host),
-                        copied,
-                    },
-                    _ => L2Entry::Zero {
-                        host: None,
-                        copied: false,
-                    },
-                };
-                if self.entry_words(new) != self.l2_words(g)? {
-                    changes.push((g, old, new));
+                    _ => {}
                 }
             }
             if !changes.is_empty() {
@@ -323,7 +310,7 @@ impl<S: Storage> Qcow2<S> {
                 for (g, old, new) in changes {
                     let idx = g & (self.geo.l2_entries() - 1);
                     self.set_l2_entry(l2_off, idx, new)?;
-                    if new.host_cluster(self.geo.cluster_size).is_none() {
+                    if new.host_cluster(cs).is_none() {
                         self.release_entry(old);
                     }
                 }
