@@ -7,6 +7,8 @@
 //! refusal message runs.
 
 mod common;
+#[cfg(feature = "rbd")]
+mod nbd_common;
 
 use common::*;
 
@@ -57,7 +59,9 @@ fn without_the_feature_rbd_names_are_refused_with_a_message_that_says_why() {
 
 #[cfg(feature = "rbd")]
 mod cluster {
+    use super::common::twins::Tool;
     use super::common::*;
+    use super::nbd_common::{Server, Via};
     use std::path::Path;
 
     /// The pool the tests use (`CEPH_RBD_POOL`, as `.ci/ceph-dev.sh` exports it).
@@ -447,28 +451,11 @@ mod cluster {
         let src = sparse_source(dir.path());
         let img = TestImage::new("serve");
         vdisk_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
-        let socket = dir.path().join("nbd.sock");
-        let pid_file = dir.path().join("nbd.pid");
-        let mut child = std::process::Command::new(vdisk_bin())
-            .args(["serve", "-r", "-f", "raw"])
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", pid_file.display()))
-            .arg(img.name())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("starting vdisk serve");
-        let start = std::time::Instant::now();
-        while !pid_file.exists() && start.elapsed() < std::time::Duration::from_secs(30) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("vdisk serve exited early: {status}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let uri = format!("nbd+unix:///?socket={}", socket.display());
-        let out = qemu_img(["compare", src.to_str().unwrap(), &uri]);
-        let _ = child.kill();
-        let _ = child.wait();
+        let name = img.name();
+        let flags = ["-r", "-f", "raw"];
+        let server = Server::start_in(dir.path(), Tool::Vdisk, Path::new(&name), Via::Unix, &flags);
+        let out = qemu_img(["compare", src.to_str().unwrap(), &server.uri("")]);
+        drop(server);
         assert!(
             out.status.success(),
             "{}",

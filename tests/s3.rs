@@ -7,8 +7,11 @@
 //! prints a note and passes. Every vdisk run is checked for the secret key in its output.
 
 mod common;
+mod nbd_common;
 
+use common::twins::Tool;
 use common::*;
+use nbd_common::{Server, Via};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -585,28 +588,16 @@ fn serve_exports_an_image_in_a_bucket_that_qemu_img_reads_over_nbd() {
     let dir = tempdir();
     let src = sample_qcow2(dir.path(), 24);
     s3.upload(&src, "s.qcow2");
-    let socket = dir.path().join("nbd.sock");
-    let pid_file = dir.path().join("nbd.pid");
-    let mut child = std::process::Command::new(vdisk_bin())
-        .args(["serve", "-r"])
-        .arg(format!("--socket={}", socket.display()))
-        .arg(format!("--pid-file={}", pid_file.display()))
-        .arg(s3.name("s.qcow2"))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("starting vdisk serve");
-    let start = std::time::Instant::now();
-    while !pid_file.exists() && start.elapsed() < std::time::Duration::from_secs(30) {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("vdisk serve exited early: {status}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let uri = format!("nbd+unix:///?socket={}", socket.display());
-    let out = qemu_img(["compare", src.to_str().unwrap(), &uri]);
-    let _ = child.kill();
-    let _ = child.wait();
+    let name = s3.name("s.qcow2");
+    let server = Server::start_in(
+        dir.path(),
+        Tool::Vdisk,
+        Path::new(&name),
+        Via::Unix,
+        &["-r"],
+    );
+    let out = qemu_img(["compare", src.to_str().unwrap(), &server.uri("")]);
+    drop(server);
     assert!(
         out.status.success(),
         "{}",

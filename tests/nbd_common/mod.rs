@@ -39,7 +39,18 @@ impl Server {
     /// Start `tool`'s server on `image` with `flags`, listening via `via`; return once it
     /// has written its pid file (it listens then).
     pub fn start(tool: Tool, image: &Path, via: Via, flags: &[&str]) -> Server {
-        let dir = image.parent().expect("an image directory");
+        Server::start_in(
+            image.parent().expect("an image directory"),
+            tool,
+            image,
+            via,
+            flags,
+        )
+    }
+
+    /// [`Server::start`] with the socket, pid file and log in `dir` (for images that are
+    /// not host files: `rbd:` and `s3://` names).
+    pub fn start_in(dir: &Path, tool: Tool, image: &Path, via: Via, flags: &[&str]) -> Server {
         let program = match tool {
             Tool::Qemu => "qemu-nbd",
             Tool::Vdisk => vdisk_bin(),
