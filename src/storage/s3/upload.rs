@@ -22,7 +22,7 @@
 //! is then fixed.
 
 use super::client::Client;
-use super::single::{SinglePut, CHUNK, SINGLE_PUT_MAX};
+use super::single::{Piece, SinglePut, CHUNK, SINGLE_PUT_MAX, ZERO_PIECE_MIN};
 use crate::storage::Storage;
 use std::collections::BTreeMap;
 use std::io;
@@ -150,14 +150,29 @@ impl S3Upload {
     /// Append `data` (or `zeros` zero bytes) at the end, handing over every full part.
     fn append(&self, st: &mut State, data: &[u8], zeros: u64) -> io::Result<()> {
         let (mut data, mut zeros) = (data, zeros);
+        if zeros >= ZERO_PIECE_MIN && st.single.is_some() {
+            // A long zero run goes to the PUT as its length, after the bytes before it.
+            if !st.part.is_empty() {
+                self.hand_over(st)?;
+            }
+            let run = std::mem::take(&mut zeros);
+            st.part_start += run;
+            if let Some(put) = st.single.as_mut() {
+                put.send(Piece::Zeros(run))?;
+            }
+        }
         while !data.is_empty() || zeros > 0 {
             let size = match st.single {
                 Some(_) => CHUNK,
                 None => part_size(st.next_part),
             };
             if st.part.capacity() == 0 {
-                // One allocation per part, made when its first byte arrives.
-                st.part.reserve_exact(size);
+                // One allocation per part, made when its first byte arrives (a PUT's
+                // chunks are reused once sent).
+                match &st.single {
+                    Some(put) => st.part = put.buffer(),
+                    None => st.part.reserve_exact(size),
+                }
             }
             let room = size - st.part.len();
             if zeros > 0 {
@@ -181,7 +196,7 @@ impl S3Upload {
         if let Some(put) = st.single.as_mut() {
             let chunk = std::mem::take(&mut st.part);
             st.part_start += chunk.len() as u64;
-            return put.send(chunk);
+            return put.send(Piece::Data(chunk));
         }
         if let Some(e) = take_error(&st.results) {
             return Err(e);
