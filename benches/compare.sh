@@ -72,6 +72,7 @@ ROWS=(
     convert_rbd_to_raw
     convert_qcow2_to_s3
     convert_qcow2_to_s3_qcow2
+    convert_s3_qcow2_to_raw
 )
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -742,26 +743,17 @@ row_delta_snapshots() {
 # column is the usual way without vdisk: qemu-img convert to a local file, then upload it
 # with a standard client (curl --aws-sigv4, one PUT). Needs a gateway
 # (eval "$(.ci/ceph-dev.sh start)" exports AWS_ENDPOINT_URL, the keys and S3_BUCKET).
-# Until the sequential qcow2 layout lands the output is raw on both sides (qcow2 in, raw
-# object out). The last column adds each side's local disk use (vdisk: none).
+# The last column adds each side's local disk use (vdisk: none).
 # s3_upload_row FMT: qcow2 -> s3:// with output format FMT, against qemu-img convert to a
 # local file then curl -T.
 s3_upload_row() {
     local fmt=$1
-    if [[ -z ${AWS_ENDPOINT_URL:-} || -z ${S3_BUCKET:-} ]] \
-        || ! curl -fsS -o /dev/null "$AWS_ENDPOINT_URL/" 2>/dev/null; then
-        echo "   skipped: no S3 gateway (AWS_ENDPOINT_URL, S3_BUCKET; see .ci/ceph-dev.sh)"
-        return
-    fi
+    s3_ready || return 0
     local in="$BENCH_DIR/qemu.qcow2" tmp="$BENCH_DIR/s3-upload.raw" key
     key="vdisk-bench/$$"
     local url="${AWS_ENDPOINT_URL%/}/$S3_BUCKET/$key"
     [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
-    s3curl() {
-        curl -fsS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
-            --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"
-    }
-    local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+    local empty=$S3_EMPTY_SHA
     S3_DELETE="curl -fsS -X DELETE --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: $empty'"
     time_runs "$S3_DELETE '$url-v.$fmt' >/dev/null 2>&1 || true" \
         "$VDISK" convert -f qcow2 -O "$fmt" "$in" "s3://$S3_BUCKET/$key-v.$fmt"
@@ -780,6 +772,24 @@ s3_upload_row() {
     record "convert qcow2 -> s3:// ($fmt)"
 }
 
+# s3_ready: a gateway answers (AWS_ENDPOINT_URL, S3_BUCKET); else say the row is skipped.
+s3_ready() {
+    if [[ -z ${AWS_ENDPOINT_URL:-} || -z ${S3_BUCKET:-} ]] \
+        || ! curl -fsS -o /dev/null "$AWS_ENDPOINT_URL/" 2>/dev/null; then
+        echo "   skipped: no S3 gateway (AWS_ENDPOINT_URL, S3_BUCKET; see .ci/ceph-dev.sh)"
+        return 1
+    fi
+}
+
+# The SHA-256 of an empty body, which a signed GET or DELETE carries.
+S3_EMPTY_SHA=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+
+# s3curl CURL-ARGS...: curl with SigV4 signing from the AWS variables.
+s3curl() {
+    curl -fsS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" \
+        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"
+}
+
 row_convert_qcow2_to_s3() {
     s3_upload_row raw
 }
@@ -787,6 +797,28 @@ row_convert_qcow2_to_s3() {
 # The same with qcow2 output: vdisk lays it out sequentially into the upload.
 row_convert_qcow2_to_s3_qcow2() {
     s3_upload_row qcow2
+}
+
+# s3:// -> raw: a qcow2 object (qemu-img's convert of the source, uploaded untimed) read
+# into a local raw file. vdisk reads the object in place (ranged GETs, read-ahead); the
+# "qemu-img" column downloads it with curl, then converts the download and removes it.
+row_convert_s3_qcow2_to_raw() {
+    s3_ready || return 0
+    local in="$BENCH_DIR/qemu.qcow2" tmp="$BENCH_DIR/s3-download.qcow2"
+    local url="${AWS_ENDPOINT_URL%/}/$S3_BUCKET/vdisk-bench/$$-src.qcow2"
+    [[ -f $in ]] || "$QEMU_IMG" convert -f raw -O qcow2 "$SRC" "$in"
+    s3curl -T "$in" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$url"
+    measure "$BENCH_DIR/vdisk.raw" "$VDISK" convert -f qcow2 -O raw \
+        "s3://$S3_BUCKET/vdisk-bench/$$-src.qcow2" "$BENCH_DIR/vdisk.raw"
+    V_S=$BEST_S V_MIB=$PEAK_MIB
+    export BENCH_S3_DOWNLOAD="curl -fsS --aws-sigv4 aws:amz:${AWS_REGION:-us-east-1}:s3 --user \"\$AWS_ACCESS_KEY_ID:\$AWS_SECRET_ACCESS_KEY\" -H 'x-amz-content-sha256: $S3_EMPTY_SHA' -o '$tmp' '$url' && $QEMU_IMG convert -f qcow2 -O raw '$tmp' '$BENCH_DIR/qemu.raw' && rm -f '$tmp'"
+    measure "$BENCH_DIR/qemu.raw" bash -c "$BENCH_S3_DOWNLOAD"
+    Q_S=$BEST_S Q_MIB=$PEAK_MIB
+    verify "$SRC" "$BENCH_DIR/vdisk.raw"
+    VERIFIED="$VERIFIED; local disk besides the output: vdisk 0 MiB, curl+qemu-img $(($(stat -c %s "$in") >> 20)) MiB"
+    s3curl -X DELETE -H "x-amz-content-sha256: $S3_EMPTY_SHA" "$url" >/dev/null || true
+    rm -f "$BENCH_DIR/vdisk.raw" "$BENCH_DIR/qemu.raw" "$tmp"
+    record "convert s3:// (qcow2) -> raw"
 }
 
 # raw -> rbd: on a running cluster (eval "$(.ci/ceph-dev.sh start)"); skipped without one.

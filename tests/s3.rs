@@ -413,9 +413,13 @@ fn missing_objects_and_objects_that_are_not_images_are_clear_errors() {
     assert!(err.contains("VMDK"), "{err}");
 }
 
-/// What the fault proxy does with the Nth part upload (from 0) it sees.
+/// What the fault proxy does with the Nth part upload (from 0) it sees, or with GETs.
 #[derive(Clone, Copy)]
 enum Fault {
+    /// Pass everything (the proxy only counts).
+    Nothing,
+    /// Drop the connection of every ranged GET after the first `n`.
+    CutGetsAfter(usize),
     /// Drop the connection of every part upload after the first `n`.
     StopAfter(usize),
     /// Drop the first try of every part upload (the retry goes through).
@@ -424,14 +428,27 @@ enum Fault {
     CutPut,
 }
 
-/// A proxy between vdisk and the gateway that cuts part uploads (`PUT ...partNumber=`) as
-/// `fault` says; every other request passes. One upstream connection per request.
-fn fault_proxy(upstream: &str, fault: Fault) -> (String, Arc<AtomicUsize>) {
+/// What the fault proxy saw.
+#[derive(Default)]
+struct Seen {
+    /// Uploads (parts, or whole-object PUTs with [`Fault::CutPut`]).
+    puts: AtomicUsize,
+    /// Ranged GETs.
+    gets: AtomicUsize,
+    /// Ranged GETs being answered now, and the most at one time.
+    active_gets: AtomicUsize,
+    max_gets: AtomicUsize,
+}
+
+/// A proxy between vdisk and the gateway that cuts part uploads (`PUT ...partNumber=`) or
+/// ranged GETs as `fault` says; every other request passes. One upstream connection per
+/// request.
+fn fault_proxy(upstream: &str, fault: Fault) -> (String, Arc<Seen>) {
     let tried = Arc::new(Mutex::new(HashSet::new()));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let upstream = upstream.trim_start_matches("http://").to_string();
-    let puts = Arc::new(AtomicUsize::new(0));
+    let puts = Arc::new(Seen::default());
     let seen = puts.clone();
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
@@ -445,10 +462,11 @@ fn fault_proxy(upstream: &str, fault: Fault) -> (String, Arc<AtomicUsize>) {
 fn serve_one(
     client: TcpStream,
     upstream: &str,
-    puts: &AtomicUsize,
+    seen: &Seen,
     tried: &Mutex<HashSet<String>>,
     fault: Fault,
 ) {
+    let puts = &seen.puts;
     let mut reader = BufReader::new(client.try_clone().unwrap());
     loop {
         let mut head = Vec::new();
@@ -491,10 +509,23 @@ fn serve_one(
             let _ = client.shutdown(Shutdown::Both);
             return;
         }
+        let ranged = String::from_utf8_lossy(&head)
+            .to_ascii_lowercase()
+            .contains("\r\nrange:");
+        let get = first.starts_with("GET ") && ranged;
+        if get {
+            let n = seen.gets.fetch_add(1, Ordering::SeqCst);
+            if matches!(fault, Fault::CutGetsAfter(k) if n >= k) {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            let now = seen.active_gets.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.max_gets.fetch_max(now, Ordering::SeqCst);
+        }
         if first.starts_with("PUT ") && first.contains("partNumber=") {
             let n = puts.fetch_add(1, Ordering::SeqCst);
             let cut = match fault {
-                Fault::CutPut => false,
+                Fault::CutPut | Fault::Nothing | Fault::CutGetsAfter(_) => false,
                 Fault::StopAfter(k) => n >= k,
                 Fault::FirstTryOfEach => {
                     let part = first.split("partNumber=").nth(1).unwrap_or_default();
@@ -511,22 +542,27 @@ fn serve_one(
                 return;
             }
         }
-        let Ok(mut up) = TcpStream::connect(upstream) else {
-            return;
-        };
-        let mut answer = Vec::new();
-        if up
-            .write_all(&head)
-            .and(up.write_all(&body))
-            .and(up.read_to_end(&mut answer))
-            .is_err()
-        {
-            return;
+        let relayed = relay(upstream, &head, &body, &client);
+        if get {
+            seen.active_gets.fetch_sub(1, Ordering::SeqCst);
         }
-        if (&client).write_all(&answer).is_err() {
+        if !relayed {
             return;
         }
     }
+}
+
+/// Send one request upstream and its whole answer back to `client`; `false` on a failure.
+fn relay(upstream: &str, head: &[u8], body: &[u8], client: &TcpStream) -> bool {
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return false;
+    };
+    let mut answer = Vec::new();
+    up.write_all(head)
+        .and(up.write_all(body))
+        .and(up.read_to_end(&mut answer))
+        .and_then(|_| { client }.write_all(&answer))
+        .is_ok()
 }
 
 #[test]
@@ -544,7 +580,7 @@ fn an_upload_cut_in_the_middle_is_aborted_and_transient_failures_are_retried() {
         &["convert", "-O", "raw", r, &s3.name("cut-put.raw")],
     );
     assert!(err.contains("PUT"), "{err}");
-    assert_eq!(puts.load(Ordering::SeqCst), 1);
+    assert_eq!(puts.puts.load(Ordering::SeqCst), 1);
     assert_eq!(s3.head("cut-put.raw"), "404");
     // A streamOptimized VMDK's length is not known before it is written: a multipart
     // upload. The gateway goes away after two parts: the upload is aborted, nothing is left.
@@ -560,9 +596,9 @@ fn an_upload_cut_in_the_middle_is_aborted_and_transient_failures_are_retried() {
         "{err}"
     );
     assert!(
-        puts.load(Ordering::SeqCst) >= 2 + 5,
+        puts.puts.load(Ordering::SeqCst) >= 2 + 5,
         "{} part uploads",
-        puts.load(Ordering::SeqCst)
+        puts.puts.load(Ordering::SeqCst)
     );
     assert_eq!(s3.head("cut.vmdk"), "404");
     assert_eq!(s3.uploads(), 0);
@@ -602,5 +638,62 @@ fn serve_exports_an_image_in_a_bucket_that_qemu_img_reads_over_nbd() {
         out.status.success(),
         "{}",
         describe("qemu-img compare over nbd", &out)
+    );
+}
+
+#[test]
+fn a_sequential_read_from_a_bucket_fetches_ahead_in_parallel_and_fails_clearly() {
+    let Some(s3) = s3("ahead") else { return };
+    let dir = tempdir();
+    // 48 MiB of random data: the read-ahead pieces grow to 8 MiB within the first 8 MiB,
+    // then the rest streams with several GETs in flight.
+    let raw = dir.path().join("big.raw");
+    std::fs::write(&raw, random_bytes(11, 48 << 20)).unwrap();
+    let qcow2 = dir.path().join("big.qcow2");
+    qemu_img_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        qcow2.to_str().unwrap(),
+    ]);
+    for (local, name) in [(&raw, "big.raw"), (&qcow2, "big.qcow2")] {
+        s3.upload(local, name);
+        let (proxy, seen) = fault_proxy(&s3.endpoint, Fault::Nothing);
+        let back = dir.path().join(format!("back-{name}"));
+        let out = s3.vdisk(
+            &[("AWS_ENDPOINT_URL", &proxy)],
+            &[
+                "convert",
+                "-O",
+                "raw",
+                &s3.name(name),
+                back.to_str().unwrap(),
+            ],
+        );
+        ok(&format!("convert {name} out of the bucket"), out);
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&raw).unwrap());
+        let most = seen.max_gets.load(Ordering::SeqCst);
+        assert!(most >= 2, "{name}: at most {most} GET at a time");
+    }
+    // The gateway stops answering GETs part way (read-ahead ones included): one clear
+    // error naming the GET, and no hang.
+    let (proxy, _) = fault_proxy(&s3.endpoint, Fault::CutGetsAfter(6));
+    let back = dir.path().join("cut.raw");
+    let err = s3.vdisk_fails(
+        &[("AWS_ENDPOINT_URL", &proxy)],
+        &[
+            "convert",
+            "-O",
+            "raw",
+            &s3.name("big.raw"),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("GET at 0x") && err.contains("gave up"),
+        "{err}"
     );
 }

@@ -13,7 +13,7 @@ use super::config::S3Config;
 use super::name::S3Name;
 use rusty_s3::actions::CreateMultipartUpload;
 use rusty_s3::{Bucket, Credentials, S3Action};
-use std::io;
+use std::io::{self, Read};
 use std::time::Duration;
 use ureq::http::Response;
 use url::Url;
@@ -128,9 +128,19 @@ impl Client {
     }
 
     /// `len` bytes from `offset` (a ranged GET); the range must lie inside the object.
+    /// `len` is bounded by the caller (a read-ahead piece at most).
     pub fn get_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut data = vec![0; len as usize];
+        self.get_range_into(offset, &mut data)?;
+        Ok(data)
+    }
+
+    /// Fill `buf` from `offset` (a ranged GET) straight from the answer's body; the range
+    /// must lie inside the object.
+    pub fn get_range_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let creds = self.credentials.as_ref();
         let what = format!("GET at {offset:#x}");
+        let len = buf.len() as u64;
         self.with_retries(&what, || {
             let url = self
                 .bucket
@@ -138,22 +148,31 @@ impl Client {
                 .sign(SIGNATURE_LIFETIME);
             let resp = self.send(&url, Method::Get(offset, len), &[])?;
             let mut resp = self.expect(resp, &what, &[200, 206])?;
-            let data = resp
-                .body_mut()
-                .with_config()
-                .limit(len + 1)
-                .read_to_vec()
-                .map_err(|e| Failure {
-                    retry: true,
-                    error: transport(&what, e),
-                })?;
-            if data.len() as u64 != len {
-                return Err(self.permanent(&format!(
-                    "{what}: {} bytes came back instead of {len} (did the object change?)",
-                    data.len()
-                )));
+            let mut body = resp.body_mut().with_config().limit(len + 1).reader();
+            let short = |got: usize| {
+                self.permanent(&format!(
+                    "{what}: {got} bytes came back instead of {len} (did the object change?)"
+                ))
+            };
+            let mut got = 0;
+            while got < buf.len() {
+                match body.read(&mut buf[got..]) {
+                    Ok(0) => return Err(short(got)),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(Failure {
+                            retry: true,
+                            error: body_error(&what, e),
+                        })
+                    }
+                }
             }
-            Ok(data)
+            // A longer answer than asked for is as wrong as a shorter one.
+            match body.read(&mut [0u8; 1]) {
+                Ok(0) => Ok(()),
+                _ => Err(short(got + 1)),
+            }
         })
     }
 
@@ -402,6 +421,17 @@ pub fn backoff(tries: u32) -> Duration {
 }
 
 /// A transport failure, described without the URL (which carries the signature).
+/// An error while reading an answer's body: ureq's own errors come wrapped in
+/// `io::Error`, and get the same words as [`transport`] gives them.
+fn body_error(what: &str, e: io::Error) -> io::Error {
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<ureq::Error>()) {
+        Some(Ok(u)) => transport(what, *u),
+        Some(Err(other)) => io::Error::new(kind, format!("S3 {what}: connection error: {other}")),
+        None => io::Error::new(kind, format!("S3 {what}: connection error ({kind})")),
+    }
+}
+
 fn transport(what: &str, e: ureq::Error) -> io::Error {
     let (kind, text) = match e {
         ureq::Error::Io(e) => (e.kind(), format!("connection error: {e}")),
