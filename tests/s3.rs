@@ -650,15 +650,8 @@ fn a_sequential_read_from_a_bucket_fetches_ahead_in_parallel_and_fails_clearly()
     let raw = dir.path().join("big.raw");
     std::fs::write(&raw, random_bytes(11, 48 << 20)).unwrap();
     let qcow2 = dir.path().join("big.qcow2");
-    qemu_img_ok(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        qcow2.to_str().unwrap(),
-    ]);
+    let (r, q) = (raw.to_str().unwrap(), qcow2.to_str().unwrap());
+    qemu_img_ok(&["convert", "-f", "raw", "-O", "qcow2", r, q]);
     for (local, name) in [(&raw, "big.raw"), (&qcow2, "big.qcow2")] {
         s3.upload(local, name);
         let (proxy, seen) = fault_proxy(&s3.endpoint, Fault::Nothing);
