@@ -455,11 +455,59 @@ mod cluster {
         let flags = ["-r", "-f", "raw"];
         let server = Server::start_in(dir.path(), Tool::Vdisk, Path::new(&name), Via::Unix, &flags);
         let out = qemu_img(["compare", src.to_str().unwrap(), &server.uri("")]);
-        drop(server);
+        server.stop();
         assert!(
             out.status.success(),
             "{}",
             describe("qemu-img compare over nbd", &out)
         );
+    }
+
+    /// Whether `qemu-img map` of `uri` (over NBD) reports data at `offset`.
+    fn data_at(uri: &str, offset: u64) -> bool {
+        let out = qemu_img_ok(&["map", "--output=json", "-f", "raw", uri]);
+        let map = parse_json("qemu-img map over nbd", &out);
+        let extents = map.as_array().expect("a map is a list");
+        extents.iter().any(|e| {
+            let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+            start <= offset && offset < start + len && e["data"] == true
+        })
+    }
+
+    #[test]
+    fn a_served_rbd_image_reports_its_new_data_after_writes_and_zeroing() {
+        // vdisk keeps what one pass over the object map found; every write, zeroing and
+        // resize must drop it, or block status would keep calling new data a hole.
+        let dir = tempdir();
+        let src = sparse_source(dir.path());
+        let img = TestImage::new("served-map");
+        vdisk_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let name = img.name();
+        let flags = ["-f", "raw", "-t"];
+        let server = Server::start_in(dir.path(), Tool::Vdisk, Path::new(&name), Via::Unix, &flags);
+        let uri = server.uri("");
+        const MIB: u64 = 1 << 20;
+        assert!(data_at(&uri, 10 * MIB) && !data_at(&uri, 48 * MIB));
+        qemu_io_ok(&["-f", "raw", "-c", "write -P 0x42 48M 64k", &uri]);
+        assert!(data_at(&uri, 48 * MIB), "a write into a hole shows as data");
+        // A zeroing of whole objects frees them: the map says so at once.
+        qemu_io_ok(&["-f", "raw", "-c", "write -z -u 8M 8M", &uri]);
+        assert!(
+            !data_at(&uri, 10 * MIB),
+            "zeroed objects no longer hold data"
+        );
+        let read = qemu_io_ok(&[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x42 48M 64k",
+            "-c",
+            "read -P 0 8M 8M",
+            &uri,
+        ]);
+        assert!(!read.contains("Pattern verification failed"), "{read}");
+        // SIGTERM: the server closes the image, so removing it does not wait out the
+        // watch a killed client leaves behind (30 s).
+        server.stop();
     }
 }

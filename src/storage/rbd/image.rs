@@ -14,13 +14,13 @@
 //! everything is data, as in QEMU).
 
 use super::cluster::{self, rbd_error, Cluster, ImageHandle, Pool};
+use super::extents::Extents;
 use super::ffi;
 use super::name::RbdName;
-use super::readahead::ReadAhead;
+use super::readahead::{ReadAhead, Request};
 use crate::storage::Storage;
 use std::collections::VecDeque;
 use std::io;
-use std::os::raw::{c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -105,13 +105,15 @@ impl Window {
 }
 
 /// An open RBD image. Fields drop in order: image, pool, cluster (`Drop` first waits for
-/// every request in flight). Locks are taken read-ahead first, then the write window.
+/// every request in flight). Locks are taken read-ahead first, then the write window, then the extents.
 pub struct RbdStorage {
     image: ImageHandle,
     _pool: Pool,
     _cluster: Cluster,
     window: Mutex<Window>,
     readahead: Mutex<ReadAhead>,
+    /// Where the objects are, as last learned (cleared by every change).
+    extents: Mutex<Extents>,
     size: AtomicU64,
     /// Bytes per RADOS object (4 MiB by default): qemu-img's cluster size for RBD.
     object_size: u64,
@@ -168,6 +170,7 @@ impl RbdStorage {
             _cluster: cluster,
             window: Mutex::new(Window::default()),
             readahead: Mutex::new(ReadAhead::default()),
+            extents: Mutex::new(Extents::default()),
             size: AtomicU64::new(stat.size),
             object_size: stat.obj_size,
             writable,
@@ -181,6 +184,19 @@ impl RbdStorage {
 
     fn readahead(&self) -> MutexGuard<'_, ReadAhead> {
         self.readahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn extents(&self) -> MutexGuard<'_, Extents> {
+        self.extents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The image is about to change: drop what was read ahead and what is known of its
+    /// objects. Returns the read-ahead lock, which the change holds.
+    fn changing(&self) -> MutexGuard<'_, ReadAhead> {
+        let mut readahead = self.readahead();
+        readahead.clear();
+        self.extents().clear();
+        readahead
     }
 
     /// Read `buf` at `offset` (within the image) with synchronous requests.
@@ -246,40 +262,6 @@ impl RbdStorage {
     }
 }
 
-/// What `rbd_diff_iterate2` found from the queried offset: the first run of objects that
-/// exist (or are known not to), merged while they stay contiguous and alike.
-#[derive(Default)]
-struct FirstRun {
-    start: u64,
-    len: u64,
-    exists: bool,
-    found: bool,
-}
-
-/// Returned by the callback to stop the iteration once the first run ends.
-const STOP: c_int = -9000;
-
-extern "C" fn diff_callback(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `FirstRun` that `data_extent` passed and keeps alive for the
-    // call; librbd calls back on the calling thread while rbd_diff_iterate2 runs.
-    let run = unsafe { &mut *(arg as *mut FirstRun) };
-    let exists = exists != 0;
-    if !run.found {
-        *run = FirstRun {
-            start: offset,
-            len: len as u64,
-            exists,
-            found: true,
-        };
-        return 0;
-    }
-    if run.start + run.len == offset && run.exists == exists {
-        run.len += len as u64;
-        return 0;
-    }
-    STOP
-}
-
 impl Storage for RbdStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut readahead = self.readahead();
@@ -290,7 +272,14 @@ impl Storage for RbdStorage {
         tail.fill(0);
         let served = readahead.serve(head, offset)?;
         self.read_sync(&mut head[served..], offset + served as u64)?;
-        readahead.advance(self.image.0, offset, head.len() as u64, size);
+        let request = Request {
+            image: self.image.0,
+            offset,
+            len: head.len() as u64,
+            size,
+            object: self.object_size,
+        };
+        readahead.advance(request, served);
         Ok(())
     }
 
@@ -302,8 +291,7 @@ impl Storage for RbdStorage {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past 2^64"))?;
-        let mut readahead = self.readahead();
-        readahead.clear();
+        let _readahead = self.changing();
         let mut window = self.window();
         if end > self.size.load(Ordering::SeqCst) {
             self.resize_locked(&mut window, end)?;
@@ -370,16 +358,14 @@ impl Storage for RbdStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut readahead = self.readahead();
-        readahead.clear();
+        let _readahead = self.changing();
         let mut window = self.window();
         self.resize_locked(&mut window, len)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         self.check_writable()?;
-        let mut readahead = self.readahead();
-        readahead.clear();
+        let _readahead = self.changing();
         let mut window = self.window();
         window.drain()?;
         let end = offset
@@ -403,36 +389,20 @@ impl Storage for RbdStorage {
         if offset >= size {
             return Ok((false, 0));
         }
-        if !self.has_fast_diff()? {
-            return Ok((true, size - offset));
+        // Held throughout, so no change slips between the query and the record.
+        let _order = self.readahead();
+        if let Some(answer) = self.extents().lookup(offset) {
+            return Ok(answer);
         }
+        let fast_diff = self.has_fast_diff()?;
         // Requests in flight must reach the object map before it is asked.
         self.window().drain()?;
-        let mut run = FirstRun::default();
-        // SAFETY: open image handle; `run` outlives the call and the callback only runs
-        // during it.
-        let r = unsafe {
-            ffi::rbd_diff_iterate2(
-                self.image.0,
-                ptr::null(),
-                offset,
-                size - offset,
-                1,
-                1,
-                diff_callback,
-                (&mut run as *mut FirstRun).cast(),
-            )
-        };
-        if r < 0 && r != STOP {
-            return Err(rbd_error(r.into(), "error querying allocated extents"));
+        let mut extents = self.extents();
+        match fast_diff {
+            true => extents.fill(self.image.0, offset, size)?,
+            false => extents.all_data(offset, size),
         }
-        Ok(match run {
-            FirstRun { found: false, .. } => (false, size - offset),
-            FirstRun { start, .. } if start > offset => (false, start - offset),
-            FirstRun {
-                start, len, exists, ..
-            } => (exists, (start + len).min(size) - offset),
-        })
+        Ok(extents.lookup(offset).unwrap_or((false, size - offset)))
     }
 
     fn allocated_bytes(&self) -> io::Result<u64> {

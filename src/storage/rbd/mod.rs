@@ -13,6 +13,8 @@ pub mod name;
 #[cfg(feature = "rbd")]
 mod cluster;
 #[cfg(feature = "rbd")]
+mod extents;
+#[cfg(feature = "rbd")]
 mod ffi;
 #[cfg(feature = "rbd")]
 mod image;

@@ -1,9 +1,12 @@
 //! [`ReadAhead`]: sequential reads of an RBD image with several requests in flight.
 //!
 //! One synchronous `rbd_read` at a time waits a round trip per request. When reads come in
-//! order (each starting where the last ended, as convert's reader does), the next
-//! [`READ_AHEAD_BYTES`] are requested with `rbd_aio_read` in pieces the size of the last
-//! read, and later reads are served from them. A read elsewhere drops what was prefetched.
+//! order (each starting where the last ended, as convert's reader does, or inside what was
+//! prefetched, as it does after skipping a hole), the next [`READ_AHEAD_BYTES`] are
+//! requested with `rbd_aio_read` in pieces four times the size of the last read (at most
+//! [`MAX_PIECE`]), cut at RADOS object boundaries so that each piece is one request to one
+//! OSD, and later reads are served from them. A read elsewhere drops what was prefetched.
+//! Piece buffers are reused once consumed.
 //! The owner drops everything prefetched before any write, resize or zeroing, so a
 //! prefetched piece never holds bytes older than a write.
 
@@ -16,8 +19,21 @@ use std::ptr;
 /// Most bytes requested ahead of the last sequential read.
 pub const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// Largest and smallest piece one prefetch request asks for.
-const MAX_PIECE: u64 = 4 << 20;
+pub const MAX_PIECE: u64 = 4 << 20;
 const MIN_PIECE: u64 = 64 << 10;
+/// Buffers of consumed pieces kept for reuse.
+const SPARE_BUFFERS: usize = 8;
+
+/// The read [`ReadAhead::advance`] follows, and the image it was made on.
+pub struct Request {
+    pub image: ffi::rbd_image_t,
+    pub offset: u64,
+    pub len: u64,
+    /// The image's size: nothing is requested past it.
+    pub size: u64,
+    /// Bytes per RADOS object: no piece crosses a multiple of it (0: no limit).
+    pub object: u64,
+}
 
 /// One `rbd_aio_read` in flight (or done and not yet consumed).
 struct Piece {
@@ -78,6 +94,8 @@ impl Drop for Piece {
 pub struct ReadAhead {
     pieces: VecDeque<Piece>,
     next: u64,
+    /// Buffers of consumed pieces, for the next ones.
+    spare: Vec<Vec<u8>>,
 }
 
 impl ReadAhead {
@@ -93,7 +111,7 @@ impl ReadAhead {
         while done < buf.len() {
             let pos = offset + done as u64;
             while self.pieces.front().is_some_and(|p| p.end() <= pos) {
-                self.pieces.pop_front();
+                self.recycle();
             }
             let Some(piece) = self.pieces.front_mut() else {
                 break;
@@ -111,24 +129,57 @@ impl ReadAhead {
         Ok(done)
     }
 
-    /// After a read of `len` bytes at `offset`: if it continued the last one, keep up to
-    /// [`READ_AHEAD_BYTES`] requested past it (not past `size`); remember where it ended.
-    pub fn advance(&mut self, image: ffi::rbd_image_t, offset: u64, len: u64, size: u64) {
-        let sequential = offset == self.next;
+    /// Drop the first piece, keeping its buffer when it is done with.
+    fn recycle(&mut self) {
+        if let Some(mut p) = self.pieces.pop_front() {
+            if p.wait().is_ok() && self.spare.len() < SPARE_BUFFERS {
+                self.spare.push(std::mem::take(&mut p.buf));
+            }
+        }
+    }
+
+    /// A buffer of `n` bytes for a piece: a spare one if there is one.
+    fn buffer(&mut self, n: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut b) => {
+                b.resize(n, 0);
+                b
+            }
+            None => vec![0u8; n],
+        }
+    }
+
+    /// After a read of `len` bytes at `offset`, of which `served` came from the pieces: if
+    /// it continued the last one (or was served from them), keep up to
+    /// [`READ_AHEAD_BYTES`] requested past it (not past `size`), in pieces that do not
+    /// cross a boundary of `object` bytes; remember where it ended.
+    pub fn advance(&mut self, request: Request, served: usize) {
+        let Request {
+            image,
+            offset,
+            len,
+            size,
+            object,
+        } = request;
+        let sequential = offset == self.next || served > 0;
         self.next = offset + len;
         if !sequential {
             self.clear();
             return;
         }
-        let piece_len = len.clamp(MIN_PIECE, MAX_PIECE);
+        let piece_len = len.saturating_mul(4).clamp(MIN_PIECE, MAX_PIECE);
         let mut at = self
             .pieces
             .back()
             .map_or(self.next, |p| p.end())
             .max(self.next);
         while at < size && at < self.next + READ_AHEAD_BYTES {
-            let n = piece_len.min(size - at);
-            let mut buf = vec![0u8; n as usize];
+            let boundary = match object {
+                0 => u64::MAX,
+                o => (at / o + 1).saturating_mul(o),
+            };
+            let n = piece_len.min(size - at).min(boundary - at);
+            let mut buf = self.buffer(n as usize);
             let mut completion: ffi::rbd_completion_t = ptr::null_mut();
             // SAFETY: valid out-pointer; no callback.
             if unsafe { ffi::rbd_aio_create_completion(ptr::null_mut(), None, &mut completion) } < 0
