@@ -85,6 +85,18 @@ impl Error {
     }
 }
 
+/// The text of `e` as C's `strerror` gives it (and QEMU prints it): without the
+/// " (os error N)" Rust adds to errors from the system.
+pub fn strerror(e: &io::Error) -> String {
+    let text = e.to_string();
+    match e.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .map_or(text.clone(), str::to_string),
+        None => text,
+    }
+}
+
 /// Name the file an image error came from.
 pub fn with_path(path: &std::path::Path, e: Error) -> Error {
     match e {

@@ -446,7 +446,7 @@ pub fn create_with_cache(
     options: &[(String, String)],
     unsafe_cache: bool,
 ) -> Result<Box<dyn BlockDevice>> {
-    let options = normalise_create_options(path, format, options)?;
+    let options = normalise_create_options(format, options)?;
     refuse_bad_remote_name(path)?;
     let files = NewFiles::before_create(path, format, size.unwrap_or(0), &options);
     let (file_opts, options): (Vec<_>, Vec<_>) = options
@@ -486,14 +486,13 @@ pub fn create_option_table(format: Format) -> Vec<OptionDesc> {
 }
 
 /// `options` checked against what `format` takes and normalised as qemu-img does (sizes
-/// and numbers in decimal); errors name `path` as qemu-img's do.
+/// and numbers in decimal). The errors do not name the file: `create` names it (see
+/// [`crate::ops::create::refusal`]), `convert` does not, as qemu-img.
 pub fn normalise_create_options(
-    path: &Path,
     format: Format,
     options: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
     create_opts::normalise(&create_option_table(format), options)
-        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
 }
 
 /// Set the host file options (`nocow`, `extent_size_hint`, already normalised) on the
@@ -603,21 +602,20 @@ pub fn create_size(
 }
 
 /// Check that every `-o` option is one `format` knows with a well-formed value, and refuse
-/// what qemu-img refuses when it creates an image at `path`, without creating anything.
-///
-/// The refusals name the file as qemu-img's do: a backing format without a backing file,
-/// and raw `preallocation=metadata`. qemu-img prints its "Formatting ..." line before these
-/// two (it finds them while creating); vdisk refuses before printing anything.
+/// what qemu-img refuses when it creates an image, without creating anything: among them a
+/// backing format without a backing file, and raw `preallocation=metadata` (qemu-img
+/// prints its "Formatting ..." line before these two, as it finds them while creating;
+/// vdisk refuses before printing anything). The errors do not name the file (the caller
+/// does, as qemu-img: see [`crate::ops::create::refusal`]).
 pub fn check_create_options(
-    path: &Path,
     format: Format,
     options: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
-    let refuse = |why: String| Err(Error::invalid(format!("{}: {why}", path.display())));
+    let refuse = |why: &str| Err(Error::invalid(why));
     if format == Format::RAW && options.iter().any(|(k, _)| k == "backing_fmt") {
-        return refuse("Backing file format not supported for file format 'raw'".into());
+        return refuse("Backing file format not supported for file format 'raw'");
     }
-    let options = normalise_create_options(path, format, options)?;
+    let options = normalise_create_options(format, options)?;
     let has = |key: &str| options.iter().any(|(k, _)| k == key);
     let own: Vec<_> = options
         .iter()
@@ -626,13 +624,13 @@ pub fn check_create_options(
         .collect();
     (format.driver().check_create_options)(&own)?;
     if has("backing_fmt") && !has("backing_file") && format == Format::QCOW2 {
-        return refuse("Backing format cannot be used without backing file".into());
+        return refuse("Backing format cannot be used without backing file");
     }
     let metadata = options
         .iter()
         .any(|(k, v)| k == "preallocation" && v == "metadata");
     if format == Format::RAW && metadata {
-        return refuse("Unsupported preallocation mode: metadata".into());
+        return refuse("Unsupported preallocation mode: metadata");
     }
     Ok(options)
 }

@@ -98,9 +98,8 @@ impl std::str::FromStr for Preallocation {
             "metadata" => Ok(Preallocation::Metadata),
             "falloc" => Ok(Preallocation::Falloc),
             "full" => Ok(Preallocation::Full),
-            _ => Err(Error::invalid(format!(
-                "invalid preallocation mode '{s}' (expected off, metadata, falloc or full)"
-            ))),
+            // qemu's words when it parses the mode by name (raw create, qcow2 measure).
+            _ => Err(Error::invalid(format!("invalid parameter value: {s}"))),
         }
     }
 }

@@ -54,7 +54,7 @@ pub fn plan(
     let Some(size) = size else {
         return Err(Error::invalid("Image creation needs a size parameter"));
     };
-    let options = image::check_create_options(file, format, &options)?;
+    let options = image::check_create_options(format, &options)?;
     Ok(CreatePlan {
         file: file.to_path_buf(),
         format,
@@ -71,15 +71,17 @@ fn check_backing(
     format: Option<String>,
     unsafe_backing: bool,
 ) -> Result<Option<u64>> {
+    if file.to_str() == Some(name) {
+        return Err(Error::invalid(
+            "Error: Trying to create an image with the same filename as the backing file",
+        ));
+    }
     crate::names::check_backing_name(name)?;
     let path = crate::chain::resolve(file, name)?;
     let Some(format) = format else {
         let detected = image::probe_path(&path, false)?;
         return Err(Error::invalid(format!(
-            "{}: Backing file specified without backing format (detected format of {}: {}); use -F",
-            file.display(),
-            name,
-            detected
+            "Backing file specified without backing format (detected format of {name}: {detected}); use -F",
         )));
     };
     if unsafe_backing {
@@ -93,8 +95,49 @@ fn check_backing(
             metadata_only: true,
             ..Default::default()
         },
-    )?;
+    )
+    .map_err(|e| Error::invalid(format!("{}\nCould not open backing image.", qemu_words(&e))))?;
     Ok(Some(chain.device.virtual_size()))
+}
+
+/// `e` as QEMU words such errors: an I/O error's context capitalised ("Could not
+/// create '...'") and its cause as `strerror` gives it.
+fn qemu_words(e: &Error) -> String {
+    match e {
+        Error::Io { context, source } => {
+            let mut c = context.chars();
+            let first = c.next().map(|f| f.to_uppercase().collect::<String>());
+            format!(
+                "{}{}: {}",
+                first.unwrap_or_default(),
+                c.as_str(),
+                crate::error::strerror(source)
+            )
+        }
+        other => other.bare_message(),
+    }
+}
+
+/// `e`, a reason a create of `file` failed, as qemu-img reports it: `FILE: reason`.
+pub fn refusal(file: &Path, e: Error) -> Error {
+    let name = crate::storage::display_name(file);
+    let text = qemu_words(&e);
+    match text.starts_with(&format!("{name}: ")) {
+        true => Error::invalid(text),
+        false => Error::invalid(format!("{name}: {text}")),
+    }
+}
+
+/// `e`, a reason `convert` could not create its output `file` of `format`, as qemu-img
+/// reports it: `FILE: error while converting FORMAT: reason`.
+pub fn conversion_refusal(file: &Path, format: Format, e: Error) -> Error {
+    let name = crate::storage::display_name(file);
+    let text = qemu_words(&e);
+    let reason = text.strip_prefix(&format!("{name}: ")).unwrap_or(&text);
+    Error::invalid(format!(
+        "{name}: error while converting {}: {reason}",
+        format.name()
+    ))
 }
 
 impl CreatePlan {

@@ -164,7 +164,8 @@ pub fn write_delta(
 ) -> Result<DeltaStats> {
     let (options, copy_compressed) = output_options(options, source_codec)?;
     let size = source.virtual_size();
-    let options = image::check_create_options(output, Format::QCOW2, &options)?;
+    let options = image::check_create_options(Format::QCOW2, &options)
+        .map_err(|e| crate::ops::create::refusal(output, e))?;
     let files = image::NewFiles::before_create(output, Format::QCOW2, size, &options);
     if let Some(storage) = sequential::remote_qcow2_storage(output, Format::QCOW2, false)? {
         let options: Vec<_> = options

@@ -66,6 +66,12 @@ impl Default for CreateOptions {
     }
 }
 
+/// qemu's words for a cluster size out of range.
+pub const CLUSTER_SIZE_RULE: &str = "Cluster size must be a power of two between 512 and 2048k";
+/// qemu's words for a refcount width it does not take.
+pub const REFCOUNT_WIDTH_RULE: &str =
+    "Refcount width must be a power of two and may not exceed 64 bits";
+
 fn parse_bool(key: &str, v: &str) -> Result<bool> {
     match v {
         "on" | "true" | "yes" | "y" => Ok(true),
@@ -91,7 +97,7 @@ impl CreateOptions {
                     "1.1" | "v3" => 3,
                     _ => {
                         return Err(Error::invalid(format!(
-                            "invalid compat level '{value}' (expected 0.10 or 1.1)"
+                            "Parameter 'version' does not accept value '{value}'"
                         )))
                     }
                 }
@@ -102,7 +108,13 @@ impl CreateOptions {
                     .map_err(|_| Error::invalid(format!("invalid refcount_bits '{value}'")))?
             }
             "lazy_refcounts" => self.lazy_refcounts = parse_bool(key, value)?,
-            "preallocation" => self.preallocation = value.parse()?,
+            "preallocation" => {
+                self.preallocation = value.parse().map_err(|_| {
+                    Error::invalid(format!(
+                        "Parameter 'preallocation' does not accept value '{value}'"
+                    ))
+                })?
+            }
             "backing_file" => self.backing_file = Some(value.to_string()),
             "backing_fmt" => self.backing_format = Some(value.to_string()),
             "compression_type" => {
@@ -111,7 +123,7 @@ impl CreateOptions {
                     "zstd" => CompressionType::Zstd,
                     _ => {
                         return Err(Error::invalid(format!(
-                            "invalid compression_type '{value}' (expected zlib or zstd)"
+                            "Parameter 'compression-type' does not accept value '{value}'"
                         )))
                     }
                 }
@@ -140,24 +152,20 @@ impl CreateOptions {
         if !cs.is_power_of_two()
             || !(1u64 << MIN_CLUSTER_BITS..=1u64 << MAX_CLUSTER_BITS).contains(&cs)
         {
-            return Err(Error::invalid(format!(
-                "cluster size must be a power of two between 512 and 2048k, not {cs}"
-            )));
+            return Err(Error::invalid(CLUSTER_SIZE_RULE));
         }
         if !self.refcount_bits.is_power_of_two() || self.refcount_bits > 64 {
-            return Err(Error::invalid(
-                "refcount width must be a power of two and may not exceed 64 bits",
-            ));
+            return Err(Error::invalid(REFCOUNT_WIDTH_RULE));
         }
         if self.version == 2 && self.refcount_bits != 16 {
-            return Err(Error::invalid("different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+            return Err(Error::invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"));
         }
         if self.version == 2 && self.lazy_refcounts {
-            return Err(Error::invalid("lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+            return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
         }
         if self.version == 2 && self.compression_type != CompressionType::Zlib {
             return Err(Error::invalid(
-                "compression_type requires compat=1.1 or greater",
+                "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)",
             ));
         }
         if self.extended_l2 && cs < 1 << super::subcluster::MIN_CLUSTER_BITS {

@@ -10,13 +10,23 @@ use crate::Preallocation;
 pub fn measure(source: Source<'_>, options: &[(String, String)]) -> Result<Measurement> {
     let mut o = CreateOptions::default();
     for (k, v) in options {
-        o.set(k, v)?;
+        // qemu-img measure parses these two itself, and words their refusals its own way.
+        match k.as_str() {
+            "compat" if !matches!(v.as_str(), "0.10" | "v2" | "1.1" | "v3") => {
+                return Err(Error::invalid(format!(
+                    "Invalid compatibility level: '{v}'"
+                )))
+            }
+            "preallocation" => o.preallocation = v.parse()?,
+            _ => o.set(k, v)?,
+        }
     }
     let cs = o.cluster_size;
     if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
-        return Err(Error::invalid(format!(
-            "cluster size must be a power of two between 512 and 2048k, not {cs}"
-        )));
+        return Err(Error::invalid(super::create::CLUSTER_SIZE_RULE));
+    }
+    if !o.refcount_bits.is_power_of_two() || o.refcount_bits > 64 {
+        return Err(Error::invalid(super::create::REFCOUNT_WIDTH_RULE));
     }
     if o.extended_l2 && cs < 1 << super::subcluster::MIN_CLUSTER_BITS {
         return Err(Error::invalid(

@@ -78,10 +78,9 @@ impl std::str::FromStr for Subformat {
             "twoGbMaxExtentFlat" => Subformat::TwoGbMaxExtentFlat,
             "streamOptimized" => Subformat::StreamOptimized,
             _ => {
-                return Err(Error::invalid(format!(
-                    "invalid parameter value for 'subformat': '{s}' (expected monolithicSparse, \
-                     monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat or streamOptimized)"
-                )))
+                // qemu's words (the values: monolithicSparse, monolithicFlat,
+                // twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized).
+                return Err(Error::invalid(format!("invalid parameter value: {s}")));
             }
         })
     }
@@ -140,10 +139,8 @@ impl VmdkCreateOptions {
             "subformat" => self.subformat = value.parse()?,
             "adapter_type" => {
                 if !ADAPTER_TYPES.contains(&value) {
-                    return Err(Error::invalid(format!(
-                        "invalid parameter value for 'adapter_type': '{value}' (expected ide, \
-                         lsilogic, buslogic or legacyESX)"
-                    )));
+                    // qemu's words (the values: ide, lsilogic, buslogic, legacyESX).
+                    return Err(Error::invalid(format!("invalid parameter value: {value}")));
                 }
                 self.adapter_type = value.to_string();
             }
@@ -176,7 +173,7 @@ impl VmdkCreateOptions {
     fn validate(&self) -> Result<()> {
         if !ADAPTER_TYPES.contains(&self.adapter_type.as_str()) {
             return Err(Error::invalid(format!(
-                "invalid parameter value for 'adapter_type': '{}'",
+                "invalid parameter value: {}",
                 self.adapter_type
             )));
         }

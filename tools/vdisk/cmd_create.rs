@@ -40,7 +40,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     a.object.registry()?;
     // Raw without -f, as qemu-img create: a default, not a dispatch on the format.
-    let format = a.format.get()?.unwrap_or(Format::RAW);
+    let format = match (a.format.get(), a.file.as_deref(), a.format.name()) {
+        (Ok(f), _, _) => f.unwrap_or(Format::RAW),
+        (Err(_), Some(file), Some(name)) => {
+            let unknown = vdisk::Error::invalid(format!("Unknown file format '{name}'"));
+            return Err(create::refusal(file, unknown));
+        }
+        (Err(e), _, _) => return Err(e),
+    };
     let mut options = a.options.pairs()?;
     if let Some(help) = create::help(format, &options, a.file.is_some()) {
         out!("{help}")?;
@@ -57,10 +64,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         options.push(("backing_fmt".into(), f.clone()));
     }
     let size = a.size.as_deref().map(parse_image_size).transpose()?;
-    let plan = create::plan(file, format, options, size, a.unsafe_backing)?;
+    let plan = create::plan(file, format, options, size, a.unsafe_backing)
+        .map_err(|e| create::refusal(file, e))?;
     if !a.quiet.on() {
         outln!("{}", plan.summary())?;
     }
-    plan.create()?;
+    plan.create().map_err(|e| create::refusal(file, e))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::image::opts::ImageSpec;
 use crate::image::{self, Format, Image, ImageOptions, NewFiles};
+use crate::ops::create;
 use std::path::{Path, PathBuf};
 
 /// How to convert image files into another, as qemu-img convert's flags say. Formats and
@@ -236,6 +237,20 @@ fn target_format(job: &FileConversion<'_>) -> Result<Format> {
     job.dst_format.unwrap_or("raw").parse()
 }
 
+/// The output's `-o` options, checked as qemu-img convert checks them: names and value
+/// types first (those errors do not name the file), then what creating the image would
+/// refuse (`FILE: error while converting FORMAT: reason`).
+fn checked_options(
+    dst: &Path,
+    format: Format,
+    opts: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>> {
+    image::normalise_create_options(format, &opts)?;
+    image::check_create_options(format, &opts)
+        .map_err(|e| create::conversion_refusal(dst, format, e))?;
+    Ok(opts)
+}
+
 /// Copy into a new image `target`; until the copy succeeds, a failure removes the files
 /// the output is made of.
 fn convert_into_new(
@@ -250,6 +265,7 @@ fn convert_into_new(
     refuse_compression(job, dst_format)?;
     let opts = image::parse_option_lists(job.options)?;
     let (dst, size) = (job.target, src.virtual_size());
+    let opts = checked_options(dst, dst_format, opts)?;
     let files = NewFiles::before_create(dst, dst_format, size, &opts);
     if let Some(storage) = sequential::remote_qcow2_storage(dst, dst_format, unsafe_cache)? {
         if job.bitmaps {
@@ -263,13 +279,12 @@ fn convert_into_new(
             backing: None,
             scan_zeros: src.cluster_size().is_none(),
         };
-        sequential::convert_remote(src, target, dst, copts, progress, &mut |o| {
-            unreadable(warn, o)
-        })?;
+        sequential::convert_remote(src, target, copts, progress, &mut |o| unreadable(warn, o))?;
         files.keep();
         return Ok(());
     }
-    let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?;
+    let mut out = image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)
+        .map_err(|e| create::conversion_refusal(dst, dst_format, e))?;
     convert_salvaging(src, out.as_mut(), copts, progress, &mut |o| {
         unreadable(warn, o)
     })?;
@@ -334,6 +349,7 @@ fn convert_onto_backing(
     opts.push(("backing_file".into(), b.to_string()));
     opts.push(("backing_fmt".into(), f.to_string()));
     let size = src.virtual_size();
+    let opts = checked_options(dst, dst_format, opts)?;
     // Until the copy succeeds, a failure removes the files the output is made of.
     let files = NewFiles::before_create(dst, dst_format, size, &opts);
     if let Some(storage) = sequential::remote_qcow2_storage(dst, dst_format, unsafe_cache)? {
@@ -354,11 +370,13 @@ fn convert_onto_backing(
             backing: Some(backing.as_mut()),
             scan_zeros: false,
         };
-        sequential::convert_remote(src, target, dst, copts, progress, &mut |_| {})?;
+        sequential::convert_remote(src, target, copts, progress, &mut |_| {})?;
         files.keep();
         return Ok(());
     }
-    image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)?.close()?;
+    image::create_with_cache(dst, dst_format, Some(size), &opts, unsafe_cache)
+        .map_err(|e| create::conversion_refusal(dst, dst_format, e))?
+        .close()?;
     let mut out = image::open(
         dst,
         &ImageOptions {

@@ -152,12 +152,11 @@ pub fn remote_qcow2_storage(
 pub fn convert_remote(
     src: &mut dyn BlockDevice,
     target: SequentialTarget<'_, '_>,
-    path: &Path,
     copts: ConvertOptions,
     progress: Progress<'_>,
     unreadable: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let options: Vec<_> = image::normalise_create_options(path, Format::QCOW2, target.options)?
+    let options: Vec<_> = image::normalise_create_options(Format::QCOW2, target.options)?
         .into_iter()
         .filter(|(k, _)| !crate::create_opts::is_file_only(k))
         .collect();
