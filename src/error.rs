@@ -13,8 +13,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything that can go wrong when opening, reading or writing an image.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O error from the storage layer, with what was being done.
-    #[error("{context}: {source}")]
+    /// An I/O error from the storage layer, with what was being done (the cause as C's
+    /// `strerror` words it, as QEMU prints it).
+    #[error("{context}: {}", strerror(source))]
     Io {
         context: String,
         #[source]
@@ -85,17 +86,7 @@ impl Error {
     }
 }
 
-/// The text of `e` as C's `strerror` gives it (and QEMU prints it): without the
-/// " (os error N)" Rust adds to errors from the system.
-pub fn strerror(e: &io::Error) -> String {
-    let text = e.to_string();
-    match e.raw_os_error() {
-        Some(code) => text
-            .strip_suffix(&format!(" (os error {code})"))
-            .map_or(text.clone(), str::to_string),
-        None => text,
-    }
-}
+pub use crate::storage::strerror;
 
 /// Name the file an image error came from.
 pub fn with_path(path: &std::path::Path, e: Error) -> Error {

@@ -526,3 +526,31 @@ fn convert_and_measure_refusals_match_qemu_img() {
         assert!(!q.status.success(), "qemu-img accepted {args:?}");
     }
 }
+
+/// A missing image file is the error users meet most: every command words it as qemu-img
+/// (`Could not open 'X': Could not open 'X': No such file or directory`).
+#[test]
+fn a_missing_image_is_refused_in_qemu_img_s_words_by_every_command() {
+    let t = Twins::new();
+    let commands: &[&[&str]] = &[
+        &["info", "@nx"],
+        &["check", "@nx"],
+        &["map", "@nx"],
+        &["snapshot", "-l", "@nx"],
+        &["snapshot", "-c", "s", "@nx"],
+        &["resize", "@nx", "1G"],
+        &["amend", "-o", "compat=1.1", "@nx"],
+        &["commit", "@nx"],
+        &["rebase", "-u", "-b", "", "@nx"],
+        &["compare", "@nx", "@nx"],
+        &["convert", "-O", "raw", "@nx", "@out.raw"],
+        &["measure", "-O", "qcow2", "@nx"],
+        &["bitmap", "--add", "@nx", "b"],
+        &["bench", "@nx"],
+        &["dd", "if=@nx", "of=@out.raw"],
+    ];
+    for args in commands {
+        let (q, _) = t.same_outcome(args);
+        assert!(!q.status.success(), "{args:?}");
+    }
+}

@@ -376,7 +376,7 @@ fn a_wrong_secret_key_is_one_clear_error_and_writes_nothing() {
     s3.upload(&src, "r.qcow2");
     let err = s3.vdisk_fails(&wrong, &["info", &s3.name("r.qcow2")]);
     assert!(
-        err.contains("could not open") && err.contains("SignatureDoesNotMatch"),
+        err.contains("Could not open") && err.contains("SignatureDoesNotMatch"),
         "{err}"
     );
     let err = s3.vdisk_fails(

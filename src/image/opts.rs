@@ -370,7 +370,7 @@ impl Objects {
             (None, Some(f)) => std::fs::read(f).map_err(|e| {
                 err(format!(
                     "Unable to read {f}: Failed to open file \u{201c}{f}\u{201d}: {}",
-                    io_reason(&e)
+                    crate::error::strerror(&e)
                 ))
             })?,
         });
@@ -399,15 +399,6 @@ fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-}
-
-/// The system's text for an I/O error, without Rust's " (os error N)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
 }
 
 #[cfg(test)]

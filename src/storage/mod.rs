@@ -236,3 +236,29 @@ pub(crate) fn resize_vec(data: &mut Vec<u8>, len: u64) -> io::Result<()> {
 
 /// In-memory storages refuse to grow past 4 GiB: they exist for tests.
 pub const MEM_STORAGE_LIMIT: u64 = 4 << 30;
+
+/// The text of `e` as C's `strerror` gives it (and QEMU prints it): without the
+/// " (os error N)" Rust adds to errors from the system.
+pub fn strerror(e: &io::Error) -> String {
+    let text = e.to_string();
+    match e.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .map_or(text.clone(), str::to_string),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod strerror_tests {
+    use super::strerror;
+    use std::io;
+
+    #[test]
+    fn system_errors_read_as_strerror_and_others_as_they_are() {
+        let enoent = io::Error::from_raw_os_error(2);
+        assert_eq!(strerror(&enoent), "No such file or directory");
+        let custom = io::Error::other("the PUT ended early (os error 2)");
+        assert_eq!(strerror(&custom), "the PUT ended early (os error 2)");
+    }
+}

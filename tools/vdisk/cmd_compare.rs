@@ -73,7 +73,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
             Ok(ExitCode::from(if c.is_identical() { 0 } else { 1 }))
         }
         Err(e) => {
-            eprintln!("vdisk: {e}");
+            eprintln!("vdisk: {}", crate::output::error_text(&e));
             Ok(ExitCode::from(2))
         }
     }

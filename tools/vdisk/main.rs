@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         // left to do; end quietly, as qemu-img does.
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vdisk: {e}");
+            eprintln!("vdisk: {}", output::error_text(&e));
             ExitCode::from(1)
         }
     }

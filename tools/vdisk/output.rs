@@ -41,3 +41,19 @@ macro_rules! outln {
 }
 
 pub(crate) use {out, outln};
+
+/// An error as qemu-img words it where the two differ only in form: a file that could not
+/// be opened reads `Could not open 'X': Could not open 'X': reason` (QEMU names the image,
+/// then the file under it).
+pub fn error_text(e: &vdisk::Error) -> String {
+    if let vdisk::Error::Io { context, source } = e {
+        if let Some(name) = context
+            .strip_prefix("could not open '")
+            .and_then(|n| n.strip_suffix('\''))
+        {
+            let reason = vdisk::error::strerror(source);
+            return format!("Could not open '{name}': Could not open '{name}': {reason}");
+        }
+    }
+    e.to_string()
+}

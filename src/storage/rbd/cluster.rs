@@ -15,8 +15,7 @@ use std::ptr;
 pub fn rbd_error(r: i64, what: &str) -> io::Error {
     let errno = i32::try_from(-r).unwrap_or(libc::EIO);
     let os = io::Error::from_raw_os_error(errno);
-    let text = os.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    let text = crate::storage::strerror(&os);
     io::Error::new(os.kind(), format!("{what}: {text}"))
 }
 
