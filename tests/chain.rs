@@ -5,6 +5,7 @@
 mod common;
 
 use common::crash::{every_cut_one, qemu_check, qemu_check_path};
+use common::s;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -30,10 +31,6 @@ fn ok(prog: &str, args: &[&str]) -> Output {
 
 fn vdisk(args: &[&str]) -> Output {
     run(env!("CARGO_BIN_EXE_vdisk"), args)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// base.raw (4M) <- mid.qcow2 (4M) <- top.qcow2 (5M), with data, zero clusters and holes.

@@ -9,10 +9,6 @@ use common::*;
 use std::path::Path;
 use vdisk::image::{self, ImageOptions};
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 /// Guest writes through the vdisk library.
 fn vdisk_writes(img: &Path) {
     let mut im = image::open(img, &ImageOptions::default()).expect("writable open");

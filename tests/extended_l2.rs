@@ -8,10 +8,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 fn same_as_qemu(what: &str, img: &Path) {
     for args in [
         vec!["info", s(img)],

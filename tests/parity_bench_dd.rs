@@ -15,10 +15,6 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Output;
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 /// `out`'s stdout with the number of "Run completed in N seconds." masked.
 fn masked_stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout)

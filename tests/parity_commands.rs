@@ -29,16 +29,6 @@ fn same_output(t: &Twins, args: &[&str]) -> (Output, Output) {
     (q, v)
 }
 
-/// Both copies of `name` hold the same guest data (and, for qcow2, check clean).
-#[track_caller]
-fn same_image(t: &Twins, name: &str) {
-    let (q, v) = (t.path(Tool::Qemu, name), t.path(Tool::Vdisk, name));
-    assert_qemu_compare_identical(&q, &v);
-    if name.ends_with(".qcow2") {
-        assert_qemu_check_clean(&v);
-    }
-}
-
 #[test]
 fn create_formatting_line_lists_every_option_in_qemu_img_order_and_spelling() {
     let cases: &[&[&str]] = &[
@@ -142,7 +132,7 @@ fn create_formatting_line_lists_every_option_in_qemu_img_order_and_spelling() {
             args.extend([at.as_str(), size]);
             let (q, _) = same_output(&t, &args);
             assert!(q.status.success(), "{}", describe("qemu-img create", &q));
-            same_image(&t, &name);
+            t.same_image(&name);
         }
     }
 }
@@ -167,7 +157,7 @@ fn create_formatting_line_shows_the_size_and_backing_file_qemu_img_shows() {
             "@a.qcow2",
         ],
     );
-    same_image(&t, "a.qcow2");
+    t.same_image("a.qcow2");
     same_output(&t, &["create", "-f", "qcow2", "-o", "size=1k", "@b.qcow2"]);
     same_output(
         &t,
@@ -256,7 +246,7 @@ fn vmdk_preallocation_makes_the_files_qemu_img_makes() {
                 assert!(!t.path(Tool::Vdisk, "p.vmdk").exists());
                 continue;
             }
-            same_image(&t, "p.vmdk");
+            t.same_image("p.vmdk");
             // (An empty streamOptimized image is longer in vdisk: it ends with the footer
             // and end-of-stream marker; see the README.)
             // (A flat image's descriptor length varies with its random CID: compare the
@@ -395,8 +385,8 @@ fn commit_with_a_rate_limit_commits_what_qemu_img_commits() {
         let t = Twins::new();
         overlay(&t);
         same_output(&t, &["commit", "-r", rate, "@top.qcow2"]);
-        same_image(&t, "base.qcow2");
-        same_image(&t, "top.qcow2");
+        t.same_image("base.qcow2");
+        t.same_image("top.qcow2");
     }
     let t = Twins::new();
     overlay(&t);
@@ -428,7 +418,7 @@ fn rebase_compress_stores_the_clusters_it_writes_compressed() {
         }
         args.push("@top.qcow2");
         same_output(&t, &args);
-        same_image(&t, "top.qcow2");
+        t.same_image("top.qcow2");
         let (q, v) = (
             compressed_extents(&t, Tool::Qemu, "top.qcow2"),
             compressed_extents(&t, Tool::Vdisk, "top.qcow2"),
@@ -486,7 +476,7 @@ fn rebase_honours_the_format_flag_and_refuses_what_qemu_img_refuses() {
             "@top.qcow2",
         ],
     );
-    same_image(&t, "top.qcow2");
+    t.same_image("top.qcow2");
 }
 
 #[test]
@@ -522,7 +512,7 @@ fn rebase_force_share_reads_a_new_backing_file_another_process_writes() {
         ],
     );
     drop(held);
-    same_image(&t, "top.qcow2");
+    t.same_image("top.qcow2");
 }
 
 /// A v3 image with lazy refcounts left dirty by a killed qemu-io, after a write.
@@ -568,7 +558,7 @@ fn amend_of_a_dirty_image_repairs_it_and_says_so_as_qemu_img_does() {
         let want = first(Tool::Qemu, &q);
         assert_eq!(want[0], "ERROR cluster 5 refcount=0 reference=1");
         assert_eq!(first(Tool::Vdisk, &v), want, "{}", describe("vdisk", &v));
-        same_image(&t, "d.qcow2");
+        t.same_image("d.qcow2");
     }
 }
 
@@ -597,7 +587,7 @@ fn amend_progress_prints_the_steps_qemu_img_prints() {
         ]);
         t.put("a.qcow2", &p);
         same_output(&t, &["amend", "-p", "-o", opts, "@a.qcow2"]);
-        same_image(&t, "a.qcow2");
+        t.same_image("a.qcow2");
         same_output(&t, &["amend", "-p", "-q", "-o", opts, "@a.qcow2"]);
     }
 }
@@ -643,7 +633,7 @@ fn writing_a_probed_raw_image_prints_the_warning_qemu_img_prints() {
             "{}",
             describe("vdisk", &v)
         );
-        same_image(&t, "r.raw");
+        t.same_image("r.raw");
     }
 }
 
@@ -683,7 +673,7 @@ fn a_raw_image_qemu_holds_can_still_be_read_as_qemu_img_reads_it() {
                 describe("vdisk", &v)
             );
             if args[0] == "convert" && q.status.success() {
-                same_image(&t, args[args.len() - 1].trim_start_matches('@'));
+                t.same_image(args[args.len() - 1].trim_start_matches('@'));
             }
         }
         drop(held);
@@ -712,7 +702,7 @@ fn vmdk_child_images_read_through_their_parent_in_both_tools() {
             "create", "-f", "vmdk", "-b", "b.vmdk", "-F", "vmdk", "@c.vmdk",
         ],
     );
-    same_image(&t, "c.vmdk");
+    t.same_image("c.vmdk");
     // qemu-io writes into each child (partial grains: the rest comes from the parent).
     for tool in [Tool::Qemu, Tool::Vdisk] {
         let c = t.path(tool, "c.vmdk");
@@ -724,7 +714,7 @@ fn vmdk_child_images_read_through_their_parent_in_both_tools() {
             c.to_str().unwrap(),
         ]);
     }
-    same_image(&t, "c.vmdk");
+    t.same_image("c.vmdk");
     let (q, v) = t.same_outcome(&["info", "@c.vmdk"]);
     let backing_lines = |tool, o: &Output| -> Vec<String> {
         stdout_of(&t, tool, o)
@@ -758,7 +748,7 @@ fn vmdk_child_images_read_through_their_parent_in_both_tools() {
     assert_qemu_check_clean(&t.path(Tool::Vdisk, "d.vmdk"));
     // Commit folds a child into its parent.
     same_output(&t, &["commit", "@c.vmdk"]);
-    same_image(&t, "b.vmdk");
+    t.same_image("b.vmdk");
 }
 
 #[test]

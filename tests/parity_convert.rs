@@ -8,32 +8,6 @@ mod common;
 
 use common::twins::{Tool, Twins};
 use common::*;
-use std::path::Path;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// The guest contents of both tools' copies of `name` must be equal, and qemu-img must find
-/// vdisk's copy clean.
-#[track_caller]
-fn same_image(t: &Twins, name: &str) {
-    let (q, v) = (t.path(Tool::Qemu, name), t.path(Tool::Vdisk, name));
-    assert_qemu_compare_identical(&q, &v);
-    if name.ends_with(".qcow2") || name.ends_with(".vmdk") {
-        assert_qemu_check_clean(&v);
-    }
-}
-
-/// Run `args` with both tools, require the same outcome, and when it succeeded the same
-/// resulting image `out`.
-#[track_caller]
-fn same_convert(t: &Twins, args: &[&str], out: &str) {
-    let (q, _) = t.same_outcome(args);
-    if q.status.success() {
-        same_image(t, out);
-    }
-}
 
 /// A 4 MiB qcow2 source with data, a zeroed range and a hole, and snapshots `s1` (ID 1,
 /// the first state) and `2` (ID 2, after more writes), as `src.qcow2` in both directories.
@@ -77,14 +51,9 @@ fn convert_n_writes_into_the_existing_target_as_qemu_img() {
     qcow2_source(&t);
     // A dirty target: what the source reads as zeros must be zeroed there too.
     raw_target(&t, "dirty.raw", 8 << 20, true);
-    same_convert(
-        &t,
-        &["convert", "-n", "@src.qcow2", "@dirty.raw"],
-        "dirty.raw",
-    );
+    t.same_convert(&["convert", "-n", "@src.qcow2", "@dirty.raw"], "dirty.raw");
     raw_target(&t, "zero.raw", 4 << 20, false);
-    same_convert(
-        &t,
+    t.same_convert(
         &[
             "convert",
             "-n",
@@ -99,8 +68,7 @@ fn convert_n_writes_into_the_existing_target_as_qemu_img() {
     qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&q), "4M"]);
     qemu_io_ok(&["-c", "write -P 0x77 0 4M", s(&q)]);
     t.put("old.qcow2", &q);
-    same_convert(
-        &t,
+    t.same_convert(
         &["convert", "-n", "-O", "qcow2", "@src.qcow2", "@old.qcow2"],
         "old.qcow2",
     );
@@ -108,8 +76,7 @@ fn convert_n_writes_into_the_existing_target_as_qemu_img() {
     let empty = t.work("empty.qcow2");
     qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&empty), "4M"]);
     t.put("empty.qcow2", &empty);
-    same_convert(
-        &t,
+    t.same_convert(
         &[
             "convert",
             "-n",
@@ -177,8 +144,7 @@ fn convert_n_writes_into_the_existing_target_as_qemu_img() {
 fn sparse_size_decides_what_is_written_as_in_qemu_img() {
     let t = Twins::new();
     qcow2_source(&t);
-    same_convert(
-        &t,
+    t.same_convert(
         &["convert", "-S", "0", "@src.qcow2", "@full.raw"],
         "full.raw",
     );
@@ -194,8 +160,7 @@ fn sparse_size_decides_what_is_written_as_in_qemu_img() {
         ("4k", "s4k.qcow2"),
         ("1M", "s1m.qcow2"),
     ] {
-        same_convert(
-            &t,
+        t.same_convert(
             &[
                 "convert",
                 "-S",
@@ -214,8 +179,7 @@ fn sparse_size_decides_what_is_written_as_in_qemu_img() {
         map(Tool::Vdisk, "full.qcow2"),
         "allocation of -S 0 qcow2 output"
     );
-    same_convert(
-        &t,
+    t.same_convert(
         &["convert", "-S", "8k", "@src.qcow2", "@s8k.raw"],
         "s8k.raw",
     );
@@ -237,14 +201,12 @@ fn source_snapshot_flag_reads_an_internal_snapshot_as_qemu_img() {
         ("snapshot.id=1,snapshot.name=s1", "id_name.raw"),
     ];
     for (param, out) in cases {
-        same_convert(
-            &t,
+        t.same_convert(
             &["convert", "-l", param, "@src.qcow2", &format!("@{out}")],
             out,
         );
     }
-    same_convert(
-        &t,
+    t.same_convert(
         &[
             "convert",
             "-l",
@@ -264,8 +226,7 @@ fn source_snapshot_flag_reads_an_internal_snapshot_as_qemu_img() {
     t.put("grown.qcow2", &grown);
     for (param, out) in [("s1", "old_size.raw"), ("snapshot.id=2", "old_size2.qcow2")] {
         let fmt = if out.ends_with("raw") { "raw" } else { "qcow2" };
-        same_convert(
-            &t,
+        t.same_convert(
             &[
                 "convert",
                 "-l",
@@ -308,9 +269,8 @@ fn source_snapshot_flag_reads_an_internal_snapshot_as_qemu_img() {
 fn copy_offloading_and_rate_limit_are_taken_and_refused_as_in_qemu_img() {
     let t = Twins::new();
     qcow2_source(&t);
-    same_convert(&t, &["convert", "-C", "@src.qcow2", "@c.raw"], "c.raw");
-    same_convert(
-        &t,
+    t.same_convert(&["convert", "-C", "@src.qcow2", "@c.raw"], "c.raw");
+    t.same_convert(
         &[
             "convert",
             "-C",
@@ -325,13 +285,8 @@ fn copy_offloading_and_rate_limit_are_taken_and_refused_as_in_qemu_img() {
         "c.qcow2",
     );
     // The rate is honoured loosely; no timing is asserted.
-    same_convert(
-        &t,
-        &["convert", "-r", "64M", "@src.qcow2", "@r.raw"],
-        "r.raw",
-    );
-    same_convert(
-        &t,
+    t.same_convert(&["convert", "-r", "64M", "@src.qcow2", "@r.raw"], "r.raw");
+    t.same_convert(
         &[
             "convert",
             "--rate",
@@ -420,7 +375,7 @@ fn salvage_writes_zeros_for_unreadable_sectors_and_warns_as_qemu_img() {
             &format!("@{out}"),
         ]);
         assert!(q.status.success());
-        same_image(&t, out);
+        t.same_image(out);
         // qemu-img prints each sector's warning twice; the set of lines is the same.
         let want = warnings(&t, Tool::Qemu, &q);
         assert_eq!(
@@ -442,8 +397,7 @@ fn several_sources_are_concatenated_as_in_qemu_img() {
     let vmdk = t.work("c.vmdk");
     qemu_img_ok(&["convert", "-O", "vmdk", s(&raw), s(&vmdk)]);
     t.put("c.vmdk", &vmdk);
-    same_convert(
-        &t,
+    t.same_convert(
         &[
             "convert",
             "@src.qcow2",
@@ -455,13 +409,11 @@ fn several_sources_are_concatenated_as_in_qemu_img() {
         ],
         "all.qcow2",
     );
-    same_convert(
-        &t,
+    t.same_convert(
         &["convert", "-f", "raw", "@b.raw", "@b.raw", "@twice.raw"],
         "twice.raw",
     );
-    same_convert(
-        &t,
+    t.same_convert(
         &[
             "convert",
             "-c",
@@ -514,7 +466,7 @@ fn image_opts_name_the_source_and_target_as_in_qemu_img() {
                 "{what}"
             );
         } else if let Some(out) = out {
-            same_image(&t, out);
+            t.same_image(out);
         }
     };
     for (opts, out) in [
@@ -607,15 +559,13 @@ fn object_secrets_are_accepted_and_refused_as_in_qemu_img_and_never_printed() {
         ("secret,id=sec0,data=a,,b,format=raw", "b.raw"),
         ("qom-type=secret,id=s.1,data=eA==,format=base64", "c.raw"),
     ] {
-        same_convert(
-            &t,
+        t.same_convert(
             &["convert", "--object", obj, "@src.qcow2", &format!("@{out}")],
             out,
         );
     }
     let from_file = format!("secret,id=k,file={}", s(&secret_file));
-    same_convert(
-        &t,
+    t.same_convert(
         &["convert", "--object", &from_file, "@src.qcow2", "@d.raw"],
         "d.raw",
     );
@@ -651,13 +601,11 @@ fn compressed_vmdk_output_behaves_as_in_qemu_img() {
     let t = Twins::new();
     qcow2_source(&t);
     // monolithicSparse takes -c and writes ordinary grains, as qemu-img does.
-    same_convert(
-        &t,
+    t.same_convert(
         &["convert", "-O", "vmdk", "-c", "@src.qcow2", "@sparse.vmdk"],
         "sparse.vmdk",
     );
-    same_convert(
-        &t,
+    t.same_convert(
         &[
             "convert",
             "-O",
@@ -807,6 +755,6 @@ fn image_opts_and_object_work_in_every_subcommand_that_takes_them() {
     ];
     for (args, out) in writes {
         same_with_dir(&t, args);
-        same_image(&t, out);
+        t.same_image(out);
     }
 }

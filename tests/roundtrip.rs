@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use common::s;
 
 fn vdisk(args: &[&str]) {
     let o = common::vdisk(args);
@@ -12,10 +12,6 @@ fn vdisk(args: &[&str]) {
         "vdisk {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

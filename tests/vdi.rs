@@ -8,8 +8,8 @@ mod common;
 
 use common::crash::{cut_rounds, Rounds};
 use common::{
-    answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk,
-    vdisk_ok, write_mixed_raw,
+    answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, s, tempdir,
+    vdisk, vdisk_ok, write_mixed_raw,
 };
 use std::path::Path;
 use vdisk::image::{self, Format, ImageOptions};
@@ -17,10 +17,6 @@ use vdisk::vdi::Vdi;
 use vdisk::BlockDevice;
 
 const MIB: u64 = 1 << 20;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn raw_of(img: &Path, fmt: &str, dir: &Path, tag: &str) -> Vec<u8> {
     let out = dir.join(format!("{tag}.raw"));

@@ -10,8 +10,8 @@ mod common;
 
 use common::crash::{cut_rounds, Rounds};
 use common::{
-    answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, tempdir, vdisk,
-    vdisk_ok, write_mixed_raw,
+    answer, assert_qemu_compare_identical, qemu_img, qemu_img_ok, qemu_io_ok, rng, s, tempdir,
+    vdisk, vdisk_ok, write_mixed_raw,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -21,10 +21,6 @@ use vdisk::vhdx::{OpenMode, Vhdx};
 use vdisk::BlockDevice;
 
 const MIB: u64 = 1 << 20;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// Writes through qemu-io: partial blocks, block-spanning runs, whole MiBs, the tail.
 const QEMU_WRITES: &[&str] = &[

@@ -2,14 +2,10 @@
 //! dirty ranges `qemu-nbd -B` exports (read with `qemu-img map` and `x-dirty-bitmap`,
 //! where a dirty range shows as `"data": false`): the oracle for dirty tracking.
 
-use super::{describe, parse_json, qemu_img, qemu_img_ok, tempdir};
+use super::{describe, parse_json, qemu_img, qemu_img_ok, s, tempdir};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// The bitmaps of `img` as `qemu-img info --output=json` lists them (null: none).
 pub fn qemu_bitmaps(img: &Path) -> serde_json::Value {

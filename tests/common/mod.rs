@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+/// `p` as `&str` (every path the tests make is UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 pub mod twins;
 
 /// A fresh temporary directory, removed when dropped unless `VDISK_TEST_KEEP` is set in the

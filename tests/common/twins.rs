@@ -7,11 +7,8 @@
 //! name in hints ("You can use 'qemu-img rebase'") read as the other's.
 
 use super::*;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// Identical inputs for the two tools, in `qemu/` and `vdisk/` under one temporary
 /// directory.
@@ -117,6 +114,28 @@ impl Twins {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Both copies of `name` hold the same guest data, and when qemu-img's copy checks
+    /// clean (`qemu-img check` supports the format and finds nothing), vdisk's does too.
+    #[track_caller]
+    pub fn same_image(&self, name: &str) {
+        let (q, v) = (self.path(Tool::Qemu, name), self.path(Tool::Vdisk, name));
+        assert_qemu_compare_identical(&q, &v);
+        let out = qemu_img([OsStr::new("check"), q.as_os_str()]);
+        let clean = String::from_utf8_lossy(&out.stdout).contains("No errors were found");
+        if out.status.success() && clean {
+            assert_qemu_check_clean(&v);
+        }
+    }
+
+    /// [`same_outcome`](Self::same_outcome), and when it succeeded the same image `out`.
+    #[track_caller]
+    pub fn same_convert(&self, args: &[&str], out: &str) {
+        let (q, _) = self.same_outcome(args);
+        if q.status.success() {
+            self.same_image(out);
+        }
     }
 
     /// Require both copies of `name` to be byte-identical to `original`.
