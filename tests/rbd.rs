@@ -144,12 +144,33 @@ mod cluster {
         parse_json(&format!("{tool} map"), &out)
     }
 
-    #[test]
-    fn vdisk_convert_into_rbd_and_back_equals_the_source_and_qemu_reads_it() {
+    /// A test directory with [`sparse_source`] in it, and an RBD image for the test
+    /// holding the source as raw, written by `tool` ("vdisk" or "qemu-img").
+    fn source_in_rbd(tag: &str, tool: &str) -> (TempDir, std::path::PathBuf, TestImage) {
         let dir = tempdir();
         let src = sparse_source(dir.path());
-        let img = TestImage::new("roundtrip");
-        vdisk_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let img = TestImage::new(tag);
+        let args = ["convert", "-O", "raw", s(&src), &img.name()];
+        match tool {
+            "qemu-img" => qemu_img_ok(&args),
+            _ => vdisk_ok(&args),
+        };
+        (dir, src, img)
+    }
+
+    /// `qemu-img check` of `name` succeeds.
+    fn qemu_checks(name: &str) {
+        let check = qemu_img(["check", name]);
+        assert!(
+            check.status.success(),
+            "{}",
+            describe("qemu-img check", &check)
+        );
+    }
+
+    #[test]
+    fn vdisk_convert_into_rbd_and_back_equals_the_source_and_qemu_reads_it() {
+        let (dir, src, img) = source_in_rbd("roundtrip", "vdisk");
         // qemu-img reads what vdisk wrote
         qemu_img_ok(&[
             "compare",
@@ -176,10 +197,7 @@ mod cluster {
 
     #[test]
     fn vdisk_reads_what_qemu_img_wrote_to_rbd() {
-        let dir = tempdir();
-        let src = sparse_source(dir.path());
-        let img = TestImage::new("fromqemu");
-        qemu_img_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let (dir, src, img) = source_in_rbd("fromqemu", "qemu-img");
         vdisk_ok(&["compare", src.to_str().unwrap(), &img.name()]);
         let ours = dir.path().join("ours.raw");
         let theirs = dir.path().join("theirs.raw");
@@ -225,10 +243,7 @@ mod cluster {
 
     #[test]
     fn info_map_and_compare_agree_with_qemu_img_on_the_same_rbd_image() {
-        let dir = tempdir();
-        let src = sparse_source(dir.path());
-        let img = TestImage::new("parity");
-        qemu_img_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let (dir, src, img) = source_in_rbd("parity", "qemu-img");
         assert_eq!(
             map_json("vdisk", &img.name()),
             map_json("qemu-img", &img.name())
@@ -281,12 +296,7 @@ mod cluster {
         let src = sparse_source(dir.path());
         let img = TestImage::new("qcow2");
         vdisk_ok(&["convert", "-O", "qcow2", src.to_str().unwrap(), &img.name()]);
-        let check = qemu_img(["check", &img.name()]);
-        assert!(
-            check.status.success(),
-            "{}",
-            describe("qemu-img check", &check)
-        );
+        qemu_checks(&img.name());
         qemu_img_ok(&["compare", src.to_str().unwrap(), &img.name()]);
         let theirs = TestImage::new("qcow2-qemu");
         qemu_img_ok(&["create", "-q", "-f", "qcow2", &theirs.name(), "8M"]);
@@ -325,12 +335,7 @@ mod cluster {
                 src.to_str().unwrap(),
                 &img.name(),
             ]);
-            let check = qemu_img(["check", &img.name()]);
-            assert!(
-                check.status.success(),
-                "{}",
-                describe("qemu-img check", &check)
-            );
+            qemu_checks(&img.name());
             qemu_img_ok(&["compare", src.to_str().unwrap(), &img.name()]);
             let info = parse_json("info", &vdisk_ok(&["info", "--output=json", &img.name()]));
             assert_eq!(info["format"], "vmdk", "{subformat}");
@@ -392,10 +397,7 @@ mod cluster {
 
     #[test]
     fn a_snapshot_reads_as_it_was_and_refuses_writes() {
-        let dir = tempdir();
-        let src = sparse_source(dir.path());
-        let img = TestImage::new("snap");
-        vdisk_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let (_dir, src, img) = source_in_rbd("snap", "vdisk");
         sh(&[
             "rbd",
             "snap",
@@ -447,10 +449,7 @@ mod cluster {
 
     #[test]
     fn serve_exports_an_rbd_image_that_qemu_img_reads_over_nbd() {
-        let dir = tempdir();
-        let src = sparse_source(dir.path());
-        let img = TestImage::new("serve");
-        vdisk_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let (dir, src, img) = source_in_rbd("serve", "vdisk");
         let name = img.name();
         let flags = ["-r", "-f", "raw"];
         let server = Server::start_in(dir.path(), Tool::Vdisk, Path::new(&name), Via::Unix, &flags);
@@ -478,10 +477,7 @@ mod cluster {
     fn a_served_rbd_image_reports_its_new_data_after_writes_and_zeroing() {
         // vdisk keeps what one pass over the object map found; every write, zeroing and
         // resize must drop it, or block status would keep calling new data a hole.
-        let dir = tempdir();
-        let src = sparse_source(dir.path());
-        let img = TestImage::new("served-map");
-        vdisk_ok(&["convert", "-O", "raw", src.to_str().unwrap(), &img.name()]);
+        let (dir, _src, img) = source_in_rbd("served-map", "vdisk");
         let name = img.name();
         let flags = ["-f", "raw", "-t"];
         let server = Server::start_in(dir.path(), Tool::Vdisk, Path::new(&name), Via::Unix, &flags);
