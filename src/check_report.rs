@@ -45,7 +45,7 @@ impl std::str::FromStr for Repair {
             "leaks" => Ok(Repair::Leaks),
             "all" => Ok(Repair::All),
             _ => Err(Error::invalid(format!(
-                "unknown option for -r: '{s}' (expected leaks or all)"
+                "--repair (-r) expects 'leaks' or 'all' not '{s}'"
             ))),
         }
     }

@@ -137,7 +137,9 @@ fn parse_number(name: &str, v: &str) -> Result<u64> {
     Ok(if neg { n.wrapping_neg() } else { n })
 }
 
-fn parse_size(name: &str, v: &str) -> Result<u64> {
+/// The size `v` given for option `name`, refused in qemu's words (`Parameter 'size'
+/// expects a non-negative number below 2^64`, with its note on suffixes).
+pub fn option_size(name: &str, v: &str) -> Result<u64> {
     if v.trim_start().starts_with('-') {
         return Err(Error::invalid(format!(
             "Value '{v}' is out of range for parameter '{name}'"
@@ -165,7 +167,7 @@ pub fn normalise(
             return Err(Error::invalid(format!("Invalid parameter '{k}'")));
         };
         let value = match desc.kind {
-            Kind::Size => parse_size(k, v)?.to_string(),
+            Kind::Size => option_size(k, v)?.to_string(),
             Kind::Number => parse_number(k, v)?.to_string(),
             Kind::Bool => {
                 parse_bool(k, v)?;

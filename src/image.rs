@@ -589,7 +589,7 @@ pub fn create_size(
     options: &[(String, String)],
 ) -> Result<Option<u64>> {
     let option = match options.iter().rev().find(|(k, _)| k == "size") {
-        Some((_, v)) => Some(crate::size::parse_size(v)?),
+        Some((_, v)) => Some(crate::create_opts::option_size("size", v)?),
         None => None,
     };
     match (size_arg, option) {

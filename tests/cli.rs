@@ -348,14 +348,17 @@ fn info_of_a_missing_file_fails_with_one_line_naming_it() {
 }
 
 #[test]
-fn info_with_an_unknown_format_or_output_fails_with_one_line() {
+fn info_with_an_unknown_format_or_output_fails_as_qemu_img_does() {
     let dir = tempdir();
     let img = dir.path().join("a.raw");
     qemu_img_ok(&["create", "-q", "-f", "raw", s(&img), "1M"]);
     assert_one_line_error("info -f bogus", &vdisk(["info", "-f", "bogus", s(&img)]));
-    assert_one_line_error(
-        "info --output=xml",
-        &vdisk(["info", "--output=xml", s(&img)]),
+    // A usage error: qemu-img's reason, then its line pointing at the help.
+    let out = vdisk(["info", "--output=xml", s(&img)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        "vdisk: --output expects 'human' or 'json' not 'xml'\nTry 'vdisk info --help' for more info\n"
     );
 }
 

@@ -554,3 +554,32 @@ fn a_missing_image_is_refused_in_qemu_img_s_words_by_every_command() {
         assert!(!q.status.success(), "{args:?}");
     }
 }
+
+/// Usage errors and bad sizes, in qemu-img's words: the hint line after a usage error
+/// (`Try 'vdisk amend --help' for more info`), and a size given to an option as qemu's
+/// option parser refuses it.
+#[test]
+fn usage_errors_and_bad_sizes_read_as_in_qemu_img() {
+    let t = Twins::new();
+    let img = t.work("a.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "1M"]);
+    t.put("a.qcow2", &img);
+    let cases: &[&[&str]] = &[
+        &["amend", "@a.qcow2"],
+        &["amend", "-o", "size=x", "@a.qcow2"],
+        &["amend", "-o", "size=-1", "@a.qcow2"],
+        &["map", "--output=xml", "@a.qcow2"],
+        &["info", "--output=xml", "@a.qcow2"],
+        &["check", "--output=xml", "@a.qcow2"],
+        &["measure", "--output=xml", "-O", "qcow2", "--size", "1M"],
+        &["check", "-r", "bogus", "@a.qcow2"],
+        &["resize", "@a.qcow2", "x"],
+        &["resize", "@a.qcow2", "+x"],
+        &["measure", "-O", "qcow2", "--size", "x"],
+        &["create", "-f", "qcow2", "-o", "size=x", "@b.qcow2"],
+    ];
+    for args in cases {
+        let (q, _) = t.same_outcome(args);
+        assert!(!q.status.success(), "qemu-img accepted {args:?}");
+    }
+}

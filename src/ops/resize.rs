@@ -2,10 +2,10 @@
 //! `-512M`), shrinking needs `shrink`, preallocation applies to the added part only. What
 //! else a format allows, and how it resizes, is its driver's [`ResizePolicy`].
 
+use crate::create_opts::option_size;
 use crate::driver::{ResizeJob, ResizePolicy};
 use crate::error::{Error, Result};
 use crate::image::{self, Format};
-use crate::size::parse_size;
 use crate::storage::HostFiles;
 use crate::Preallocation;
 use std::path::Path;
@@ -94,12 +94,14 @@ pub fn new_size(spec: &str, current: u64) -> Result<u64> {
     let positive = || Error::invalid("New image size must be positive");
     let size = if let Some(d) = spec.strip_prefix('+') {
         current
-            .checked_add(parse_size(d)?)
+            .checked_add(option_size("size", d)?)
             .ok_or_else(|| Error::invalid("New image size is too large"))?
     } else if let Some(d) = spec.strip_prefix('-') {
-        current.checked_sub(parse_size(d)?).ok_or_else(positive)?
+        current
+            .checked_sub(option_size("size", d)?)
+            .ok_or_else(positive)?
     } else {
-        parse_size(spec)?
+        option_size("size", spec)?
     };
     if size == 0 {
         return Err(positive());

@@ -100,7 +100,7 @@ impl AmendOptions {
             }
             "backing_file" => self.backing_file = Some(value.to_string()),
             "backing_fmt" => self.backing_format = Some(value.to_string()),
-            "size" => self.size = Some(crate::size::parse_size(value)?),
+            "size" => self.size = Some(crate::create_opts::option_size("size", value)?),
             "cluster_size" | "preallocation" | "encryption" | "compression_type"
             | "extended_l2" => {
                 return Err(Error::invalid(format!(

@@ -38,6 +38,12 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
         a.spec.resolve_in_place(f, &mut a.format)?;
     }
     let options = a.options.pairs()?;
+    if options.is_empty() {
+        return Err(crate::flags::usage_error(
+            "amend",
+            "Must specify options (-o)",
+        ));
+    }
     let format = a.format.get()?;
     if let Some(help) = amend::help(a.file.as_deref(), format, &options)? {
         out!("{help}")?;

@@ -33,9 +33,11 @@ pub struct Args {
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
-    let json = a.output.wants_json()?;
+    let json = a.output.wants_json("check")?;
     let repair = match &a.repair {
-        Some(r) => r.parse()?,
+        Some(r) => r
+            .parse()
+            .map_err(|e: vdisk::Error| crate::flags::usage_error("check", e.bare_message()))?,
         None => Repair::None,
     };
     let format = a.format.get()?;

@@ -46,7 +46,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let json = a.output.wants_json()?;
+    let json = a.output.wants_json("delta")?;
     let changes = match (&a.bitmap, a.from.clone()) {
         (Some(name), _) => Changes::Bitmap { name: name.clone() },
         (None, Some(from)) => Changes::Snapshots {

@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
-    let json = a.output.wants_json()?;
+    let json = a.output.wants_json("map")?;
     let format = a.format.get()?;
     let start = match &a.start_offset {
         Some(s) => parse_named_size("start offset", s)?,

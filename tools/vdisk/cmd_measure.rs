@@ -51,7 +51,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
     if let Some(f) = a.file.as_mut() {
         a.spec.resolve_in_place(f, &mut a.format)?;
     }
-    let json = a.output.wants_json()?;
+    let json = a.output.wants_json("measure")?;
     let target: Format = a.target.parse()?;
     let options = a.options.pairs()?;
     let snapshot = a.snapshot.as_deref().map(SnapshotRef::parse).transpose()?;
@@ -66,7 +66,12 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
                 "Either --size N or one filename must be specified.",
             ))
         }
-        (Some(s), None) => measure(Source::Size(vdisk::size::parse_size(s)?), target, &options)?,
+        (Some(s), None) => {
+            let size = vdisk::size::parse_size(s).map_err(|_| {
+                vdisk::Error::invalid(format!("Invalid image size specified: '{s}'."))
+            })?;
+            measure(Source::Size(size), target, &options)?
+        }
         (None, Some(f)) => measure_file(
             f,
             a.format.get()?,

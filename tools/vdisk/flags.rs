@@ -76,17 +76,26 @@ pub struct OutputFlag {
 }
 
 impl OutputFlag {
-    /// Whether JSON was asked for; anything but `human` or `json` is an error with a
-    /// one-line message (clap's own multi-line error would break qemu-img-style scripts).
-    pub fn wants_json(&self) -> Result<bool> {
+    /// Whether JSON was asked for; anything but `human` or `json` is qemu-img's usage
+    /// error for `command` (clap's own error would read differently).
+    pub fn wants_json(&self, command: &str) -> Result<bool> {
         match self.output.as_str() {
             "json" => Ok(true),
             "human" => Ok(false),
-            o => Err(Error::invalid(format!(
-                "--output must be human or json, not '{o}'"
-            ))),
+            o => Err(usage_error(
+                command,
+                format!("--output expects 'human' or 'json' not '{o}'"),
+            )),
         }
     }
+}
+
+/// A usage error as qemu-img reports one: the reason, then a line pointing at the
+/// command's help (`Try 'vdisk map --help' for more info`).
+pub fn usage_error(command: &str, reason: impl std::fmt::Display) -> Error {
+    Error::invalid(format!(
+        "{reason}\nTry 'vdisk {command} --help' for more info"
+    ))
 }
 
 /// `-q/--quiet`.
