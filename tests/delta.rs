@@ -63,6 +63,11 @@ fn delta_onto(img: &str, from: &str, to: &str, backing: &str, out: &str) {
     ]);
 }
 
+/// `qemu-img info --output=json` of `img`.
+fn qemu_info(img: &Path) -> serde_json::Value {
+    parse_json("info", &qemu_img_ok(&["info", "--output=json", s(img)]))
+}
+
 /// `qemu-img convert -l`: snapshot `snapshot` of `img` as a standalone qcow2 image `out`.
 fn snapshot_copy(img: &str, snapshot: &str, out: &str) {
     qemu_img_ok(&["convert", "-q", "-l", snapshot, "-O", "qcow2", img, out]);
@@ -139,10 +144,7 @@ fn a_v2_delta_stores_zeros_as_data_and_still_replays_deletions() {
         delta.to_str().unwrap(),
     ]);
     assert_qemu_check_clean(&delta);
-    let info = parse_json(
-        "info",
-        &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]),
-    );
+    let info = qemu_info(&delta);
     assert_eq!(info["format-specific"]["data"]["compat"], "0.10");
     assert_eq!(info["backing-filename"], "a.qcow2");
     assert_eq!(info["backing-filename-format"], "qcow2");
@@ -202,10 +204,7 @@ fn compressed_clusters_are_copied_compressed() {
             delta.to_str().unwrap(),
         ]);
         assert_qemu_check_clean(&delta);
-        let info = parse_json(
-            "info",
-            &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]),
-        );
+        let info = qemu_info(&delta);
         assert_eq!(info["format-specific"]["data"]["compression-type"], codec);
         let map = qemu_img_ok(&["map", "--output=json", delta.to_str().unwrap()]);
         let compressed = json_extents(&map, |e| e["depth"] == 0 && e["compressed"] == true);

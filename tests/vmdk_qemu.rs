@@ -135,6 +135,22 @@ fn compare_with_raw(raw: &Path, img: &Path) {
     );
 }
 
+/// `qemu-img convert -f vmdk -O raw`: the guest contents of `img` into `raw`.
+fn vmdk_to_raw(img: &Path, raw: &Path) {
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            path_str(img),
+            path_str(raw),
+        ],
+    );
+}
+
 /// `qemu-img create`: a VMDK image `img` of subformat `sub` and `size` (qemu-img's syntax).
 fn qemu_create(sub: &str, img: &Path, size: &str) {
     let opts = format!("subformat={sub}");
@@ -518,18 +534,7 @@ fn a_hand_written_descriptor_mixing_flat_sparse_and_vmfs_extents_reads_as_qemu_r
         ],
     );
     let raw = dir.path().join("multi.raw");
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            path_str(&img),
-            path_str(&raw),
-        ],
-    );
+    vmdk_to_raw(&img, &raw);
     let expected = std::fs::read(&raw).unwrap();
     let mut dev = open_ro(&img);
     assert_eq!(dev.virtual_size(), 3 * MIB + 512 * 1024);
@@ -553,18 +558,7 @@ fn a_hand_written_descriptor_mixing_flat_sparse_and_vmfs_extents_reads_as_qemu_r
     dev.close().unwrap();
     drop(dev);
     qemu_check_is_clean(&img);
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            path_str(&img),
-            path_str(&raw),
-        ],
-    );
+    vmdk_to_raw(&img, &raw);
     let after = std::fs::read(&raw).unwrap();
     assert_same(
         &after[at as usize..at as usize + data.len()],
