@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::hostile::{be32, be64, put_be32, put_be64, Poke};
+use common::hostile::{assert_one_line_failure, be32, be64, put_be32, put_be64, Poke};
 use common::*;
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -360,15 +360,7 @@ fn vdisk_info_fails_with_one_line_and_exit_1_on_every_hostile_header_within_256_
             ],
         );
         let what = format!("prlimit --as={MEMORY_LIMIT} vdisk info -f qcow2 ({case:?})");
-        assert_eq!(out.status.code(), Some(1), "{}", describe(&what, &out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            stderr.trim_end().lines().count(),
-            1,
-            "{}",
-            describe(&what, &out)
-        );
-        assert!(stderr.starts_with("vdisk: "), "{}", describe(&what, &out));
+        assert_one_line_failure(&what, &out);
         assert!(out.stdout.is_empty(), "{}", describe(&what, &out));
         // The file is not modified by a failed open.
         assert_eq!(read(&path), hostile_image(&base, case));

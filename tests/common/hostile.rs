@@ -284,6 +284,20 @@ fn assert_orderly(what: &str, out: &Output) {
     assert!(!stderr.contains("panicked"), "{}", describe(what, out));
 }
 
+/// A vdisk run (`what`) that failed as a user error: exit 1 and one `vdisk: ` line on
+/// stderr.
+pub fn assert_one_line_failure(what: &str, out: &Output) {
+    assert_eq!(out.status.code(), Some(1), "{}", describe(what, out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        describe(what, out)
+    );
+    assert!(stderr.starts_with("vdisk: "), "{}", describe(what, out));
+}
+
 fn check_case(dir: &Path, bases: &[(Base, Vec<u8>)], index: usize, case: &Case) {
     let cdir = dir.join(format!("case-{index:02}"));
     std::fs::create_dir_all(&cdir).unwrap();
@@ -322,15 +336,8 @@ fn check_case(dir: &Path, bases: &[(Base, Vec<u8>)], index: usize, case: &Case) 
     let what = format!("vdisk convert ({case:?})");
     match case.expect {
         Error(text) => {
-            assert_eq!(conv.status.code(), Some(1), "{}", describe(&what, &conv));
+            assert_one_line_failure(&what, &conv);
             let stderr = String::from_utf8_lossy(&conv.stderr);
-            assert_eq!(
-                stderr.trim_end().lines().count(),
-                1,
-                "{}",
-                describe(&what, &conv)
-            );
-            assert!(stderr.starts_with("vdisk: "), "{}", describe(&what, &conv));
             assert!(
                 stderr.to_lowercase().contains(&text.to_lowercase()),
                 "error does not mention {text:?}: {}",
