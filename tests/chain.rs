@@ -44,25 +44,14 @@ fn vdisk_ok(args: &[&str]) -> Output {
     o
 }
 
-/// A 1 MiB qcow2 image at `path` naming `backing` (of format `fmt`) as its backing file,
-/// made with `qemu-img create -u` (the backing file is not opened).
-fn overlay_unchecked(path: &Path, backing: &str, fmt: &str) {
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            backing,
-            "-F",
-            fmt,
-            s(path),
-            "1M",
-        ],
-    );
+/// `qemu-img create -q -f qcow2 OPTS -b BACKING -F FMT PATH [SIZE]`: a qcow2 overlay at
+/// `path` naming `backing` (of format `fmt`) as its backing file.
+fn qemu_overlay(opts: &[&str], backing: &str, fmt: &str, path: &Path, size: Option<&str>) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    args.extend(opts);
+    args.extend(["-b", backing, "-F", fmt, s(path)]);
+    args.extend(size);
+    ok("qemu-img", &args);
 }
 
 /// base.raw (4M) <- mid.qcow2 (4M) <- top.qcow2 (5M), with data, zero clusters and holes.
@@ -85,22 +74,7 @@ fn qemu_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             s(&b),
         ],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            s(&m),
-        ],
-    );
+    qemu_overlay(&["-o", "cluster_size=4096"], "base.raw", "raw", &m, None);
     ok(
         "qemu-io",
         &[
@@ -113,21 +87,7 @@ fn qemu_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             s(&m),
         ],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&t),
-            "5M",
-        ],
-    );
+    qemu_overlay(&[], "mid.qcow2", "qcow2", &t, Some("5M"));
     ok(
         "qemu-io",
         &[
@@ -308,20 +268,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
     let d = dir.path();
     let (a, b) = (d.join("a.qcow2"), d.join("b.qcow2"));
     ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&a), "1M"]);
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "a.qcow2",
-            "-F",
-            "qcow2",
-            s(&b),
-        ],
-    );
+    qemu_overlay(&[], "a.qcow2", "qcow2", &b, None);
     ok(
         "qemu-img",
         &["rebase", "-q", "-u", "-b", "b.qcow2", "-F", "qcow2", s(&a)],
@@ -335,7 +282,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     let c = d.join("c.qcow2");
-    overlay_unchecked(&c, "gone.raw", "raw");
+    qemu_overlay(&["-u"], "gone.raw", "raw", &c, Some("1M"));
     let o = vdisk(&["map", s(&c)]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("gone.raw"));
     for (name, want) in [
@@ -344,7 +291,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
         ("http://example.com/x", "protocol"),
     ] {
         let e = d.join("e.qcow2");
-        overlay_unchecked(&e, name, "raw");
+        qemu_overlay(&["-u"], name, "raw", &e, Some("1M"));
         let o = vdisk(&["convert", "-O", "raw", s(&e), s(&d.join("y.raw"))]);
         assert!(
             String::from_utf8_lossy(&o.stderr).contains(want),
@@ -353,7 +300,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
         );
     }
     let f = d.join("f.qcow2");
-    overlay_unchecked(&f, "a.qcow2", "qcow2");
+    qemu_overlay(&["-u"], "a.qcow2", "qcow2", &f, Some("1M"));
     // Poke the backing-format extension's name into something unknown.
     let mut bytes = std::fs::read(&f).unwrap();
     let pos = bytes.windows(5).position(|w| w == b"qcow2").unwrap();
