@@ -33,6 +33,27 @@ fn vdisk(args: &[&str]) -> Output {
     run(env!("CARGO_BIN_EXE_vdisk"), args)
 }
 
+/// Run vdisk and insist that it succeeds.
+fn vdisk_ok(args: &[&str]) -> Output {
+    let o = vdisk(args);
+    assert!(
+        o.status.success(),
+        "vdisk {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// `qemu-img create -q -f qcow2 OPTS -b BACKING -F FMT PATH [SIZE]`: a qcow2 overlay at
+/// `path` naming `backing` (of format `fmt`) as its backing file.
+fn qemu_overlay(opts: &[&str], backing: &str, fmt: &str, path: &Path, size: Option<&str>) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    args.extend(opts);
+    args.extend(["-b", backing, "-F", fmt, s(path)]);
+    args.extend(size);
+    ok("qemu-img", &args);
+}
+
 /// base.raw (4M) <- mid.qcow2 (4M) <- top.qcow2 (5M), with data, zero clusters and holes.
 fn qemu_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let (b, m, t) = (
@@ -53,22 +74,7 @@ fn qemu_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             s(&b),
         ],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            s(&m),
-        ],
-    );
+    qemu_overlay(&["-o", "cluster_size=4096"], "base.raw", "raw", &m, None);
     ok(
         "qemu-io",
         &[
@@ -81,21 +87,7 @@ fn qemu_chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             s(&m),
         ],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&t),
-            "5M",
-        ],
-    );
+    qemu_overlay(&[], "mid.qcow2", "qcow2", &t, Some("5M"));
     ok(
         "qemu-io",
         &[
@@ -127,8 +119,7 @@ fn chains_qemu_img_builds_read_identically_through_vdisk() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _, top) = qemu_chain(dir.path());
     let (ours, theirs) = (dir.path().join("ours.raw"), dir.path().join("theirs.raw"));
-    let o = vdisk(&["convert", "-O", "raw", s(&top), s(&ours)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    vdisk_ok(&["convert", "-O", "raw", s(&top), s(&ours)]);
     ok("qemu-img", &["convert", "-O", "raw", s(&top), s(&theirs)]);
     assert!(std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap());
     // map agrees with qemu-img map, field for field.
@@ -167,7 +158,7 @@ fn overlays_vdisk_creates_work_with_qemu_io_and_qemu_img_check() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _, top) = qemu_chain(dir.path());
     let ov = dir.path().join("ov.qcow2");
-    let o = vdisk(&[
+    vdisk_ok(&[
         "create",
         "-q",
         "-f",
@@ -178,7 +169,6 @@ fn overlays_vdisk_creates_work_with_qemu_io_and_qemu_img_check() {
         "qcow2",
         s(&ov),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same_contents(&ov, &top);
     ok("qemu-io", &["-c", "write -P 9 5000 3000", s(&ov)]);
     assert_eq!(qemu_check_path(&ov).code, 0);
@@ -223,13 +213,11 @@ fn commit_matches_qemu_img_commit() {
         if explicit_base {
             // Commit top and mid into the raw base (top is left as is: -b implies -d).
             ok("qemu-img", &["commit", "-q", "-b", s(&b1), s(&t1)]);
-            let o = vdisk(&["commit", "-q", "-b", s(&b2), s(&t2)]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            vdisk_ok(&["commit", "-q", "-b", s(&b2), s(&t2)]);
             same_contents(&b1, &b2);
         } else {
             ok("qemu-img", &["commit", "-q", s(&t1)]);
-            let o = vdisk(&["commit", "-q", s(&t2)]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            vdisk_ok(&["commit", "-q", s(&t2)]);
             same_contents(&m1, &m2);
             same_contents(&t1, &t2);
             same_contents(&t2, &before);
@@ -262,12 +250,7 @@ fn rebase_matches_qemu_img_rebase_in_safe_unsafe_and_flatten_modes() {
         ok("qemu-img", &a1);
         let mut a2 = args.clone();
         a2.push(s(&t2));
-        let o = vdisk(&a2);
-        assert!(
-            o.status.success(),
-            "{mode}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        vdisk_ok(&a2);
         same_contents(&t1, &t2);
         assert_eq!(qemu_check_path(&t2).code, 0, "{mode}");
         let info = String::from_utf8(vdisk(&["info", s(&t2)]).stdout).unwrap();
@@ -285,20 +268,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
     let d = dir.path();
     let (a, b) = (d.join("a.qcow2"), d.join("b.qcow2"));
     ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&a), "1M"]);
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "a.qcow2",
-            "-F",
-            "qcow2",
-            s(&b),
-        ],
-    );
+    qemu_overlay(&[], "a.qcow2", "qcow2", &b, None);
     ok(
         "qemu-img",
         &["rebase", "-q", "-u", "-b", "b.qcow2", "-F", "qcow2", s(&a)],
@@ -312,22 +282,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     let c = d.join("c.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            "gone.raw",
-            "-F",
-            "raw",
-            s(&c),
-            "1M",
-        ],
-    );
+    qemu_overlay(&["-u"], "gone.raw", "raw", &c, Some("1M"));
     let o = vdisk(&["map", s(&c)]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("gone.raw"));
     for (name, want) in [
@@ -336,22 +291,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
         ("http://example.com/x", "protocol"),
     ] {
         let e = d.join("e.qcow2");
-        ok(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-u",
-                "-b",
-                name,
-                "-F",
-                "raw",
-                s(&e),
-                "1M",
-            ],
-        );
+        qemu_overlay(&["-u"], name, "raw", &e, Some("1M"));
         let o = vdisk(&["convert", "-O", "raw", s(&e), s(&d.join("y.raw"))]);
         assert!(
             String::from_utf8_lossy(&o.stderr).contains(want),
@@ -360,22 +300,7 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
         );
     }
     let f = d.join("f.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            "a.qcow2",
-            "-F",
-            "qcow2",
-            s(&f),
-            "1M",
-        ],
-    );
+    qemu_overlay(&["-u"], "a.qcow2", "qcow2", &f, Some("1M"));
     // Poke the backing-format extension's name into something unknown.
     let mut bytes = std::fs::read(&f).unwrap();
     let pos = bytes.windows(5).position(|w| w == b"qcow2").unwrap();
@@ -389,42 +314,41 @@ fn loops_missing_files_protocols_and_bad_backing_formats_give_clear_errors() {
     );
 }
 
+/// The bytes of a qcow2 image of `size` bytes with `cluster_size` clusters, made in memory
+/// and written by `fill` (then flushed).
+fn qcow2_in_memory(
+    size: u64,
+    cluster_size: u64,
+    fill: impl FnOnce(&mut dyn BlockDevice),
+) -> Vec<u8> {
+    let mem = Arc::new(MemStorage::new());
+    let mut q = qcow2::create(
+        mem.clone(),
+        &CreateOptions {
+            size,
+            cluster_size,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fill(&mut q);
+    q.flush().unwrap();
+    drop(q);
+    mem.to_vec()
+}
+
 #[test]
 fn a_power_cut_during_commit_leaves_both_images_consistent() {
     // base (qcow2, 4K clusters) <- top (in memory), top has data, zero clusters and holes.
     let size = 1u64 << 20;
-    let base_mem = Arc::new(MemStorage::new());
-    {
-        let mut b = qcow2::create(
-            base_mem.clone(),
-            &CreateOptions {
-                size,
-                cluster_size: 4096,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let base_bytes = qcow2_in_memory(size, 4096, |b| {
         b.write_at(&vec![1u8; 300_000], 0).unwrap();
-        b.flush().unwrap();
-    }
-    let base_bytes = base_mem.to_vec();
-    let top_mem = Arc::new(MemStorage::new());
-    {
-        let mut t = qcow2::create(
-            top_mem.clone(),
-            &CreateOptions {
-                size,
-                cluster_size: 65536,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    });
+    let top_bytes = qcow2_in_memory(size, 65536, |t| {
         t.write_at(&vec![2u8; 200_000], 100_000).unwrap();
         t.write_zeroes(0, 65536).unwrap();
         t.write_at(&[3u8; 10], 900_000).unwrap();
-        t.flush().unwrap();
-    }
-    let top_bytes = top_mem.to_vec();
+    });
     let open_top = |base: Vec<u8>| {
         let ro = OpenOptions {
             read_only: true,
@@ -470,14 +394,13 @@ fn convert_flattens_an_overlay_and_with_backing_writes_only_differences() {
     let d = dir.path();
     let (_, m, top) = qemu_chain(d);
     let flat = d.join("flat.qcow2");
-    let o = vdisk(&["convert", "-O", "qcow2", s(&top), s(&flat)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    vdisk_ok(&["convert", "-O", "qcow2", s(&top), s(&flat)]);
     same_contents(&flat, &top);
     assert!(!String::from_utf8(vdisk(&["info", s(&flat)]).stdout)
         .unwrap()
         .contains("backing file"));
     let diff = d.join("diff.qcow2");
-    let o = vdisk(&[
+    vdisk_ok(&[
         "convert",
         "-O",
         "qcow2",
@@ -488,7 +411,6 @@ fn convert_flattens_an_overlay_and_with_backing_writes_only_differences() {
         s(&flat),
         s(&diff),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same_contents(&diff, &top);
     assert_eq!(qemu_check_path(&diff).code, 0);
     // Only the clusters that differ from mid.qcow2 are allocated in the new overlay.

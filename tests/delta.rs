@@ -41,21 +41,44 @@ fn known_history(dir: &Path, compat: &str) -> PathBuf {
     img
 }
 
+/// `vdisk delta --list --output=json` from snapshot `from` to snapshot `to` of `img`.
+fn list_json(from: &str, to: &str, img: &str) -> String {
+    vdisk_ok(&[
+        "delta",
+        "--list",
+        "--output=json",
+        "--from",
+        from,
+        "--to",
+        to,
+        img,
+    ])
+}
+
+/// `vdisk delta` from snapshot `from` to snapshot `to` of `img` into `out`, whose backing
+/// file is the qcow2 image `backing` (a name the delta records).
+fn delta_onto(img: &str, from: &str, to: &str, backing: &str, out: &str) {
+    vdisk_ok(&[
+        "delta", "--from", from, "--to", to, "-b", backing, "-F", "qcow2", img, out,
+    ]);
+}
+
+/// `qemu-img info --output=json` of `img`.
+fn qemu_info(img: &Path) -> serde_json::Value {
+    parse_json("info", &qemu_img_ok(&["info", "--output=json", s(img)]))
+}
+
+/// `qemu-img convert -l`: snapshot `snapshot` of `img` as a standalone qcow2 image `out`.
+fn snapshot_copy(img: &str, snapshot: &str, out: &str) {
+    qemu_img_ok(&["convert", "-q", "-l", snapshot, "-O", "qcow2", img, out]);
+}
+
 #[test]
 fn the_list_of_a_known_history_is_exact() {
     let dir = tempdir();
     let img = known_history(dir.path(), "1.1");
     let i = img.to_str().unwrap();
-    let json = vdisk_ok(&[
-        "delta",
-        "--list",
-        "--output=json",
-        "--from",
-        "A",
-        "--to",
-        "B",
-        i,
-    ]);
+    let json = list_json("A", "B", i);
     assert_eq!(
         json.trim_end(),
         "[{ \"start\": 65536, \"length\": 131072, \"zero\": false, \"data\": true},\n\
@@ -74,16 +97,7 @@ fn the_list_of_a_known_history_is_exact() {
          0xe0000         0x20000         data\n"
     );
     // Backwards: what B changed comes back as A had it.
-    let back = vdisk_ok(&[
-        "delta",
-        "--list",
-        "--output=json",
-        "--from",
-        "B",
-        "--to",
-        "A",
-        i,
-    ]);
+    let back = list_json("B", "A", i);
     let back = json_extents(&back, |_| true);
     assert_eq!(
         back,
@@ -93,16 +107,7 @@ fn the_list_of_a_known_history_is_exact() {
             (0xe0000, 0x10000, true)
         ]
     );
-    let none = vdisk_ok(&[
-        "delta",
-        "--list",
-        "--output=json",
-        "--from",
-        "B",
-        "--to",
-        "B",
-        i,
-    ]);
+    let none = list_json("B", "B", i);
     assert_eq!(none.trim_end(), "[]");
 }
 
@@ -139,10 +144,7 @@ fn a_v2_delta_stores_zeros_as_data_and_still_replays_deletions() {
         delta.to_str().unwrap(),
     ]);
     assert_qemu_check_clean(&delta);
-    let info = parse_json(
-        "info",
-        &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]),
-    );
+    let info = qemu_info(&delta);
     assert_eq!(info["format-specific"]["data"]["compat"], "0.10");
     assert_eq!(info["backing-filename"], "a.qcow2");
     assert_eq!(info["backing-filename-format"], "qcow2");
@@ -202,10 +204,7 @@ fn compressed_clusters_are_copied_compressed() {
             delta.to_str().unwrap(),
         ]);
         assert_qemu_check_clean(&delta);
-        let info = parse_json(
-            "info",
-            &qemu_img_ok(&["info", "--output=json", delta.to_str().unwrap()]),
-        );
+        let info = qemu_info(&delta);
         assert_eq!(info["format-specific"]["data"]["compression-type"], codec);
         let map = qemu_img_ok(&["map", "--output=json", delta.to_str().unwrap()]);
         let compressed = json_extents(&map, |e| e["depth"] == 0 && e["compressed"] == true);
@@ -249,58 +248,22 @@ fn a_full_copy_and_a_chain_of_deltas_restore_every_state() {
     run("qemu-img", &["create", "-q", "-f", "qcow2", i, "4M"]);
     run("qemu-io", &["-c", "write -P 1 0 3M", i]);
     run("vdisk", &["snapshot", "-c", "mon", i]);
-    run(
-        "qemu-img",
-        &["convert", "-q", "-l", "mon", "-O", "qcow2", i, full],
-    );
+    snapshot_copy(i, "mon", s(&at(full)));
     run(
         "qemu-io",
         &["-c", "write -P 2 1M 512k", "-c", "discard 2M 256k", i],
     );
     run("vdisk", &["snapshot", "-c", "tue", i]);
     // The backing names (-b) stay relative ("./"): they are names the deltas record.
-    run(
-        "vdisk",
-        &[
-            "delta",
-            "--from",
-            "mon",
-            "--to",
-            "tue",
-            "-b",
-            "./full.qcow2",
-            "-F",
-            "qcow2",
-            i,
-            tue,
-        ],
-    );
+    delta_onto(i, "mon", "tue", "./full.qcow2", s(&at(tue)));
     run("vdisk", &["snapshot", "--prune", "--keep-last", "1", i]);
     run(
         "qemu-io",
         &["-c", "write -z 0 64k", "-c", "write -P 3 3M 1M", i],
     );
     run("vdisk", &["snapshot", "-c", "wed", i]);
-    run(
-        "vdisk",
-        &[
-            "delta",
-            "--from",
-            "tue",
-            "--to",
-            "wed",
-            "-b",
-            "./tue.qcow2",
-            "-F",
-            "qcow2",
-            i,
-            wed,
-        ],
-    );
-    run(
-        "qemu-img",
-        &["convert", "-q", "-l", "wed", "-O", "qcow2", i, wed_full],
-    );
+    delta_onto(i, "tue", "wed", "./tue.qcow2", s(&at(wed)));
+    snapshot_copy(i, "wed", s(&at(wed_full)));
     // Kept as a chain: the top reads as the last snapshot.
     assert_qemu_compare_identical(&at(wed), &at(wed_full));
     // Committed one by one into the full copy: the copy becomes the last snapshot.
@@ -330,16 +293,7 @@ fn an_existing_output_is_replaced_as_qemu_img_convert_replaces_it() {
         out.to_str().unwrap(),
     ]);
     assert_qemu_check_clean(&out);
-    let list = vdisk_ok(&[
-        "delta",
-        "--list",
-        "--output=json",
-        "--from",
-        "A",
-        "--to",
-        "B",
-        img.to_str().unwrap(),
-    ]);
+    let list = list_json("A", "B", img.to_str().unwrap());
     let held = json_extents(
         &qemu_img_ok(&["map", "--output=json", out.to_str().unwrap()]),
         |e| e["present"] == true,
@@ -552,16 +506,7 @@ fn images_with_subclusters_give_deltas_as_well() {
             i,
         ]);
         qemu_img_ok(&["snapshot", "-c", "B", i]);
-        let list = vdisk_ok(&[
-            "delta",
-            "--list",
-            "--output=json",
-            "--from",
-            "A",
-            "--to",
-            "B",
-            i,
-        ]);
+        let list = list_json("A", "B", i);
         let k = 64 << 10;
         assert_eq!(
             json_extents(&list, |_| true),
@@ -575,39 +520,9 @@ fn images_with_subclusters_give_deltas_as_well() {
             "backing {backing}"
         );
         let (base, delta, to) = (d.join("a.qcow2"), d.join("d.qcow2"), d.join("b.qcow2"));
-        qemu_img_ok(&[
-            "convert",
-            "-q",
-            "-l",
-            "A",
-            "-O",
-            "qcow2",
-            i,
-            base.to_str().unwrap(),
-        ]);
-        qemu_img_ok(&[
-            "convert",
-            "-q",
-            "-l",
-            "B",
-            "-O",
-            "qcow2",
-            i,
-            to.to_str().unwrap(),
-        ]);
-        vdisk_ok(&[
-            "delta",
-            "--from",
-            "A",
-            "--to",
-            "B",
-            "-b",
-            "a.qcow2",
-            "-F",
-            "qcow2",
-            i,
-            delta.to_str().unwrap(),
-        ]);
+        snapshot_copy(i, "A", s(&base));
+        snapshot_copy(i, "B", s(&to));
+        delta_onto(i, "A", "B", "a.qcow2", s(&delta));
         assert_qemu_check_clean(&delta);
         assert_qemu_compare_identical(&delta, &to);
         vdisk_ok(&["commit", delta.to_str().unwrap()]);

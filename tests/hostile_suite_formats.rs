@@ -9,20 +9,10 @@
 
 mod common;
 
-use common::hostile::{run_suite, Base::*, Case, Expect::*};
-
-fn put_le32(img: &mut [u8], at: usize, v: u32) {
-    img[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_le64(img: &mut [u8], at: usize, v: u64) {
-    img[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn put_be32(img: &mut [u8], at: usize, v: u32) {
-    img[at..at + 4].copy_from_slice(&v.to_be_bytes());
-}
-fn put_be64(img: &mut [u8], at: usize, v: u64) {
-    img[at..at + 8].copy_from_slice(&v.to_be_bytes());
-}
+use common::hostile::{
+    field_cases, put_be32, put_be64, put_le32, put_le64, run_suite, Base::*, Case, Expect::*,
+    FieldRow,
+};
 
 /// VDI header fields (little-endian) and the block map of the base image.
 mod vdi {
@@ -84,210 +74,116 @@ mod vhdx {
     pub const FILE_PARAMETERS: usize = (3 << 20) + 0x10000;
     pub const DISK_SIZE: usize = FILE_PARAMETERS + 8;
     /// A fully present payload block at `mib` MiB.
-    pub fn present_at(mib: u64) -> u64 {
+    pub const fn present_at(mib: u64) -> u64 {
         (mib << 20) | 6
     }
 }
 
+/// VDI header fields and block map entries (32-bit little-endian).
+#[rustfmt::skip]
+const VDI_U32: &[FieldRow<u32>] = &[
+    ("VDI block map entry past the blocks of the image", vdi::BMAP, 1000, Error("block map")),
+    ("VDI block map entry 0x7fffffff", vdi::BMAP + 4, 0x7fff_ffff, Error("block map")),
+    ("VDI data area inside the header", vdi::OFFSET_DATA, 0, Error("inside the block map")),
+    ("VDI block map past the end of the file", vdi::OFFSET_BMAP, 0x7fff_fe00,
+        Error("VDI block map")),
+    ("VDI block size 0", vdi::BLOCK_SIZE, 0, Error("block size")),
+    ("VDI block size 2 GiB", vdi::BLOCK_SIZE, 1 << 31, Error("block size")),
+    ("VDI 2^30 blocks in the image", vdi::BLOCKS_IN_IMAGE, 1 << 30, Error("too many blocks")),
+    // QEMU reads it (the count only matters to allocation, which then fails).
+    ("VDI more blocks allocated than the image has", vdi::BLOCKS_ALLOCATED, 0x7fff_ffff,
+        SameAsQemu),
+    ("VDI differencing image without its parent", vdi::IMAGE_TYPE, 4, Error("parent")),
+];
+
 fn vdi_cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "VDI block map entry past the blocks of the image",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::BMAP, 1000),
-            expect: Error("block map"),
-        },
-        Case {
-            name: "VDI block map entry 0x7fffffff",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::BMAP + 4, 0x7fff_ffff),
-            expect: Error("block map"),
-        },
-        Case {
-            name: "VDI data area inside the header",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::OFFSET_DATA, 0),
-            expect: Error("inside the block map"),
-        },
-        Case {
-            name: "VDI block map past the end of the file",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::OFFSET_BMAP, 0x7fff_fe00),
-            expect: Error("VDI block map"),
-        },
-        Case {
-            name: "VDI block size 0",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::BLOCK_SIZE, 0),
-            expect: Error("block size"),
-        },
-        Case {
-            name: "VDI block size 2 GiB",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::BLOCK_SIZE, 1 << 31),
-            expect: Error("block size"),
-        },
-        Case {
-            name: "VDI 2^30 blocks in the image",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::BLOCKS_IN_IMAGE, 1 << 30),
-            expect: Error("too many blocks"),
-        },
-        Case {
-            name: "VDI disk size 2^62",
-            base: Vdi,
-            poke: |i| put_le64(i, vdi::DISK_SIZE, 1 << 62),
-            expect: Error("Unsupported VDI image size"),
-        },
-        Case {
-            // QEMU reads it (the count only matters to allocation, which then fails).
-            name: "VDI more blocks allocated than the image has",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::BLOCKS_ALLOCATED, 0x7fff_ffff),
-            expect: SameAsQemu,
-        },
-        Case {
-            name: "VDI differencing image without its parent",
-            base: Vdi,
-            poke: |i| put_le32(i, vdi::IMAGE_TYPE, 4),
-            expect: Error("parent"),
-        },
-    ]
+    let mut all = field_cases(Vdi, put_le32, VDI_U32);
+    all.push(Case::new(
+        "VDI disk size 2^62",
+        Vdi,
+        Error("Unsupported VDI image size"),
+        |i| put_le64(i, vdi::DISK_SIZE, 1 << 62),
+    ));
+    all
 }
+
+/// VHD BAT entries (32-bit big-endian sector numbers).
+#[rustfmt::skip]
+const VHD_BAT: &[FieldRow<u32>] = &[
+    ("VHD BAT entry past the end of the file", vhd::BAT, 0x7fff_0000, Error("end of file")),
+    ("VHD BAT entry into the dynamic header", vhd::BAT, 1, Error("block allocation table")),
+    ("VHD BAT entry into the BAT", vhd::BAT + 4, (vhd::BAT / 512) as u32,
+        Error("block allocation table")),
+];
+
+/// VHD dynamic header fields of 32 bits, poked with the header re-summed.
+#[rustfmt::skip]
+const VHD_DYN_U32: &[FieldRow<u32>] = &[
+    ("VHD block size 0", vhd::BLOCK_SIZE, 0, Error("Invalid block size")),
+    ("VHD block size not a power of two", vhd::BLOCK_SIZE, 3 << 20, Error("Invalid block size")),
+    ("VHD block size 2 GiB", vhd::BLOCK_SIZE, 1 << 31, Error("truncated")),
+    ("VHD 2^30 BAT entries", vhd::MAX_TABLE_ENTRIES, 1 << 30, Error("Max Table Entries")),
+];
 
 fn vhd_cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "VHD BAT entry past the end of the file",
-            base: Vhd,
-            poke: |i| put_be32(i, vhd::BAT, 0x7fff_0000),
-            expect: Error("end of file"),
+    let mut all = field_cases(Vhd, put_be32, VHD_BAT);
+    all.push(Case::new(
+        "VHD two BAT entries naming one block",
+        Vhd,
+        Error("block allocation table"),
+        |i| {
+            let first = i[vhd::BAT..vhd::BAT + 4].to_vec();
+            i[vhd::BAT + 4..vhd::BAT + 8].copy_from_slice(&first);
         },
-        Case {
-            name: "VHD BAT entry into the dynamic header",
-            base: Vhd,
-            poke: |i| put_be32(i, vhd::BAT, 1),
-            expect: Error("block allocation table"),
-        },
-        Case {
-            name: "VHD BAT entry into the BAT",
-            base: Vhd,
-            poke: |i| put_be32(i, vhd::BAT + 4, (vhd::BAT / 512) as u32),
-            expect: Error("block allocation table"),
-        },
-        Case {
-            name: "VHD two BAT entries naming one block",
-            base: Vhd,
-            poke: |i| {
-                let first = i[vhd::BAT..vhd::BAT + 4].to_vec();
-                i[vhd::BAT + 4..vhd::BAT + 8].copy_from_slice(&first);
-            },
-            expect: Error("block allocation table"),
-        },
-        Case {
-            name: "VHD block size 0",
-            base: Vhd,
-            poke: |i| vhd_dyn_poke(i, |i| put_be32(i, vhd::BLOCK_SIZE, 0)),
-            expect: Error("Invalid block size"),
-        },
-        Case {
-            name: "VHD block size not a power of two",
-            base: Vhd,
-            poke: |i| vhd_dyn_poke(i, |i| put_be32(i, vhd::BLOCK_SIZE, 3 << 20)),
-            expect: Error("Invalid block size"),
-        },
-        Case {
-            name: "VHD block size 2 GiB",
-            base: Vhd,
-            poke: |i| vhd_dyn_poke(i, |i| put_be32(i, vhd::BLOCK_SIZE, 1 << 31)),
-            expect: Error("truncated"),
-        },
-        Case {
-            name: "VHD 2^30 BAT entries",
-            base: Vhd,
-            poke: |i| vhd_dyn_poke(i, |i| put_be32(i, vhd::MAX_TABLE_ENTRIES, 1 << 30)),
-            expect: Error("Max Table Entries"),
-        },
-        Case {
-            name: "VHD BAT past the end of the file",
-            base: Vhd,
-            poke: |i| vhd_dyn_poke(i, |i| put_be64(i, vhd::TABLE_OFFSET, 1 << 40)),
-            expect: Error("block allocation table"),
-        },
-        Case {
-            // QEMU sizes a disk of qemu-img's creator by its geometry, as vdisk does.
-            name: "VHD current size 2^62",
-            base: Vhd,
-            poke: |i| vhd_footer_poke(i, vhd::FOOTER_CURRENT_SIZE, 1 << 62),
-            expect: SameAsQemu,
-        },
-    ]
+    ));
+    all.extend(field_cases(
+        Vhd,
+        |i, at, v| vhd_dyn_poke(i, |i| put_be32(i, at, v)),
+        VHD_DYN_U32,
+    ));
+    all.push(Case::new(
+        "VHD BAT past the end of the file",
+        Vhd,
+        Error("block allocation table"),
+        |i| vhd_dyn_poke(i, |i| put_be64(i, vhd::TABLE_OFFSET, 1 << 40)),
+    ));
+    all.push(Case::new(
+        // QEMU sizes a disk of qemu-img's creator by its geometry, as vdisk does.
+        "VHD current size 2^62",
+        Vhd,
+        SameAsQemu,
+        |i| vhd_footer_poke(i, vhd::FOOTER_CURRENT_SIZE, 1 << 62),
+    ));
+    all
 }
 
+/// VHDX fields of 64 bits: BAT entries and the virtual disk size.
+#[rustfmt::skip]
+const VHDX_U64: &[FieldRow<u64>] = &[
+    ("VHDX BAT entry past the end of the file", vhdx::BAT + 8, vhdx::present_at(1 << 30),
+        Error("end of file")),
+    // QEMU reads it (vdisk too); writing there is refused.
+    ("VHDX BAT entry into the header section", vhdx::BAT, vhdx::present_at(0), SameAsQemu),
+    ("VHDX BAT entry into the log", vhdx::BAT, vhdx::present_at(1), Error("overlaps")),
+    ("VHDX BAT entry into the BAT", vhdx::BAT, vhdx::present_at(2), Error("overlaps")),
+    ("VHDX BAT entry with a state the format does not define", vhdx::BAT, (8 << 20) | 4,
+        Error("state")),
+    ("VHDX disk size 2^62", vhdx::DISK_SIZE, 1 << 62, Error("64 TiB")),
+    ("VHDX disk size 0", vhdx::DISK_SIZE, 0, Error("disk size is 0")),
+];
+
+/// VHDX file parameters: the block size (32-bit).
+#[rustfmt::skip]
+const VHDX_BLOCK_SIZE: &[FieldRow<u32>] = &[
+    ("VHDX block size 0", vhdx::FILE_PARAMETERS, 0, Error("block size")),
+    ("VHDX block size 512 MiB", vhdx::FILE_PARAMETERS, 512 << 20, Error("block size")),
+    ("VHDX block size not a power of two", vhdx::FILE_PARAMETERS, 3 << 20, Error("block size")),
+];
+
 fn vhdx_cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "VHDX BAT entry past the end of the file",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::BAT + 8, vhdx::present_at(1 << 30)),
-            expect: Error("end of file"),
-        },
-        Case {
-            // QEMU reads it (vdisk too); writing there is refused.
-            name: "VHDX BAT entry into the header section",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::BAT, vhdx::present_at(0)),
-            expect: SameAsQemu,
-        },
-        Case {
-            name: "VHDX BAT entry into the log",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::BAT, vhdx::present_at(1)),
-            expect: Error("overlaps"),
-        },
-        Case {
-            name: "VHDX BAT entry into the BAT",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::BAT, vhdx::present_at(2)),
-            expect: Error("overlaps"),
-        },
-        Case {
-            name: "VHDX BAT entry with a state the format does not define",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::BAT, (8 << 20) | 4),
-            expect: Error("state"),
-        },
-        Case {
-            name: "VHDX block size 0",
-            base: Vhdx,
-            poke: |i| put_le32(i, vhdx::FILE_PARAMETERS, 0),
-            expect: Error("block size"),
-        },
-        Case {
-            name: "VHDX block size 512 MiB",
-            base: Vhdx,
-            poke: |i| put_le32(i, vhdx::FILE_PARAMETERS, 512 << 20),
-            expect: Error("block size"),
-        },
-        Case {
-            name: "VHDX block size not a power of two",
-            base: Vhdx,
-            poke: |i| put_le32(i, vhdx::FILE_PARAMETERS, 3 << 20),
-            expect: Error("block size"),
-        },
-        Case {
-            name: "VHDX disk size 2^62",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::DISK_SIZE, 1 << 62),
-            expect: Error("64 TiB"),
-        },
-        Case {
-            name: "VHDX disk size 0",
-            base: Vhdx,
-            poke: |i| put_le64(i, vhdx::DISK_SIZE, 0),
-            expect: Error("disk size is 0"),
-        },
-    ]
+    let mut all = field_cases(Vhdx, put_le64, VHDX_U64);
+    all.extend(field_cases(Vhdx, put_le32, VHDX_BLOCK_SIZE));
+    all
 }
 
 #[test]

@@ -7,20 +7,10 @@
 
 mod common;
 
-use common::hostile::{run_suite, Base::*, Case, Expect::*};
-
-fn put_le32(img: &mut [u8], at: usize, v: u32) {
-    img[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_le64(img: &mut [u8], at: usize, v: u64) {
-    img[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn le64(img: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(img[at..at + 8].try_into().unwrap())
-}
-fn le32(img: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(img[at..at + 4].try_into().unwrap())
-}
+use common::hostile::{
+    field_cases, le32, le64, put_le32, put_le64, run_suite, Base::*, Case, Expect, Expect::*,
+    FieldRow,
+};
 
 /// VMDK sparse header field offsets (little-endian).
 mod v {
@@ -33,99 +23,73 @@ mod v {
     pub const GD_OFFSET: usize = 56;
 }
 
+/// Sparse header fields of 64 bits: grain size, capacity, directory and descriptor offsets.
+#[rustfmt::skip]
+const SPARSE_U64: &[FieldRow<u64>] = &[
+    ("VMDK grain size 0", v::GRAIN_SIZE, 0, Error("grain")),
+    ("VMDK grain size 2^40 sectors", v::GRAIN_SIZE, 1 << 40, Error("grain")),
+    ("VMDK grain size not a power of two", v::GRAIN_SIZE, 96, SameAsQemu),
+    ("VMDK capacity 2^62 sectors (exabytes)", v::CAPACITY, 1 << 62, Error("")),
+    ("VMDK grain directory past the end of the file", v::GD_OFFSET, 1 << 40, Error("directory")),
+    ("VMDK redundant grain directory past the end of the file", v::RGD_OFFSET, 1 << 40,
+        Error("directory")),
+    ("VMDK embedded descriptor of 2^40 sectors", v::DESCRIPTOR_SIZE, 1 << 40, Error("descriptor")),
+    ("VMDK embedded descriptor past the end of the file", v::DESCRIPTOR_OFFSET, 1 << 40,
+        Error("descriptor")),
+];
+
+/// Sparse header fields of 32 bits: the entries per grain table.
+#[rustfmt::skip]
+const SPARSE_U32: &[FieldRow<u32>] = &[
+    ("VMDK 0 entries per grain table", v::NUM_GTES_PER_GT, 0, Error("grain table")),
+    ("VMDK 0x7fffffff entries per grain table", v::NUM_GTES_PER_GT, 0x7fff_ffff,
+        Error("grain table")),
+];
+
 fn cases() -> Vec<Case> {
+    // ---- VMDK sparse: grain and table sizes, offsets, capacity ----
+    let mut all = field_cases(VmdkSparse, put_le64, SPARSE_U64);
+    all.extend(field_cases(VmdkSparse, put_le32, SPARSE_U32));
+    all.extend(other_cases());
+    // ---- VMDK descriptors ----
+    all.extend(descriptor_cases());
+    all
+}
+
+/// The cases that follow a table to the field they poke, or cut the file.
+fn other_cases() -> Vec<Case> {
     vec![
-        // ---- VMDK sparse: grain and table sizes, offsets, capacity ----
-        Case {
-            name: "VMDK grain size 0",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::GRAIN_SIZE, 0),
-            expect: Error("grain"),
-        },
-        Case {
-            name: "VMDK grain size 2^40 sectors",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::GRAIN_SIZE, 1 << 40),
-            expect: Error("grain"),
-        },
-        Case {
-            name: "VMDK grain size not a power of two",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::GRAIN_SIZE, 96),
-            expect: SameAsQemu,
-        },
-        Case {
-            name: "VMDK 0 entries per grain table",
-            base: VmdkSparse,
-            poke: |i| put_le32(i, v::NUM_GTES_PER_GT, 0),
-            expect: Error("grain table"),
-        },
-        Case {
-            name: "VMDK 0x7fffffff entries per grain table",
-            base: VmdkSparse,
-            poke: |i| put_le32(i, v::NUM_GTES_PER_GT, 0x7fff_ffff),
-            expect: Error("grain table"),
-        },
-        Case {
-            name: "VMDK capacity 2^62 sectors (exabytes)",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::CAPACITY, 1 << 62),
-            expect: Error(""),
-        },
-        Case {
-            name: "VMDK grain directory past the end of the file",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::GD_OFFSET, 1 << 40),
-            expect: Error("directory"),
-        },
-        Case {
-            name: "VMDK redundant grain directory past the end of the file",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::RGD_OFFSET, 1 << 40),
-            expect: Error("directory"),
-        },
-        Case {
-            name: "VMDK embedded descriptor of 2^40 sectors",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::DESCRIPTOR_SIZE, 1 << 40),
-            expect: Error("descriptor"),
-        },
-        Case {
-            name: "VMDK embedded descriptor past the end of the file",
-            base: VmdkSparse,
-            poke: |i| put_le64(i, v::DESCRIPTOR_OFFSET, 1 << 40),
-            expect: Error("descriptor"),
-        },
-        Case {
-            name: "VMDK grain table entry past the end of the file",
-            base: VmdkSparse,
-            poke: |i| {
+        Case::new(
+            "VMDK grain table entry past the end of the file",
+            VmdkSparse,
+            SameAsQemu,
+            |i| {
                 let gd = le64(i, v::GD_OFFSET) as usize * 512;
                 let gt = le32(i, gd) as usize * 512;
                 put_le32(i, gt, 0x7fff_0000);
             },
-            expect: SameAsQemu,
-        },
-        Case {
-            name: "VMDK grain directory entry pointing at the header",
-            base: VmdkSparse,
-            poke: |i| {
+        ),
+        Case::new(
+            "VMDK grain directory entry pointing at the header",
+            VmdkSparse,
+            SameAsQemu,
+            |i| {
                 let gd = le64(i, v::GD_OFFSET) as usize * 512;
                 put_le32(i, gd, 0);
                 put_le32(i, gd, 1);
             },
-            expect: SameAsQemu,
-        },
-        Case {
-            name: "VMDK sparse file truncated after the header",
-            base: VmdkSparse,
-            poke: |i| i.truncate(1024),
-            expect: Error(""),
-        },
-        Case {
-            name: "streamOptimized compressed grain claiming 2^31 bytes",
-            base: VmdkStream,
-            poke: |i| {
+        ),
+        Case::new(
+            "VMDK sparse file truncated after the header",
+            VmdkSparse,
+            Error(""),
+            |i| i.truncate(1024),
+        ),
+        Case::new(
+            "streamOptimized compressed grain claiming 2^31 bytes",
+            VmdkStream,
+            Error(""),
+            |i| {
                 // The first grain marker after the metadata: (lba u64, size u32, data).
                 let over = le64(i, 64) as usize * 512;
                 let at = (over..i.len() - 12)
@@ -134,37 +98,37 @@ fn cases() -> Vec<Case> {
                     .expect("a compressed grain");
                 put_le32(i, at + 8, 0x8000_0000);
             },
-            expect: Error(""),
-        },
-        Case {
-            name: "streamOptimized footer with a 2^40-sector grain directory offset",
-            base: VmdkStream,
-            poke: |i| {
+        ),
+        Case::new(
+            "streamOptimized footer with a 2^40-sector grain directory offset",
+            VmdkStream,
+            SameAsQemu,
+            |i| {
                 let footer = i.len() - 1024;
                 put_le64(i, footer + v::GD_OFFSET, 1 << 40);
             },
-            expect: SameAsQemu,
-        },
-        // ---- VMDK descriptors ----
-        Case {
-            name: "VMDK descriptor extent of 2^60 sectors",
-            base: VmdkFlat,
-            poke: |i| replace(i, b"RW 8192 FLAT", b"RW 1152921504606846976 FLAT"),
-            expect: Error(""),
-        },
-        Case {
-            name: "VMDK descriptor naming an extent outside its directory",
-            base: VmdkFlat,
-            poke: |i| replace(i, b"\"img-flat\"", b"\"../../../etc/passwd\""),
-            expect: Error("outside"),
-        },
-        Case {
-            name: "VMDK descriptor with an extent offset near 2^64",
-            base: VmdkFlat,
-            poke: |i| replace(i, b"\"img-flat\"", b"\"img-flat.vmdk\" 36028797018963967"),
-            expect: Error(""),
-        },
+        ),
     ]
+}
+
+/// Edits of the monolithicFlat descriptor text: (name, text replaced, replacement, expect).
+#[rustfmt::skip]
+const DESCRIPTOR_EDITS: &[(&str, &[u8], &[u8], Expect)] = &[
+    ("VMDK descriptor extent of 2^60 sectors",
+        b"RW 8192 FLAT", b"RW 1152921504606846976 FLAT", Error("")),
+    ("VMDK descriptor naming an extent outside its directory",
+        b"\"img-flat\"", b"\"../../../etc/passwd\"", Error("outside")),
+    ("VMDK descriptor with an extent offset near 2^64",
+        b"\"img-flat\"", b"\"img-flat.vmdk\" 36028797018963967", Error("")),
+];
+
+fn descriptor_cases() -> Vec<Case> {
+    DESCRIPTOR_EDITS
+        .iter()
+        .map(|&(name, from, to, expect)| {
+            Case::new(name, VmdkFlat, expect, move |i| replace(i, from, to))
+        })
+        .collect()
 }
 
 /// Replace `from` by `to` in a text descriptor.

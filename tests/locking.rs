@@ -26,6 +26,28 @@ fn qcow2(dir: &Path, name: &str) -> std::path::PathBuf {
     p
 }
 
+/// A qcow2 overlay `name` in `dir` whose backing file is the qcow2 image `base`.
+fn overlay(dir: &Path, name: &str, base: &Path) -> std::path::PathBuf {
+    let p = dir.join(name);
+    qemu_img_ok(&[
+        os("create"),
+        os("-q"),
+        os("-f"),
+        os("qcow2"),
+        os("-b"),
+        base.as_os_str(),
+        os("-F"),
+        os("qcow2"),
+        p.as_os_str(),
+    ]);
+    p
+}
+
+/// `out`, the result of `what`, succeeded (`ok`) or failed (`!ok`).
+fn assert_success(what: &str, out: &std::process::Output, ok: bool) {
+    assert_eq!(out.status.success(), ok, "{}", describe(what, out));
+}
+
 /// Run vdisk; it must fail (exit 1, or 2 for compare, as qemu-img) with the "image is in
 /// use" message.
 fn assert_in_use(args: &[&std::ffi::OsStr]) {
@@ -135,30 +157,8 @@ fn an_image_qemu_io_holds_read_only_can_be_read_but_not_written_by_vdisk() {
 fn the_backing_file_of_an_image_qemu_io_writes_cannot_be_committed_into() {
     let dir = tempdir();
     let base = qcow2(dir.path(), "base.qcow2");
-    let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&[
-        os("create"),
-        os("-q"),
-        os("-f"),
-        os("qcow2"),
-        os("-b"),
-        base.as_os_str(),
-        os("-F"),
-        os("qcow2"),
-        top.as_os_str(),
-    ]);
-    let mid = dir.path().join("mid.qcow2");
-    qemu_img_ok(&[
-        os("create"),
-        os("-q"),
-        os("-f"),
-        os("qcow2"),
-        os("-b"),
-        base.as_os_str(),
-        os("-F"),
-        os("qcow2"),
-        mid.as_os_str(),
-    ]);
+    let top = overlay(dir.path(), "top.qcow2", &base);
+    let mid = overlay(dir.path(), "mid.qcow2", &base);
     // A VM runs on `top`, so `base` is its read-only backing file.
     let held = QemuIo::hold(&[], &top);
     assert_in_use(&[os("commit"), mid.as_os_str()]);
@@ -191,66 +191,39 @@ fn qemu_refuses_an_image_vdisk_has_open_for_writing() {
     q.flush().unwrap();
 
     let out = qemu_io_read(&img);
-    assert!(!out.status.success(), "{}", describe("qemu-io read", &out));
+    assert_success("qemu-io read", &out, false);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("lock"),
         "{}",
         describe("qemu-io read", &out)
     );
     let out = qemu_io([os("-r"), os("-c"), os("read 0 512"), img.as_os_str()]);
-    assert!(!out.status.success(), "{}", describe("qemu-io -r", &out));
+    assert_success("qemu-io -r", &out, false);
     let out = qemu_img([os("info"), img.as_os_str()]);
-    assert!(!out.status.success(), "{}", describe("qemu-img info", &out));
+    assert_success("qemu-img info", &out, false);
     // qemu-img -U still reads it, as vdisk -U would.
     qemu_img_ok(&[os("info"), os("-U"), img.as_os_str()]);
 
     drop(q);
     let out = qemu_io_read(&img);
-    assert!(
-        out.status.success(),
-        "{}",
-        describe("qemu-io after close", &out)
-    );
+    assert_success("qemu-io after close", &out, true);
 }
 
 #[test]
 fn vdisk_locks_backing_files_as_read_only_opens_do() {
     let dir = tempdir();
     let base = qcow2(dir.path(), "base.qcow2");
-    let top = dir.path().join("top.qcow2");
-    qemu_img_ok(&[
-        os("create"),
-        os("-q"),
-        os("-f"),
-        os("qcow2"),
-        os("-b"),
-        base.as_os_str(),
-        os("-F"),
-        os("qcow2"),
-        top.as_os_str(),
-    ]);
+    let top = overlay(dir.path(), "top.qcow2", &base);
     let img = image::open(&top, &ImageOptions::default()).unwrap();
     assert_eq!(img.layers.len(), 2);
     // The backing file may be read by QEMU, but not written.
     let out = qemu_io_read(&base);
-    assert!(
-        !out.status.success(),
-        "{}",
-        describe("qemu-io rw base", &out)
-    );
+    assert_success("qemu-io rw base", &out, false);
     let out = qemu_io([os("-r"), os("-c"), os("read 0 512"), base.as_os_str()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        describe("qemu-io -r base", &out)
-    );
+    assert_success("qemu-io -r base", &out, true);
     drop(img);
     let out = qemu_io_read(&base);
-    assert!(
-        out.status.success(),
-        "{}",
-        describe("qemu-io rw base", &out)
-    );
+    assert_success("qemu-io rw base", &out, true);
 }
 
 #[test]

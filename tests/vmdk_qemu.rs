@@ -119,6 +119,47 @@ fn qemu_check_is_clean(path: &Path) {
     assert!(out.contains("No errors were found"), "{out}");
 }
 
+/// `qemu-img compare`: the VMDK image `img` reads as the raw file `raw`.
+fn compare_with_raw(raw: &Path, img: &Path) {
+    qemu(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "vmdk",
+            path_str(raw),
+            path_str(img),
+        ],
+    );
+}
+
+/// `qemu-img convert -f vmdk -O raw`: the guest contents of `img` into `raw`.
+fn vmdk_to_raw(img: &Path, raw: &Path) {
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            path_str(img),
+            path_str(raw),
+        ],
+    );
+}
+
+/// `qemu-img create`: a VMDK image `img` of subformat `sub` and `size` (qemu-img's syntax).
+fn qemu_create(sub: &str, img: &Path, size: &str) {
+    let opts = format!("subformat={sub}");
+    qemu(
+        "qemu-img",
+        &["create", "-f", "vmdk", "-o", &opts, path_str(img), size],
+    );
+}
+
 #[test]
 fn vdisk_reads_every_subformat_qemu_img_writes_identically() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,18 +252,7 @@ fn qemu_img_check_and_compare_accept_every_subformat_vdisk_writes() {
         fill_and_close(&mut dev, &data);
         drop(dev);
         qemu_check_is_clean(&img);
-        qemu(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "vmdk",
-                path_str(&raw),
-                path_str(&img),
-            ],
-        );
+        compare_with_raw(&raw, &img);
         // And back: raw → vmdk → raw is byte-identical through vdisk too.
         let mut dev = open_ro(&img);
         assert_same(&read_all(&mut dev), &data, sub);
@@ -321,18 +351,7 @@ fn writes_through_vdisk_into_a_qemu_made_monolithic_sparse_image_keep_qemu_img_h
         drop(dev);
         qemu_check_is_clean(&img);
         let raw = write_raw(dir.path(), "model.raw", &model);
-        qemu(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "vmdk",
-                path_str(&raw),
-                path_str(&img),
-            ],
-        );
+        compare_with_raw(&raw, &img);
     }
 }
 
@@ -341,18 +360,7 @@ fn info_matches_qemu_img_info_for_every_subformat() {
     let dir = tempfile::tempdir().unwrap();
     for sub in SUBFORMATS {
         let img = dir.path().join(format!("{sub}.vmdk"));
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                path_str(&img),
-                "3M",
-            ],
-        );
+        qemu_create(sub, &img, "3M");
         let out = qemu("qemu-img", &["info", "--output=json", path_str(&img)]);
         let theirs: serde_json::Value = serde_json::from_str(&out).unwrap();
         let dev = open_ro(&img);
@@ -383,18 +391,7 @@ fn multi_extent_images_over_two_gibibytes_read_and_write_across_extent_boundarie
     for sub in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
         // qemu-made, written by qemu-io across the boundary, read by vdisk.
         let img = dir.path().join(format!("q-{sub}.vmdk"));
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                path_str(&img),
-                &size.to_string(),
-            ],
-        );
+        qemu_create(sub, &img, &size.to_string());
         qemu(
             "qemu-io",
             &[
@@ -537,18 +534,7 @@ fn a_hand_written_descriptor_mixing_flat_sparse_and_vmfs_extents_reads_as_qemu_r
         ],
     );
     let raw = dir.path().join("multi.raw");
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            path_str(&img),
-            path_str(&raw),
-        ],
-    );
+    vmdk_to_raw(&img, &raw);
     let expected = std::fs::read(&raw).unwrap();
     let mut dev = open_ro(&img);
     assert_eq!(dev.virtual_size(), 3 * MIB + 512 * 1024);
@@ -572,18 +558,7 @@ fn a_hand_written_descriptor_mixing_flat_sparse_and_vmfs_extents_reads_as_qemu_r
     dev.close().unwrap();
     drop(dev);
     qemu_check_is_clean(&img);
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            path_str(&img),
-            path_str(&raw),
-        ],
-    );
+    vmdk_to_raw(&img, &raw);
     let after = std::fs::read(&raw).unwrap();
     assert_same(
         &after[at as usize..at as usize + data.len()],
@@ -639,18 +614,7 @@ fn zero_sized_images_of_every_subformat_open_as_empty_disks() {
         dev.close().unwrap();
         drop(dev);
         let theirs = dir.path().join(format!("qemu-{sub}.vmdk"));
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                path_str(&theirs),
-                "0",
-            ],
-        );
+        qemu_create(sub, &theirs, "0");
         for img in [&ours, &theirs] {
             let mut dev = open_ro(img);
             assert_eq!(dev.virtual_size(), 0, "{sub}");
@@ -664,18 +628,7 @@ fn the_first_write_changes_the_cid_of_qemu_made_images_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     for sub in &SUBFORMATS[..4] {
         let img = dir.path().join(format!("cid-{sub}.vmdk"));
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                path_str(&img),
-                "3M",
-            ],
-        );
+        qemu_create(sub, &img, "3M");
         let cid_of = |img: &Path| -> u64 {
             let out = qemu("qemu-img", &["info", "--output=json", path_str(img)]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -695,17 +648,6 @@ fn the_first_write_changes_the_cid_of_qemu_made_images_and_nothing_else() {
         model[1000..151_000].copy_from_slice(&data);
         model[2 * MIB as usize..2 * MIB as usize + 10].copy_from_slice(&data[..10]);
         let raw = write_raw(dir.path(), "cid.raw", &model);
-        qemu(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "vmdk",
-                path_str(&raw),
-                path_str(&img),
-            ],
-        );
+        compare_with_raw(&raw, &img);
     }
 }

@@ -70,6 +70,9 @@ pub enum Expect {
     SameAsQemu,
 }
 
+/// The change that makes an image hostile, applied to the bytes of its base.
+pub type Poke = Box<dyn Fn(&mut Vec<u8>)>;
+
 /// One crafted image: `poke` applied to the bytes of `base`.
 pub struct Case {
     /// What the poke does, as the failure message shows it.
@@ -77,9 +80,78 @@ pub struct Case {
     /// The image the poke starts from.
     pub base: Base,
     /// The change that makes the image hostile.
-    pub poke: fn(&mut Vec<u8>),
+    pub poke: Poke,
     /// What vdisk must do with the result.
     pub expect: Expect,
+}
+
+impl Case {
+    /// A case of `base` whose image is made by `poke`.
+    pub fn new(
+        name: &'static str,
+        base: Base,
+        expect: Expect,
+        poke: impl Fn(&mut Vec<u8>) + 'static,
+    ) -> Case {
+        Case {
+            name,
+            base,
+            poke: Box::new(poke),
+            expect,
+        }
+    }
+}
+
+/// One row of a table of single-field pokes: the case's name, the byte offset of the
+/// field in the base image, the value written there, and what vdisk must do.
+pub type FieldRow<V> = (&'static str, usize, V, Expect);
+
+/// One case of `base` per row of `rows`, each writing its value at its offset with `put`
+/// (one of the `put_*` helpers below, or one that also re-sums a checksum).
+pub fn field_cases<V: Copy + 'static>(
+    base: Base,
+    put: fn(&mut [u8], usize, V),
+    rows: &[FieldRow<V>],
+) -> Vec<Case> {
+    rows.iter()
+        .map(|&(name, at, v, expect)| Case::new(name, base, expect, move |i| put(i, at, v)))
+        .collect()
+}
+
+/// Read or write an integer field of an image: `be`/`le` for big/little-endian, then
+/// the width in bits.
+pub fn be32(img: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(img[at..at + 4].try_into().unwrap())
+}
+pub fn be64(img: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(img[at..at + 8].try_into().unwrap())
+}
+pub fn le32(img: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(img[at..at + 4].try_into().unwrap())
+}
+pub fn le64(img: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(img[at..at + 8].try_into().unwrap())
+}
+pub fn put_be32(img: &mut [u8], at: usize, v: u32) {
+    img[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+pub fn put_be64(img: &mut [u8], at: usize, v: u64) {
+    img[at..at + 8].copy_from_slice(&v.to_be_bytes());
+}
+/// Write `v` big-endian into the `width` bytes (1 to 8) at `at`; `v` must fit.
+pub fn put_be(img: &mut [u8], at: usize, width: usize, v: u64) {
+    assert!((1..=8).contains(&width), "a field of {width} bytes");
+    assert!(
+        width == 8 || v >> (8 * width) == 0,
+        "{v:#x} does not fit in {width} bytes"
+    );
+    img[at..at + width].copy_from_slice(&v.to_be_bytes()[8 - width..]);
+}
+pub fn put_le32(img: &mut [u8], at: usize, v: u32) {
+    img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+pub fn put_le64(img: &mut [u8], at: usize, v: u64) {
+    img[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 impl std::fmt::Debug for Case {
@@ -212,6 +284,20 @@ fn assert_orderly(what: &str, out: &Output) {
     assert!(!stderr.contains("panicked"), "{}", describe(what, out));
 }
 
+/// A vdisk run (`what`) that failed as a user error: exit 1 and one `vdisk: ` line on
+/// stderr.
+pub fn assert_one_line_failure(what: &str, out: &Output) {
+    assert_eq!(out.status.code(), Some(1), "{}", describe(what, out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        describe(what, out)
+    );
+    assert!(stderr.starts_with("vdisk: "), "{}", describe(what, out));
+}
+
 fn check_case(dir: &Path, bases: &[(Base, Vec<u8>)], index: usize, case: &Case) {
     let cdir = dir.join(format!("case-{index:02}"));
     std::fs::create_dir_all(&cdir).unwrap();
@@ -250,15 +336,8 @@ fn check_case(dir: &Path, bases: &[(Base, Vec<u8>)], index: usize, case: &Case) 
     let what = format!("vdisk convert ({case:?})");
     match case.expect {
         Error(text) => {
-            assert_eq!(conv.status.code(), Some(1), "{}", describe(&what, &conv));
+            assert_one_line_failure(&what, &conv);
             let stderr = String::from_utf8_lossy(&conv.stderr);
-            assert_eq!(
-                stderr.trim_end().lines().count(),
-                1,
-                "{}",
-                describe(&what, &conv)
-            );
-            assert!(stderr.starts_with("vdisk: "), "{}", describe(&what, &conv));
             assert!(
                 stderr.to_lowercase().contains(&text.to_lowercase()),
                 "error does not mention {text:?}: {}",
