@@ -46,6 +46,12 @@ pub enum Error {
     /// Another process holds a conflicting lock on the image.
     #[error("{0}")]
     Locked(String),
+
+    /// The file is not in the format it was opened as (no magic, no signature: it is some
+    /// other file, not a damaged image), in QEMU's words; [`with_path`] adds QEMU's
+    /// `Could not open 'X': ` before them.
+    #[error("{0}")]
+    NotFormat(String),
 }
 
 impl Error {
@@ -75,7 +81,10 @@ impl Error {
     /// another message.
     pub fn bare_message(&self) -> String {
         match self {
-            Error::Unsupported(m) | Error::InvalidArgument(m) | Error::ReadOnly(m) => m.clone(),
+            Error::Unsupported(m)
+            | Error::InvalidArgument(m)
+            | Error::ReadOnly(m)
+            | Error::NotFormat(m) => m.clone(),
             other => other.to_string(),
         }
     }
@@ -92,6 +101,9 @@ pub use crate::storage::strerror;
 pub fn with_path(path: &std::path::Path, e: Error) -> Error {
     match e {
         Error::ReadOnly(message) => Error::ReadOnly(format!("'{}': {message}", path.display())),
+        Error::NotFormat(message) => {
+            Error::invalid(format!("Could not open '{}': {message}", path.display()))
+        }
         Error::Corrupt {
             structure,
             offset,

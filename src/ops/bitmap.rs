@@ -65,14 +65,14 @@ pub fn run(file: &Path, format: Option<Format>, name: &str, req: &Request<'_>) -
     let ops = req
         .actions
         .iter()
-        .map(|a| to_op(a, req))
+        .map(|a| to_op(a, name, req))
         .collect::<Result<Vec<_>>>()?;
     let mut q = image::open_qcow2_alone(file, false, false, "only qcow2 images have bitmaps")?;
     q.bitmap_ops(name, &ops)
 }
 
 /// The library operation for `a`: a merge from another image loads that image's bitmap.
-fn to_op(a: &Action, req: &Request<'_>) -> Result<Op> {
+fn to_op(a: &Action, name: &str, req: &Request<'_>) -> Result<Op> {
     Ok(match a {
         Action::Add => Op::Add {
             granularity: req.granularity,
@@ -91,7 +91,13 @@ fn to_op(a: &Action, req: &Request<'_>) -> Result<Op> {
                 }
                 let q =
                     image::open_qcow2_alone(path, true, true, "only qcow2 images have bitmaps")?;
-                Op::MergeBits(q.bitmap_bits(src)?)
+                // As qemu-img: a source missing from the other image fails the merge.
+                Op::MergeBits(q.bitmap_bits(src).map_err(|e| {
+                    Error::invalid(format!(
+                        "Operation merge on bitmap {name} failed: {}",
+                        e.bare_message()
+                    ))
+                })?)
             }
         },
     })

@@ -58,6 +58,8 @@ pub fn check(
     };
     let driver = format.driver();
     let Some(check) = driver.check else {
+        // As qemu-img: the image must open before the format is found to have no check.
+        (driver.open)(&HostFiles, file, &OpenParams::read_only(force_share))?;
         return Ok(None);
     };
     if repair != Repair::None && !driver.check_repairs {

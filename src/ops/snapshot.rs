@@ -19,33 +19,51 @@ pub enum Action<'a> {
     Delete(&'a str),
 }
 
-/// Open the image at `file` for snapshots; a `format` other than qcow2 is refused.
+/// Open the image at `file` for snapshots: `None` when it opens but is not qcow2 (only
+/// qcow2 has internal snapshots; a second format with them would make this a row of the
+/// driver table).
 fn open(
     file: &Path,
     format: Option<Format>,
     read_only: bool,
     force_share: bool,
-) -> Result<SharedQcow2> {
-    // The one use of a format name outside the drivers: only qcow2 has internal snapshots
-    // (a second format with them would make this a row of the driver table).
-    if let Some(f) = format {
-        if f != Format::QCOW2 {
-            return Err(Error::unsupported(format!(
-                "snapshots on {f} images (only qcow2 has internal snapshots)"
-            )));
-        }
-    }
-    image::open_qcow2_alone(
-        file,
+) -> Result<Option<SharedQcow2>> {
+    let format = match (format, read_only) {
+        (Some(f), _) => f,
+        (None, true) => image::probe_path(file, force_share)?,
+        (None, false) => image::probe_for_writing(file)?,
+    };
+    let opts = image::ImageOptions {
+        format: Some(format),
         read_only,
         force_share,
-        "only qcow2 has internal snapshots",
-    )
+        no_backing: true,
+        ..Default::default()
+    };
+    if format != Format::QCOW2 {
+        // As qemu-img: the image must open before the format is refused.
+        image::open(file, &opts)?;
+        return Ok(None);
+    }
+    Ok(Some(image::open_qcow2(file, &opts)?.0))
 }
 
 /// Do `action` on the image at `file` (format `format`, probed when `None`).
 pub fn change(file: &Path, format: Option<Format>, action: Action<'_>) -> Result<()> {
-    let mut img = open(file, format, false, false)?;
+    let Some(mut img) = open(file, format, false, false)? else {
+        // qemu-img's words for each action on an image without snapshots.
+        return Err(Error::invalid(match action {
+            Action::Create(name) => {
+                format!("Could not create snapshot '{name}': Operation not supported")
+            }
+            Action::Apply(name) => format!(
+                "Could not apply snapshot '{name}': Block driver does not support snapshots"
+            ),
+            Action::Delete(name) => {
+                format!("Could not delete snapshot '{name}': snapshot not found")
+            }
+        }));
+    };
     match action {
         Action::Create(name) => {
             let name = truncate_name(name);
@@ -112,7 +130,12 @@ pub fn plan_prune(
     dry_run: bool,
     force_share: bool,
 ) -> Result<PrunePlan> {
-    let mut img = open(file, format, dry_run, force_share && dry_run)?;
+    let mut img = open(file, format, dry_run, force_share && dry_run)?.ok_or_else(|| {
+        Error::unsupported(format!(
+            "'{}' is not a qcow2 image; only qcow2 has internal snapshots",
+            file.display()
+        ))
+    })?;
     let now = SnapshotTime::now().sec as u64;
     // Newest first by date (then by table order).
     let mut order: Vec<usize> = (0..img.snapshots().len()).collect();

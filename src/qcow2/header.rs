@@ -196,11 +196,7 @@ impl Header {
         let version = u32_at(VERSION);
         let cluster_bits = u32_at(CLUSTER_BITS);
         if magic != QCOW2_MAGIC {
-            return Err(Error::corrupt(
-                HEADER,
-                MAGIC.file_offset(),
-                "bad magic (not a qcow2 image)",
-            ));
+            return Err(Error::NotFormat("Image is not in qcow2 format".into()));
         }
         if version != 2 && version != 3 {
             return Err(Error::unsupported(format!("qcow2 version {version}")));

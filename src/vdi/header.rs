@@ -242,7 +242,7 @@ impl Header {
             ));
         }
         if self.signature != SIGNATURE {
-            return Err(Error::invalid(format!(
+            return Err(Error::NotFormat(format!(
                 "Image not in VDI format (bad signature {:08x})",
                 self.signature
             )));

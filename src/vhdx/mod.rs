@@ -104,7 +104,15 @@ fn open_storage(
         for_check,
         name: &name,
     };
-    Vhdx::open(storage, mode).map_err(|e| crate::error::with_path(path, e))
+    Vhdx::open(storage, mode).map_err(|e| match e {
+        // QEMU finds no words of its own for a file without the VHDX identifier: the
+        // open fails with EINVAL.
+        Error::NotFormat(_) => Error::io(
+            format!("could not open '{}'", crate::storage::display_name(path)),
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        ),
+        e => crate::error::with_path(path, e),
+    })
 }
 
 /// The parent a differencing image names: its relative path (or, without one, the file

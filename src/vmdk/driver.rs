@@ -76,7 +76,7 @@ fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {
         force_share: p.force_share,
         ..Default::default()
     };
-    let v = open_in(ns, path, &opts)?;
+    let v = open_in(ns, path, &opts).map_err(|e| crate::error::with_path(path, e))?;
     let backing = parent_of(&v);
     Ok(Opened {
         device: Box::new(v),

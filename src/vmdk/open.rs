@@ -36,6 +36,29 @@ pub fn open(path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
     open_in(&HostFiles, path, opts)
 }
 
+/// Open the descriptor file `storage` (of `file_len` bytes) at `path`.
+fn open_descriptor_file(
+    ns: &dyn Namespace,
+    path: &Path,
+    opts: &VmdkOpenOptions,
+    storage: Arc<dyn Storage>,
+    file_len: u64,
+) -> Result<Vmdk> {
+    if file_len > MAX_DESCRIPTOR_BYTES {
+        return Err(Error::corrupt(
+            "VMDK descriptor",
+            0,
+            format!("descriptor file of {file_len} bytes is larger than {MAX_DESCRIPTOR_BYTES}"),
+        ));
+    }
+    let mut text = vec![0u8; file_len as usize];
+    storage
+        .read_at(&mut text, 0)
+        .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
+    let place = DescriptorPlace::File(storage);
+    open_descriptor(ns, path, opts, &text, 0, place)
+}
+
 /// [`open`], with the descriptor and every extent opened through `ns`.
 pub fn open_in(ns: &dyn Namespace, path: &Path, opts: &VmdkOpenOptions) -> Result<Vmdk> {
     let storage = open_file(ns, path, opts.read_only, opts.force_share)?;
@@ -54,21 +77,16 @@ pub fn open_in(ns: &dyn Namespace, path: &Path, opts: &VmdkOpenOptions) -> Resul
         .read_at(&mut first, 0)
         .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
     if !has_sparse_magic(&first) {
-        if file_len > MAX_DESCRIPTOR_BYTES {
-            return Err(Error::corrupt(
-                "VMDK descriptor",
-                0,
-                format!(
-                    "descriptor file of {file_len} bytes is larger than {MAX_DESCRIPTOR_BYTES}"
-                ),
-            ));
-        }
-        let mut text = vec![0u8; file_len as usize];
-        storage
-            .read_at(&mut text, 0)
-            .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
-        let place = DescriptorPlace::File(storage);
-        return open_descriptor(ns, path, opts, &text, 0, place);
+        // A file that neither starts with a magic nor probes as a descriptor is some other
+        // file: when it does not parse, QEMU's words for that, not the parser's.
+        let other_file = !super::probe(&first);
+        return open_descriptor_file(ns, path, opts, storage, file_len).map_err(|e| {
+            if other_file {
+                Error::NotFormat("invalid VMDK image descriptor".into())
+            } else {
+                e
+            }
+        });
     }
     if &first[..4] == SPARSE_MAGIC {
         let header = SparseHeader::parse(&first)?;

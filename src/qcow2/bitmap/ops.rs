@@ -134,6 +134,9 @@ impl<S: Storage> Qcow2<S> {
     }
 
     fn bitmap_add(&mut self, name: &str, granularity: Option<u64>) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::invalid("Bitmap name cannot be empty"));
+        }
         let g = granularity.unwrap_or_else(|| default_granularity(self.geo.cluster_size));
         if g < 512 || g > u64::from(u32::MAX) || !g.is_power_of_two() {
             return Err(Error::invalid(
