@@ -48,10 +48,13 @@ pub enum Error {
     Locked(String),
 
     /// The file is not in the format it was opened as (no magic, no signature: it is some
-    /// other file, not a damaged image), in QEMU's words; [`with_path`] adds QEMU's
-    /// `Could not open 'X': ` before them.
-    #[error("{0}")]
-    NotFormat(String),
+    /// other file, not a damaged image), in QEMU's words; once [`with_path`] has named the
+    /// file, shown after QEMU's `Could not open 'X': `.
+    #[error("{}", not_format_text(file.as_deref(), message))]
+    NotFormat {
+        file: Option<String>,
+        message: String,
+    },
 }
 
 impl Error {
@@ -83,9 +86,17 @@ impl Error {
         match self {
             Error::Unsupported(m)
             | Error::InvalidArgument(m)
-            | Error::ReadOnly(m)
-            | Error::NotFormat(m) => m.clone(),
+            | Error::ReadOnly(m) => m.clone(),
             other => other.to_string(),
+        }
+    }
+
+    /// A file not in the format it was opened as, in QEMU's words (see
+    /// [`Error::NotFormat`]).
+    pub fn not_format(message: impl Into<String>) -> Self {
+        Error::NotFormat {
+            file: None,
+            message: message.into(),
         }
     }
 
@@ -97,13 +108,25 @@ impl Error {
 
 pub use crate::storage::strerror;
 
+/// How [`Error::NotFormat`] reads: QEMU's `Could not open 'X': ` once the file is known.
+fn not_format_text(file: Option<&str>, message: &str) -> String {
+    match file {
+        Some(f) => format!("Could not open '{f}': {message}"),
+        None => message.to_string(),
+    }
+}
+
 /// Name the file an image error came from.
 pub fn with_path(path: &std::path::Path, e: Error) -> Error {
     match e {
         Error::ReadOnly(message) => Error::ReadOnly(format!("'{}': {message}", path.display())),
-        Error::NotFormat(message) => {
-            Error::invalid(format!("Could not open '{}': {message}", path.display()))
-        }
+        Error::NotFormat {
+            file: None,
+            message,
+        } => Error::NotFormat {
+            file: Some(path.display().to_string()),
+            message,
+        },
         Error::Corrupt {
             structure,
             offset,

@@ -351,6 +351,27 @@ pub fn open_qcow2_alone(
     Ok(open_qcow2(path, &opts)?.0)
 }
 
+/// [`open_qcow2_alone`] for a command given `-f`: an image said to be qcow2 is opened as
+/// qcow2 without probing (a file of another format then fails in qemu-img's words).
+pub fn open_qcow2_alone_as(
+    path: &Path,
+    format: Option<Format>,
+    read_only: bool,
+    force_share: bool,
+    why: &str,
+) -> Result<SharedQcow2> {
+    if format != Some(Format::QCOW2) {
+        return open_qcow2_alone(path, read_only, force_share, why);
+    }
+    let opts = ImageOptions {
+        read_only,
+        force_share,
+        no_backing: true,
+        ..Default::default()
+    };
+    Ok(open_qcow2(path, &opts)?.0)
+}
+
 /// Open, read-only with the rest of its chain, the backing file `backing` that the
 /// `format` image at `path` names, as [`open`] would attach it: for a driver operation
 /// that opens the image itself (resize, amend; see [`crate::driver::OpenBacking`]).

@@ -67,7 +67,8 @@ pub fn run(file: &Path, format: Option<Format>, name: &str, req: &Request<'_>) -
         .iter()
         .map(|a| to_op(a, name, req))
         .collect::<Result<Vec<_>>>()?;
-    let mut q = image::open_qcow2_alone(file, false, false, "only qcow2 images have bitmaps")?;
+    let mut q =
+        image::open_qcow2_alone_as(file, format, false, false, "only qcow2 images have bitmaps")?;
     q.bitmap_ops(name, &ops)
 }
 

@@ -111,19 +111,15 @@ fn base_depth(
     let Some(b) = base_path else {
         return Ok(1);
     };
-    let want = std::fs::canonicalize(b).map_err(|e| {
-        Error::io(
-            format!("could not open '{}'", crate::storage::display_name(b)),
-            e,
-        )
-    })?;
+    // As qemu-img: a base that cannot be found (missing file included) is not in the chain.
+    let want = std::fs::canonicalize(b).ok();
     layers
         .iter()
-        .position(|l| std::fs::canonicalize(&l.path).ok().as_ref() == Some(&want))
+        .position(|l| want.is_some() && std::fs::canonicalize(&l.path).ok() == want)
         .filter(|&d| d > 0)
         .ok_or_else(|| {
             Error::invalid(format!(
-                "'{}' is not in the backing chain of '{}'",
+                "Did not find '{}' in the backing chain of '{}'",
                 b.display(),
                 file.display()
             ))

@@ -102,7 +102,7 @@ fn check_backing(
 
 /// `e` as QEMU words such errors: an I/O error's context capitalised ("Could not
 /// create '...'") and its cause as `strerror` gives it.
-fn qemu_words(e: &Error) -> String {
+pub(crate) fn qemu_words(e: &Error) -> String {
     match e {
         Error::Io { context, source } => {
             let mut c = context.chars();

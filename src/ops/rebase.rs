@@ -4,7 +4,7 @@
 
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
-use crate::image::{self, Format, ImageOptions};
+use crate::image::{self, Format, Image, ImageOptions};
 use crate::ops::chain_ops;
 use crate::ops::convert::Progress;
 use std::path::Path;
@@ -34,6 +34,11 @@ impl Rebase<'_> {
     /// Make `new_backing` of format `new_format` the backing file of the image. Unless
     /// `unsafe_mode`, the data that would change is copied into it first.
     pub fn run(&self, progress: Progress<'_>) -> Result<()> {
+        // As qemu-img: safe mode opens the new backing file before anything else.
+        let new_chain = match self.unsafe_mode {
+            true => None,
+            false => self.open_new_backing()?,
+        };
         crate::names::check_new_backing(self.new_backing, self.new_format.map(Format::name))?;
         let format = match self.format {
             Some(f) => f,
@@ -43,9 +48,15 @@ impl Rebase<'_> {
             return Err(self.refuse(format));
         }
         if !self.unsafe_mode {
-            self.copy_what_changes(progress)?;
+            self.copy_what_changes(new_chain, progress)?;
         }
-        let mut top = image::open_qcow2_alone(self.file, false, false, "rebase needs one")?;
+        let mut top = image::open_qcow2_alone_as(
+            self.file,
+            Some(format),
+            false,
+            false,
+            "rebase needs one",
+        )?;
         top.set_backing_file(self.new_backing, self.new_format.map(Format::name))?;
         top.close()
     }
@@ -75,9 +86,32 @@ impl Rebase<'_> {
         ))
     }
 
+    /// The new backing file with its chain, read-only (`None` when the backing file is
+    /// being removed); a failure reads as in qemu-img.
+    fn open_new_backing(&self) -> Result<Option<Image>> {
+        let Some(n) = self.new_backing else {
+            return Ok(None);
+        };
+        let p = crate::chain::resolve(self.file, n)?;
+        let opts = ImageOptions {
+            format: self.new_format,
+            read_only: true,
+            force_share: self.force_share,
+            ..Default::default()
+        };
+        image::open(&p, &opts).map(Some).map_err(|e| {
+            let why = match &e {
+                // This prefix replaces the usual `Could not open 'X': `.
+                Error::NotFormat { message, .. } => message.clone(),
+                e => super::create::qemu_words(e),
+            };
+            Error::invalid(format!("Could not open new backing file '{n}': {why}"))
+        })
+    }
+
     /// Safe mode's copy: the overlay, writable with its current chain attached
     /// (read-only), takes every range where the new backing file reads differently.
-    fn copy_what_changes(&self, progress: Progress<'_>) -> Result<()> {
+    fn copy_what_changes(&self, mut new_chain: Option<Image>, progress: Progress<'_>) -> Result<()> {
         let mut chain = image::open(
             self.file,
             &ImageOptions {
@@ -85,21 +119,6 @@ impl Rebase<'_> {
                 ..Default::default()
             },
         )?;
-        let mut new_chain = match self.new_backing {
-            Some(n) => {
-                let p = crate::chain::resolve(self.file, n)?;
-                Some(image::open(
-                    &p,
-                    &ImageOptions {
-                        format: self.new_format,
-                        read_only: true,
-                        force_share: self.force_share,
-                        ..Default::default()
-                    },
-                )?)
-            }
-            None => None,
-        };
         let nb: Option<&mut dyn BlockDevice> = match new_chain.as_mut() {
             Some(i) => Some(i.device.as_mut()),
             None => None,

@@ -196,7 +196,7 @@ impl Header {
         let version = u32_at(VERSION);
         let cluster_bits = u32_at(CLUSTER_BITS);
         if magic != QCOW2_MAGIC {
-            return Err(Error::NotFormat("Image is not in qcow2 format".into()));
+            return Err(Error::not_format("Image is not in qcow2 format"));
         }
         if version != 2 && version != 3 {
             return Err(Error::unsupported(format!("qcow2 version {version}")));

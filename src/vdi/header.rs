@@ -242,7 +242,7 @@ impl Header {
             ));
         }
         if self.signature != SIGNATURE {
-            return Err(Error::NotFormat(format!(
+            return Err(Error::not_format(format!(
                 "Image not in VDI format (bad signature {:08x})",
                 self.signature
             )));

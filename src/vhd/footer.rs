@@ -201,7 +201,7 @@ impl Footer {
     /// Decode 512 bytes that start with the cookie (the caller looks for it).
     pub fn parse(b: &[u8]) -> Result<Footer> {
         if b.len() < FOOTER_LEN || &b[..8] != COOKIE {
-            return Err(Error::NotFormat("invalid VPC image".into()));
+            return Err(Error::not_format("invalid VPC image"));
         }
         let mut raw = [0u8; FOOTER_LEN];
         raw.copy_from_slice(&b[..FOOTER_LEN]);

@@ -73,7 +73,7 @@ impl<S: Storage> Vhdx<S> {
             .read_at(&mut sig, 0)
             .map_err(ioerr("reading the file identifier"))?;
         if &sig != FILE_SIGNATURE {
-            return Err(Error::NotFormat("Image not in VHDX format".into()));
+            return Err(Error::not_format("Image not in VHDX format"));
         }
         let mut buf = vec![0u8; HEADER_LEN];
         let mut read_header = |at: u64| -> Result<Option<Header>> {

@@ -107,7 +107,7 @@ fn open_storage(
     Vhdx::open(storage, mode).map_err(|e| match e {
         // QEMU finds no words of its own for a file without the VHDX identifier: the
         // open fails with EINVAL.
-        Error::NotFormat(_) => Error::io(
+        Error::NotFormat { .. } => Error::io(
             format!("could not open '{}'", crate::storage::display_name(path)),
             std::io::Error::from_raw_os_error(libc::EINVAL),
         ),

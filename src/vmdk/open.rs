@@ -82,7 +82,7 @@ pub fn open_in(ns: &dyn Namespace, path: &Path, opts: &VmdkOpenOptions) -> Resul
         let other_file = !super::probe(&first);
         return open_descriptor_file(ns, path, opts, storage, file_len).map_err(|e| {
             if other_file {
-                Error::NotFormat("invalid VMDK image descriptor".into())
+                Error::not_format("invalid VMDK image descriptor")
             } else {
                 e
             }

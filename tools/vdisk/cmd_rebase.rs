@@ -21,9 +21,9 @@ pub struct Args {
     /// Unsafe: only rewrite the backing name in the header.
     #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_mode: bool,
-    /// New backing file ("" removes the backing file).
-    #[arg(short = 'b', long = "backing", required = true)]
-    backing: String,
+    /// New backing file ("" removes the backing file, as leaving it out does with -u).
+    #[arg(short = 'b', long = "backing")]
+    backing: Option<String>,
     /// Format of the new backing file.
     #[arg(short = 'F', long = "backing-format")]
     backing_format: Option<String>,
@@ -49,11 +49,25 @@ pub struct Args {
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = (a.cache.get(), a.backing_cache.as_deref());
+    // As qemu-img: only unsafe mode may leave -b out (and then removes the backing file).
+    if a.backing.is_none() && !a.unsafe_mode {
+        return Err(crate::flags::usage_error(
+            "rebase",
+            "Must specify backing file (-b) or use unsafe mode (-u)",
+        ));
+    }
+    let new_format = match a.backing_format.as_deref() {
+        Some(f) => Some(
+            f.parse()
+                .map_err(|_| vdisk::Error::invalid(format!("Invalid format name: '{f}'")))?,
+        ),
+        None => None,
+    };
     let job = Rebase {
         file: &a.file,
         format: a.format.get()?,
-        new_backing: (!a.backing.is_empty()).then_some(a.backing.as_str()),
-        new_format: a.backing_format.as_deref().map(str::parse).transpose()?,
+        new_backing: a.backing.as_deref().filter(|b| !b.is_empty()),
+        new_format,
         unsafe_mode: a.unsafe_mode,
         compress: a.compress,
         force_share: a.force_share.on(),

@@ -90,6 +90,36 @@ impl OutputFlag {
     }
 }
 
+/// qemu-img's words for a command line missing its file operands (`vdisk info` alone), in
+/// place of clap's report; `None` for other parse errors (a missing option keeps clap's).
+pub fn missing_operands(e: &clap::error::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::MissingRequiredArgument {
+        return None;
+    }
+    let Some(ContextValue::Strings(missing)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if !missing.iter().all(|m| m.starts_with('<')) {
+        return None;
+    }
+    let command = std::env::args().nth(1)?;
+    let (reason, hint) = match command.as_str() {
+        "info" | "check" | "map" | "snapshot" | "commit" | "rebase" | "bench" => {
+            ("Expecting one image file name", true)
+        }
+        "compare" => ("Expecting two image file names", true),
+        "resize" => ("Expecting image file name and size", true),
+        "bitmap" => ("Expecting filename and bitmap name", false),
+        "convert" => ("Must specify image file name", false),
+        _ => return None,
+    };
+    Some(match hint {
+        true => usage_error(&command, reason).to_string(),
+        false => reason.to_string(),
+    })
+}
+
 /// A usage error as qemu-img reports one: the reason, then a line pointing at the
 /// command's help (`Try 'vdisk map --help' for more info`).
 pub fn usage_error(command: &str, reason: impl std::fmt::Display) -> Error {

@@ -82,6 +82,10 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            if let Some(reason) = flags::missing_operands(&e) {
+                eprintln!("vdisk: {reason}");
+                return ExitCode::from(1);
+            }
             let code = if e.use_stderr() { 1 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
