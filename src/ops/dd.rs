@@ -185,7 +185,13 @@ pub fn dd(ops: &DdOperands, how: &DdFormats<'_>, warn: &mut dyn FnMut(&str)) -> 
     let plan = DdPlan::new(ops, src.device.virtual_size());
     let output = Path::new(output);
     let files = NewFiles::before_create(output, format, plan.output_size(), &[]);
-    let mut dst = image::create(output, format, Some(plan.output_size()), &[])?;
+    let mut dst = image::create(output, format, Some(plan.output_size()), &[]).map_err(|e| {
+        Error::invalid(format!(
+            "{}: error while creating output image: {}",
+            crate::storage::display_name(output),
+            super::create::qemu_words(&e)
+        ))
+    })?;
     if plan.skip_past_end {
         warn(&format!("{input}: cannot skip to specified offset"));
     }

@@ -76,7 +76,7 @@ fn check_policy(
         return Err(Error::invalid("The new size must be a multiple of 512"));
     }
     if !policy.preallocation.contains(&prealloc) {
-        return Err(Error::unsupported(format!(
+        return Err(Error::invalid(format!(
             "Unsupported preallocation mode: {}",
             prealloc.name()
         )));

@@ -62,7 +62,14 @@ fn probe(first: &[u8]) -> u32 {
 
 fn open_storage(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Vdi<Arc<dyn Storage>>> {
     let storage = driver::open_file(ns, path, p.read_only, p)?;
-    Vdi::open(storage, p.read_only).map_err(|e| crate::error::with_path(path, e))
+    Vdi::open(storage, p.read_only).map_err(|e| match e {
+        // The header's refusals are QEMU's words, after its `Could not open 'X': `.
+        Error::InvalidArgument(m) => Error::invalid(format!(
+            "Could not open '{}': {m}",
+            path.display()
+        )),
+        e => crate::error::with_path(path, e),
+    })
 }
 
 fn open(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Opened> {

@@ -60,14 +60,18 @@ impl Twins {
         }
     }
 
-    /// Run `args` with each tool; an argument `@NAME` stands for the file NAME in that
-    /// tool's directory. Returns (qemu-img's output, vdisk's output).
+    /// Run `args` with each tool; an argument `@NAME` (or `KEY=@NAME`) stands for the file
+    /// NAME in that tool's directory. Returns (qemu-img's output, vdisk's output).
     pub fn run(&self, args: &[&str]) -> (Output, Output) {
         let args_for = |tool| -> Vec<String> {
             args.iter()
-                .map(|a| match a.strip_prefix('@') {
-                    Some(name) => s(&self.path(tool, name)).to_string(),
-                    None => a.to_string(),
+                .map(|a| match (a.strip_prefix('@'), a.split_once("=@")) {
+                    (Some(name), _) => s(&self.path(tool, name)).to_string(),
+                    // `if=@NAME` (dd's operands).
+                    (None, Some((key, name))) => {
+                        format!("{key}={}", s(&self.path(tool, name)))
+                    }
+                    (None, None) => a.to_string(),
                 })
                 .collect()
         };
