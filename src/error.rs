@@ -84,9 +84,7 @@ impl Error {
     /// another message.
     pub fn bare_message(&self) -> String {
         match self {
-            Error::Unsupported(m)
-            | Error::InvalidArgument(m)
-            | Error::ReadOnly(m) => m.clone(),
+            Error::Unsupported(m) | Error::InvalidArgument(m) | Error::ReadOnly(m) => m.clone(),
             other => other.to_string(),
         }
     }

@@ -492,6 +492,10 @@ fn dd_refuses_and_warns_as_qemu_img_does() {
             "count=2",
         ],
         &["dd", "if=@in.qcow2", "of=@w2.raw", "skip=5000"],
+        // Open and create failures worded as qemu-img's.
+        &["dd", "if=@missing.raw", "of=@o.raw"],
+        &["dd", "-f", "qcow2", "if=@in.raw", "of=@o.raw"],
+        &["dd", "if=@in.qcow2", "of=@nodir/o.raw"],
     ];
     run_cases("dd", same, |args| {
         same_run(&t, args, Stderr::Same);
@@ -501,11 +505,8 @@ fn dd_refuses_and_warns_as_qemu_img_does() {
         assert!(!t.path(tool, "o.raw").exists(), "{tool:?} created o.raw");
     }
     let own_wording: &[&[&str]] = &[
-        &["dd", "if=@missing.raw", "of=@o.raw"],
         &["dd", "if=", "of=@o.raw"],
         &["dd", "-f", "foo", "if=@in.qcow2", "of=@o.raw"],
-        &["dd", "-f", "qcow2", "if=@in.raw", "of=@o.raw"],
-        &["dd", "if=@in.qcow2", "of=@nodir/o.raw"],
         &["dd", "-o", "x", "if=@in.qcow2", "of=@o.raw"],
     ];
     run_cases("dd, open failures", own_wording, |args| {

@@ -44,7 +44,16 @@ fn images() -> Twins {
     for (name, base) in [("ov.qcow2", "q.qcow2"), ("ov2.qcow2", "ov.qcow2")] {
         let path = t.work(name);
         qemu_img_ok(&[
-            "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", s(&path), "1M",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base,
+            "-F",
+            "qcow2",
+            s(&path),
+            "1M",
         ]);
         t.put(name, &path);
     }
@@ -128,7 +137,9 @@ fn snapshot_and_bitmap_refusals_read_as_in_qemu_img() {
             &["bitmap", "--clear", "@b.qcow2", "nx"],
             &["bitmap", "--enable", "@b.qcow2", "nx"],
             &["bitmap", "--merge", "nx", "@b.qcow2", "b1"],
-            &["bitmap", "--merge", "nx", "-b", "@q.qcow2", "@b.qcow2", "b1"],
+            &[
+                "bitmap", "--merge", "nx", "-b", "@q.qcow2", "@b.qcow2", "b1",
+            ],
             &["bitmap", "--merge", "b1", "-b", "@nx", "@b.qcow2", "b1"],
         ],
     );
@@ -223,8 +234,22 @@ fn bad_values_of_map_compare_dd_bench_and_resize_read_as_in_qemu_img() {
             &["bench", "-w", "--pattern=300", "@q.qcow2"],
             &["resize", "@q.qcow2", "512k"],
             &["resize", "@q.qcow2", "0"],
-            &["resize", "-f", "raw", "--preallocation=metadata", "@r.raw", "2M"],
-            &["resize", "-f", "raw", "--preallocation=bogus", "@r.raw", "2M"],
+            &[
+                "resize",
+                "-f",
+                "raw",
+                "--preallocation=metadata",
+                "@r.raw",
+                "2M",
+            ],
+            &[
+                "resize",
+                "-f",
+                "raw",
+                "--preallocation=bogus",
+                "@r.raw",
+                "2M",
+            ],
             &["resize", "@k.vmdk", "2M"],
             &["resize", "--shrink", "@x.vhdx", "512k"],
             &["resize", "@d.vdi", "512k"],

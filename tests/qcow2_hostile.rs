@@ -244,7 +244,7 @@ fn cases() -> Vec<Case> {
 /// The cases that are not one field set to one value.
 fn other_cases() -> Vec<Case> {
     vec![
-        Case::new("wrong magic", "magic", |img| {
+        Case::new("wrong magic", "not in qcow2 format", |img| {
             img[field::MAGIC.offset + 3] = 0xfa
         }),
         Case::new("L1 entry pointing at an unaligned L2 table", "L1", |img| {

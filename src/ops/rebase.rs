@@ -50,13 +50,8 @@ impl Rebase<'_> {
         if !self.unsafe_mode {
             self.copy_what_changes(new_chain, progress)?;
         }
-        let mut top = image::open_qcow2_alone_as(
-            self.file,
-            Some(format),
-            false,
-            false,
-            "rebase needs one",
-        )?;
+        let mut top =
+            image::open_qcow2_alone_as(self.file, Some(format), false, false, "rebase needs one")?;
         top.set_backing_file(self.new_backing, self.new_format.map(Format::name))?;
         top.close()
     }
@@ -111,7 +106,11 @@ impl Rebase<'_> {
 
     /// Safe mode's copy: the overlay, writable with its current chain attached
     /// (read-only), takes every range where the new backing file reads differently.
-    fn copy_what_changes(&self, mut new_chain: Option<Image>, progress: Progress<'_>) -> Result<()> {
+    fn copy_what_changes(
+        &self,
+        mut new_chain: Option<Image>,
+        progress: Progress<'_>,
+    ) -> Result<()> {
         let mut chain = image::open(
             self.file,
             &ImageOptions {

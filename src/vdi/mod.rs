@@ -64,10 +64,9 @@ fn open_storage(ns: &dyn Namespace, path: &Path, p: &OpenParams) -> Result<Vdi<A
     let storage = driver::open_file(ns, path, p.read_only, p)?;
     Vdi::open(storage, p.read_only).map_err(|e| match e {
         // The header's refusals are QEMU's words, after its `Could not open 'X': `.
-        Error::InvalidArgument(m) => Error::invalid(format!(
-            "Could not open '{}': {m}",
-            path.display()
-        )),
+        Error::InvalidArgument(m) => {
+            Error::invalid(format!("Could not open '{}': {m}", path.display()))
+        }
         e => crate::error::with_path(path, e),
     })
 }

@@ -78,14 +78,14 @@ pub fn open_in(ns: &dyn Namespace, path: &Path, opts: &VmdkOpenOptions) -> Resul
         .map_err(|e| Error::io(format!("{}: reading", path.display()), e))?;
     if !has_sparse_magic(&first) {
         // A file that neither starts with a magic nor probes as a descriptor is some other
-        // file: when it does not parse, QEMU's words for that, not the parser's.
+        // file: when it does not parse, QEMU's words for that, not the parser's (a
+        // descriptor of an unsupported kind keeps its own message).
         let other_file = !super::probe(&first);
-        return open_descriptor_file(ns, path, opts, storage, file_len).map_err(|e| {
-            if other_file {
+        return open_descriptor_file(ns, path, opts, storage, file_len).map_err(|e| match e {
+            Error::Corrupt { .. } if other_file => {
                 Error::not_format("invalid VMDK image descriptor")
-            } else {
-                e
             }
+            e => e,
         });
     }
     if &first[..4] == SPARSE_MAGIC {

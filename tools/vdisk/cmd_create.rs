@@ -54,7 +54,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let Some(file) = a.file.as_deref() else {
-        return Err(crate::flags::usage_error("create", "Expecting image file name"));
+        return Err(crate::flags::usage_error(
+            "create",
+            "Expecting image file name",
+        ));
     };
     // -b and -F are qemu-img's spellings of the backing_file and backing_fmt options.
     if let Some(b) = &a.backing {
