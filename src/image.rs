@@ -558,7 +558,9 @@ fn set_file_attributes(path: &Path, file_opts: &[(String, String)]) -> Result<()
 /// The files a new image is made of that did not exist before it was created. Dropped
 /// without [`keep`](Self::keep), it removes them: a failed create or convert leaves nothing
 /// behind, and never removes a file that was there before (that one stays, truncated or
-/// partly written, as qemu-img leaves it).
+/// partly written, as qemu-img leaves it). An RBD image counts too: one that did not exist
+/// (asked of the cluster) is removed again, where qemu-img leaves it. An S3 object needs
+/// nothing: it appears only once complete.
 #[must_use = "dropping NewFiles removes the files it lists"]
 pub struct NewFiles {
     paths: Vec<PathBuf>,
@@ -574,9 +576,9 @@ impl NewFiles {
         options: &[(String, String)],
     ) -> NewFiles {
         let all = (format.driver().create_files)(path, size, options);
-        // An RBD image is left as qemu-img leaves it: creating one that exists fails, and
-        // telling whether it existed would take a round trip to the cluster.
         let absent = |p: &PathBuf| match std::fs::symlink_metadata(p) {
+            // Unknown (no cluster, no feature) counts as existing: never removed.
+            _ if storage::rbd::is_rbd_name(p) => matches!(storage::rbd::exists(p), Ok(false)),
             _ if storage::is_remote(p) => false,
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             Ok(_) => false,
@@ -596,7 +598,10 @@ impl Drop for NewFiles {
     fn drop(&mut self) {
         for p in &self.paths {
             // Best effort: the operation's own error is the one to report.
-            let _ = std::fs::remove_file(p);
+            let _ = match storage::rbd::is_rbd_name(p) {
+                true => storage::rbd::remove(p),
+                false => std::fs::remove_file(p),
+            };
         }
     }
 }

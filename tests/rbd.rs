@@ -396,6 +396,33 @@ mod cluster {
     }
 
     #[test]
+    fn a_failed_convert_removes_the_rbd_image_it_created_and_only_that() {
+        // A qcow2 whose data lies past its truncated end: convert fails after the output
+        // was created. vdisk removes the new RBD image (qemu-img would leave it).
+        let dir = tempdir();
+        let broken = dir.path().join("broken.qcow2");
+        qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&broken), "8M"]);
+        qemu_io_ok(&["-c", "write -P 0x11 0 4M", s(&broken)]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&broken)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("truncating the source");
+        for fmt in ["raw", "qcow2"] {
+            let img = TestImage::new(&format!("failed-{fmt}"));
+            let (_, err, code) = answer(vdisk(["convert", "-O", fmt, s(&broken), &img.name()]));
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains("past the end of the file"), "{err}");
+            assert!(!img.exists(), "the {fmt} output was removed");
+        }
+        // An image that was there before stays, as qemu-img leaves it.
+        let (_dir, _src, img) = source_in_rbd("failed-existing", "vdisk");
+        let (_, err, code) = answer(vdisk(["convert", "-O", "raw", s(&broken), &img.name()]));
+        assert_eq!(code, 1, "{err}");
+        assert!(img.exists(), "an existing image is never removed: {err}");
+    }
+
+    #[test]
     fn a_snapshot_reads_as_it_was_and_refuses_writes() {
         let (_dir, src, img) = source_in_rbd("snap", "vdisk");
         sh(&[

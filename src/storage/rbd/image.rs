@@ -140,8 +140,13 @@ impl RbdStorage {
 
     /// Remove the image `name`.
     pub fn remove(name: &RbdName) -> io::Result<()> {
-        let (pool, _cluster) = cluster::connect(name)?;
-        cluster::remove_image(&pool, name)
+        let (pool, cluster) = cluster::connect(name)?;
+        let removed = cluster::remove_image(&pool, name);
+        // The I/O context goes before the cluster handle it belongs to (a tuple's
+        // bindings would drop the other way round, and rados_shutdown then waits).
+        drop(pool);
+        drop(cluster);
+        removed
     }
 
     fn new(

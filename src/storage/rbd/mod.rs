@@ -52,6 +52,11 @@ pub fn remove(path: &Path) -> io::Result<()> {
     imp::remove(&parse(path)?)
 }
 
+/// Whether the RBD image `path` names exists (one connection to the cluster).
+pub fn exists(path: &Path) -> io::Result<bool> {
+    imp::exists(&parse(path)?)
+}
+
 /// What `path` points at when it is an RBD name (`rbd:POOL[/NS]/IMAGE[@SNAP]`, whatever
 /// the settings), for telling whether two names are one image; `None` for other names.
 pub fn identity(path: &Path) -> Option<String> {
@@ -78,6 +83,19 @@ mod imp {
     pub fn remove(name: &RbdName) -> io::Result<()> {
         RbdStorage::remove(name)
     }
+
+    pub fn exists(name: &RbdName) -> io::Result<bool> {
+        let (pool, cluster) = super::cluster::connect(name)?;
+        let found = match super::cluster::open_image(&pool, name, false) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        };
+        // The I/O context goes before the cluster handle it belongs to.
+        drop(pool);
+        drop(cluster);
+        found
+    }
 }
 
 /// Without the feature: every access is refused, saying what is missing.
@@ -103,6 +121,10 @@ mod imp {
     }
 
     pub fn remove(_: &RbdName) -> io::Result<()> {
+        Err(unavailable())
+    }
+
+    pub fn exists(_: &RbdName) -> io::Result<bool> {
         Err(unavailable())
     }
 }
