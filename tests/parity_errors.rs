@@ -116,6 +116,32 @@ fn a_file_forced_to_a_format_it_is_not_in_is_refused_as_qemu_img_refuses_it() {
     );
 }
 
+/// `-f NAME` naming no format: `Could not open 'X': Unknown driver 'NAME'` (compare exits
+/// 2, as for every failed open).
+#[test]
+fn an_unknown_format_name_fails_the_open_as_in_qemu_img() {
+    let t = images();
+    refused_alike(
+        &t,
+        &[
+            &["info", "-f", "bogus", "@q.qcow2"],
+            &["info", "-f", "bogus", "@nx"],
+            &["map", "-f", "bogus", "@q.qcow2"],
+            &["check", "-f", "bogus", "@q.qcow2"],
+            &["commit", "-f", "bogus", "@ov.qcow2"],
+            &["resize", "-f", "bogus", "@q.qcow2", "2M"],
+            &["snapshot", "-l", "-f", "bogus", "@q.qcow2"],
+            &["snapshot", "-c", "s", "-f", "bogus", "@q.qcow2"],
+            &["amend", "-f", "bogus", "-o", "compat=1.1", "@q.qcow2"],
+            &["bitmap", "-f", "bogus", "--add", "@q.qcow2", "b"],
+            &["rebase", "-f", "bogus", "-u", "-b", "", "@q.qcow2"],
+            &["bench", "-f", "bogus", "@q.qcow2"],
+            &["compare", "-f", "bogus", "@q.qcow2", "@r.raw"],
+            &["compare", "-F", "bogus", "@q.qcow2", "@q.qcow2"],
+        ],
+    );
+}
+
 /// Snapshots and bitmaps where there can be none, or where the name is wrong.
 #[test]
 fn snapshot_and_bitmap_refusals_read_as_in_qemu_img() {

@@ -44,7 +44,10 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
             "Must specify options (-o)",
         ));
     }
-    let format = a.format.get()?;
+    let format = match a.file.as_deref() {
+        Some(file) => a.format.get_for(file)?,
+        None => a.format.get()?,
+    };
     if let Some(help) = amend::help(a.file.as_deref(), format, &options)? {
         out!("{help}")?;
         return Ok(ExitCode::SUCCESS);

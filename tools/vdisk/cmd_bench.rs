@@ -122,7 +122,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     };
     opts.check()?;
-    how.format = a.format.get()?;
+    how.format = a.format.get_for(Path::new(file))?;
     bench::bench_file(Path::new(file), &how, &opts, &mut |text| out!("{text}"))?;
     Ok(ExitCode::SUCCESS)
 }

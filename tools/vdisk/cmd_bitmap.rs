@@ -65,7 +65,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
         source_file: a.source_file.as_deref(),
         source_format,
     };
-    bitmap::run(&a.file, a.format.get()?, &a.bitmap, &req)?;
+    bitmap::run(&a.file, a.format.get_for(&a.file)?, &a.bitmap, &req)?;
     Ok(ExitCode::SUCCESS)
 }
 

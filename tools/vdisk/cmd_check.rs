@@ -40,7 +40,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
             .map_err(|e: vdisk::Error| crate::flags::usage_error("check", e.bare_message()))?,
         None => Repair::None,
     };
-    let format = a.format.get()?;
+    let format = a.format.get_for(&a.file)?;
     // Findings are printed as they are found: there is no limit on how many there are.
     let print = Box::new(|m: &str| eprintln!("{m}"));
     let checked = stream_messages(print, || {

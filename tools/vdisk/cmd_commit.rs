@@ -42,7 +42,7 @@ pub struct Args {
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let _ = a.cache.get();
-    let format = a.format.get()?;
+    let format = a.format.get_for(&a.file)?;
     let rate = a
         .rate
         .as_deref()

@@ -40,6 +40,17 @@ pub struct Args {
 }
 
 pub fn run(mut a: Args) -> Result<ExitCode> {
+    // As qemu-img: an unknown format fails the open, with the exit code of every failed
+    // open.
+    for (file, name) in [(&a.a, &a.format_a), (&a.b, &a.format_b)] {
+        if let Some(n) = name.as_deref() {
+            if n.parse::<vdisk::image::Format>().is_err() {
+                let file = file.display();
+                eprintln!("vdisk: Could not open '{file}': Unknown driver '{n}'");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
     a.spec.resolve_named(&mut a.a, &mut a.format_a)?;
     a.spec.resolve_named(&mut a.b, &mut a.format_b)?;
     // As qemu-img: the bar starts once both images are open (the first progress call),

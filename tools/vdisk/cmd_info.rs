@@ -32,7 +32,7 @@ pub struct Args {
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let json = a.output.wants_json("info")?;
-    let format = a.format.get()?;
+    let format = a.format.get_for(&a.file)?;
     let force_share = a.force_share.on();
     if !a.backing_chain || a.no_backing {
         let info = image_info_shared(&a.file, format, force_share)?;

@@ -32,7 +32,7 @@ pub struct Args {
 pub fn run(mut a: Args) -> Result<ExitCode> {
     a.spec.resolve_in_place(&mut a.file, &mut a.format)?;
     let json = a.output.wants_json("map")?;
-    let format = a.format.get()?;
+    let format = a.format.get_for(&a.file)?;
     let start = match &a.start_offset {
         Some(s) => parse_named_size("start offset", s)?,
         None => 0,

@@ -65,7 +65,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
     };
     let job = Rebase {
         file: &a.file,
-        format: a.format.get()?,
+        format: a.format.get_for(&a.file)?,
         new_backing: a.backing.as_deref().filter(|b| !b.is_empty()),
         new_format,
         unsafe_mode: a.unsafe_mode,

@@ -40,7 +40,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
             .map_err(|_| Error::invalid(format!("Invalid preallocation mode '{p}'")))?,
         None => Preallocation::Off,
     };
-    let format = a.format.get()?;
+    let format = a.format.get_for(&a.file)?;
     vdisk::ops::resize::resize(&a.file, format, &a.size, a.shrink, prealloc)?;
     if !a.quiet.on() {
         outln!("Image resized.")?;

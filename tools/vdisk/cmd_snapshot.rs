@@ -88,7 +88,7 @@ pub fn run(mut a: Args) -> Result<ExitCode> {
             "-U/--force-share opens the image read-only: it can only be used with -l",
         ));
     }
-    let format = a.format.get()?;
+    let format = a.format.get_for(&a.file)?;
     if list {
         out!(
             "{}",

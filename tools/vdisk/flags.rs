@@ -31,6 +31,18 @@ impl FormatFlag {
         self.format.as_deref().map(str::parse).transpose()
     }
 
+    /// [`get`](Self::get) for a command opening `file`: an unknown name reads as qemu-img
+    /// words it (`Could not open 'FILE': Unknown driver 'NAME'`).
+    pub fn get_for(&self, file: &Path) -> Result<Option<Format>> {
+        self.get().map_err(|_| {
+            Error::invalid(format!(
+                "Could not open '{}': Unknown driver '{}'",
+                file.display(),
+                self.format.as_deref().unwrap_or_default()
+            ))
+        })
+    }
+
     /// The name as given on the command line.
     pub fn name(&self) -> Option<&str> {
         self.format.as_deref()
@@ -234,7 +246,7 @@ impl ImageSpecFlags {
     /// first and then reads its arguments as if a plain file name and `-f` had been given.
     /// (`backing=` is honoured by convert only; elsewhere the backing file is opened.)
     pub fn resolve_in_place(&self, file: &mut PathBuf, format: &mut FormatFlag) -> Result<()> {
-        let r = self.resolve(file, format.get()?)?;
+        let r = self.resolve(file, format.get_for(file)?)?;
         *file = r.path;
         format.set(r.format);
         Ok(())
@@ -243,7 +255,15 @@ impl ImageSpecFlags {
     /// [`resolve_in_place`](Self::resolve_in_place) for a subcommand that spells its format
     /// flag itself (compare's `-f`/`-F`).
     pub fn resolve_named(&self, file: &mut PathBuf, format: &mut Option<String>) -> Result<()> {
-        let parsed = format.as_deref().map(str::parse).transpose()?;
+        let parsed = match format.as_deref() {
+            Some(name) => Some(name.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "Could not open '{}': Unknown driver '{name}'",
+                    file.display()
+                ))
+            })?),
+            None => None,
+        };
         let r = self.resolve(file, parsed)?;
         *file = r.path;
         *format = r.format.map(|f| f.name().to_string());
