@@ -142,6 +142,28 @@ fn an_unknown_format_name_fails_the_open_as_in_qemu_img() {
     );
 }
 
+/// An empty file name fails its open: `Could not open '': The 'file' block driver
+/// requires a file name`.
+#[test]
+fn an_empty_file_name_fails_the_open_as_in_qemu_img() {
+    let t = images();
+    refused_alike(
+        &t,
+        &[
+            &["info", ""],
+            &["info", "--output=json", ""],
+            &["check", ""],
+            &["map", "-f", "raw", ""],
+            &["snapshot", "-l", ""],
+            &["resize", "", "1M"],
+            &["compare", "", ""],
+            &["convert", "-O", "raw", "", "@o.raw"],
+            &["bench", ""],
+            &["dd", "if=", "of=@o.raw"],
+        ],
+    );
+}
+
 /// Snapshots and bitmaps where there can be none, or where the name is wrong.
 #[test]
 fn snapshot_and_bitmap_refusals_read_as_in_qemu_img() {

@@ -172,7 +172,12 @@ pub fn dd(ops: &DdOperands, how: &DdFormats<'_>, warn: &mut dyn FnMut(&str)) -> 
     let mut src = image::open(
         Path::new(input),
         &ImageOptions {
-            format: how.input.map(str::parse).transpose()?,
+            format: match how.input {
+                Some(name) => Some(name.parse().map_err(|_| {
+                    Error::invalid(format!("Could not open '{input}': Unknown driver '{name}'"))
+                })?),
+                None => None,
+            },
             read_only: true,
             force_share: how.force_share,
             ..Default::default()

@@ -122,6 +122,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     };
     opts.check()?;
+    if file.is_empty() {
+        return Err(Error::invalid(crate::flags::EMPTY_FILE_NAME));
+    }
     how.format = a.format.get_for(Path::new(file))?;
     bench::bench_file(Path::new(file), &how, &opts, &mut |text| out!("{text}"))?;
     Ok(ExitCode::SUCCESS)

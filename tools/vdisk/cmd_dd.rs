@@ -35,6 +35,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut ops = DdOperands::parse(&a.operands)?;
+    if ops.input.as_deref() == Some("") {
+        return Err(vdisk::Error::invalid(crate::flags::EMPTY_FILE_NAME));
+    }
     let mut input_format = a.format.name().map(str::to_string);
     a.spec.object.registry()?;
     if let (Some(input), true) = (ops.input.clone(), a.spec.image_opts.on()) {

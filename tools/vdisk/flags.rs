@@ -102,6 +102,30 @@ impl OutputFlag {
     }
 }
 
+/// How an empty file name fails to open, in qemu-img's words.
+pub const EMPTY_FILE_NAME: &str = "Could not open '': The 'file' block driver requires a file name";
+
+/// The exit code for an empty file name given as an operand (`vdisk info ''`), which
+/// qemu-img refuses as opening it fails: `None` for other parse errors.
+pub fn empty_file_name(e: &clap::error::Error) -> Option<u8> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) if v.is_empty() => {}
+        _ => return None,
+    }
+    match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if arg.starts_with('<') => {}
+        _ => return None,
+    }
+    Some(match std::env::args().nth(1).as_deref() {
+        Some("compare") => 2,
+        _ => 1,
+    })
+}
+
 /// qemu-img's words for a command line missing its file operands (`vdisk info` alone), in
 /// place of clap's report; `None` for other parse errors (a missing option keeps clap's).
 pub fn missing_operands(e: &clap::error::Error) -> Option<String> {

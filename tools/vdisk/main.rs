@@ -82,6 +82,10 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            if let Some(code) = flags::empty_file_name(&e) {
+                eprintln!("vdisk: {}", flags::EMPTY_FILE_NAME);
+                return ExitCode::from(code);
+            }
             if let Some(reason) = flags::missing_operands(&e) {
                 eprintln!("vdisk: {reason}");
                 return ExitCode::from(1);
