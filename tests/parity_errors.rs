@@ -194,7 +194,7 @@ fn snapshot_and_bitmap_refusals_read_as_in_qemu_img() {
 }
 
 /// rebase (a new backing file that does not open, -F that names no format, no -b in
-/// safe mode) and commit (no backing file, a base outside the chain).
+/// safe mode), commit (no backing file, a base outside the chain) and amend's downgrade.
 #[test]
 fn rebase_and_commit_refusals_read_as_in_qemu_img() {
     let t = images();
@@ -218,6 +218,13 @@ fn rebase_and_commit_refusals_read_as_in_qemu_img() {
             &["commit", "-b", "@nx", "@ov2.qcow2"],
         ],
     );
+    // A downgrade both snapshots and bitmaps refuse reads as qemu-img's snapshot refusal.
+    let sb = t.work("sb.qcow2");
+    std::fs::copy(t.work("q.qcow2"), &sb).unwrap();
+    qemu_img_ok(&["bitmap", "--add", s(&sb), "b"]);
+    qemu_img_ok(&["resize", "-q", s(&sb), "2M"]);
+    t.put("sb.qcow2", &sb);
+    refused_alike(&t, &[&["amend", "-o", "compat=0.10", "@sb.qcow2"]]);
     // Unsafe mode may leave -b out: the backing file is removed, as by qemu-img.
     let (q, _) = t.same_outcome(&["rebase", "-u", "@ov.qcow2"]);
     assert!(q.status.success());

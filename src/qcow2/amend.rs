@@ -152,13 +152,6 @@ impl<S: Storage> Qcow2<S> {
                     "Cannot downgrade an image with incompatible features {blocking:#x} set"
                 )));
             }
-            // Stricter than QEMU, which downgrades and leaves the bitmaps' clusters leaked:
-            // compat 0.10 cannot hold bitmaps, so they must be removed knowingly first.
-            if !self.bitmaps.list.is_empty() {
-                return Err(Error::unsupported(
-                    "Cannot downgrade an image with persistent dirty bitmaps; remove them first ('vdisk bitmap --remove')",
-                ));
-            }
         }
         // As QEMU: backing_file and backing_fmt may only restate the current values (an
         // omitted one counts as "none"); changing what the guest reads is rebase's job.
@@ -181,6 +174,16 @@ impl<S: Storage> Qcow2<S> {
             if blocked {
                 return Err(Error::invalid(
                     "Internal snapshots prevent downgrade of image",
+                ));
+            }
+        }
+        if new_version < old_version {
+            // (After QEMU's own refusals, so that an image both refuse reads as in QEMU.)
+            // Stricter than QEMU, which downgrades and leaves the bitmaps' clusters leaked:
+            // compat 0.10 cannot hold bitmaps, so they must be removed knowingly first.
+            if !self.bitmaps.list.is_empty() {
+                return Err(Error::unsupported(
+                    "Cannot downgrade an image with persistent dirty bitmaps; remove them first ('vdisk bitmap --remove')",
                 ));
             }
         }
