@@ -41,19 +41,33 @@ impl Format {
     pub const VMDK: Format = Format::of(&crate::vmdk::DRIVER);
 }
 
+/// Image formats qemu-img 10 knows that vdisk does not: named, they get a message listing
+/// what vdisk knows, where any other name gets qemu-img's own "Unknown file format".
+const QEMU_ONLY_FORMATS: &[&str] = &[
+    "bochs",
+    "cloop",
+    "dmg",
+    "luks",
+    "parallels",
+    "qcow",
+    "qed",
+    "vvfat",
+];
+
 impl std::str::FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match DRIVERS.iter().find(|d| d.name == s) {
             Some(d) => Ok(Format::of(d)),
-            None => Err(Error::invalid(format!(
-                "unknown or unsupported format '{s}' (vdisk knows {})",
+            None if QEMU_ONLY_FORMATS.contains(&s) => Err(Error::invalid(format!(
+                "unsupported format '{s}' (vdisk knows {})",
                 DRIVERS
                     .iter()
                     .map(|d| d.name)
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
+            None => Err(Error::invalid(format!("Unknown file format '{s}'"))),
         }
     }
 }
@@ -651,6 +665,14 @@ pub fn check_create_options(
     (format.driver().check_create_options)(&own)?;
     if has("backing_fmt") && !has("backing_file") && format == Format::QCOW2 {
         return refuse("Backing format cannot be used without backing file");
+    }
+    let backing_fmt = options.iter().rev().find(|(k, _)| k == "backing_fmt");
+    if let Some((_, f)) = backing_fmt.filter(|_| format == Format::QCOW2) {
+        if f.parse::<Format>().is_err() && !QEMU_ONLY_FORMATS.contains(&f.as_str()) {
+            return Err(Error::invalid(format!(
+                "Parameter 'backing-fmt' does not accept value '{f}'"
+            )));
+        }
     }
     let metadata = options
         .iter()

@@ -583,3 +583,38 @@ fn usage_errors_and_bad_sizes_read_as_in_qemu_img() {
         assert!(!q.status.success(), "qemu-img accepted {args:?}");
     }
 }
+
+/// A format name qemu-img does not know is refused in its words wherever one is given:
+/// output formats, amend's `-f`, and a backing format (checked when the backing file is
+/// opened, or with `-u` as a value of the `backing-fmt` option).
+#[test]
+fn unknown_format_names_are_refused_as_qemu_img_refuses_them() {
+    let t = Twins::new();
+    let img = t.work("a.qcow2");
+    qemu_img_ok(&["create", "-q", "-f", "qcow2", s(&img), "1M"]);
+    t.put("a.qcow2", &img);
+    let cases: &[&[&str]] = &[
+        &["convert", "-O", "bogus", "@a.qcow2", "@o.img"],
+        &["amend", "-f", "bogus", "-o", "help"],
+        &["measure", "-O", "bogus", "--size", "1M"],
+        &[
+            "convert", "-B", "@a.qcow2", "-F", "bogus", "-O", "qcow2", "@a.qcow2", "@o.img",
+        ],
+        &[
+            "create", "-f", "qcow2", "-b", "@a.qcow2", "-F", "bogus", "@o.img",
+        ],
+        &[
+            "create", "-q", "-u", "-f", "qcow2", "-b", "@a.qcow2", "-F", "bogus", "@o.img", "1M",
+        ],
+    ];
+    for args in cases {
+        let (q, _) = t.same_outcome(args);
+        assert!(!q.status.success(), "qemu-img accepted {args:?}");
+        // (qemu-img leaves the output of a convert that fails to create it; vdisk does not.)
+        let _ = std::fs::remove_file(t.path(Tool::Qemu, "o.img"));
+        assert!(
+            !t.path(Tool::Vdisk, "o.img").exists(),
+            "vdisk left {args:?}'s output"
+        );
+    }
+}

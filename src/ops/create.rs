@@ -87,10 +87,15 @@ fn check_backing(
     if unsafe_backing {
         return Ok(None);
     }
+    let format: Format = format.parse().map_err(|_| {
+        Error::invalid(format!(
+            "Unknown driver '{format}'\nCould not open backing image."
+        ))
+    })?;
     let chain = image::open(
         &path,
         &image::ImageOptions {
-            format: Some(format.parse()?),
+            format: Some(format),
             read_only: true,
             metadata_only: true,
             ..Default::default()
