@@ -92,18 +92,12 @@ fn qemu_check_clean(img: &Path) {
 }
 
 fn qemu_create(img: &Path, o: &str) {
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    qemu_img_ok(&encrypted_create(
         OBJECT,
-        "-o",
         o,
         img.to_str().unwrap(),
         &SIZE.to_string(),
-    ]);
+    ));
 }
 
 #[test]
@@ -242,18 +236,12 @@ fn vdisk_writes_in_place_into_a_qemu_image_at_unaligned_offsets() {
 fn a_wrong_passphrase_is_one_clear_error_and_nothing_is_written() {
     let dir = tempdir();
     let img = dir.path().join("a.qcow2");
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    vdisk_ok(&encrypted_create(
         OBJECT,
-        "-o",
         &luks_options(""),
         img.to_str().unwrap(),
         "1M",
-    ]);
+    ));
     let before = read(&img);
     let bad = "secret,id=sec0,data=wrong";
     let out_raw = dir.path().join("o.raw");
@@ -440,18 +428,7 @@ fn amend_adds_and_erases_key_slots_that_qemu_io_then_honours() {
     let dir = tempdir();
     let img = dir.path().join("a.qcow2");
     let p = img.to_str().unwrap();
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        OBJECT,
-        "-o",
-        &luks_options(""),
-        p,
-        "1M",
-    ]);
+    vdisk_ok(&encrypted_create(OBJECT, &luks_options(""), p, "1M"));
     let spec = opts(&img);
     qemu_io_ok(&[
         "--object",
@@ -544,18 +521,12 @@ fn be64(b: &[u8], at: usize) -> u64 {
 fn hostile_luks_headers_are_one_clear_error_never_a_long_wait() {
     let dir = tempdir();
     let img = dir.path().join("base.qcow2");
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    vdisk_ok(&encrypted_create(
         OBJECT,
-        "-o",
         &luks_options(""),
         img.to_str().unwrap(),
         "1M",
-    ]);
+    ));
     let base = read(&img);
     let ext = crypto_extension_at(&base);
     let luks = be64(&base, ext) as usize;

@@ -134,18 +134,12 @@ fn qemu_create_all(cases: &[Combo], dir: &Path) {
 }
 
 fn qemu_create(c: &Combo, img: &Path) {
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    qemu_img_ok(&encrypted_create(
         OBJECT,
-        "-o",
         &c.options(),
         img.to_str().unwrap(),
         &SIZE.to_string(),
-    ]);
+    ));
 }
 
 fn qemu_to_vdisk(img: &Path, dir: &Path) {
@@ -309,18 +303,12 @@ fn combinations_qemu_img_refuses_are_refused_by_vdisk_with_its_message() {
                 ivgen: "plain64",
                 hash: "sha256",
             };
-            let (_, ours, code) = answer(vdisk([
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "--object",
+            let (_, ours, code) = answer(vdisk(encrypted_create(
                 OBJECT,
-                "-o",
                 &c.options(),
                 img.to_str().unwrap(),
                 "1M",
-            ]));
+            )));
             assert!(
                 ours.contains("not a whole number of 512-byte sectors"),
                 "{ours}"

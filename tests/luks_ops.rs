@@ -27,18 +27,12 @@ fn luks(extra: &str) -> String {
 }
 
 fn vdisk_create_luks(img: &Path, extra: &str, size: &str) {
-    vdisk_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    vdisk_ok(&encrypted_create(
         OBJECT,
-        "-o",
         &luks(extra),
         img.to_str().unwrap(),
         size,
-    ]);
+    ));
 }
 
 /// Whether qemu-io opens `img` with secret `id` (its object `object`).
@@ -149,18 +143,12 @@ fn encrypted_images_preallocate_as_qemu_img_preallocates_them() {
         let ours = dir.path().join(format!("{mode}-ours.qcow2"));
         let theirs = dir.path().join(format!("{mode}-theirs.qcow2"));
         let o = luks(&format!(",preallocation={mode}"));
-        qemu_img_ok(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "--object",
+        qemu_img_ok(&encrypted_create(
             OBJECT,
-            "-o",
             &o,
             theirs.to_str().unwrap(),
             "4M",
-        ]);
+        ));
         vdisk_create_luks(&ours, &format!(",preallocation={mode}"), "4M");
         // Every cluster allocated as data (it decrypts to noise, as in QEMU), same layout.
         assert_eq!(qemu_map(&ours), qemu_map(&theirs), "{mode}");
@@ -253,18 +241,12 @@ fn overlays_over_an_encrypted_backing_file_open_read_commit_and_rebase_with_back
     let dir = tempdir();
     let d = dir.path();
     let base = d.join("base.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    qemu_img_ok(&encrypted_create(
         OBJECT,
-        "-o",
         &luks(""),
         base.to_str().unwrap(),
         "1M",
-    ]);
+    ));
     let base_spec = opts_with(&base, "sec0");
     qemu_io_ok(&[
         "--object",

@@ -26,6 +26,19 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+/// The arguments of `create -q -f qcow2 --object OBJECT -o OPTIONS PATH SIZE`: an
+/// encrypted qcow2 image whose secret `object` defines, for qemu-img or vdisk.
+pub fn encrypted_create<'a>(
+    object: &'a str,
+    options: &'a str,
+    path: &'a str,
+    size: &'a str,
+) -> [&'a str; 10] {
+    [
+        "create", "-q", "-f", "qcow2", "--object", object, "-o", options, path, size,
+    ]
+}
+
 /// `p` as `&str` (every path the tests make is UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
