@@ -656,6 +656,14 @@ pub fn check_create_options(
         return refuse("Backing file format not supported for file format 'raw'");
     }
     let options = normalise_create_options(format, options)?;
+    check_normalised_options(format, &options)?;
+    Ok(options)
+}
+
+/// The checks of [`check_create_options`] past the option names and value types, on
+/// options [`normalise_create_options`] has already accepted.
+pub fn check_normalised_options(format: Format, options: &[(String, String)]) -> Result<()> {
+    let refuse = |why: &str| Err(Error::invalid(why));
     let has = |key: &str| options.iter().any(|(k, _)| k == key);
     let own: Vec<_> = options
         .iter()
@@ -680,7 +688,7 @@ pub fn check_create_options(
     if format == Format::RAW && metadata {
         return refuse("Unsupported preallocation mode: metadata");
     }
-    Ok(options)
+    Ok(())
 }
 
 /// The `key=value` pairs of every `-o` list in `lists`, in order (`-o` may be repeated).

@@ -245,8 +245,8 @@ fn checked_options(
     format: Format,
     opts: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>> {
-    image::normalise_create_options(format, &opts)?;
-    image::check_create_options(format, &opts)
+    let normal = image::normalise_create_options(format, &opts)?;
+    image::check_normalised_options(format, &normal)
         .map_err(|e| create::conversion_refusal(dst, format, e))?;
     Ok(opts)
 }
